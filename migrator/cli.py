@@ -1,0 +1,30 @@
+"""The ``migrator`` command line: one click group, one module per command."""
+
+from __future__ import annotations
+
+import click
+
+from migrator.commands.echo import echo_command
+from migrator.commands.scp import scp_command
+from migrator.commands.store import store_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="pacs-migrator")
+def main() -> None:
+    """pacs-migrator: move DICOM archives into a PACS and account for every file.
+
+    \b
+    Single-machine tools:
+      migrator store --host pacs.example.org --called-ae PACS --dir /archive -R
+      migrator echo pacs.example.org 104 --called-ae PACS
+      migrator scp 11112 --aet MIGRATOR-SCP --output-dir ./received
+
+    Every option can also be set with a MIGRATOR_* environment variable (see each
+    command's --help).
+    """
+
+
+main.add_command(store_command)
+main.add_command(echo_command)
+main.add_command(scp_command)

@@ -1,0 +1,1 @@
+"""Where files come from: local disk, S3 prefixes, bytes in memory."""
