@@ -1,9 +1,256 @@
-"""Placeholder: replaced by the real `migrator store` command."""
+"""``migrator store``: send files, folders and S3 prefixes to a PACS (a storescu for people)."""
+
+from __future__ import annotations
+
+import sys
 
 import click
 
+from migrator.commands.common import DURATION, fail_config, opt, peer_options, setup_logging
+from migrator.dul.association import Timeouts
+from migrator.errors import ConfigError
+from migrator.exitcodes import EXIT_CODES_HELP
+from migrator.outcomes import FileOutcome, StoreResult
+from migrator.progress import Progress
+from migrator.ratelimit import Limits
+from migrator.store import StoreScu, StoreSettings
+from migrator.summary import render_text, report_dict, write_json_atomic
+from migrator.syntaxes import resolve
 
-@click.command("store")
-def store_command() -> None:
-    """Not implemented yet."""
-    raise SystemExit(2)
+
+@click.command("store", epilog=EXIT_CODES_HELP)
+@click.argument("files", nargs=-1, metavar="[FILES|s3://bucket/prefix]...")
+@opt(
+    "--dir",
+    "dirs",
+    env="DIR",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Send every file in this folder (repeatable).",
+)
+@opt("-R", "--recursive", env="RECURSIVE", is_flag=True, help="Descend into sub-folders.")
+@opt("--host", env="HOST", required=True, help="Destination host name or address.")
+@opt("--port", env="PORT", type=click.IntRange(1, 65535), default=11112, show_default=True)
+@peer_options
+@opt(
+    "--timeout",
+    env="TIMEOUT",
+    type=DURATION,
+    default=None,
+    help="Overall deadline for the whole transfer (e.g. 30s, 5m, 2h); files not sent by "
+    "then are reported as failed.",
+)
+@opt(
+    "--max-pdu",
+    env="MAX_PDU",
+    type=click.IntRange(4096, 2**32 - 1),
+    default=16384,
+    show_default=True,
+    help="Largest PDU we accept (the PACS's own limit sizes what we send).",
+)
+@opt(
+    "--rate-limit",
+    env="RATE_LIMIT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="At most this many files per second (all associations together).",
+)
+@opt(
+    "--rate-limit-bytes",
+    env="RATE_LIMIT_BYTES",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="At most this many MB (10^6 bytes) per second.",
+)
+@opt(
+    "--burst",
+    env="BURST",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Files that may go at once above --rate-limit after an idle period.",
+)
+@opt(
+    "--concurrency",
+    "-j",
+    env="CONCURRENCY",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Parallel associations.",
+)
+@opt(
+    "--throttle-delay",
+    env="THROTTLE_DELAY",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Pause in milliseconds after each file, per association.",
+)
+@opt(
+    "--transfer-syntax",
+    env="TRANSFER_SYNTAX",
+    default=None,
+    help="Force one transfer syntax (UID, keyword or alias: explicit, implicit, big-endian, "
+    "j2k-lossless, ...); files are re-encoded to it when needed.",
+)
+@opt(
+    "--allow-lossy-decompression",
+    env="ALLOW_LOSSY_DECOMPRESSION",
+    is_flag=True,
+    help="When the PACS refuses a lossy-compressed file's syntax, send it decompressed "
+    "(otherwise such files fail).",
+)
+@opt(
+    "--retries",
+    env="RETRIES",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    help="Re-sends of a file after a transient status (0xA7xx) or a lost association.",
+)
+@opt(
+    "--s3-endpoint",
+    env="S3_ENDPOINT",
+    default=None,
+    help="S3-compatible endpoint URL (credentials: the standard AWS chain or env).",
+)
+@opt("--s3-region", env="S3_REGION", default=None, help="S3 region.")
+@opt(
+    "--report",
+    env="REPORT",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a JSON report (totals and one entry per file) to this path.",
+)
+@click.option("-v", "--verbose", count=True, help="Log each file (-vv: protocol details).")
+@click.option("-q", "--quiet", is_flag=True, help="Only the summary's first line and errors.")
+def store_command(
+    files: tuple[str, ...],
+    dirs: tuple[str, ...],
+    recursive: bool,
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str,
+    acse_timeout: float,
+    dimse_timeout: float,
+    network_timeout: float,
+    timeout: float | None,
+    max_pdu: int,
+    rate_limit: float | None,
+    rate_limit_bytes: float | None,
+    burst: int,
+    concurrency: int,
+    throttle_delay: float,
+    transfer_syntax: str | None,
+    allow_lossy_decompression: bool,
+    retries: int,
+    s3_endpoint: str | None,
+    s3_region: str | None,
+    report: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Send DICOM files to a PACS with C-STORE, and account for every file.
+
+    Reads only headers to choose presentation contexts, streams files as they are when the
+    PACS accepts their transfer syntax, re-encodes losslessly when it does not, retries
+    transient failures on fresh associations, and ends with a summary of what was stored,
+    what failed and why.
+
+    \b
+    Examples:
+      migrator store --host pacs --port 104 --called-ae PACS --dir /archive -R
+      migrator store --host 10.0.0.5 --called-ae ORTHANC a.dcm b.dcm -j 4
+      migrator store --host pacs --called-ae PACS --rate-limit 50 --dir /nas/ct -R
+      migrator store --host pacs --called-ae PACS s3://archive/2019/ \\
+          --s3-endpoint http://minio:9000 --report run.json
+    """
+    setup_logging(verbose, quiet)
+    if not files and not dirs:
+        fail_config("nothing to send: give FILES, s3://bucket/prefix or --dir DIR")
+    try:
+        limits = Limits(
+            files_per_s=rate_limit,
+            bytes_per_s=rate_limit_bytes * 1e6 if rate_limit_bytes else None,
+            burst_files=burst,
+        )
+        forced = resolve(transfer_syntax) if transfer_syntax else None
+    except ConfigError as exc:
+        fail_config(str(exc))
+        return
+    settings = StoreSettings(
+        host=host,
+        port=port,
+        called_ae=called_ae,
+        calling_ae=calling_ae,
+        timeout=timeout,
+        timeouts=Timeouts(
+            connect=network_timeout,
+            acse=acse_timeout,
+            dimse=dimse_timeout,
+            network=network_timeout,
+        ),
+        max_pdu=max_pdu,
+        limits=limits,
+        concurrency=concurrency,
+        throttle_delay=throttle_delay / 1000.0,
+        transfer_syntax=forced,
+        allow_lossy=allow_lossy_decompression,
+        retries=retries,
+    )
+    progress = Progress(enabled=not quiet and sys.stderr.isatty())
+
+    def on_error(outcome: FileOutcome) -> None:
+        progress.add(outcome)
+        if verbose:
+            click.echo(f"  ✗ {outcome.uri}: {outcome.state}: {outcome.reason}", err=True)
+
+    scu = StoreScu(
+        settings,
+        on_transfer_started=progress.start,
+        on_file_sent=progress.add,
+        on_file_error=on_error,
+    )
+    s3_settings = None
+    for arg in files:
+        if arg.startswith("s3://"):
+            if s3_settings is None:
+                from migrator.sources.s3 import S3Settings
+
+                s3_settings = S3Settings(endpoint_url=s3_endpoint, region=s3_region)
+            try:
+                scu.add_s3(arg, s3_settings)
+            except ConfigError as exc:
+                fail_config(str(exc))
+        else:
+            scu.add_file(arg)
+    for folder in dirs:
+        scu.add_folder(folder, recursive=recursive)
+    try:
+        result = scu.send()
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        raise SystemExit(130) from None
+    finally:
+        progress.stop()
+    _finish(result, settings, report, quiet)
+
+
+def _finish(result: StoreResult, settings: StoreSettings, report: str | None, quiet: bool) -> None:
+    text = render_text(result)
+    click.echo(text.splitlines()[0] if quiet else text)
+    if report:
+        config = {
+            "host": settings.host,
+            "port": settings.port,
+            "called_ae": settings.called_ae,
+            "calling_ae": settings.calling_ae,
+            "concurrency": settings.concurrency,
+            "transfer_syntax": settings.transfer_syntax,
+            "retries": settings.retries,
+        }
+        write_json_atomic(report, report_dict(result, config))
+    assert result.planned == result.stored + result.failed + result.skipped
+    raise SystemExit(int(result.exit_status))

@@ -1,0 +1,1 @@
+"""pacs-migrator: DICOM bulk migration that accounts for every file."""

@@ -1,0 +1,121 @@
+"""Options and helpers shared by the commands: env vars, durations, AE titles, logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from migrator.errors import ConfigError
+from migrator.exitcodes import ExitStatus
+from migrator.units import parse_duration
+from migrator.validation import ae_title
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Our default calling AE title (what the PACS sees as the sender) unless --calling-ae.
+DEFAULT_CALLING_AE = "MIGRATOR"
+
+
+def opt(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option that can also come from ``MIGRATOR_<env>``."""
+    return click.option(*names, envvar=f"MIGRATOR_{env}", show_envvar=True, **kwargs)
+
+
+class Duration(click.ParamType[float]):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float | int):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class AETitle(click.ParamType[str]):
+    name = "AE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return ae_title(str(value), f"{param.name if param else 'AE'} title")
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+AE = AETitle()
+
+
+def peer_options(func: F) -> F:
+    """--called-ae/--calling-ae and the three protocol timeouts."""
+    for decorator in reversed(
+        [
+            opt(
+                "--called-ae",
+                env="CALLED_AE",
+                type=AE,
+                default="ANY-SCP",
+                show_default=True,
+                help="AE title of the destination (the PACS).",
+            ),
+            opt(
+                "--calling-ae",
+                env="CALLING_AE",
+                type=AE,
+                default=DEFAULT_CALLING_AE,
+                show_default=True,
+                help="Our AE title, as the PACS sees it.",
+            ),
+            opt(
+                "--acse-timeout",
+                env="ACSE_TIMEOUT",
+                type=DURATION,
+                default="30s",
+                show_default=True,
+                help="Wait for association accept/reject/release.",
+            ),
+            opt(
+                "--dimse-timeout",
+                env="DIMSE_TIMEOUT",
+                type=DURATION,
+                default="60s",
+                show_default=True,
+                help="Wait for each C-STORE/C-ECHO response.",
+            ),
+            opt(
+                "--network-timeout",
+                env="NETWORK_TIMEOUT",
+                type=DURATION,
+                default="60s",
+                show_default=True,
+                help="TCP connect and any stalled socket write.",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING
+    if quiet:
+        level = logging.ERROR
+    elif verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # pynetdicom logs a line per message at INFO: noise at our volume (STYLE.md).
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+
+
+def fail_config(message: str) -> None:
+    click.echo(f"migrator: error: {message}", err=True)
+    raise SystemExit(int(ExitStatus.BAD_CONFIG))

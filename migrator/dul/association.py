@@ -1,0 +1,432 @@
+"""A synchronous association requestor: one thread, one socket, no reactor.
+
+Usage::
+
+    assoc = Association.request(host, port, "PACS", "MIGRATOR", contexts, max_pdu=16384,
+                                timeouts=Timeouts())
+    ctx = assoc.context_for(sop_class, transfer_syntax)
+    response = assoc.c_store(ctx, sop_class, sop_instance, FileSlice(path, offset, length))
+    assoc.release()
+
+Every failure that leaves the outcome of a C-STORE unknown (timeout, abort, reset, protocol
+error) raises ``AssociationLost`` after aborting the association: the caller must discard it
+and re-send on a new one (a repeated C-STORE of the same SOP Instance is safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from migrator.dul import dimse
+from migrator.dul.pdu import (
+    A_ABORT,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    P_DATA_TF,
+    PDU_HEADER,
+    RELEASE_RP,
+    RELEASE_RQ,
+    AssociateAC,
+    ProposedContext,
+    abort_text,
+    decode_associate_ac,
+    encode_abort,
+    encode_associate_rq,
+    reject_text,
+)
+from migrator.errors import AssociationRejected, ConnectError, SourceError
+from migrator.netutil import set_nodelay
+
+# PDU header (6 bytes) + PDV item header (4 + 2 bytes) in one struct: one iovec per fragment.
+_FRAGMENT_HEADER = struct.Struct(">BxIIBB")
+_PDV_OVERHEAD = 6  # item length field + context id + message control header
+#: Upper bound on one P-DATA-TF we send when the peer sets no limit (max PDU 0).
+_UNLIMITED_FRAGMENT = 4 * 1024 * 1024
+#: Bytes read from a file per sendmsg round: big enough to amortise syscalls, small enough
+#: to keep memory flat whatever the file size.
+_READ_BLOCK = 1024 * 1024
+_IOV_MAX = 1000
+
+
+class AssociationLost(ConnectError):
+    """The association died mid-operation; the last operation's outcome is unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. ``connect``: TCP connect; ``acse``: waiting for A-ASSOCIATE/RELEASE answers;
+    ``dimse``: waiting for a C-STORE/C-ECHO response; ``network``: any single socket write."""
+
+    connect: float = 10.0
+    acse: float = 30.0
+    dimse: float = 60.0
+    network: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class FileSlice:
+    """Dataset bytes to stream from a file: ``length`` bytes starting at ``offset``."""
+
+    path: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    error_comment: str = ""
+
+
+class Association:
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        proposed: list[ProposedContext],
+        ac: AssociateAC,
+        timeouts: Timeouts,
+    ) -> None:
+        self._sock = sock
+        self._rbuf = bytearray()
+        self._timeouts = timeouts
+        self._message_id = 0
+        self._alive = True
+        self.peer = peer
+        self.peer_max_pdu = ac.peer_max_pdu
+        self.peer_implementation = ac.implementation_version or ac.implementation_class_uid
+        limit = ac.peer_max_pdu - _PDV_OVERHEAD if ac.peer_max_pdu else _UNLIMITED_FRAGMENT
+        self._fragment = max(1, min(limit, _UNLIMITED_FRAGMENT))
+        # (abstract syntax, transfer syntax) -> context id, for accepted contexts only
+        self._accepted: dict[tuple[str, str], int] = {}
+        self.rejected: dict[str, int] = {}
+        for ctx in proposed:
+            result, ts = ac.contexts.get(ctx.context_id, (2, ""))
+            if result == 0 and ts:
+                self._accepted.setdefault((ctx.abstract_syntax, ts), ctx.context_id)
+            else:
+                self.rejected.setdefault(ctx.abstract_syntax, result)
+
+    # -- establishment -------------------------------------------------------------------
+
+    @classmethod
+    def request(
+        cls,
+        host: str,
+        port: int,
+        called_ae: str,
+        calling_ae: str,
+        contexts: list[ProposedContext],
+        *,
+        max_pdu: int = 16384,
+        timeouts: Timeouts | None = None,
+    ) -> Association:
+        timeouts = timeouts or Timeouts()
+        peer = f"{host}:{port}"
+        try:
+            sock = socket.create_connection((host, port), timeout=timeouts.connect)
+        except ConnectionRefusedError as exc:
+            raise ConnectError(f"connection refused by {peer} (is the PACS listening?)") from exc
+        except TimeoutError as exc:
+            raise ConnectError(
+                f"timed out after {timeouts.connect:g}s connecting to {peer}"
+            ) from exc
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {peer}: {exc.strerror or exc}") from exc
+        set_nodelay(sock)
+        try:
+            sock.settimeout(timeouts.network)
+            sock.sendall(encode_associate_rq(called_ae, calling_ae, contexts, max_pdu))
+            pdu_type, body = _recv_pdu_raw(sock, bytearray(), timeouts.acse, peer)
+        except BaseException:
+            sock.close()
+            raise
+        if pdu_type == A_ASSOCIATE_AC:
+            return cls(sock, peer, contexts, decode_associate_ac(body), timeouts)
+        sock.close()
+        if pdu_type == A_ASSOCIATE_RJ and len(body) >= 4:
+            result, source, reason = body[1], body[2], body[3]
+            raise AssociationRejected(
+                f"association rejected by {peer} (called AE {called_ae!r}, calling AE "
+                f"{calling_ae!r}): {reject_text(result, source, reason)}",
+                result=result,
+                source=source,
+                reason=reason,
+            )
+        if pdu_type == A_ABORT and len(body) >= 4:
+            raise ConnectError(
+                f"{peer} aborted the association request: {abort_text(body[2], body[3])}"
+            )
+        raise ConnectError(
+            f"{peer} answered the association request with PDU type 0x{pdu_type:02X}"
+        )
+
+    # -- contexts ------------------------------------------------------------------------
+
+    def context_for(self, abstract_syntax: str, transfer_syntax: str) -> int | None:
+        return self._accepted.get((abstract_syntax, transfer_syntax))
+
+    def accepted_syntaxes(self, abstract_syntax: str) -> list[str]:
+        return [ts for (a, ts) in self._accepted if a == abstract_syntax]
+
+    @property
+    def is_alive(self) -> bool:
+        return self._alive
+
+    # -- DIMSE ---------------------------------------------------------------------------
+
+    def c_echo(self) -> Response:
+        ctx = self._accepted.get((dimse.VERIFICATION_SOP_CLASS, "1.2.840.10008.1.2"))
+        if ctx is None:
+            ctx = next(
+                (c for (a, _), c in self._accepted.items() if a == dimse.VERIFICATION_SOP_CLASS),
+                None,
+            )
+        if ctx is None:
+            raise ConnectError(f"{self.peer} did not accept the Verification SOP class")
+        msg_id = self._next_message_id()
+        self._send_message(ctx, dimse.c_echo_rq(msg_id), None)
+        return self._wait_response(msg_id, dimse.C_ECHO_RSP)
+
+    def c_store(
+        self,
+        context_id: int,
+        sop_class: str,
+        sop_instance: str,
+        dataset: FileSlice | bytes | memoryview,
+    ) -> Response:
+        msg_id = self._next_message_id()
+        self._send_message(context_id, dimse.c_store_rq(msg_id, sop_class, sop_instance), dataset)
+        return self._wait_response(msg_id, dimse.C_STORE_RSP)
+
+    def _next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+    # -- release / abort -----------------------------------------------------------------
+
+    def release(self) -> None:
+        """Orderly release; falls back to abort when the peer does not answer in time."""
+        if not self._alive:
+            return
+        try:
+            self._sock.settimeout(self._timeouts.network)
+            self._sock.sendall(RELEASE_RQ)
+            deadline = time.monotonic() + min(self._timeouts.acse, 10.0)
+            while True:
+                remaining = max(0.01, deadline - time.monotonic())
+                pdu_type, _ = _recv_pdu_raw(self._sock, self._rbuf, remaining, self.peer)
+                if pdu_type in (A_RELEASE_RP, A_ABORT):
+                    break
+                if pdu_type == A_RELEASE_RQ:  # release collision (PS3.8 §7.2.2)
+                    self._sock.sendall(RELEASE_RP)
+                    break
+        except (OSError, ConnectError):
+            self.abort()
+            return
+        self._close()
+
+    def abort(self) -> None:
+        if self._alive:
+            try:
+                self._sock.settimeout(1.0)
+                self._sock.sendall(encode_abort())
+            except OSError:
+                pass
+        self._close()
+
+    def _close(self) -> None:
+        self._alive = False
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    # -- wire ----------------------------------------------------------------------------
+
+    def _lost(self, why: str, exc: BaseException | None = None) -> AssociationLost:
+        self.abort()
+        err = AssociationLost(f"association with {self.peer} lost: {why}")
+        if exc is not None:
+            err.__cause__ = exc
+        return err
+
+    def _send_message(
+        self, ctx: int, command: bytes, dataset: FileSlice | bytes | memoryview | None
+    ) -> None:
+        if not self._alive:
+            raise AssociationLost(f"association with {self.peer} is closed")
+        frag = self._fragment
+        bufs: list[bytes | memoryview] = []
+        _append_fragments(bufs, ctx, memoryview(command), frag, command=True, final=True)
+        try:
+            self._sock.settimeout(self._timeouts.network)
+            if dataset is None:
+                _sendmsg_all(self._sock, bufs)
+            elif isinstance(dataset, FileSlice):
+                self._send_file(ctx, dataset, bufs)
+            else:
+                _append_fragments(bufs, ctx, memoryview(dataset), frag, command=False, final=True)
+                _sendmsg_all(self._sock, bufs)
+        except SourceError:
+            # The file changed under us mid-send: the peer holds half a dataset.
+            self.abort()
+            raise
+        except TimeoutError as exc:
+            raise self._lost(
+                f"no progress sending for {self._timeouts.network:g}s (network timeout)", exc
+            ) from exc
+        except OSError as exc:
+            raise self._lost(f"send failed: {exc.strerror or exc}", exc) from exc
+
+    def _send_file(self, ctx: int, src: FileSlice, bufs: list[bytes | memoryview]) -> None:
+        frag = self._fragment
+        block = max(frag, (_READ_BLOCK // frag) * frag)
+        try:
+            fd = os.open(src.path, os.O_RDONLY)
+        except OSError as exc:
+            raise SourceError(f"cannot open {src.path}: {exc.strerror}") from exc
+        try:
+            offset, remaining = src.offset, src.length
+            if remaining == 0:
+                _append_fragments(bufs, ctx, memoryview(b""), frag, command=False, final=True)
+            while remaining > 0:
+                want = min(block, remaining)
+                chunk = os.pread(fd, want, offset)
+                if len(chunk) != want:
+                    raise SourceError(f"{src.path} shrank while it was being sent")
+                offset += want
+                remaining -= want
+                _append_fragments(
+                    bufs, ctx, memoryview(chunk), frag, command=False, final=remaining == 0
+                )
+                _sendmsg_all(self._sock, bufs)
+                bufs = []
+            if bufs:
+                _sendmsg_all(self._sock, bufs)
+        finally:
+            os.close(fd)
+
+    def _wait_response(self, msg_id: int, expected: int) -> Response:
+        deadline = time.monotonic() + self._timeouts.dimse
+        command = bytearray()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._lost(f"no response within {self._timeouts.dimse:g}s (DIMSE timeout)")
+            try:
+                pdu_type, body = _recv_pdu_raw(self._sock, self._rbuf, remaining, self.peer)
+            except TimeoutError as exc:
+                raise self._lost(
+                    f"no response within {self._timeouts.dimse:g}s (DIMSE timeout)", exc
+                ) from exc
+            except (OSError, ConnectError) as exc:
+                raise self._lost(str(exc), exc) from exc
+            if pdu_type == A_ABORT:
+                self._close()
+                why = abort_text(body[2], body[3]) if len(body) >= 4 else "A-ABORT"
+                raise AssociationLost(f"association with {self.peer} lost: {why}")
+            if pdu_type == A_RELEASE_RQ:
+                try:
+                    self._sock.sendall(RELEASE_RP)
+                finally:
+                    self._close()
+                raise AssociationLost(
+                    f"association with {self.peer} lost: the peer released it mid-operation"
+                )
+            if pdu_type != P_DATA_TF:
+                raise self._lost(f"unexpected PDU type 0x{pdu_type:02X} while waiting")
+            last = False
+            pos = 0
+            while pos + 6 <= len(body):
+                (item_len,) = struct.unpack_from(">I", body, pos)
+                control = body[pos + 5]
+                if control & 0x01:
+                    command += body[pos + 6 : pos + 4 + item_len]
+                    last = bool(control & 0x02)
+                pos += 4 + item_len
+            if not last:
+                continue
+            fields = dimse.decode_command(bytes(command))
+            command.clear()
+            if fields.get(dimse.COMMAND_FIELD) != expected:
+                raise self._lost(f"unexpected DIMSE command {fields.get(dimse.COMMAND_FIELD)!r}")
+            if fields.get(dimse.MESSAGE_ID_BEING_RESPONDED_TO) != msg_id:
+                raise self._lost("response to another message id")
+            status = fields.get(dimse.STATUS)
+            if not isinstance(status, int):
+                raise self._lost("response without a status")
+            comment = fields.get(dimse.ERROR_COMMENT, "")
+            return Response(status, comment if isinstance(comment, str) else "")
+
+
+def _append_fragments(
+    bufs: list[bytes | memoryview],
+    ctx: int,
+    data: memoryview,
+    frag: int,
+    *,
+    command: bool,
+    final: bool,
+) -> None:
+    """Split ``data`` into P-DATA-TF PDUs of one PDV each, appended as (header, data) iovecs."""
+    n = len(data)
+    base = 0x01 if command else 0x00
+    if n == 0:
+        flags = base | (0x02 if final else 0)
+        bufs.append(_FRAGMENT_HEADER.pack(P_DATA_TF, _PDV_OVERHEAD, 2, ctx, flags))
+        return
+    for start in range(0, n, frag):
+        piece = data[start : start + frag]
+        size = len(piece)
+        flags = base | (0x02 if final and start + size == n else 0)
+        bufs.append(_FRAGMENT_HEADER.pack(P_DATA_TF, size + _PDV_OVERHEAD, size + 2, ctx, flags))
+        bufs.append(piece)
+
+
+def _sendmsg_all(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
+    """``sendall`` for a list of buffers: one syscall per ~1000 iovecs, partial sends resumed."""
+    i = 0
+    n = len(bufs)
+    while i < n:
+        batch = bufs[i : i + _IOV_MAX]
+        sent = sock.sendmsg(batch)
+        for buf in batch:
+            size = len(buf)
+            if sent >= size:
+                sent -= size
+                i += 1
+            else:
+                if sent:
+                    bufs[i] = memoryview(buf)[sent:]
+                break
+
+
+def _recv_pdu_raw(
+    sock: socket.socket, rbuf: bytearray, timeout: float, peer: str
+) -> tuple[int, bytes]:
+    """Read one PDU: (type, body). Raises TimeoutError, OSError or ConnectError."""
+    sock.settimeout(timeout)
+    while len(rbuf) < 6:
+        _fill(sock, rbuf, peer)
+    pdu_type, length = PDU_HEADER.unpack_from(rbuf, 0)
+    total = 6 + length
+    while len(rbuf) < total:
+        _fill(sock, rbuf, peer)
+    body = bytes(rbuf[6:total])
+    del rbuf[:total]
+    return pdu_type, body
+
+
+def _fill(sock: socket.socket, rbuf: bytearray, peer: str) -> None:
+    chunk = sock.recv(262144)
+    if not chunk:
+        raise ConnectError(f"{peer} closed the connection")
+    rbuf += chunk

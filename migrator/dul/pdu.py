@@ -1,0 +1,164 @@
+"""PDU encoding and decoding (PS3.8 §9.3). Only what a requestor needs."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+#: Our implementation identity (PS3.7 Annex D.3.3.2): a UID under the 2.25 UUID root.
+IMPLEMENTATION_CLASS_UID = "2.25.229851651187622938937286493446316102717"
+IMPLEMENTATION_VERSION = "PACSMIGRATOR_01"
+
+A_ASSOCIATE_RQ = 0x01
+A_ASSOCIATE_AC = 0x02
+A_ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+A_RELEASE_RQ = 0x05
+A_RELEASE_RP = 0x06
+A_ABORT = 0x07
+
+PDU_HEADER = struct.Struct(">BxI")
+PDV_HEADER = struct.Struct(">IBB")  # item length, presentation context id, message control
+
+# Context negotiation results (PS3.8 §9.3.3.2)
+CONTEXT_RESULTS = {
+    0: "acceptance",
+    1: "user-rejection",
+    2: "no-reason (provider rejection)",
+    3: "abstract syntax not supported",
+    4: "transfer syntaxes not supported",
+}
+
+# A-ASSOCIATE-RJ (PS3.8 §9.3.4): source -> {reason: text}
+_REJECT_REASONS: dict[int, dict[int, str]] = {
+    1: {
+        1: "no reason given",
+        2: "application context name not supported",
+        3: "calling AE title not recognized",
+        7: "called AE title not recognized",
+    },
+    2: {1: "no reason given", 2: "protocol version not supported"},
+    3: {1: "temporary congestion", 2: "local limit exceeded (too many associations)"},
+}
+_REJECT_SOURCES = {
+    1: "service user",
+    2: "service provider (ACSE)",
+    3: "service provider (presentation)",
+}
+_ABORT_SOURCES = {0: "service user", 1: "reserved", 2: "service provider"}
+_ABORT_REASONS = {
+    0: "not specified",
+    1: "unrecognized PDU",
+    2: "unexpected PDU",
+    4: "unrecognized PDU parameter",
+    5: "unexpected PDU parameter",
+    6: "invalid PDU parameter value",
+}
+
+
+def reject_text(result: int, source: int, reason: int) -> str:
+    kind = "permanent" if result == 1 else "transient" if result == 2 else f"result {result}"
+    src = _REJECT_SOURCES.get(source, f"source {source}")
+    why = _REJECT_REASONS.get(source, {}).get(reason, f"reason {reason}")
+    return f"{why} ({kind}, by {src})"
+
+
+def abort_text(source: int, reason: int) -> str:
+    src = _ABORT_SOURCES.get(source, f"source {source}")
+    why = _ABORT_REASONS.get(reason, f"reason {reason}") if source == 2 else "no reason"
+    return f"A-ABORT from {src}: {why}"
+
+
+def _item(item_type: int, payload: bytes) -> bytes:
+    return struct.pack(">BxH", item_type, len(payload)) + payload
+
+
+def _ae(title: str) -> bytes:
+    return title.encode("ascii").ljust(16, b" ")
+
+
+@dataclass(frozen=True, slots=True)
+class ProposedContext:
+    context_id: int  # odd, 1..255
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+def encode_associate_rq(
+    called_ae: str,
+    calling_ae: str,
+    contexts: list[ProposedContext],
+    max_pdu: int,
+) -> bytes:
+    body = bytearray()
+    body += struct.pack(">HH", 1, 0)
+    body += _ae(called_ae) + _ae(calling_ae) + bytes(32)
+    body += _item(0x10, APPLICATION_CONTEXT.encode())
+    for ctx in contexts:
+        sub = bytearray(struct.pack(">BBBB", ctx.context_id, 0, 0, 0))
+        sub += _item(0x30, ctx.abstract_syntax.encode())
+        for ts in ctx.transfer_syntaxes:
+            sub += _item(0x40, ts.encode())
+        body += _item(0x20, bytes(sub))
+    user = _item(0x51, struct.pack(">I", max_pdu))
+    user += _item(0x52, IMPLEMENTATION_CLASS_UID.encode())
+    user += _item(0x55, IMPLEMENTATION_VERSION.encode())
+    body += _item(0x50, user)
+    return PDU_HEADER.pack(A_ASSOCIATE_RQ, len(body)) + bytes(body)
+
+
+@dataclass(slots=True)
+class AssociateAC:
+    #: context id -> (result, transfer syntax chosen by the acceptor or "")
+    contexts: dict[int, tuple[int, str]] = field(default_factory=dict)
+    #: 0 means "no limit" (PS3.8 §D.1)
+    peer_max_pdu: int = 0
+    implementation_class_uid: str = ""
+    implementation_version: str = ""
+
+
+def _uid(raw: bytes) -> str:
+    # Some implementations pad UIDs in PDU items with NUL or space.
+    return raw.rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def decode_associate_ac(body: bytes) -> AssociateAC:
+    """Decode the variable part of an A-ASSOCIATE-AC (after the 6-byte PDU header)."""
+    ac = AssociateAC()
+    pos = 68  # protocol version, reserved, called/calling AE echo, 32 reserved
+    end = len(body)
+    while pos + 4 <= end:
+        item_type, length = struct.unpack_from(">BxH", body, pos)
+        start, pos = pos + 4, pos + 4 + length
+        if item_type == 0x21:
+            ctx_id, result = body[start], body[start + 2]
+            ts = ""
+            sub = start + 4
+            while sub + 4 <= pos:
+                st, sl = struct.unpack_from(">BxH", body, sub)
+                if st == 0x40:
+                    ts = _uid(body[sub + 4 : sub + 4 + sl])
+                sub += 4 + sl
+            ac.contexts[ctx_id] = (result, ts)
+        elif item_type == 0x50:
+            sub = start
+            while sub + 4 <= pos:
+                st, sl = struct.unpack_from(">BxH", body, sub)
+                value = body[sub + 4 : sub + 4 + sl]
+                if st == 0x51 and sl == 4:
+                    (ac.peer_max_pdu,) = struct.unpack(">I", value)
+                elif st == 0x52:
+                    ac.implementation_class_uid = _uid(value)
+                elif st == 0x55:
+                    ac.implementation_version = value.decode("ascii", "replace").strip()
+                sub += 4 + sl
+    return ac
+
+
+RELEASE_RQ = PDU_HEADER.pack(A_RELEASE_RQ, 4) + bytes(4)
+RELEASE_RP = PDU_HEADER.pack(A_RELEASE_RP, 4) + bytes(4)
+
+
+def encode_abort(source: int = 0, reason: int = 0) -> bytes:
+    return PDU_HEADER.pack(A_ABORT, 4) + bytes([0, 0, source, reason])

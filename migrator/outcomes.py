@@ -1,0 +1,95 @@
+"""What happened to each file, and the totals a summary or report is built from."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from migrator.exitcodes import ExitStatus
+
+
+class State(enum.StrEnum):
+    STORED = "stored"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(slots=True)
+class FileOutcome:
+    """The final state of one planned file. Exactly one per planned file."""
+
+    uri: str
+    state: State
+    reason: str = ""
+    status: int | None = None
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    ts_original: str = ""
+    ts_sent: str = ""
+    transcoded: bool = False
+    warning: bool = False
+    bytes: int = 0
+    attempts: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        data["status"] = None if self.status is None else f"0x{self.status:04X}"
+        return data
+
+
+@dataclass(slots=True)
+class StoreResult:
+    server: str
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+    #: Set when the run stopped because the destination could not be used at all.
+    fatal: str = ""
+    fatal_exit: ExitStatus | None = None
+
+    @property
+    def planned(self) -> int:
+        return len(self.outcomes)
+
+    def count(self, state: State) -> int:
+        return sum(1 for o in self.outcomes if o.state is state)
+
+    @property
+    def stored(self) -> int:
+        return self.count(State.STORED)
+
+    @property
+    def failed(self) -> int:
+        return self.count(State.FAILED)
+
+    @property
+    def skipped(self) -> int:
+        return self.count(State.SKIPPED)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for o in self.outcomes if o.warning)
+
+    @property
+    def transcoded(self) -> int:
+        return sum(1 for o in self.outcomes if o.transcoded)
+
+    @property
+    def bytes_stored(self) -> int:
+        return sum(o.bytes for o in self.outcomes if o.state is State.STORED)
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished - self.started)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        if self.fatal_exit is not None:
+            return self.fatal_exit
+        if self.planned == 0:
+            return ExitStatus.NO_INPUT
+        if self.failed:
+            return ExitStatus.PARTIAL_FAILURE
+        return ExitStatus.OK

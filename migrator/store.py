@@ -1,0 +1,429 @@
+"""The single-machine sender behind ``migrator store`` and the ``StoreScu`` library API.
+
+Flow: list every source -> inspect headers -> plan association profiles (<= 128 contexts
+each) -> N threads, each owning one association, pull files from a shared scheduler, pass
+the global rate limiter and send with ``workers.sender.send_file``. Every listed file ends
+as exactly one FileOutcome (stored / failed / skipped).
+
+Retry policy (ARCHITECTURE.md §3): transient statuses (0xA7xx) and unknown outcomes (abort,
+timeout, lost connection) are re-sent on a fresh association after a backoff, up to
+``retries`` times. Connection failures are a property of the destination, not of a file:
+they are retried per association and, once exhausted, end the run with every unsent file
+failed for that reason (exit 3, or 4 for a rejected association).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from migrator import status as st
+from migrator.contexts import Profile, plan_profiles
+from migrator.dicomfile import DicomHeader, NotDicomError, inspect_bytes, inspect_file
+from migrator.dul.association import Association, AssociationLost, Timeouts
+from migrator.errors import (
+    AssociationRejected,
+    ConnectError,
+    MigratorError,
+    SourceError,
+)
+from migrator.exitcodes import ExitStatus
+from migrator.outcomes import FileOutcome, State, StoreResult
+from migrator.ratelimit import Limits, RateLimiter, make_limiter
+from migrator.scheduler import Scheduler
+from migrator.sources.base import Source, SourceItem
+from migrator.sources.filesystem import FileSource, MemorySource
+from workers.sender import send_file
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Everything ``store`` needs to know. Defaults match the command line's."""
+
+    host: str
+    port: int = 11112
+    called_ae: str = "ANY-SCP"
+    calling_ae: str = "MIGRATOR"
+    #: Overall deadline in seconds for the whole transfer (None: no limit)
+    timeout: float | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    #: Largest PDU we accept (what we advertise); the peer's limit sizes what we send
+    max_pdu: int = 16384
+    limits: Limits = field(default_factory=lambda: Limits(None, None))
+    concurrency: int = 1
+    #: Pause after each file, per association (seconds)
+    throttle_delay: float = 0.0
+    transfer_syntax: str | None = None
+    allow_lossy: bool = False
+    retries: int = 3
+    retry_backoff: float = 0.5
+
+    @property
+    def server(self) -> str:
+        return f"{self.host}:{self.port} ({self.called_ae})"
+
+
+@dataclass(slots=True)
+class _Job:
+    item: SourceItem
+    source: Source
+    header: DicomHeader
+    attempts: int = 0
+
+
+FileCallback = Callable[[FileOutcome], None]
+
+
+class StoreScu:
+    """Send files, folders, S3 objects and in-memory bytes to one DICOM destination.
+
+    Mirrors node-dicom's ``StoreScu``: add inputs, register callbacks, call ``send()``.
+    Callbacks run on worker threads; keep them short and thread-safe.
+
+    >>> scu = StoreScu(StoreSettings(host="pacs", port=104, called_ae="PACS"))
+    >>> scu.add_folder("/archive/2019", recursive=True)          # doctest: +SKIP
+    >>> result = scu.send()                                       # doctest: +SKIP
+    >>> result.exit_status                                        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        settings: StoreSettings,
+        *,
+        on_transfer_started: Callable[[int], None] | None = None,
+        on_file_sending: Callable[[str], None] | None = None,
+        on_file_sent: FileCallback | None = None,
+        on_file_error: FileCallback | None = None,
+        on_transfer_completed: Callable[[StoreResult], None] | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.settings = settings
+        self._sources: list[Source] = []
+        self._on_started = on_transfer_started
+        self._on_sending = on_file_sending
+        self._on_sent = on_file_sent
+        self._on_error = on_file_error
+        self._on_completed = on_transfer_completed
+        self._limiter = limiter or make_limiter(settings.limits)
+        self._lock = threading.Lock()
+        self._live: set[Association] = set()
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def add_file(self, path: str) -> None:
+        self._sources.append(FileSource(path))
+
+    def add_folder(self, path: str, *, recursive: bool = True) -> None:
+        self._sources.append(FileSource(path, recursive=recursive))
+
+    def add_s3(self, uri: str, settings: object | None = None) -> None:
+        from migrator.sources.s3 import S3Settings, S3Source
+
+        s3 = settings if isinstance(settings, S3Settings) else S3Settings()
+        self._sources.append(S3Source(uri, s3))
+
+    def add_bytes(self, data: bytes, name: str = "memory") -> None:
+        self._sources.append(MemorySource(data, name))
+
+    def add_source(self, source: Source) -> None:
+        self._sources.append(source)
+
+    # -- run -------------------------------------------------------------------------------
+
+    def send(self) -> StoreResult:
+        result = StoreResult(server=self.settings.server, started=time.time())
+        deadline = time.monotonic() + self.settings.timeout if self.settings.timeout else None
+        jobs = self._inspect_all(result)
+        if self._on_started:
+            self._on_started(len(jobs) + len(result.outcomes))
+        pairs = {(j.header.sop_class_uid, j.header.transfer_syntax) for j in jobs}
+        profiles = plan_profiles(pairs, forced_syntax=self.settings.transfer_syntax)
+        for profile in profiles:
+            mine = [j for j in jobs if j.header.sop_class_uid in profile.sop_classes]
+            if mine:
+                self._run_profile(profile, mine, result, deadline)
+        result.finished = time.time()
+        if self._on_completed:
+            self._on_completed(result)
+        return result
+
+    def _inspect_all(self, result: StoreResult) -> list[_Job]:
+        jobs: list[_Job] = []
+        pending: list[tuple[Source, SourceItem]] = []
+        for source in self._sources:
+            try:
+                for item in source.iter_items():
+                    pending.append((source, item))
+            except SourceError as exc:
+                self._record(result, FileOutcome(_source_name(source), State.FAILED, str(exc)))
+        # Remote sources cost a round trip per header: inspect them in parallel.
+        workers = 8 if any(not isinstance(s, FileSource) for s, _ in pending) else 1
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for (source, item), header in zip(
+                pending, pool.map(lambda p: _inspect(*p), pending), strict=True
+            ):
+                if isinstance(header, DicomHeader):
+                    problem = _preflight(header)
+                    if problem is None:
+                        jobs.append(_Job(item, source, header))
+                        continue
+                    outcome = FileOutcome(
+                        item.uri,
+                        problem[0],
+                        problem[1],
+                        sop_class_uid=header.sop_class_uid,
+                        sop_instance_uid=header.sop_instance_uid,
+                        ts_original=header.transfer_syntax,
+                    )
+                else:
+                    state = State.SKIPPED if isinstance(header, NotDicomError) else State.FAILED
+                    outcome = FileOutcome(item.uri, state, str(header))
+                self._record(result, outcome)
+        return jobs
+
+    def _run_profile(
+        self, profile: Profile, jobs: list[_Job], result: StoreResult, deadline: float | None
+    ) -> None:
+        sched: Scheduler[_Job] = Scheduler(jobs)
+        fatal: list[tuple[str, ExitStatus]] = []
+        threads = [
+            threading.Thread(
+                target=self._worker,
+                args=(profile, sched, result, fatal, deadline),
+                name=f"store-{profile.index}-{n}",
+                daemon=True,
+            )
+            for n in range(min(self.settings.concurrency, len(jobs)))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.2)
+                if deadline is not None and time.monotonic() > deadline + 1.0:
+                    # In-flight sends past the deadline: abort them (unblocks the threads).
+                    with self._lock:
+                        live = list(self._live)
+                    for assoc in live:
+                        assoc.abort()
+        if fatal and not result.fatal:
+            result.fatal, result.fatal_exit = fatal[0]
+        reason = fatal[0][0] if fatal else "not sent: stopped"
+        for job in sched.stop():
+            self._fail(result, job, reason, None)
+
+    def _worker(
+        self,
+        profile: Profile,
+        sched: Scheduler[_Job],
+        result: StoreResult,
+        fatal: list[tuple[str, ExitStatus]],
+        deadline: float | None,
+    ) -> None:
+        s = self.settings
+        assoc: Association | None = None
+        connect_failures = 0
+        try:
+            while True:
+                job = sched.get()
+                if job is None:
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    self._fail(
+                        result, job, f"not sent: overall timeout ({s.timeout:g}s) reached", None
+                    )
+                    sched.done()
+                    continue
+                if assoc is None or not assoc.is_alive:
+                    try:
+                        assoc = self._associate(profile)
+                        connect_failures = 0
+                    except (ConnectError, AssociationRejected) as exc:
+                        connect_failures += 1
+                        transient = not isinstance(exc, AssociationRejected) or exc.transient
+                        if transient and connect_failures <= s.retries:
+                            sched.retry(job, self._backoff(connect_failures))
+                            continue
+                        code = (
+                            ExitStatus.ASSOCIATION_REJECTED
+                            if isinstance(exc, AssociationRejected)
+                            else ExitStatus.CANNOT_CONNECT
+                        )
+                        fatal.append((str(exc), code))
+                        self._fail(result, job, str(exc), None)
+                        sched.done()
+                        for left in sched.stop():
+                            self._fail(result, left, str(exc), None)
+                        return
+                assoc = self._send_one(assoc, job, sched, result)
+                if s.throttle_delay:
+                    time.sleep(s.throttle_delay)
+        finally:
+            if assoc is not None:
+                assoc.release()
+                with self._lock:
+                    self._live.discard(assoc)
+
+    def _associate(self, profile: Profile) -> Association:
+        s = self.settings
+        assoc = Association.request(
+            s.host,
+            s.port,
+            s.called_ae,
+            s.calling_ae,
+            list(profile.contexts),
+            max_pdu=s.max_pdu,
+            timeouts=s.timeouts,
+        )
+        with self._lock:
+            self._live.add(assoc)
+        return assoc
+
+    def _send_one(
+        self, assoc: Association, job: _Job, sched: Scheduler[_Job], result: StoreResult
+    ) -> Association | None:
+        """Send one job; return the association to keep using (None: open a new one)."""
+        s = self.settings
+        job.attempts += 1
+        self._limiter.acquire(1, job.item.size)
+        if self._on_sending:
+            self._on_sending(job.item.uri)
+        try:
+            with job.source.fetch(job.item) as payload:
+                sent = send_file(
+                    assoc,
+                    job.header,
+                    payload,
+                    allow_lossy=s.allow_lossy,
+                    forced_syntax=s.transfer_syntax,
+                )
+        except AssociationLost as exc:
+            self._forget(assoc)
+            self._retry_or_fail(job, sched, result, f"outcome unknown: {exc}", None)
+            return None
+        except SourceError as exc:
+            self._fail(result, job, str(exc), None)
+            sched.done()
+            return assoc if assoc.is_alive else None
+        except MigratorError as exc:  # transient S3 errors and the like
+            self._retry_or_fail(job, sched, result, str(exc), None)
+            return assoc if assoc.is_alive else None
+        if sent.outcome in (st.Outcome.STORED, st.Outcome.WARNING):
+            outcome = self._outcome(job, State.STORED, sent.error, sent.status)
+            outcome.ts_sent, outcome.transcoded = sent.ts_sent, sent.transcoded
+            outcome.warning = sent.outcome is st.Outcome.WARNING
+            outcome.bytes = job.item.size
+            self._record(result, outcome)
+            sched.done()
+            return assoc
+        if sent.outcome is st.Outcome.TRANSIENT:
+            # Out of resources: back off and re-send on a fresh association.
+            self._forget(assoc, release=True)
+            self._retry_or_fail(job, sched, result, sent.error, sent.status, sent.ts_sent)
+            return None
+        self._fail(result, job, sent.error, sent.status, sent.ts_sent, sent.transcoded)
+        sched.done()
+        return assoc
+
+    def _forget(self, assoc: Association, *, release: bool = False) -> None:
+        if release:
+            assoc.release()
+        with self._lock:
+            self._live.discard(assoc)
+
+    def _retry_or_fail(
+        self,
+        job: _Job,
+        sched: Scheduler[_Job],
+        result: StoreResult,
+        reason: str,
+        status: int | None,
+        ts_sent: str = "",
+    ) -> None:
+        if job.attempts <= self.settings.retries:
+            sched.retry(job, self._backoff(job.attempts))
+            return
+        self._fail(
+            result, job, f"{reason} (gave up after {job.attempts} attempts)", status, ts_sent
+        )
+        sched.done()
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(_MAX_BACKOFF, self.settings.retry_backoff * 2 ** (attempt - 1)))
+
+    def _outcome(self, job: _Job, state: State, reason: str, status: int | None) -> FileOutcome:
+        h = job.header
+        return FileOutcome(
+            job.item.uri,
+            state,
+            reason,
+            status,
+            sop_class_uid=h.sop_class_uid,
+            sop_instance_uid=h.sop_instance_uid,
+            ts_original=h.transfer_syntax,
+            attempts=job.attempts,
+        )
+
+    def _fail(
+        self,
+        result: StoreResult,
+        job: _Job,
+        reason: str,
+        status: int | None,
+        ts_sent: str = "",
+        transcoded: bool = False,
+    ) -> None:
+        outcome = self._outcome(job, State.FAILED, reason, status)
+        outcome.ts_sent, outcome.transcoded = ts_sent, transcoded
+        self._record(result, outcome)
+
+    def _record(self, result: StoreResult, outcome: FileOutcome) -> None:
+        with self._lock:
+            result.outcomes.append(outcome)
+        callback = self._on_sent if outcome.state is State.STORED else self._on_error
+        if callback:
+            callback(outcome)
+
+
+def _inspect(source: Source, item: SourceItem) -> DicomHeader | MigratorError:
+    try:
+        if isinstance(source, FileSource):
+            return inspect_file(item.uri)
+        read_head = getattr(source, "read_head", None)
+        if read_head is not None:
+            from migrator.dicomfile import HEAD_BYTES
+
+            head = read_head(item, 4 * HEAD_BYTES)
+            try:
+                return inspect_bytes(head, item.uri, size=item.size)
+            except NotDicomError:
+                if len(head) >= item.size:
+                    raise
+        with source.fetch(item) as payload:
+            if payload.path is not None:
+                return inspect_file(payload.path)
+            assert payload.data is not None
+            return inspect_bytes(payload.data, item.uri)
+    except MigratorError as exc:
+        return exc
+
+
+def _preflight(h: DicomHeader) -> tuple[State, str] | None:
+    """Refuse before sending what a PACS would refuse or mis-file (PS3.3 Type 1 UIDs)."""
+    if h.sop_class_uid == MEDIA_STORAGE_DIRECTORY:
+        return State.SKIPPED, "DICOMDIR (media storage directory), not an image instance"
+    missing = [n for n, v in (("Study", h.study_uid), ("Series", h.series_uid)) if not v]
+    if missing:
+        names = " and ".join(f"{m} Instance UID" for m in missing)
+        return State.FAILED, f"invalid instance: no {names} (Type 1); not sent"
+    return None
+
+
+def _source_name(source: Source) -> str:
+    return str(getattr(source, "path", None) or getattr(source, "uri", None) or source)

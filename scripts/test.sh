@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs, lints, type-checks, tests.
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh -k store   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh --dev
+echo "== ruff" >&2
+.venv/bin/ruff check migrator workers tests bench scripts
+echo "== mypy (strict on migrator/ and workers/)" >&2
+.venv/bin/mypy
+echo "== pytest" >&2
+exec .venv/bin/pytest "$@"

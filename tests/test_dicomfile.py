@@ -1,0 +1,133 @@
+"""Header-only inspection: what `store` learns from a file before sending it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from migrator.dicomfile import (
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    NotDicomError,
+    inspect_bytes,
+    inspect_file,
+)
+from migrator.errors import SourceError
+
+
+def _testfile(name: str) -> str:
+    path = get_testdata_file(name)
+    assert path is not None, f"pydicom test file {name} missing"
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_jp2klossless.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "image_dfl.dcm",
+        "MR_small_RLE.dcm",
+        "rtplan.dcm",
+    ],
+)
+def test_header_matches_pydicom_full_read(name: str) -> None:
+    """The fast parser finds the same UIDs and syntax as a full pydicom read."""
+    path = _testfile(name)
+    h = inspect_file(path)
+    ds = pydicom.dcmread(path)
+    assert h.sop_class_uid == ds.SOPClassUID
+    assert h.sop_instance_uid == ds.SOPInstanceUID
+    assert h.transfer_syntax == ds.file_meta.TransferSyntaxUID
+    assert h.study_uid == ds.StudyInstanceUID
+    assert h.series_uid == ds.SeriesInstanceUID
+    assert h.has_meta
+    assert h.size == os.path.getsize(path)
+    # The dataset offset is exactly where pydicom's File Meta reading stops.
+    with open(path, "rb") as f:
+        pydicom.filereader.read_preamble(f, False)
+        pydicom.filereader._read_file_meta_info(f)
+        assert h.dataset_offset == f.tell()
+
+
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [("rtstruct.dcm", IMPLICIT_LE), ("ExplVR_BigEndNoMeta.dcm", EXPLICIT_BE)],
+)
+def test_dataset_only_files_are_recognised(name: str, syntax: str) -> None:
+    """Files without File Meta: the encoding is sniffed and the dataset starts at byte 0."""
+    path = _testfile(name)
+    h = inspect_file(path)
+    ds = pydicom.dcmread(path, force=True)
+    assert not h.has_meta
+    assert h.dataset_offset == 0
+    assert h.transfer_syntax == syntax
+    assert h.sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_explicit_le_without_meta(tmp_path: Path) -> None:
+    src = pydicom.dcmread(_testfile("CT_small.dcm"))
+    out = tmp_path / "noMeta.dcm"
+    # Write the bare dataset (no preamble, no group 0002) in explicit VR LE.
+    from pydicom.filewriter import write_dataset
+
+    with open(out, "wb") as f:
+        fp = pydicom.filebase.DicomFileLike(f)
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_dataset(fp, src)
+    h = inspect_file(str(out))
+    assert (h.transfer_syntax, h.dataset_offset, h.has_meta) == (EXPLICIT_LE, 0, False)
+    assert h.sop_instance_uid == src.SOPInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"hello, this is a text file\n" * 20, "not a DICOM file"),
+        (b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00ZZ\x04\x00abcd", "invalid VR"),
+    ],
+)
+def test_non_dicom_is_refused_with_a_reason(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(content)
+    with pytest.raises(NotDicomError, match=reason):
+        inspect_file(str(path))
+
+
+def test_missing_and_unreadable_files_are_source_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="vanished"):
+        inspect_file(str(tmp_path / "gone.dcm"))
+    with pytest.raises(SourceError, match="directory"):
+        inspect_file(str(tmp_path))
+
+
+def test_truncated_header_is_refused(tmp_path: Path) -> None:
+    data = Path(_testfile("CT_small.dcm")).read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[:200])  # inside the File Meta group
+    with pytest.raises(NotDicomError):
+        inspect_file(str(path))
+
+
+def test_inspect_bytes_equals_inspect_file() -> None:
+    path = _testfile("MR_small.dcm")
+    assert inspect_bytes(Path(path).read_bytes()) == inspect_file(path)
+
+
+def test_header_longer_than_first_read_is_widened(tmp_path: Path) -> None:
+    """A header with a 100 KB private element before the Study UID still inspects."""
+    ds = pydicom.dcmread(_testfile("CT_small.dcm"))
+    ds.add_new(0x00191010, "OB", b"\x01" * 100_000)  # sorts before (0020,000D)
+    path = tmp_path / "long.dcm"
+    ds.save_as(path)
+    h = inspect_file(str(path))
+    assert h.study_uid == ds.StudyInstanceUID
