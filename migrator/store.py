@@ -139,9 +139,11 @@ class StoreScu:
     def send(self) -> StoreResult:
         result = StoreResult(server=self.settings.server, started=time.time())
         deadline = time.monotonic() + self.settings.timeout if self.settings.timeout else None
-        jobs = self._inspect_all(result)
+        jobs, refused = self._inspect_all()
         if self._on_started:
-            self._on_started(len(jobs) + len(result.outcomes))
+            self._on_started(len(jobs) + len(refused))
+        for outcome in refused:
+            self._record(result, outcome)
         pairs = {(j.header.sop_class_uid, j.header.transfer_syntax) for j in jobs}
         profiles = plan_profiles(pairs, forced_syntax=self.settings.transfer_syntax)
         for profile in profiles:
@@ -153,15 +155,17 @@ class StoreScu:
             self._on_completed(result)
         return result
 
-    def _inspect_all(self, result: StoreResult) -> list[_Job]:
+    def _inspect_all(self) -> tuple[list[_Job], list[FileOutcome]]:
+        """Read every header; return what to send and what was refused before sending."""
         jobs: list[_Job] = []
+        refused: list[FileOutcome] = []
         pending: list[tuple[Source, SourceItem]] = []
         for source in self._sources:
             try:
                 for item in source.iter_items():
                     pending.append((source, item))
             except SourceError as exc:
-                self._record(result, FileOutcome(_source_name(source), State.FAILED, str(exc)))
+                refused.append(FileOutcome(_source_name(source), State.FAILED, str(exc)))
         # Remote sources cost a round trip per header: inspect them in parallel.
         workers = 8 if any(not isinstance(s, FileSource) for s, _ in pending) else 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -184,8 +188,8 @@ class StoreScu:
                 else:
                     state = State.SKIPPED if isinstance(header, NotDicomError) else State.FAILED
                     outcome = FileOutcome(item.uri, state, str(header))
-                self._record(result, outcome)
-        return jobs
+                refused.append(outcome)
+        return jobs, refused
 
     def _run_profile(
         self, profile: Profile, jobs: list[_Job], result: StoreResult, deadline: float | None

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,10 +67,15 @@ def _contexts(*pairs: tuple[str, str]) -> list[ProposedContext]:
     return out
 
 
-def _assoc(port: int, *pairs: tuple[str, str], called: str = "PYNETDICOM",
-           timeouts: Timeouts | None = None) -> Association:
+def _assoc(
+    port: int, *pairs: tuple[str, str], called: str = "PYNETDICOM", timeouts: Timeouts | None = None
+) -> Association:
     return Association.request(
-        "127.0.0.1", port, called, "MIGRATOR", _contexts(*pairs),
+        "127.0.0.1",
+        port,
+        called,
+        "MIGRATOR",
+        _contexts(*pairs),
         timeouts=timeouts or Timeouts(acse=5, dimse=5, network=5, connect=5),
     )
 
@@ -83,8 +89,12 @@ def test_echo_and_store_arrive_intact_and_socket_has_nodelay() -> None:
         assert assoc.c_echo().status == 0
         ctx = assoc.context_for(h.sop_class_uid, h.transfer_syntax)
         assert ctx is not None
-        r = assoc.c_store(ctx, h.sop_class_uid, h.sop_instance_uid,
-                          FileSlice(path, h.dataset_offset, h.size - h.dataset_offset))
+        r = assoc.c_store(
+            ctx,
+            h.sop_class_uid,
+            h.sop_instance_uid,
+            FileSlice(path, h.dataset_offset, h.size - h.dataset_offset),
+        )
         assert r.status == 0
         assoc.release()
         assert not assoc.is_alive
@@ -114,8 +124,12 @@ def test_large_dataset_is_fragmented_to_the_peer_max_pdu(tmp_path: Any) -> None:
         assert assoc.peer_max_pdu == 16382
         ctx = assoc.context_for(CT, ExplicitVRLittleEndian)
         assert ctx is not None
-        r = assoc.c_store(ctx, CT, h.sop_instance_uid,
-                          FileSlice(str(path), h.dataset_offset, h.size - h.dataset_offset))
+        r = assoc.c_store(
+            ctx,
+            CT,
+            h.sop_instance_uid,
+            FileSlice(str(path), h.dataset_offset, h.size - h.dataset_offset),
+        )
         assoc.release()
     assert r.status == 0
     assert received[0].PixelData == ds.PixelData
@@ -124,7 +138,7 @@ def test_large_dataset_is_fragmented_to_the_peer_max_pdu(tmp_path: Any) -> None:
 def test_bytes_payload_in_memory() -> None:
     path = str(get_testdata_file("MR_small.dcm"))
     h = inspect_file(path)
-    data = open(path, "rb").read()[h.dataset_offset :]
+    data = Path(path).read_bytes()[h.dataset_offset :]
     with pynetdicom_scp() as (port, received):
         assoc = _assoc(port, (h.sop_class_uid, h.transfer_syntax))
         ctx = assoc.context_for(h.sop_class_uid, h.transfer_syntax)
@@ -142,7 +156,7 @@ def test_failure_status_is_returned_and_the_association_stays_usable() -> None:
         assoc = _assoc(port, (h.sop_class_uid, h.transfer_syntax))
         ctx = assoc.context_for(h.sop_class_uid, h.transfer_syntax)
         assert ctx is not None
-        data = open(path, "rb").read()[h.dataset_offset :]
+        data = Path(path).read_bytes()[h.dataset_offset :]
         assert assoc.c_store(ctx, h.sop_class_uid, h.sop_instance_uid, data).status == 0xA700
         # The association stays usable after a failure status.
         assert assoc.c_echo().status == 0
@@ -150,9 +164,11 @@ def test_failure_status_is_returned_and_the_association_stays_usable() -> None:
 
 
 def test_wrong_called_ae_is_a_permanent_rejection_with_the_reason() -> None:
-    with pynetdicom_scp(require_called_aet=True) as (port, _):
-        with pytest.raises(AssociationRejected, match="called AE title not recognized") as err:
-            _assoc(port, (CT, ExplicitVRLittleEndian), called="WRONG")
+    with (
+        pynetdicom_scp(require_called_aet=True) as (port, _),
+        pytest.raises(AssociationRejected, match="called AE title not recognized") as err,
+    ):
+        _assoc(port, (CT, ExplicitVRLittleEndian), called="WRONG")
     assert err.value.result == 1 and not err.value.transient
 
 
@@ -168,8 +184,12 @@ def test_abort_mid_store_raises_association_lost() -> None:
         ctx = assoc.context_for(h.sop_class_uid, h.transfer_syntax)
         assert ctx is not None
         with pytest.raises(AssociationLost):
-            assoc.c_store(ctx, h.sop_class_uid, h.sop_instance_uid,
-                          FileSlice(path, h.dataset_offset, h.size - h.dataset_offset))
+            assoc.c_store(
+                ctx,
+                h.sop_class_uid,
+                h.sop_instance_uid,
+                FileSlice(path, h.dataset_offset, h.size - h.dataset_offset),
+            )
         assert not assoc.is_alive
 
 
@@ -183,14 +203,21 @@ def test_dimse_timeout_aborts_and_raises_within_the_timeout() -> None:
         return 0
 
     with pynetdicom_scp(handler=stall) as (port, _):
-        assoc = _assoc(port, (h.sop_class_uid, h.transfer_syntax),
-                       timeouts=Timeouts(connect=5, acse=5, dimse=1.0, network=5))
+        assoc = _assoc(
+            port,
+            (h.sop_class_uid, h.transfer_syntax),
+            timeouts=Timeouts(connect=5, acse=5, dimse=1.0, network=5),
+        )
         ctx = assoc.context_for(h.sop_class_uid, h.transfer_syntax)
         assert ctx is not None
         t0 = time.monotonic()
         with pytest.raises(AssociationLost, match="DIMSE timeout"):
-            assoc.c_store(ctx, h.sop_class_uid, h.sop_instance_uid,
-                          FileSlice(path, h.dataset_offset, h.size - h.dataset_offset))
+            assoc.c_store(
+                ctx,
+                h.sop_class_uid,
+                h.sop_instance_uid,
+                FileSlice(path, h.dataset_offset, h.size - h.dataset_offset),
+            )
         assert 0.9 < time.monotonic() - t0 < 3
         release.set()
 
@@ -205,8 +232,9 @@ def test_closed_port_is_refused_quickly() -> None:
 
 def test_unsupported_sop_class_context_is_reported_rejected() -> None:
     with pynetdicom_scp() as (port, _):
-        assoc = _assoc(port, ("1.2.3.4.5.6.7.8", ExplicitVRLittleEndian),
-                       (CT, ExplicitVRLittleEndian))
+        assoc = _assoc(
+            port, ("1.2.3.4.5.6.7.8", ExplicitVRLittleEndian), (CT, ExplicitVRLittleEndian)
+        )
         assert assoc.context_for("1.2.3.4.5.6.7.8", ExplicitVRLittleEndian) is None
         assert assoc.rejected["1.2.3.4.5.6.7.8"] == 3  # abstract syntax not supported
         assert assoc.context_for(CT, ExplicitVRLittleEndian) is not None

@@ -273,7 +273,10 @@ class Association:
             elif isinstance(dataset, FileSlice):
                 self._send_file(ctx, dataset, bufs)
             else:
-                _append_fragments(bufs, ctx, memoryview(dataset), frag, command=False, final=True)
+                view = memoryview(dataset)
+                if len(view) % 2:
+                    view = memoryview(bytes(view) + b"\x00")  # see _send_file
+                _append_fragments(bufs, ctx, view, frag, command=False, final=True)
                 _sendmsg_all(self._sock, bufs)
         except SourceError:
             # The file changed under us mid-send: the peer holds half a dataset.
@@ -304,6 +307,10 @@ class Association:
                     raise SourceError(f"{src.path} shrank while it was being sent")
                 offset += want
                 remaining -= want
+                if remaining == 0 and src.length % 2:
+                    # DICOM data is even-length; a deflated stream stored with an odd length
+                    # must be padded with one NUL (PS3.5 A.5), and peers refuse odd PDVs.
+                    chunk += b"\x00"
                 _append_fragments(
                     bufs, ctx, memoryview(chunk), frag, command=False, final=remaining == 0
                 )

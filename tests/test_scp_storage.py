@@ -1,0 +1,154 @@
+"""Unit tests of the receiver's disk side: path safety, atomic writes, File Meta (no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+import pydicom
+import pytest
+
+from migrator.errors import ConfigError
+from migrator.scp_storage import (
+    UnsafeUIDError,
+    check_output_dir,
+    encode_meta,
+    file_meta,
+    relative_path,
+    resolve_under,
+    write_instance,
+)
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+HOSTILE = [
+    "../../evil",
+    "..",
+    ".",
+    "1.2/3",
+    "/etc/passwd",
+    "1.2\x00.3",
+    "1.2.3\\4",
+    "1..2",
+    "",
+    "1." + "2" * 80,  # longer than 64
+    "1.2.3 ",
+    "1.02",  # leading zero in a component: not a UID
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+@pytest.mark.parametrize("where", ["study", "series", "sop"])
+def test_hostile_uid_never_becomes_a_path_component(bad: str, where: str) -> None:
+    """Any invalid UID in any position is refused before a path is built."""
+    uids = {"study": "1.2.3", "series": "1.2.3.4", "sop": "1.2.3.4.5"}
+    uids[where] = bad
+    with pytest.raises(UnsafeUIDError):
+        relative_path(uids["study"], uids["series"], uids["sop"], organize=True)
+
+
+def test_flat_layout_ignores_study_and_series() -> None:
+    """--no-organize needs only the SOP Instance UID, so odd Study/Series UIDs don't matter."""
+    assert relative_path("", "../x", "1.2.3", organize=False) == PurePosixPath("1.2.3.dcm")
+    with pytest.raises(UnsafeUIDError):
+        relative_path("1.2", "1.3", "../../evil", organize=False)
+
+
+def test_organized_layout() -> None:
+    """Study/Series/SOP.dcm, in that order."""
+    assert relative_path("1.2", "1.2.3", "1.2.3.4", organize=True) == PurePosixPath(
+        "1.2/1.2.3/1.2.3.4.dcm"
+    )
+
+
+def test_symlink_inside_output_cannot_lead_outside(tmp_path: Path) -> None:
+    """A planted symlink Study dir pointing elsewhere is caught by resolving the path."""
+    root = tmp_path / "out"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "1.2").symlink_to(outside)
+    with pytest.raises(UnsafeUIDError):
+        resolve_under(root, PurePosixPath("1.2/1.3/1.4.dcm"))
+
+
+def _spool(tmp_path: Path, payload: bytes) -> tuple[Path, int]:
+    """A fake pynetdicom spool file: 40 bytes of junk 'meta', then the dataset bytes."""
+    src = tmp_path / "spool.bin"
+    src.write_bytes(b"J" * 40 + payload)
+    return src, 40
+
+
+def test_written_file_is_meta_plus_dataset_bytes_verbatim(tmp_path: Path) -> None:
+    """The dataset bytes are copied as received behind our File Meta, readable by pydicom."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.PatientID = "SYNTH"
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    payload = buf.getvalue()
+    src, offset = _spool(tmp_path, payload)
+    root = tmp_path / "out"
+    meta = file_meta(CT, "1.2.3.4.5", EXPLICIT_LE, "SENDER")
+    final, replaced = write_instance(
+        root, PurePosixPath("1.2/1.3/1.2.3.4.5.dcm"), src, offset, meta
+    )
+    assert final == (root / "1.2/1.3/1.2.3.4.5.dcm").resolve()
+    assert not replaced
+    data = final.read_bytes()
+    assert data.endswith(payload)
+    assert data[128:132] == b"DICM"
+    back = pydicom.dcmread(final)
+    assert back.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert back.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4.5"
+    assert back.file_meta.MediaStorageSOPClassUID == CT
+    assert back.file_meta.SourceApplicationEntityTitle == "SENDER"
+    assert back.PatientID == "SYNTH"
+    # A second write of the same instance replaces it and says so.
+    assert write_instance(root, PurePosixPath("1.2/1.3/1.2.3.4.5.dcm"), src, offset, meta)[1]
+
+
+def test_failed_copy_leaves_no_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash mid-copy leaves neither a half file under the final name nor a .part file."""
+    import shutil
+
+    src, offset = _spool(tmp_path, b"x" * 5000)
+    root = tmp_path / "out"
+    rel = PurePosixPath("1.2.dcm")
+    root.mkdir()
+    (root / "1.2.dcm").write_bytes(b"previous complete copy")
+
+    def broken_copy(fsrc: object, fdst: object, length: int = 0) -> None:
+        fdst.write(b"partial")  # type: ignore[attr-defined]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", broken_copy)
+    with pytest.raises(OSError):
+        write_instance(root, rel, src, offset, file_meta(CT, "1.2", EXPLICIT_LE, None))
+    assert sorted(os.listdir(root)) == ["1.2.dcm"]
+    assert (root / "1.2.dcm").read_bytes() == b"previous complete copy"
+
+
+def test_odd_calling_ae_is_left_out_of_the_meta() -> None:
+    """A calling AE title that is not a valid AE does not make the meta unwritable."""
+    meta = file_meta(CT, "1.2", EXPLICIT_LE, "BAD\\AE\x01")
+    assert "SourceApplicationEntityTitle" not in meta
+    assert encode_meta(meta)[128:132] == b"DICM"
+
+
+def test_output_dir_is_created_and_checked(tmp_path: Path) -> None:
+    """Missing dirs are created; a path through a regular file is a ConfigError."""
+    assert check_output_dir(tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot create output directory"):
+        check_output_dir(tmp_path / "file" / "sub")
+    with pytest.raises(ConfigError, match="not a directory"):
+        check_output_dir(tmp_path / "file")
