@@ -300,6 +300,12 @@ class StorageSCP:
                 )
                 return status
             return self._store(event, sop_class, decision.number, started)
+        except Exception:
+            # A bug, not a peer problem: keep the counters honest and let pynetdicom
+            # answer 0xC211 ("unable to process") for the raised exception.
+            self.stats.store_failed(fault=False)
+            log.exception("C-STORE #%d from %s: handler error", decision.number, _peer(assoc))
+            raise
         finally:
             if self.config.faults.response_delay > 0 and decision.action is not Action.ABORT:
                 time.sleep(self.config.faults.response_delay)

@@ -33,6 +33,17 @@ from migrator.dul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from migrator.errors import ConfigError
 from migrator.validation import ae_title, is_valid_uid
 
+
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; received files should get the usual umask-based mode
+    # so that other tools (viewers, importers) can read them. Read the umask once, at
+    # import, in the main thread: os.umask() is process-wide, so it must not race.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
 #: PS3.10 §7.1: a 128-byte preamble (zeros here) and the "DICM" prefix.
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _COPY_CHUNK = 1024 * 1024
@@ -127,6 +138,7 @@ def write_instance(
     header = encode_meta(meta)
     fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             out.write(header)
             src.seek(dataset_offset)

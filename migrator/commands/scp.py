@@ -179,7 +179,8 @@ def setup_scp_logging(verbose: int) -> None:
     default=None,
     metavar="N",
     help="[testing] Abort each association (A-ABORT) when its store N+1 arrives; that "
-    "instance is not stored and gets no response.",
+    "instance is not stored and gets no response. Not combinable with --fail-status or "
+    "--fail-every.",
 )
 @opt(
     "--response-delay",
@@ -187,7 +188,8 @@ def setup_scp_logging(verbose: int) -> None:
     type=click.FloatRange(0),
     default=0,
     metavar="MS",
-    help="[testing] Sleep MS milliseconds before answering every C-STORE.",
+    help="[testing] Sleep MS milliseconds before answering every C-STORE (after storing "
+    "it or deciding its fault).",
 )
 @opt(
     "--refuse",
@@ -238,9 +240,13 @@ def scp_command(
     "/" or "..") is refused with status 0xC000 and nothing is written; a failed write
     answers 0xA700. Logs go to stderr: a banner, one line per C-ECHO/C-STORE (AE titles,
     SOP class, path; never patient data), statistics every 30 s, and a summary on
-    SIGTERM or Ctrl-C. Once listening it prints, for scripts:
-    "migrator scp: listening on HOST:PORT as AE TITLE (pid N)". PORT 0 lets the kernel
-    choose a free port (read it from that line).
+    SIGTERM or Ctrl-C (associations still open then are aborted). Once listening it
+    prints, for scripts: "migrator scp: listening on HOST:PORT as AE TITLE (pid N)".
+
+    PORT defaults to 11112 (env MIGRATOR_SCP_PORT); 0 lets the kernel choose a free
+    port (read it from that line). A re-sent instance replaces the earlier file (the
+    log says so). pynetdicom first spools each incoming dataset to $TMPDIR, so put
+    TMPDIR on a disk with room for the largest instance.
 
     \b
     Examples:
