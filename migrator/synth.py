@@ -447,6 +447,10 @@ def write_corpus(
     # Uncompressed syntaxes take the template shortcut; compressed files are built one by one.
     fast = ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian)
 
+    # Two corpora with the same seed but another shape must not share UIDs (a demo or a test
+    # sending both would otherwise overwrite instances at the receiver).
+    key = (seed, size, kind, rows, cols, frames, bits, str(ts))
+
     def build(i: int, study: int, series: int) -> Dataset:
         return make_dataset(
             kind or preset.kind,
@@ -454,9 +458,9 @@ def write_corpus(
             cols=cols or preset.cols,
             frames=frames or preset.frames,
             bits=bits or preset.bits,
-            study_uid=derived_uid("corpus-study", seed, study),
-            series_uid=derived_uid("corpus-series", seed, study, series),
-            sop_uid=derived_uid("corpus-sop", seed, i),
+            study_uid=derived_uid("corpus-study", *key, study),
+            series_uid=derived_uid("corpus-series", *key, study, series),
+            sop_uid=derived_uid("corpus-sop", *key, i),
             transfer_syntax=ts,
             seed=seed,
             patient_id=f"SYNTH{study + 1:04d}",
@@ -477,7 +481,7 @@ def write_corpus(
             paths.append(write_dataset(ds, path))
             continue
         _, ds, writer = current
-        ds.SOPInstanceUID = derived_uid("corpus-sop", seed, i)
+        ds.SOPInstanceUID = derived_uid("corpus-sop", *key, i)
         _set_instance_elements(ds, seed, i + 1, ts)
         paths.append(writer.write(ds, path))
     return paths

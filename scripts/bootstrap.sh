@@ -28,16 +28,19 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   "$py" -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed (or the dev extra is newly wanted).
-stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)-$dev"
-if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing Python packages" >&2
-  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip >&2
-  if [ $dev -eq 1 ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -e "$root[dev]" >&2
-  else
-    .venv/bin/pip install -q --disable-pip-version-check -e "$root" >&2
+# Reinstall only when pyproject.toml changed, or the dev extra is wanted and not installed
+# (an install with the dev extra also satisfies a plain one).
+hash=$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f ".venv/.installed-$hash-1" ] && { [ $dev -eq 1 ] || [ ! -f ".venv/.installed-$hash-0" ]; }; then
+  echo "bootstrap: installing Python packages (log: .venv/pip.log)" >&2
+  target="$root"
+  [ $dev -eq 1 ] && target="$root[dev]"
+  if ! { .venv/bin/pip install -q --disable-pip-version-check --upgrade pip &&
+         .venv/bin/pip install -q --disable-pip-version-check -e "$target"; } >.venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    echo "bootstrap: pip install failed" >&2
+    exit 1
   fi
   rm -f .venv/.installed-*
-  touch "$stamp"
+  touch ".venv/.installed-$hash-$dev"
 fi
