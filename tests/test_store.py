@@ -297,3 +297,114 @@ def test_store_from_s3_prefix(moto_s3: Any, storescp: StoreScpPeer, tmp_path: Pa
     assert "Total Files: 12" in proc.stdout
     assert {sop_uid(p) for p in storescp.received_files()} == {sop_uid(p) for p in files}
     assert all(f["uri"].startswith(f"s3://{bucket}/archive/") for f in load_report(report)["files"])
+
+
+def test_lossy_original_is_refused_unless_allowed(
+    orthanc_factory: Callable[..., OrthancPeer], tmp_path: Path
+) -> None:
+    """JPEG baseline to a PACS that takes no compression: fail, or decompress on request."""
+    from pydicom.data import get_testdata_file
+
+    orthanc = orthanc_factory(compression="none")
+    jpeg = Path(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
+    args = (
+        "store",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        orthanc.dicom_port,
+        "--called-ae",
+        "ORTHANC",
+        jpeg,
+    )
+    refused = run_migrator(*args, "--report", tmp_path / "a.json")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    [entry] = load_report(tmp_path / "a.json")["files"]
+    assert entry["state"] == "failed" and "lossy" in entry["reason"].lower()
+    assert orthanc.count_instances() == 0
+    allowed = run_migrator(*args, "--allow-lossy-decompression", "--report", tmp_path / "b.json")
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    [entry] = load_report(tmp_path / "b.json")["files"]
+    assert entry["transcoded"] and entry["ts_sent"] == EXPLICIT_LE
+    oid = orthanc.find_instance(sop_uid(jpeg))
+    assert oid and orthanc.metadata(oid)["TransferSyntax"] == EXPLICIT_LE
+
+
+def test_forced_transfer_syntax_is_what_arrives(storescp: StoreScpPeer, tmp_path: Path) -> None:
+    files = synth.write_corpus(tmp_path / "c", count=3, size="tiny")  # explicit VR LE
+    proc = run_migrator(
+        "store",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        storescp.port,
+        "--transfer-syntax",
+        "implicit",
+        *files,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    received = storescp.received_files()
+    assert len(received) == 3
+    for p in received:
+        ds = pydicom.dcmread(p)
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    by_uid = {sop_uid(p): p for p in received}
+    for original in files:
+        got = pydicom.dcmread(by_uid[sop_uid(original)])
+        assert got.PixelData == pydicom.dcmread(original).PixelData
+
+
+def _write_big_file(path: Path, frames: int) -> int:
+    """A multi-frame 1024x1024x8-bit file of ``frames`` MB, its pixels a sparse zero run."""
+    ds = synth.make_dataset("SC", rows=1024, cols=1024, bits=8, frames=1, seed=7)
+    del ds.PixelData
+    ds.NumberOfFrames = frames
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.2"  # Multi-frame Grayscale Byte SC
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.save_as(path, enforce_file_format=True)
+    length = frames * 1024 * 1024
+    with open(path, "ab") as f:  # (7FE0,0010) OB, explicit VR LE, then the value
+        f.write(b"\xe0\x7f\x10\x00OB\x00\x00" + length.to_bytes(4, "little"))
+        f.truncate(f.tell() + length)
+    return path.stat().st_size
+
+
+@pytest.mark.slow
+def test_a_1gb_file_streams_with_flat_memory(
+    storescp_factory: Callable[..., StoreScpPeer], tmp_path: Path
+) -> None:
+    """Peak RSS of the sending process stays far below the file size."""
+    import os
+    import subprocess
+    import sys
+
+    peer = storescp_factory(ignore=True)
+    size = _write_big_file(tmp_path / "big.dcm", frames=1024)
+    assert size > 1024**3
+    out = tmp_path / "out.txt"
+    with open(out, "w") as sink:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "migrator",
+                "store",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(peer.port),
+                "--called-ae",
+                "STORESCP",
+                str(tmp_path / "big.dcm"),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        # wait4 gives this child's own peak RSS (KiB on Linux).
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    text = out.read_text()
+    assert child.returncode == 0, text
+    assert "Successful:  1" in text
+    print(f"peak RSS {usage.ru_maxrss / 1024:.0f} MB")
+    assert usage.ru_maxrss < 150 * 1024, f"peak RSS {usage.ru_maxrss / 1024:.0f} MB"
