@@ -23,7 +23,8 @@ class ExitStatus(enum.IntEnum):
 
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 all files stored; 1 one or more files failed; 2 bad arguments or "
+    "Exit codes: 0 every DICOM file stored (non-DICOM files are skipped and listed); "
+    "1 one or more files failed; 2 bad arguments or "
     "configuration; 3 cannot connect (refused, unreachable, timeout, aborted); "
     "4 association rejected (e.g. called AE title not recognised); 5 no input files; "
     "130 interrupted."

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from migrator import status as st
 from migrator.contexts import Profile, plan_profiles
@@ -37,6 +38,9 @@ from migrator.scheduler import Scheduler
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource, MemorySource
 from workers.sender import send_file
+
+if TYPE_CHECKING:
+    from migrator.sources.s3 import S3Settings
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _MAX_BACKOFF = 30.0
@@ -122,11 +126,11 @@ class StoreScu:
     def add_folder(self, path: str, *, recursive: bool = True) -> None:
         self._sources.append(FileSource(path, recursive=recursive))
 
-    def add_s3(self, uri: str, settings: object | None = None) -> None:
+    def add_s3(self, uri: str, settings: S3Settings | None = None) -> None:
+        """Add an S3 object (``s3://bucket/key``) or every object under a prefix."""
         from migrator.sources.s3 import S3Settings, S3Source
 
-        s3 = settings if isinstance(settings, S3Settings) else S3Settings()
-        self._sources.append(S3Source(uri, s3))
+        self._sources.append(S3Source(uri, settings or S3Settings()))
 
     def add_bytes(self, data: bytes, name: str = "memory") -> None:
         self._sources.append(MemorySource(data, name))
@@ -148,7 +152,11 @@ class StoreScu:
         profiles = plan_profiles(pairs, forced_syntax=self.settings.transfer_syntax)
         for profile in profiles:
             mine = [j for j in jobs if j.header.sop_class_uid in profile.sop_classes]
-            if mine:
+            if result.fatal:
+                # The destination is unusable (refused, rejected): do not try it again.
+                for job in mine:
+                    self._fail(result, job, result.fatal, None)
+            elif mine:
                 self._run_profile(profile, mine, result, deadline)
         result.finished = time.time()
         if self._on_completed:

@@ -192,3 +192,46 @@ def test_thousands_of_tiny_files_to_a_fast_peer_lose_no_response(
     data = load_report(report)
     assert data["totals"]["stored"] == 3000
     assert all(f["attempts"] == 1 for f in data["files"]), "no response may go missing"
+
+
+def test_overall_timeout_ends_the_run_and_reports_unsent_files(tmp_path: Path) -> None:
+    files = synth.write_corpus(tmp_path / "slow", count=20, size="tiny")
+    with start_migrator_scp(tmp_path / "scp", "--response-delay", "300") as scp:
+        report = tmp_path / "r.json"
+        t0 = time.monotonic()
+        proc = _store(scp.port, tmp_path / "slow", "--timeout", "1s", "--report", report)
+        elapsed = time.monotonic() - t0
+        assert proc.returncode == ExitStatus.PARTIAL_FAILURE, proc.stdout + proc.stderr
+        assert elapsed < 10
+        data = load_report(report)
+        assert len(data["files"]) == len(files)
+        late = [f for f in data["files"] if "overall timeout" in f["reason"]]
+        assert late and data["totals"]["stored"] >= 1
+        assert data["totals"]["stored"] + len(late) == len(files)
+        scp.stop()
+
+
+def test_store_options_come_from_environment_variables(
+    storescp: StoreScpPeer, tmp_path: Path
+) -> None:
+    synth.write_corpus(tmp_path / "env", count=2, size="tiny")
+    proc = run_migrator(
+        "store",
+        env={
+            "MIGRATOR_HOST": "127.0.0.1",
+            "MIGRATOR_PORT": str(storescp.port),
+            "MIGRATOR_CALLED_AE": "STORESCP",
+            "MIGRATOR_DIR": str(tmp_path / "env"),
+        },
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(storescp.received_files()) == 2
+
+
+def test_bad_arguments_exit_2_with_a_clear_message(tmp_path: Path) -> None:
+    proc = run_migrator("store", "--host", "127.0.0.1", "--transfer-syntax", "bogus", tmp_path)
+    assert proc.returncode == ExitStatus.BAD_CONFIG
+    assert "unknown transfer syntax 'bogus'" in proc.stderr
+    proc = run_migrator("store", "--host", "127.0.0.1")
+    assert proc.returncode == ExitStatus.BAD_CONFIG
+    assert "nothing to send" in proc.stderr
