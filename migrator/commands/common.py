@@ -101,19 +101,20 @@ def peer_options(func: F) -> F:
     return func
 
 
-def setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING
+def setup_logging(verbose: int, quiet: bool = False, *, base: int = logging.WARNING) -> None:
+    """Log to stderr at ``base`` (a receiver uses INFO: its log lines are its output);
+    each -v goes one level further; pynetdicom stays at WARNING unless -vv or more."""
+    level = base
     if quiet:
         level = logging.ERROR
-    elif verbose >= 2:
-        level = logging.DEBUG
-    elif verbose == 1:
-        level = logging.INFO
+    elif verbose:
+        level = logging.INFO if base > logging.INFO and verbose == 1 else logging.DEBUG
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # pynetdicom logs a line per message at INFO: noise at our volume (STYLE.md).
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    pynetdicom_level = {0: logging.WARNING, 1: logging.WARNING, 2: logging.INFO}
+    logging.getLogger("pynetdicom").setLevel(pynetdicom_level.get(verbose, logging.DEBUG))
 
 
 def fail_config(message: str) -> None:

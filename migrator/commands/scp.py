@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -13,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from migrator.commands.common import AE, opt
+from migrator.commands.common import AE, opt, setup_logging
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.scp import ListenError, ScpConfig, StorageSCP
@@ -55,18 +54,6 @@ def resolve_sop_class(text: str) -> str:
     raise ConfigError(
         f"--sop-class {text!r} is neither a UID nor a SOP class keyword (e.g. CTImageStorage)"
     )
-
-
-def setup_scp_logging(verbose: int) -> None:
-    """INFO by default: a receiver's log lines are its output (one per C-ECHO/C-STORE)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # pynetdicom logs several lines per message at INFO: noise unless asked for (STYLE.md).
-    pynetdicom_level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
 
 
 @click.command(
@@ -268,7 +255,7 @@ def scp_command(
       --response-delay 2000                 answer each C-STORE 2 s late (after storing)
       --refuse                              reject every association (1, 1, 1)
     """
-    setup_scp_logging(verbose)
+    setup_logging(verbose, base=logging.INFO)
     plan = FaultPlan(
         fail_status=fail_status,
         fail_first=fail_first,
