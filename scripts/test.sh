@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --dev
 echo "== ruff" >&2
-.venv/bin/ruff check migrator workers tests bench scripts
+# (only the folders that exist: bench/ may be empty on a fresh clone)
+lint_dirs=()
+for d in migrator workers tests bench scripts; do [ -d "$d" ] && lint_dirs+=("$d"); done
+.venv/bin/ruff check "${lint_dirs[@]}"
 echo "== mypy (strict on migrator/ and workers/)" >&2
 .venv/bin/mypy
 echo "== pytest" >&2

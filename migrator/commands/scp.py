@@ -198,7 +198,7 @@ def resolve_sop_class(text: str) -> str:
     "--verbose",
     env="SCP_VERBOSE",
     count=True,
-    help="Debug logging; pynetdicom's own log at -v (INFO) and -vv (DEBUG).",
+    help="Debug logging; pynetdicom's own log at -vv (INFO) and -vvv (DEBUG).",
 )
 def scp_command(
     port: int,
