@@ -16,6 +16,7 @@ from migrator.netutil import free_port as _free_port
 from tests.peers.dcmtk import StoreScpPeer
 from tests.peers.dicomcompare import compare_datasets as _compare_datasets
 from tests.peers.orthanc import OrthancPeer
+from tests.peers.redis import redis_server  # noqa: F401  (fixture)
 from tests.peers.s3 import moto_s3  # noqa: F401  (fixture)
 
 
