@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from migrator import status as st
 from migrator.contexts import Profile, plan_profiles
-from migrator.dicomfile import DicomHeader, NotDicomError, inspect_bytes, inspect_file
+from migrator.dicomfile import DicomHeader
 from migrator.dul.association import Association, AssociationLost, Timeouts
 from migrator.errors import (
     AssociationRejected,
@@ -37,12 +37,12 @@ from migrator.ratelimit import Limits, RateLimiter, make_limiter
 from migrator.scheduler import Scheduler
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource, MemorySource
+from migrator.sources.inspect import inspect_item, refusal
 from workers.sender import send_file
 
 if TYPE_CHECKING:
     from migrator.sources.s3 import S3Settings
 
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _MAX_BACKOFF = 30.0
 
 
@@ -178,24 +178,18 @@ class StoreScu:
         workers = 8 if any(not isinstance(s, FileSource) for s, _ in pending) else 1
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for (source, item), header in zip(
-                pending, pool.map(lambda p: _inspect(*p), pending), strict=True
+                pending, pool.map(lambda p: inspect_item(*p), pending), strict=True
             ):
+                problem = refusal(header)
+                if problem is None:
+                    assert isinstance(header, DicomHeader)
+                    jobs.append(_Job(item, source, header))
+                    continue
+                outcome = FileOutcome(item.uri, problem[0], problem[1])
                 if isinstance(header, DicomHeader):
-                    problem = _preflight(header)
-                    if problem is None:
-                        jobs.append(_Job(item, source, header))
-                        continue
-                    outcome = FileOutcome(
-                        item.uri,
-                        problem[0],
-                        problem[1],
-                        sop_class_uid=header.sop_class_uid,
-                        sop_instance_uid=header.sop_instance_uid,
-                        ts_original=header.transfer_syntax,
-                    )
-                else:
-                    state = State.SKIPPED if isinstance(header, NotDicomError) else State.FAILED
-                    outcome = FileOutcome(item.uri, state, str(header))
+                    outcome.sop_class_uid = header.sop_class_uid
+                    outcome.sop_instance_uid = header.sop_instance_uid
+                    outcome.ts_original = header.transfer_syntax
                 refused.append(outcome)
         return jobs, refused
 
@@ -401,40 +395,6 @@ class StoreScu:
         callback = self._on_sent if outcome.state is State.STORED else self._on_error
         if callback:
             callback(outcome)
-
-
-def _inspect(source: Source, item: SourceItem) -> DicomHeader | MigratorError:
-    try:
-        if isinstance(source, FileSource):
-            return inspect_file(item.uri)
-        read_head = getattr(source, "read_head", None)
-        if read_head is not None:
-            from migrator.dicomfile import HEAD_BYTES
-
-            head = read_head(item, 4 * HEAD_BYTES)
-            try:
-                return inspect_bytes(head, item.uri, size=item.size)
-            except NotDicomError:
-                if len(head) >= item.size:
-                    raise
-        with source.fetch(item) as payload:
-            if payload.path is not None:
-                return inspect_file(payload.path)
-            assert payload.data is not None
-            return inspect_bytes(payload.data, item.uri)
-    except MigratorError as exc:
-        return exc
-
-
-def _preflight(h: DicomHeader) -> tuple[State, str] | None:
-    """Refuse before sending what a PACS would refuse or mis-file (PS3.3 Type 1 UIDs)."""
-    if h.sop_class_uid == MEDIA_STORAGE_DIRECTORY:
-        return State.SKIPPED, "DICOMDIR (media storage directory), not an image instance"
-    missing = [n for n, v in (("Study", h.study_uid), ("Series", h.series_uid)) if not v]
-    if missing:
-        names = " and ".join(f"{m} Instance UID" for m in missing)
-        return State.FAILED, f"invalid instance: no {names} (Type 1); not sent"
-    return None
 
 
 def _source_name(source: Source) -> str:

@@ -120,3 +120,90 @@ def setup_logging(verbose: int, quiet: bool = False, *, base: int = logging.WARN
 def fail_config(message: str) -> None:
     click.echo(f"migrator: error: {message}", err=True)
     raise SystemExit(int(ExitStatus.BAD_CONFIG))
+
+
+def send_options(func: F) -> F:
+    """Destination, protocol, rate-limit, syntax and retry options shared by store and run."""
+    for decorator in reversed(
+        [
+            opt(
+                "--max-pdu",
+                env="MAX_PDU",
+                type=click.IntRange(4096, 2**32 - 1),
+                default=16384,
+                show_default=True,
+                help="Largest PDU we accept (the PACS's own limit sizes what we send).",
+            ),
+            opt(
+                "--rate-limit",
+                env="RATE_LIMIT",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="At most this many files per second (all associations together).",
+            ),
+            opt(
+                "--rate-limit-bytes",
+                env="RATE_LIMIT_BYTES",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="At most this many MB (10^6 bytes) per second.",
+            ),
+            opt(
+                "--burst",
+                env="BURST",
+                type=click.IntRange(1),
+                default=10,
+                show_default=True,
+                help="Files that may go at once above --rate-limit after an idle period.",
+            ),
+            opt(
+                "--throttle-delay",
+                env="THROTTLE_DELAY",
+                type=click.FloatRange(min=0),
+                default=0,
+                show_default=True,
+                help="Pause in milliseconds after each file, per association.",
+            ),
+            opt(
+                "--transfer-syntax",
+                env="TRANSFER_SYNTAX",
+                default=None,
+                help="Force one transfer syntax (UID, keyword or alias: explicit, implicit, "
+                "big-endian, j2k-lossless, ...); files are re-encoded to it when needed.",
+            ),
+            opt(
+                "--allow-lossy-decompression",
+                env="ALLOW_LOSSY_DECOMPRESSION",
+                is_flag=True,
+                help="When the PACS refuses a lossy-compressed file's syntax, send it "
+                "decompressed (otherwise such files fail).",
+            ),
+            opt(
+                "--retries",
+                env="RETRIES",
+                type=click.IntRange(0, 100),
+                default=3,
+                show_default=True,
+                help="Re-sends of a file after a transient status (0xA7xx) or a lost association.",
+            ),
+            opt(
+                "--s3-endpoint",
+                env="S3_ENDPOINT",
+                default=None,
+                help="S3-compatible endpoint URL (credentials: the standard AWS chain or env).",
+            ),
+            opt("--s3-region", env="S3_REGION", default=None, help="S3 region."),
+        ]
+    ):
+        func = decorator(func)
+    func = peer_options(func)
+    func = opt(
+        "--port",
+        env="PORT",
+        type=click.IntRange(1, 65535),
+        default=11112,
+        show_default=True,
+        help="Destination DICOM port.",
+    )(func)
+    func = opt("--host", env="HOST", required=True, help="Destination host name or address.")(func)
+    return func

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from migrator.commands.common import DURATION, fail_config, opt, peer_options, setup_logging
+from migrator.commands.common import DURATION, fail_config, opt, send_options, setup_logging
 from migrator.dul.association import Timeouts
 from migrator.errors import ConfigError
 from migrator.exitcodes import EXIT_CODES_HELP
@@ -29,9 +29,7 @@ from migrator.syntaxes import resolve
     help="Send every file in this folder (repeatable).",
 )
 @opt("-R", "--recursive", env="RECURSIVE", is_flag=True, help="Descend into sub-folders.")
-@opt("--host", env="HOST", required=True, help="Destination host name or address.")
-@opt("--port", env="PORT", type=click.IntRange(1, 65535), default=11112, show_default=True)
-@peer_options
+@send_options
 @opt(
     "--timeout",
     env="TIMEOUT",
@@ -39,36 +37,6 @@ from migrator.syntaxes import resolve
     default=None,
     help="Overall deadline for the whole transfer (e.g. 30s, 5m, 2h); files not sent by "
     "then are reported as failed.",
-)
-@opt(
-    "--max-pdu",
-    env="MAX_PDU",
-    type=click.IntRange(4096, 2**32 - 1),
-    default=16384,
-    show_default=True,
-    help="Largest PDU we accept (the PACS's own limit sizes what we send).",
-)
-@opt(
-    "--rate-limit",
-    env="RATE_LIMIT",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="At most this many files per second (all associations together).",
-)
-@opt(
-    "--rate-limit-bytes",
-    env="RATE_LIMIT_BYTES",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="At most this many MB (10^6 bytes) per second.",
-)
-@opt(
-    "--burst",
-    env="BURST",
-    type=click.IntRange(1),
-    default=10,
-    show_default=True,
-    help="Files that may go at once above --rate-limit after an idle period.",
 )
 @opt(
     "--concurrency",
@@ -79,43 +47,6 @@ from migrator.syntaxes import resolve
     show_default=True,
     help="Parallel associations.",
 )
-@opt(
-    "--throttle-delay",
-    env="THROTTLE_DELAY",
-    type=click.FloatRange(min=0),
-    default=0,
-    show_default=True,
-    help="Pause in milliseconds after each file, per association.",
-)
-@opt(
-    "--transfer-syntax",
-    env="TRANSFER_SYNTAX",
-    default=None,
-    help="Force one transfer syntax (UID, keyword or alias: explicit, implicit, big-endian, "
-    "j2k-lossless, ...); files are re-encoded to it when needed.",
-)
-@opt(
-    "--allow-lossy-decompression",
-    env="ALLOW_LOSSY_DECOMPRESSION",
-    is_flag=True,
-    help="When the PACS refuses a lossy-compressed file's syntax, send it decompressed "
-    "(otherwise such files fail).",
-)
-@opt(
-    "--retries",
-    env="RETRIES",
-    type=click.IntRange(0, 100),
-    default=3,
-    show_default=True,
-    help="Re-sends of a file after a transient status (0xA7xx) or a lost association.",
-)
-@opt(
-    "--s3-endpoint",
-    env="S3_ENDPOINT",
-    default=None,
-    help="S3-compatible endpoint URL (credentials: the standard AWS chain or env).",
-)
-@opt("--s3-region", env="S3_REGION", default=None, help="S3 region.")
 @opt(
     "--report",
     env="REPORT",
