@@ -1,0 +1,108 @@
+"""Every Redis key the migrator uses, built in one place.
+
+Keys of one job share the hash tag ``{job}`` so that, on a Redis Cluster, a Lua script that
+touches several of them stays on one shard. Limiter and slot keys are per destination, not
+per job: two jobs to the same PACS share its limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "migrator"
+#: Set of every job id ever created (for `migrator jobs`).
+JOBS = f"{PREFIX}:jobs"
+
+
+def limiter_key(destination: str) -> str:
+    """GCRA state and limits for one destination (``host:port:AE``)."""
+    return f"{PREFIX}:limit:{{{destination}}}"
+
+
+def slots_key(destination: str) -> str:
+    """Fleet-wide association leases for one destination."""
+    return f"{PREFIX}:slots:{{{destination}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobKeys:
+    job_id: str
+
+    def _k(self, name: str) -> str:
+        return f"{PREFIX}:job:{{{self.job_id}}}:{name}"
+
+    @property
+    def config(self) -> str:
+        """JSON of the job's JobConfig."""
+        return self._k("config")
+
+    @property
+    def meta(self) -> str:
+        """Hash: created, started, finished (epoch seconds)."""
+        return self._k("meta")
+
+    @property
+    def planned(self) -> str:
+        """Set of planned file ids (plan idempotency)."""
+        return self._k("planned")
+
+    @property
+    def files(self) -> str:
+        """Hash file id -> PlannedFile JSON (what a worker needs to send it)."""
+        return self._k("files")
+
+    @property
+    def state(self) -> str:
+        """Hash file id -> stored | failed | skipped (absent: in flight)."""
+        return self._k("state")
+
+    @property
+    def outcome(self) -> str:
+        """Hash file id -> FileOutcome JSON with worker and time."""
+        return self._k("outcome")
+
+    @property
+    def counts(self) -> str:
+        """Hash: planned, stored, failed, skipped, bytes_stored, warnings, transcoded."""
+        return self._k("counts")
+
+    @property
+    def failures(self) -> str:
+        """Set of failed file ids (the failures index, for retry and reports)."""
+        return self._k("failures")
+
+    @property
+    def timeline(self) -> str:
+        """Hash epoch second -> files stored in that second."""
+        return self._k("timeline")
+
+    @property
+    def timeline_bytes(self) -> str:
+        """Hash epoch second -> bytes stored in that second."""
+        return self._k("timeline_bytes")
+
+    @property
+    def batch_seq(self) -> str:
+        return self._k("batch_seq")
+
+    @property
+    def batches(self) -> str:
+        """Set of batch ids written."""
+        return self._k("batches")
+
+    @property
+    def enqueued(self) -> str:
+        """Set of batch ids handed to the broker."""
+        return self._k("enqueued")
+
+    def batch(self, batch_id: str) -> str:
+        """JSON list of the batch's file ids."""
+        return self._k(f"batch:{batch_id}")
+
+    def deliveries(self, task_id: str) -> str:
+        """Starts of a task that did not finish (poison detection)."""
+        return self._k(f"deliveries:{task_id}")
+
+    def running(self, batch_id: str) -> str:
+        """Lease of the worker running a batch (refuses a concurrent second delivery)."""
+        return self._k(f"running:{batch_id}")

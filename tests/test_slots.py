@@ -1,0 +1,172 @@
+"""Fleet-wide association slots against a real redis-server: the cap holds under
+concurrency, leases expire, timeouts are transient connect errors."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from migrator.errors import ConnectError, TransientError
+from migrator.keys import slots_key
+from migrator.slots import AssociationSlots, SlotTimeout
+from tests.peers.redis import RedisPeer, redis_peer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisPeer]:
+    """One server for the module (each test uses its own key): a stopped server's exit is
+    seen ~2 s late here, which per test would dominate the runtime."""
+    with redis_peer(tmp_path_factory.mktemp("redis")) as peer:
+        yield peer
+
+
+def _key() -> str:
+    return slots_key(f"pacs-{uuid.uuid4().hex[:8]}:104:ORTHANC")
+
+
+def test_never_more_than_limit_held_by_four_threads(shared_redis: RedisPeer) -> None:
+    """limit 2, 4 threads acquiring, holding and releasing for ~1.5 s: at most 2 holders at
+    any moment (own counter and held()), the cap is reached, and every thread gets a turn."""
+    key = _key()
+    lock = threading.Lock()
+    holding = 0
+    peak = 0
+    held_seen: list[int] = []
+    turns = [0] * 4
+    end = time.monotonic() + 1.5
+
+    def worker(i: int) -> None:
+        nonlocal holding, peak
+        slots = AssociationSlots(shared_redis.client(), key, 2, lease_seconds=5.0)
+        while time.monotonic() < end:
+            token = slots.acquire(timeout=5.0)
+            with lock:
+                holding += 1
+                peak = max(peak, holding)
+            held_seen.append(slots.held())
+            time.sleep(random.uniform(0.01, 0.05))
+            with lock:
+                holding -= 1  # before release: a new holder may start right after it
+            slots.release(token)
+            turns[i] += 1
+            # Between associations a worker does other work. Without this pause the releaser
+            # re-acquires before the pollers wake: the semaphore is not FIFO (slots.py).
+            time.sleep(random.uniform(0.05, 0.1))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == 2
+    assert max(held_seen) == 2
+    assert min(turns) >= 1, turns
+    assert AssociationSlots(shared_redis.client(), key, 2).held() == 0
+
+
+def test_unrefreshed_lease_expires_and_its_slot_is_reused(shared_redis: RedisPeer) -> None:
+    """A holder that dies (never refreshes nor releases) frees its slot after lease_seconds;
+    its token is then lost for good."""
+    key = _key()
+    slots = AssociationSlots(shared_redis.client(), key, 1, lease_seconds=1.0)
+    dead = slots.acquire(timeout=1.0)
+    t0 = time.monotonic()
+    token = slots.acquire(timeout=3.0)
+    assert 0.9 <= time.monotonic() - t0 <= 1.5
+    assert token != dead
+    assert slots.held() == 1
+    assert slots.refresh(dead) is False
+    assert slots.refresh(token) is True
+
+
+def test_refreshed_lease_is_kept(shared_redis: RedisPeer) -> None:
+    """Refreshing more often than lease_seconds keeps the slot past its first expiry."""
+    key = _key()
+    slots = AssociationSlots(shared_redis.client(), key, 1, lease_seconds=0.5)
+    token = slots.acquire(timeout=1.0)
+    for _ in range(4):
+        time.sleep(0.25)
+        assert slots.refresh(token) is True
+    with pytest.raises(SlotTimeout):
+        slots.acquire(timeout=0.1)
+    slots.release(token)
+    assert slots.held() == 0
+    assert slots.refresh(token) is False
+
+
+def test_acquire_timeout_is_a_transient_connect_error(shared_redis: RedisPeer) -> None:
+    """SlotTimeout is a ConnectError, so callers retry it like a busy PACS."""
+    key = _key()
+    slots = AssociationSlots(shared_redis.client(), key, 1)
+    slots.acquire(timeout=0)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectError) as info:
+        slots.acquire(timeout=0.3)
+    assert 0.3 <= time.monotonic() - t0 < 0.5
+    assert isinstance(info.value, SlotTimeout)
+    assert isinstance(info.value, TransientError)
+    assert key in str(info.value)
+
+
+def test_release_frees_the_slot_at_once(shared_redis: RedisPeer) -> None:
+    key = _key()
+    slots = AssociationSlots(shared_redis.client(), key, 1, lease_seconds=60.0)
+    token = slots.acquire(timeout=0)
+    slots.release(token)
+    slots.release(token)  # twice is harmless
+    assert slots.acquire(timeout=0)
+
+
+def test_each_caller_applies_its_own_limit(shared_redis: RedisPeer) -> None:
+    """The limit is per call: a caller with limit 3 admits while 2 are held, one with limit 2
+    does not."""
+    key = _key()
+    client = shared_redis.client()
+    two = AssociationSlots(client, key, 2)
+    three = AssociationSlots(client, key, 3)
+    two.acquire(timeout=0)
+    two.acquire(timeout=0)
+    assert two.try_acquire() is None
+    assert three.try_acquire() is not None
+    assert three.try_acquire() is None
+    assert two.held() == three.held() == 3
+
+
+def test_key_vanishes_after_the_last_lease(shared_redis: RedisPeer) -> None:
+    """An idle destination leaves no key behind."""
+    key = _key()
+    client = shared_redis.client()
+    slots = AssociationSlots(client, key, 2, lease_seconds=1.0)
+    slots.acquire(timeout=0)
+    assert 1000 < client.pttl(key) <= 2000
+
+
+def test_bad_arguments_are_rejected(shared_redis: RedisPeer) -> None:
+    client = shared_redis.client()
+    with pytest.raises(ValueError):
+        AssociationSlots(client, _key(), 0)
+    with pytest.raises(ValueError):
+        AssociationSlots(client, _key(), 1, lease_seconds=0)
+
+
+def test_acquire_survives_a_redis_restart(redis_server: RedisPeer) -> None:
+    """While Redis is down acquire keeps polling; it succeeds once Redis is back."""
+    key = _key()
+    slots = AssociationSlots(redis_server.client(), key, 1)
+    port = redis_server.port
+    redis_server.stop()
+    restarter = threading.Timer(0.5, redis_server.start, kwargs={"port": port})
+    restarter.start()
+    try:
+        token = slots.acquire(timeout=20.0)
+    finally:
+        restarter.join()
+    assert slots.refresh(token) is True
+    assert slots.held() == 1
