@@ -80,6 +80,10 @@ class NotDicomError(SourceError):
     """The file is not DICOM, or too damaged to find what sending needs."""
 
 
+class TruncatedError(SourceError):
+    """DICOM that ends before its own header does: damaged, so failed rather than skipped."""
+
+
 class NeedMoreBytes(Exception):
     """The header continues past the bytes read so far."""
 
@@ -142,7 +146,14 @@ def _inspect(head: bytes, size: int) -> DicomHeader:
         raise NotDicomError("empty file (0 bytes)")
     meta: dict[int, str] = {}
     if len(head) >= 132 and head[128:132] == b"DICM":
-        offset = _parse_meta(head, 132, meta)
+        try:
+            offset = _parse_meta(head, 132, meta)
+        except NeedMoreBytes:
+            if len(head) < size:
+                raise
+            raise TruncatedError(
+                f"truncated: the file ends inside its File Meta header ({size} bytes)"
+            ) from None
         has_meta = True
         ts = meta.get(0x00020010, "")
     else:
