@@ -23,6 +23,16 @@ import redis
 from migrator.netutil import free_port
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: a daemonized redis-server is reaped by PID 1, which in some
+    sandboxes takes seconds; a zombie has released its port and files already."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class RedisStartError(RuntimeError):
     pass
 
@@ -107,9 +117,7 @@ class RedisPeer:
             pass
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if not _running(self.pid):
                 break
             time.sleep(0.02)
         else:
