@@ -14,10 +14,13 @@ from migrator.dicomfile import (
     EXPLICIT_LE,
     IMPLICIT_LE,
     NotDicomError,
+    TruncatedError,
     inspect_bytes,
     inspect_file,
 )
 from migrator.errors import SourceError
+from migrator.outcomes import State
+from migrator.sources.inspect import refusal
 
 
 def _testfile(name: str) -> str:
@@ -110,12 +113,15 @@ def test_missing_and_unreadable_files_are_source_errors(tmp_path: Path) -> None:
         inspect_file(str(tmp_path))
 
 
-def test_truncated_header_is_refused(tmp_path: Path) -> None:
+def test_truncated_header_is_refused_as_damaged_not_as_non_dicom(tmp_path: Path) -> None:
     data = Path(_testfile("CT_small.dcm")).read_bytes()
     path = tmp_path / "cut.dcm"
     path.write_bytes(data[:200])  # inside the File Meta group
-    with pytest.raises(NotDicomError):
+    with pytest.raises(TruncatedError, match="ends inside its File Meta") as exc:
         inspect_file(str(path))
+    # Damaged DICOM is a failure to report, not a file to skip quietly.
+    assert not isinstance(exc.value, NotDicomError)
+    assert refusal(exc.value) == (State.FAILED, str(exc.value))
 
 
 def test_inspect_bytes_equals_inspect_file() -> None:
