@@ -1,0 +1,181 @@
+"""The distributed migration seen from the control plane: create a job, plan it, wait.
+
+`migrator run` and `migrator plan` are thin front ends over these functions. Celery is only
+reached through `workers.app` (sending tasks by name), so the control plane never imports
+task code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from migrator.errors import ConfigError
+from migrator.jobconfig import JobConfig
+from migrator.keys import limiter_key
+from migrator.ledger import Ledger
+from migrator.planner import PlanSummary, plan
+from migrator.ratelimit_redis import set_limits
+from migrator.sources.base import Source
+from migrator.sources.filesystem import FileSource
+
+QUEUE = "migrator.batches"
+TASK = "migrator.store_batch"
+
+
+def default_job_id(sources: Sequence[str], config: JobConfig) -> str:
+    """Same sources to the same destination = the same job, so a re-run resumes it."""
+    key = json.dumps([sorted(sources), config.destination])
+    return "job-" + hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def make_sources(args: Sequence[str], config: JobConfig, *, recursive: bool = True) -> list[Source]:
+    sources: list[Source] = []
+    for arg in args:
+        if arg.startswith("s3://"):
+            from migrator.sources.s3 import S3Settings, S3Source
+
+            s3 = S3Settings(endpoint_url=config.s3_endpoint, region=config.s3_region)
+            sources.append(S3Source(arg, s3))
+        else:
+            sources.append(FileSource(arg, recursive=recursive))
+    return sources
+
+
+def open_job(client: redis.Redis, job_id: str, config: JobConfig) -> Ledger:
+    """Create the job, or resume it when it exists with the same destination."""
+    ledger = Ledger(client, job_id)
+    if not ledger.create(config.to_dict()):
+        existing = JobConfig.from_dict(ledger.config())
+        if existing.destination != config.destination:
+            raise ConfigError(
+                f"job {job_id} already exists for {existing.server}, not {config.server}; "
+                "use another --job"
+            )
+    # The command's rate limits apply from now on, for every worker (they read them from
+    # Redis at each reservation).
+    set_limits(client, limiter_key(config.destination), config.limits)
+    return ledger
+
+
+def enqueuer(broker_url: str, job_id: str) -> Callable[[str], None]:
+    from workers.app import make_app
+
+    app = make_app(broker_url)
+
+    def enqueue(batch_id: str) -> None:
+        app.send_task(TASK, args=[job_id, batch_id], task_id=f"{job_id}:{batch_id}", queue=QUEUE)
+
+    return enqueue
+
+
+def plan_job(
+    ledger: Ledger,
+    sources: list[Source],
+    broker_url: str | None,
+    *,
+    batch_files: int,
+    batch_bytes: int,
+) -> PlanSummary:
+    enqueue = enqueuer(broker_url, ledger.job_id) if broker_url else None
+    return plan(ledger, sources, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
+
+
+def wait(
+    ledger: Ledger,
+    *,
+    on_progress: Callable[[dict[str, int]], None] | None = None,
+    timeout: float | None = None,
+    alive: Callable[[], bool] | None = None,
+    poll: float = 0.25,
+) -> dict[str, int]:
+    """Block until every planned file has an outcome (or the timeout / workers die)."""
+    deadline = time.monotonic() + timeout if timeout else None
+    while True:
+        counts = ledger.counts()
+        if on_progress:
+            on_progress(counts)
+        if counts["in_flight"] <= 0:
+            return counts
+        if deadline is not None and time.monotonic() > deadline:
+            return counts
+        if alive is not None and not alive():
+            return counts
+        time.sleep(poll)
+
+
+def inventory_text(summary: PlanSummary) -> str:
+    from pydicom.uid import UID
+
+    from migrator.units import human_bytes
+
+    lines = [
+        f"Files listed:      {summary.listed}",
+        f"To send:           {summary.planned_new} ({human_bytes(summary.bytes)})",
+        f"Already planned:   {summary.already_planned}",
+        f"Refused:           {summary.refused}",
+        f"Studies:           {len(summary.studies)}",
+        "SOP classes:",
+    ]
+    lines += [f"  {n:>8}  {UID(u).name}" for u, n in summary.sop_classes.most_common()]
+    lines.append("Transfer syntaxes:")
+    lines += [f"  {n:>8}  {UID(u).name}" for u, n in summary.transfer_syntaxes.most_common()]
+    if summary.reasons:
+        lines.append("Refused, by reason:")
+        lines += [f"  {n:>8}  {r}" for r, n in summary.reasons.most_common()]
+    return "\n".join(lines)
+
+
+def summary_dict(summary: PlanSummary) -> dict[str, Any]:
+    return {
+        "listed": summary.listed,
+        "planned_new": summary.planned_new,
+        "already_planned": summary.already_planned,
+        "refused": summary.refused,
+        "batches": summary.batches,
+    }
+
+
+def retry_failed(ledger: Ledger, enqueue: Callable[[str], None], *, batch_files: int = 200) -> int:
+    """Put the job's failed files back in flight in new batches; returns how many."""
+    ids = ledger.failed_ids()
+    files = ledger.files(ids)  # failures at planning (not DICOM...) have no plan: stay
+    retried = 0
+    for start in range(0, len(files), batch_files):
+        chunk = files[start : start + batch_files]
+        batch_id = f"r{ledger.next_batch_number():07d}"
+        ledger.add_batch(batch_id, chunk, new_files=False)
+        retried += ledger.reopen([f.file_id for f in chunk])
+        enqueue(batch_id)
+        ledger.mark_enqueued(batch_id)
+    return retried
+
+
+def requeue_in_flight(ledger: Ledger, enqueue: Callable[[str], None]) -> int:
+    """Enqueue again every batch that still has files without an outcome (its message was
+    lost, e.g. a broker without persistence restarted). Safe: stored files are skipped and
+    a batch never runs twice at once. Returns the number of batches."""
+    n = 0
+    for batch_id in ledger.batch_ids():
+        files = ledger.batch(batch_id)
+        states = ledger.states([f.file_id for f in files])
+        if any(s is None for s in states.values()):
+            enqueue(batch_id)
+            n += 1
+    return n
+
+
+def recent_rate(ledger: Ledger, window: int = 30) -> tuple[float, float]:
+    """(files/s, bytes/s) stored over the last ``window`` seconds of the timeline."""
+    timeline = ledger.timeline()
+    if not timeline:
+        return 0.0, 0.0
+    end = max(int(time.time()), max(timeline))
+    picked = [v for sec, v in timeline.items() if sec > end - window]
+    span = min(window, max(1, end - min(timeline) + 1))
+    return sum(f for f, _ in picked) / span, sum(b for _, b in picked) / span

@@ -1,0 +1,116 @@
+"""The batch runner without Celery: poison batches, concurrent deliveries, dead holders.
+
+Real Redis ledger and a real receiver (the counting pynetdicom SCP); the Celery paths that
+lead here are covered end to end in test_engine.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from migrator import synth
+from migrator.dicomfile import inspect_file
+from migrator.jobconfig import JobConfig
+from migrator.ledger import Ledger, PlannedFile, file_id
+from migrator.outcomes import State
+from migrator.ratelimit import NullLimiter
+from tests.peers.counting_scp import CountingScp, counting_scp
+from tests.peers.redis import RedisPeer, redis_peer
+from workers.batch import POISON_DELIVERIES, BatchBusy, run_batch
+from workers.pool import AssociationPool
+
+
+@pytest.fixture(scope="module")
+def shared_redis() -> Iterator[RedisPeer]:
+    with redis_peer() as peer:
+        yield peer
+
+
+@pytest.fixture
+def scp() -> Iterator[CountingScp]:
+    with counting_scp() as server:
+        yield server
+
+
+def make_job(client: object, scp: CountingScp, tmp: Path, n: int = 10) -> Ledger:
+    ledger = Ledger(client, f"job-{tmp.name}")  # type: ignore[arg-type]
+    ledger.client.flushall()
+    ledger.create(JobConfig("127.0.0.1", scp.port, "COUNTING").to_dict())
+    files = []
+    for path in synth.write_corpus(tmp / "in", count=n, size="tiny", seed=n):
+        h = inspect_file(str(path))
+        files.append(
+            PlannedFile(
+                file_id(str(path)),
+                str(path),
+                h.size,
+                "",
+                h.sop_class_uid,
+                h.sop_instance_uid,
+                h.transfer_syntax,
+                h.study_uid,
+            )
+        )
+    ledger.add_batch("b1", files)
+    return ledger
+
+
+def test_a_batch_sends_and_records_every_file(
+    shared_redis: RedisPeer, scp: CountingScp, tmp_path: Path
+) -> None:
+    ledger = make_job(shared_redis.client(), scp, tmp_path)
+    pool = AssociationPool()
+    summary = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter(), task_id="t1")
+    assert (summary.stored, summary.failed) == (10, 0)
+    assert scp.distinct == 10
+    # Delivered again: nothing is sent twice.
+    again = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter(), task_id="t1")
+    assert again.skipped_already_stored == 10 and scp.total == 10
+    pool.close_all()
+
+
+def test_a_batch_that_killed_its_worker_n_times_fails_as_poison(
+    shared_redis: RedisPeer, scp: CountingScp, tmp_path: Path
+) -> None:
+    ledger = make_job(shared_redis.client(), scp, tmp_path)
+    for _ in range(POISON_DELIVERIES):
+        ledger.deliveries("t1")  # starts that never finished (the worker died)
+    summary = run_batch(ledger, "b1", pool=AssociationPool(), limiter=NullLimiter(), task_id="t1")
+    assert summary.poison and summary.failed == 10
+    assert scp.total == 0
+    outcomes = [o for _, o, _ in ledger.iter_outcomes()]
+    assert all(o.state is State.FAILED and o.reason.startswith("poison") for o in outcomes)
+    assert ledger.counts()["in_flight"] == 0
+
+
+def test_a_second_delivery_while_the_first_runs_is_refused(
+    shared_redis: RedisPeer, scp: CountingScp, tmp_path: Path
+) -> None:
+    ledger = make_job(shared_redis.client(), scp, tmp_path)
+    # A live holder on another host (Redis re-delivered the batch after a visibility
+    # timeout while it still ran).
+    assert ledger.claim_batch("b1", "otherhost:1:abcd", 30)
+    with pytest.raises(BatchBusy) as busy:
+        run_batch(ledger, "b1", pool=AssociationPool(), limiter=NullLimiter())
+    assert 0 < busy.value.retry_in <= 30
+    assert scp.total == 0
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(
+    shared_redis: RedisPeer, scp: CountingScp, tmp_path: Path
+) -> None:
+    ledger = make_job(shared_redis.client(), scp, tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert ledger.claim_batch("b1", f"{socket.gethostname()}:{dead.pid}:abcd", 30)
+    t0 = time.monotonic()
+    pool = AssociationPool()
+    summary = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter())
+    pool.close_all()
+    assert summary.stored == 10 and time.monotonic() - t0 < 10

@@ -1,0 +1,125 @@
+"""The Celery application: broker settings chosen for correctness under faults.
+
+Why each setting (ARCHITECTURE.md §3, TESTING.md §5):
+- ``acks_late`` + ``reject_on_worker_lost``: a batch whose worker dies is delivered again,
+  and the ledger makes the second delivery skip what was already stored.
+- prefetch 1: a worker never holds batches it is not running (they would wait a visibility
+  timeout if it died).
+- visibility timeout (VT) set in all three places, above the hard time limit plus the
+  longest limiter wait, else Redis re-delivers a batch *while it still runs*.
+- soft shutdown: on SIGTERM (remapped to SIGQUIT) running batches get a few seconds, then
+  their messages go back to the queue at once instead of after a VT.
+- events on, for Flower; results ignored (completion is read from the ledger).
+
+Creating the app connects to nothing; workers and the planner connect on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init
+
+from migrator.errors import ConfigError
+
+QUEUE = "migrator.batches"
+
+#: Defaults for production (seconds). Tests shorten them through the environment.
+VISIBILITY_TIMEOUT = 3600.0
+SOFT_TIME_LIMIT = 1500.0
+TIME_LIMIT = 1800.0
+#: The longest a batch may wait on the rate limiter or an association slot in total.
+MAX_LIMITER_WAIT = 600.0
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def celery_url(url: str) -> str:
+    """Celery spells a unix socket ``redis+socket:///path``; redis-py ``unix:///path``."""
+    if url.startswith("unix://"):
+        return "redis+socket://" + url[len("unix://") :]
+    return url
+
+
+def validate_timing(
+    visibility_timeout: float, soft_limit: float, hard_limit: float, max_wait: float
+) -> None:
+    """Refuse settings under which Redis would deliver a batch again while it still runs."""
+    if not 0 < soft_limit <= hard_limit:
+        raise ConfigError(
+            f"the soft time limit ({soft_limit:g} s) must be positive and not above the hard "
+            f"limit ({hard_limit:g} s)"
+        )
+    if visibility_timeout <= hard_limit + max_wait:
+        raise ConfigError(
+            f"visibility timeout {visibility_timeout:g} s must exceed the task time limit "
+            f"({hard_limit:g} s) plus the longest limiter wait ({max_wait:g} s); otherwise "
+            "Redis re-delivers batches while they still run"
+        )
+
+
+def settings() -> dict[str, Any]:
+    vt = _env_float("MIGRATOR_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT)
+    soft = _env_float("MIGRATOR_SOFT_TIME_LIMIT", SOFT_TIME_LIMIT)
+    hard = _env_float("MIGRATOR_TIME_LIMIT", TIME_LIMIT)
+    restore = 2.0 if vt < 60 else 10.0  # short VT (tests): sweep often enough to matter
+    transport: dict[str, Any] = {
+        "visibility_timeout": vt,
+        "unacked_restore_interval": restore,
+    }
+    if vt < 60:
+        transport["unacked_restore_throttle"] = 1
+    return {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": soft,
+        "task_time_limit": hard,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": vt},
+        "visibility_timeout": vt,
+        "worker_soft_shutdown_timeout": _env_float("MIGRATOR_SOFT_SHUTDOWN", 60.0),
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_max_tasks_per_child": 500,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": QUEUE,
+        "worker_hijack_root_logger": False,
+        "broker_heartbeat": 0,
+    }
+
+
+def make_app(broker_url: str | None = None) -> Celery:
+    url = celery_url(broker_url or os.environ.get("MIGRATOR_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    celery = Celery("migrator", broker=url, include=["workers.tasks"])
+    celery.conf.update(settings())
+    return celery
+
+
+app = make_app()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _check_timing(**_: Any) -> None:
+    conf = app.conf
+    validate_timing(
+        float(conf.visibility_timeout),
+        float(conf.task_soft_time_limit),
+        float(conf.task_time_limit),
+        _env_float("MIGRATOR_MAX_LIMITER_WAIT", MAX_LIMITER_WAIT),
+    )

@@ -1,0 +1,360 @@
+"""One batch of a migration job, sent by one worker process: the logic behind the task.
+
+Per file: skip if the ledger says it is stored (redelivered batch) -> acquire from the
+fleet-wide limiter -> fetch -> re-inspect (the file may have changed since planning) ->
+send on the pooled association -> classify -> record. Transient statuses and lost
+associations are retried inside the batch with backoff, on a fresh association; the batch
+stays short because the number of attempts is bounded. Outcomes are written to the ledger
+in small groups (one round trip per group) so a killed worker loses little and a
+redelivered batch skips what was already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from migrator import status as st
+from migrator.dicomfile import DicomHeader, inspect_bytes, inspect_file
+from migrator.dul.association import Association, AssociationLost
+from migrator.errors import AssociationRejected, ConnectError, MigratorError, SourceError
+from migrator.jobconfig import JobConfig
+from migrator.ledger import Ledger, PlannedFile, Recorded
+from migrator.outcomes import FileOutcome, State
+from migrator.ratelimit import RateLimiter
+from migrator.sources.base import Payload, Source, SourceItem
+from migrator.sources.filesystem import FileSource
+from migrator.sources.inspect import refusal
+from workers.pool import AssociationPool
+from workers.sender import send_file
+
+log = logging.getLogger(__name__)
+
+#: A batch delivered this many times without finishing has killed its worker each time.
+POISON_DELIVERIES = 3
+#: Outcomes are flushed to the ledger after this many files or seconds.
+FLUSH_FILES = 16
+FLUSH_SECONDS = 0.25
+#: Lease of the worker running a batch; refreshed at every flush.
+LEASE_TTL = 30.0
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    batch_id: str
+    sent: int = 0
+    skipped_already_stored: int = 0
+    stored: int = 0
+    failed: int = 0
+    poison: bool = False
+
+
+class _Sources:
+    """Turns a planned URI back into something that can be fetched."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self._config = config
+        self._s3: dict[str, Source] = {}
+
+    def for_uri(self, uri: str) -> Source:
+        if not uri.startswith("s3://"):
+            return FileSource(uri)
+        bucket = uri[5:].split("/", 1)[0]
+        if bucket not in self._s3:
+            from migrator.sources.s3 import S3Settings, S3Source
+
+            settings = S3Settings(
+                endpoint_url=self._config.s3_endpoint, region=self._config.s3_region
+            )
+            self._s3[bucket] = S3Source(f"s3://{bucket}/", settings)
+        return self._s3[bucket]
+
+
+def run_batch(
+    ledger: Ledger,
+    batch_id: str,
+    *,
+    pool: AssociationPool,
+    limiter: RateLimiter,
+    task_id: str | None = None,
+    worker: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BatchSummary:
+    """Send what is left of one batch. Raises BatchBusy while another delivery runs it."""
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    token = f"{worker}:{uuid.uuid4().hex[:8]}"
+    if not _claim(ledger, batch_id, token):
+        raise BatchBusy(batch_id, ledger.batch_lease_ttl(batch_id))
+    config = JobConfig.from_dict(ledger.config())
+    try:
+        return _run_claimed(
+            ledger, config, batch_id, token, pool, limiter, task_id or batch_id, worker, sleep
+        )
+    finally:
+        ledger.release_batch(batch_id, token)
+        if config.max_associations:
+            # Under a fleet-wide cap an idle association would hold a slot that a worker
+            # with work is waiting for: give it back between batches.
+            pool.close_all()
+
+
+class BatchBusy(Exception):
+    """Another delivery of the same batch is running (Redis delivered it twice)."""
+
+    def __init__(self, batch_id: str, retry_in: float) -> None:
+        super().__init__(f"batch {batch_id} is being sent by another worker")
+        self.retry_in = retry_in
+
+
+def _claim(ledger: Ledger, batch_id: str, token: str) -> bool:
+    if ledger.claim_batch(batch_id, token, LEASE_TTL):
+        return True
+    # A holder on this host whose process is gone was SIGKILLed (a pool child killed
+    # mid-batch, redelivered at once): take over now instead of waiting for its lease.
+    holder = ledger.batch_holder(batch_id)
+    if holder is None:
+        return ledger.claim_batch(batch_id, token, LEASE_TTL)
+    host, _, rest = holder.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        log.warning("batch %s: its previous worker (pid %s) died; taking over", batch_id, pid)
+        ledger.release_batch(batch_id, holder)
+        return ledger.claim_batch(batch_id, token, LEASE_TTL)
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Recorder:
+    """Buffers outcomes and writes them in groups; keeps the batch lease alive."""
+
+    def __init__(self, ledger: Ledger, batch_id: str, token: str, worker: str) -> None:
+        self.ledger = ledger
+        self.batch_id = batch_id
+        self.token = token
+        self.worker = worker
+        self.pending: list[Recorded] = []
+        self.last = time.monotonic()
+
+    def add(self, planned: PlannedFile, outcome: FileOutcome) -> None:
+        self.pending.append((planned.file_id, outcome, time.time()))
+        if len(self.pending) >= FLUSH_FILES or time.monotonic() - self.last > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.ledger.record_many(self.pending, worker=self.worker)
+            self.pending = []
+        self.ledger.refresh_batch(self.batch_id, self.token, LEASE_TTL)
+        self.last = time.monotonic()
+
+
+def _run_claimed(
+    ledger: Ledger,
+    config: JobConfig,
+    batch_id: str,
+    token: str,
+    pool: AssociationPool,
+    limiter: RateLimiter,
+    task_id: str,
+    worker: str,
+    sleep: Callable[[float], None],
+) -> BatchSummary:
+    summary = BatchSummary(batch_id)
+    files = ledger.batch(batch_id)
+    stored = ledger.stored_ids([f.file_id for f in files])
+    todo = [f for f in files if f.file_id not in stored]
+    summary.skipped_already_stored = len(files) - len(todo)
+    if not todo:
+        ledger.delivery_done(task_id)
+        return summary
+    recorder = _Recorder(ledger, batch_id, token, worker)
+    deliveries = ledger.deliveries(task_id)
+    if deliveries > POISON_DELIVERIES:
+        # Every earlier start died mid-batch (the worker was killed each time): some file
+        # kills the process. Fail what is left instead of killing workers forever.
+        reason = f"poison: the batch killed its worker {deliveries - 1} times; not retried"
+        for f in todo:
+            recorder.add(f, _outcome(f, State.FAILED, reason, None, 0))
+        recorder.flush()
+        ledger.delivery_done(task_id)
+        summary.poison = True
+        summary.failed = len(todo)
+        return summary
+
+    sources = _Sources(config)
+    connector = _Connector(pool, config, sleep)
+    pairs = {(f.sop_class_uid, f.transfer_syntax) for f in todo}
+    try:
+        for n, planned in enumerate(todo):
+            try:
+                outcome = _send_with_retries(
+                    planned, config, pairs, connector, limiter, sources, sleep
+                )
+            except AssociationRejected as exc:
+                # A permanent rejection (wrong AE title...) fails what is left of the batch.
+                for f in todo[n:]:
+                    recorder.add(f, _outcome(f, State.FAILED, str(exc), None, 0))
+                summary.failed += len(todo) - n
+                break
+            summary.sent += 1
+            if outcome.state is State.STORED:
+                summary.stored += 1
+            else:
+                summary.failed += 1
+            recorder.add(planned, outcome)
+            if config.throttle_delay:
+                sleep(config.throttle_delay)
+    finally:
+        # Whatever ends the loop (done, PACS unreachable, soft time limit), what was sent
+        # is recorded, so a later delivery does not send it again; and this start was not
+        # a death of the process (only those count towards poison).
+        recorder.flush()
+        ledger.delivery_done(task_id)
+    return summary
+
+
+class DestinationUnavailable(ConnectError):
+    """The PACS could not be reached for this batch after the configured retries."""
+
+
+class _Connector:
+    """Gets an association from the pool, retrying connection failures per batch.
+
+    Connection failures belong to the destination, not to a file: they do not use up a
+    file's attempts. After ``retries`` failures in a row the batch gives up for now
+    (DestinationUnavailable) and the task is retried later.
+    """
+
+    def __init__(
+        self, pool: AssociationPool, config: JobConfig, sleep: Callable[[float], None]
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.sleep = sleep
+        self.failures = 0
+
+    def get(self, pairs: set[tuple[str, str]]) -> Association:
+        while True:
+            try:
+                assoc = self.pool.get(self.config, pairs)
+            except AssociationRejected as exc:
+                if not exc.transient:
+                    raise
+                error: MigratorError = exc
+            except ConnectError as exc:
+                error = exc
+            else:
+                self.failures = 0
+                return assoc
+            self.failures += 1
+            if self.failures > self.config.retries:
+                raise DestinationUnavailable(str(error)) from error
+            log.warning("cannot associate (%s); retry %d", error, self.failures)
+            self.sleep(_backoff(self.config, self.failures))
+
+
+def _send_with_retries(
+    planned: PlannedFile,
+    config: JobConfig,
+    pairs: set[tuple[str, str]],
+    connector: _Connector,
+    limiter: RateLimiter,
+    sources: _Sources,
+    sleep: Callable[[float], None],
+) -> FileOutcome:
+    item = SourceItem(planned.uri, planned.size, planned.version)
+    source = sources.for_uri(planned.uri)
+    attempts = 0
+    reason, status, ts_sent = "", None, ""
+    while True:
+        assoc = connector.get(pairs)
+        attempts += 1
+        limiter.acquire(1, planned.size)
+        try:
+            with source.fetch(item) as payload:
+                header = _reinspect(payload, planned)
+                sent = send_file(
+                    assoc,
+                    header,
+                    payload,
+                    allow_lossy=config.allow_lossy,
+                    forced_syntax=config.transfer_syntax,
+                )
+        except AssociationLost as exc:
+            connector.pool.discard(assoc)
+            reason, status = f"outcome unknown: {exc}", None
+        except SourceError as exc:
+            return _outcome(planned, State.FAILED, str(exc), None, attempts)
+        except MigratorError as exc:  # e.g. transient S3 errors
+            reason, status = str(exc), None
+        else:
+            if sent.outcome in (st.Outcome.STORED, st.Outcome.WARNING):
+                out = _outcome(planned, State.STORED, sent.error, sent.status, attempts)
+                out.ts_sent, out.transcoded = sent.ts_sent, sent.transcoded
+                out.warning = sent.outcome is st.Outcome.WARNING
+                out.bytes = planned.size
+                return out
+            reason, status, ts_sent = sent.error, sent.status, sent.ts_sent
+            if sent.outcome is not st.Outcome.TRANSIENT:
+                out = _outcome(planned, State.FAILED, reason, status, attempts)
+                out.ts_sent, out.transcoded = ts_sent, sent.transcoded
+                return out
+            connector.pool.discard(assoc)  # out of resources: back off, fresh association
+        if attempts > config.retries:
+            out = _outcome(
+                planned,
+                State.FAILED,
+                f"{reason} (gave up after {attempts} attempts)",
+                status,
+                attempts,
+            )
+            out.ts_sent = ts_sent
+            return out
+        sleep(_backoff(config, attempts))
+
+
+def _reinspect(payload: Payload, planned: PlannedFile) -> DicomHeader:
+    if payload.path is not None:
+        header = inspect_file(payload.path)
+    else:
+        assert payload.data is not None
+        header = inspect_bytes(payload.data, planned.uri)
+    problem = refusal(header)
+    if problem is not None:
+        raise SourceError(f"{planned.uri}: {problem[1]}")
+    if header.sop_instance_uid != planned.sop_instance_uid:
+        raise SourceError(f"{planned.uri} changed since it was planned (SOP Instance UID differs)")
+    return header
+
+
+def _backoff(config: JobConfig, attempt: int) -> float:
+    return float(min(30.0, config.retry_backoff * 2 ** (attempt - 1)))
+
+
+def _outcome(
+    planned: PlannedFile, state: State, reason: str, status: int | None, attempts: int
+) -> FileOutcome:
+    return FileOutcome(
+        planned.uri,
+        state,
+        reason,
+        status,
+        sop_class_uid=planned.sop_class_uid,
+        sop_instance_uid=planned.sop_instance_uid,
+        ts_original=planned.transfer_syntax,
+        attempts=attempts,
+    )

@@ -1,0 +1,106 @@
+"""Celery tasks: thin wrappers that deserialise arguments and call plain modules.
+
+Task ids are deterministic (``<job>:<batch>``) so enqueuing a batch twice is visible and
+Flower shows which batch a task is. Every way a task can end leaves each file of its batch
+either settled in the ledger or in a message that will run again: a task that ends by an
+exception is acked (acks_late) and never comes back, so exceptions become retries here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_shutdown
+
+from migrator.ledger import Ledger
+from migrator.outcomes import FileOutcome, State
+from workers import runtime as rt
+from workers.app import app
+from workers.batch import BatchBusy, DestinationUnavailable, run_batch
+
+log = logging.getLogger(__name__)
+
+#: Batch-level retries when the PACS cannot be reached or something unexpected broke
+#: (each after the per-batch connection retries): 5 s, 10 s, 20 s, 40 s. Countdowns stay
+#: well below the visibility timeout (ARCHITECTURE.md §3).
+MAX_BATCH_RETRIES = 4
+#: A batch held by another live delivery is looked at again after at most this long.
+BUSY_RECHECK = 10.0
+
+worker_process_shutdown.connect(rt.shutdown)
+
+
+def task_id(job_id: str, batch_id: str) -> str:
+    return f"{job_id}:{batch_id}"
+
+
+@app.task(  # type: ignore[untyped-decorator]
+    name="migrator.store_batch", bind=True, ignore_result=True, acks_late=True, max_retries=None
+)
+def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dict[str, Any]:
+    """Send one batch of a migration job to its destination.
+
+    ``failures`` counts the earlier deliveries that ended in an error (not the ones that
+    found the batch busy), for the backoff and the give-up point.
+    """
+    runtime = rt.runtime()
+    ledger = Ledger(runtime.client, job_id)
+    from migrator.jobconfig import JobConfig
+
+    config = JobConfig.from_dict(ledger.config())
+    tid = self.request.id or task_id(job_id, batch_id)
+    try:
+        summary = run_batch(
+            ledger, batch_id, pool=runtime.pool, limiter=runtime.limiter(config), task_id=tid
+        )
+    except BatchBusy as exc:
+        # Not a failure: the same batch runs elsewhere. Look again; if that worker dies,
+        # its lease expires and this copy sends the rest.
+        raise self.retry(countdown=min(BUSY_RECHECK, exc.retry_in + 0.5)) from None
+    except SoftTimeLimitExceeded:
+        # What was sent is recorded; the rest goes on in a fresh delivery.
+        log.warning("batch %s hit the soft time limit; continuing in a new task", batch_id)
+        raise self.retry(countdown=0) from None
+    except Exception as exc:
+        reason = (
+            f"cannot reach the PACS: {exc}"
+            if isinstance(exc, DestinationUnavailable)
+            else f"internal error: {type(exc).__name__}: {exc}"
+        )
+        if failures < MAX_BATCH_RETRIES:
+            log.warning("batch %s: %s; retrying (%d)", batch_id, reason, failures + 1)
+            raise self.retry(
+                countdown=5 * 2**failures,
+                kwargs={"failures": failures + 1},
+            ) from exc
+        _fail_rest(ledger, batch_id, reason)
+        return {"batch_id": batch_id, "gave_up": reason}
+    return asdict(summary)
+
+
+def _fail_rest(ledger: Ledger, batch_id: str, reason: str) -> None:
+    files = ledger.batch(batch_id)
+    stored = ledger.stored_ids([f.file_id for f in files])
+    now = time.time()
+    ledger.record_many(
+        [
+            (
+                f.file_id,
+                FileOutcome(
+                    f.uri,
+                    State.FAILED,
+                    reason,
+                    sop_class_uid=f.sop_class_uid,
+                    sop_instance_uid=f.sop_instance_uid,
+                    ts_original=f.transfer_syntax,
+                ),
+                now,
+            )
+            for f in files
+            if f.file_id not in stored
+        ]
+    )
