@@ -1,10 +1,10 @@
 """The main job on one machine, with nothing else installed: a synthetic archive migrated.
 
-Until the distributed engine lands, this is: generate a deterministic corpus (CT studies,
-an MR, a multi-frame, implicit and big-endian files, dataset-only files, a JPEG 2000 file,
-and a text file that must be skipped), start `migrator scp` on a free port, run
-`migrator store` into it with 4 associations, print the summary, stop the receiver and
-check that every instance arrived.
+Generate a deterministic corpus (CT studies, an MR, a multi-frame, implicit and big-endian
+files, dataset-only files, a JPEG 2000 file, and a text file that must be skipped), start
+`migrator scp` on a free port, run `migrator run` into it on the embedded default (a private
+Redis and local Celery worker processes, stopped at the end), print the summary, stop the
+receiver and count what arrived.
 """
 
 from __future__ import annotations
@@ -41,17 +41,44 @@ def main() -> int:
     out = work / "received"
     log = open(work / "scp.log", "w")  # noqa: SIM115 - closed below
     scp = subprocess.Popen(
-        [BIN / "migrator", "scp", "0", "--bind", "127.0.0.1", "--aet", "DEMO-PACS",
-         "--output-dir", out, "--max-pdu", "131072"],
-        stderr=log, stdout=subprocess.DEVNULL, start_new_session=True,
+        [
+            BIN / "migrator",
+            "scp",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--aet",
+            "DEMO-PACS",
+            "--output-dir",
+            out,
+            "--max-pdu",
+            "131072",
+        ],
+        stderr=log,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         port = _wait_port(work / "scp.log", scp)
         print(f"demo: migrator scp (pid {scp.pid}) listening on 127.0.0.1:{port}\n", flush=True)
+        # No --redis-url: the embedded default (a private Redis and local Celery worker
+        # processes, all stopped at the end). Its ledger lives in the work directory.
         proc = subprocess.run(
-            [BIN / "migrator", "store", "--host", "127.0.0.1", "--port", str(port),
-             "--called-ae", "DEMO-PACS", "--dir", archive, "-R", "-j", "4",
-             "--report", work / "report.json"],
+            [
+                BIN / "migrator",
+                "run",
+                archive,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--called-ae",
+                "DEMO-PACS",
+                "--state-dir",
+                work / "state",
+                "--report",
+                work / "report.json",
+            ],
         )
     finally:
         scp.send_signal(signal.SIGTERM)

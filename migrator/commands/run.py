@@ -1,0 +1,380 @@
+"""``migrator run`` / ``plan`` / ``worker``: the distributed migration's front ends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from migrator.commands.common import DURATION, fail_config, opt, send_options, setup_logging
+from migrator.errors import ConfigError, MigratorError
+from migrator.exitcodes import EXIT_CODES_HELP, ExitStatus
+from migrator.jobconfig import JobConfig
+from migrator.syntaxes import resolve
+
+if TYPE_CHECKING:
+    from migrator.embedded import LocalWorkers
+    from migrator.ledger import Ledger
+    from migrator.planner import PlanSummary
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where an embedded run keeps its Redis data, so the same command resumes the same job.
+DEFAULT_STATE_DIR = os.path.join(
+    os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "pacs-migrator"
+)
+
+
+def _config(o: dict[str, Any]) -> JobConfig:
+    """The job's settings from the command's options; bad numbers fail here, not in a worker."""
+    try:
+        config = JobConfig(
+            host=o["host"],
+            port=o["port"],
+            called_ae=o["called_ae"],
+            calling_ae=o["calling_ae"],
+            acse_timeout=o["acse_timeout"],
+            dimse_timeout=o["dimse_timeout"],
+            network_timeout=o["network_timeout"],
+            max_pdu=o["max_pdu"],
+            transfer_syntax=resolve(o["transfer_syntax"]) if o["transfer_syntax"] else None,
+            allow_lossy=o["allow_lossy_decompression"],
+            retries=o["retries"],
+            rate_limit=o["rate_limit"],
+            rate_limit_bytes=o["rate_limit_bytes"] * 1e6 if o["rate_limit_bytes"] else None,
+            burst=o["burst"],
+            max_associations=o["max_associations"],
+            throttle_delay=o["throttle_delay"] / 1000.0,
+            s3_endpoint=o["s3_endpoint"],
+            s3_region=o["s3_region"],
+        )
+        config.limits  # noqa: B018 - validates the numbers now
+    except ConfigError as exc:
+        fail_config(str(exc))
+        raise
+    return config
+
+
+def job_options(func: F) -> F:
+    """Options of `plan` and `run`: the destination (as `store`), the job, the batches."""
+    for decorator in reversed(
+        [
+            click.argument("sources", nargs=-1, required=True, metavar="SOURCE..."),
+            send_options,
+            opt(
+                "--job",
+                env="JOB",
+                default=None,
+                help="Job id. Default: derived from the sources and the destination, so the "
+                "same command again resumes the same job and sends nothing twice.",
+            ),
+            opt(
+                "--batch-files",
+                env="BATCH_FILES",
+                type=click.IntRange(1, 10000),
+                default=200,
+                show_default=True,
+                help="Files per batch (one task).",
+            ),
+            opt(
+                "--batch-mb",
+                env="BATCH_MB",
+                type=click.IntRange(1),
+                default=256,
+                show_default=True,
+                help="MB per batch at most.",
+            ),
+            opt(
+                "--max-associations",
+                env="MAX_ASSOCIATIONS",
+                type=click.IntRange(1),
+                default=None,
+                help="At most this many simultaneous associations to the PACS, fleet-wide.",
+            ),
+            opt(
+                "--dry-run",
+                env="DRY_RUN",
+                is_flag=True,
+                help="Only list and inspect: print an inventory, send nothing.",
+            ),
+            click.option("-v", "--verbose", count=True),
+            click.option("-q", "--quiet", is_flag=True),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def _redis_option(required: bool) -> Callable[[F], F]:
+    return opt(
+        "--redis-url",
+        "--broker",
+        "redis_url",
+        env="REDIS_URL",
+        required=required,
+        default=None,
+        help="Redis used as broker, ledger and limiter (redis://host:6379/0)."
+        + (
+            ""
+            if required
+            else " Without it, an embedded Redis and --workers local worker "
+            "processes are started and stopped."
+        ),
+    )
+
+
+@click.command("plan", epilog=EXIT_CODES_HELP)
+@job_options
+@_redis_option(required=False)
+def plan_command(sources: tuple[str, ...], **o: Any) -> None:
+    """Plan a job into Redis and enqueue its batches for the workers; do not wait.
+
+    Planning the same sources again adds only files not planned before.
+
+    \b
+    Examples:
+      migrator plan /archive --host pacs --port 104 --called-ae PACS \\
+          --redis-url redis://redis:6379/0
+      migrator plan s3://bucket/2019/ --s3-endpoint http://minio:9000 --host pacs \\
+          --called-ae PACS --redis-url redis://redis:6379/0 --rate-limit 200
+      migrator plan /archive --host pacs --called-ae PACS --dry-run
+    """
+    from migrator import engine
+    from workers.runtime import connect
+
+    setup_logging(o["verbose"], o["quiet"])
+    config = _config(o)
+    srcs = engine.make_sources(sources, config)
+    if o["dry_run"]:
+        _dry_run(srcs, o)
+    if not o["redis_url"]:
+        fail_config("plan needs --redis-url (or MIGRATOR_REDIS_URL), unless --dry-run")
+    job_id = o["job"] or engine.default_job_id(sources, config)
+    try:
+        ledger = engine.open_job(connect(o["redis_url"]), job_id, config)
+        summary = _plan(ledger, srcs, o["redis_url"], o)
+    except ConfigError as exc:
+        fail_config(str(exc))
+        return
+    except MigratorError as exc:
+        click.echo(f"migrator: error: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+    click.echo(
+        f"job {job_id}: {summary.planned_new} files planned in {summary.batches} batches, "
+        f"{summary.already_planned} already planned, {summary.refused} refused"
+    )
+    click.echo(job_id)
+
+
+def _plan(ledger: Ledger, srcs: list[Any], url: str, o: dict[str, Any]) -> PlanSummary:
+    from migrator import engine
+
+    return engine.plan_job(
+        ledger,
+        srcs,
+        url,
+        batch_files=o["batch_files"],
+        batch_bytes=o["batch_mb"] * 1024 * 1024,
+    )
+
+
+@contextlib.contextmanager
+def _broker(
+    redis_url: str | None, workers: int | None, state_dir: str, *, quiet: bool
+) -> Iterator[tuple[str, LocalWorkers | None]]:
+    """The Redis to use, and the local workers started for it.
+
+    No URL: an embedded Redis (its data kept in ``state_dir`` so that running the same
+    command again resumes the job) and ``workers`` local worker processes (default: CPU
+    count). With a URL: that Redis, plus local workers only when ``--workers`` is given.
+    """
+    from migrator.embedded import EmbeddedRedis, LocalWorkers
+
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            embedded = stack.enter_context(EmbeddedRedis(data_dir=state_dir))
+            url = embedded.url
+            workers = workers or os.cpu_count() or 2
+        else:
+            url = redis_url
+        local = stack.enter_context(LocalWorkers(url, workers)) if workers else None
+        if not quiet:
+            where = f"embedded {embedded.kind}" if redis_url is None else "Redis at --redis-url"
+            click.echo(f"{where}, {workers or 0} local worker processes", err=True)
+        yield url, local
+
+
+@click.command("run", epilog=EXIT_CODES_HELP)
+@job_options
+@_redis_option(required=False)
+@opt(
+    "--workers",
+    env="WORKERS",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Local worker processes (default with the embedded Redis: CPU count; with "
+    "--redis-url: none, the cluster's workers send).",
+)
+@opt(
+    "--state-dir",
+    env="STATE_DIR",
+    type=click.Path(file_okay=False),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where the embedded Redis keeps the ledger between runs.",
+)
+@opt(
+    "--timeout",
+    env="TIMEOUT",
+    type=DURATION,
+    default=None,
+    help="Stop waiting after this long (a cluster goes on; embedded workers stop).",
+)
+@opt(
+    "--report",
+    env="REPORT",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the JSON report here.",
+)
+def run_command(sources: tuple[str, ...], **o: Any) -> None:
+    """Migrate folders and S3 prefixes to a PACS with Celery workers, and account for
+    every file.
+
+    Plans the job into Redis (header-only inspection, batches, one task per batch), lets
+    the workers send under one fleet-wide rate limit, waits with a progress line and ends
+    with the same summary as `store`. Running the same command again resumes the job: what
+    was stored is not sent again.
+
+    \b
+    Examples:
+      migrator run /archive --host pacs --port 104 --called-ae PACS
+      migrator run s3://bucket/2019/ --host pacs --called-ae PACS --rate-limit 200 \\
+          --redis-url redis://redis:6379/0 --max-associations 8
+      migrator run /archive --host pacs --called-ae PACS --dry-run
+    """
+    from migrator import engine
+    from migrator.embedded import terminate_on_sigterm
+    from workers.runtime import connect
+
+    setup_logging(o["verbose"], o["quiet"])
+    config = _config(o)
+    quiet = o["quiet"]
+    job_id = o["job"] or engine.default_job_id(sources, config)
+    srcs = engine.make_sources(sources, config)
+    if o["dry_run"]:
+        _dry_run(srcs, o)
+    terminate_on_sigterm()  # SIGTERM unwinds like Ctrl-C: what we started is stopped
+    try:
+        with _broker(o["redis_url"], o["workers"], o["state_dir"], quiet=quiet) as (url, local):
+            ledger = engine.open_job(connect(url), job_id, config)
+            if not quiet:
+                click.echo(f"job {job_id}: {', '.join(sources)} → {config.server}", err=True)
+            ledger.mark_started()
+            _plan(ledger, srcs, url, o)
+            progress = _Progress(enabled=not quiet and sys.stderr.isatty())
+            counts = engine.wait(
+                ledger,
+                on_progress=progress.update,
+                timeout=o["timeout"],
+                alive=local.alive if local else None,
+            )
+            progress.close()
+            ledger.mark_finished()
+            result = ledger.to_store_result(config.server)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nmigrator: interrupted; run the same command again to resume job {job_id}",
+            err=True,
+        )
+        raise SystemExit(int(ExitStatus.INTERRUPTED)) from None
+    except ConfigError as exc:
+        fail_config(str(exc))
+        return
+    except MigratorError as exc:
+        click.echo(f"migrator: error: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+    if counts["in_flight"] > 0:
+        why = "timeout" if local is None or local.alive() else "the local workers stopped"
+        result.fatal = (
+            f"{counts['in_flight']} files still in flight when the wait ended ({why}); "
+            "run the same command again to resume"
+        )
+        result.fatal_exit = ExitStatus.PARTIAL_FAILURE
+    from migrator.summary import render_text, report_dict, write_json_atomic
+
+    text = render_text(result)
+    click.echo(text.splitlines()[0] if quiet else text)
+    if o["report"]:
+        write_json_atomic(o["report"], report_dict(result, {"job": job_id, **config.to_dict()}))
+    raise SystemExit(int(result.exit_status))
+
+
+def _dry_run(sources: list[Any], o: dict[str, Any]) -> None:
+    from migrator import engine
+    from migrator.planner import plan
+
+    summary = plan(
+        None,
+        sources,
+        enqueue=None,
+        batch_files=o["batch_files"],
+        batch_bytes=o["batch_mb"] * 1024 * 1024,
+    )
+    click.echo(engine.inventory_text(summary))
+    raise SystemExit(0)
+
+
+class _Progress:
+    """One line on a terminal, redrawn from the ledger's counters."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def update(self, counts: dict[str, int]) -> None:
+        if not self.enabled:
+            return
+        done = counts["stored"] + counts["failed"] + counts["skipped"]
+        total = max(1, counts["planned"])
+        width = 30
+        filled = int(width * done / total)
+        sys.stderr.write(
+            f"\r  {'█' * filled}{'░' * (width - filled)} {done}/{counts['planned']} files: "
+            f"{counts['stored']} stored, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped, {counts['in_flight']} in flight   "
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+@click.command("worker")
+@_redis_option(required=True)
+@opt(
+    "--concurrency",
+    "-c",
+    env="WORKER_CONCURRENCY",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes in this pool (default: CPU count).",
+)
+@opt("--loglevel", env="WORKER_LOGLEVEL", default="INFO", show_default=True)
+def worker_command(redis_url: str, concurrency: int | None, loglevel: str) -> None:
+    """Run a Celery worker that sends batches (wraps `celery worker` with our settings).
+
+    \b
+    Example:
+      migrator worker --redis-url redis://redis:6379/0 -c 4
+    """
+    from migrator.embedded import worker_argv
+
+    env = {**os.environ, "MIGRATOR_REDIS_URL": redis_url, "REMAP_SIGTERM": "SIGQUIT"}
+    args = worker_argv(concurrency or os.cpu_count() or 2, loglevel=loglevel)
+    # exec: celery becomes this process, so signals reach it directly (PID 1 in a container).
+    os.execve(sys.executable, args, env)

@@ -1,0 +1,331 @@
+"""The distributed engine end to end: `migrator run` → Redis → Celery worker processes → PACS.
+
+Every test uses a real redis-server, real Celery worker processes (not eager mode) and a
+real receiver: Orthanc, or an in-process pynetdicom SCP that counts C-STOREs and open
+associations at the receiving end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrator import synth
+from migrator.embedded import LocalWorkers
+from tests.enginehelpers import (
+    FAST_FAULTS,
+    assert_invariant,
+    children,
+    common_args,
+    finish,
+    only_job,
+    start_run,
+    wait_until,
+)
+from tests.peers.counting_scp import counting_scp
+from tests.peers.orthanc import OrthancPeer
+from tests.peers.redis import RedisPeer, redis_peer
+from tests.peers.s3 import ACCESS_KEY, REGION, SECRET_KEY
+from tests.storehelpers import load_report, sop_uid
+
+pytestmark = pytest.mark.timeout(300)
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture
+def redis_aof(tmp_path: Path) -> Iterator[RedisPeer]:
+    """AOF on, as in production: a restart keeps the queue and the ledger."""
+    with redis_peer(tmp_path / "redis", appendonly=True) as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+def tiny400(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny400")
+    synth.write_corpus(folder, count=400, size="tiny", seed=40)
+    return folder
+
+
+def workers(url: str, n: int, tmp: Path, **env: str) -> LocalWorkers:
+    tmp.mkdir(parents=True, exist_ok=True)
+    return LocalWorkers(url, n, env=env, loglevel="INFO", logfile=str(tmp / f"w-{n}.log"))
+
+
+def test_dir_tree_and_s3_prefix_into_orthanc_with_two_workers(
+    tmp_path: Path, redis_server: RedisPeer, orthanc: OrthancPeer, moto_s3: Any
+) -> None:
+    tree = tmp_path / "tree"
+    a = synth.write_corpus(tree / "2019" / "a", count=1000, size="tiny", seed=11)
+    b = synth.write_corpus(tree / "2020" / "b" / "c", count=1000, size="tiny", seed=12)
+    (tree / "2020" / "notes.txt").write_text("not DICOM")
+    truncated = tree / "2020" / "truncated.dcm"
+    truncated.write_bytes(a[0].read_bytes()[:200])  # cut inside the header
+    s3_files = synth.write_corpus(tmp_path / "s3src", count=500, size="tiny", seed=13)
+    bucket = moto_s3.create_bucket()
+    moto_s3.put_many(bucket, ((f"archive/{p.name}", p.read_bytes()) for p in s3_files))
+    moto_s3.put(bucket, "archive/readme.txt", b"not DICOM either")
+    expected = {sop_uid(p) for p in (*a, *b, *s3_files)}
+    assert len(expected) == 2500
+
+    report = tmp_path / "report.json"
+    with workers(redis_server.url, 2, tmp_path, **AWS_ENV):
+        proc = start_run(
+            tree,
+            f"s3://{bucket}/archive/",
+            *common_args(("127.0.0.1", orthanc.dicom_port), "ORTHANC"),
+            "--redis-url",
+            redis_server.url,
+            "--s3-endpoint",
+            moto_s3.endpoint,
+            "--s3-region",
+            REGION,
+            "--batch-files",
+            "100",
+            "--report",
+            report,
+            env=AWS_ENV,
+        )
+        code, out = finish(proc)
+    assert code == 1, out  # the truncated file failed: exit 1, as `store` does
+    assert orthanc.statistics()["CountInstances"] == len(expected)
+    assert orthanc.all_sop_instance_uids() == expected
+    ledger = only_job(redis_server.client())
+    counts = assert_invariant(ledger)
+    assert counts["planned"] == 2503
+    assert (counts["stored"], counts["failed"], counts["skipped"]) == (2500, 1, 2)
+    data = load_report(report)
+    reasons = {Path(f["uri"]).name: (f["state"], f["reason"]) for f in data["files"]}
+    assert reasons["notes.txt"][0] == "skipped" and reasons["notes.txt"][1]
+    assert reasons["readme.txt"][0] == "skipped"
+    assert reasons["truncated.dcm"][0] == "failed" and "truncated" in reasons["truncated.dcm"][1]
+    assert "2500 stored" in out.replace(",", "") or "2500" in out
+
+
+def test_global_file_rate_holds_across_four_worker_processes(
+    tmp_path: Path, redis_server: RedisPeer, tiny400: Path
+) -> None:
+    with counting_scp() as scp, workers(redis_server.url, 4, tmp_path):
+        t0 = time.monotonic()
+        proc = start_run(
+            tiny400,
+            *common_args(("127.0.0.1", scp.port), "COUNTING"),
+            "--redis-url",
+            redis_server.url,
+            "--rate-limit",
+            "40",
+            "--batch-files",
+            "25",
+        )
+        code, out = finish(proc)
+        elapsed = time.monotonic() - t0
+    assert code == 0, out
+    assert scp.distinct == 400
+    # 400 files at 40/s with a burst of 10: at least (400 - 10) / 40 = 9.75 s.
+    assert elapsed >= 9.0
+    ledger = only_job(redis_server.client())
+    assert_invariant(ledger)
+    timeline = ledger.timeline()
+    assert sum(n for n, _ in timeline.values()) == 400
+    assert max(n for n, _ in timeline.values()) <= 40 + 10, timeline
+
+
+def test_global_byte_rate_holds_across_four_worker_processes(
+    tmp_path: Path, redis_server: RedisPeer, tiny400: Path
+) -> None:
+    size = next(tiny400.iterdir()).stat().st_size
+    total = size * 400
+    mb_per_s = total / 10 / 1e6  # ten seconds' worth
+    with counting_scp() as scp, workers(redis_server.url, 4, tmp_path):
+        t0 = time.monotonic()
+        proc = start_run(
+            tiny400,
+            *common_args(("127.0.0.1", scp.port), "COUNTING"),
+            "--redis-url",
+            redis_server.url,
+            "--rate-limit-bytes",
+            f"{mb_per_s:.6f}",
+            "--batch-files",
+            "25",
+        )
+        code, out = finish(proc)
+        elapsed = time.monotonic() - t0
+    assert code == 0, out
+    assert scp.distinct == 400
+    assert elapsed >= 9.0  # (total - one second of burst) / rate
+    ledger = only_job(redis_server.client())
+    assert_invariant(ledger)
+    per_second = [nbytes for _, nbytes in ledger.timeline().values()]
+    # The byte burst is one second of the rate: no second carries more than two seconds'
+    # worth plus one file.
+    assert max(per_second) <= 2 * mb_per_s * 1e6 + size, per_second
+
+
+def test_max_associations_is_a_fleet_wide_cap_seen_at_the_receiver(
+    tmp_path: Path, redis_server: RedisPeer, tiny400: Path
+) -> None:
+    with counting_scp(response_delay=0.01) as scp, workers(redis_server.url, 4, tmp_path):
+        proc = start_run(
+            tiny400,
+            *common_args(("127.0.0.1", scp.port), "COUNTING"),
+            "--redis-url",
+            redis_server.url,
+            "--max-associations",
+            "2",
+            "--batch-files",
+            "20",
+        )
+        code, out = finish(proc)
+    assert code == 0, out
+    assert scp.distinct == 400
+    assert scp.max_open == 2, (scp.max_open, scp.associations)
+
+
+def test_rerun_sends_nothing_new_and_retry_resends_only_failed(
+    tmp_path: Path, redis_server: RedisPeer
+) -> None:
+    files = synth.write_corpus(tmp_path / "in", count=60, size="tiny", seed=60)
+    uids = [sop_uid(p) for p in files]
+    args = [tmp_path / "in", "--redis-url", redis_server.url, "--batch-files", "20"]
+    with counting_scp() as scp, workers(redis_server.url, 2, tmp_path):
+        scp.fail_uids = {u: 0xA900 for u in uids[:5]}  # dataset does not match SOP class
+        dest = common_args(("127.0.0.1", scp.port), "COUNTING")
+        code, out = finish(start_run(*args, *dest))
+        assert code == 1, out
+        assert scp.total == 55
+        ledger = only_job(redis_server.client())
+        counts = assert_invariant(ledger)
+        assert (counts["stored"], counts["failed"]) == (55, 5)
+
+        code, out = finish(start_run(*args, *dest))  # the same command again
+        assert code == 1, out
+        assert scp.total == 55, "a re-run sent files again"
+        assert ledger.counts()["planned"] == 60
+
+        scp.fail_uids = {}
+        from tests.storehelpers import run_migrator
+
+        proc = run_migrator("retry", ledger.job_id, "--redis-url", redis_server.url)
+        assert proc.returncode == 0, proc.stderr
+        assert "5 failed files" in proc.stdout
+        wait_until(lambda: ledger.counts()["stored"] == 60, 60, "the retried files")
+    assert scp.total == 60 and scp.distinct == 60
+    assert all(n == 1 for n in scp.stores.values())
+    assert_invariant(ledger)
+
+
+def _slow_job(tmp: Path, redis_url: str, port: int, n_files: int) -> Any:
+    folder = tmp / "slow"
+    synth.write_corpus(folder, count=n_files, size="tiny", seed=n_files)
+    return start_run(
+        folder,
+        *common_args(("127.0.0.1", port), "ORTHANC"),
+        "--redis-url",
+        redis_url,
+        "--rate-limit",
+        "60",
+        "--batch-files",
+        "40",
+        log=tmp / "run.log",
+    )
+
+
+def test_kill_9_of_a_worker_child_mid_batch(
+    tmp_path: Path, redis_server: RedisPeer, orthanc: OrthancPeer
+) -> None:
+    with workers(redis_server.url, 2, tmp_path, **FAST_FAULTS) as local:
+        proc = _slow_job(tmp_path, redis_server.url, orthanc.dicom_port, 400)
+        ledger = only_job(redis_server.client())
+        wait_until(lambda: ledger.counts()["stored"] >= 60, 60, "the first files")
+        victims = children(local.pid)
+        assert victims
+        os.kill(victims[0], signal.SIGKILL)
+        code, _out = finish(proc)
+        log = (tmp_path / "run.log").read_text()
+    assert code == 0, log + local.log_tail()
+    counts = assert_invariant(ledger)
+    assert counts["stored"] == 400
+    assert orthanc.statistics()["CountInstances"] == 400
+    assert "WorkerLostError" in local.log_tail() or "exited" in local.log_tail()
+
+
+def test_kill_9_of_the_whole_worker_comes_back_after_the_visibility_timeout(
+    tmp_path: Path, redis_server: RedisPeer, orthanc: OrthancPeer
+) -> None:
+    first = workers(redis_server.url, 2, tmp_path, **FAST_FAULTS).start()
+    try:
+        proc = _slow_job(tmp_path, redis_server.url, orthanc.dicom_port, 300)
+        ledger = only_job(redis_server.client())
+        wait_until(lambda: ledger.counts()["stored"] >= 60, 60, "the first files")
+        os.killpg(first.pid, signal.SIGKILL)
+    finally:
+        first.stop()
+    stored_at_kill = ledger.counts()["stored"]
+    assert stored_at_kill < 300
+    with workers(redis_server.url, 2, tmp_path / "second", **FAST_FAULTS):
+        code, _out = finish(proc)
+    assert code == 0, (tmp_path / "run.log").read_text()
+    counts = assert_invariant(ledger)
+    assert counts["stored"] == 300
+    assert orthanc.statistics()["CountInstances"] == 300
+
+
+def test_redis_restart_mid_job(tmp_path: Path, redis_aof: RedisPeer, orthanc: OrthancPeer) -> None:
+    with workers(redis_aof.url, 2, tmp_path, **FAST_FAULTS):
+        proc = _slow_job(tmp_path, redis_aof.url, orthanc.dicom_port, 300)
+        ledger = only_job(redis_aof.client())
+        wait_until(lambda: ledger.counts()["stored"] >= 60, 60, "the first files")
+        redis_aof.restart()
+        code, _out = finish(proc)
+    assert code == 0, (tmp_path / "run.log").read_text()
+    counts = assert_invariant(only_job(redis_aof.client()))
+    assert counts["stored"] == 300
+    assert orthanc.statistics()["CountInstances"] == 300
+
+
+def test_dry_run_prints_an_inventory_and_sends_nothing(tmp_path: Path) -> None:
+    from tests.storehelpers import run_migrator
+
+    synth.write_corpus(tmp_path / "in", count=30, size="tiny", seed=3)
+    (tmp_path / "in" / "x.txt").write_text("no")
+    with counting_scp() as scp:
+        proc = run_migrator(
+            "run", tmp_path / "in", *common_args(("127.0.0.1", scp.port), "COUNTING"), "--dry-run"
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "To send:           30" in proc.stdout
+    assert "Refused:           1" in proc.stdout
+    assert scp.total == 0
+
+
+def test_report_lists_every_file_once(tmp_path: Path, redis_server: RedisPeer) -> None:
+    synth.write_corpus(tmp_path / "in", count=50, size="tiny", seed=5)
+    report = tmp_path / "r.json"
+    with counting_scp() as scp, workers(redis_server.url, 2, tmp_path):
+        code, out = finish(
+            start_run(
+                tmp_path / "in",
+                *common_args(("127.0.0.1", scp.port), "COUNTING"),
+                "--redis-url",
+                redis_server.url,
+                "--report",
+                report,
+            )
+        )
+    assert code == 0, out
+    data = load_report(report)
+    assert data["totals"]["stored"] == 50
+    assert len({f["uri"] for f in data["files"]}) == 50
+    assert json.loads(report.read_text())["settings"]["job"].startswith("job-")
