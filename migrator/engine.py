@@ -19,7 +19,7 @@ from migrator.errors import ConfigError
 from migrator.jobconfig import JobConfig
 from migrator.keys import limiter_key
 from migrator.ledger import Ledger
-from migrator.planner import PlanSummary, plan
+from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan
 from migrator.ratelimit_redis import set_limits
 from migrator.sources.base import Source
 from migrator.sources.filesystem import FileSource
@@ -119,7 +119,8 @@ def inventory_text(summary: PlanSummary) -> str:
         f"To send:           {summary.planned_new} ({human_bytes(summary.bytes)})",
         f"Already planned:   {summary.already_planned}",
         f"Refused:           {summary.refused}",
-        f"Studies:           {len(summary.studies)}",
+        f"Studies:           {len(summary.studies)}"
+        + (" or more" if len(summary.studies) >= MAX_STUDIES_COUNTED else ""),
         "SOP classes:",
     ]
     lines += [f"  {n:>8}  {UID(u).name}" for u, n in summary.sop_classes.most_common()]

@@ -26,6 +26,8 @@ from migrator.sources.inspect import inspect_item, refusal
 Enqueue = Callable[[str], None]
 #: Items inspected together (and checked against the ledger in one round trip).
 CHUNK = 256
+#: The inventory counts distinct studies up to this many (then prints "at least").
+MAX_STUDIES_COUNTED = 100_000
 
 
 @dataclass
@@ -131,7 +133,7 @@ def plan(
                 summary.bytes += item.size
                 summary.sop_classes[header.sop_class_uid] += 1
                 summary.transfer_syntaxes[header.transfer_syntax] += 1
-                if len(summary.studies) < 1_000_000:  # an inventory, not a memory leak
+                if len(summary.studies) < MAX_STUDIES_COUNTED:  # bounded memory
                     summary.studies.add(header.study_uid)
                 full = batcher.add(planned)
                 if full:

@@ -213,10 +213,15 @@ def test_rerun_sends_nothing_new_and_retry_resends_only_failed(
         assert code == 1, out
         assert scp.total == 55, "a re-run sent files again"
         assert ledger.counts()["planned"] == 60
-
-        scp.fail_uids = {}
         from tests.storehelpers import run_migrator
 
+        planned = run_migrator("plan", *args, *dest, "--job", ledger.job_id)
+        assert planned.returncode == 0, planned.stderr
+        assert "0 files planned in 0 batches, 60 already planned" in planned.stdout
+        time.sleep(1)
+        assert scp.total == 55 and ledger.counts()["planned"] == 60
+
+        scp.fail_uids = {}
         proc = run_migrator("retry", ledger.job_id, "--redis-url", redis_server.url)
         assert proc.returncode == 0, proc.stderr
         assert "5 failed files" in proc.stdout
@@ -329,3 +334,35 @@ def test_report_lists_every_file_once(tmp_path: Path, redis_server: RedisPeer) -
     assert data["totals"]["stored"] == 50
     assert len({f["uri"] for f in data["files"]}) == 50
     assert json.loads(report.read_text())["settings"]["job"].startswith("job-")
+
+
+def test_status_jobs_and_a_live_limit_change(tmp_path: Path, redis_server: RedisPeer) -> None:
+    from tests.storehelpers import run_migrator
+
+    synth.write_corpus(tmp_path / "in", count=200, size="tiny", seed=9)
+    url = redis_server.url
+    with counting_scp() as scp, workers(url, 2, tmp_path):
+        dest = common_args(("127.0.0.1", scp.port), "COUNTING")
+        # 200 files at 4 files/s would take 50 s...
+        proc = start_run(tmp_path / "in", *dest, "--redis-url", url, "--rate-limit", "4")
+        ledger = only_job(redis_server.client())
+        wait_until(lambda: ledger.counts()["stored"] >= 5, 30, "the first files")
+        status = run_migrator("status", ledger.job_id, "--redis-url", url, "--json")
+        assert status.returncode == 0, status.stderr
+        row = json.loads(status.stdout)
+        assert row["planned"] == 200 and 0 < row["stored"] < 200
+        assert row["stored"] + row["in_flight"] == 200
+        jobs = run_migrator("jobs", "--redis-url", url)
+        assert ledger.job_id in jobs.stdout and f"127.0.0.1:{scp.port}" in jobs.stdout
+        # ...until the limit is lifted while the job runs: every worker applies it at once.
+        t0 = time.monotonic()
+        lifted = run_migrator("limit", ledger.job_id, "--redis-url", url, "--rate-limit", "0")
+        assert lifted.returncode == 0 and "no file limit" in lifted.stdout, lifted.stderr
+        code, out = finish(proc, timeout=60)
+        assert code == 0, out
+        assert time.monotonic() - t0 < 20
+    assert scp.distinct == 200
+    done = run_migrator("status", ledger.job_id, "--redis-url", url)
+    assert done.returncode == 0 and "200/200 files: 200 stored" in done.stdout
+    missing = run_migrator("status", "job-nope", "--redis-url", url)
+    assert missing.returncode == 2 and "no job 'job-nope'" in missing.stderr
