@@ -20,7 +20,6 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
 
 from migrator.errors import ConfigError
 
@@ -30,7 +29,8 @@ QUEUE = "migrator.batches"
 VISIBILITY_TIMEOUT = 3600.0
 SOFT_TIME_LIMIT = 1500.0
 TIME_LIMIT = 1800.0
-#: The longest a batch may wait on the rate limiter or an association slot in total.
+#: The longest a batch message may wait *outside* a running task: retry countdowns (ETA
+#: messages sit unacked in a worker, so the visibility timeout runs on them too).
 MAX_LIMITER_WAIT = 600.0
 
 
@@ -72,6 +72,10 @@ def settings() -> dict[str, Any]:
     vt = _env_float("MIGRATOR_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT)
     soft = _env_float("MIGRATOR_SOFT_TIME_LIMIT", SOFT_TIME_LIMIT)
     hard = _env_float("MIGRATOR_TIME_LIMIT", TIME_LIMIT)
+    # Checked when the app is made, so a worker with a dangerous setting does not start at
+    # all (a failing worker_init signal handler would only be logged).
+    max_wait = _env_float("MIGRATOR_MAX_LIMITER_WAIT", MAX_LIMITER_WAIT)
+    validate_timing(vt, soft, hard, max_wait)
     restore = 2.0 if vt < 60 else 10.0  # short VT (tests): sweep often enough to matter
     transport: dict[str, Any] = {
         "visibility_timeout": vt,
@@ -101,6 +105,7 @@ def settings() -> dict[str, Any]:
         "task_default_queue": QUEUE,
         "worker_hijack_root_logger": False,
         "broker_heartbeat": 0,
+        "migrator_max_wait": max_wait,
     }
 
 
@@ -112,14 +117,3 @@ def make_app(broker_url: str | None = None) -> Celery:
 
 
 app = make_app()
-
-
-@worker_init.connect  # type: ignore[untyped-decorator]
-def _check_timing(**_: Any) -> None:
-    conf = app.conf
-    validate_timing(
-        float(conf.visibility_timeout),
-        float(conf.task_soft_time_limit),
-        float(conf.task_time_limit),
-        _env_float("MIGRATOR_MAX_LIMITER_WAIT", MAX_LIMITER_WAIT),
-    )

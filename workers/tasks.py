@@ -60,7 +60,7 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
     except BatchBusy as exc:
         # Not a failure: the same batch runs elsewhere. Look again; if that worker dies,
         # its lease expires and this copy sends the rest.
-        raise self.retry(countdown=min(BUSY_RECHECK, exc.retry_in + 0.5)) from None
+        raise self.retry(countdown=_capped(min(BUSY_RECHECK, exc.retry_in + 0.5))) from None
     except SoftTimeLimitExceeded:
         # What was sent is recorded; the rest goes on in a fresh delivery.
         log.warning("batch %s hit the soft time limit; continuing in a new task", batch_id)
@@ -74,12 +74,18 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
         if failures < MAX_BATCH_RETRIES:
             log.warning("batch %s: %s; retrying (%d)", batch_id, reason, failures + 1)
             raise self.retry(
-                countdown=5 * 2**failures,
+                countdown=_capped(5 * 2**failures),
                 kwargs={"failures": failures + 1},
             ) from exc
         _fail_rest(ledger, batch_id, reason)
         return {"batch_id": batch_id, "gave_up": reason}
     return asdict(summary)
+
+
+def _capped(countdown: float) -> float:
+    """A countdown never longer than the configured wait bound (below the visibility
+    timeout): an ETA message older than that would be delivered a second time."""
+    return min(countdown, float(app.conf.migrator_max_wait))
 
 
 def _fail_rest(ledger: Ledger, batch_id: str, reason: str) -> None:

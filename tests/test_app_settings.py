@@ -1,0 +1,55 @@
+"""Celery settings: the visibility-timeout rule is enforced before a worker starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from migrator.errors import ConfigError
+from workers.app import settings, validate_timing
+
+
+def test_timing_rule() -> None:
+    validate_timing(3600, 1500, 1800, 600)
+    with pytest.raises(ConfigError, match="visibility timeout 5 s must exceed"):
+        validate_timing(5, 7, 8, 0)
+    with pytest.raises(ConfigError, match="soft time limit"):
+        validate_timing(3600, 20, 10, 0)
+
+
+def test_production_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VISIBILITY_TIMEOUT", "SOFT_TIME_LIMIT", "TIME_LIMIT", "MAX_LIMITER_WAIT"):
+        monkeypatch.delenv(f"MIGRATOR_{name}", raising=False)
+    conf = settings()
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    vt = conf["broker_transport_options"]["visibility_timeout"]
+    assert (
+        vt
+        == conf["visibility_timeout"]
+        == conf["result_backend_transport_options"]["visibility_timeout"]
+    )
+    assert vt > conf["task_time_limit"] + conf["migrator_max_wait"]
+    assert conf["worker_send_task_events"] and conf["task_ignore_result"]
+
+
+def test_a_worker_with_a_dangerous_timeout_refuses_to_start() -> None:
+    env = {
+        **os.environ,
+        "MIGRATOR_VISIBILITY_TIMEOUT": "5",
+        "MIGRATOR_TIME_LIMIT": "8",
+        "MIGRATOR_SOFT_TIME_LIMIT": "7",
+        "MIGRATOR_REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode != 0
+    assert "visibility timeout 5 s must exceed the task time limit (8 s)" in proc.stderr
