@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.run_bench import REPORT_NAME, RUN, SCU, STORE, _run_count
 from bench.store_bench import (
     ALL_SENDERS,
     PROBE_NAME,
@@ -94,3 +95,53 @@ def test_count_parsers_do_not_over_count(tmp_path: Path) -> None:
     line = "I: Received Store Response (Status: {} - {})\n"
     log = line.format("0x0000", "Success") * 2 + line.format("0xA700", "Failure")
     assert _pynetdicom_count(_res(log), tmp_path, 3)[0] == 2
+
+
+@pytest.mark.timeout(180)
+def test_run_bench_smoke(tmp_path: Path) -> None:
+    """bench/run_bench.py end to end: migrator run (embedded Redis + 2 workers), migrator store
+    and storescu each sent every file, and the ratios are numbers."""
+    if find_dcmtk_tool("storescp") is None or find_dcmtk_tool("storescu") is None:
+        pytest.skip("DCMTK storescp/storescu is not on PATH")
+    out = tmp_path / "run-bench.json"
+    cmd = [sys.executable, str(REPO / "bench" / "run_bench.py"), "--corpus", f"tiny:{FILES}"]
+    cmd += ["--repeat", "1", "--workers", "2", "--timeout", "120", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True
+    corpora = {c["name"]: c for c in doc["corpora"]}
+    assert set(corpora) == {PROBE_NAME, f"tiny-{FILES}"}
+    for corpus in doc["corpora"]:
+        want = corpus["files"]
+        assert corpus["storescu_verified_files"] == want
+        assert {s["sender"] for s in corpus["senders"]} == {RUN, STORE, SCU}
+        for s in corpus["senders"]:
+            assert s["status"] == "ok", (corpus["name"], s["sender"], s["error"])
+            assert s["files"] == want and len(s["runs"]) == 1
+            assert all(r["rc"] == 0 and r["files_sent"] == want for r in s["runs"]), s["runs"]
+            for key in ("files_per_s", "mb_per_s", "run_over_x"):
+                value = s[key]
+                assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, s)
+        for key in ("run_over_storescu", "run_over_store"):
+            value = corpus["ratios"][key]
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, corpus)
+        # One fresh --state-dir per run: its job started after the launch (not resumed).
+        (phases,) = corpus["run_phases"]
+        assert all(v >= 0 for v in phases.values()) and phases["job_s"] > 0, phases
+    assert f"tiny-{FILES}: {FILES} files" in proc.stdout
+    assert "migrator run / X" in proc.stdout
+
+    # The report parser: a partial run must not count as every file sent (a resumed one is
+    # caught by the start-time check in measure(), shown by run_phases above).
+    report = tmp_path / REPORT_NAME
+    totals = {"planned": 40, "stored": 38, "failed": 2}
+    report.write_text(json.dumps({"totals": totals, "fatal": None, "exit_status": 1}))
+    assert _run_count(_res("", rc=1), tmp_path, 40) == (38, "2 failed; report exit_status 1")
+    report.write_text(
+        json.dumps({"totals": {**totals, "stored": 40, "failed": 0}, "exit_status": 0})
+    )
+    assert _run_count(_res(""), tmp_path, 40) == (40, "")
+    report.unlink()
+    assert _run_count(_res(""), tmp_path, 40)[0] is None
