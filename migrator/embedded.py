@@ -672,8 +672,11 @@ class LocalWorkers:
             raise
         return self
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 15.0, *, graceful: bool = True) -> None:
         """SIGTERM (soft shutdown), wait up to ``timeout``, then SIGKILL the whole group.
+
+        ``graceful=False`` skips the soft shutdown: for workers known to be idle (the job is
+        complete, nothing is unacked), where it would only cost Celery's ~2 s of shutdown.
 
         The main PID is also the process group (new session): killing the group catches pool
         children that would outlive a main process stuck or killed. A Ctrl-C while waiting means
@@ -685,7 +688,7 @@ class LocalWorkers:
         interrupted = False
         if proc is not None:
             pgid = proc.pid
-            if proc.poll() is None:
+            if proc.poll() is None and graceful:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
                 try:
@@ -696,7 +699,7 @@ class LocalWorkers:
                         )
                 except KeyboardInterrupt:
                     interrupted = True
-            elif proc.returncode != 0 and not self._keep_log:
+            elif proc.poll() is not None and proc.returncode != 0 and not self._keep_log:
                 # Died on its own during the run: say so, with the reason, and keep the log.
                 self._keep_log = True
                 log.warning(

@@ -284,6 +284,9 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
                 alive=local.alive if local else None,
             )
             progress.close()
+            if local is not None and counts["in_flight"] == 0:
+                # Every file has its outcome: the workers are idle and hold nothing unacked.
+                local.stop(graceful=False)
             ledger.mark_finished()
             result = ledger.to_store_result(config.server)
     except KeyboardInterrupt:
