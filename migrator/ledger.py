@@ -131,6 +131,7 @@ def outcome_from_json(raw: str | bytes) -> FileOutcome:
         warning=bool(data.get("warning", False)),
         bytes=int(data.get("bytes", 0)),
         attempts=int(data.get("attempts", 0)),
+        seconds=float(data.get("seconds", 0.0)),
     )
 
 

@@ -31,11 +31,14 @@ class FileOutcome:
     warning: bool = False
     bytes: int = 0
     attempts: int = 0
+    #: Seconds the last C-STORE took (request start to response); 0 when none was answered
+    seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = str(self.state)
         data["status"] = None if self.status is None else f"0x{self.status:04X}"
+        data["seconds"] = round(self.seconds, 6)
         return data
 
 

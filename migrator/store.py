@@ -325,6 +325,7 @@ class StoreScu:
             outcome.ts_sent, outcome.transcoded = sent.ts_sent, sent.transcoded
             outcome.warning = sent.outcome is st.Outcome.WARNING
             outcome.bytes = job.item.size
+            outcome.seconds = sent.seconds
             self._record(result, outcome)
             sched.done()
             return assoc

@@ -307,6 +307,7 @@ def _send_with_retries(
                 out.ts_sent, out.transcoded = sent.ts_sent, sent.transcoded
                 out.warning = sent.outcome is st.Outcome.WARNING
                 out.bytes = planned.size
+                out.seconds = sent.seconds
                 return out
             reason, status, ts_sent = sent.error, sent.status, sent.ts_sent
             if sent.outcome is not st.Outcome.TRANSIENT:

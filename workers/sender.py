@@ -7,6 +7,7 @@ caller decides (retry on a fresh association, or record the outcome).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from migrator import status as st
@@ -28,6 +29,8 @@ class SendResult:
     transcoded: bool
     error: str = ""
     bytes_sent: int = 0
+    #: Seconds from the start of the C-STORE request to its response
+    seconds: float = 0.0
 
 
 def send_file(
@@ -55,8 +58,10 @@ def send_file(
             assert payload.data is not None
             dataset = memoryview(payload.data)[header.dataset_offset :]
             length = len(dataset)
+        t0 = time.perf_counter()
         response = assoc.c_store(ctx, sop_class, header.sop_instance_uid, dataset)
-        return _result(response.status, response.error_comment, file_ts, False, length)
+        seconds = time.perf_counter() - t0
+        return _result(response.status, response.error_comment, file_ts, False, length, seconds)
 
     accepted = assoc.accepted_syntaxes(sop_class)
     if forced_syntax:
@@ -87,18 +92,22 @@ def send_file(
         return SendResult(st.Outcome.PERMANENT, None, "", False, str(exc))
     ctx = assoc.context_for(sop_class, target)
     assert ctx is not None
+    t0 = time.perf_counter()
     response = assoc.c_store(ctx, sop_class, header.sop_instance_uid, data)
-    return _result(response.status, response.error_comment, target, True, len(data))
+    seconds = time.perf_counter() - t0
+    return _result(response.status, response.error_comment, target, True, len(data), seconds)
 
 
-def _result(status: int, comment: str, ts: str, transcoded: bool, nbytes: int) -> SendResult:
+def _result(
+    status: int, comment: str, ts: str, transcoded: bool, nbytes: int, seconds: float
+) -> SendResult:
     outcome = st.classify(status)
     error = ""
     if outcome not in (st.Outcome.STORED,):
         error = f"{st.fmt(status)} {st.meaning(status)}"
         if comment:
             error += f": {comment}"
-    return SendResult(outcome, status, ts, transcoded, error, nbytes)
+    return SendResult(outcome, status, ts, transcoded, error, nbytes, seconds)
 
 
 def _refusal(
