@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from migrator.commands.echo import echo_command
+from migrator.commands.flower import flower_command
 from migrator.commands.jobs import jobs_command, limit_command, retry_command, status_command
 from migrator.commands.run import plan_command, run_command, worker_command
 from migrator.commands.scp import scp_command
@@ -44,3 +45,4 @@ main.add_command(status_command)
 main.add_command(retry_command)
 main.add_command(jobs_command)
 main.add_command(limit_command)
+main.add_command(flower_command)

@@ -647,16 +647,20 @@ class LocalWorkers:
                 self.logfile = self._own_dir / "worker.log"
             worker_tmp = self._own_dir / "tmp"
             worker_tmp.mkdir()
-            child_env = {
-                **os.environ,
-                # The worker's temp files (billiard's pymp-* directory, spooled S3 objects) go
-                # in our directory, so that a worker we had to kill leaves none of them behind.
-                "TMPDIR": str(worker_tmp),
-                "MIGRATOR_REDIS_URL": self.broker_url,
-                "MIGRATOR_SOFT_SHUTDOWN": f"{self.soft_shutdown:g}",
-                **self.env,
-                "REMAP_SIGTERM": "SIGQUIT",
-            }
+            from workers.metrics import worker_env
+
+            child_env = worker_env(
+                {
+                    **os.environ,
+                    # The worker's temp files (billiard's pymp-* directory, spooled S3 objects) go
+                    # in our directory, so that a worker we had to kill leaves none of them behind.
+                    "TMPDIR": str(worker_tmp),
+                    "MIGRATOR_REDIS_URL": self.broker_url,
+                    "MIGRATOR_SOFT_SHUTDOWN": f"{self.soft_shutdown:g}",
+                    **self.env,
+                    "REMAP_SIGTERM": "SIGQUIT",
+                }
+            )
             with open(self.logfile, "ab") as logf:
                 self._proc = subprocess.Popen(
                     _with_parent_death_signal(self.command(), self.parent_death_signal),

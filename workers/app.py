@@ -16,12 +16,16 @@ Creating the app connects to nothing; workers and the planner connect on first u
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 
+from migrator import logfmt
 from migrator.errors import ConfigError
+from workers import metrics
 
 QUEUE = "migrator.batches"
 
@@ -117,3 +121,19 @@ def make_app(broker_url: str | None = None) -> Celery:
 
 
 app = make_app()
+
+
+# Metrics (off unless MIGRATOR_METRICS_PORT): the endpoint once the worker is up, its
+# directory gone at shutdown.
+worker_ready.connect(lambda **_: metrics.serve(), weak=False)
+worker_shutdown.connect(lambda **_: metrics.cleanup(), weak=False)
+
+
+def _logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Our format (text, or JSON with MIGRATOR_LOG_FORMAT=json) instead of Celery's."""
+    logfmt.configure(loglevel or "INFO")
+    # pynetdicom logs every PDU at INFO: noise at our volume.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+setup_logging.connect(_logging, weak=False)

@@ -30,6 +30,7 @@ from migrator.ratelimit import RateLimiter
 from migrator.sources.base import Payload, Source, SourceItem
 from migrator.sources.filesystem import FileSource
 from migrator.sources.inspect import refusal
+from workers import metrics
 from workers.pool import AssociationPool
 from workers.sender import send_file
 
@@ -141,8 +142,11 @@ def _pid_alive(pid: int) -> bool:
 class _Recorder:
     """Buffers outcomes and writes them in groups; keeps the batch lease alive."""
 
-    def __init__(self, ledger: Ledger, batch_id: str, token: str, worker: str) -> None:
+    def __init__(
+        self, ledger: Ledger, batch_id: str, token: str, worker: str, destination: str
+    ) -> None:
         self.ledger = ledger
+        self.destination = destination
         self.batch_id = batch_id
         self.token = token
         self.worker = worker
@@ -151,6 +155,8 @@ class _Recorder:
 
     def add(self, planned: PlannedFile, outcome: FileOutcome) -> None:
         self.pending.append((planned.file_id, outcome, time.time()))
+        log.debug("%s: %s %s", planned.uri, outcome.state, outcome.reason)
+        metrics.file_done(self.destination, outcome)
         if len(self.pending) >= FLUSH_FILES or time.monotonic() - self.last > FLUSH_SECONDS:
             self.flush()
 
@@ -181,7 +187,7 @@ def _run_claimed(
     if not todo:
         ledger.delivery_done(task_id)
         return summary
-    recorder = _Recorder(ledger, batch_id, token, worker)
+    recorder = _Recorder(ledger, batch_id, token, worker, config.destination)
     deliveries = ledger.deliveries(task_id)
     if deliveries > POISON_DELIVERIES:
         # Every earlier start died mid-batch (the worker was killed each time): some file
@@ -283,7 +289,7 @@ def _send_with_retries(
     while True:
         assoc = connector.get(pairs)
         attempts += 1
-        limiter.acquire(1, planned.size)
+        metrics.limiter_waited(config.destination, limiter.acquire(1, planned.size))
         try:
             with source.fetch(item) as payload:
                 header = _reinspect(payload, planned)
@@ -313,6 +319,7 @@ def _send_with_retries(
             if sent.outcome is not st.Outcome.TRANSIENT:
                 out = _outcome(planned, State.FAILED, reason, status, attempts)
                 out.ts_sent, out.transcoded = ts_sent, sent.transcoded
+                out.seconds = sent.seconds
                 return out
             connector.pool.discard(assoc)  # out of resources: back off, fresh association
         if attempts > config.retries:

@@ -18,6 +18,7 @@ from typing import Protocol
 from migrator.contexts import plan_profiles
 from migrator.dul.association import Association
 from migrator.jobconfig import JobConfig
+from workers import metrics
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class AssociationPool:
                 lease.release()
             raise
         self.opened += 1
+        metrics.association_opened(config.destination)
         self._entries[key] = _Entry(assoc, profile.sop_classes, lease)
         return assoc
 
@@ -104,6 +106,7 @@ class AssociationPool:
         for key, entry in list(self._entries.items()):
             if entry.assoc is assoc:
                 self.discarded += 1
+                metrics.association_aborted(key.split("|", 1)[0])
                 self._close(key, release=False)
 
     def _close(self, key: str, *, release: bool) -> None:

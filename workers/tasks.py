@@ -53,6 +53,7 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
 
     config = JobConfig.from_dict(ledger.config())
     tid = self.request.id or task_id(job_id, batch_id)
+    t0 = time.monotonic()
     try:
         summary = run_batch(
             ledger, batch_id, pool=runtime.pool, limiter=runtime.limiter(config), task_id=tid
@@ -78,7 +79,19 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
                 kwargs={"failures": failures + 1},
             ) from exc
         _fail_rest(ledger, batch_id, reason)
+        log.error("batch %s of %s: gave up: %s", batch_id, job_id, reason)
         return {"batch_id": batch_id, "gave_up": reason}
+    elapsed = time.monotonic() - t0
+    # One line per batch at INFO (per file only at DEBUG): a cluster's logs stay readable.
+    log.info(
+        "batch %s of %s: %d stored, %d failed, %d already stored",
+        batch_id,
+        job_id,
+        summary.stored,
+        summary.failed,
+        summary.skipped_already_stored,
+        extra={"fields": {"job": job_id, **asdict(summary), "seconds": round(elapsed, 3)}},
+    )
     return asdict(summary)
 
 

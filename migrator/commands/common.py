@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from migrator import logfmt
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.units import parse_duration
@@ -109,9 +109,7 @@ def setup_logging(verbose: int, quiet: bool = False, *, base: int = logging.WARN
         level = logging.ERROR
     elif verbose:
         level = logging.INFO if base > logging.INFO and verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logfmt.configure(level)
     # pynetdicom logs a line per message at INFO: noise at our volume (STYLE.md).
     pynetdicom_level = {0: logging.WARNING, 1: logging.WARNING, 2: logging.INFO}
     logging.getLogger("pynetdicom").setLevel(pynetdicom_level.get(verbose, logging.DEBUG))

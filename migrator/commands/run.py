@@ -376,8 +376,9 @@ def worker_command(redis_url: str, concurrency: int | None, loglevel: str) -> No
       migrator worker --redis-url redis://redis:6379/0 -c 4
     """
     from migrator.embedded import worker_argv
+    from workers.metrics import worker_env
 
-    env = {**os.environ, "MIGRATOR_REDIS_URL": redis_url, "REMAP_SIGTERM": "SIGQUIT"}
+    env = worker_env({**os.environ, "MIGRATOR_REDIS_URL": redis_url, "REMAP_SIGTERM": "SIGQUIT"})
     args = worker_argv(concurrency or os.cpu_count() or 2, loglevel=loglevel)
     # exec: celery becomes this process, so signals reach it directly (PID 1 in a container).
     os.execve(sys.executable, args, env)
