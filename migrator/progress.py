@@ -61,3 +61,59 @@ class Progress:
             self._thread.join()
             self._draw()
             sys.stderr.write("\n")
+
+
+class JobProgress:
+    """A progress line for a distributed job, drawn from the ledger's counters.
+
+    Works from any machine pointed at the job's Redis (``run`` and ``status --watch``): the
+    rate is measured between two samples of the counters (smoothed), not taken from one
+    process's own sends.
+    """
+
+    def __init__(self, *, enabled: bool, tty: bool | None = None) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self._last: tuple[float, int, int] | None = None  # (time, settled, bytes)
+        self.files_per_s = 0.0
+        self.bytes_per_s = 0.0
+
+    def line(self, counts: dict[str, int]) -> str:
+        now = time.monotonic()
+        settled = counts["stored"] + counts["failed"] + counts["skipped"]
+        nbytes = counts.get("bytes_stored", 0)
+        if self._last is not None and now - self._last[0] > 0.05:
+            dt = now - self._last[0]
+            alpha = min(1.0, dt / 5.0)  # ~5 s smoothing: steady numbers, still responsive
+            self.files_per_s += alpha * ((settled - self._last[1]) / dt - self.files_per_s)
+            self.bytes_per_s += alpha * ((nbytes - self._last[2]) / dt - self.bytes_per_s)
+        if self._last is None or now - self._last[0] > 0.05:
+            self._last = (now, settled, nbytes)
+        total = max(1, counts["planned"])
+        width = 30
+        filled = int(width * settled / total)
+        eta = (
+            f"ETA {counts['in_flight'] / self.files_per_s:.0f}s"
+            if self.files_per_s > 0.01 and counts["in_flight"] > 0
+            else "ETA -"
+        )
+        return (
+            f"{'█' * filled}{'░' * (width - filled)} {settled}/{counts['planned']} files, "
+            f"{human_bytes(nbytes)}, {self.files_per_s:.0f} files/s, "
+            f"{human_bytes(self.bytes_per_s)}/s, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped, {eta}"
+        )
+
+    def update(self, counts: dict[str, int]) -> None:
+        if not self.enabled:
+            return
+        text = self.line(counts)
+        if self.tty:
+            sys.stderr.write(f"\r  {text}   ")
+        else:
+            sys.stderr.write(f"  {text}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")

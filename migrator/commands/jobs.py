@@ -78,18 +78,24 @@ def status_command(job: str, redis_url: str, watch: bool, interval: float, as_js
       migrator status job-3f2a9c01de --watch
     """
     from migrator.engine import recent_rate
+    from migrator.progress import JobProgress
 
     ledger = _ledger(redis_url, job)
+    bar = JobProgress(enabled=watch and not as_json)
     while True:
         counts = ledger.counts()
-        files_s, bytes_s = recent_rate(ledger)
         if as_json:
+            files_s, _ = recent_rate(ledger)
             click.echo(json.dumps({"job": job, **counts, "files_per_s": files_s}))
+        elif watch:
+            bar.update(counts)
         else:
+            files_s, bytes_s = recent_rate(ledger)
             click.echo(f"{job}: {status_line(counts, files_s, bytes_s)}")
         if not watch or counts["in_flight"] <= 0:
             break
         time.sleep(interval)
+    bar.close()
     raise SystemExit(int(ExitStatus.PARTIAL_FAILURE if counts["failed"] else ExitStatus.OK))
 
 

@@ -276,7 +276,9 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
                 click.echo(f"job {job_id}: {', '.join(sources)} → {config.server}", err=True)
             ledger.mark_started()
             _plan(ledger, srcs, url, o)
-            progress = _Progress(enabled=not quiet and sys.stderr.isatty())
+            from migrator.progress import JobProgress
+
+            progress = JobProgress(enabled=not quiet and sys.stderr.isatty())
             counts = engine.wait(
                 ledger,
                 on_progress=progress.update,
@@ -330,31 +332,6 @@ def _dry_run(sources: list[Any], o: dict[str, Any]) -> None:
     )
     click.echo(engine.inventory_text(summary))
     raise SystemExit(0)
-
-
-class _Progress:
-    """One line on a terminal, redrawn from the ledger's counters."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-
-    def update(self, counts: dict[str, int]) -> None:
-        if not self.enabled:
-            return
-        done = counts["stored"] + counts["failed"] + counts["skipped"]
-        total = max(1, counts["planned"])
-        width = 30
-        filled = int(width * done / total)
-        sys.stderr.write(
-            f"\r  {'█' * filled}{'░' * (width - filled)} {done}/{counts['planned']} files: "
-            f"{counts['stored']} stored, {counts['failed']} failed, "
-            f"{counts['skipped']} skipped, {counts['in_flight']} in flight   "
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 @click.command("worker")
