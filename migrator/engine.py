@@ -19,10 +19,11 @@ from migrator.errors import ConfigError
 from migrator.jobconfig import JobConfig
 from migrator.keys import limiter_key
 from migrator.ledger import Ledger
-from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan
+from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan, plan_manifest
 from migrator.ratelimit_redis import set_limits
 from migrator.sources.base import Source
 from migrator.sources.filesystem import FileSource
+from migrator.sources.manifest import BadLine
 
 QUEUE = "migrator.batches"
 TASK = "migrator.store_batch"
@@ -75,15 +76,29 @@ def enqueuer(broker_url: str, job_id: str) -> Callable[[str], None]:
 
 
 def plan_job(
-    ledger: Ledger,
+    ledger: Ledger | None,
     sources: list[Source],
     broker_url: str | None,
     *,
+    manifests: Sequence[str] = (),
     batch_files: int,
     batch_bytes: int,
+    on_bad_line: Callable[[BadLine], None] | None = None,
 ) -> PlanSummary:
-    enqueue = enqueuer(broker_url, ledger.job_id) if broker_url else None
-    return plan(ledger, sources, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
+    """Plan listed sources, then manifests; ``broker_url=None`` is a dry run."""
+    enqueue = enqueuer(broker_url, ledger.job_id) if broker_url and ledger else None
+    total = plan(ledger, sources, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
+    for path in manifests:
+        part = plan_manifest(
+            ledger,
+            path,
+            enqueue=enqueue,
+            batch_files=batch_files,
+            batch_bytes=batch_bytes,
+            on_bad_line=on_bad_line,
+        )
+        total.merge(part)
+    return total
 
 
 def wait(
@@ -126,6 +141,8 @@ def inventory_text(summary: PlanSummary) -> str:
     lines += [f"  {n:>8}  {UID(u).name}" for u, n in summary.sop_classes.most_common()]
     lines.append("Transfer syntaxes:")
     lines += [f"  {n:>8}  {UID(u).name}" for u, n in summary.transfer_syntaxes.most_common()]
+    if summary.bad_lines:
+        lines.append(f"Bad manifest lines: {summary.bad_lines}")
     if summary.reasons:
         lines.append("Refused, by reason:")
         lines += [f"  {n:>8}  {r}" for r, n in summary.reasons.most_common()]

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from migrator.dicomfile import DicomHeader
 from migrator.errors import SourceError
@@ -22,8 +23,10 @@ from migrator.outcomes import State
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource
 from migrator.sources.inspect import inspect_item, refusal
+from migrator.sources.manifest import BadLine, ManifestEntry, read_manifest
 
 Enqueue = Callable[[str], None]
+T = TypeVar("T")
 #: Items inspected together (and checked against the ledger in one round trip).
 CHUNK = 256
 #: The inventory counts distinct studies up to this many (then prints "at least").
@@ -42,6 +45,18 @@ class PlanSummary:
     transfer_syntaxes: Counter[str] = field(default_factory=Counter)
     studies: set[str] = field(default_factory=set)
     reasons: Counter[str] = field(default_factory=Counter)
+    bad_lines: int = 0
+
+    def merge(self, other: PlanSummary) -> None:
+        for name in ("listed", "planned_new", "already_planned", "refused", "batches"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.bytes += other.bytes
+        self.bad_lines += other.bad_lines
+        self.sop_classes.update(other.sop_classes)
+        self.transfer_syntaxes.update(other.transfer_syntaxes)
+        self.reasons.update(other.reasons)
+        room = MAX_STUDIES_COUNTED - len(self.studies)
+        self.studies.update(list(other.studies)[: max(0, room)])
 
 
 class _Batcher:
@@ -70,6 +85,58 @@ class _Batcher:
         return out
 
 
+class _Emitter:
+    """Writes full batches to the ledger and enqueues them (nothing on a dry run)."""
+
+    def __init__(
+        self,
+        ledger: Ledger | None,
+        enqueue: Enqueue | None,
+        summary: PlanSummary,
+        batch_files: int,
+        batch_bytes: int,
+    ) -> None:
+        self.ledger = ledger if enqueue is not None else None
+        self.enqueue = enqueue
+        self.summary = summary
+        self.batcher = _Batcher(batch_files, batch_bytes)
+        if self.ledger is not None and enqueue is not None:
+            # A planner that died between writing a batch and enqueuing it.
+            for batch_id in self.ledger.unenqueued_batches():
+                enqueue(batch_id)
+                self.ledger.mark_enqueued(batch_id)
+
+    @property
+    def dry(self) -> bool:
+        return self.ledger is None
+
+    def add(self, f: PlannedFile, sop_class: str, syntax: str) -> None:
+        summary = self.summary
+        summary.planned_new += 1
+        summary.bytes += f.size
+        if sop_class:
+            summary.sop_classes[sop_class] += 1
+        if syntax:
+            summary.transfer_syntaxes[syntax] += 1
+        if f.study_uid and len(summary.studies) < MAX_STUDIES_COUNTED:  # bounded memory
+            summary.studies.add(f.study_uid)
+        full = self.batcher.add(f)
+        if full:
+            self._emit(full)
+
+    def finish(self) -> None:
+        self._emit(self.batcher.flush())
+
+    def _emit(self, files: list[PlannedFile]) -> None:
+        if not files or self.ledger is None or self.enqueue is None:
+            return
+        batch_id = f"b{self.ledger.next_batch_number():07d}"
+        self.ledger.add_batch(batch_id, files)
+        self.enqueue(batch_id)
+        self.ledger.mark_enqueued(batch_id)
+        self.summary.batches += 1
+
+
 def plan(
     ledger: Ledger | None,
     sources: Iterable[Source],
@@ -81,30 +148,13 @@ def plan(
 ) -> PlanSummary:
     """Plan every item of ``sources`` into ``ledger``; ``enqueue=None`` is a dry run."""
     summary = PlanSummary()
-    dry = enqueue is None or ledger is None
-    if enqueue is not None and ledger is not None:
-        for batch_id in ledger.unenqueued_batches():
-            enqueue(batch_id)
-            ledger.mark_enqueued(batch_id)
-    batcher = _Batcher(batch_files, batch_bytes)
-
-    def emit(files: list[PlannedFile]) -> None:
-        if not files or dry:
-            return
-        assert ledger is not None
-        batch_id = f"b{ledger.next_batch_number():07d}"
-        ledger.add_batch(batch_id, files)
-        assert enqueue is not None
-        enqueue(batch_id)
-        ledger.mark_enqueued(batch_id)
-        summary.batches += 1
-
+    out = _Emitter(ledger, enqueue, summary, batch_files, batch_bytes)
     sources = list(sources)
     remote = any(not isinstance(s, FileSource) for s in sources)
     with ThreadPoolExecutor(max_workers=threads or (8 if remote else 1)) as pool:
-        for chunk in _chunks(_listing(sources, summary, ledger, dry), CHUNK):
+        for chunk in _chunks(_listing(sources, summary, out.ledger), CHUNK):
             ids = [file_id(item.uri) for _, item in chunk]
-            new = [True] * len(ids) if ledger is None or dry else ledger.filter_unplanned(ids)
+            new = _unplanned(out.ledger, ids)
             fresh = [
                 (pair, fid) for pair, fid, is_new in zip(chunk, ids, new, strict=True) if is_new
             ]
@@ -115,8 +165,8 @@ def plan(
                 if problem is not None:
                     summary.refused += 1
                     summary.reasons[_reason_key(problem[1])] += 1
-                    if ledger is not None and not dry:
-                        ledger.record_skipped_at_plan(item.uri, problem[1], problem[0])
+                    if out.ledger is not None:
+                        out.ledger.record_skipped_at_plan(item.uri, problem[1], problem[0])
                     continue
                 assert isinstance(header, DicomHeader)
                 planned = PlannedFile(
@@ -129,21 +179,65 @@ def plan(
                     transfer_syntax=header.transfer_syntax,
                     study_uid=header.study_uid,
                 )
-                summary.planned_new += 1
-                summary.bytes += item.size
-                summary.sop_classes[header.sop_class_uid] += 1
-                summary.transfer_syntaxes[header.transfer_syntax] += 1
-                if len(summary.studies) < MAX_STUDIES_COUNTED:  # bounded memory
-                    summary.studies.add(header.study_uid)
-                full = batcher.add(planned)
-                if full:
-                    emit(full)
-    emit(batcher.flush())
+                out.add(planned, header.sop_class_uid, header.transfer_syntax)
+    out.finish()
     return summary
 
 
+def plan_manifest(
+    ledger: Ledger | None,
+    path: str,
+    *,
+    enqueue: Enqueue | None,
+    batch_files: int = 200,
+    batch_bytes: int = 256 * 1024 * 1024,
+    on_bad_line: Callable[[BadLine], None] | None = None,
+) -> PlanSummary:
+    """Plan the files a manifest lists, without reading them (workers read each header
+    just before sending). Bad lines are counted and passed to ``on_bad_line``."""
+    summary = PlanSummary()
+    out = _Emitter(ledger, enqueue, summary, batch_files, batch_bytes)
+
+    def entries() -> Iterator[ManifestEntry]:
+        for row in read_manifest(path):
+            if isinstance(row, BadLine):
+                summary.bad_lines += 1
+                if on_bad_line is not None:
+                    on_bad_line(row)
+                continue
+            summary.listed += 1
+            yield row
+
+    for chunk in _chunks(entries(), CHUNK):
+        ids = [file_id(e.uri) for e in chunk]
+        new = _unplanned(out.ledger, ids)
+        for entry, fid, is_new in zip(chunk, ids, new, strict=True):
+            if not is_new:
+                summary.already_planned += 1
+                continue
+            planned = PlannedFile(
+                file_id=fid,
+                uri=entry.uri,
+                size=entry.size,
+                version="",
+                sop_class_uid="",
+                sop_instance_uid=entry.sop_instance_uid,
+                transfer_syntax="",
+                study_uid=entry.study_uid,
+            )
+            out.add(planned, "", "")
+    out.finish()
+    return summary
+
+
+def _unplanned(ledger: Ledger | None, ids: list[str]) -> list[bool]:
+    # A dry run plans everything it sees; the same URI twice in one listing cannot happen
+    # (a manifest may repeat a line: the ledger then plans it once).
+    return [True] * len(ids) if ledger is None else ledger.filter_unplanned(ids)
+
+
 def _listing(
-    sources: list[Source], summary: PlanSummary, ledger: Ledger | None, dry: bool
+    sources: list[Source], summary: PlanSummary, ledger: Ledger | None
 ) -> Iterator[tuple[Source, SourceItem]]:
     for source in sources:
         try:
@@ -154,14 +248,12 @@ def _listing(
             # A source that cannot be listed at all is one planned failure, not a crash.
             summary.refused += 1
             summary.reasons[str(exc)] += 1
-            if ledger is not None and not dry:
+            if ledger is not None:
                 name = str(getattr(source, "uri", None) or getattr(source, "path", source))
                 ledger.record_skipped_at_plan(name, str(exc), State.FAILED)
 
 
-def _chunks(
-    items: Iterator[tuple[Source, SourceItem]], n: int
-) -> Iterator[list[tuple[Source, SourceItem]]]:
+def _chunks(items: Iterator[T], n: int) -> Iterator[list[T]]:
     while chunk := list(itertools.islice(items, n)):
         yield chunk
 

@@ -11,6 +11,7 @@ redelivered batch skips what was already stored.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -29,7 +30,7 @@ from migrator.outcomes import FileOutcome, State
 from migrator.ratelimit import RateLimiter
 from migrator.sources.base import Payload, Source, SourceItem
 from migrator.sources.filesystem import FileSource
-from migrator.sources.inspect import refusal
+from migrator.sources.inspect import inspect_item, refusal
 from workers import metrics
 from workers.pool import AssociationPool
 from workers.sender import send_file
@@ -52,6 +53,8 @@ class BatchSummary:
     skipped_already_stored: int = 0
     stored: int = 0
     failed: int = 0
+    #: Planned from a manifest, found not to be sendable when its header was read here
+    refused: int = 0
     poison: bool = False
 
 
@@ -203,8 +206,10 @@ def _run_claimed(
 
     sources = _Sources(config)
     connector = _Connector(pool, config, sleep)
-    pairs = {(f.sop_class_uid, f.transfer_syntax) for f in todo}
     try:
+        if any(not f.sop_class_uid for f in todo):
+            todo = _read_headers(todo, sources, recorder, summary)
+        pairs = {(f.sop_class_uid, f.transfer_syntax) for f in todo}
         for n, planned in enumerate(todo):
             try:
                 outcome = _send_with_retries(
@@ -231,6 +236,45 @@ def _run_claimed(
         recorder.flush()
         ledger.delivery_done(task_id)
     return summary
+
+
+def _read_headers(
+    todo: list[PlannedFile], sources: _Sources, recorder: _Recorder, summary: BatchSummary
+) -> list[PlannedFile]:
+    """Files planned from a manifest carry no SOP class or syntax yet: read their headers
+    now (the association's contexts come from them) and settle those that cannot be sent."""
+    ready = []
+    for f in todo:
+        if f.sop_class_uid:
+            ready.append(f)
+            continue
+        item = SourceItem(f.uri, f.size, f.version)
+        header = inspect_item(sources.for_uri(f.uri), item)
+        problem = refusal(header)
+        if problem is not None:
+            recorder.add(f, _outcome(f, problem[0], problem[1], None, 0))
+            summary.refused += 1
+            continue
+        assert isinstance(header, DicomHeader)
+        if f.sop_instance_uid and f.sop_instance_uid != header.sop_instance_uid:
+            reason = (
+                f"{f.uri}: its SOP Instance UID is not the one the manifest gives "
+                f"({header.sop_instance_uid} in the file); not sent"
+            )
+            recorder.add(f, _outcome(f, State.FAILED, reason, None, 0))
+            summary.failed += 1
+            continue
+        ready.append(
+            dataclasses.replace(
+                f,
+                size=f.size or header.size,
+                sop_class_uid=header.sop_class_uid,
+                sop_instance_uid=header.sop_instance_uid,
+                transfer_syntax=header.transfer_syntax,
+                study_uid=f.study_uid or header.study_uid,
+            )
+        )
+    return ready
 
 
 class DestinationUnavailable(ConnectError):

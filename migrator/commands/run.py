@@ -63,8 +63,18 @@ def job_options(func: F) -> F:
     """Options of `plan` and `run`: the destination (as `store`), the job, the batches."""
     for decorator in reversed(
         [
-            click.argument("sources", nargs=-1, required=True, metavar="SOURCE..."),
+            click.argument("sources", nargs=-1, metavar="[SOURCE]..."),
             send_options,
+            opt(
+                "--manifest",
+                "manifests",
+                env="MANIFEST",
+                multiple=True,
+                type=click.Path(dir_okay=False),
+                help="A list of files to migrate (NDJSON or CSV with a 'uri' column; optional "
+                "size, sop_instance_uid, study_instance_uid), e.g. from the old PACS's database "
+                "or an S3 inventory. Planned without reading the files; repeatable.",
+            ),
             opt(
                 "--job",
                 env="JOB",
@@ -153,7 +163,7 @@ def plan_command(sources: tuple[str, ...], **o: Any) -> None:
         _dry_run(srcs, o)
     if not o["redis_url"]:
         fail_config("plan needs --redis-url (or MIGRATOR_REDIS_URL), unless --dry-run")
-    job_id = o["job"] or engine.default_job_id(sources, config)
+    job_id = o["job"] or engine.default_job_id(_sources_given(sources, o), config)
     try:
         ledger = engine.open_job(connect(o["redis_url"]), job_id, config)
         summary = _plan(ledger, srcs, o["redis_url"], o)
@@ -170,16 +180,38 @@ def plan_command(sources: tuple[str, ...], **o: Any) -> None:
     click.echo(job_id)
 
 
-def _plan(ledger: Ledger, srcs: list[Any], url: str, o: dict[str, Any]) -> PlanSummary:
+def _plan(
+    ledger: Ledger | None, srcs: list[Any], url: str | None, o: dict[str, Any]
+) -> PlanSummary:
     from migrator import engine
 
-    return engine.plan_job(
+    bad: list[str] = []
+
+    def on_bad_line(line: Any) -> None:
+        # Never fatal: reported (the first ones in full) and counted.
+        if len(bad) < 20:
+            click.echo(f"migrator: manifest {line}", err=True)
+        bad.append(str(line))
+
+    summary = engine.plan_job(
         ledger,
         srcs,
         url,
+        manifests=o["manifests"],
         batch_files=o["batch_files"],
         batch_bytes=o["batch_mb"] * 1024 * 1024,
+        on_bad_line=on_bad_line,
     )
+    if len(bad) > 20:
+        click.echo(f"migrator: ... {len(bad) - 20} more bad manifest lines", err=True)
+    return summary
+
+
+def _sources_given(sources: tuple[str, ...], o: dict[str, Any]) -> list[str]:
+    """What identifies the job's input (its default id): sources and manifests."""
+    if not sources and not o["manifests"]:
+        fail_config("nothing to migrate: give SOURCE folders / s3:// prefixes or --manifest")
+    return [*sources, *(f"manifest:{os.path.abspath(m)}" for m in o["manifests"])]
 
 
 @contextlib.contextmanager
@@ -264,7 +296,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     setup_logging(o["verbose"], o["quiet"])
     config = _config(o)
     quiet = o["quiet"]
-    job_id = o["job"] or engine.default_job_id(sources, config)
+    job_id = o["job"] or engine.default_job_id(_sources_given(sources, o), config)
     srcs = engine.make_sources(sources, config)
     if o["dry_run"]:
         _dry_run(srcs, o)
@@ -273,7 +305,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         with _broker(o["redis_url"], o["workers"], o["state_dir"], quiet=quiet) as (url, local):
             ledger = engine.open_job(connect(url), job_id, config)
             if not quiet:
-                click.echo(f"job {job_id}: {', '.join(sources)} → {config.server}", err=True)
+                inputs = ", ".join([*sources, *o["manifests"]])
+                click.echo(f"job {job_id}: {inputs} → {config.server}", err=True)
             ledger.mark_started()
             _plan(ledger, srcs, url, o)
             from migrator.progress import JobProgress
@@ -321,16 +354,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
 
 def _dry_run(sources: list[Any], o: dict[str, Any]) -> None:
     from migrator import engine
-    from migrator.planner import plan
 
-    summary = plan(
-        None,
-        sources,
-        enqueue=None,
-        batch_files=o["batch_files"],
-        batch_bytes=o["batch_mb"] * 1024 * 1024,
-    )
-    click.echo(engine.inventory_text(summary))
+    click.echo(engine.inventory_text(_plan(None, sources, None, o)))
     raise SystemExit(0)
 
 
