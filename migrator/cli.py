@@ -7,9 +7,11 @@ import click
 from migrator.commands.echo import echo_command
 from migrator.commands.flower import flower_command
 from migrator.commands.jobs import jobs_command, limit_command, retry_command, status_command
+from migrator.commands.report import report_command
 from migrator.commands.run import plan_command, run_command, worker_command
 from migrator.commands.scp import scp_command
 from migrator.commands.store import store_command
+from migrator.commands.verify import verify_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,4 +47,6 @@ main.add_command(status_command)
 main.add_command(retry_command)
 main.add_command(jobs_command)
 main.add_command(limit_command)
+main.add_command(report_command)
 main.add_command(flower_command)
+main.add_command(verify_command)

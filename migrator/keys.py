@@ -95,6 +95,21 @@ class JobKeys:
         """Set of batch ids handed to the broker."""
         return self._k("enqueued")
 
+    @property
+    def verify(self) -> str:
+        """Hash: the last `verify` of the job: counts, method, destination, time (verify.py)."""
+        return self._k("verify")
+
+    @property
+    def verify_missing(self) -> str:
+        """Hash file id -> reason, for stored files the PACS does not hold (last `verify`)."""
+        return self._k("verify_missing")
+
+    @property
+    def verify_unconfirmed(self) -> str:
+        """Hash file id -> reason, for stored files `verify` could confirm neither way."""
+        return self._k("verify_unconfirmed")
+
     def batch(self, batch_id: str) -> str:
         """JSON list of the batch's file ids."""
         return self._k(f"batch:{batch_id}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything pacs-migrator needs on a fresh Debian machine, idempotently:
-# Debian packages (DCMTK, Orthanc, redis-server) when missing, then a venv in .venv with the
-# project installed in editable mode. Re-running it is cheap: each step is skipped when done.
+# Debian packages (DCMTK, Orthanc, redis-server; Chromium with --dev) when missing, then a
+# venv in .venv with the project installed in editable mode. Re-running it is cheap: each
+# step is skipped when done.
 #   bash scripts/bootstrap.sh          # runtime + test peers
 #   bash scripts/bootstrap.sh --dev    # + test and lint tools
 set -euo pipefail
@@ -14,6 +15,10 @@ need_apt=()
 command -v storescp >/dev/null 2>&1 || need_apt+=(dcmtk)
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || need_apt+=(orthanc)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Headless Chromium opens the HTML report in the tests; not needed to run migrations.
+[ $dev -eq 1 ] && { command -v chromium >/dev/null 2>&1 || need_apt+=(chromium); }
+# Debian's docker-compose checks compose/ offline in the tests (`config`: no engine needed).
+[ $dev -eq 1 ] && { command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose); }
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2
   sudo_cmd=()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from migrator.embedded import LocalWorkers
     from migrator.ledger import Ledger
     from migrator.planner import PlanSummary
+    from migrator.report import ReportData
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -271,7 +272,8 @@ def _broker(
     env="REPORT",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write the JSON report here.",
+    help="Write the report here at the end: .html (charts), .csv (files not stored), "
+    ".txt (summary) or JSON (any other name).",
 )
 def run_command(sources: tuple[str, ...], **o: Any) -> None:
     """Migrate folders and S3 prefixes to a PACS with Celery workers, and account for
@@ -324,6 +326,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
                 local.stop(graceful=False)
             ledger.mark_finished()
             result = ledger.to_store_result(config.server)
+            # Read now: an embedded Redis is gone once this block ends.
+            report = _read_report(ledger, o) if o["report"] else None
     except KeyboardInterrupt:
         click.echo(
             f"\nmigrator: interrupted; run the same command again to resume job {job_id}",
@@ -343,13 +347,23 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
             "run the same command again to resume"
         )
         result.fatal_exit = ExitStatus.PARTIAL_FAILURE
-    from migrator.summary import render_text, report_dict, write_json_atomic
+    from migrator.summary import render_text
 
     text = render_text(result)
     click.echo(text.splitlines()[0] if quiet else text)
-    if o["report"]:
-        write_json_atomic(o["report"], report_dict(result, {"job": job_id, **config.to_dict()}))
+    if report is not None:
+        from migrator.report import write_report
+
+        report.fatal, report.fatal_exit = result.fatal, result.fatal_exit
+        write_report(o["report"], report)  # the format follows the extension; JSON otherwise
     raise SystemExit(int(result.exit_status))
+
+
+def _read_report(ledger: Ledger, o: dict[str, Any]) -> ReportData:
+    from migrator.report import format_for_path, from_ledger
+
+    json_report = format_for_path(o["report"]) == "json"
+    return from_ledger(ledger, keep_files=json_report, redis_url=o["redis_url"])
 
 
 def _dry_run(sources: list[Any], o: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from migrator.outcomes import FileOutcome, StoreResult
 from migrator.progress import Progress
 from migrator.ratelimit import Limits
 from migrator.store import StoreScu, StoreSettings
-from migrator.summary import render_text, report_dict, write_json_atomic
+from migrator.summary import render_text
 from migrator.syntaxes import resolve
 
 
@@ -52,7 +52,8 @@ from migrator.syntaxes import resolve
     env="REPORT",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write a JSON report (totals and one entry per file) to this path.",
+    help="Write a report to this path: JSON (totals and one entry per file) unless the name "
+    "ends in .html (charts), .csv (files not stored) or .txt (summary).",
 )
 @click.option("-v", "--verbose", count=True, help="Log each file (-vv: protocol details).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary's first line and errors.")
@@ -182,6 +183,9 @@ def _finish(result: StoreResult, settings: StoreSettings, report: str | None, qu
             "transfer_syntax": settings.transfer_syntax,
             "retries": settings.retries,
         }
-        write_json_atomic(report, report_dict(result, config))
+        from migrator.report import from_store_result, write_report
+
+        # The format follows the extension (.html, .csv, .txt); JSON for any other name.
+        write_report(report, from_store_result(result, config))
     assert result.planned == result.stored + result.failed + result.skipped
     raise SystemExit(int(result.exit_status))

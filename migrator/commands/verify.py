@@ -1,0 +1,188 @@
+"""``migrator verify``: does the PACS hold what the ledger says was stored?"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from migrator.commands.common import AE, opt, setup_logging
+from migrator.commands.jobs import _ledger, redis_option
+from migrator.exitcodes import ExitStatus
+
+_LISTED = 100  # missing files printed in text mode; --json and the ledger have them all
+
+
+@click.command("verify")
+@click.argument("job")
+@redis_option
+@opt(
+    "--sample",
+    env="VERIFY_SAMPLE",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="Studies whose instance count matches that are still compared instance by "
+    "instance (C-FIND at IMAGE level). Studies whose count differs always are.",
+)
+@opt("--full", env="VERIFY_FULL", is_flag=True, help="Compare every study instance by instance.")
+@opt(
+    "--commitment",
+    env="VERIFY_COMMITMENT",
+    is_flag=True,
+    help="Also ask for Storage Commitment (N-ACTION, then wait for the N-EVENT-REPORT). The "
+    "PACS must know our calling AE with our host and --commitment-port.",
+)
+@opt(
+    "--commitment-port",
+    env="VERIFY_COMMITMENT_PORT",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Listen here for the PACS's reverse association carrying the report (without it, "
+    "only a report on the requesting association is received).",
+)
+@opt(
+    "--commitment-bind",
+    env="VERIFY_COMMITMENT_BIND",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address to listen on for that reverse association.",
+)
+@opt(
+    "--commitment-batch",
+    env="VERIFY_COMMITMENT_BATCH",
+    type=click.IntRange(1, 100000),
+    default=1000,
+    show_default=True,
+    help="SOP instances per N-ACTION.",
+)
+@opt(
+    "--commitment-timeout",
+    env="VERIFY_COMMITMENT_TIMEOUT",
+    type=click.FloatRange(0.1),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait without any new report before giving up.",
+)
+@opt(
+    "--called-ae",
+    env="VERIFY_CALLED_AE",
+    type=AE,
+    default=None,
+    help="Query this AE title instead of the job's destination AE (a separate Q/R AE).",
+)
+@opt(
+    "--port",
+    env="VERIFY_PORT",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Query this port instead of the job's destination port.",
+)
+@opt("--json", "as_json", env="VERIFY_JSON", is_flag=True, help="Machine-readable output.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for protocol details).")
+def verify_command(
+    job: str,
+    redis_url: str,
+    sample: int,
+    full: bool,
+    commitment: bool,
+    commitment_port: int | None,
+    commitment_bind: str,
+    commitment_batch: int,
+    commitment_timeout: float,
+    called_ae: str | None,
+    port: int | None,
+    as_json: bool,
+    verbose: int,
+) -> None:
+    """Ask the destination PACS which of the job's stored files it holds.
+
+    A C-STORE answered with success does not prove storage (a PACS may keep an older
+    duplicate or discard an instance and still say success). This queries the PACS: C-FIND
+    at STUDY level for the number of instances of every study, then at IMAGE level for
+    studies whose count differs (naming each missing SOP Instance UID with its source) and
+    for a sample of the others; with --commitment, also Storage Commitment. The result is
+    stored in the ledger for reports; running it again replaces it.
+
+    \b
+    Examples:
+      migrator verify job-3f2a9c01de --redis-url redis://redis:6379/0
+      migrator verify job-3f2a9c01de --full --json > verify.json
+      migrator verify job-3f2a9c01de --commitment --commitment-port 11113
+
+    Exit codes: 0 every stored file confirmed; 1 one or more missing or unconfirmed;
+    2 bad arguments; 3 the PACS (or Redis) cannot be reached or refuses to answer;
+    4 the PACS rejected the association.
+    """
+    from dataclasses import replace
+
+    from migrator.errors import AssociationRejected, ConnectError
+    from migrator.jobconfig import JobConfig
+    from migrator.verify import CommitmentSettings, PacsQueryError, save_result, verify_job
+
+    setup_logging(verbose, False)
+    ledger = _ledger(redis_url, job)
+    config = JobConfig.from_dict(ledger.config())
+    config = replace(config, called_ae=called_ae or config.called_ae, port=port or config.port)
+    settings = None
+    if commitment:
+        settings = CommitmentSettings(
+            listen_host=commitment_bind,
+            listen_port=commitment_port,
+            batch=commitment_batch,
+            timeout=commitment_timeout,
+        )
+    try:
+        result = verify_job(ledger, config, sample=sample, full=full, commitment=settings)
+    except AssociationRejected as exc:
+        click.echo(f"✗ verify {job}: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.ASSOCIATION_REJECTED)) from None
+    except (ConnectError, PacsQueryError) as exc:
+        click.echo(f"✗ verify {job}: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+    except OSError as exc:  # the commitment listener could not bind its port
+        click.echo(f"✗ verify {job}: cannot listen for storage commitment: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.BAD_CONFIG)) from None
+    save_result(ledger, result)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_text(result.to_json())
+    raise SystemExit(int(result.exit_status))
+
+
+def _print_text(data: dict[str, Any]) -> None:
+    click.echo(
+        f"{data['job']} → {data['destination']}: {data['method']}, {data['studies']} studies "
+        f"counted, {data['studies_listed']} listed instance by instance "
+        f"({data['seconds']:.1f} s)"
+    )
+    click.echo(
+        f"  stored per ledger: {data['stored']} files ({data['instances']} distinct instances)"
+    )
+    click.echo(f"  confirmed by PACS: {data['confirmed']}")
+    if data["method"] == "c-find+commitment":
+        click.echo(f"  committed by PACS: {data['committed']} instances")
+    if data["in_flight"]:
+        click.echo(f"  ⚠ {data['in_flight']} files still in flight were not checked")
+    for study in data["mismatched_studies"]:
+        click.echo(
+            f"  study {study['study_uid']}: {study['ledger']} per ledger, {study['pacs']} at PACS"
+        )
+    for label, key in (("missing", "missing_files"), ("unconfirmed", "unconfirmed_files")):
+        files = data[key]
+        if not files:
+            continue
+        click.echo(f"  {label}: {len(files)}")
+        for f in files[:_LISTED]:
+            click.echo(f"    {f['sop_instance_uid']}  {f['uri']}  ({f['reason']})")
+        if len(files) > _LISTED:
+            click.echo(f"    … and {len(files) - _LISTED} more (--json lists them all)")
+    if data["missing"] or data["unconfirmed"]:
+        click.echo(
+            f"✗ {data['missing']} missing, {data['unconfirmed']} unconfirmed "
+            f"of {data['stored']} stored files"
+        )
+    else:
+        click.echo(f"✓ all {data['stored']} stored files confirmed by the PACS")

@@ -1,0 +1,171 @@
+"""The machine-readable report: totals, invariant, counts by status / SOP class / syntax,
+durations, throughput, workers, latency, timeline, the masked configuration and every file.
+
+The keys of the first report format (``totals``, ``invariant_holds``, ``throughput``,
+``statuses``, ``settings``, ``files``...) are kept with the same meaning, so scripts written
+against `store --report` keep working; everything else is added next to them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from migrator import status as st
+from migrator.report.masking import mask_secrets
+from migrator.report.model import IN_FLIGHT, ClassCount, ReportData, count_rows, uid_name
+
+#: Bumped when a key changes meaning (adding keys does not bump it).
+REPORT_VERSION = 2
+
+
+def _r(x: float, digits: int = 3) -> float:
+    return round(x, digits)
+
+
+def _states(counts: ClassCount) -> dict[str, Any]:
+    s = counts.states
+    return {
+        "total": counts.total,
+        "stored": s["stored"],
+        "failed": s["failed"],
+        "skipped": s["skipped"],
+        IN_FLIGHT: s[IN_FLIGHT],
+        "bytes_stored": counts.bytes_stored,
+    }
+
+
+def _uid_rows(table: dict[str, ClassCount]) -> list[dict[str, Any]]:
+    return [{"uid": c.uid, "name": uid_name(c.uid), **_states(c)} for c in count_rows(table)]
+
+
+def to_dict(data: ReportData) -> dict[str, Any]:
+    """The report as JSON-ready data; ``files`` only when the data kept them."""
+    tl = data.timeline
+    lat = data.latency
+    sending = tl.sending_s
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "job": data.job,
+        "server": data.server,
+        "generated": _r(data.generated),
+        "started": data.started,
+        "finished": data.finished,
+        "live": data.live,
+        "duration_s": _r(data.duration),
+        "totals": {
+            "planned": data.planned,
+            "stored": data.stored,
+            "failed": data.failed,
+            "skipped": data.skipped,
+            IN_FLIGHT: data.in_flight,
+            "warnings": data.warnings,
+            "transcoded": data.transcoded,
+            "bytes_stored": data.bytes_stored,
+        },
+        "invariant_holds": data.invariant_holds,
+        "invariant": {
+            "rule": "planned = stored + failed + skipped (+ in_flight while the job runs)",
+            "planned": data.planned,
+            "settled": data.settled,
+            IN_FLIGHT: data.in_flight,
+            "holds": data.invariant_holds,
+            "ledger_counts": data.ledger_counts,
+            "ledger_agrees": None
+            if data.ledger_counts is None
+            else all(
+                data.ledger_counts.get(k) == v
+                for k, v in (
+                    ("planned", data.planned),
+                    ("stored", data.stored),
+                    ("failed", data.failed),
+                    ("skipped", data.skipped),
+                    ("bytes_stored", data.bytes_stored),
+                )
+            ),
+        },
+        "durations": {
+            "created": data.created,
+            "started": data.started,
+            "finished": data.finished,
+            "wall_s": _r(data.duration),
+            "sending_s": sending,
+            "timeline_start": tl.start or None,
+        },
+        "throughput": {
+            "files_per_s": round(data.files_per_s, 2),
+            "mb_per_s": round(data.mb_per_s, 2),
+            "sending_files_per_s": round(data.stored / sending, 2) if sending else 0.0,
+            "sending_mb_per_s": round(data.bytes_stored / 1e6 / sending, 2) if sending else 0.0,
+            "peak_files_per_s": tl.peak_files_per_s,
+            "peak_mb_per_s": round(tl.peak_bytes_per_s / 1e6, 3),
+        },
+        "statuses": {st.fmt(code): sc.count for code, sc in sorted(data.statuses.items())},
+        "status_details": [
+            {
+                "status": st.fmt(code),
+                "meaning": sc.meaning,
+                "category": sc.category,
+                "count": sc.count,
+                "states": dict(sorted(sc.states.items())),
+            }
+            for code, sc in sorted(data.statuses.items())
+        ],
+        "failures": [
+            {
+                "status": None if g.status is None else st.fmt(g.status),
+                "code": g.code,
+                "meaning": g.meaning,
+                "sent": g.sent,
+                "count": g.count,
+                "states": dict(sorted(g.states.items())),
+                "reasons": [{"reason": r, "count": n} for r, n in g.reasons.most_common()],
+            }
+            for g in data.failure_groups()
+        ],
+        "sop_classes": _uid_rows(data.sop_classes),
+        "transfer_syntaxes": {
+            "original": _uid_rows(data.ts_original),
+            "sent": _uid_rows(data.ts_sent),
+        },
+        "workers": [
+            {
+                "worker": w.name,
+                "stored": w.states["stored"],
+                "failed": w.states["failed"],
+                "skipped": w.states["skipped"],
+                "bytes_stored": w.bytes_stored,
+                "share": round(w.states["stored"] / data.stored, 4) if data.stored else 0.0,
+            }
+            for w in sorted(data.workers.values(), key=lambda w: (-w.states["stored"], w.name))
+        ],
+        "latency": {
+            "count": lat.count,
+            "mean_s": round(lat.mean, 6),
+            "p50_s": round(lat.percentile(50), 6),
+            "p90_s": round(lat.percentile(90), 6),
+            "p99_s": round(lat.percentile(99), 6),
+            "max_s": round(lat.maximum, 6),
+            "histogram": [
+                {"bin": label, "count": n}
+                for label, n in zip(lat.bin_labels(), lat.bins, strict=True)
+            ],
+        },
+        "timeline": {
+            "start": tl.start or None,
+            "bucket_s": tl.bucket_s,
+            "columns": ["offset_s", "width_s", "files", "bytes", "settled"],
+            "points": [[p.offset, p.width, p.files, p.bytes, p.settled] for p in tl.points],
+        },
+        "fatal": data.fatal or None,
+        "exit_status": int(data.exit_status),
+        # Masked when the data was built, and again here for data built by other code.
+        "settings": mask_secrets(data.settings),
+    }
+    if data.files is not None:
+        report["files"] = data.files
+    return report
+
+
+def render(data: ReportData) -> str:
+    return json.dumps(to_dict(data), indent=2) + "\n"

@@ -1,0 +1,121 @@
+"""The summary people read in a terminal: radx-style totals, then why files were not stored.
+
+Failures are grouped by DICOM status with the status's meaning (``0xA700 Out of
+resources``), because the status says what to do next (wait and retry, fix the data, ask
+the PACS admin); files without a status are grouped by cause (not DICOM, unreadable, lost
+association). The first line alone is what ``-q`` prints.
+"""
+
+from __future__ import annotations
+
+from migrator import status as st
+from migrator.report.model import IN_FLIGHT, PLANNER, ReasonGroup, ReportData
+from migrator.units import human_bytes
+
+#: Distinct reasons shown under one status group
+MAX_REASONS = 5
+
+
+def headline(data: ReportData) -> str:
+    if data.planned == 0:
+        return "⚠ No input files found"
+    if data.in_flight and not data.fatal:
+        return f"… In progress: {data.settled}/{data.planned} files have an outcome"
+    if data.failed == 0 and data.in_flight == 0 and not data.fatal:
+        return "✓ All files stored successfully!"
+    return f"⚠ Storage completed with {data.failed} failures"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def render(data: ReportData, *, max_failures: int = 50) -> str:
+    lines: list[str] = []
+    if data.fatal:
+        lines.append(f"✗ {data.fatal}")
+    lines.append(headline(data))
+    lines.append("")
+    rows: list[tuple[str, str]] = []
+    if data.job:
+        rows.append(("Job:", data.job + (" (running)" if data.live else "")))
+    rows += [
+        ("Server:", data.server),
+        ("Total Files:", str(data.planned)),
+        ("Successful:", str(data.stored)),
+        ("Failed:", str(data.failed)),
+        ("Skipped:", str(data.skipped)),
+    ]
+    if data.in_flight:
+        rows.append(("In flight:", str(data.in_flight)))
+    rows.append(("Warnings:", str(data.warnings)))
+    if data.transcoded:
+        rows.append(("Re-encoded:", f"{data.transcoded} (PACS refused their transfer syntax)"))
+    rows += [
+        ("Data:", human_bytes(data.bytes_stored)),
+        ("Duration:", f"{data.duration:.2f}s"),
+        ("Throughput:", f"{data.files_per_s:.1f} files/s, {data.mb_per_s:.1f} MB/s"),
+    ]
+    if data.timeline.peak_files_per_s:
+        rows.append(
+            (
+                "Peak:",
+                f"{data.timeline.peak_files_per_s} files/s, "
+                f"{data.timeline.peak_bytes_per_s / 1e6:.1f} MB/s",
+            )
+        )
+    lat = data.latency
+    if lat.count:
+        rows.append(
+            (
+                "Latency:",
+                f"C-STORE p50 {_ms(lat.percentile(50))}, p90 {_ms(lat.percentile(90))}, "
+                f"p99 {_ms(lat.percentile(99))}, max {_ms(lat.maximum)}",
+            )
+        )
+    if data.job:
+        named = [w for w in data.workers.values() if w.name != PLANNER]
+        rows.append(("Workers:", str(len(named))))
+    mark = "✓" if data.invariant_holds else "✗"
+    formula = (
+        f"{mark} planned {data.planned} = stored {data.stored} + failed {data.failed}"
+        f" + skipped {data.skipped}"
+    )
+    if data.in_flight:
+        formula += f" + in flight {data.in_flight}"
+    rows.append(("Invariant:", formula))
+    width = max(len(k) for k, _ in rows)
+    lines += [f"  {k.ljust(width)} {v}" for k, v in rows]
+
+    groups = data.failure_groups()
+    if groups:
+        lines += ["", "  Not stored, by status (DICOM meaning):"]
+        for group in groups:
+            lines += _group_lines(group)
+    if data.problems:
+        lines.append("")
+        for p in data.problems[:max_failures]:
+            sign = {"failed": "✗", IN_FLIGHT: "…"}.get(p.state, "-")
+            lines.append(f"  {sign} {p.uri}: {p.state}: {p.reason}")
+        if len(data.problems) > max_failures:
+            more = len(data.problems) - max_failures
+            lines.append(f"  … and {more} more (see --report, or `migrator report --format csv`)")
+    for uri, status, reason in data.warned[:max_failures]:
+        lines.append(f"  ⚠ {uri}: stored with warning {reason or st.fmt(status)}")
+    return "\n".join(lines)
+
+
+def _group_lines(group: ReasonGroup) -> list[str]:
+    states = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(group.states.items()))
+    head = f"    {group.code:<6}  {group.meaning}"
+    lines = [f"{head}  [{states}]"]
+    # The sender's reason for a status is "0xA900 <meaning>", maybe with the PACS's comment:
+    # list reasons only when they say more than the status line above.
+    plain = f"{group.code} {group.meaning}"
+    reasons = [(r, n) for r, n in group.reasons.most_common() if r != plain]
+    for reason, n in reasons[:MAX_REASONS]:
+        lines.append(f"      {n:>8}  {reason}")
+    if len(reasons) > MAX_REASONS:
+        rest = sum(n for _, n in reasons[MAX_REASONS:])
+        lines.append(f"      {rest:>8}  … {len(reasons) - MAX_REASONS} other reasons")
+    return lines
