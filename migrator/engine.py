@@ -18,7 +18,7 @@ import redis
 from migrator.errors import ConfigError
 from migrator.jobconfig import JobConfig
 from migrator.keys import limiter_key
-from migrator.ledger import Ledger
+from migrator.ledger import IN_FLIGHT, Ledger, split_id
 from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan, plan_manifest
 from migrator.ratelimit_redis import set_limits
 from migrator.sources.base import Source
@@ -159,18 +159,14 @@ def summary_dict(summary: PlanSummary) -> dict[str, Any]:
     }
 
 
-def retry_failed(ledger: Ledger, enqueue: Callable[[str], None], *, batch_files: int = 200) -> int:
-    """Put the job's failed files back in flight in new batches; returns how many."""
-    ids = ledger.failed_ids()
-    files = ledger.files(ids)  # failures at planning (not DICOM...) have no plan: stay
-    retried = 0
-    for start in range(0, len(files), batch_files):
-        chunk = files[start : start + batch_files]
-        batch_id = f"r{ledger.next_batch_number():07d}"
-        ledger.add_batch(batch_id, chunk, new_files=False)
-        retried += ledger.reopen([f.file_id for f in chunk])
+def retry_failed(ledger: Ledger, enqueue: Callable[[str], None]) -> int:
+    """Put the job's failed files back in flight and enqueue their batches again (the
+    batches skip what they already stored). Files refused at planning (not DICOM) are not
+    retried: sending them cannot succeed. Returns how many files."""
+    ids = [fid for fid in ledger.failed_ids() if not fid.startswith("p")]
+    retried = ledger.reopen(ids)
+    for batch_id in sorted({split_id(fid)[0] for fid in ids}):
         enqueue(batch_id)
-        ledger.mark_enqueued(batch_id)
     return retried
 
 
@@ -179,10 +175,8 @@ def requeue_in_flight(ledger: Ledger, enqueue: Callable[[str], None]) -> int:
     lost, e.g. a broker without persistence restarted). Safe: stored files are skipped and
     a batch never runs twice at once. Returns the number of batches."""
     n = 0
-    for batch_id in ledger.batch_ids():
-        files = ledger.batch(batch_id)
-        states = ledger.states([f.file_id for f in files])
-        if any(s is None for s in states.values()):
+    for batch_id, _, states, _ in ledger.iter_batches():
+        if IN_FLIGHT in states:
             enqueue(batch_id)
             n += 1
     return n

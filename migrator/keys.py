@@ -42,33 +42,13 @@ class JobKeys:
         return self._k("meta")
 
     @property
-    def planned(self) -> str:
-        """Set of planned file ids (plan idempotency)."""
-        return self._k("planned")
-
-    @property
-    def files(self) -> str:
-        """Hash file id -> PlannedFile JSON (what a worker needs to send it)."""
-        return self._k("files")
-
-    @property
-    def state(self) -> str:
-        """Hash file id -> stored | failed | skipped (absent: in flight)."""
-        return self._k("state")
-
-    @property
-    def outcome(self) -> str:
-        """Hash file id -> FileOutcome JSON with worker and time."""
-        return self._k("outcome")
-
-    @property
     def counts(self) -> str:
         """Hash: planned, stored, failed, skipped, bytes_stored, warnings, transcoded."""
         return self._k("counts")
 
     @property
     def failures(self) -> str:
-        """Set of failed file ids (the failures index, for retry and reports)."""
+        """Set of failed file ids ``<batch>:<index>`` (for retry and reports)."""
         return self._k("failures")
 
     @property
@@ -110,9 +90,21 @@ class JobKeys:
         """Hash file id -> reason, for stored files `verify` could confirm neither way."""
         return self._k("verify_unconfirmed")
 
+    def plan_bucket(self, prefix: str) -> str:
+        """Small hashes URI-hash suffix -> batch id, by URI-hash prefix (planning dedup)."""
+        return self._k(f"pl:{prefix}")
+
     def batch(self, batch_id: str) -> str:
-        """JSON list of the batch's file ids."""
+        """The batch's planned files: zlib-compressed JSON rows (ledger.py)."""
         return self._k(f"batch:{batch_id}")
+
+    def states(self, batch_id: str) -> str:
+        """One byte per file of the batch: '.' in flight, 's' stored, 'f' failed, 'k' skipped."""
+        return self._k(f"st:{batch_id}")
+
+    def outcomes(self, batch_id: str) -> str:
+        """Outcome lines of the batch's files, appended (the last line of a file wins)."""
+        return self._k(f"out:{batch_id}")
 
     def deliveries(self, task_id: str) -> str:
         """Starts of a task that did not finish (poison detection)."""

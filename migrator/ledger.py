@@ -1,13 +1,24 @@
 """The job ledger in Redis: what was planned, and the one outcome of every planned file.
 
 Invariant: ``planned = stored + failed + skipped + in flight``, and at the end of a job
-``in flight = 0``. The counters move only inside Lua scripts that look at the file's current
-state first, so a batch delivered twice (a killed worker, a Redis visibility timeout) never
-counts a file twice, and a stored file is never turned back into a failure by a late
-duplicate.
+``in flight = 0``. Counters move only inside Lua scripts that look at a file's current state
+first, so a batch delivered twice (a killed worker, a visibility timeout) never counts a file
+twice, and a stored file is never turned back into a failure by a late duplicate.
 
-Keys come from :mod:`migrator.keys`. Outcomes are written in groups (one round trip per
-group), each with the second it finished in, which feeds the per-second timeline.
+Compact, because a job may hold hundreds of millions of files (docs/scale.md has the
+measured bytes per file):
+
+* A file's identity in the ledger is its place in a batch, ``"<batch>:<index>"``. The
+  batch's files are one zlib-compressed JSON value (URIs and UIDs compress well together).
+* The state of every file of a batch is one byte in a string (``.`` in flight, ``s``
+  stored, ``f`` failed, ``k`` skipped): checking and setting it costs a GETRANGE/SETRANGE
+  on a contiguous range, whatever the number of files.
+* Outcomes are appended to one string per batch, one short JSON line per file (the last
+  line of a file wins); a stored file's line holds only what is not in the plan.
+* "Was this URI planned already?" is answered by 65,536 small hashes keyed by a prefix of
+  the URI's hash (Redis keeps small hashes as compact listpacks).
+
+Keys come from :mod:`migrator.keys`.
 """
 
 from __future__ import annotations
@@ -15,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import astuple, dataclass, replace
 from typing import Any, cast
 
 import redis
@@ -28,50 +41,115 @@ from migrator.outcomes import FileOutcome, State, StoreResult
 Recorded = tuple[str, FileOutcome, float]
 
 _COUNTERS = ("planned", "stored", "failed", "skipped", "bytes_stored", "warnings", "transcoded")
+_CODE = {State.STORED: "s", State.FAILED: "f", State.SKIPPED: "k"}
+_STATE = {v: k for k, v in _CODE.items()}
+_NAME = {"s": "stored", "f": "failed", "k": "skipped"}
+IN_FLIGHT = "."
+#: Hex digits of the URI hash that pick the dedup bucket: 16**4 = 65,536 buckets, each a
+#: listpack up to 128 entries (Redis's default), so up to ~8 million files per job stay
+#: compact; beyond, raise ``hash-max-listpack-entries`` (docs/scale.md).
+_BUCKET_DIGITS = 4
 
-# KEYS: state, outcome, counts, failures, timeline, timeline_bytes
-# ARGV: groups of 7: file id, new state, outcome JSON, second, bytes, warning, transcoded
+# Record the outcomes of a contiguous run of one batch's files.
+# KEYS: counts, failures, timeline, timeline_bytes, state string, outcome string
+# ARGV: batch id, first index, new state codes (one char per file, '-' = leave alone),
+#       outcome lines (one per changed file, '\n'-joined, in order), per-file seconds
+#       (space-separated epoch seconds), per-file bytes, per-file warning+transcoded flags
 _RECORD = """
+local first = tonumber(ARGV[2])
+local new = ARGV[3]
+local n = #new
+local old = redis.call('GETRANGE', KEYS[5], first, first + n - 1)
+local lines = {}
+for line in string.gmatch(ARGV[4], '[^\\n]+') do lines[#lines + 1] = line end
+local secs, sizes, flags = {}, {}, {}
+for v in string.gmatch(ARGV[6], '%S+') do secs[#secs + 1] = v end
+for v in string.gmatch(ARGV[7], '%S+') do sizes[#sizes + 1] = tonumber(v) end
+for v in string.gmatch(ARGV[8], '%S+') do flags[#flags + 1] = v end
+local names = {s = 'stored', f = 'failed', k = 'skipped'}
+local result, out = {}, {}
+local delta = {stored = 0, failed = 0, skipped = 0, bytes_stored = 0, warnings = 0, transcoded = 0}
+local per_sec, per_sec_bytes = {}, {}
 local changed = 0
-for i = 1, #ARGV, 7 do
-  local fid, new = ARGV[i], ARGV[i + 1]
-  local old = redis.call('HGET', KEYS[1], fid)
-  if old ~= 'stored' then
-    if old then
-      redis.call('HINCRBY', KEYS[3], old, -1)
-      if old == 'failed' then redis.call('SREM', KEYS[4], fid) end
+for i = 1, n do
+  local was = string.sub(old, i, i)
+  local now = string.sub(new, i, i)
+  if now ~= '-' and was ~= 's' and was ~= '' then
+    if was ~= '.' then
+      delta[names[was]] = delta[names[was]] - 1
+      if was == 'f' then redis.call('SREM', KEYS[2], ARGV[1] .. ':' .. (first + i - 1)) end
     end
-    redis.call('HSET', KEYS[1], fid, new)
-    redis.call('HSET', KEYS[2], fid, ARGV[i + 2])
-    redis.call('HINCRBY', KEYS[3], new, 1)
-    if new == 'failed' then redis.call('SADD', KEYS[4], fid) end
-    if new == 'stored' then
-      local bytes = tonumber(ARGV[i + 4])
-      redis.call('HINCRBY', KEYS[5], ARGV[i + 3], 1)
-      redis.call('HINCRBY', KEYS[6], ARGV[i + 3], bytes)
-      redis.call('HINCRBY', KEYS[3], 'bytes_stored', bytes)
-      if ARGV[i + 5] == '1' then redis.call('HINCRBY', KEYS[3], 'warnings', 1) end
-      if ARGV[i + 6] == '1' then redis.call('HINCRBY', KEYS[3], 'transcoded', 1) end
+    delta[names[now]] = delta[names[now]] + 1
+    if now == 'f' then redis.call('SADD', KEYS[2], ARGV[1] .. ':' .. (first + i - 1)) end
+    if now == 's' then
+      local sec = secs[i]
+      per_sec[sec] = (per_sec[sec] or 0) + 1
+      per_sec_bytes[sec] = (per_sec_bytes[sec] or 0) + sizes[i]
+      delta.bytes_stored = delta.bytes_stored + sizes[i]
+      if string.sub(flags[i], 1, 1) == '1' then delta.warnings = delta.warnings + 1 end
+      if string.sub(flags[i], 2, 2) == '1' then delta.transcoded = delta.transcoded + 1 end
     end
+    result[i] = now
+    out[#out + 1] = lines[i]
     changed = changed + 1
+  else
+    result[i] = was
   end
 end
+if changed == 0 then return 0 end
+redis.call('SETRANGE', KEYS[5], first, table.concat(result))
+redis.call('APPEND', KEYS[6], ARGV[5] .. '\\n' .. table.concat(out, '\\n') .. '\\n')
+for name, d in pairs(delta) do
+  if d ~= 0 then redis.call('HINCRBY', KEYS[1], name, d) end
+end
+for sec, c in pairs(per_sec) do redis.call('HINCRBY', KEYS[3], sec, c) end
+for sec, b in pairs(per_sec_bytes) do redis.call('HINCRBY', KEYS[4], sec, b) end
 return changed
 """
 
-# Put failed files back in flight (for `retry`). KEYS: state, counts, failures. ARGV: ids.
+# Put failed files of one batch back in flight. KEYS: counts, failures, state string.
+# ARGV: batch id, indexes.
 _REOPEN = """
 local n = 0
-for _, fid in ipairs(ARGV) do
-  if redis.call('HGET', KEYS[1], fid) == 'failed' then
-    redis.call('HDEL', KEYS[1], fid)
-    redis.call('HINCRBY', KEYS[2], 'failed', -1)
-    redis.call('SREM', KEYS[3], fid)
+for i = 2, #ARGV do
+  local idx = tonumber(ARGV[i])
+  if redis.call('GETRANGE', KEYS[3], idx, idx) == 'f' then
+    redis.call('SETRANGE', KEYS[3], idx, '.')
+    redis.call('SREM', KEYS[2], ARGV[1] .. ':' .. idx)
     n = n + 1
   end
 end
+if n > 0 then redis.call('HINCRBY', KEYS[1], 'failed', -n) end
 return n
 """
+
+# Which URI hashes are not planned yet. KEYS: none (bucket keys are built from ARGV[1], a
+# prefix sharing the job's hash tag). ARGV: prefix, then hashes. Returns 1 = new, 0 = known.
+_UNPLANNED = """
+local out = {}
+for i = 2, #ARGV do
+  local h = ARGV[i]
+  local bucket = ARGV[1] .. string.sub(h, 1, DIGITS)
+  out[#out + 1] = 1 - redis.call('HEXISTS', bucket, string.sub(h, DIGITS + 1))
+end
+return out
+""".replace("DIGITS", str(_BUCKET_DIGITS))
+
+# Write a batch: dedup marks, the packed files, the state string, the counters.
+# KEYS: counts, batches, batch blob, state string, enqueued (for refusals)
+# ARGV: bucket prefix, batch id, blob, initial states, number planned, enqueued flag, hashes
+_ADD = """
+for i = 7, #ARGV do
+  local h = ARGV[i]
+  redis.call('HSET', ARGV[1] .. string.sub(h, 1, DIGITS), string.sub(h, DIGITS + 1), ARGV[2])
+end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('SET', KEYS[4], ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'planned', tonumber(ARGV[5]))
+redis.call('SADD', KEYS[2], ARGV[2])
+if ARGV[6] == '1' then redis.call('SADD', KEYS[5], ARGV[2]) end
+return 1
+""".replace("DIGITS", str(_BUCKET_DIGITS))
 
 # Token-checked lease operations. KEYS: lease key. ARGV: token, ttl ms.
 _REFRESH = """
@@ -89,16 +167,21 @@ return 0
 _DELIVERY_TTL = 7 * 24 * 3600
 
 
-def file_id(uri: str) -> str:
-    """Deterministic identity of a planned file: the same URI is the same file."""
+def uri_id(uri: str) -> str:
+    """Deterministic identity of a listed URI (planning dedup): the same URI is the same file."""
     return hashlib.sha1(uri.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def split_id(file_id: str) -> tuple[str, int]:
+    """``"b0000001:17"`` → (``"b0000001"``, 17)."""
+    batch_id, _, index = file_id.rpartition(":")
+    return batch_id, int(index)
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedFile:
-    """What a worker needs to send one file, as written at planning time."""
+    """What a worker needs to send one file. ``file_id`` is set when the batch is written."""
 
-    file_id: str
     uri: str
     size: int
     version: str
@@ -106,32 +189,73 @@ class PlannedFile:
     sop_instance_uid: str
     transfer_syntax: str
     study_uid: str
+    file_id: str = ""
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> PlannedFile:
-        return cls(**json.loads(raw))
+    def packed(self) -> list[Any]:
+        return list(astuple(self))[:-1]
 
 
-def outcome_from_json(raw: str | bytes) -> FileOutcome:
-    data = json.loads(raw)
-    status = data.get("status")
+def _pack(files: Sequence[PlannedFile]) -> bytes:
+    return zlib.compress(json.dumps([f.packed() for f in files], separators=(",", ":")).encode(), 6)
+
+
+def _unpack(batch_id: str, raw: bytes) -> list[PlannedFile]:
+    rows = json.loads(zlib.decompress(raw))
+    return [
+        PlannedFile(uri, size, version, sop_class, sop_instance, ts, study, f"{batch_id}:{i}")
+        for i, (uri, size, version, sop_class, sop_instance, ts, study) in enumerate(rows)
+    ]
+
+
+def _line(index: int, outcome: FileOutcome, at: float, planned: PlannedFile | None) -> str:
+    """One outcome as a short JSON line: what the plan does not already say."""
+    data: dict[str, Any] = {"i": index, "t": round(at, 2)}
+    if outcome.state is not State.STORED or outcome.reason:
+        data["r"] = outcome.reason
+    if outcome.status is not None and outcome.status != 0:
+        data["st"] = outcome.status
+    elif outcome.status == 0 and outcome.state is not State.STORED:
+        data["st"] = 0
+    if outcome.attempts != 1:
+        data["a"] = outcome.attempts
+    if outcome.seconds:
+        data["s"] = round(outcome.seconds * 1000, 2)
+    # The syntax sent: by default the planned one for a stored file, none otherwise;
+    # "=" stands for the planned one.
+    same = planned is not None and outcome.ts_sent == planned.transfer_syntax
+    default = planned.transfer_syntax if planned and outcome.state is State.STORED else ""
+    if outcome.ts_sent != default:
+        data["x"] = "=" if same and outcome.ts_sent else outcome.ts_sent
+    if outcome.warning:
+        data["W"] = 1
+    if outcome.transcoded:
+        data["T"] = 1
+    if planned is None or outcome.bytes != planned.size:
+        data["b"] = outcome.bytes
+    if planned is None or outcome.uri != planned.uri:
+        data["u"] = outcome.uri
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _outcome(data: dict[str, Any], state: State, planned: PlannedFile) -> FileOutcome:
+    default = planned.transfer_syntax if state is State.STORED else ""
+    ts_sent = data.get("x", default)
+    if ts_sent == "=":
+        ts_sent = planned.transfer_syntax
     return FileOutcome(
-        uri=data["uri"],
-        state=State(data["state"]),
-        reason=data.get("reason", ""),
-        status=int(status, 16) if status else None,
-        sop_class_uid=data.get("sop_class_uid", ""),
-        sop_instance_uid=data.get("sop_instance_uid", ""),
-        ts_original=data.get("ts_original", ""),
-        ts_sent=data.get("ts_sent", ""),
-        transcoded=bool(data.get("transcoded", False)),
-        warning=bool(data.get("warning", False)),
-        bytes=int(data.get("bytes", 0)),
-        attempts=int(data.get("attempts", 0)),
-        seconds=float(data.get("seconds", 0.0)),
+        uri=data.get("u", planned.uri),
+        state=state,
+        reason=data.get("r", ""),
+        status=data.get("st", 0 if state is State.STORED else None),
+        sop_class_uid=planned.sop_class_uid,
+        sop_instance_uid=planned.sop_instance_uid,
+        ts_original=planned.transfer_syntax,
+        ts_sent=ts_sent,
+        transcoded=bool(data.get("T")),
+        warning=bool(data.get("W")),
+        bytes=int(data.get("b", planned.size if state is State.STORED else 0)),
+        attempts=int(data.get("a", 1)),
+        seconds=float(data.get("s", 0.0)) / 1000,
     )
 
 
@@ -152,6 +276,8 @@ class Ledger:
         self.keys = JobKeys(job_id)
         self._record = client.register_script(_RECORD)
         self._reopen = client.register_script(_REOPEN)
+        self._unplanned = client.register_script(_UNPLANNED)
+        self._add = client.register_script(_ADD)
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
 
@@ -185,31 +311,55 @@ class Ledger:
         return {_s(k): float(v) for k, v in raw.items()}
 
     # -- planning -----------------------------------------------------------------------
-    def filter_unplanned(self, ids: Sequence[str]) -> list[bool]:
-        """For each id, True when it was never planned in this job."""
-        if not ids:
+    def filter_unplanned(self, uris: Sequence[str]) -> list[bool]:
+        """For each URI, True when it was never planned in this job (one round trip)."""
+        if not uris:
             return []
-        known = cast(list[int], self.client.smismember(self.keys.planned, list(ids)))
-        return [not k for k in known]
+        hashes = [uri_id(u) for u in uris]
+        flags = cast(list[int], self._unplanned(args=[self.keys.plan_bucket(""), *hashes]))
+        return [bool(f) for f in flags]
 
     def next_batch_number(self) -> int:
         return int(self.client.incr(self.keys.batch_seq))
 
-    def add_batch(
-        self, batch_id: str, files: Sequence[PlannedFile], *, new_files: bool = True
-    ) -> None:
-        """Write a batch (and, when ``new_files``, its files as planned) in one transaction.
+    def add_batch(self, batch_id: str, files: Sequence[PlannedFile]) -> list[PlannedFile]:
+        """Write a batch of new files atomically; returns them with their file ids."""
+        self._write(batch_id, files, IN_FLIGHT * len(files), enqueued=False)
+        return [replace(f, file_id=f"{batch_id}:{i}") for i, f in enumerate(files)]
 
-        ``new_files=False``: a batch of files planned before (``retry``)."""
-        ids = [f.file_id for f in files]
-        pipe = self.client.pipeline(transaction=True)
-        if new_files:
-            pipe.hset(self.keys.files, mapping={f.file_id: f.to_json() for f in files})
-            pipe.sadd(self.keys.planned, *ids)
-            pipe.hincrby(self.keys.counts, "planned", len(ids))
-        pipe.set(self.keys.batch(batch_id), json.dumps(ids))
-        pipe.sadd(self.keys.batches, batch_id)
-        pipe.execute()
+    def add_refused(self, refused: Sequence[tuple[str, State, str]]) -> int:
+        """Files refused at planning (not DICOM, unreadable): planned and settled at once,
+        as one batch that is never enqueued. ``refused``: (uri, state, reason)."""
+        new = self.filter_unplanned([uri for uri, _, _ in refused]) if refused else []
+        refused = [r for r, is_new in zip(refused, new, strict=True) if is_new]
+        if not refused:
+            return 0
+        batch_id = f"p{self.next_batch_number():07d}"
+        files = [PlannedFile(uri, 0, "", "", "", "", "") for uri, _, _ in refused]
+        self._write(batch_id, files, IN_FLIGHT * len(files), enqueued=True)
+        now = time.time()
+        self.record_many(
+            (f"{batch_id}:{i}", FileOutcome(uri, state, reason, attempts=0), now)
+            for i, (uri, state, reason) in enumerate(refused)
+        )
+        return len(refused)
+
+    def _write(
+        self, batch_id: str, files: Sequence[PlannedFile], states: str, *, enqueued: bool
+    ) -> None:
+        k = self.keys
+        self._add(
+            keys=[k.counts, k.batches, k.batch(batch_id), k.states(batch_id), k.enqueued],
+            args=[
+                k.plan_bucket(""),
+                batch_id,
+                _pack(files),
+                states,
+                len(files),
+                int(enqueued),
+                *(uri_id(f.uri) for f in files),
+            ],
+        )
 
     def mark_enqueued(self, batch_id: str) -> None:
         self.client.sadd(self.keys.enqueued, batch_id)
@@ -219,17 +369,6 @@ class Ledger:
         raw = cast(set[bytes], self.client.sdiff([self.keys.batches, self.keys.enqueued]))
         return sorted(_s(b) for b in raw)
 
-    def record_skipped_at_plan(self, uri: str, reason: str, state: State) -> bool:
-        """A file refused at planning (not DICOM, unreadable): planned and settled at once.
-
-        Returns False when that file was already planned (a re-plan adds nothing)."""
-        fid = file_id(uri)
-        if not self.client.sadd(self.keys.planned, fid):
-            return False
-        self.client.hincrby(self.keys.counts, "planned", 1)
-        self.record_many([(fid, FileOutcome(uri, state, reason), time.time())])
-        return True
-
     def batch_ids(self) -> list[str]:
         return sorted(_s(b) for b in cast(set[bytes], self.client.smembers(self.keys.batches)))
 
@@ -237,49 +376,107 @@ class Ledger:
         raw = self.client.get(self.keys.batch(batch_id))
         if raw is None:
             raise KeyError(f"no batch {batch_id!r} in job {self.job_id!r}")
-        return self.files(json.loads(cast(bytes, raw)))
+        return _unpack(batch_id, cast(bytes, raw))
+
+    def batch_states(self, batch_id: str) -> str:
+        """One character per file of the batch: ``.`` in flight, ``s``/``f``/``k``."""
+        return _s(cast(bytes, self.client.get(self.keys.states(batch_id)) or b""))
 
     def files(self, ids: Sequence[str]) -> list[PlannedFile]:
-        if not ids:
-            return []
-        rows = cast(list[bytes | None], self.client.hmget(self.keys.files, list(ids)))
-        return [PlannedFile.from_json(r) for r in rows if r is not None]
+        """The planned files with these ids, in the order given (unknown ids left out)."""
+        by_batch: dict[str, list[PlannedFile]] = {}
+        out = []
+        for fid in ids:
+            batch_id, index = split_id(fid)
+            if batch_id not in by_batch:
+                try:
+                    by_batch[batch_id] = self.batch(batch_id)
+                except KeyError:
+                    by_batch[batch_id] = []
+            files = by_batch[batch_id]
+            if 0 <= index < len(files):
+                out.append(files[index])
+        return out
 
     # -- outcomes -----------------------------------------------------------------------
     def record_many(self, entries: Iterable[Recorded], *, worker: str | None = None) -> int:
-        """Write outcomes; idempotent. Returns how many changed a file's state."""
-        argv: list[str | int] = []
+        """Write outcomes (idempotent); one round trip per run of consecutive files of a
+        batch. Returns how many changed a file's state."""
+        groups: dict[str, dict[int, tuple[FileOutcome, float]]] = defaultdict(dict)
         for fid, outcome, at in entries:
-            data = outcome.to_json()
-            data["at"] = round(at, 3)
-            if worker:
-                data["worker"] = worker
-            argv += [
-                fid,
-                str(outcome.state),
-                json.dumps(data, separators=(",", ":")),
-                int(at),
-                outcome.bytes,
-                int(outcome.warning),
-                int(outcome.transcoded),
-            ]
-        if not argv:
-            return 0
-        k = self.keys
-        keys = [k.state, k.outcome, k.counts, k.failures, k.timeline, k.timeline_bytes]
-        return int(cast(int, self._record(keys=keys, args=argv)))
+            batch_id, index = split_id(fid)
+            groups[batch_id][index] = (outcome, at)
+        changed = 0
+        for batch_id, by_index in groups.items():
+            plan = self._plan_of(batch_id)
+            indexes = sorted(by_index)
+            first, last = indexes[0], indexes[-1]
+            codes, lines, secs, sizes, flags = [], [], [], [], []
+            for index in range(first, last + 1):
+                if index not in by_index:
+                    codes.append("-")
+                    lines.append("-")
+                    secs.append("0")
+                    sizes.append("0")
+                    flags.append("00")
+                    continue
+                outcome, at = by_index[index]
+                planned = plan[index] if index < len(plan) else None
+                codes.append(_CODE[outcome.state])
+                lines.append(_line(index, outcome, at, planned))
+                secs.append(str(int(at)))
+                sizes.append(str(outcome.bytes))
+                flags.append(f"{int(outcome.warning)}{int(outcome.transcoded)}")
+            k = self.keys
+            changed += int(
+                cast(
+                    int,
+                    self._record(
+                        keys=[
+                            k.counts,
+                            k.failures,
+                            k.timeline,
+                            k.timeline_bytes,
+                            k.states(batch_id),
+                            k.outcomes(batch_id),
+                        ],
+                        args=[
+                            batch_id,
+                            first,
+                            "".join(codes),
+                            "\n".join(lines),
+                            # The worker once per group, not per line: a line of its own
+                            # that sets it for the lines after it.
+                            json.dumps({"w": worker or ""}, separators=(",", ":")),
+                            " ".join(secs),
+                            " ".join(sizes),
+                            " ".join(flags),
+                        ],
+                    ),
+                )
+            )
+        return changed
+
+    def _plan_of(self, batch_id: str) -> list[PlannedFile]:
+        try:
+            return self.batch(batch_id)
+        except KeyError:
+            return []
 
     def stored_ids(self, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        states = cast(list[bytes | None], self.client.hmget(self.keys.state, list(ids)))
-        return {fid for fid, s in zip(ids, states, strict=True) if s == b"stored"}
+        return {fid for fid, s in self.states(ids).items() if s == "stored"}
 
     def states(self, ids: Sequence[str]) -> dict[str, str | None]:
-        if not ids:
-            return {}
-        states = cast(list[bytes | None], self.client.hmget(self.keys.state, list(ids)))
-        return {fid: _s(s) if s else None for fid, s in zip(ids, states, strict=True)}
+        """``stored``/``failed``/``skipped``, or None while in flight."""
+        cache: dict[str, str] = {}
+        out: dict[str, str | None] = {}
+        for fid in ids:
+            batch_id, index = split_id(fid)
+            if batch_id not in cache:
+                cache[batch_id] = self.batch_states(batch_id)
+            code = cache[batch_id][index : index + 1]
+            out[fid] = _NAME.get(code)
+        return out
 
     def counts(self) -> dict[str, int]:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.counts))
@@ -293,18 +490,73 @@ class Ledger:
         return sorted(_s(f) for f in cast(set[bytes], self.client.smembers(self.keys.failures)))
 
     def reopen(self, ids: Sequence[str]) -> int:
-        """Put failed files back in flight so a new batch can send them again."""
-        if not ids:
-            return 0
+        """Put failed files back in flight (``retry``); their batches can then run again."""
+        by_batch: dict[str, list[int]] = defaultdict(list)
+        for fid in ids:
+            batch_id, index = split_id(fid)
+            by_batch[batch_id].append(index)
         k = self.keys
-        return int(cast(int, self._reopen(keys=[k.state, k.counts, k.failures], args=list(ids))))
+        n = 0
+        for batch_id, indexes in by_batch.items():
+            n += int(
+                cast(
+                    int,
+                    self._reopen(
+                        keys=[k.counts, k.failures, k.states(batch_id)], args=[batch_id, *indexes]
+                    ),
+                )
+            )
+        return n
+
+    def iter_batches(
+        self, *, chunk: int = 64
+    ) -> Iterator[tuple[str, list[PlannedFile], str, bytes]]:
+        """(batch id, planned files, states, outcome lines) for every batch, pipelined."""
+        ids = self.batch_ids()
+        k = self.keys
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            pipe = self.client.pipeline(transaction=False)
+            for batch_id in part:
+                pipe.get(k.batch(batch_id))
+                pipe.get(k.states(batch_id))
+                pipe.get(k.outcomes(batch_id))
+            rows = pipe.execute()
+            for n, batch_id in enumerate(part):
+                blob, states, lines = rows[3 * n : 3 * n + 3]
+                if blob is None:
+                    continue
+                yield batch_id, _unpack(batch_id, blob), _s(states or b""), lines or b""
 
     def iter_outcomes(self) -> Iterator[tuple[str, FileOutcome, dict[str, Any]]]:
-        """Every recorded outcome: (file id, outcome, extra fields such as worker and at)."""
-        for fid, raw in self.client.hscan_iter(self.keys.outcome, count=1000):
-            data = json.loads(raw)
-            extra = {k: data[k] for k in ("worker", "at") if k in data}
-            yield _s(fid), outcome_from_json(raw), extra
+        """Every settled file: (file id, outcome, extra fields: worker, at)."""
+        for _, plan, states, raw in self.iter_batches():
+            latest: dict[int, dict[str, Any]] = {}
+            worker = ""
+            for text in raw.splitlines():
+                data = json.loads(text)
+                if "i" not in data:
+                    worker = data.get("w", "")
+                    continue
+                if worker:
+                    data["w"] = worker
+                latest[data["i"]] = data
+            for index, planned in enumerate(plan):
+                state = _STATE.get(states[index : index + 1])
+                data = latest.get(index)
+                if state is None or data is None:
+                    continue
+                extra = {"at": data["t"]}
+                if "w" in data:
+                    extra["worker"] = data["w"]
+                yield planned.file_id, _outcome(data, state, planned), extra
+
+    def iter_in_flight(self) -> Iterator[PlannedFile]:
+        """Every planned file without an outcome yet."""
+        for _, plan, states, _ in self.iter_batches():
+            for index, planned in enumerate(plan):
+                if states[index : index + 1] == IN_FLIGHT:
+                    yield planned
 
     def timeline(self) -> dict[int, tuple[int, int]]:
         """Epoch second -> (files stored, bytes stored) in that second."""

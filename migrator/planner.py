@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from migrator.dicomfile import DicomHeader
 from migrator.errors import SourceError
-from migrator.ledger import Ledger, PlannedFile, file_id
+from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import State
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource
@@ -153,24 +153,20 @@ def plan(
     remote = any(not isinstance(s, FileSource) for s in sources)
     with ThreadPoolExecutor(max_workers=threads or (8 if remote else 1)) as pool:
         for chunk in _chunks(_listing(sources, summary, out.ledger), CHUNK):
-            ids = [file_id(item.uri) for _, item in chunk]
-            new = _unplanned(out.ledger, ids)
-            fresh = [
-                (pair, fid) for pair, fid, is_new in zip(chunk, ids, new, strict=True) if is_new
-            ]
+            new = _unplanned(out, [item.uri for _, item in chunk])
+            fresh = [pair for pair, is_new in zip(chunk, new, strict=True) if is_new]
             summary.already_planned += len(chunk) - len(fresh)
-            headers = pool.map(lambda p: inspect_item(*p[0]), fresh)
-            for ((_, item), fid), header in zip(fresh, headers, strict=True):
+            headers = pool.map(lambda p: inspect_item(*p), fresh)
+            refused: list[tuple[str, State, str]] = []
+            for (_, item), header in zip(fresh, headers, strict=True):
                 problem = refusal(header)
                 if problem is not None:
                     summary.refused += 1
                     summary.reasons[_reason_key(problem[1])] += 1
-                    if out.ledger is not None:
-                        out.ledger.record_skipped_at_plan(item.uri, problem[1], problem[0])
+                    refused.append((item.uri, problem[0], problem[1]))
                     continue
                 assert isinstance(header, DicomHeader)
                 planned = PlannedFile(
-                    file_id=fid,
                     uri=item.uri,
                     size=item.size,
                     version=item.version,
@@ -180,6 +176,8 @@ def plan(
                     study_uid=header.study_uid,
                 )
                 out.add(planned, header.sop_class_uid, header.transfer_syntax)
+            if out.ledger is not None:
+                out.ledger.add_refused(refused)
     out.finish()
     return summary
 
@@ -209,14 +207,12 @@ def plan_manifest(
             yield row
 
     for chunk in _chunks(entries(), CHUNK):
-        ids = [file_id(e.uri) for e in chunk]
-        new = _unplanned(out.ledger, ids)
-        for entry, fid, is_new in zip(chunk, ids, new, strict=True):
+        new = _unplanned(out, [e.uri for e in chunk])
+        for entry, is_new in zip(chunk, new, strict=True):
             if not is_new:
                 summary.already_planned += 1
                 continue
             planned = PlannedFile(
-                file_id=fid,
                 uri=entry.uri,
                 size=entry.size,
                 version="",
@@ -230,10 +226,18 @@ def plan_manifest(
     return summary
 
 
-def _unplanned(ledger: Ledger | None, ids: list[str]) -> list[bool]:
-    # A dry run plans everything it sees; the same URI twice in one listing cannot happen
-    # (a manifest may repeat a line: the ledger then plans it once).
-    return [True] * len(ids) if ledger is None else ledger.filter_unplanned(ids)
+def _unplanned(out: _Emitter, uris: list[str]) -> list[bool]:
+    # A dry run plans everything it sees. A manifest may repeat a line: only its first
+    # occurrence is new, also when the first is still in the batch being filled.
+    if out.ledger is None:
+        return [True] * len(uris)
+    new = out.ledger.filter_unplanned(uris)
+    seen = {f.uri for f in out.batcher.files}
+    for n, uri in enumerate(uris):
+        if uri in seen:
+            new[n] = False
+        seen.add(uri)
+    return new
 
 
 def _listing(
@@ -250,7 +254,7 @@ def _listing(
             summary.reasons[str(exc)] += 1
             if ledger is not None:
                 name = str(getattr(source, "uri", None) or getattr(source, "path", source))
-                ledger.record_skipped_at_plan(name, str(exc), State.FAILED)
+                ledger.add_refused([(name, State.FAILED, str(exc))])
 
 
 def _chunks(items: Iterator[T], n: int) -> Iterator[list[T]]:

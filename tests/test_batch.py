@@ -17,7 +17,7 @@ import pytest
 from migrator import synth
 from migrator.dicomfile import inspect_file
 from migrator.jobconfig import JobConfig
-from migrator.ledger import Ledger, PlannedFile, file_id
+from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import State
 from migrator.ratelimit import NullLimiter
 from tests.peers.counting_scp import CountingScp, counting_scp
@@ -47,7 +47,6 @@ def make_job(client: object, scp: CountingScp, tmp: Path, n: int = 10) -> Ledger
         h = inspect_file(str(path))
         files.append(
             PlannedFile(
-                file_id(str(path)),
                 str(path),
                 h.size,
                 "",

@@ -7,16 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from migrator.ledger import Ledger, PlannedFile, file_id, list_jobs
+from migrator.ledger import Ledger, PlannedFile, list_jobs
 from migrator.outcomes import FileOutcome, State
 from tests.peers.redis import RedisPeer, redis_peer
 
 
 def planned(n: int, study: str = "1.2.3") -> PlannedFile:
-    uri = f"/archive/{n:05d}.dcm"
     return PlannedFile(
-        file_id(uri),
-        uri,
+        f"/archive/{n:05d}.dcm",
         1000 + n,
         "v",
         "1.2.840.10008.5.1.4.1.1.2",
@@ -26,14 +24,19 @@ def planned(n: int, study: str = "1.2.3") -> PlannedFile:
     )
 
 
-def outcome(f: PlannedFile, state: State, nbytes: int = 0, reason: str = "") -> FileOutcome:
+def outcome(f: PlannedFile, state: State, reason: str = "") -> FileOutcome:
+    stored = state is State.STORED
     return FileOutcome(
         f.uri,
         state,
         reason,
-        0 if state is State.STORED else 0xA700,
+        0 if stored else 0xA700,
+        sop_class_uid=f.sop_class_uid,
         sop_instance_uid=f.sop_instance_uid,
-        bytes=nbytes,
+        ts_original=f.transfer_syntax,
+        ts_sent=f.transfer_syntax,
+        bytes=f.size if stored else 0,
+        attempts=1,
     )
 
 
@@ -59,29 +62,32 @@ def test_create_is_idempotent_and_listed(ledger: Ledger) -> None:
 
 def test_batches_plan_once_and_count(ledger: Ledger) -> None:
     files = [planned(i) for i in range(5)]
-    assert ledger.filter_unplanned([f.file_id for f in files]) == [True] * 5
-    ledger.add_batch("b1", files)
-    assert ledger.filter_unplanned([f.file_id for f in files] + ["new"]) == [False] * 5 + [True]
-    assert ledger.batch("b1") == files
+    uris = [f.uri for f in files]
+    assert ledger.filter_unplanned(uris) == [True] * 5
+    written = ledger.add_batch("b1", files)
+    assert [f.file_id for f in written] == [f"b1:{i}" for i in range(5)]
+    assert ledger.filter_unplanned([*uris, "/archive/new.dcm"]) == [False] * 5 + [True]
+    assert ledger.batch("b1") == written
+    assert ledger.files(["b1:3", "b1:0", "b1:99", "zz:1"]) == [written[3], written[0]]
     assert ledger.unenqueued_batches() == ["b1"]
     ledger.mark_enqueued("b1")
     assert ledger.unenqueued_batches() == []
     counts = ledger.counts()
     assert counts["planned"] == 5 and counts["in_flight"] == 5
+    assert list(ledger.iter_in_flight()) == written
 
 
 def test_redelivered_outcomes_never_double_count(ledger: Ledger) -> None:
-    files = [planned(i) for i in range(4)]
-    ledger.add_batch("b1", files)
+    files = ledger.add_batch("b1", [planned(i) for i in range(4)])
     now = time.time()
-    first = [(f.file_id, outcome(f, State.STORED, f.size), now) for f in files[:3]]
+    first = [(f.file_id, outcome(f, State.STORED), now) for f in files[:3]]
     assert ledger.record_many(first, worker="w1") == 3
     # The same batch delivered again (worker killed before the ack) records the same files.
     assert ledger.record_many(first, worker="w2") == 0
     # A late transient failure of a stored file must not undo the store.
-    late = [(files[0].file_id, outcome(files[0], State.FAILED, reason="0xA700"), now)]
+    late = [(files[0].file_id, outcome(files[0], State.FAILED, "0xA700"), now)]
     assert ledger.record_many(late) == 0
-    ledger.record_many([(files[3].file_id, outcome(files[3], State.FAILED, reason="x"), now)])
+    ledger.record_many([(files[3].file_id, outcome(files[3], State.FAILED, "x"), now)])
     counts = ledger.counts()
     assert (counts["stored"], counts["failed"], counts["in_flight"]) == (3, 1, 0)
     assert counts["bytes_stored"] == sum(f.size for f in files[:3])
@@ -91,22 +97,32 @@ def test_redelivered_outcomes_never_double_count(ledger: Ledger) -> None:
     assert ledger.timeline() == {int(now): (3, counts["bytes_stored"])}
 
 
+def test_outcomes_out_of_order_and_with_gaps(ledger: Ledger) -> None:
+    files = ledger.add_batch("b1", [planned(i) for i in range(6)])
+    now = time.time()
+    entries = [(files[i].file_id, outcome(files[i], State.STORED), now) for i in (4, 1)]
+    assert ledger.record_many(entries) == 2
+    assert ledger.batch_states("b1") == ".s..s."
+    assert {fid for fid, _, _ in ledger.iter_outcomes()} == {"b1:1", "b1:4"}
+
+
 def test_failed_then_stored_moves_counters(ledger: Ledger) -> None:
-    f = planned(1)
-    ledger.add_batch("b1", [f])
-    ledger.record_many([(f.file_id, outcome(f, State.FAILED, reason="x"), time.time())])
+    [f] = ledger.add_batch("b1", [planned(1)])
+    ledger.record_many([(f.file_id, outcome(f, State.FAILED, "x"), time.time())])
     assert ledger.reopen([f.file_id]) == 1
     assert ledger.counts()["in_flight"] == 1 and ledger.failed_ids() == []
-    ledger.record_many([(f.file_id, outcome(f, State.STORED, 5), time.time())])
+    ledger.record_many([(f.file_id, outcome(f, State.STORED), time.time())])
     counts = ledger.counts()
     assert (counts["planned"], counts["stored"], counts["failed"]) == (1, 1, 0)
 
 
-def test_skipped_at_plan_counts_once(ledger: Ledger) -> None:
-    assert ledger.record_skipped_at_plan("/archive/README.txt", "not DICOM", State.SKIPPED)
-    assert not ledger.record_skipped_at_plan("/archive/README.txt", "not DICOM", State.SKIPPED)
+def test_refused_at_plan_counts_once(ledger: Ledger) -> None:
+    refused = [("/archive/README.txt", State.SKIPPED, "not DICOM")]
+    assert ledger.add_refused(refused) == 1
+    assert ledger.add_refused(refused) == 0
     counts = ledger.counts()
     assert (counts["planned"], counts["skipped"], counts["in_flight"]) == (1, 1, 0)
+    assert ledger.unenqueued_batches() == []
     result = ledger.to_store_result("pacs:104")
     assert [(o.uri, o.state, o.reason) for o in result.outcomes] == [
         ("/archive/README.txt", State.SKIPPED, "not DICOM")
@@ -114,13 +130,16 @@ def test_skipped_at_plan_counts_once(ledger: Ledger) -> None:
 
 
 def test_outcomes_round_trip_into_the_report(ledger: Ledger) -> None:
-    f = planned(7)
-    ledger.add_batch("b1", [f])
-    out = outcome(f, State.FAILED, reason="0xA700 Out of resources")
-    out.attempts, out.ts_sent = 4, "1.2.840.10008.1.2.1"
-    ledger.record_many([(f.file_id, out, time.time())], worker="host:1")
-    [(fid, back, extra)] = list(ledger.iter_outcomes())
-    assert fid == f.file_id and back == out and extra["worker"] == "host:1"
+    [f, g] = ledger.add_batch("b1", [planned(7), planned(8)])
+    out = outcome(f, State.FAILED, "0xA700 Out of resources")
+    out.attempts, out.seconds = 4, 0.012
+    ok = outcome(g, State.STORED)
+    ok.seconds, ok.warning = 0.003, True
+    ok.status = 0xB000
+    ledger.record_many([(f.file_id, out, 1000.5), (g.file_id, ok, 1001.25)], worker="host:1")
+    back = {fid: (o, extra) for fid, o, extra in ledger.iter_outcomes()}
+    assert back[f.file_id] == (out, {"at": 1000.5, "worker": "host:1"})
+    assert back[g.file_id][0] == ok
 
 
 def test_deliveries_and_batch_lease(ledger: Ledger) -> None:
@@ -136,3 +155,45 @@ def test_deliveries_and_batch_lease(ledger: Ledger) -> None:
     assert ledger.batch_holder("b1") == "me"
     ledger.release_batch("b1", "me")
     assert ledger.claim_batch("b1", "other", 5)
+
+
+def test_memory_per_planned_file_is_small(ledger: Ledger) -> None:
+    """The compact layout (docs/scale.md): what grows with every file is its packed plan,
+    one state byte and one short outcome line. The dedup index is measured at a million
+    files by bench/scale.py (its 65,536 buckets cost a fixed ~5 MB)."""
+    import random
+
+    rng = random.Random(7)
+
+    def uid() -> str:
+        return "2.25." + str(rng.getrandbits(120))  # as random as real UUID-derived UIDs
+
+    client = ledger.client
+    n, per_batch = 20_000, 200
+    for b in range(n // per_batch):
+        study = uid()
+        files = [
+            PlannedFile(
+                f"/archive/2019/{b:04d}/IM{i:05d}.dcm",
+                500_000 + i,
+                "1700000000000000000",
+                "1.2.840.10008.5.1.4.1.1.2",
+                uid(),
+                "1.2.840.10008.1.2.1",
+                study,
+            )
+            for i in range(per_batch)
+        ]
+        written = ledger.add_batch(f"b{b:07d}", files)
+        outs = []
+        for f in written:
+            o = outcome(f, State.STORED)
+            o.seconds = rng.random() / 100
+            outs.append((f.file_id, o, time.time()))
+        ledger.record_many(outs, worker="worker-7f9c4d-abcde:12345")
+    per_file: dict[str, float] = {}
+    for kind in ("batch", "st", "out"):
+        keys = list(client.scan_iter(match=f"*:{kind}:*", count=1000))
+        per_file[kind] = sum(int(client.memory_usage(k) or 0) for k in keys) / n
+    assert ledger.counts()["stored"] == n
+    assert sum(per_file.values()) < 100, per_file

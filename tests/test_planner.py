@@ -55,7 +55,7 @@ def test_planning_memory_does_not_grow_with_the_listing(tmp_path: object) -> Non
 
 def test_batches_keep_studies_together_when_the_order_allows() -> None:
     def f(i: int, study: str) -> PlannedFile:
-        return PlannedFile(str(i), str(i), 10, "", "1.2", f"1.2.{i}", "1.2.840.10008.1.2", study)
+        return PlannedFile(str(i), 10, "", "1.2", f"1.2.{i}", "1.2.840.10008.1.2", study)
 
     batcher = _Batcher(max_files=8, max_bytes=10**9)
     cut = []

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from migrator.ledger import Ledger, PlannedFile, file_id
+from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FileOutcome, State, StoreResult
 from migrator.report import FORMATS, format_for_path, from_ledger, from_store_result, render
 from migrator.report.masking import mask_secrets, mask_text
@@ -192,16 +192,15 @@ def test_csv_round_trips_awkward_names_and_html_escapes_them() -> None:
 
 def _planned(i: int) -> PlannedFile:
     uri = f"/archive/{i:03d}.dcm"
-    return PlannedFile(file_id(uri), uri, 1000, "v1", SC, f"1.2.3.{i}", EXPLICIT_LE, "1.2.3")
+    return PlannedFile(uri, 1000, "v1", SC, f"1.2.3.{i}", EXPLICIT_LE, "1.2.3")
 
 
 def test_live_job_reports_files_in_flight(redis_server: RedisPeer) -> None:
     ledger = Ledger(redis_server.client(), "job-live")
     ledger.create({"host": "pacs", "port": 104, "called_ae": "PACS", "s3_secret": "x"})
     ledger.mark_started()
-    planned = [_planned(i) for i in range(6)]
-    ledger.add_batch("b1", planned)
-    ledger.record_skipped_at_plan("/archive/readme.txt", "not a DICOM file", State.SKIPPED)
+    planned = ledger.add_batch("b1", [_planned(i) for i in range(6)])
+    ledger.add_refused([("/archive/readme.txt", State.SKIPPED, "not a DICOM file")])
     now = time.time()
     ledger.record_many(
         [(p.file_id, _stored(i), now) for i, p in enumerate(planned[:3])], worker="w1:1"

@@ -109,8 +109,7 @@ def status_command(job: str, redis_url: str, watch: bool, interval: float, as_js
     help="Also enqueue again the batches whose files have no outcome yet (their tasks were "
     "lost, e.g. Redis ran without persistence). Stored files are never sent twice.",
 )
-@opt("--batch-files", env="BATCH_FILES", type=click.IntRange(1, 10000), default=200)
-def retry_command(job: str, redis_url: str, in_flight: bool, batch_files: int) -> None:
+def retry_command(job: str, redis_url: str, in_flight: bool) -> None:
     """Send a job's failed files again (running workers pick them up).
 
     \b
@@ -122,7 +121,7 @@ def retry_command(job: str, redis_url: str, in_flight: bool, batch_files: int) -
 
     ledger = _ledger(redis_url, job)
     enqueue = engine.enqueuer(redis_url, job)
-    n = engine.retry_failed(ledger, enqueue, batch_files=batch_files)
+    n = engine.retry_failed(ledger, enqueue)
     click.echo(f"{job}: {n} failed files enqueued again")
     if in_flight:
         b = engine.requeue_in_flight(ledger, enqueue)

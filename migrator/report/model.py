@@ -560,43 +560,14 @@ def from_ledger(
         settings=mask_secrets(settings),
     )
     counts = ledger.counts()
-    in_flight = _in_flight(ledger) if counts["in_flight"] > 0 else {}
     builder = _Builder(data, keep_files=keep_files, default_worker=PLANNER)
-    for fid, outcome, extra in ledger.iter_outcomes():
-        in_flight.pop(fid, None)
+    for _, outcome, extra in ledger.iter_outcomes():
         builder.add(outcome, extra)
-    for planned in in_flight.values():
-        builder.add_in_flight(planned)
+    if counts["in_flight"] > 0:
+        for planned in ledger.iter_in_flight():
+            builder.add_in_flight(planned)
     data.ledger_counts = counts
     return builder.finish(ledger.timeline())
-
-
-def _in_flight(ledger: Ledger, chunk: int = 1000) -> dict[str, PlannedFile]:
-    """Planned files without an outcome.
-
-    The Ledger has no query for these, so the files hash (written at planning) is scanned
-    in chunks and each chunk's states are asked for. Files refused at planning are never in
-    that hash: they are settled at once.
-    """
-    from migrator.ledger import PlannedFile
-
-    found: dict[str, PlannedFile] = {}
-    pending: list[tuple[str, bytes]] = []
-
-    def flush() -> None:
-        states = ledger.states([fid for fid, _ in pending])
-        for fid, raw in pending:
-            if states.get(fid) is None:
-                found[fid] = PlannedFile.from_json(raw)
-        pending.clear()
-
-    for fid, raw in ledger.client.hscan_iter(ledger.keys.files, count=chunk):
-        pending.append((fid.decode() if isinstance(fid, bytes) else str(fid), raw))
-        if len(pending) >= chunk:
-            flush()
-    if pending:
-        flush()
-    return found
 
 
 def uid_name(uid: str) -> str:
