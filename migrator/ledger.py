@@ -135,21 +135,33 @@ end
 return out
 """.replace("DIGITS", str(_BUCKET_DIGITS))
 
-# Write a batch: dedup marks, the packed files, the state string, the counters.
+# Write a batch: dedup marks, the packed files, the state string, the counters. Atomic and
+# all-or-nothing: when some URI is planned already, the marks just made are undone and the
+# flags returned (1 = new), so the caller writes the batch again without the known ones.
 # KEYS: counts, batches, batch blob, state string, enqueued (for refusals)
 # ARGV: bucket prefix, batch id, blob, initial states, number planned, enqueued flag, hashes
 _ADD = """
+local flags, set, known = {}, {}, false
 for i = 7, #ARGV do
   local h = ARGV[i]
-  redis.call('HSET', ARGV[1] .. string.sub(h, 1, DIGITS), string.sub(h, DIGITS + 1), ARGV[2])
+  local bucket = ARGV[1] .. string.sub(h, 1, DIGITS)
+  local field = string.sub(h, DIGITS + 1)
+  local new = redis.call('HSETNX', bucket, field, ARGV[2])
+  flags[#flags + 1] = new
+  if new == 1 then set[#set + 1] = {bucket, field} else known = true end
+end
+if known then
+  for _, bf in ipairs(set) do redis.call('HDEL', bf[1], bf[2]) end
+  return flags
 end
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('SET', KEYS[4], ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'planned', tonumber(ARGV[5]))
 redis.call('SADD', KEYS[2], ARGV[2])
 if ARGV[6] == '1' then redis.call('SADD', KEYS[5], ARGV[2]) end
-return 1
+return {}
 """.replace("DIGITS", str(_BUCKET_DIGITS))
+
 
 # Token-checked lease operations. KEYS: lease key. ARGV: token, ttl ms.
 _REFRESH = """
@@ -323,42 +335,58 @@ class Ledger:
         return int(self.client.incr(self.keys.batch_seq))
 
     def add_batch(self, batch_id: str, files: Sequence[PlannedFile]) -> list[PlannedFile]:
-        """Write a batch of new files atomically; returns them with their file ids."""
-        self._write(batch_id, files, IN_FLIGHT * len(files), enqueued=False)
-        return [replace(f, file_id=f"{batch_id}:{i}") for i, f in enumerate(files)]
+        """Write the batch's files that were never planned, atomically (one round trip
+        when all are new); returns them with their file ids. A URI planned before (a
+        re-plan, a manifest that repeats a line) is left out: [] when none is new."""
+        todo = list(files)
+        while todo:
+            known = self._write(batch_id, todo, IN_FLIGHT * len(todo), enqueued=False)
+            if not known:
+                return [replace(f, file_id=f"{batch_id}:{i}") for i, f in enumerate(todo)]
+            todo = [f for f, new in zip(todo, known, strict=True) if new]
+        return []
 
     def add_refused(self, refused: Sequence[tuple[str, State, str]]) -> int:
         """Files refused at planning (not DICOM, unreadable): planned and settled at once,
-        as one batch that is never enqueued. ``refused``: (uri, state, reason)."""
-        new = self.filter_unplanned([uri for uri, _, _ in refused]) if refused else []
-        refused = [r for r, is_new in zip(refused, new, strict=True) if is_new]
-        if not refused:
+        as one batch that is never enqueued. ``refused``: (uri, state, reason). Returns how
+        many were new."""
+        todo = list(refused)
+        batch_id = ""
+        while todo:
+            batch_id = batch_id or f"p{self.next_batch_number():07d}"
+            files = [PlannedFile(uri, 0, "", "", "", "", "") for uri, _, _ in todo]
+            known = self._write(batch_id, files, IN_FLIGHT * len(files), enqueued=True)
+            if not known:
+                break
+            todo = [r for r, new in zip(todo, known, strict=True) if new]
+        if not todo:
             return 0
-        batch_id = f"p{self.next_batch_number():07d}"
-        files = [PlannedFile(uri, 0, "", "", "", "", "") for uri, _, _ in refused]
-        self._write(batch_id, files, IN_FLIGHT * len(files), enqueued=True)
         now = time.time()
         self.record_many(
             (f"{batch_id}:{i}", FileOutcome(uri, state, reason, attempts=0), now)
-            for i, (uri, state, reason) in enumerate(refused)
+            for i, (uri, state, reason) in enumerate(todo)
         )
-        return len(refused)
+        return len(todo)
 
     def _write(
         self, batch_id: str, files: Sequence[PlannedFile], states: str, *, enqueued: bool
-    ) -> None:
+    ) -> list[int]:
+        """[] when written; else one flag per file (1 = new) and nothing was written."""
         k = self.keys
-        self._add(
-            keys=[k.counts, k.batches, k.batch(batch_id), k.states(batch_id), k.enqueued],
-            args=[
-                k.plan_bucket(""),
-                batch_id,
-                _pack(files),
-                states,
-                len(files),
-                int(enqueued),
-                *(uri_id(f.uri) for f in files),
-            ],
+        return cast(
+            list[int],
+            self._add(
+                keys=[k.counts, k.batches, k.batch(batch_id), k.states(batch_id), k.enqueued],
+                args=[
+                    k.plan_bucket(""),
+                    batch_id,
+                    _pack(files),
+                    states,
+                    len(files),
+                    int(enqueued),
+                    *(uri_id(f.uri) for f in files),
+                ],
+            ),
         )
 
     def mark_enqueued(self, batch_id: str) -> None:

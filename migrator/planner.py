@@ -112,8 +112,9 @@ class _Emitter:
 
     def add(self, f: PlannedFile, sop_class: str, syntax: str) -> None:
         summary = self.summary
-        summary.planned_new += 1
-        summary.bytes += f.size
+        if self.dry:
+            summary.planned_new += 1
+            summary.bytes += f.size
         if sop_class:
             summary.sop_classes[sop_class] += 1
         if syntax:
@@ -131,7 +132,12 @@ class _Emitter:
         if not files or self.ledger is None or self.enqueue is None:
             return
         batch_id = f"b{self.ledger.next_batch_number():07d}"
-        self.ledger.add_batch(batch_id, files)
+        written = self.ledger.add_batch(batch_id, files)
+        self.summary.planned_new += len(written)
+        self.summary.bytes += sum(f.size for f in written)
+        self.summary.already_planned += len(files) - len(written)
+        if not written:
+            return  # all planned before (a manifest repeating lines): no empty batch
         self.enqueue(batch_id)
         self.ledger.mark_enqueued(batch_id)
         self.summary.batches += 1
@@ -206,22 +212,19 @@ def plan_manifest(
             summary.listed += 1
             yield row
 
-    for chunk in _chunks(entries(), CHUNK):
-        new = _unplanned(out, [e.uri for e in chunk])
-        for entry, is_new in zip(chunk, new, strict=True):
-            if not is_new:
-                summary.already_planned += 1
-                continue
-            planned = PlannedFile(
-                uri=entry.uri,
-                size=entry.size,
-                version="",
-                sop_class_uid="",
-                sop_instance_uid=entry.sop_instance_uid,
-                transfer_syntax="",
-                study_uid=entry.study_uid,
-            )
-            out.add(planned, "", "")
+    # No "planned before?" round trip per chunk: there is no header to spare reading, and
+    # writing a batch leaves out what was planned before (one Redis command per line).
+    for entry in entries():
+        planned = PlannedFile(
+            uri=entry.uri,
+            size=entry.size,
+            version="",
+            sop_class_uid="",
+            sop_instance_uid=entry.sop_instance_uid,
+            transfer_syntax="",
+            study_uid=entry.study_uid,
+        )
+        out.add(planned, "", "")
     out.finish()
     return summary
 

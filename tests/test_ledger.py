@@ -197,3 +197,14 @@ def test_memory_per_planned_file_is_small(ledger: Ledger) -> None:
         per_file[kind] = sum(int(client.memory_usage(k) or 0) for k in keys) / n
     assert ledger.counts()["stored"] == n
     assert sum(per_file.values()) < 100, per_file
+
+
+def test_a_batch_leaves_out_uris_planned_before_atomically(ledger: Ledger) -> None:
+    first = ledger.add_batch("b1", [planned(1), planned(2)])
+    # A re-plan (or a manifest repeating lines, also within one batch) adds only what is new.
+    again = ledger.add_batch("b2", [planned(2), planned(3), planned(3), planned(4)])
+    assert [f.uri for f in again] == [planned(3).uri, planned(4).uri]
+    assert [f.file_id for f in again] == ["b2:0", "b2:1"]
+    assert ledger.add_batch("b3", [planned(1)]) == []
+    assert ledger.batch_ids() == ["b1", "b2"]
+    assert ledger.counts()["planned"] == len(first) + len(again) == 4
