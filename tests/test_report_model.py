@@ -14,6 +14,7 @@ import pytest
 from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FileOutcome, State, StoreResult
 from migrator.report import FORMATS, format_for_path, from_ledger, from_store_result, render
+from migrator.report.csvfmt import COLUMNS
 from migrator.report.masking import mask_secrets, mask_text
 from migrator.report.model import MAX_TIMELINE_POINTS, Latency, build_timeline
 from migrator.summary import render_text, report_dict
@@ -245,3 +246,96 @@ def test_live_job_reports_files_in_flight(redis_server: RedisPeer) -> None:
 def test_report_command_refuses_an_unknown_job(redis_server: RedisPeer, fmt: str) -> None:
     proc = run_migrator("report", "job-nope", "--redis-url", redis_server.url, "--format", fmt)
     assert proc.returncode == 2 and "no job 'job-nope'" in proc.stderr
+
+
+def _finished_job(redis_server: RedisPeer, job: str, n: int) -> tuple[Ledger, list[PlannedFile]]:
+    ledger = Ledger(redis_server.client(), job)
+    ledger.create({"host": "pacs", "port": 104, "called_ae": "PACS"})
+    ledger.mark_started()
+    planned = ledger.add_batch("b1", [_planned(i) for i in range(n)])
+    now = time.time()
+    ledger.record_many([(p.file_id, _stored(i), now) for i, p in enumerate(planned)], worker="w:1")
+    ledger.mark_finished()
+    return ledger, planned
+
+
+def test_report_of_a_job_never_verified_says_so(redis_server: RedisPeer) -> None:
+    """No `verify` in the ledger: verification None/null, a hint in text and HTML, no CSV row."""
+    ledger, _ = _finished_job(redis_server, "job-unverified", 4)
+    data = from_ledger(ledger)
+    assert data.verification is None and data.stored == 4 and data.exit_status == 0
+    assert json.loads(render(data, "json"))["verification"] is None
+    text = render(data, "text")
+    assert text.startswith("✓ All files stored successfully!")  # the headline is unchanged
+    assert "  Verified against the PACS: not verified — run `migrator verify job-unverified`" in (
+        text
+    )
+    assert render(data, "csv") == ",".join(COLUMNS) + "\n"  # every file stored: no row
+    page = render(data, "html")
+    kpi = page.split('data-kpi="confirmed by pacs">', 1)[1].split("</div></div>", 1)[0]
+    assert "not verified" in kpi and "run `migrator verify job-unverified`" in kpi
+    assert "Not verified — run <code>migrator verify job-unverified</code>" in page
+    embedded = page.split('id="report-data">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(embedded)["verification"] is None
+    # A `store` run has no ledger to verify: no verification line, card or section at all.
+    store = from_store_result(_result())
+    assert store.verification is None and not store.has_ledger
+    assert "Verified against" not in render(store, "text")
+    assert "confirmed by pacs" not in render(store, "html")
+
+
+def test_report_of_a_verified_job_lists_a_bounded_number_of_missing_files(
+    redis_server: RedisPeer,
+) -> None:
+    """Counts from the `verify` summary; at most ``verify_limit`` files of each kind resolved
+    to URI and UID (the SOP Instance UID as sent first, the plan's otherwise)."""
+    from migrator.verify import FileProblem, VerifyResult, save_result
+
+    ledger, planned = _finished_job(redis_server, "job-verified", 8)
+    result = VerifyResult(ledger.job_id, "pacs:104 (PACS)", stored=8, instances=8, studies=1)
+    result.checked_at = time.time()
+    result.missing = [
+        FileProblem(planned[i].file_id, "", "", "", "not found by C-FIND in its study")
+        for i in (5, 2, 6)
+    ]
+    result.unconfirmed = [FileProblem(planned[7].file_id, "", "", "", "no report")]
+    save_result(ledger, result)
+    data = from_ledger(ledger, verify_limit=2)
+    v = data.verification
+    assert v is not None and not v.outdated and v.stored_now == 8
+    assert (v.stored, v.confirmed, v.missing, v.unconfirmed) == (8, 4, 3, 1)
+    # The first two missing file ids (by id), sorted by URI; the third only counted.
+    assert [(f.uri, f.sop_instance_uid, f.study_uid) for f in v.missing_files] == [
+        ("/archive/002.dcm", "1.2.3.2", "1.2.3"),
+        ("/archive/005.dcm", "1.2.3.5", "1.2.3"),
+    ]
+    assert (v.missing_omitted, v.unconfirmed_omitted) == (1, 0)
+    assert data.exit_status == 0  # verification is reported, it does not change the exit
+    report = json.loads(render(data, "json"))["verification"]
+    assert (report["confirmed"], report["missing"], report["missing_files_omitted"]) == (4, 3, 1)
+    assert [f["uri"] for f in report["unconfirmed_files"]] == ["/archive/007.dcm"]
+    rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
+    assert [(r["uri"], r["state"], r["status"], r["attempts"]) for r in rows] == [
+        ("/archive/002.dcm", "missing_at_pacs", "", "1"),
+        ("/archive/005.dcm", "missing_at_pacs", "", "1"),
+        ("/archive/007.dcm", "unconfirmed_at_pacs", "", "1"),
+    ]
+    text = render(data, "text")
+    assert "    Confirmed by PACS: 4 (50.0%)\n    Missing at PACS:   3\n" in text
+    assert "  ✗ /archive/002.dcm: missing at PACS: 1.2.3.2 (not found by C-FIND" in text
+    assert "  … and 1 more: see the CSV report (`migrator report JOB --format csv`), which " in text
+    assert "keeps the first 2 of each kind; `migrator verify JOB --json` lists them all" in text
+    page = render(data, "html")
+    assert (
+        'data-kpi="confirmed by pacs"><div class="l">Confirmed by PACS</div><div class="v">4<'
+        in (page)
+    )
+    assert page.count('<tr class="state-missing_at_pacs">') == 2
+    # The ledger changed since (one more file stored): the report says to verify again.
+    more = ledger.add_batch("b2", [_planned(8)])
+    ledger.record_many([(more[0].file_id, _stored(8), time.time())])
+    again = from_ledger(ledger).verification
+    assert again is not None and again.outdated and again.stored_now == 9
+    assert "the ledger now says 9 stored: run `migrator verify` again" in render(
+        from_ledger(ledger), "text"
+    )

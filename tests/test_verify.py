@@ -8,6 +8,8 @@ host and port it uses for the reverse association carrying the N-EVENT-REPORT.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import socket
 from collections.abc import Iterator
@@ -138,6 +140,53 @@ def test_verify_names_exactly_the_instance_deleted_from_orthanc(
     assert code == 1, text
     assert f"{missing['sop_instance_uid']}  {one_deleted}" in text
     assert f"confirmed by PACS: {FILES - 1}" in text
+
+
+def test_report_lists_the_instance_missing_at_the_pacs(
+    migrated: Migrated, one_deleted: Path
+) -> None:
+    """After `verify`, `migrator report` in every format: the confirmed count, and exactly the
+    one file deleted from Orthanc (its source URI and SOP Instance UID) as missing."""
+    code, data = migrated.verify("--sample", "0")
+    assert code == 1, data
+    uri, sop = str(one_deleted), sop_uid(one_deleted)
+    reports = {}
+    for fmt in ("json", "text", "csv", "html"):
+        result = CliRunner().invoke(
+            main,
+            ["report", migrated.ledger.job_id, "--redis-url", migrated.redis.url, "--format", fmt],
+        )
+        assert result.exit_code == 0, result.output
+        reports[fmt] = result.stdout
+
+    report = json.loads(reports["json"])
+    verification = report["verification"]
+    assert (verification["stored"], verification["confirmed"]) == (FILES, FILES - 1)
+    assert (verification["missing"], verification["unconfirmed"]) == (1, 0)
+    assert verification["method"] == "c-find" and not verification["outdated"]
+    [missing] = verification["missing_files"]
+    assert (missing["uri"], missing["sop_instance_uid"]) == (uri, sop)
+    assert missing["reason"] == "not found by C-FIND in its study"
+    assert verification["unconfirmed_files"] == []
+    assert report["totals"]["stored"] == FILES  # the ledger's counts are unchanged
+
+    text = reports["text"]
+    assert f"    Confirmed by PACS: {FILES - 1} (98.1%)\n    Missing at PACS:   1\n" in text
+    assert [line for line in text.splitlines() if "missing at PACS" in line] == [
+        f"  ✗ {uri}: missing at PACS: {sop} (not found by C-FIND in its study)"
+    ]
+
+    rows = list(csv.DictReader(io.StringIO(reports["csv"])))
+    assert [(r["uri"], r["sop_instance_uid"], r["state"]) for r in rows] == [
+        (uri, sop, "missing_at_pacs")
+    ]
+
+    page = reports["html"]
+    kpi = page.split('data-kpi="confirmed by pacs">', 1)[1].split("</div></div>", 1)[0]
+    assert f'<div class="v">{FILES - 1}</div>' in kpi and "1 missing" in kpi
+    table = page.split('id="pacs-missing">', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr class=") == 1
+    assert uri in table and sop in table
 
 
 def test_storage_commitment_confirms_every_instance(migrated: Migrated) -> None:

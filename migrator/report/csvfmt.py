@@ -1,8 +1,11 @@
-"""The follow-up list: one CSV row per file that was not stored (failed, skipped, in flight).
+"""The follow-up list: one CSV row per file that was not stored (failed, skipped, in flight),
+or that was stored per ledger but is not held by the PACS at the job's last `migrator verify`
+(``missing_at_pacs``, ``unconfirmed_at_pacs``; status empty, reason from `verify`).
 
 It is the input of whatever comes next (a fix-up script, `retry`, a ticket), so it has a
-fixed header, one file per row, sorted by URI, and nothing else: stored files are not
-listed, and a file appears once whatever happened to it before.
+fixed header, one file per row, sorted by URI, and nothing else: stored files the PACS
+confirmed are not listed, and a file appears once whatever happened to it before (a file
+`verify` found missing is a stored file, so it is never also a failed one).
 """
 
 from __future__ import annotations
@@ -20,8 +23,15 @@ def render(data: ReportData) -> str:
     # LF line ends: the file is read by scripts on Linux far more than by spreadsheets.
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
-    for p in data.problems:
-        writer.writerow(
-            [p.uri, p.sop_instance_uid, p.state, p.status_text, p.reason, p.attempts, p.ts_sent]
-        )
+    rows = [
+        (p.uri, p.sop_instance_uid, p.state, p.status_text, p.reason, p.attempts, p.ts_sent)
+        for p in data.problems
+    ]
+    if data.verification is not None:
+        rows += [
+            (f.uri, f.sop_instance_uid, f.state, "", f.reason, f.attempts, f.ts_sent)
+            for f in data.verification.files
+        ]
+        rows.sort(key=lambda r: r[0])  # stable: the problems keep their order
+    writer.writerows(rows)
     return out.getvalue()

@@ -4,7 +4,10 @@ Self-contained means it can be mailed, archived with the job and opened years la
 machine without network: styles, the SVG charts (drawn in Python, :mod:`svg`) and the small
 script (table sorting and a filter) are inline; nothing is fetched. The page is laid out
 for a laptop screen and has print styles (two charts per row, no interactive parts).
-The report's JSON summary (without the per-file list) is embedded too, for programs.
+The report's JSON summary (without the per-file lists) is embedded too, for programs.
+
+A job's report says what the PACS confirmed at the job's last `migrator verify` (a KPI card
+and a section listing the files it lacks), or that the job was not verified.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 from migrator import status as st
 from migrator.report import svg
-from migrator.report.jsonfmt import to_dict
+from migrator.report.jsonfmt import to_dict, verification_dict
 from migrator.report.masking import mask_secrets
 from migrator.report.model import (
     IN_FLIGHT,
@@ -28,6 +31,7 @@ from migrator.report.model import (
     uid_name,
 )
 from migrator.report.text import headline
+from migrator.report.verification import MISSING_AT_PACS, Verification
 from migrator.units import human_bytes
 
 #: Rows of the "files not stored" table; the CSV report has all of them.
@@ -98,6 +102,10 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font
 .uri{word-break:break-all}
 .state-failed{color:#c62828;font-weight:600}.state-skipped{color:#5b6475}
 .state-in_flight{color:#1565c0}
+.state-missing_at_pacs{color:#c62828;font-weight:600}.state-unconfirmed_at_pacs{color:#d99a00}
+.kpi.unverified .v{color:var(--muted);font-size:16px}
+#verification-summary{width:auto}#verification-summary th{padding-right:28px}
+.card h3{font-size:15px;margin:16px 0 6px}
 .reasons{margin:2px 0 0;padding-left:18px;color:var(--muted);font-size:12px}
 input[type=search]{font:inherit;padding:4px 8px;border:1px solid var(--line);border-radius:6px;
 width:min(420px,100%);margin-bottom:8px}
@@ -216,6 +224,7 @@ def render(data: ReportData) -> str:
         *_charts(data),
         "</div></section>",
         _failures_section(data),
+        _verification_section(data),
         '<section><h2>Details</h2><div class="tables">',
         _status_table(data),
         _uid_table("SOP classes", "sop-classes", data.sop_classes),
@@ -280,7 +289,25 @@ def _kpis(data: ReportData) -> str:
         _kpi("Warnings", _n(data.warnings), f"{_n(data.transcoded)} re-encoded"),
         _kpi("Invariant", mark, f"{_n(data.planned)} = {formula}"),
     ]
+    if data.has_ledger:
+        cards.append(_verification_kpi(data))
     return f'<div class="kpis">{"".join(cards)}</div>'
+
+
+def _verification_kpi(data: ReportData) -> str:
+    v = data.verification
+    if v is None:
+        detail = f"run `migrator verify {data.job}`"
+        return _kpi("Confirmed by PACS", "not verified", detail, "unverified")
+    detail = f"of {_n(v.stored)} stored; {_n(v.missing)} missing"
+    if v.unconfirmed:
+        detail += f", {_n(v.unconfirmed)} unconfirmed"
+    return _kpi(
+        "Confirmed by PACS",
+        _n(v.confirmed),
+        detail,
+        "stored" if v.all_confirmed else "failed",
+    )
 
 
 def _charts(data: ReportData) -> list[str]:
@@ -565,6 +592,75 @@ def _failures_section(data: ReportData) -> str:
     )
 
 
+def _verification_section(data: ReportData) -> str:
+    v = data.verification
+    if v is None:
+        if not data.has_ledger:
+            return ""
+        return (
+            '<section id="verification"><h2>Verified against the PACS</h2><div class="card">'
+            f"<p>Not verified — run <code>migrator verify {_e(data.job)}</code> to ask the PACS "
+            "which stored files it holds (a success status alone does not prove it).</p>"
+            "</div></section>"
+        )
+    rows = [
+        ("When", _when(v.checked_at)),
+        ("PACS", v.destination),
+        ("Method", v.method),
+        ("Stored per ledger", f"{_n(v.stored)} files ({_n(v.instances)} distinct instances)"),
+        ("Confirmed by PACS", f"{_n(v.confirmed)} ({_pct(v.confirmed, v.stored)})"),
+        ("Missing at PACS", _n(v.missing)),
+        ("Unconfirmed", _n(v.unconfirmed)),
+        (
+            "Studies",
+            f"{_n(v.studies)}, {_n(v.studies_mismatched)} with a different count, "
+            f"{_n(v.studies_listed)} compared instance by instance",
+        ),
+    ]
+    if v.commitment:
+        rows.append(("Committed (storage commitment)", _n(v.committed)))
+    if v.in_flight:
+        rows.append(("Not checked (in flight)", _n(v.in_flight)))
+    summary = "".join(f'<tr><th scope="row">{_e(k)}</th><td>{_e(val)}</td></tr>' for k, val in rows)
+    outdated = (
+        f'<p class="state-failed">The ledger now says {_n(v.stored_now or 0)} files are stored: '
+        f"run <code>migrator verify {_e(data.job)}</code> again.</p>"
+        if v.outdated
+        else ""
+    )
+    return (
+        '<section id="verification"><h2>Verified against the PACS</h2><div class="card">'
+        f'<table id="verification-summary"><tbody>{summary}</tbody></table>{outdated}'
+        f"{_pacs_files_table(v)}</div></section>"
+    )
+
+
+def _pacs_files_table(v: Verification) -> str:
+    files = v.files
+    if not files:
+        return '<p class="note">The PACS holds every stored file it was asked about.</p>'
+    shown = files[:MAX_PROBLEM_ROWS]
+    rows = "".join(
+        f'<tr class="state-{_e(f.state)}"><td class="uri mono">{_e(f.uri)}</td>'
+        f'<td class="mono">{_e(f.sop_instance_uid or "-")}</td>'
+        f"<td>{'missing' if f.state == MISSING_AT_PACS else 'unconfirmed'}</td>"
+        f"<td>{_e(f.reason)}</td></tr>"
+        for f in shown
+    )
+    more = len(files) - len(shown) + v.omitted
+    note = (
+        f'<p class="note">{_n(more)} more files: see {_e(v.where_the_rest_are())}.</p>'
+        if more > 0
+        else ""
+    )
+    return (
+        f"<h3>Files the PACS lacks ({_n(v.missing + v.unconfirmed)})</h3>"
+        '<table class="sortable" id="pacs-missing"><thead><tr><th>Source</th>'
+        "<th>SOP Instance UID</th><th>At the PACS</th><th>Reason</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>{note}"
+    )
+
+
 def _card(title: str, table: str) -> str:
     return f'<div class="card"><h2>{_e(title)}</h2>{table}</div>'
 
@@ -684,6 +780,7 @@ def _problems_section(data: ReportData) -> str:
 def _embedded_json(data: ReportData) -> str:
     summary = to_dict(data)
     summary.pop("files", None)
+    summary["verification"] = verification_dict(data.verification, files=False)
     # "</" would end the script element early; "<\/" is the same string to a JSON parser.
     text = json.dumps(summary, separators=(",", ":")).replace("</", "<\\/")
     return f'<script type="application/json" id="report-data">{text}</script>'

@@ -4,6 +4,10 @@ durations, throughput, workers, latency, timeline, the masked configuration and 
 The keys of the first report format (``totals``, ``invariant_holds``, ``throughput``,
 ``statuses``, ``settings``, ``files``...) are kept with the same meaning, so scripts written
 against `store --report` keep working; everything else is added next to them.
+
+``verification`` is the job's last `migrator verify` (null when it was never verified, and
+for `store` reports): its counts, and the files the PACS lacks or did not confirm (at most
+``verification.MAX_FILES`` of each, with ``*_omitted`` counting the rest).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from migrator import status as st
 from migrator.report.masking import mask_secrets
 from migrator.report.model import IN_FLIGHT, ClassCount, ReportData, count_rows, uid_name
+from migrator.report.verification import PacsFile, Verification
 
 #: Bumped when a key changes meaning (adding keys does not bump it).
 REPORT_VERSION = 2
@@ -37,6 +42,47 @@ def _states(counts: ClassCount) -> dict[str, Any]:
 
 def _uid_rows(table: dict[str, ClassCount]) -> list[dict[str, Any]]:
     return [{"uid": c.uid, "name": uid_name(c.uid), **_states(c)} for c in count_rows(table)]
+
+
+def _pacs_file(f: PacsFile) -> dict[str, Any]:
+    return {
+        "file_id": f.file_id,
+        "uri": f.uri,
+        "sop_instance_uid": f.sop_instance_uid,
+        "study_uid": f.study_uid,
+        "state": f.state,
+        "reason": f.reason,
+    }
+
+
+def verification_dict(v: Verification | None, *, files: bool = True) -> dict[str, Any] | None:
+    """The last `verify` as JSON-ready data; ``files`` False leaves the file lists out."""
+    if v is None:
+        return None
+    out: dict[str, Any] = {
+        "checked_at": _r(v.checked_at),
+        "destination": v.destination,
+        "method": v.method,
+        "stored": v.stored,
+        "instances": v.instances,
+        "studies": v.studies,
+        "studies_mismatched": v.studies_mismatched,
+        "studies_listed": v.studies_listed,
+        "confirmed": v.confirmed,
+        "missing": v.missing,
+        "unconfirmed": v.unconfirmed,
+        "committed": v.committed,
+        "in_flight": v.in_flight,
+        "all_confirmed": v.all_confirmed,
+        "stored_now": v.stored_now,
+        "outdated": v.outdated,
+    }
+    if files:
+        out["missing_files"] = [_pacs_file(f) for f in v.missing_files]
+        out["missing_files_omitted"] = v.missing_omitted
+        out["unconfirmed_files"] = [_pacs_file(f) for f in v.unconfirmed_files]
+        out["unconfirmed_files_omitted"] = v.unconfirmed_omitted
+    return out
 
 
 def to_dict(data: ReportData) -> dict[str, Any]:
@@ -157,6 +203,7 @@ def to_dict(data: ReportData) -> dict[str, Any]:
             "columns": ["offset_s", "width_s", "files", "bytes", "settled"],
             "points": [[p.offset, p.width, p.files, p.bytes, p.settled] for p in tl.points],
         },
+        "verification": verification_dict(data.verification),
         "fatal": data.fatal or None,
         "exit_status": int(data.exit_status),
         # Masked when the data was built, and again here for data built by other code.

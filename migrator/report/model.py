@@ -6,7 +6,9 @@ disagree: counts are computed once, here.
 The ledger of a large job holds tens of millions of outcomes, so the outcomes are folded in
 one pass into counters; only the files that were not stored (the follow-up list) and, when
 asked for, the per-file list of the JSON report are kept. Latency percentiles come from a
-bounded reservoir sample (exact up to ``LATENCY_SAMPLE`` files).
+bounded reservoir sample (exact up to ``LATENCY_SAMPLE`` files). A job's last `migrator
+verify` (stored per ledger against confirmed by the PACS) is read from the ledger too, with at
+most ``verification.MAX_FILES`` of the files it found missing (:mod:`verification`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from migrator import status as st
 from migrator.exitcodes import ExitStatus
 from migrator.outcomes import FileOutcome, State, StoreResult
 from migrator.report.masking import mask_secrets
+from migrator.report.verification import MAX_FILES, Verification
+from migrator.report.verification import load as load_verification
 
 if TYPE_CHECKING:
     from migrator.ledger import Ledger, PlannedFile
@@ -260,6 +264,8 @@ class ReportData:
     files: list[dict[str, Any]] | None = None
     #: The ledger's own counters, for a cross-check (ledger reports only)
     ledger_counts: dict[str, int] | None = None
+    #: The job's last `migrator verify` (ledger reports of a verified job only)
+    verification: Verification | None = None
 
     # -- totals ----------------------------------------------------------------------------
     @property
@@ -294,6 +300,11 @@ class ReportData:
     @property
     def duration(self) -> float:
         return max(0.0, self.finished - self.started)
+
+    @property
+    def has_ledger(self) -> bool:
+        """A job's report, read from its ledger (so `migrator verify` applies to it)."""
+        return self.ledger_counts is not None
 
     @property
     def files_per_s(self) -> float:
@@ -533,11 +544,15 @@ def from_ledger(
     fatal: str = "",
     fatal_exit: ExitStatus | None = None,
     now: float | None = None,
+    verify_limit: int | None = MAX_FILES,
 ) -> ReportData:
     """The report of a job, read from its ledger; works while the job runs (``live``).
 
     Files in flight are read first and outcomes second, and a file found in both counts as
     settled, so a file that settles during the read is counted once.
+
+    The job's last `migrator verify`, if any, becomes ``verification``, with at most
+    ``verify_limit`` of its missing (and of its unconfirmed) files (None: all of them).
     """
     from migrator.jobconfig import JobConfig
 
@@ -560,14 +575,20 @@ def from_ledger(
         settings=mask_secrets(settings),
     )
     counts = ledger.counts()
+    verification = load_verification(ledger, limit=verify_limit)
     builder = _Builder(data, keep_files=keep_files, default_worker=PLANNER)
-    for _, outcome, extra in ledger.iter_outcomes():
+    for fid, outcome, extra in ledger.iter_outcomes():
         builder.add(outcome, extra)
+        if verification is not None:
+            verification.see(fid, outcome)
     if counts["in_flight"] > 0:
         for planned in ledger.iter_in_flight():
             builder.add_in_flight(planned)
     data.ledger_counts = counts
-    return builder.finish(ledger.timeline())
+    builder.finish(ledger.timeline())
+    if verification is not None:
+        data.verification = verification.resolve(ledger, stored_now=data.stored)
+    return data
 
 
 def uid_name(uid: str) -> str:

@@ -4,12 +4,18 @@ Failures are grouped by DICOM status with the status's meaning (``0xA700 Out of
 resources``), because the status says what to do next (wait and retry, fix the data, ask
 the PACS admin); files without a status are grouped by cause (not DICOM, unreadable, lost
 association). The first line alone is what ``-q`` prints.
+
+A job's report ends its totals with what the PACS confirmed at the last `migrator verify`
+(or says that it was not verified), and lists the first files the PACS lacks.
 """
 
 from __future__ import annotations
 
+import time
+
 from migrator import status as st
 from migrator.report.model import IN_FLIGHT, PLANNER, ReasonGroup, ReportData
+from migrator.report.verification import MISSING_AT_PACS, Verification
 from migrator.units import human_bytes
 
 #: Distinct reasons shown under one status group
@@ -86,6 +92,10 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
     rows.append(("Invariant:", formula))
     width = max(len(k) for k, _ in rows)
     lines += [f"  {k.ljust(width)} {v}" for k, v in rows]
+    if data.verification is not None:
+        lines += ["", *verification_lines(data.verification, max_files=max_failures)]
+    elif data.has_ledger:
+        lines += ["", f"  Verified against the PACS: {not_verified(data.job)}"]
 
     groups = data.failure_groups()
     if groups:
@@ -118,4 +128,42 @@ def _group_lines(group: ReasonGroup) -> list[str]:
     if len(reasons) > MAX_REASONS:
         rest = sum(n for _, n in reasons[MAX_REASONS:])
         lines.append(f"      {rest:>8}  … {len(reasons) - MAX_REASONS} other reasons")
+    return lines
+
+
+def not_verified(job: str | None) -> str:
+    return f"not verified — run `migrator verify {job or 'JOB'}`"
+
+
+def verification_lines(v: Verification, *, max_files: int = 50) -> list[str]:
+    """The "Verified against the PACS" block: counts, then the first files the PACS lacks."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.checked_at)) if v.checked_at else "-"
+    lines = [f"  Verified against the PACS ({v.method}, {when}, {v.destination}):"]
+    pct = f" ({100 * v.confirmed / v.stored:.1f}%)" if v.stored else ""
+    rows = [
+        ("Stored per ledger:", f"{v.stored} files ({v.instances} distinct instances)"),
+        ("Confirmed by PACS:", f"{v.confirmed}{pct}"),
+        ("Missing at PACS:", str(v.missing)),
+        ("Unconfirmed:", str(v.unconfirmed)),
+    ]
+    if v.commitment:
+        rows.append(("Committed:", f"{v.committed} instances (storage commitment)"))
+    if v.studies_mismatched:
+        rows.append(("Studies:", f"{v.studies_mismatched} of {v.studies} with a different count"))
+    if v.in_flight:
+        rows.append(("Not checked:", f"{v.in_flight} files were in flight"))
+    width = max(len(k) for k, _ in rows)
+    lines += [f"    {k.ljust(width)} {val}" for k, val in rows]
+    if v.outdated:
+        lines.append(
+            f"    ⚠ the ledger now says {v.stored_now} stored: run `migrator verify` again"
+        )
+    files = v.files
+    for f in files[:max_files]:
+        sign = "✗" if f.state == MISSING_AT_PACS else "?"
+        label = "missing at PACS" if f.state == MISSING_AT_PACS else "not confirmed by PACS"
+        lines.append(f"  {sign} {f.uri}: {label}: {f.sop_instance_uid or '-'} ({f.reason})")
+    more = max(0, len(files) - max_files) + v.omitted
+    if more > 0:
+        lines.append(f"  … and {more} more: see {v.where_the_rest_are()}")
     return lines
