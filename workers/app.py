@@ -25,7 +25,7 @@ from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 from migrator import logfmt
 from migrator.errors import ConfigError
-from workers import metrics
+from workers import heartbeat, metrics
 
 QUEUE = "migrator.batches"
 
@@ -121,6 +121,7 @@ def make_app(broker_url: str | None = None) -> Celery:
 
 
 app = make_app()
+heartbeat.install(app)  # liveness key in Redis for `migrator check-health` (probes)
 
 
 # Metrics (off unless MIGRATOR_METRICS_PORT): the endpoint once the worker is up, its
