@@ -254,16 +254,27 @@ def test_kill_9_of_a_worker_child_mid_batch(
         proc = _slow_job(tmp_path, redis_server.url, orthanc.dicom_port, 400)
         ledger = only_job(redis_server.client())
         wait_until(lambda: ledger.counts()["stored"] >= 60, 60, "the first files")
-        victims = children(local.pid)
-        assert victims
-        os.kill(victims[0], signal.SIGKILL)
+        # The victim is a pool child that holds a batch right now (its lease says so).
+        victim = 0
+
+        def busy_child() -> bool:
+            nonlocal victim
+            holders = [ledger.batch_holder(b) or "" for b in ledger.batch_ids()]
+            busy = [p for p in children(local.pid) if any(f":{p}:" in h for h in holders)]
+            victim = busy[0] if busy else 0
+            return bool(busy)
+
+        wait_until(busy_child, 30, "a pool child holding a batch")
+        os.kill(victim, signal.SIGKILL)
         code, _out = finish(proc)
         log = (tmp_path / "run.log").read_text()
     assert code == 0, log + local.log_tail()
     counts = assert_invariant(ledger)
     assert counts["stored"] == 400
     assert orthanc.statistics()["CountInstances"] == 400
-    assert "WorkerLostError" in local.log_tail() or "exited" in local.log_tail()
+    worker_log = (tmp_path / "w-2.log").read_text()
+    assert f"pid:{victim} exited with 'signal 9 (SIGKILL)'" in worker_log
+    assert "WorkerLostError" in worker_log
 
 
 def test_kill_9_of_the_whole_worker_comes_back_after_the_visibility_timeout(
