@@ -253,7 +253,38 @@ def _associate(ae: AE, config: JobConfig, **kwargs: Any) -> Association:
     if assoc.is_aborted and assoc.acceptor.primitive is not None:
         # Accepted, then aborted at once: pynetdicom does that when no context was accepted.
         raise PacsQueryError(f"{config.server} accepted none of the proposed SOP classes")
+    _why_not_associated(config)
     raise ConnectError(f"cannot reach {config.server} (refused, unreachable or timed out)")
+
+
+def _why_not_associated(config: JobConfig) -> None:
+    """Ask again with our own upper layer, which reads a peer's A-ASSOCIATE-RJ even when the
+    connection closes right behind it; pynetdicom 3.0.4 sometimes sees only the close (seen
+    with Orthanc rejecting a wrong called AE) and reports no answer. Raises the rejection."""
+    from migrator.dicomfile import IMPLICIT_LE
+    from migrator.dul.association import Association as OwnAssociation
+    from migrator.dul.dimse import VERIFICATION_SOP_CLASS
+    from migrator.dul.pdu import ProposedContext
+
+    try:
+        probe = OwnAssociation.request(
+            config.host,
+            config.port,
+            config.called_ae,
+            config.calling_ae,
+            [ProposedContext(1, VERIFICATION_SOP_CLASS, (IMPLICIT_LE,))],
+            timeouts=config.timeouts,
+        )
+    except AssociationRejected as exc:
+        raise AssociationRejected(
+            f"{config.server} rejected the association: {exc}",
+            result=exc.result,
+            source=exc.source,
+            reason=exc.reason,
+        ) from None
+    except ConnectError:
+        return
+    probe.release()
 
 
 class _ReactorGuard:
