@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,76 @@ def test_run_bench_smoke(tmp_path: Path) -> None:
     assert _run_count(_res(""), tmp_path, 40) == (40, "")
     report.unlink()
     assert _run_count(_res(""), tmp_path, 40)[0] is None
+
+
+@pytest.mark.timeout(180)
+def test_scale_bench_smoke(tmp_path: Path) -> None:
+    """bench/scale.py end to end at tiny sizes: a manifest planned into a real Redis (twice:
+    default and a small listpack limit), then files sent by real workers with and without a
+    rate limit, and a MONITOR pass; the JSON has every figure the report is built on."""
+    if find_dcmtk_tool("storescp") is None:
+        pytest.skip("DCMTK storescp is not on PATH")
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server/redis-cli not on PATH")
+    lines, files, monitored = 3000, 200, 100
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, str(REPO / "bench" / "scale.py"), "--lines", str(lines)]
+    cmd += ["--files", str(files), "--attribution-files", str(monitored), "--idle-seconds", "1"]
+    cmd += ["--timeout", "120", "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True
+
+    def positive(value: object) -> bool:
+        return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+    assert [p["hash_max_listpack_entries"] for p in doc["plans"]][1] == 16
+    for plan in doc["plans"]:
+        assert plan["planned"] == lines and plan["batches_queued"] > 0
+        p, r = plan["planner"], plan["redis"]
+        for value in (p["wall_s"], p["lines_per_s"], p["cpu_s"], p["peak_rss_mb"]):
+            assert positive(value), plan
+        for value in (r["mb_per_million_files"], r["ledger_bytes_per_file"], r["cpu_us_per_file"]):
+            assert positive(value), r
+        assert positive(r["queue_bytes_per_file"]) and positive(r["queue_bytes_per_batch"])
+        assert r["groups"]["ledger: dedup index"]["keys"] == r["dedup_buckets"]["buckets"] > 0
+        assert r["commands"]["hsetnx"] == lines  # one HSETNX per line, inside the batch write
+
+    sends = {s["name"]: s for s in doc["sends"]}
+    assert set(sends) == {"unlimited", "rate-limited", "monitor"}
+    for s in sends.values():
+        want = monitored if s["name"] == "monitor" else files
+        assert s["counts"]["stored"] == want == s["counts"]["planned"], s["counts"]
+        for key in ("send_s", "files_per_s", "commands_per_file", "redis_cpu_us_per_file"):
+            assert positive(s[key]), (key, s)
+    # The limiter runs one script per file (with TIME inside it); unlimited, it is cached.
+    assert sends["rate-limited"]["commands"]["time"] >= files
+    assert sends["unlimited"]["commands"].get("time", 0) < files
+    assert sends["unlimited"]["idle"]["seconds"] == 1
+    attribution = sends["monitor"]["attribution"]
+    assert positive(attribution["lua_per_file"]) and positive(attribution["evalsha_per_file"])
+    assert attribution["lua"].get("time", 0) >= monitored  # TIME runs inside the limiter script
+    assert len(doc["targets"]) == 5 and all(isinstance(t["holds"], bool) for t in doc["targets"])
+    assert "### targets (issue 9)" in proc.stdout
+
+
+def test_scale_monitor_attribution(tmp_path: Path) -> None:
+    """MONITOR lines are split by source: ``[0 lua]`` inside a script, anything else a client;
+    the bench's own commands are taken off."""
+    from bench.scale import attribute, key_group
+
+    log = tmp_path / "monitor.txt"
+    log.write_text(
+        "OK\n"
+        '1764448000.000001 [0 127.0.0.1:5000] "evalsha" "abc" "1" "k"\n'
+        '1764448000.000002 [0 lua] "time"\n'
+        '1764448000.000003 [0 lua] "hmget" "k" "files"\n'
+        '1764448000.000004 [0 127.0.0.1:5001] "script" "load" "return 1"\n'
+        '1764448000.000005 [0 127.0.0.1:5002] "hgetall" "counts"\n'
+    )
+    out = attribute(log, Counter({"hgetall": 1, "config|resetstat": 1}), 1)
+    assert out["client"] == {"evalsha": 1, "script|load": 1}
+    assert out["lua"] == {"time": 1, "hmget": 1}
+    assert key_group("migrator:job:{j}:pl:abcd", "j") == "ledger: dedup index"
+    assert key_group("migrator.batches", "j") == key_group("unacked_index", "j") == "queue"
