@@ -29,7 +29,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis
@@ -46,8 +46,8 @@ _STATE = {v: k for k, v in _CODE.items()}
 _NAME = {"s": "stored", "f": "failed", "k": "skipped"}
 IN_FLIGHT = "."
 #: Hex digits of the URI hash that pick the dedup bucket: 16**4 = 65,536 buckets, each a
-#: listpack up to 128 entries (Redis's default), so up to ~8 million files per job stay
-#: compact; beyond, raise ``hash-max-listpack-entries`` (docs/scale.md).
+#: listpack up to ``hash-max-listpack-entries`` (512 by default in Redis 7), so up to ~28
+#: million files per job stay compact (~6 million at 128); measured in docs/scale.md.
 _BUCKET_DIGITS = 4
 
 # Record the outcomes of a contiguous run of one batch's files.
@@ -204,7 +204,16 @@ class PlannedFile:
     file_id: str = ""
 
     def packed(self) -> list[Any]:
-        return list(astuple(self))[:-1]
+        # Not dataclasses.astuple: it deep-copies every field (a third of planning time).
+        return [
+            self.uri,
+            self.size,
+            self.version,
+            self.sop_class_uid,
+            self.sop_instance_uid,
+            self.transfer_syntax,
+            self.study_uid,
+        ]
 
 
 def _pack(files: Sequence[PlannedFile]) -> bytes:
@@ -427,16 +436,26 @@ class Ledger:
         return out
 
     # -- outcomes -----------------------------------------------------------------------
-    def record_many(self, entries: Iterable[Recorded], *, worker: str | None = None) -> int:
+    def record_many(
+        self,
+        entries: Iterable[Recorded],
+        *,
+        worker: str | None = None,
+        plan: Sequence[PlannedFile] | None = None,
+    ) -> int:
         """Write outcomes (idempotent); one round trip per run of consecutive files of a
-        batch. Returns how many changed a file's state."""
+        batch. ``plan``: the batch's files when the caller holds them (saves reading them
+        back). Returns how many changed a file's state."""
         groups: dict[str, dict[int, tuple[FileOutcome, float]]] = defaultdict(dict)
         for fid, outcome, at in entries:
             batch_id, index = split_id(fid)
             groups[batch_id][index] = (outcome, at)
         changed = 0
         for batch_id, by_index in groups.items():
-            plan = self._plan_of(batch_id)
+            if plan and plan[0].file_id.rpartition(":")[0] == batch_id:
+                files: Sequence[PlannedFile] = plan
+            else:
+                files = self._plan_of(batch_id)
             indexes = sorted(by_index)
             first, last = indexes[0], indexes[-1]
             codes, lines, secs, sizes, flags = [], [], [], [], []
@@ -449,7 +468,7 @@ class Ledger:
                     flags.append("00")
                     continue
                 outcome, at = by_index[index]
-                planned = plan[index] if index < len(plan) else None
+                planned = files[index] if index < len(files) else None
                 codes.append(_CODE[outcome.state])
                 lines.append(_line(index, outcome, at, planned))
                 secs.append(str(int(at)))
@@ -484,6 +503,46 @@ class Ledger:
                 )
             )
         return changed
+
+    def update_plan(self, batch_id: str, files: Sequence[PlannedFile]) -> None:
+        """Replace a batch's planned files by what its worker learnt (headers read for files
+        planned from a manifest): same files, same order. Only the batch's lease holder
+        calls it."""
+        self.client.set(self.keys.batch(batch_id), _pack(files))
+
+    def compact_outcomes(self, batch_id: str) -> bool:
+        """Rewrite a settled batch's outcome string with one line per file (see the module
+        docstring). Skipped if the batch is not settled or changes meanwhile."""
+        key = self.keys.outcomes(batch_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key, self.keys.states(batch_id))  # type: ignore[no-untyped-call]
+                states = _s(cast(bytes, pipe.get(self.keys.states(batch_id)) or b""))
+                if not states or IN_FLIGHT in states:
+                    return False
+                raw = cast(bytes, pipe.get(key) or b"")
+                latest: dict[int, tuple[str, bytes]] = {}
+                worker = ""
+                for text in raw.splitlines():
+                    data = json.loads(text)
+                    if "i" not in data:
+                        worker = data.get("w", "")
+                    else:
+                        latest[data["i"]] = (worker, text)
+                lines: list[bytes] = []
+                current = None
+                for index in sorted(latest):
+                    w, text = latest[index]
+                    if w != current:
+                        lines.append(json.dumps({"w": w}, separators=(",", ":")).encode())
+                        current = w
+                    lines.append(text)
+                pipe.multi()
+                pipe.set(key, b"\n".join(lines) + b"\n")
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
 
     def _plan_of(self, batch_id: str) -> list[PlannedFile]:
         try:

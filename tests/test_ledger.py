@@ -208,3 +208,32 @@ def test_a_batch_leaves_out_uris_planned_before_atomically(ledger: Ledger) -> No
     assert ledger.add_batch("b3", [planned(1)]) == []
     assert ledger.batch_ids() == ["b1", "b2"]
     assert ledger.counts()["planned"] == len(first) + len(again) == 4
+
+
+def test_a_settled_batch_is_compacted_to_one_line_per_file(ledger: Ledger) -> None:
+    files = ledger.add_batch("b1", [planned(i) for i in range(3)])
+    now = time.time()
+    ledger.record_many([(files[0].file_id, outcome(files[0], State.FAILED, "x"), now)])
+    assert not ledger.compact_outcomes("b1")  # two files still in flight
+    ledger.reopen([files[0].file_id])
+    ledger.record_many(
+        [(f.file_id, outcome(f, State.STORED), now) for f in files], worker="w1", plan=files
+    )
+    before = {fid: (o, e) for fid, o, e in ledger.iter_outcomes()}
+    raw = ledger.client.get(ledger.keys.outcomes("b1")) or b""
+    assert ledger.compact_outcomes("b1")
+    after = ledger.client.get(ledger.keys.outcomes("b1")) or b""
+    assert len(after) < len(raw) and after.count(b"\n") == 4  # one worker line + 3 files
+    assert {fid: (o, e) for fid, o, e in ledger.iter_outcomes()} == before
+
+
+def test_update_plan_keeps_ids_and_fills_what_headers_said(ledger: Ledger) -> None:
+    bare = [planned(i) for i in range(2)]
+    bare = [PlannedFile(f.uri, 0, "", "", "", "", "") for f in bare]
+    files = ledger.add_batch("b1", bare)
+    known = [
+        PlannedFile(f.uri, 10, "", "1.2.3", f"1.2.3.{i}", "1.2.840.10008.1.2.1", "9", f.file_id)
+        for i, f in enumerate(files)
+    ]
+    ledger.update_plan("b1", known)
+    assert ledger.batch("b1") == known
