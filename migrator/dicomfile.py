@@ -2,16 +2,53 @@
 
 ``inspect_bytes`` reads just enough of the file to send it: the File Meta group (always
 Explicit VR Little Endian) and the top-level elements up to Series Instance UID. It never
-touches pixel data, so it costs microseconds per file. Dataset-only files (no preamble, no
+reads pixel data, so it costs microseconds per file. Dataset-only files (no preamble, no
 File Meta) are recognised by sniffing the first element: implicit LE, explicit LE or
 explicit BE. Anything it cannot make sense of is handed to pydicom as a fallback; what
 neither understands is reported with a reason, never raised past the caller as a crash.
+
+Damage checks (cheap enough to run on every file; see :func:`_check_rest`). pydicom reads
+a truncated file without a word, and a PACS given one waits for the missing bytes until it
+aborts, so truncation is caught here, before sending (``TruncatedError``: failed):
+
+* every top-level element must end inside the file: an element, a sequence or Pixel Data
+  that declares more bytes than the file holds is truncated, and so is a file ending in
+  the first bytes of an element header (up to 7 trailing zero bytes pass as padding);
+* native (uncompressed) Pixel Data must hold Rows x Columns x Samples per Pixel x Bits
+  Allocated / 8 x Number of Frames bytes (rounded up to whole bytes; YBR_*_422 counts two
+  values per pixel; an invalid Number of Frames counts as 1); fewer is truncated;
+* encapsulated Pixel Data must end with its Sequence Delimitation Item: one 8-byte read at
+  the end of the file; only when that is not there are the fragment item headers walked
+  (8 bytes each) to find where the file was cut;
+* a dataset with an Image Pixel module (Rows, Columns, Bits Allocated) that ends without
+  Pixel Data (or Float/Double Float Pixel Data, or a Pixel Data Provider URL) was cut.
+
+The walk past Series Instance UID uses the bytes already read; elements it does not need
+are skipped by their lengths, never read, and it goes on past Pixel Data only when the file
+does not end there (trailing padding, signatures). For a local file, a header longer than
+the first read (large private elements before Pixel Data) is followed with a few small
+positioned reads (at most ``_MAX_EXTRA_READS``); when that is not enough, and for a remote
+object of which only the head was read, what lies beyond is left unchecked rather than made
+expensive (a Pixel Data length running past the object's size is still seen in the head).
+Measured on 2000 tiny CT files, warm cache: ~23 us -> ~30 us per file; the walk costs
+~10 us, and reading with ``os.pread`` instead of a Python file object wins back ~4.
+
+Not caught: a cut exactly between two elements before the Image Pixel module is complete
+(a well-formed shorter dataset, nothing a receiver would wait for; before Study or Series
+Instance UID it is refused for lacking them); damage inside a compressed codestream (JPEG 2000
+decodes garbage without an error; the transcoder refuses codestreams that lack their end
+marker when it must decode); deflated datasets and files only pydicom can read (the
+fallback).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from migrator.errors import SourceError
@@ -77,15 +114,52 @@ _LAST_WANTED = 0x0020000E
 
 
 class NotDicomError(SourceError):
-    """The file is not DICOM, or too damaged to find what sending needs."""
+    """Not DICOM (or not a regular file at all): skipped, with the reason."""
 
 
-class TruncatedError(SourceError):
-    """DICOM that ends before its own header does: damaged, so failed rather than skipped."""
+class DamagedError(SourceError):
+    """DICOM that cannot be sent as it is: failed rather than skipped, so someone looks."""
+
+
+class TruncatedError(DamagedError):
+    """DICOM that ends before its own header or its pixel data says it does."""
+
+
+class InvalidInstanceError(DamagedError):
+    """DICOM without the SOP Class or SOP Instance UID every instance must have."""
+
+
+#: What reading or decoding a damaged file can raise besides our own errors (pydicom, the
+#: codecs, numpy, struct, zlib): caught to fail that one file. Deliberately not ``Exception``:
+#: Celery's SoftTimeLimitExceeded is one, and a time limit must stop the batch, not a file.
+DAMAGED_INPUT_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    LookupError,
+    AttributeError,
+    ArithmeticError,
+    RuntimeError,
+    EOFError,
+    OSError,
+    MemoryError,
+    struct.error,
+    zlib.error,
+)
+
+#: ``read(offset, n)``: up to ``n`` bytes of the whole file from ``offset``
+Reader = Callable[[int, int], bytes]
 
 
 class NeedMoreBytes(Exception):
     """The header continues past the bytes read so far."""
+
+
+class _PastEnd(NeedMoreBytes):
+    """An element runs past the end of the bytes: more to read, or the file is cut."""
+
+    def __init__(self, tag: int) -> None:
+        super().__init__(tag)
+        self.tag = tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,32 +173,109 @@ class DicomHeader:
     dataset_offset: int
     size: int
     has_meta: bool
+    #: Something the report should say about a file that is sent anyway (no File Meta...)
+    note: str = ""
+
+
+_SYNTAX_NAMES = {
+    IMPLICIT_LE: "Implicit VR Little Endian",
+    EXPLICIT_LE: "Explicit VR Little Endian",
+    EXPLICIT_BE: "Explicit VR Big Endian",
+}
+_NATIVE = frozenset(_SYNTAX_NAMES)
+
+
+def _tag(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def inspect_file(path: str) -> DicomHeader:
-    """Inspect a local file by reading only its header."""
+    """Inspect a local file by reading only its header (and, for encapsulated pixel data,
+    its last 8 bytes). Raises ``NotDicomError`` (skip), ``DamagedError`` (fail) or another
+    ``SourceError`` (cannot be read: fail)."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            want = HEAD_BYTES
-            while True:
-                f.seek(0)
-                head = f.read(want)
-                try:
-                    return _inspect(head, size)
-                except NeedMoreBytes:
-                    if len(head) >= size or want >= _MAX_HEAD:
-                        break
-                    want *= 8
-    except FileNotFoundError as exc:
-        raise SourceError(f"{path}: vanished before it could be read") from exc
-    except IsADirectoryError as exc:
-        raise SourceError(f"{path}: is a directory") from exc
-    except PermissionError as exc:
-        raise SourceError(f"{path}: permission denied") from exc
+        st = os.stat(path)
     except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        raise _stat_error(path, exc) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    try:
+        # O_NONBLOCK: a file swapped for a named pipe since the stat must not block us.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        size = st.st_size
+
+        def read(offset: int, n: int) -> bytes:
+            return os.pread(fd, n, offset)
+
+        want = HEAD_BYTES
+        while True:
+            head = os.pread(fd, want, 0)
+            try:
+                return _inspect(head, size, read)
+            except NeedMoreBytes:
+                if len(head) >= size or want >= _MAX_HEAD:
+                    break
+                want *= 8
+    except OSError as exc:
+        raise SourceError(f"cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
     return _inspect_with_pydicom(path, size)
+
+
+def _stat_error(path: str, exc: OSError) -> SourceError:
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return SourceError(f"broken symbolic link: its target {target} does not exist")
+    if exc.errno == errno.ENOENT:
+        return SourceError("vanished before it could be read")
+    if exc.errno == errno.ELOOP:
+        return SourceError("symbolic link loop: the link leads back to itself")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return SourceError("cannot open: permission denied")
+    return SourceError(f"cannot read: {exc.strerror or exc}")
+
+
+def _open_error(path: str, exc: OSError) -> SourceError:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return SourceError("cannot open: permission denied")
+    if exc.errno in (errno.ENOENT, errno.ELOOP):
+        return _stat_error(path, exc)
+    return SourceError(f"cannot open: {exc.strerror or exc}")
+
+
+def _not_regular(path: str, mode: int) -> SourceError:
+    if stat.S_ISDIR(mode):
+        if os.path.islink(path):
+            return NotDicomError(
+                "symbolic link to a folder: not followed (a linked folder can lead back to "
+                "itself or list files twice); give the folder itself to send what it holds"
+            )
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as exc:
+            return SourceError(
+                f"a folder that cannot be listed ({exc.strerror or exc}): nothing in it was sent"
+            )
+        return SourceError("is a directory, not a file")
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), f"file type {mode:o}")
+    return NotDicomError(f"not a regular file: {kind}; not read")
 
 
 def inspect_bytes(
@@ -132,8 +283,15 @@ def inspect_bytes(
 ) -> DicomHeader:
     """Inspect DICOM bytes: a whole file, or its first bytes when ``size`` gives the total."""
     total = len(data) if size is None else size
+    read: Reader | None = None
+    if len(data) >= total:
+        view = memoryview(data)
+
+        def read(offset: int, n: int) -> bytes:
+            return bytes(view[offset : offset + n])
+
     try:
-        return _inspect(bytes(data[:_MAX_HEAD]), total)
+        return _inspect(bytes(data[:_MAX_HEAD]), total, read)
     except NeedMoreBytes:
         pass
     import io
@@ -141,7 +299,7 @@ def inspect_bytes(
     return _inspect_with_pydicom(io.BytesIO(bytes(data)), total, name)
 
 
-def _inspect(head: bytes, size: int) -> DicomHeader:
+def _inspect(head: bytes, size: int, read: Reader | None = None) -> DicomHeader:
     if size == 0:
         raise NotDicomError("empty file (0 bytes)")
     meta: dict[int, str] = {}
@@ -158,6 +316,7 @@ def _inspect(head: bytes, size: int) -> DicomHeader:
         ts = meta.get(0x00020010, "")
     else:
         offset, has_meta, ts = 0, False, ""
+    note = ""
     if not ts:
         sniffed = _sniff_syntax(head, offset)
         if sniffed is None:
@@ -168,19 +327,45 @@ def _inspect(head: bytes, size: int) -> DicomHeader:
                 )
             raise NotDicomError("not a DICOM file (no 'DICM' prefix and no recognisable dataset)")
         ts = sniffed
+        how = f"its encoding, {_SYNTAX_NAMES[ts]}, was recognised from the data"
+        if has_meta:
+            note = f"the File Meta has no Transfer Syntax UID; {how}"
+        else:
+            note = f"no File Meta (a bare dataset, without preamble, 'DICM' or group 0002); {how}"
     if ts == DEFLATED_LE:
         raise NeedMoreBytes  # the dataset is zlib-compressed: pydicom inflates it
+    complete = len(head) >= size
     try:
-        found = _scan_dataset(head, offset, ts, complete=len(head) >= size)
+        found, rest = _scan_dataset(head, offset, ts, complete=complete)
     except NotDicomError:
         if not has_meta:
             raise
         # A dataset not encoded as its File Meta says (seen in the wild): let pydicom,
         # which tolerates that, have a go.
         raise NeedMoreBytes from None
+    except _PastEnd as exc:
+        if not complete or not _encoding_agrees(head, offset, ts):
+            raise NeedMoreBytes from None
+        raise TruncatedError(
+            f"truncated: the file ends inside element {_tag(exc.tag)}, before the end of "
+            f"its header ({size} bytes)"
+        ) from None
     sop_class = found.get("sop_class_uid") or meta.get(0x00020002, "")
     sop_instance = found.get("sop_instance_uid") or meta.get(0x00020003, "")
-    return _header(sop_class, sop_instance, ts, found, offset, size, has_meta)
+    header = _header(sop_class, sop_instance, ts, found, offset, size, has_meta, note)
+    _check_rest(head, rest, size, ts, read)
+    return header
+
+
+def _encoding_agrees(head: bytes, offset: int, ts: str) -> bool:
+    """Whether the dataset's first element is encoded as ``ts`` says (so that an element
+    running past the end means the file was cut, not that we misread its encoding)."""
+    sniffed = _sniff_syntax(head, offset)
+    if sniffed is None:
+        return False
+    if ts not in _NATIVE:
+        return sniffed == EXPLICIT_LE  # every other syntax is explicit VR little endian
+    return sniffed == ts
 
 
 def _header(
@@ -191,13 +376,22 @@ def _header(
     offset: int,
     size: int,
     has_meta: bool,
+    note: str = "",
 ) -> DicomHeader:
-    if not sop_class:
-        raise NotDicomError("no SOP Class UID in the File Meta or the dataset")
-    if not sop_instance:
-        raise NotDicomError("no SOP Instance UID in the File Meta or the dataset")
+    if not sop_class or not sop_instance:
+        missing = [
+            n for n, v in (("SOP Class", sop_class), ("SOP Instance", sop_instance)) if not v
+        ]
+        what = " and ".join(f"{m} UID" for m in missing)
+        if has_meta or found:
+            # Recognisably DICOM (a File Meta, or other UIDs): a damaged instance that will
+            # not arrive, which is a failure to look at rather than a file to pass over.
+            raise InvalidInstanceError(
+                f"invalid instance: no {what} in the dataset or the File Meta (Type 1); not sent"
+            )
+        raise NotDicomError(f"not a DICOM file: no {what} in what reads as a bare dataset")
     if offset > size:
-        raise NotDicomError("truncated inside the File Meta header")
+        raise TruncatedError("truncated inside the File Meta header")
     return DicomHeader(
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
@@ -207,6 +401,7 @@ def _header(
         dataset_offset=offset,
         size=size,
         has_meta=has_meta,
+        note=note,
     )
 
 
@@ -267,13 +462,17 @@ def _sniff_syntax(head: bytes, pos: int) -> str | None:
 _EXPLICIT_HDR = {"<": struct.Struct("<HH2sH"), ">": struct.Struct(">HH2sH")}
 _IMPLICIT_HDR = {"<": struct.Struct("<HHI"), ">": struct.Struct(">HHI")}
 _U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
+_US = {"<": struct.Struct("<H"), ">": struct.Struct(">H")}
 
 
-def _scan_dataset(head: bytes, pos: int, ts: str, complete: bool) -> dict[str, str]:
-    """Read top-level elements up to (0020,000E), skipping sequences; return wanted UIDs.
+def _scan_dataset(head: bytes, pos: int, ts: str, complete: bool) -> tuple[dict[str, str], int]:
+    """Read top-level elements up to (0020,000E), skipping sequences; return the wanted UIDs
+    and where the first element after them starts.
 
     This loop runs over every element of groups 0008-0020 (~100 in a CT header), so it
-    decodes each element header with one ``unpack_from`` call.
+    decodes each element header with one ``unpack_from`` call. Raises ``_PastEnd`` when an
+    element runs past the bytes given: read more, or, when they are the whole file
+    (``complete``), the file was cut.
     """
     explicit = ts != IMPLICIT_LE
     endian = ">" if ts == EXPLICIT_BE else "<"
@@ -281,14 +480,18 @@ def _scan_dataset(head: bytes, pos: int, ts: str, complete: bool) -> dict[str, s
     u32 = _U32[endian]
     found: dict[str, str] = {}
     end = len(head)
+    tag = 0
     while True:
-        if pos + 12 > end:
-            if complete and pos >= end - 8:
-                return found  # the whole file was read: a small dataset ends here
-            raise NeedMoreBytes
+        if pos + 8 > end:
+            if complete and pos <= end:
+                return found, pos  # the whole file was read: a small dataset ends here
+            raise _PastEnd(tag)
+        start = pos
         if explicit:
             group, elem, vr, length = hdr.unpack_from(head, pos)
             if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise _PastEnd((group << 16) | elem)
                 length = u32.unpack_from(head, pos + 8)[0]
                 pos += 12
             elif vr in _VALID_VRS:
@@ -300,17 +503,256 @@ def _scan_dataset(head: bytes, pos: int, ts: str, complete: bool) -> dict[str, s
             pos += 8
         tag = (group << 16) | elem
         if tag > _LAST_WANTED:
-            return found
+            return found, start
         if length == _UNDEFINED:
             # Before pixel data, undefined length means a sequence (in implicit VR too).
-            pos = _skip_undefined(head, pos, endian, explicit)
+            try:
+                pos = _skip_undefined(head, pos, endian, explicit)
+            except NeedMoreBytes:
+                raise _PastEnd(tag) from None
             continue
         name = _WANTED.get(tag)
         if name:
             if pos + length > end:
-                raise NeedMoreBytes
+                raise _PastEnd(tag)
             found[name] = _text(head[pos : pos + length])
         pos += length
+
+
+# -- damage checks past the UIDs (see the module docstring) -----------------------------------
+
+_PIXEL_DATA = 0x7FE00010
+#: The elements that give the size of native pixel data: Samples per Pixel, Photometric
+#: Interpretation, Number of Frames, Rows, Columns, Bits Allocated; and those that stand in
+#: for Pixel Data: Pixel Data Provider URL, Float and Double Float Pixel Data
+_GEOMETRY = frozenset(
+    {0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100}
+    | {0x00287FE0, 0x7FE00008, 0x7FE00009}
+)
+#: Bytes read at once when the walk to Pixel Data leaves the bytes already read
+_WINDOW = 64 * 1024
+#: A sequence longer than a window is read whole once, up to this size
+_BIG_WINDOW = 1024 * 1024
+#: Positioned reads the walk may add to the first one (then the check is left out)
+_MAX_EXTRA_READS = 8
+_MAX_FRAGMENTS = 1 << 20
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _check_rest(head: bytes, pos: int, size: int, ts: str, read: Reader | None) -> None:
+    """Walk the top-level elements from ``pos`` to Pixel Data; raise ``TruncatedError`` when
+    one runs past the end of the file or the pixel data is shorter than the image.
+
+    Only truncation is judged: anything else unexpected (an invalid VR, a sequence too long
+    to skip cheaply) ends the walk without a verdict; the receiver judges the dataset.
+    Like the scan, it decodes each element header with one ``unpack_from`` call.
+    """
+    explicit = ts != IMPLICIT_LE
+    endian = ">" if ts == EXPLICIT_BE else "<"
+    hdr = _EXPLICIT_HDR[endian] if explicit else _IMPLICIT_HDR[endian]
+    u32 = _U32[endian]
+    buf, base, extra = head, 0, 0
+    end = len(buf)  # buf holds the file's bytes [base, base + end)
+    values: dict[int, bytes] = {}
+    long_vrs, valid_vrs, geometry = _LONG_VRS, _VALID_VRS, _GEOMETRY  # locals: a hot loop
+    pixels = False
+    while True:
+        rel = pos - base
+        if rel + 12 > end:
+            if size - pos < 8:  # the dataset ends here
+                _check_dataset_ended(buf, base, pos, size, read)
+                if not pixels:
+                    _check_image_ended(values, size)
+                return
+            if base + end < size:  # the next header is past the bytes at hand
+                if read is None or extra >= _MAX_EXTRA_READS:
+                    return
+                buf, base, rel = read(pos, _WINDOW), pos, 0
+                end = len(buf)
+                extra += 1
+                if end < 8:
+                    return  # the file shrank under us: the sender will find out
+        if explicit:
+            group, elem, vr, length = hdr.unpack_from(buf, rel)
+            if vr in long_vrs:
+                if rel + 12 > end:
+                    raise TruncatedError(
+                        f"truncated: the file ends inside the header of the element at byte "
+                        f"{pos} ({size} bytes)"
+                    )
+                length = u32.unpack_from(buf, rel + 8)[0]
+                value = pos + 12
+            elif vr in valid_vrs:
+                value = pos + 8
+            else:
+                return
+        else:
+            group, elem, length = hdr.unpack_from(buf, rel)
+            value = pos + 8
+        if group == 0x7FE0 and elem == 0x0010:
+            # Past Pixel Data the walk goes on: an element cut after it (trailing padding, a
+            # signature) also leaves the receiver waiting. Usually the file just ends here.
+            after = _check_pixel_data(values, ts, endian, value, length, size, read)
+            if after is None:
+                return
+            pixels = True
+            pos = after
+            continue
+        if length == 0xFFFFFFFF:  # undefined: a sequence
+            tag = (group << 16) | elem
+            try:
+                pos = base + _skip_undefined(buf, value - base, endian, explicit)
+            except NotDicomError:
+                return
+            except NeedMoreBytes:
+                if base + end >= size:
+                    raise TruncatedError(
+                        f"truncated: the file ends inside the sequence {_tag(tag)} that "
+                        f"starts at byte {pos} ({size} bytes)"
+                    ) from None
+                if read is None or extra >= _MAX_EXTRA_READS or end >= _BIG_WINDOW:
+                    return
+                buf, base = read(pos, _BIG_WINDOW), pos  # then walk this element again
+                end = len(buf)
+                extra += 1
+            continue
+        pos = value + length
+        if pos > size:
+            raise TruncatedError(
+                f"truncated: element {_tag((group << 16) | elem)} declares {length} bytes at "
+                f"byte {value}, {pos - size} more than the file holds ({size} bytes)"
+            )
+        if (group == 0x0028 or group == 0x7FE0) and (tag := (group << 16) | elem) in geometry:
+            raw = buf[value - base : min(pos, value + 64) - base]
+            if len(raw) < min(length, 64) and read is not None:
+                raw = read(value, min(length, 64))
+            values[tag] = raw
+
+
+def _check_dataset_ended(buf: bytes, base: int, pos: int, size: int, read: Reader | None) -> None:
+    """Up to 7 bytes after the last element: zeros are padding (seen in the wild), anything
+    else is the start of an element header the file was cut in."""
+    if pos >= size:
+        return
+    tail = buf[pos - base : size - base] if pos >= base else b""
+    if len(tail) < size - pos and read is not None:
+        tail = read(pos, size - pos)
+    if tail.strip(b"\x00"):
+        raise TruncatedError(
+            f"truncated: the file ends inside the header of the element at byte {pos} "
+            f"({size} bytes)"
+        )
+
+
+def _check_image_ended(values: dict[int, bytes], size: int) -> None:
+    """The dataset ended without Pixel Data: fine for a dataset that has none (SR, RT Plan,
+    spectroscopy...), but an Image Pixel module (Rows, Columns, Bits Allocated) requires it
+    (PS3.3 C.7.6.3, unless a stand-in is there): then the file was cut before it."""
+    image = all(t in values for t in (0x00280010, 0x00280011, 0x00280100))
+    if image and not any(t in values for t in (0x00287FE0, 0x7FE00008, 0x7FE00009)):
+        raise TruncatedError(
+            "truncated: the file ends before its Pixel Data, which its Rows, Columns and "
+            f"Bits Allocated announce ({size} bytes)"
+        )
+
+
+def _check_pixel_data(
+    values: dict[int, bytes],
+    ts: str,
+    endian: str,
+    value: int,
+    length: int,
+    size: int,
+    read: Reader | None,
+) -> int | None:
+    """Check the Pixel Data element whose value starts at ``value``; return where the next
+    element starts, or None when that cannot be told cheaply."""
+    if length == _UNDEFINED:
+        if ts in _NATIVE or read is None:
+            return None
+        return _check_fragments(value, size, read)
+    if value + length > size:
+        raise TruncatedError(
+            f"truncated: Pixel Data declares {length} bytes, but the file holds only "
+            f"{max(0, size - value)} of them ({size} bytes in all)"
+        )
+    if ts in _NATIVE:
+        need = _pixel_bytes(values, endian)
+        if need is not None and length < need:
+            raise TruncatedError(
+                f"truncated: Pixel Data holds {length} bytes, but "
+                f"{_describe_geometry(values, endian)} need {need}"
+            )
+    return value + length
+
+
+def _geometry(values: dict[int, bytes], endian: str) -> tuple[int, int, int, int, int, int]:
+    """Rows, Columns, Samples per Pixel, values per pixel as stored, Bits Allocated, Number
+    of Frames; 0 for what the dataset does not say."""
+    unpack = _US[endian].unpack_from
+    found = [values.get(t, b"") for t in (0x00280010, 0x00280011, 0x00280002, 0x00280100)]
+    rows, columns, samples, bits = [unpack(raw)[0] if len(raw) >= 2 else 0 for raw in found]
+    samples = samples or 1
+    try:
+        raw = values.get(0x00280008)
+        frames = max(1, int(_text(raw) or 1)) if raw else 1
+    except ValueError:
+        frames = 1  # an invalid Number of Frames ("1A"): count one, the least it can mean
+    # YBR_FULL_422 / YBR_PARTIAL_422 native data is subsampled: two values per pixel
+    # (PS3.3 C.7.6.3.1.2).
+    per_pixel = samples
+    if samples == 3 and values.get(0x00280004, b"").rstrip(b" \x00").endswith(b"_422"):
+        per_pixel = 2
+    return rows, columns, samples, per_pixel, bits, frames
+
+
+def _pixel_bytes(values: dict[int, bytes], endian: str) -> int | None:
+    """The bytes native pixel data must hold; None when the Image Pixel module does not say
+    (the check is then left out). A 1-bit total is rounded up to whole bytes (PS3.5 8.1.1:
+    frames are not padded one by one)."""
+    rows, columns, _, per_pixel, bits, frames = _geometry(values, endian)
+    if not (rows and columns and bits):
+        return None
+    return (rows * columns * per_pixel * bits * frames + 7) // 8
+
+
+def _describe_geometry(values: dict[int, bytes], endian: str) -> str:
+    rows, columns, samples, per_pixel, bits, frames = _geometry(values, endian)
+    return (
+        f"{rows} rows x {columns} columns x {samples} sample{'s' if samples != 1 else ''}"
+        + (" (4:2:2)" if per_pixel != samples else "")
+        + f" x {bits} bits x {frames} frame{'s' if frames != 1 else ''}"
+    )
+
+
+def _check_fragments(value: int, size: int, read: Reader) -> int | None:
+    """Encapsulated Pixel Data ends with a Sequence Delimitation Item (PS3.5 A.4): the
+    last 8 bytes of the file when nothing follows it. Otherwise walk the items. Returns
+    where the next element starts (None: the items make no sense, left to the decoder)."""
+    if size - value >= 8 and read(size - 8, 8) == _SEQ_DELIMITER:
+        return size
+    pos = value
+    for n in range(_MAX_FRAGMENTS):
+        raw = read(pos, 8)
+        what = "the Basic Offset Table" if n == 0 else f"fragment {n}"
+        if len(raw) < 8:
+            raise TruncatedError(
+                f"truncated: the file ends inside the encapsulated Pixel Data, before "
+                f"{what} (no Sequence Delimitation Item; {size} bytes)"
+            )
+        group, elem, length = _IMPLICIT_HDR["<"].unpack(raw)
+        tag = (group << 16) | elem
+        if tag == _SEQ_END:
+            return pos + 8
+        if tag != _ITEM:
+            return None  # not an item: damage of another kind, for the decoder to judge
+        if pos + 8 + length > size:
+            raise TruncatedError(
+                f"truncated: {what} of the encapsulated Pixel Data declares {length} "
+                f"bytes, {pos + 8 + length - size} more than the file holds ({size} bytes)"
+            )
+        pos += 8 + length
+    return None
 
 
 def _element_header(head: bytes, pos: int, endian: str, explicit: bool) -> tuple[int, int]:
@@ -377,17 +819,27 @@ def _inspect_with_pydicom(src: object, size: int, name: str = "") -> DicomHeader
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
     if not ts:
         raise NotDicomError("no Transfer Syntax UID and the encoding cannot be recognised")
-    found = {
-        "sop_class_uid": str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "")),
-        "sop_instance_uid": str(
-            ds.get("SOPInstanceUID", "") or meta.get("MediaStorageSOPInstanceUID", "")
-        ),
-        "study_uid": str(ds.get("StudyInstanceUID", "")),
-        "series_uid": str(ds.get("SeriesInstanceUID", "")),
-    }
-    offset = _meta_end(src) if meta else 0
+    try:
+        # Values are decoded on access: a damaged one raises here, not in dcmread.
+        values = {
+            "sop_class_uid": ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""),
+            "sop_instance_uid": ds.get("SOPInstanceUID", "")
+            or meta.get("MediaStorageSOPInstanceUID", ""),
+            "study_uid": ds.get("StudyInstanceUID", ""),
+            "series_uid": ds.get("SeriesInstanceUID", ""),
+        }
+        found = {k: str(v) for k, v in values.items() if v}
+        offset = _meta_end(src) if meta else 0
+    except Exception as exc:  # as above
+        raise NotDicomError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
     return _header(
-        found["sop_class_uid"], found["sop_instance_uid"], ts, found, offset, size, bool(meta)
+        found.get("sop_class_uid", ""),
+        found.get("sop_instance_uid", ""),
+        ts,
+        found,
+        offset,
+        size,
+        bool(meta),
     )
 
 

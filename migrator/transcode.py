@@ -24,6 +24,8 @@ requires one, PS3.3 C.7.6.1.1.5, and we never compress).
 from __future__ import annotations
 
 import io
+import logging
+import threading
 import warnings
 from collections.abc import Iterable
 from typing import Any, Final, cast
@@ -293,11 +295,13 @@ def _decompress(ds: Dataset, ts: str, *, lossy: bool) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds.decompress(as_rgb=lossy, generate_instance_uid=False)
+            _quiet.active = True
+            try:
+                ds.decompress(as_rgb=lossy, generate_instance_uid=False)
+            finally:
+                _quiet.active = False
     except Exception as exc:
-        raise TranscodeError(
-            f"cannot decode pixel data in {_ts_name(ts)}: {type(exc).__name__}: {_one_line(exc)}"
-        ) from exc
+        raise TranscodeError(f"cannot decode pixel data in {_ts_name(ts)}: {_why(exc)}") from exc
     # pydicom upsamples YBR_FULL_422 to full resolution but keeps the name when
     # as_rgb=False; uncompressed YBR_FULL_422 means a *subsampled* layout (PS3.3
     # C.7.6.3.1.2), so name what we actually hold.
@@ -352,6 +356,32 @@ def _check_codestream_ends(ds: Dataset, ts: str) -> None:
                 f"{len(frames)} is truncated (its codestream does not end with the "
                 "0xFFD9 end-of-image marker)"
             )
+
+
+#: What pydicom puts before the per-plugin reasons when every decoder failed
+_ALL_PLUGINS_FAILED = "Unable to decode as exceptions were raised by all available plugins:"
+
+
+def _why(exc: BaseException) -> str:
+    """The decoders' own words: "pylibjpeg: Error decoding the J2K data: ..." (pydicom's
+    RuntimeError wrapping them adds nothing), else the exception's type and message."""
+    text = _one_line(exc)
+    if isinstance(exc, RuntimeError) and text.startswith(_ALL_PLUGINS_FAILED):
+        return text[len(_ALL_PLUGINS_FAILED) :].strip() or text
+    return f"{type(exc).__name__}: {text}"
+
+
+class _QuietWhileDecoding(logging.Filter):
+    """pydicom logs every failed decoding plugin with a full traceback (``LOGGER.exception``)
+    before it raises; we raise a TranscodeError with the same words, so while *we* decode
+    the traceback is noise on the console and in worker logs. Other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and getattr(_quiet, "active", False))
+
+
+_quiet = threading.local()
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_QuietWhileDecoding())
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:

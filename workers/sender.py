@@ -11,11 +11,14 @@ import time
 from dataclasses import dataclass
 
 from migrator import status as st
-from migrator.dicomfile import DicomHeader
+from migrator.dicomfile import DAMAGED_INPUT_ERRORS, DicomHeader
 from migrator.dul.association import Association, FileSlice
 from migrator.dul.pdu import CONTEXT_RESULTS
 from migrator.errors import PermanentError
 from migrator.sources.base import Payload
+
+#: A file that cannot be converted fails alone (see DAMAGED_INPUT_ERRORS)
+_CONVERSION_ERRORS: tuple[type[Exception], ...] = (PermanentError, *DAMAGED_INPUT_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,9 @@ def send_file(
         t0 = time.perf_counter()
         response = assoc.c_store(ctx, sop_class, header.sop_instance_uid, dataset)
         seconds = time.perf_counter() - t0
-        return _result(response.status, response.error_comment, file_ts, False, length, seconds)
+        return _result(
+            response.status, response.error_comment, file_ts, False, length, seconds, header.note
+        )
 
     accepted = assoc.accepted_syntaxes(sop_class)
     if forced_syntax:
@@ -88,26 +93,67 @@ def send_file(
         else:
             assert payload.data is not None
             data = transcode.transcode_bytes(payload.data, target, allow_lossy=allow_lossy)
-    except PermanentError as exc:
-        return SendResult(st.Outcome.PERMANENT, None, "", False, str(exc))
+    except _CONVERSION_ERRORS as exc:  # damaged input: fail this file, not the batch
+        return SendResult(
+            st.Outcome.PERMANENT,
+            None,
+            "",
+            False,
+            _conversion_failed(exc, sop_class, file_ts, target, forced_syntax),
+        )
     ctx = assoc.context_for(sop_class, target)
     assert ctx is not None
     t0 = time.perf_counter()
     response = assoc.c_store(ctx, sop_class, header.sop_instance_uid, data)
     seconds = time.perf_counter() - t0
-    return _result(response.status, response.error_comment, target, True, len(data), seconds)
+    return _result(
+        response.status, response.error_comment, target, True, len(data), seconds, header.note
+    )
 
 
 def _result(
-    status: int, comment: str, ts: str, transcoded: bool, nbytes: int, seconds: float
+    status: int,
+    comment: str,
+    ts: str,
+    transcoded: bool,
+    nbytes: int,
+    seconds: float,
+    note: str = "",
 ) -> SendResult:
+    """What the PACS answered; ``note`` (a file sent without File Meta...) is added to the
+    reason, so that the report says it also for a stored file."""
     outcome = st.classify(status)
     error = ""
     if outcome not in (st.Outcome.STORED,):
         error = f"{st.fmt(status)} {st.meaning(status)}"
         if comment:
             error += f": {comment}"
+    if note:
+        error = f"{error}; {note}" if error else note
     return SendResult(outcome, status, ts, transcoded, error, nbytes, seconds)
+
+
+def _conversion_failed(
+    exc: Exception, sop_class: str, file_ts: str, target: str, forced: str | None
+) -> str:
+    from pydicom.uid import UID
+
+    why = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
+    if forced:
+        return f"not sent: converting it to the forced {UID(target).name} failed: {why}"
+    return (
+        f"not sent: the PACS does not accept {UID(file_ts).name} for {_sop_name(sop_class)}, "
+        f"and converting it to {UID(target).name} failed: {why}"
+    )
+
+
+def _sop_name(sop_class: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(sop_class).name
+    if name == sop_class:
+        return f"SOP class {sop_class} (private, or unknown to this tool)"
+    return f"{name} ({sop_class})"
 
 
 def _refusal(
@@ -122,8 +168,11 @@ def _refusal(
     name = UID(sop_class).name
     if not accepted:
         result = assoc.rejected.get(sop_class)
-        why = CONTEXT_RESULTS.get(result, "rejected") if result is not None else "not proposed"
-        return f"the PACS does not accept SOP class {name} ({sop_class}): context {why}"
+        if result is None:
+            why = "no presentation context was proposed for it"
+        else:
+            why = f"it rejected the presentation context ({CONTEXT_RESULTS.get(result, '?')})"
+        return f"the PACS does not accept {_sop_name(sop_class)}: {why}; not sent"
     ts_names = ", ".join(UID(t).name for t in accepted)
     if forced:
         return (

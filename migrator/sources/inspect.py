@@ -7,8 +7,15 @@ only when the header is longer.
 
 from __future__ import annotations
 
-from migrator.dicomfile import HEAD_BYTES, DicomHeader, NotDicomError, inspect_bytes, inspect_file
-from migrator.errors import MigratorError
+from migrator.dicomfile import (
+    DAMAGED_INPUT_ERRORS,
+    HEAD_BYTES,
+    DicomHeader,
+    NotDicomError,
+    inspect_bytes,
+    inspect_file,
+)
+from migrator.errors import MigratorError, SourceError
 from migrator.outcomes import State
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource
@@ -36,10 +43,18 @@ def inspect_item(source: Source, item: SourceItem) -> DicomHeader | MigratorErro
             return inspect_bytes(payload.data, item.uri)
     except MigratorError as exc:
         return exc
+    except DAMAGED_INPUT_ERRORS as exc:  # unforeseen damage fails one file, not the job
+        return SourceError(f"cannot inspect: {type(exc).__name__}: {exc}")
 
 
 def refusal(result: DicomHeader | MigratorError) -> tuple[State, str] | None:
-    """None when the item may be sent; otherwise its final state and the reason."""
+    """None when the item may be sent; otherwise its final state and the reason.
+
+    Skipped: what is not DICOM (``NotDicomError``: text, empty files, pipes, links to
+    folders) and DICOMDIRs. Failed: everything else that stops a file, because someone has
+    to look at it: damaged DICOM (truncated, no SOP Class/Instance UID, no Study/Series
+    UID), files that cannot be read (permissions, broken links).
+    """
     if not isinstance(result, DicomHeader):
         state = State.SKIPPED if isinstance(result, NotDicomError) else State.FAILED
         return state, str(result)
