@@ -1,7 +1,9 @@
 """A migration job's settings as stored in the ledger: what every worker needs to send.
 
 No secrets are stored: S3 credentials come from each worker's own environment (the standard
-AWS chain), so a job's config can be printed in reports as is.
+AWS chain), and DICOM TLS is configured by file *paths* (CA, certificate, key) that must
+exist on every worker, never by their contents; so a job's config can be printed in reports
+as is.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from migrator.dul.association import Timeouts
+from migrator.dul.tls import TlsSettings
 from migrator.ratelimit import Limits
 
 
@@ -35,6 +38,11 @@ class JobConfig:
     throttle_delay: float = 0.0
     s3_endpoint: str | None = None
     s3_region: str | None = None
+    #: DICOM TLS to the PACS; the paths are read on each worker (absolute paths advised)
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def destination(self) -> str:
@@ -57,6 +65,12 @@ class JobConfig:
     @property
     def limits(self) -> Limits:
         return Limits(self.rate_limit, self.rate_limit_bytes, burst_files=self.burst)
+
+    @property
+    def tls_settings(self) -> TlsSettings | None:
+        if not self.tls:
+            return None
+        return TlsSettings(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

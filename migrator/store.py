@@ -25,6 +25,7 @@ from migrator import status as st
 from migrator.contexts import Profile, plan_profiles
 from migrator.dicomfile import DicomHeader
 from migrator.dul.association import Association, AssociationLost, Timeouts
+from migrator.dul.tls import TlsSettings
 from migrator.errors import (
     AssociationRejected,
     ConnectError,
@@ -67,6 +68,8 @@ class StoreSettings:
     allow_lossy: bool = False
     retries: int = 3
     retry_backoff: float = 0.5
+    #: DICOM TLS to the destination (None: plain TCP)
+    tls: TlsSettings | None = None
 
     @property
     def server(self) -> str:
@@ -141,6 +144,9 @@ class StoreScu:
     # -- run -------------------------------------------------------------------------------
 
     def send(self) -> StoreResult:
+        """Send everything added. Raises ConfigError for unusable TLS files."""
+        if self.settings.tls is not None:
+            self.settings.tls.client_context()  # fail now, not in every sending thread
         result = StoreResult(server=self.settings.server, started=time.time())
         deadline = time.monotonic() + self.settings.timeout if self.settings.timeout else None
         jobs, refused = self._inspect_all()
@@ -286,6 +292,8 @@ class StoreScu:
             list(profile.contexts),
             max_pdu=s.max_pdu,
             timeouts=s.timeouts,
+            # Built once per process (cached); a bad file fails send() before any thread.
+            tls=s.tls.client_context() if s.tls else None,
         )
         with self._lock:
             self._live.add(assoc)

@@ -11,12 +11,14 @@ A fleet-wide cap on associations per destination is honoured through leases
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from migrator.contexts import plan_profiles
 from migrator.dul.association import Association
+from migrator.errors import ConfigError, ConnectError
 from migrator.jobconfig import JobConfig
 from workers import metrics
 
@@ -58,7 +60,8 @@ class AssociationPool:
 
     def get(self, config: JobConfig, pairs: set[tuple[str, str]]) -> Association:
         """An established association whose contexts cover ``pairs`` (SOP class, syntax)."""
-        key = f"{config.destination}|{config.calling_ae}|{config.transfer_syntax}"
+        tls_settings = config.tls_settings
+        key = f"{config.destination}|{config.calling_ae}|{config.transfer_syntax}|{tls_settings}"
         wanted = frozenset(sop for sop, _ in pairs)
         entry = self._entries.get(key)
         now = time.monotonic()
@@ -81,6 +84,7 @@ class AssociationPool:
             # batch runner asks again for the rest.
             log.info("batch needs %d association profiles", len(profiles))
         profile = profiles[0]
+        tls = _tls_context(config)
         lease = self._lease_provider(config) if self._lease_provider else None
         try:
             assoc = Association.request(
@@ -91,6 +95,7 @@ class AssociationPool:
                 list(profile.contexts),
                 max_pdu=config.max_pdu,
                 timeouts=config.timeouts,
+                tls=tls,
             )
         except BaseException:
             if lease is not None:
@@ -121,3 +126,19 @@ class AssociationPool:
     def close_all(self) -> None:
         for key in list(self._entries):
             self._close(key, release=True)
+
+
+def _tls_context(config: JobConfig) -> ssl.SSLContext | None:
+    """The job's TLS context (cached per process), or None for plain TCP.
+
+    The files are this worker's: one that lacks them (or cannot read them) cannot reach the
+    PACS, which is a connection failure for this batch (retried, maybe on another worker),
+    not a property of the files being sent.
+    """
+    settings = config.tls_settings
+    if settings is None:
+        return None
+    try:
+        return settings.client_context()
+    except ConfigError as exc:
+        raise ConnectError(f"TLS on this worker: {exc}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -13,6 +13,9 @@ from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.units import parse_duration
 from migrator.validation import ae_title
+
+if TYPE_CHECKING:
+    from migrator.dul.tls import TlsSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -205,3 +208,89 @@ def send_options(func: F) -> F:
     )(func)
     func = opt("--host", env="HOST", required=True, help="Destination host name or address.")(func)
     return func
+
+
+def _tls_decorators(env_prefix: str, helps: dict[str, str]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        pem = click.Path(dir_okay=False)  # not checked here: `run` names files on the workers
+        for decorator in reversed(
+            [
+                opt("--tls", env=f"{env_prefix}TLS", is_flag=True, help=helps["tls"]),
+                opt(
+                    "--tls-ca",
+                    env=f"{env_prefix}TLS_CA",
+                    type=pem,
+                    metavar="FILE",
+                    default=None,
+                    help=helps["ca"],
+                ),
+                opt(
+                    "--tls-cert",
+                    env=f"{env_prefix}TLS_CERT",
+                    type=pem,
+                    metavar="FILE",
+                    default=None,
+                    help=helps["cert"],
+                ),
+                opt(
+                    "--tls-key",
+                    env=f"{env_prefix}TLS_KEY",
+                    type=pem,
+                    metavar="FILE",
+                    default=None,
+                    help=helps["key"],
+                ),
+            ]
+        ):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+#: --tls, --tls-ca, --tls-cert, --tls-key for the senders (store, run, plan).
+tls_options = _tls_decorators(
+    "",
+    {
+        "tls": "DICOM TLS to the destination: its certificate must be valid for --host and "
+        "signed by --tls-ca (or a system CA).",
+        "ca": "PEM file of the CA(s) that signed the PACS's certificate (with --tls).",
+        "cert": "PEM client certificate, for a PACS that requires one (with --tls).",
+        "key": "PEM private key of --tls-cert, unencrypted, if not in the same file. Only "
+        "the path is stored in a job, never the key.",
+    },
+)
+
+#: The receiver's TLS options (scp), under MIGRATOR_SCP_TLS*.
+receiver_tls_options = _tls_decorators(
+    "SCP_",
+    {
+        "tls": "Accept DICOM TLS only (no plain associations), with --tls-cert as this "
+        "receiver's certificate.",
+        "ca": "PEM file of the CA(s) whose client certificates are accepted: every sender "
+        "must then present one (mutual TLS).",
+        "cert": "PEM certificate of this receiver (with --tls).",
+        "key": "PEM private key of --tls-cert, unencrypted, if not in the same file.",
+    },
+)
+
+
+def tls_settings(
+    tls: bool, ca: str | None, cert: str | None, key: str | None, *, receiver: bool = False
+) -> TlsSettings | None:
+    """The TlsSettings of the --tls* options (None without --tls); bad combinations exit 2."""
+    from migrator.dul.tls import TlsSettings
+
+    if not tls:
+        given = [
+            name for name, v in (("--tls-ca", ca), ("--tls-cert", cert), ("--tls-key", key)) if v
+        ]
+        if given:
+            # Never fall back to plain TCP when TLS was meant.
+            fail_config(f"{', '.join(given)} given without --tls: add --tls to use DICOM TLS")
+        return None
+    if key and not cert:
+        fail_config("--tls-key needs --tls-cert (the certificate of that key)")
+    if receiver and not cert:
+        fail_config("--tls needs --tls-cert and --tls-key: the receiver's certificate and key")
+    return TlsSettings(ca=ca, cert=cert, key=key)

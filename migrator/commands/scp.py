@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from migrator.commands.common import AE, opt, setup_logging
+from migrator.commands.common import AE, opt, receiver_tls_options, setup_logging, tls_settings
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.scp import ListenError, ScpConfig, StorageSCP
@@ -186,12 +186,21 @@ def resolve_sop_class(text: str) -> str:
     help="[testing] Reject every association: A-ASSOCIATE-RJ 1 permanent, 1 service user, "
     "1 no reason given (like storescp --refuse).",
 )
+@receiver_tls_options
 @opt(
     "--stats-interval",
     env="SCP_STATS_INTERVAL",
     type=click.FloatRange(min=0.05),
     default=30.0,
     hidden=True,
+)
+@opt(
+    "--io-timeout",
+    env="SCP_IO_TIMEOUT",
+    type=click.FloatRange(min=0.05),
+    default=60.0,
+    hidden=True,
+    help="Seconds a peer may stall inside a PDU or a TLS handshake before it is dropped.",
 )
 @opt(
     "-v",
@@ -216,7 +225,12 @@ def scp_command(
     abort_after: int | None,
     response_delay: float,
     refuse: bool,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     stats_interval: float,
+    io_timeout: float,
     verbose: int,
 ) -> None:
     """Receive DICOM instances over the network and write them to disk (Storage SCP).
@@ -230,6 +244,10 @@ def scp_command(
     SIGTERM or Ctrl-C (associations still open then are aborted). Once listening it
     prints, for scripts: "migrator scp: listening on HOST:PORT as AE TITLE (pid N)".
 
+    With --tls it accepts DICOM TLS only (TLS 1.2+), with --tls-cert/--tls-key as its
+    certificate; with --tls-ca too, every sender must present a client certificate signed
+    by that CA (a refused handshake is logged with the reason).
+
     PORT defaults to 11112 (env MIGRATOR_SCP_PORT); 0 lets the kernel choose a free
     port (read it from that line). A re-sent instance replaces the earlier file (the
     log says so). pynetdicom first spools each incoming dataset to $TMPDIR, so put
@@ -241,6 +259,7 @@ def scp_command(
       migrator scp 4242 --aet PACS -o /data/in --no-organize
       migrator scp 0 --bind 127.0.0.1 --sop-class CTImageStorage
       MIGRATOR_SCP_AET=TESTPACS migrator scp 11113
+      migrator scp 2762 --tls --tls-cert scp.pem --tls-key scp.key --tls-ca clients-ca.pem
 
     \b
     Testing features (fault injection; the misbehaving PACS for sender tests):
@@ -264,6 +283,7 @@ def scp_command(
         response_delay=response_delay / 1000.0,
         refuse=refuse,
     )
+    tls_config = tls_settings(tls, tls_ca, tls_cert, tls_key, receiver=True)
     try:
         plan.validate()
         uids = tuple(resolve_sop_class(s) for s in sop_classes)
@@ -282,8 +302,13 @@ def scp_command(
         sop_classes=uids,
         faults=plan,
         stats_interval=stats_interval,
+        tls=tls_config,
+        io_timeout=io_timeout,
     )
-    scp = StorageSCP(config)
+    try:
+        scp = StorageSCP(config)  # loads the TLS certificate and key
+    except ConfigError as exc:
+        _fail(str(exc), ExitStatus.BAD_CONFIG)
     try:
         host, bound_port = scp.start()
     except ListenError as exc:

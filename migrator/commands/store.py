@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from migrator.commands.common import DURATION, fail_config, opt, send_options, setup_logging
+from migrator.commands.common import (
+    DURATION,
+    fail_config,
+    opt,
+    send_options,
+    setup_logging,
+    tls_options,
+    tls_settings,
+)
 from migrator.dul.association import Timeouts
 from migrator.errors import ConfigError
 from migrator.exitcodes import EXIT_CODES_HELP
@@ -30,6 +38,7 @@ from migrator.syntaxes import resolve
 )
 @opt("-R", "--recursive", env="RECURSIVE", is_flag=True, help="Descend into sub-folders.")
 @send_options
+@tls_options
 @opt(
     "--timeout",
     env="TIMEOUT",
@@ -80,6 +89,10 @@ def store_command(
     retries: int,
     s3_endpoint: str | None,
     s3_region: str | None,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     report: str | None,
     verbose: int,
     quiet: bool,
@@ -98,6 +111,8 @@ def store_command(
       migrator store --host pacs --called-ae PACS --rate-limit 50 --dir /nas/ct -R
       migrator store --host pacs --called-ae PACS s3://archive/2019/ \\
           --s3-endpoint http://minio:9000 --report run.json
+      migrator store --host pacs.example.org --port 2762 --called-ae PACS --tls \\
+          --tls-ca ca.pem --tls-cert me.pem --tls-key me.key --dir /archive -R
     """
     setup_logging(verbose, quiet)
     if not files and not dirs:
@@ -109,6 +124,9 @@ def store_command(
             burst_files=burst,
         )
         forced = resolve(transfer_syntax) if transfer_syntax else None
+        tls_config = tls_settings(tls, tls_ca, tls_cert, tls_key)
+        if tls_config is not None:
+            tls_config.client_context()  # unreadable or mismatched files: exit 2 now
     except ConfigError as exc:
         fail_config(str(exc))
         return
@@ -131,6 +149,7 @@ def store_command(
         transfer_syntax=forced,
         allow_lossy=allow_lossy_decompression,
         retries=retries,
+        tls=tls_config,
     )
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
 
@@ -182,6 +201,7 @@ def _finish(result: StoreResult, settings: StoreSettings, report: str | None, qu
             "concurrency": settings.concurrency,
             "transfer_syntax": settings.transfer_syntax,
             "retries": settings.retries,
+            "tls": settings.tls is not None,
         }
         from migrator.report import from_store_result, write_report
 

@@ -8,6 +8,11 @@ Usage::
     response = assoc.c_store(ctx, sop_class, sop_instance, FileSlice(path, offset, length))
     assoc.release()
 
+With ``tls=`` (an ``ssl.SSLContext``, see ``migrator.dul.tls``) the socket is wrapped in TLS
+after connecting. ``SSLSocket`` has no ``sendmsg``: on TLS associations the PDU buffers are
+joined into writes of ~256 KiB (files are still read 1 MiB at a time); plain TCP keeps one
+gathering ``sendmsg`` per ~1000 buffers.
+
 Every failure that leaves the outcome of a C-STORE unknown (timeout, abort, reset, protocol
 error) raises ``AssociationLost`` after aborting the association: the caller must discard it
 and re-send on a new one (a repeated C-STORE of the same SOP Instance is safe).
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -41,6 +47,7 @@ from migrator.dul.pdu import (
     encode_associate_rq,
     reject_text,
 )
+from migrator.dul.tls import handshake_failure
 from migrator.errors import AssociationRejected, ConnectError, SourceError
 from migrator.netutil import set_nodelay
 
@@ -53,6 +60,8 @@ _UNLIMITED_FRAGMENT = 4 * 1024 * 1024
 #: to keep memory flat whatever the file size.
 _READ_BLOCK = 1024 * 1024
 _IOV_MAX = 1000
+#: TLS sockets have no sendmsg: buffers are joined into writes of about this size.
+_TLS_WRITE = 256 * 1024
 
 
 class AssociationLost(ConnectError):
@@ -95,6 +104,10 @@ class Association:
         timeouts: Timeouts,
     ) -> None:
         self._sock = sock
+        # SSLSocket has no sendmsg(): TLS joins the buffers into a few large writes, plain
+        # TCP keeps one gathering syscall per ~1000 buffers.
+        self._send_bufs = _sendall_tls if isinstance(sock, ssl.SSLSocket) else _sendmsg_all
+        self.tls = isinstance(sock, ssl.SSLSocket)
         self._rbuf = bytearray()
         self._timeouts = timeouts
         self._message_id = 0
@@ -127,7 +140,11 @@ class Association:
         *,
         max_pdu: int = 16384,
         timeouts: Timeouts | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Association:
+        """Connect (over TLS with ``tls``: the server's certificate must name ``host``) and
+        negotiate. Raises ConnectError (unreachable, TLS failure, no answer) or
+        AssociationRejected."""
         timeouts = timeouts or Timeouts()
         peer = f"{host}:{port}"
         try:
@@ -143,10 +160,34 @@ class Association:
         except OSError as exc:
             raise ConnectError(f"cannot connect to {peer}: {exc.strerror or exc}") from exc
         set_nodelay(sock)
+        if tls is not None:
+            sock = _tls_handshake(sock, tls, host, peer, timeouts.connect)
         try:
             sock.settimeout(timeouts.network)
             sock.sendall(encode_associate_rq(called_ae, calling_ae, contexts, max_pdu))
             pdu_type, body = _recv_pdu_raw(sock, bytearray(), timeouts.acse, peer)
+        except ssl.SSLError as exc:
+            # TLS 1.3: a server that refuses our certificate says so after the handshake,
+            # with an alert read here.
+            sock.close()
+            raise ConnectError(f"TLS with {peer} failed: {handshake_failure(exc)}") from exc
+        except TimeoutError as exc:
+            sock.close()
+            raise ConnectError(
+                f"no answer from {peer} to the association request within "
+                f"{timeouts.acse:g}s (ACSE timeout)"
+            ) from exc
+        except (OSError, ConnectError) as exc:
+            sock.close()
+            what = (
+                "closed the connection"
+                if isinstance(exc, ConnectError)
+                else f"broke the connection ({exc.strerror or exc})"
+            )
+            hint = "" if tls is not None else " (is it a DICOM TLS port?)"
+            raise ConnectError(
+                f"{peer} {what} without answering the association request{hint}"
+            ) from exc
         except BaseException:
             sock.close()
             raise
@@ -269,7 +310,7 @@ class Association:
         try:
             self._sock.settimeout(self._timeouts.network)
             if dataset is None:
-                _sendmsg_all(self._sock, bufs)
+                self._send_bufs(self._sock, bufs)
             elif isinstance(dataset, FileSlice):
                 self._send_file(ctx, dataset, bufs)
             else:
@@ -277,7 +318,7 @@ class Association:
                 if len(view) % 2:
                     view = memoryview(bytes(view) + b"\x00")  # see _send_file
                 _append_fragments(bufs, ctx, view, frag, command=False, final=True)
-                _sendmsg_all(self._sock, bufs)
+                self._send_bufs(self._sock, bufs)
         except SourceError:
             # The file changed under us mid-send: the peer holds half a dataset.
             self.abort()
@@ -286,12 +327,15 @@ class Association:
             raise self._lost(
                 f"no progress sending for {self._timeouts.network:g}s (network timeout)", exc
             ) from exc
+        except ssl.SSLError as exc:
+            raise self._lost(f"TLS send failed: {handshake_failure(exc)}", exc) from exc
         except OSError as exc:
             raise self._lost(f"send failed: {exc.strerror or exc}", exc) from exc
 
     def _send_file(self, ctx: int, src: FileSlice, bufs: list[bytes | memoryview]) -> None:
         frag = self._fragment
         block = max(frag, (_READ_BLOCK // frag) * frag)
+        send_bufs = self._send_bufs
         try:
             fd = os.open(src.path, os.O_RDONLY)
         except OSError as exc:
@@ -314,10 +358,10 @@ class Association:
                 _append_fragments(
                     bufs, ctx, memoryview(chunk), frag, command=False, final=remaining == 0
                 )
-                _sendmsg_all(self._sock, bufs)
+                send_bufs(self._sock, bufs)
                 bufs = []
             if bufs:
-                _sendmsg_all(self._sock, bufs)
+                send_bufs(self._sock, bufs)
         finally:
             os.close(fd)
 
@@ -414,6 +458,48 @@ def _sendmsg_all(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
                 if sent:
                     bufs[i] = memoryview(buf)[sent:]
                 break
+
+
+def _sendall_tls(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
+    """``sendall`` of a list of buffers on a TLS socket (which has no ``sendmsg``).
+
+    Small buffers (PDU headers) are joined with the data around them into writes of about
+    ``_TLS_WRITE`` bytes: one TLS record run and one syscall per write instead of one per
+    header. Memory stays bounded by one write, whatever the total.
+    """
+    pending: list[bytes | memoryview] = []
+    size = 0
+    for buf in bufs:
+        pending.append(buf)
+        size += len(buf)
+        if size >= _TLS_WRITE:
+            sock.sendall(b"".join(pending))
+            pending, size = [], 0
+    if pending:
+        sock.sendall(pending[0] if len(pending) == 1 else b"".join(pending))
+
+
+def _tls_handshake(
+    sock: socket.socket, context: ssl.SSLContext, host: str, peer: str, timeout: float
+) -> ssl.SSLSocket:
+    """Wrap a connected socket in TLS (closing it on failure). Raises ConnectError."""
+    try:
+        sock.settimeout(timeout)
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLError as exc:
+        sock.close()
+        raise ConnectError(f"TLS handshake with {peer} failed: {handshake_failure(exc)}") from exc
+    except TimeoutError as exc:
+        sock.close()
+        raise ConnectError(
+            f"TLS handshake with {peer} timed out after {timeout:g}s (not a TLS port?)"
+        ) from exc
+    except OSError as exc:
+        sock.close()
+        raise ConnectError(
+            f"TLS handshake with {peer} failed: {exc.strerror or exc} "
+            "(the peer closed the connection: not a TLS port, or it refused us)"
+        ) from exc
 
 
 def _recv_pdu_raw(

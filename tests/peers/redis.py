@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -38,19 +39,30 @@ class RedisStartError(RuntimeError):
 
 
 class RedisPeer:
-    def __init__(self, workdir: Path | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+    ) -> None:
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="redis-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        #: ``--requirepass`` (the URL and the client then carry it); None: no auth
+        self.password = password
         self.port = 0
         self.pid: int | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=False)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, decode_responses=False
+        )
 
     def start(self, port: int | None = None) -> RedisPeer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -80,6 +92,8 @@ class RedisPeer:
             "--maxmemory-policy",
             "noeviction",
         ]
+        if self.password:
+            cmd += ["--requirepass", self.password]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -132,7 +146,7 @@ class RedisPeer:
 
 
 @contextmanager
-def redis_peer(workdir: Path | None = None, **options: bool) -> Iterator[RedisPeer]:
+def redis_peer(workdir: Path | None = None, **options: Any) -> Iterator[RedisPeer]:
     peer = RedisPeer(workdir, **options).start()
     try:
         yield peer
