@@ -10,15 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
 
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, MigratorError
+from migrator.exitcodes import ExitStatus
 from migrator.jobconfig import JobConfig
 from migrator.keys import limiter_key
 from migrator.ledger import IN_FLIGHT, Ledger, split_id
+from migrator.outcomes import FileOutcome, State
 from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan, plan_manifest
 from migrator.ratelimit_redis import set_limits
 from migrator.sources.base import Source
@@ -27,6 +29,11 @@ from migrator.sources.manifest import BadLine
 
 QUEUE = "migrator.batches"
 TASK = "migrator.store_batch"
+
+#: How the workers word the failure of a file whose batch could not use the PACS at all
+#: (workers.tasks, workers.batch); `run` turns a job that failed only so into exit 3 / 4.
+UNREACHABLE = "cannot reach the PACS"
+REJECTED = "association rejected"
 
 
 def default_job_id(sources: Sequence[str], config: JobConfig) -> str:
@@ -85,8 +92,13 @@ def plan_job(
     batch_bytes: int,
     on_bad_line: Callable[[BadLine], None] | None = None,
 ) -> PlanSummary:
-    """Plan listed sources, then manifests; ``broker_url=None`` is a dry run."""
+    """Plan listed sources, then manifests; ``broker_url=None`` is a dry run.
+
+    Raises JobLost when the job vanishes from Redis while it is planned.
+    """
     enqueue = enqueuer(broker_url, ledger.job_id) if broker_url and ledger else None
+    if enqueue is not None and ledger is not None:
+        enqueue = _unless_lost(ledger, enqueue)
     total = plan(ledger, sources, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
     for path in manifests:
         part = plan_manifest(
@@ -101,6 +113,35 @@ def plan_job(
     return total
 
 
+def _unless_lost(ledger: Ledger, enqueue: Callable[[str], None]) -> Callable[[str], None]:
+    """``enqueue`` that first checks the job is still in Redis. A batch written after the
+    job was lost is then left un-enqueued, and the next run of the same command (which
+    plans the job anew) enqueues it with the rest, instead of finding its files planned and
+    never sent."""
+
+    def checked(batch_id: str) -> None:
+        if not ledger.exists():
+            raise JobLost(ledger.job_id)
+        enqueue(batch_id)
+
+    return checked
+
+
+class JobLost(MigratorError):
+    """The job vanished from Redis while it ran: a restart without persistence, a flush or
+    an eviction took its plan, its outcomes and its queued batches."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"job {job_id} is gone from Redis while it ran (restarted without persistence, "
+            "flushed or evicted?): its plan, outcomes and queued batches are lost. Run the "
+            "same command again: it plans the job anew and sends every file again (a PACS "
+            "keeps one copy of an instance sent twice). Run Redis with --appendonly yes to "
+            "survive restarts"
+        )
+        self.job_id = job_id
+
+
 def wait(
     ledger: Ledger,
     *,
@@ -109,10 +150,18 @@ def wait(
     alive: Callable[[], bool] | None = None,
     poll: float = 0.25,
 ) -> dict[str, int]:
-    """Block until every planned file has an outcome (or the timeout / workers die)."""
+    """Block until every planned file has an outcome (or the timeout / workers die).
+
+    Raises JobLost when the job disappears from Redis: its counters then read as zero,
+    which would otherwise look like a finished job with no files.
+    """
     deadline = time.monotonic() + timeout if timeout else None
     while True:
         counts = ledger.counts()
+        # Checked after the counts: counts read before a loss are caught at the next poll,
+        # counts read after it (all zero) are never taken for a finished job.
+        if not ledger.exists():
+            raise JobLost(ledger.job_id)
         if on_progress:
             on_progress(counts)
         if counts["in_flight"] <= 0:
@@ -122,6 +171,24 @@ def wait(
         if alive is not None and not alive():
             return counts
         time.sleep(poll)
+
+
+def destination_failure(outcomes: Iterable[FileOutcome]) -> tuple[str, ExitStatus] | None:
+    """(reason, exit status) when the PACS could not be used at all: nothing was stored and
+    every failed file failed because its batch could not reach the PACS (exit 3, as `store`)
+    or had its association rejected (exit 4). None otherwise."""
+    failed: list[FileOutcome] = []
+    for o in outcomes:
+        if o.state is State.STORED:
+            return None
+        if o.state is State.FAILED:
+            failed.append(o)
+    if not failed or not all(o.reason.startswith((UNREACHABLE, REJECTED)) for o in failed):
+        return None
+    rejected = next((o for o in failed if REJECTED in o.reason), None)
+    if rejected is not None:
+        return rejected.reason, ExitStatus.ASSOCIATION_REJECTED
+    return failed[0].reason, ExitStatus.CANNOT_CONNECT
 
 
 def inventory_text(summary: PlanSummary) -> str:

@@ -14,17 +14,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import random
 import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis
+
 from migrator import status as st
 from migrator.dicomfile import DicomHeader, inspect_bytes, inspect_file
 from migrator.dul.association import Association, AssociationLost
 from migrator.errors import AssociationRejected, ConnectError, MigratorError, SourceError
 from migrator.jobconfig import JobConfig
+from migrator.keys import PREFIX
 from migrator.ledger import Ledger, PlannedFile, Recorded
 from migrator.outcomes import FileOutcome, State
 from migrator.ratelimit import RateLimiter
@@ -42,8 +46,15 @@ POISON_DELIVERIES = 3
 #: Outcomes are flushed to the ledger after this many files or seconds.
 FLUSH_FILES = 16
 FLUSH_SECONDS = 0.25
+#: Files reserved from the rate limiter in one round trip (at most the burst).
+LEASE_FILES = 10
 #: Lease of the worker running a batch; refreshed at every flush.
 LEASE_TTL = 30.0
+#: A PACS that turned an association away as busy (A-ASSOCIATE-RJ transient: too many
+#: associations) is remembered fleet-wide for this long. Meanwhile every worker gives its
+#: association back at the end of each batch: held while the worker is idle, it would keep
+#: the workers that have batches out until the PACS closed it.
+BUSY_MEMORY = 600.0
 
 
 @dataclass(slots=True)
@@ -92,18 +103,37 @@ def run_batch(
     """Send what is left of one batch. Raises BatchBusy while another delivery runs it."""
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     token = f"{worker}:{uuid.uuid4().hex[:8]}"
+    # Which incarnation of the job this delivery belongs to: a job lost with Redis's data
+    # and planned again has the same id but another creation time.
+    created = ledger.meta().get("created")
+    if created is None:
+        raise JobGone(ledger.job_id)
     if not _claim(ledger, batch_id, token):
         raise BatchBusy(batch_id, ledger.batch_lease_ttl(batch_id))
-    config = JobConfig.from_dict(ledger.config())
+    try:
+        config = JobConfig.from_dict(ledger.config())
+    except KeyError:
+        ledger.release_batch(batch_id, token)
+        raise JobGone(ledger.job_id) from None
     try:
         return _run_claimed(
-            ledger, config, batch_id, token, pool, limiter, task_id or batch_id, worker, sleep
+            ledger,
+            config,
+            batch_id,
+            token,
+            created,
+            pool,
+            limiter,
+            task_id or batch_id,
+            worker,
+            sleep,
         )
     finally:
         ledger.release_batch(batch_id, token)
-        if config.max_associations:
-            # Under a fleet-wide cap an idle association would hold a slot that a worker
-            # with work is waiting for: give it back between batches.
+        if config.max_associations or ledger.client.exists(_busy_key(config.destination)):
+            # Under a fleet-wide cap, or with a PACS that limits associations itself, an
+            # idle association would hold a slot that a worker with work is waiting for:
+            # give it back between batches.
             pool.close_all()
 
 
@@ -113,6 +143,19 @@ class BatchBusy(Exception):
     def __init__(self, batch_id: str, retry_in: float) -> None:
         super().__init__(f"batch {batch_id} is being sent by another worker")
         self.retry_in = retry_in
+
+
+class JobGone(Exception):
+    """The job is no longer in Redis (its data was lost), or was lost and planned again:
+    what this delivery would record has no place in the ledger, or would land in the new
+    plan's files. The batch stops; nothing is retried."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"job {job_id} is gone from Redis (restarted without persistence, flushed or "
+            "evicted?) or was planned anew since this batch was queued"
+        )
+        self.job_id = job_id
 
 
 def _claim(ledger: Ledger, batch_id: str, token: str) -> bool:
@@ -132,6 +175,11 @@ def _claim(ledger: Ledger, batch_id: str, token: str) -> bool:
     return False
 
 
+def _busy_key(destination: str) -> str:
+    """Set while the PACS rejects associations as busy (per destination, as the limiter)."""
+    return f"{PREFIX}:busy:{{{destination}}}"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -146,13 +194,20 @@ class _Recorder:
     """Buffers outcomes and writes them in groups; keeps the batch lease alive."""
 
     def __init__(
-        self, ledger: Ledger, batch_id: str, token: str, worker: str, destination: str
+        self,
+        ledger: Ledger,
+        batch_id: str,
+        token: str,
+        worker: str,
+        destination: str,
+        created: float,
     ) -> None:
         self.ledger = ledger
         self.destination = destination
         self.batch_id = batch_id
         self.token = token
         self.worker = worker
+        self.created = created
         self.pending: list[Recorded] = []
         self.last = time.monotonic()
 
@@ -164,10 +219,16 @@ class _Recorder:
             self.flush()
 
     def flush(self) -> None:
+        # The lease first: losing it is how a lost (or lost and re-planned) job shows, and
+        # then nothing may be written: the outcomes would go to another plan's files.
+        if (
+            not self.ledger.refresh_batch(self.batch_id, self.token, LEASE_TTL)
+            and self.ledger.meta().get("created") != self.created
+        ):
+            raise JobGone(self.ledger.job_id)
         if self.pending:
             self.ledger.record_many(self.pending, worker=self.worker)
             self.pending = []
-        self.ledger.refresh_batch(self.batch_id, self.token, LEASE_TTL)
         self.last = time.monotonic()
 
 
@@ -176,6 +237,7 @@ def _run_claimed(
     config: JobConfig,
     batch_id: str,
     token: str,
+    created: float,
     pool: AssociationPool,
     limiter: RateLimiter,
     task_id: str,
@@ -190,7 +252,7 @@ def _run_claimed(
     if not todo:
         ledger.delivery_done(task_id)
         return summary
-    recorder = _Recorder(ledger, batch_id, token, worker, config.destination)
+    recorder = _Recorder(ledger, batch_id, token, worker, config.destination, created)
     deliveries = ledger.deliveries(task_id)
     if deliveries > POISON_DELIVERIES:
         # Every earlier start died mid-batch (the worker was killed each time): some file
@@ -205,15 +267,16 @@ def _run_claimed(
         return summary
 
     sources = _Sources(config)
-    connector = _Connector(pool, config, sleep)
+    connector = _Connector(pool, config, sleep, ledger.client)
     try:
         if any(not f.sop_class_uid for f in todo):
             todo = _read_headers(todo, sources, recorder, summary)
         pairs = {(f.sop_class_uid, f.transfer_syntax) for f in todo}
+        leases = _Leases(limiter, todo, config)
         for n, planned in enumerate(todo):
             try:
                 outcome = _send_with_retries(
-                    planned, config, pairs, connector, limiter, sources, sleep
+                    planned, config, pairs, connector, leases, sources, sleep
                 )
             except AssociationRejected as exc:
                 # A permanent rejection (wrong AE title...) fails what is left of the batch.
@@ -277,6 +340,43 @@ def _read_headers(
     return ready
 
 
+class _Leases:
+    """Reserves several files' worth from the fleet-wide limiter at once.
+
+    One reservation costs a Redis script of ~6 commands; taking the next few files of the
+    batch with it brings that to under one command per file. A lease never exceeds the
+    burst (files, and bytes when bytes are limited), so the limiter's bound on any window,
+    rate × seconds + burst, still holds; the files of a lease just go back to back. A
+    re-send (second attempt) is charged on its own.
+    """
+
+    def __init__(self, limiter: RateLimiter, todo: list[PlannedFile], config: JobConfig) -> None:
+        self.limiter = limiter
+        self.order = todo
+        self.position = {f.file_id: i for i, f in enumerate(todo)}
+        self.max_files = max(1, min(LEASE_FILES, config.burst))
+        self.max_bytes = config.limits.effective_burst_bytes
+        self.prepaid: set[str] = set()
+
+    def take(self, planned: PlannedFile, *, first: bool) -> float:
+        if first and planned.file_id in self.prepaid:
+            self.prepaid.discard(planned.file_id)
+            return 0.0
+        group = [planned]
+        nbytes = planned.size
+        if first:
+            for nxt in self.order[self.position.get(planned.file_id, len(self.order)) + 1 :]:
+                if len(group) >= self.max_files:
+                    break
+                if self.max_bytes is not None and nbytes + nxt.size > self.max_bytes:
+                    break
+                group.append(nxt)
+                nbytes += nxt.size
+        waited = self.limiter.acquire(len(group), nbytes)
+        self.prepaid.update(f.file_id for f in group[1:])
+        return waited
+
+
 class DestinationUnavailable(ConnectError):
     """The PACS could not be reached for this batch after the configured retries."""
 
@@ -290,11 +390,16 @@ class _Connector:
     """
 
     def __init__(
-        self, pool: AssociationPool, config: JobConfig, sleep: Callable[[float], None]
+        self,
+        pool: AssociationPool,
+        config: JobConfig,
+        sleep: Callable[[float], None],
+        client: redis.Redis,
     ) -> None:
         self.pool = pool
         self.config = config
         self.sleep = sleep
+        self.client = client
         self.failures = 0
 
     def get(self, pairs: set[tuple[str, str]]) -> Association:
@@ -305,6 +410,9 @@ class _Connector:
                 if not exc.transient:
                     raise
                 error: MigratorError = exc
+                # Busy: have every worker stop holding idle associations to this PACS.
+                key = _busy_key(self.config.destination)
+                self.client.set(key, 1, px=int(BUSY_MEMORY * 1000))
             except ConnectError as exc:
                 error = exc
             else:
@@ -312,7 +420,13 @@ class _Connector:
                 return assoc
             self.failures += 1
             if self.failures > self.config.retries:
-                raise DestinationUnavailable(str(error)) from error
+                why = str(error)
+                if isinstance(error, AssociationRejected) and not self.config.max_associations:
+                    why += (
+                        "; the PACS limits simultaneous associations: give the job "
+                        "--max-associations"
+                    )
+                raise DestinationUnavailable(why) from error
             log.warning("cannot associate (%s); retry %d", error, self.failures)
             self.sleep(_backoff(self.config, self.failures))
 
@@ -322,7 +436,7 @@ def _send_with_retries(
     config: JobConfig,
     pairs: set[tuple[str, str]],
     connector: _Connector,
-    limiter: RateLimiter,
+    leases: _Leases,
     sources: _Sources,
     sleep: Callable[[float], None],
 ) -> FileOutcome:
@@ -333,7 +447,7 @@ def _send_with_retries(
     while True:
         assoc = connector.get(pairs)
         attempts += 1
-        metrics.limiter_waited(config.destination, limiter.acquire(1, planned.size))
+        metrics.limiter_waited(config.destination, leases.take(planned, first=attempts == 1))
         try:
             with source.fetch(item) as payload:
                 header = _reinspect(payload, planned)
@@ -376,6 +490,9 @@ def _send_with_retries(
             )
             out.ts_sent = ts_sent
             return out
+        # One line per re-send (no file name: paths may carry patient names): a lost
+        # association or a busy PACS must show in the logs even when the retry succeeds.
+        log.warning("%s; sending the file again (attempt %d)", reason, attempts + 1)
         sleep(_backoff(config, attempts))
 
 
@@ -394,7 +511,10 @@ def _reinspect(payload: Payload, planned: PlannedFile) -> DicomHeader:
 
 
 def _backoff(config: JobConfig, attempt: int) -> float:
-    return float(min(30.0, config.retry_backoff * 2 ** (attempt - 1)))
+    """Exponential, with jitter: workers turned away together (a busy PACS rejecting
+    associations, a PACS coming back) must not all come back at the same instant."""
+    delay = min(30.0, config.retry_backoff * 2 ** (attempt - 1))
+    return float(delay * random.uniform(0.5, 1.5))
 
 
 def _outcome(

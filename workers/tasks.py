@@ -9,6 +9,7 @@ exception is acked (acks_late) and never comes back, so exceptions become retrie
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import asdict
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
+from migrator.engine import UNREACHABLE
 from migrator.ledger import Ledger
 from migrator.outcomes import FileOutcome, State
 from workers import runtime as rt
 from workers.app import app
-from workers.batch import BatchBusy, DestinationUnavailable, run_batch
+from workers.batch import BatchBusy, DestinationUnavailable, JobGone, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +53,21 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
     ledger = Ledger(runtime.client, job_id)
     from migrator.jobconfig import JobConfig
 
-    config = JobConfig.from_dict(ledger.config())
     tid = self.request.id or task_id(job_id, batch_id)
     t0 = time.monotonic()
     try:
+        try:
+            config = JobConfig.from_dict(ledger.config())
+        except KeyError:
+            raise JobGone(job_id) from None
         summary = run_batch(
             ledger, batch_id, pool=runtime.pool, limiter=runtime.limiter(config), task_id=tid
         )
+    except JobGone as exc:
+        # Nothing to record into and nobody waiting: drop the batch (acked), loudly. The
+        # run that waits for this job sees it gone and says how to start again.
+        log.error("batch %s dropped: %s", batch_id, exc)
+        return {"batch_id": batch_id, "gone": str(exc)}
     except BatchBusy as exc:
         # Not a failure: the same batch runs elsewhere. Look again; if that worker dies,
         # its lease expires and this copy sends the rest.
@@ -68,16 +78,18 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
         raise self.retry(countdown=0) from None
     except Exception as exc:
         reason = (
-            f"cannot reach the PACS: {exc}"
+            f"{UNREACHABLE}: {exc}"
             if isinstance(exc, DestinationUnavailable)
             else f"internal error: {type(exc).__name__}: {exc}"
         )
         if failures < MAX_BATCH_RETRIES:
             log.warning("batch %s: %s; retrying (%d)", batch_id, reason, failures + 1)
             raise self.retry(
-                countdown=_capped(5 * 2**failures),
+                # Jittered, so that batches turned away together do not all return at once.
+                countdown=_capped(5 * 2**failures * random.uniform(0.75, 1.25)),
                 kwargs={"failures": failures + 1},
             ) from exc
+        reason += f" (gave up after {failures + 1} tries of the batch)"
         _fail_rest(ledger, batch_id, reason)
         log.error("batch %s of %s: gave up: %s", batch_id, job_id, reason)
         return {"batch_id": batch_id, "gave_up": reason}

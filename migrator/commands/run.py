@@ -9,8 +9,17 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import redis
 
-from migrator.commands.common import DURATION, fail_config, opt, send_options, setup_logging
+from migrator.commands.common import (
+    DURATION,
+    fail_config,
+    opt,
+    send_options,
+    setup_logging,
+    tls_options,
+    tls_settings,
+)
 from migrator.errors import ConfigError, MigratorError
 from migrator.exitcodes import EXIT_CODES_HELP, ExitStatus
 from migrator.jobconfig import JobConfig
@@ -32,6 +41,7 @@ DEFAULT_STATE_DIR = os.path.join(
 
 def _config(o: dict[str, Any]) -> JobConfig:
     """The job's settings from the command's options; bad numbers fail here, not in a worker."""
+    tls = tls_settings(o["tls"], o["tls_ca"], o["tls_cert"], o["tls_key"])
     try:
         config = JobConfig(
             host=o["host"],
@@ -52,6 +62,11 @@ def _config(o: dict[str, Any]) -> JobConfig:
             throttle_delay=o["throttle_delay"] / 1000.0,
             s3_endpoint=o["s3_endpoint"],
             s3_region=o["s3_region"],
+            # Paths as given, made absolute: they are read on each worker (same layout).
+            tls=tls is not None,
+            tls_ca=_abspath(o["tls_ca"]),
+            tls_cert=_abspath(o["tls_cert"]),
+            tls_key=_abspath(o["tls_key"]),
         )
         config.limits  # noqa: B018 - validates the numbers now
     except ConfigError as exc:
@@ -60,12 +75,29 @@ def _config(o: dict[str, Any]) -> JobConfig:
     return config
 
 
+def _same_tls(ledger: Ledger, config: JobConfig) -> Ledger:
+    """A resumed job keeps the config it was created with: refuse to resume it with other
+    TLS settings rather than silently send in plain TCP (or with other certificates)."""
+    created = JobConfig.from_dict(ledger.config()).tls_settings
+    if created != config.tls_settings:
+        how = f"with TLS ({created.describe()})" if created else "without TLS"
+        raise ConfigError(
+            f"job {ledger.job_id} was created {how}; give the same --tls options or another --job"
+        )
+    return ledger
+
+
+def _abspath(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
 def job_options(func: F) -> F:
     """Options of `plan` and `run`: the destination (as `store`), the job, the batches."""
     for decorator in reversed(
         [
             click.argument("sources", nargs=-1, metavar="[SOURCE]..."),
             send_options,
+            tls_options,
             opt(
                 "--manifest",
                 "manifests",
@@ -166,13 +198,18 @@ def plan_command(sources: tuple[str, ...], **o: Any) -> None:
         fail_config("plan needs --redis-url (or MIGRATOR_REDIS_URL), unless --dry-run")
     job_id = o["job"] or engine.default_job_id(_sources_given(sources, o), config)
     try:
-        ledger = engine.open_job(connect(o["redis_url"]), job_id, config)
+        ledger = _same_tls(engine.open_job(connect(o["redis_url"]), job_id, config), config)
         summary = _plan(ledger, srcs, o["redis_url"], o)
     except ConfigError as exc:
         fail_config(str(exc))
         return
     except MigratorError as exc:
         click.echo(f"migrator: error: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+    except redis.RedisError as exc:
+        # Wrong password, Redis down for longer than the client's retries...: a clear line
+        # (redis-py's messages carry no password) instead of a traceback.
+        click.echo(f"migrator: error: Redis: {type(exc).__name__}: {exc}", err=True)
         raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
     click.echo(
         f"job {job_id}: {summary.planned_new} files planned in {summary.batches} batches, "
@@ -297,6 +334,12 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
 
     setup_logging(o["verbose"], o["quiet"])
     config = _config(o)
+    if config.tls_settings is not None and (o["redis_url"] is None or o["workers"]):
+        # Local workers read the TLS files here: check them before starting anything.
+        try:
+            config.tls_settings.client_context()
+        except ConfigError as exc:
+            fail_config(str(exc))
     quiet = o["quiet"]
     job_id = o["job"] or engine.default_job_id(_sources_given(sources, o), config)
     srcs = engine.make_sources(sources, config)
@@ -305,7 +348,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     terminate_on_sigterm()  # SIGTERM unwinds like Ctrl-C: what we started is stopped
     try:
         with _broker(o["redis_url"], o["workers"], o["state_dir"], quiet=quiet) as (url, local):
-            ledger = engine.open_job(connect(url), job_id, config)
+            ledger = _same_tls(engine.open_job(connect(url), job_id, config), config)
             if not quiet:
                 inputs = ", ".join([*sources, *o["manifests"]])
                 click.echo(f"job {job_id}: {inputs} → {config.server}", err=True)
@@ -337,8 +380,17 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     except ConfigError as exc:
         fail_config(str(exc))
         return
+    except engine.JobLost as exc:
+        # Not "cannot connect": Redis answers, but without the job. Outcomes are unknown.
+        click.echo(f"migrator: error: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.PARTIAL_FAILURE)) from None
     except MigratorError as exc:
         click.echo(f"migrator: error: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+    except redis.RedisError as exc:
+        # Wrong password, Redis down for longer than the client's retries...: a clear line
+        # (redis-py's messages carry no password) instead of a traceback.
+        click.echo(f"migrator: error: Redis: {type(exc).__name__}: {exc}", err=True)
         raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
     if counts["in_flight"] > 0:
         why = "timeout" if local is None or local.alive() else "the local workers stopped"
@@ -347,6 +399,11 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
             "run the same command again to resume"
         )
         result.fatal_exit = ExitStatus.PARTIAL_FAILURE
+    elif (unusable := engine.destination_failure(result.outcomes)) is not None:
+        # The PACS was never usable (down, wrong AE title...): exit 3 / 4 as `store` does,
+        # and say how to send the files once it is fixed.
+        reason, result.fatal_exit = unusable
+        result.fatal = f"{reason}; nothing was stored. Once fixed: migrator retry {job_id}"
     from migrator.summary import render_text
 
     text = render_text(result)
