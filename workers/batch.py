@@ -201,8 +201,10 @@ class _Recorder:
         worker: str,
         destination: str,
         created: float,
+        plan: list[PlannedFile],
     ) -> None:
         self.ledger = ledger
+        self.plan = plan
         self.destination = destination
         self.batch_id = batch_id
         self.token = token
@@ -227,7 +229,7 @@ class _Recorder:
         ):
             raise JobGone(self.ledger.job_id)
         if self.pending:
-            self.ledger.record_many(self.pending, worker=self.worker)
+            self.ledger.record_many(self.pending, worker=self.worker, plan=self.plan)
             self.pending = []
         self.last = time.monotonic()
 
@@ -252,7 +254,7 @@ def _run_claimed(
     if not todo:
         ledger.delivery_done(task_id)
         return summary
-    recorder = _Recorder(ledger, batch_id, token, worker, config.destination, created)
+    recorder = _Recorder(ledger, batch_id, token, worker, config.destination, created, files)
     deliveries = ledger.deliveries(task_id)
     if deliveries > POISON_DELIVERIES:
         # Every earlier start died mid-batch (the worker was killed each time): some file
@@ -298,6 +300,8 @@ def _run_claimed(
         # a death of the process (only those count towards poison).
         recorder.flush()
         ledger.delivery_done(task_id)
+    # Settled: rewrite the outcome lines without the growth slack of appends.
+    ledger.compact_outcomes(batch_id)
     return summary
 
 
