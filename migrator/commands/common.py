@@ -294,3 +294,15 @@ def tls_settings(
     if receiver and not cert:
         fail_config("--tls needs --tls-cert and --tls-key: the receiver's certificate and key")
     return TlsSettings(ca=ca, cert=cert, key=key)
+
+
+def report_option(func: F) -> F:
+    """--report for `store` and `run`: the format follows the file name."""
+    return opt(
+        "--report",
+        env="REPORT",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Write a report to this path: JSON (totals and one entry per file) unless the "
+        "name ends in .html (charts), .csv (files not stored) or .txt (summary).",
+    )(func)

@@ -15,6 +15,7 @@ from migrator.commands.common import (
     DURATION,
     fail_config,
     opt,
+    report_option,
     send_options,
     setup_logging,
     tls_options,
@@ -304,14 +305,7 @@ def _broker(
     default=None,
     help="Stop waiting after this long (a cluster goes on; embedded workers stop).",
 )
-@opt(
-    "--report",
-    env="REPORT",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the report here at the end: .html (charts), .csv (files not stored), "
-    ".txt (summary) or JSON (any other name).",
-)
+@report_option
 def run_command(sources: tuple[str, ...], **o: Any) -> None:
     """Migrate folders and S3 prefixes to a PACS with Celery workers, and account for
     every file.

@@ -10,6 +10,7 @@ from migrator.commands.common import (
     DURATION,
     fail_config,
     opt,
+    report_option,
     send_options,
     setup_logging,
     tls_options,
@@ -56,14 +57,7 @@ from migrator.syntaxes import resolve
     show_default=True,
     help="Parallel associations.",
 )
-@opt(
-    "--report",
-    env="REPORT",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write a report to this path: JSON (totals and one entry per file) unless the name "
-    "ends in .html (charts), .csv (files not stored) or .txt (summary).",
-)
+@report_option
 @click.option("-v", "--verbose", count=True, help="Log each file (-vv: protocol details).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary's first line and errors.")
 def store_command(
