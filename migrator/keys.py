@@ -94,6 +94,12 @@ class JobKeys:
         """Small hashes URI-hash suffix -> batch id, by URI-hash prefix (planning dedup)."""
         return self._k(f"pl:{prefix}")
 
+    def uid_bucket(self, prefix: str) -> str:
+        """Small hashes UID-hash field (8 bytes, binary) -> owner file id ``<batch>:<index>``,
+        by UID-hash prefix (4 hex digits): the first file sent with each SOP Instance UID
+        (ledger.py ``claim_uids``, migrator/duplicates.py)."""
+        return self._k(f"ui:{prefix}")
+
     def batch(self, batch_id: str) -> str:
         """The batch's planned files: zlib-compressed JSON rows (ledger.py)."""
         return self._k(f"batch:{batch_id}")

@@ -17,6 +17,9 @@ measured bytes per file):
   line of a file wins); a stored file's line holds only what is not in the plan.
 * "Was this URI planned already?" is answered by 65,536 small hashes keyed by a prefix of
   the URI's hash (Redis keeps small hashes as compact listpacks).
+* "Which file was sent first with this SOP Instance UID?" likewise: 65,536 small hashes,
+  8 binary bytes of the UID's hash -> the owner's file id, set by the worker just before
+  sending (``claim_uids``; migrator/duplicates.py settles the later files).
 
 Keys come from :mod:`migrator.keys`.
 """
@@ -163,6 +166,28 @@ return {}
 """.replace("DIGITS", str(_BUCKET_DIGITS))
 
 
+# Claim SOP Instance UIDs for files about to be sent: the first file to claim a UID owns it.
+# KEYS: none (bucket keys are built from ARGV[1], a prefix sharing the job's hash tag).
+# ARGV: prefix, batch id, then per file its UID key (DIGITS hex digits + the binary field)
+# and its index. Returns, per file, the owner's file id when another file owns the UID,
+# else '' (new, or owned by this very file: a redelivered or retried batch).
+_CLAIM = """
+local out = {}
+for i = 3, #ARGV, 2 do
+  local h = ARGV[i]
+  local bucket = ARGV[1] .. string.sub(h, 1, DIGITS)
+  local field = string.sub(h, DIGITS + 1)
+  local me = ARGV[2] .. ':' .. ARGV[i + 1]
+  local owner = ''
+  if redis.call('HSETNX', bucket, field, me) == 0 then
+    owner = redis.call('HGET', bucket, field)
+    if owner == me then owner = '' end
+  end
+  out[#out + 1] = owner
+end
+return out
+""".replace("DIGITS", str(_BUCKET_DIGITS))
+
 # Token-checked lease operations. KEYS: lease key. ARGV: token, ttl ms.
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -182,6 +207,17 @@ _DELIVERY_TTL = 7 * 24 * 3600
 def uri_id(uri: str) -> str:
     """Deterministic identity of a listed URI (planning dedup): the same URI is the same file."""
     return hashlib.sha1(uri.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def uid_key(sop_instance_uid: str) -> bytes:
+    """Where a SOP Instance UID sits in the UID index: 4 hex digits naming the bucket, then
+    the field, 8 binary bytes (80 bits of BLAKE2b in all: at 10⁹ files in one job, the
+    chance that two different UIDs meet is ~4·10⁻⁷; a meeting is caught anyway, by the UIDs
+    in the plan or the owner's header, and the file is sent)."""
+    digest = hashlib.blake2b(
+        sop_instance_uid.encode("utf-8", "surrogateescape"), digest_size=10
+    ).digest()
+    return digest[:2].hex().encode() + digest[2:]
 
 
 def split_id(file_id: str) -> tuple[str, int]:
@@ -299,6 +335,7 @@ class Ledger:
         self._reopen = client.register_script(_REOPEN)
         self._unplanned = client.register_script(_UNPLANNED)
         self._add = client.register_script(_ADD)
+        self._claim = client.register_script(_CLAIM)
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
 
@@ -434,6 +471,32 @@ class Ledger:
             if 0 <= index < len(files):
                 out.append(files[index])
         return out
+
+    # -- SOP Instance UIDs ---------------------------------------------------------------
+    def claim_uids(self, files: Sequence[PlannedFile]) -> list[str]:
+        """Claim the SOP Instance UIDs of files about to be sent, in one round trip. Per
+        file: ``""`` when the file owns its UID (first to claim it, or claimed it before),
+        else the file id of the owner (an earlier file, maybe of the same batch), which may
+        also be a different UID whose hash met this one's (the caller checks)."""
+        if not files:
+            return []
+        args: list[str | bytes | int] = [self.keys.uid_bucket("")]
+        batch_id = split_id(files[0].file_id)[0]
+        args.append(batch_id)
+        for f in files:
+            b, index = split_id(f.file_id)
+            if b != batch_id:
+                raise ValueError(f"claim_uids: {f.file_id} is not in batch {batch_id}")
+            args += [uid_key(f.sop_instance_uid), index]
+        owners = cast(list[bytes], self._claim(args=args))
+        return [_s(o) for o in owners]
+
+    def uid_owner(self, sop_instance_uid: str) -> str | None:
+        """The file id that claimed this UID (or a UID of the same hash), if any."""
+        key = uid_key(sop_instance_uid)
+        digits = _BUCKET_DIGITS
+        raw = self.client.hget(self.keys.uid_bucket(key[:digits].decode()), key[digits:])
+        return _s(cast(bytes, raw)) if raw is not None else None
 
     # -- outcomes -----------------------------------------------------------------------
     def record_many(

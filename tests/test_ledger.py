@@ -237,3 +237,50 @@ def test_update_plan_keeps_ids_and_fills_what_headers_said(ledger: Ledger) -> No
     ]
     ledger.update_plan("b1", known)
     assert ledger.batch("b1") == known
+
+
+def test_the_first_file_to_claim_a_uid_owns_it(ledger: Ledger) -> None:
+    """The UID index (issue 7): one round trip per batch says, per file, which other file
+    claimed its SOP Instance UID first; a batch delivered again finds itself as owner."""
+    b1 = ledger.add_batch("b1", [planned(i) for i in range(3)])
+    # b2: file 0 has b1:1's UID, files 1 and 2 share a new one, file 3 is new.
+    again = [
+        PlannedFile("/other/a.dcm", 1, "v", "1.2", "1.2.3.4.1", "1.2.840.10008.1.2.1", "9"),
+        PlannedFile("/other/b.dcm", 1, "v", "1.2", "1.2.3.4.77", "1.2.840.10008.1.2.1", "9"),
+        PlannedFile("/other/c.dcm", 1, "v", "1.2", "1.2.3.4.77", "1.2.840.10008.1.2.1", "9"),
+        PlannedFile("/other/d.dcm", 1, "v", "1.2", "1.2.3.4.78", "1.2.840.10008.1.2.1", "9"),
+    ]
+    b2 = ledger.add_batch("b2", again)
+    assert ledger.claim_uids(b1) == ["", "", ""]
+    assert ledger.claim_uids(b2) == ["b1:1", "", "b2:1", ""]
+    # Delivered again (a killed worker, `retry`): the owners are themselves.
+    assert ledger.claim_uids(b1) == ["", "", ""]
+    assert ledger.claim_uids(b2[1:]) == ["", "b2:1", ""]
+    assert ledger.uid_owner("1.2.3.4.1") == "b1:1"
+    assert ledger.uid_owner("1.2.3.4.77") == "b2:1"
+    assert ledger.uid_owner("1.2.3.4.999") is None
+    assert ledger.claim_uids([]) == []
+    # Fields are 8 binary bytes in 65,536 buckets keyed like the URI dedup index.
+    keys = sorted(ledger.client.scan_iter(match=ledger.keys.uid_bucket("*")))
+    assert len(keys) == 5
+    for key in keys:
+        suffix = key.decode().rsplit(":", 1)[1]
+        assert len(suffix) == 4 and int(suffix, 16) >= 0
+        for field in ledger.client.hkeys(key):
+            assert len(field) == 8
+
+
+def test_a_forced_hash_collision_names_the_other_file_as_owner(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two different UIDs whose hashes meet: the index cannot tell them apart, so it names
+    the owner and the caller compares the UIDs (workers/batch.py sends such a file)."""
+    import migrator.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "uid_key", lambda uid: b"abcd" + b"\x00" * 8)
+    [a] = ledger.add_batch("b1", [planned(1)])
+    [b] = ledger.add_batch("b2", [planned(2)])
+    assert a.sop_instance_uid != b.sop_instance_uid
+    assert ledger.claim_uids([a]) == [""]
+    assert ledger.claim_uids([b]) == ["b1:0"]
+    assert ledger.uid_owner(b.sop_instance_uid) == "b1:0"
