@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from migrator import duplicates
 from migrator import status as st
 from migrator.exitcodes import ExitStatus
 from migrator.outcomes import FileOutcome, State, StoreResult
@@ -456,6 +457,9 @@ def _count(table: dict[str, ClassCount], uid: str, state: str) -> None:
 
 def reason_key(uri: str, reason: str) -> str:
     """The cause without the per-file part, so that identical causes group together."""
+    group = duplicates.group_reason(reason)  # they name the other file and the UID
+    if group is not None:
+        return group
     if uri and reason.startswith(uri):
         reason = reason[len(uri) :].lstrip(":").strip()
     elif reason.startswith(("/", "s3://", "mem://")):
