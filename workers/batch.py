@@ -1,6 +1,8 @@
 """One batch of a migration job, sent by one worker process: the logic behind the task.
 
-Per file: skip if the ledger says it is stored (redelivered batch) -> acquire from the
+Per file: skip if the ledger says it is stored (redelivered batch) -> claim its SOP
+Instance UID (one round trip for the batch; a later file with a UID another file claimed is
+compared with it and settled as a duplicate or a conflict, never sent) -> acquire from the
 fleet-wide limiter -> fetch -> re-inspect (the file may have changed since planning) ->
 send on the pooled association -> classify -> record. Transient statuses and lost
 associations are retried inside the batch with backoff, on a fresh association; the batch
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import redis
 
+from migrator import duplicates
 from migrator import status as st
 from migrator.dicomfile import DicomHeader, inspect_bytes, inspect_file
 from migrator.dul.association import Association, AssociationLost
@@ -66,6 +69,10 @@ class BatchSummary:
     failed: int = 0
     #: Planned from a manifest, found not to be sendable when its header was read here
     refused: int = 0
+    #: Not sent: another file has the same SOP Instance UID and the same bytes (skipped)...
+    duplicates: int = 0
+    #: ...or different bytes (failed: conflict)
+    conflicts: int = 0
     poison: bool = False
 
 
@@ -273,6 +280,7 @@ def _run_claimed(
     try:
         if any(not f.sop_class_uid for f in todo):
             todo = _read_headers(todo, sources, recorder, summary)
+        todo = _settle_duplicates(ledger, todo, sources, recorder, summary)
         pairs = {(f.sop_class_uid, f.transfer_syntax) for f in todo}
         leases = _Leases(limiter, todo, config)
         for n, planned in enumerate(todo):
@@ -342,6 +350,56 @@ def _read_headers(
             )
         )
     return ready
+
+
+def _settle_duplicates(
+    ledger: Ledger,
+    todo: list[PlannedFile],
+    sources: _Sources,
+    recorder: _Recorder,
+    summary: BatchSummary,
+) -> list[PlannedFile]:
+    """Claim the SOP Instance UIDs of the files about to be sent (one round trip for the
+    batch) and settle the files whose UID another file claimed first: compared with that
+    file, skipped when identical, failed as a conflict when not (migrator/duplicates.py).
+    Returns the files to send. A redelivered or retried batch owns its own claims."""
+    owners = ledger.claim_uids(todo)
+    if not any(owners):
+        return todo
+    here = {f.file_id: f for f in todo}
+    away = sorted({o for o in owners if o and o not in here})
+    elsewhere = {p.file_id: p for p in ledger.files(away)} if away else {}
+    ready = []
+    for f, owner_id in zip(todo, owners, strict=True):
+        owner = (here.get(owner_id) or elsewhere.get(owner_id)) if owner_id else None
+        if owner is None:
+            if owner_id:
+                log.warning("file %s: its UID's owner %s is not in the plan", f.file_id, owner_id)
+            ready.append(f)
+            continue
+        try:
+            verdict = duplicates.settle(_copy(f, sources), _copy(owner, sources))
+        except MigratorError as exc:  # this file cannot be read: as sending would have failed
+            recorder.add(f, _outcome(f, State.FAILED, str(exc), None, 0))
+            summary.failed += 1
+            continue
+        if verdict is None:  # another UID with the same hash: not a duplicate
+            ready.append(f)
+            continue
+        state, reason = verdict
+        recorder.add(f, _outcome(f, state, reason, None, 0))
+        if state is State.SKIPPED:
+            summary.duplicates += 1
+        else:
+            summary.conflicts += 1
+            summary.failed += 1
+    return ready
+
+
+def _copy(f: PlannedFile, sources: _Sources) -> duplicates.Copy:
+    return duplicates.Copy(
+        sources.for_uri(f.uri), SourceItem(f.uri, f.size, f.version), f.sop_instance_uid
+    )
 
 
 class _Leases:
