@@ -12,6 +12,7 @@ secrets in the environment, and the errors of commands given a wrong Redis passw
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,12 +174,65 @@ def test_help_never_shows_secrets_from_the_environment() -> None:
         assert_no_secret(f"migrator {' '.join(args)}", proc.stdout + proc.stderr)
 
 
+# A wrong password is a refusal, not an outage: no retries (workers.runtime.connect).
+WRONG_CREDENTIALS = [
+    pytest.param(f":{WRONG_PASSWORD}@", id="wrong-password"),
+    pytest.param(f"default:{WRONG_PASSWORD}@", id="user-and-wrong-password"),
+    pytest.param("", id="no-password"),  # NOAUTH on the first command
+]
+
+
+@pytest.mark.parametrize("auth", WRONG_CREDENTIALS)
+def test_a_wrong_redis_password_fails_run_and_plan_at_once_and_is_never_shown(
+    auth: str, tmp_path: Path
+) -> None:
+    """run (with and without local workers), plan, status and report give up within
+    seconds with exit 3 and a line naming the authentication failure; it used to take
+    ~35 s (~10 min for NOAUTH) of retries as if Redis were restarting."""
+    source = tmp_path / "src"
+    patient_corpus(source, 1, seed=5)
+    with redis_peer(tmp_path / "redis", password=REDIS_PASSWORD) as redis:
+        url = f"redis://{auth}127.0.0.1:{redis.port}/0"
+        dest = ["--host", "127.0.0.1", "--port", "1"]  # never reached: Redis refuses first
+        commands = [
+            ["run", str(source), *dest, "--redis-url", url],
+            ["run", str(source), *dest, "--redis-url", url, "--workers", "1"],
+            ["plan", str(source), *dest, "--redis-url", url],
+            ["status", "job-x", "--redis-url", url],
+            ["report", "job-x", "--redis-url", url],
+        ]
+
+        def timed(args: list[str]) -> tuple[float, Any]:
+            start = time.monotonic()
+            proc = run_migrator(*args, env=AWS_ENV, timeout=60)
+            return time.monotonic() - start, proc
+
+        with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+            results = list(pool.map(timed, commands))
+        client = redis.client()
+        assert client.dbsize() == 0  # nothing was planned or enqueued
+    for args, (elapsed, proc) in zip(commands, results, strict=True):
+        where = f"migrator {' '.join(args[:1] + args[-2:])} with a wrong password"
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 3, (where, output)
+        assert elapsed < 10, (where, f"{elapsed:.1f} s", output)
+        assert "Traceback" not in output, (where, output)
+        assert_no_secret(where, output)
+        assert REDIS_PASSWORD not in output
+        if args[0] in ("run", "plan"):
+            assert "refused the credentials (authentication failed" in proc.stderr, output
+            assert "redis://***@127.0.0.1" in proc.stderr or not auth, output
+        else:
+            assert "cannot reach Redis" in proc.stderr, output
+        assert any(word in output for word in ("username-password", "Authentication")), output
+
+
 @pytest.mark.slow
 def test_errors_with_a_wrong_redis_password_do_not_show_it(
     migration: Migration, tmp_path: Path
 ) -> None:
-    """~35 s: the Redis client retries for about 30 s (to ride out a Redis restart), also
-    on an authentication error, before the command gives up."""
+    """~35 s: the Redis client retries a closed port for about 30 s (to ride out a Redis
+    restart) before the command gives up; a wrong password fails at once (test above)."""
     port = migration.redis.port
     wrong = f"redis://:{WRONG_PASSWORD}@127.0.0.1:{port}/0"
     closed = f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0"  # nothing listens on port 1

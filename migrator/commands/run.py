@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import redis
@@ -86,6 +86,27 @@ def _same_tls(ledger: Ledger, config: JobConfig) -> Ledger:
             f"job {ledger.job_id} was created {how}; give the same --tls options or another --job"
         )
     return ledger
+
+
+def _redis_failure(exc: redis.RedisError, url: str | None) -> NoReturn:
+    """A clear line instead of a traceback, exit 3. Neither redis-py's messages nor the
+    URL as shown carry the password. A refused password is said as such: it is not
+    retried (workers.runtime.connect), so it is the first error the user sees."""
+    from migrator.commands.jobs import _safe_url
+    from workers.runtime import NOT_RETRIED
+
+    where = f"Redis at {_safe_url(url)}" if url else "the embedded Redis"
+    if isinstance(exc, NOT_RETRIED):
+        what = (
+            f"{where} refused the credentials (authentication failed: {exc}); "
+            "check the password in --redis-url / MIGRATOR_REDIS_URL"
+        )
+    elif isinstance(exc, redis.exceptions.NoPermissionError):
+        what = f"{where}: the user in --redis-url lacks a permission: {exc}"
+    else:
+        what = f"{where}: {type(exc).__name__}: {exc}"
+    click.echo(f"migrator: error: {what}", err=True)
+    raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
 
 
 def _abspath(path: str | None) -> str | None:
@@ -208,10 +229,7 @@ def plan_command(sources: tuple[str, ...], **o: Any) -> None:
         click.echo(f"migrator: error: {exc}", err=True)
         raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
     except redis.RedisError as exc:
-        # Wrong password, Redis down for longer than the client's retries...: a clear line
-        # (redis-py's messages carry no password) instead of a traceback.
-        click.echo(f"migrator: error: Redis: {type(exc).__name__}: {exc}", err=True)
-        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+        _redis_failure(exc, o["redis_url"])
     click.echo(
         f"job {job_id}: {summary.planned_new} files planned in {summary.batches} batches, "
         f"{summary.already_planned} already planned, {summary.refused} refused"
@@ -264,6 +282,7 @@ def _broker(
     count). With a URL: that Redis, plus local workers only when ``--workers`` is given.
     """
     from migrator.embedded import EmbeddedRedis, LocalWorkers
+    from workers.runtime import connect
 
     with contextlib.ExitStack() as stack:
         if redis_url is None:
@@ -272,6 +291,9 @@ def _broker(
             workers = workers or os.cpu_count() or 2
         else:
             url = redis_url
+            # A wrong password fails here, clearly and at once, not in the local workers'
+            # start-up wait (kombu's traceback) nor after the plan's first command.
+            connect(url).ping()
         local = stack.enter_context(LocalWorkers(url, workers)) if workers else None
         if not quiet:
             where = f"embedded {embedded.kind}" if redis_url is None else "Redis at --redis-url"
@@ -382,10 +404,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         click.echo(f"migrator: error: {exc}", err=True)
         raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
     except redis.RedisError as exc:
-        # Wrong password, Redis down for longer than the client's retries...: a clear line
-        # (redis-py's messages carry no password) instead of a traceback.
-        click.echo(f"migrator: error: Redis: {type(exc).__name__}: {exc}", err=True)
-        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+        _redis_failure(exc, o["redis_url"])
     if counts["in_flight"] > 0:
         why = "timeout" if local is None or local.alive() else "the local workers stopped"
         result.fatal = (
