@@ -24,7 +24,9 @@ class Scheduler(Generic[T]):
         self._in_flight = 0
         self._stopped = False
 
-    def get(self) -> T | None:
+    def get(self, *, block: bool = True) -> T | None:
+        """The next ready item; None when everything is done (or stopped), or, with
+        ``block=False``, when nothing is ready right now."""
         with self._cond:
             while True:
                 if self._stopped:
@@ -36,9 +38,11 @@ class Scheduler(Generic[T]):
                         _, _, item = heapq.heappop(self._heap)
                         self._in_flight += 1
                         return item
+                    if not block:
+                        return None
                     self._cond.wait(ready_at - now)
                     continue
-                if self._in_flight == 0:
+                if self._in_flight == 0 or not block:
                     return None
                 self._cond.wait()
 

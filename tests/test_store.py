@@ -28,13 +28,16 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return synth.write_mixed_corpus(tmp_path_factory.mktemp("mixed"))
 
 
+@pytest.mark.parametrize("jobs", ["1", "4"])
 def test_mixed_corpus_arrives_complete_at_storescp(
     mixed: list[Path],
     storescp: StoreScpPeer,
     tmp_path: Path,
     compare_datasets: Callable[..., None],
+    jobs: str,
 ) -> None:
-    """CT, MR, SC, 10 MB, 55 MB multi-frame, implicit, big-endian, no-meta and J2K files."""
+    """CT, MR, SC, 10 MB, 55 MB multi-frame, implicit, big-endian, no-meta and J2K files;
+    one association, and four driven from one thread."""
     report = tmp_path / "report.json"
     proc = run_migrator(
         "store",
@@ -44,6 +47,8 @@ def test_mixed_corpus_arrives_complete_at_storescp(
         storescp.port,
         "--called-ae",
         "STORESCP",
+        "-j",
+        jobs,
         *mixed,
         "--report",
         report,

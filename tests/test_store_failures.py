@@ -45,12 +45,14 @@ def corpus(tmp_path: Path) -> list[Path]:
     return synth.write_corpus(tmp_path / "corpus", count=12, size="tiny")
 
 
+# -j 3: three associations driven from one thread (send on each, collect the answers).
+@pytest.mark.parametrize("jobs", ["1", "3"])
 def test_transient_a700_twice_then_success_stores_everything(
-    tmp_path: Path, corpus: list[Path]
+    tmp_path: Path, corpus: list[Path], jobs: str
 ) -> None:
     with start_migrator_scp(tmp_path / "scp", "--fail-status", "A700", "--fail-first", "2") as scp:
         report = tmp_path / "r.json"
-        proc = _store(scp.port, tmp_path / "corpus", "--report", report)
+        proc = _store(scp.port, tmp_path / "corpus", "--report", report, "-j", jobs)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "✓ All files stored successfully!" in proc.stdout
         assert _received(scp) == {sop_uid(p) for p in corpus}
@@ -95,16 +97,18 @@ def test_out_of_resources_forever_runs_out_of_retries_and_fails(
         scp.stop()
 
 
+# (12 files over 3 associations: 4 each, so abort after 2 for the aborts to happen)
+@pytest.mark.parametrize(("jobs", "abort_after"), [("1", "4"), ("3", "2")])
 def test_association_aborted_after_n_stores_is_reopened_and_all_stored(
-    tmp_path: Path, corpus: list[Path]
+    tmp_path: Path, corpus: list[Path], jobs: str, abort_after: str
 ) -> None:
-    with start_migrator_scp(tmp_path / "scp", "--abort-after", "4") as scp:
+    with start_migrator_scp(tmp_path / "scp", "--abort-after", abort_after) as scp:
         report = tmp_path / "r.json"
-        proc = _store(scp.port, tmp_path / "corpus", "--report", report)
+        proc = _store(scp.port, tmp_path / "corpus", "--report", report, "-j", jobs)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert _received(scp) == {sop_uid(p) for p in corpus}
         data = load_report(report)
-        # Every 5th store on an association is aborted: those files needed a second attempt.
+        # Every (n+1)th store on an association is aborted: those files needed a second try.
         assert sum(f["attempts"] for f in data["files"]) > len(corpus)
         scp.stop()
 

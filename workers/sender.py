@@ -36,6 +36,18 @@ class SendResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class PendingSend:
+    """A C-STORE request on the wire whose response is still to be read."""
+
+    msg_id: int
+    ts_sent: str
+    transcoded: bool
+    nbytes: int
+    started: float
+    note: str
+
+
 def send_file(
     assoc: Association,
     header: DicomHeader,
@@ -49,6 +61,21 @@ def send_file(
     Raises ``AssociationLost`` (outcome unknown: re-send on a new association) and
     ``SourceError`` (the file cannot be read); everything else becomes a SendResult.
     """
+    sent = start_send(assoc, header, payload, allow_lossy=allow_lossy, forced_syntax=forced_syntax)
+    return sent if isinstance(sent, SendResult) else finish_send(assoc, sent)
+
+
+def start_send(
+    assoc: Association,
+    header: DicomHeader,
+    payload: Payload,
+    *,
+    allow_lossy: bool = False,
+    forced_syntax: str | None = None,
+) -> PendingSend | SendResult:
+    """The first half of ``send_file``: the request is sent (the payload is no longer
+    needed afterwards); a SendResult when nothing could be sent (no usable context, a
+    conversion that failed). Raises as ``send_file``."""
     sop_class, file_ts = header.sop_class_uid, header.transfer_syntax
     target = forced_syntax or file_ts
     ctx = assoc.context_for(sop_class, target) if target == file_ts else None
@@ -62,11 +89,8 @@ def send_file(
             dataset = memoryview(payload.data)[header.dataset_offset :]
             length = len(dataset)
         t0 = time.perf_counter()
-        response = assoc.c_store(ctx, sop_class, header.sop_instance_uid, dataset)
-        seconds = time.perf_counter() - t0
-        return _result(
-            response.status, response.error_comment, file_ts, False, length, seconds, header.note
-        )
+        msg_id = assoc.send_c_store(ctx, sop_class, header.sop_instance_uid, dataset)
+        return PendingSend(msg_id, file_ts, False, length, t0, header.note)
 
     accepted = assoc.accepted_syntaxes(sop_class)
     if forced_syntax:
@@ -104,10 +128,22 @@ def send_file(
     ctx = assoc.context_for(sop_class, target)
     assert ctx is not None
     t0 = time.perf_counter()
-    response = assoc.c_store(ctx, sop_class, header.sop_instance_uid, data)
-    seconds = time.perf_counter() - t0
+    msg_id = assoc.send_c_store(ctx, sop_class, header.sop_instance_uid, data)
+    return PendingSend(msg_id, target, True, len(data), t0, header.note)
+
+
+def finish_send(assoc: Association, pending: PendingSend) -> SendResult:
+    """The second half of ``send_file``: read the response. Raises ``AssociationLost``."""
+    response = assoc.wait_c_store(pending.msg_id)
+    seconds = time.perf_counter() - pending.started
     return _result(
-        response.status, response.error_comment, target, True, len(data), seconds, header.note
+        response.status,
+        response.error_comment,
+        pending.ts_sent,
+        pending.transcoded,
+        pending.nbytes,
+        seconds,
+        pending.note,
     )
 
 

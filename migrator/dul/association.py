@@ -6,6 +6,10 @@ Usage::
                                 timeouts=Timeouts())
     ctx = assoc.context_for(sop_class, transfer_syntax)
     response = assoc.c_store(ctx, sop_class, sop_instance, FileSlice(path, offset, length))
+    # or, to keep several associations busy from one thread:
+    msg_id = assoc.send_c_store(ctx, sop_class, sop_instance, dataset)
+    ...                                   # send on the other associations
+    response = assoc.wait_c_store(msg_id)
     assoc.release()
 
 With ``tls=`` (an ``ssl.SSLContext``, see ``migrator.dul.tls``) the socket is wrapped in TLS
@@ -23,10 +27,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import ssl
 import struct
+import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from migrator.dul import dimse
 from migrator.dul.pdu import (
@@ -50,6 +55,9 @@ from migrator.dul.pdu import (
 from migrator.dul.tls import handshake_failure
 from migrator.errors import AssociationRejected, ConnectError, SourceError
 from migrator.netutil import set_nodelay
+
+if TYPE_CHECKING:
+    import ssl
 
 # PDU header (6 bytes) + PDV item header (4 + 2 bytes) in one struct: one iovec per fragment.
 _FRAGMENT_HEADER = struct.Struct(">BxIIBB")
@@ -106,11 +114,12 @@ class Association:
         self._sock = sock
         # SSLSocket has no sendmsg(): TLS joins the buffers into a few large writes, plain
         # TCP keeps one gathering syscall per ~1000 buffers.
-        self._send_bufs = _sendall_tls if isinstance(sock, ssl.SSLSocket) else _sendmsg_all
-        self.tls = isinstance(sock, ssl.SSLSocket)
+        self._send_bufs = _sendall_tls if _is_tls(sock) else _sendmsg_all
+        self.tls = _is_tls(sock)
         self._rbuf = bytearray()
         self._timeouts = timeouts
         self._message_id = 0
+        self._sent_at = 0.0
         self._alive = True
         self.peer = peer
         self.peer_max_pdu = ac.peer_max_pdu
@@ -166,7 +175,7 @@ class Association:
             sock.settimeout(timeouts.network)
             sock.sendall(encode_associate_rq(called_ae, calling_ae, contexts, max_pdu))
             pdu_type, body = _recv_pdu_raw(sock, bytearray(), timeouts.acse, peer)
-        except ssl.SSLError as exc:
+        except _ssl_errors() as exc:
             # TLS 1.3: a server that refuses our certificate says so after the handshake,
             # with an alert read here.
             sock.close()
@@ -245,9 +254,33 @@ class Association:
         sop_instance: str,
         dataset: FileSlice | bytes | memoryview,
     ) -> Response:
+        return self.wait_c_store(self.send_c_store(context_id, sop_class, sop_instance, dataset))
+
+    def send_c_store(
+        self,
+        context_id: int,
+        sop_class: str,
+        sop_instance: str,
+        dataset: FileSlice | bytes | memoryview,
+    ) -> int:
+        """Send a C-STORE request without waiting for its response; returns its message id.
+
+        Lets one thread keep several associations busy (``migrator store -j N``): send on
+        each, then collect the responses with ``wait_c_store``. One request per association
+        is outstanding at a time (no asynchronous operations window is negotiated).
+        """
         msg_id = self._next_message_id()
         self._send_message(context_id, dimse.c_store_rq(msg_id, sop_class, sop_instance), dataset)
-        return self._wait_response(msg_id, dimse.C_STORE_RSP)
+        self._sent_at = time.monotonic()
+        return msg_id
+
+    def wait_c_store(self, msg_id: int) -> Response:
+        """The response to the C-STORE request ``msg_id`` sent with ``send_c_store``.
+
+        The DIMSE timeout runs from the end of the send, not from this call: collecting
+        responses one after another must not stretch it.
+        """
+        return self._wait_response(msg_id, dimse.C_STORE_RSP, since=self._sent_at)
 
     def _next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1
@@ -327,7 +360,7 @@ class Association:
             raise self._lost(
                 f"no progress sending for {self._timeouts.network:g}s (network timeout)", exc
             ) from exc
-        except ssl.SSLError as exc:
+        except _ssl_errors() as exc:
             raise self._lost(f"TLS send failed: {handshake_failure(exc)}", exc) from exc
         except OSError as exc:
             raise self._lost(f"send failed: {exc.strerror or exc}", exc) from exc
@@ -365,13 +398,17 @@ class Association:
         finally:
             os.close(fd)
 
-    def _wait_response(self, msg_id: int, expected: int) -> Response:
-        deadline = time.monotonic() + self._timeouts.dimse
+    def _wait_response(self, msg_id: int, expected: int, since: float | None = None) -> Response:
+        deadline = (since or time.monotonic()) + self._timeouts.dimse
         command = bytearray()
+        first = True
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and not first:
                 raise self._lost(f"no response within {self._timeouts.dimse:g}s (DIMSE timeout)")
+            # An answer already received counts, however late we come to read it.
+            remaining = max(remaining, 0.001)
+            first = False
             try:
                 pdu_type, body = _recv_pdu_raw(self._sock, self._rbuf, remaining, self.peer)
             except TimeoutError as exc:
@@ -442,6 +479,18 @@ def _append_fragments(
         bufs.append(piece)
 
 
+def _ssl_errors() -> tuple[type[Exception], ...]:
+    """``ssl.SSLError`` once a TLS association loaded ssl; nothing to catch before (plain
+    TCP commands do not import ssl: ~10 ms of start-up)."""
+    mod = sys.modules.get("ssl")
+    return (mod.SSLError,) if mod is not None else ()
+
+
+def _is_tls(sock: socket.socket) -> bool:
+    mod = sys.modules.get("ssl")
+    return mod is not None and isinstance(sock, mod.SSLSocket)
+
+
 def _sendmsg_all(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
     """``sendall`` for a list of buffers: one syscall per ~1000 iovecs, partial sends resumed."""
     i = 0
@@ -486,7 +535,7 @@ def _tls_handshake(
     try:
         sock.settimeout(timeout)
         return context.wrap_socket(sock, server_hostname=host)
-    except ssl.SSLError as exc:
+    except _ssl_errors() as exc:
         sock.close()
         raise ConnectError(f"TLS handshake with {peer} failed: {handshake_failure(exc)}") from exc
     except TimeoutError as exc:
