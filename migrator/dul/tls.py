@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import functools
 import os
-import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from migrator.errors import ConfigError
+
+# ssl is imported where it is used: loading it costs every plain-TCP command ~10 ms.
+if TYPE_CHECKING:
+    import ssl
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,8 @@ class TlsSettings:
 
         Raises ConfigError.
         """
+        import ssl
+
         if not self.cert:
             raise ConfigError("a TLS receiver needs its certificate: --tls-cert (and --tls-key)")
         required = bool(self.ca) if require_client_cert is None else require_client_cert
@@ -62,6 +68,8 @@ class TlsSettings:
 
 @functools.lru_cache(maxsize=8)
 def _client_context(settings: TlsSettings) -> ssl.SSLContext:
+    import ssl
+
     if settings.key and not settings.cert:
         raise ConfigError("--tls-key needs --tls-cert (the certificate of that key)")
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
@@ -83,6 +91,8 @@ def _check_file(path: str, what: str) -> None:
 
 
 def _load_ca(ctx: ssl.SSLContext, path: str) -> None:
+    import ssl
+
     _check_file(path, "TLS CA file (--tls-ca)")
     try:
         ctx.load_verify_locations(cafile=path)
@@ -93,6 +103,8 @@ def _load_ca(ctx: ssl.SSLContext, path: str) -> None:
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: str, key: str | None) -> None:
+    import ssl
+
     _check_file(cert, "TLS certificate (--tls-cert)")
     if key:
         _check_file(key, "TLS private key (--tls-key)")
@@ -115,6 +127,8 @@ def _no_password() -> str:
 
 
 def _reason(exc: BaseException) -> str:
+    import ssl
+
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).lower().replace("_", " ")
     return str(exc)
@@ -122,6 +136,8 @@ def _reason(exc: BaseException) -> str:
 
 def handshake_failure(exc: BaseException, *, receiver: bool = False) -> str:
     """A human explanation of a failed TLS handshake or TLS read (``receiver``: ours)."""
+    import ssl
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verification failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLEOFError):
