@@ -53,6 +53,10 @@ def duplicate_reason(other_uri: str) -> str:
     )
 
 
+#: The same file given twice (``store`` with a file and its folder): sent once.
+LISTED_TWICE = f"{DUPLICATE}: the same file is listed twice; not sent again"
+
+
 def conflict_reason(uid: str, other_uri: str) -> str:
     return (
         f"{CONFLICT}: SOP Instance UID {uid} is also in {other_uri} with different content; "
@@ -103,6 +107,8 @@ def settle(candidate: Copy, owner: Copy) -> tuple[State, str] | None:
     uid = candidate.sop_instance_uid
     if owner.sop_instance_uid and owner.sop_instance_uid != uid:
         return None
+    if candidate.item.uri == owner.item.uri:
+        return State.SKIPPED, LISTED_TWICE
     try:
         same = same_content(candidate, owner)
     except OwnerUnreadable as exc:

@@ -119,6 +119,11 @@ def test_identical_edited_and_resized_copies_are_told_apart(
         "so the copy at the PACS is not overwritten",
     )
     assert duplicates.settle(local(edit, uid), local(a, uid)) == conflict
+    # The same file given twice (`store` with the file and its folder) is not compared.
+    assert duplicates.settle(local(a, uid), local(a, uid)) == (
+        State.SKIPPED,
+        duplicates.LISTED_TWICE,
+    )
     assert duplicates.settle(local(resized, uid), local(a, uid)) == conflict
     # Sizes that differ are never read: an owner that is gone still compares as different.
     gone = local(tmp_path / "gone.dcm", uid, size=resized.stat().st_size + 1)

@@ -264,10 +264,12 @@ def test_python_api_callbacks_and_in_memory_bytes(storescp: StoreScpPeer, tmp_pa
     result = scu.send()
     assert events[0] == ("started", 1 + 4 + 2)
     assert events[-1] == ("completed", result.stored)
-    assert result.stored == 6  # files[0] twice (same instance, stored twice) + 4 + 1
-    assert [o.state for o in result.outcomes].count(State.SKIPPED) == 1
+    assert result.stored == 5  # files[0] is listed twice: sent once (issue 7), + 3 + 1
+    skipped = {o.uri: o.reason for o in result.outcomes if o.state is State.SKIPPED}
+    assert skipped[str(files[0])] == "duplicate: the same file is listed twice; not sent again"
+    assert len(skipped) == 2
     assert ("error", "mem://junk") in events
-    assert sum(1 for e in events if e[0] == "sending") == 6
+    assert sum(1 for e in events if e[0] == "sending") == 5
     assert sop_uid(tmp_path / "c" / files[1].name) in {
         sop_uid(p) for p in storescp.received_files()
     }
