@@ -620,6 +620,7 @@ class LocalWorkers:
         self.logfile: Path | None = Path(logfile) if logfile else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._keep_log = False  # the worker failed: its log is the only record of why
+        self._ready = False
 
     @property
     def pid(self) -> int:
@@ -637,7 +638,10 @@ class LocalWorkers:
     def command(self) -> list[str]:
         return worker_argv(self.n, loglevel=self.loglevel, hostname=self.hostname_template)
 
-    def start(self) -> LocalWorkers:
+    def start(self, *, wait: bool = True) -> LocalWorkers:
+        """Start the worker; with ``wait``, return once it answers a ping. Without, call
+        ``wait_ready()`` later: `run` plans the job while the worker boots (~1 s of
+        imports and pool forks that need not hold up planning)."""
         if self._proc is not None:
             return self
         atexit.register(self.stop)
@@ -670,7 +674,8 @@ class LocalWorkers:
                     env=child_env,
                     start_new_session=True,
                 )
-            self._wait_ready()
+            if wait:
+                self.wait_ready()
         except BaseException:
             self.stop()
             raise
@@ -764,8 +769,19 @@ class LocalWorkers:
                 return False
             time.sleep(0.02)
 
+    def wait_ready(self) -> None:
+        """``control.ping`` addressed to our hostname until it answers, while the process
+        runs. Raises EmbeddedStartError (and stops the worker) when it does not come up."""
+        if self._ready:
+            return
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self._ready = True
+
     def _wait_ready(self) -> None:
-        """``control.ping`` addressed to our hostname until it answers, while the process runs."""
         # Imported here: celery is heavy and EmbeddedRedis alone does not need it. By name, so
         # that type-checking this module does not pull in celery, which has no type information.
         app = importlib.import_module("workers.app").make_app(self.broker_url)
@@ -779,7 +795,9 @@ class LocalWorkers:
                         f"local worker exited with {self._proc.returncode} during startup "
                         f"(log: {self.logfile}):\n{self.log_tail()}"
                     )
-                if app.control.ping(timeout=0.5, destination=[self.hostname]):
+                # A ping returns as soon as the worker answers, or after its timeout when
+                # it is not up yet: short, so that readiness is seen within ~0.1 s.
+                if app.control.ping(timeout=0.1, destination=[self.hostname]):
                     return
                 if time.monotonic() >= deadline:
                     raise EmbeddedStartError(

@@ -294,7 +294,12 @@ def _broker(
             # A wrong password fails here, clearly and at once, not in the local workers'
             # start-up wait (kombu's traceback) nor after the plan's first command.
             connect(url).ping()
-        local = stack.enter_context(LocalWorkers(url, workers)) if workers else None
+        local = None
+        if workers:
+            # Not waited for here: the job is planned while the worker boots (run_command
+            # waits for it before waiting for outcomes).
+            local = LocalWorkers(url, workers).start(wait=False)
+            stack.push(local)
         if not quiet:
             where = f"embedded {embedded.kind}" if redis_url is None else "Redis at --redis-url"
             click.echo(f"{where}, {workers or 0} local worker processes", err=True)
@@ -370,6 +375,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
                 click.echo(f"job {job_id}: {inputs} → {config.server}", err=True)
             ledger.mark_started()
             _plan(ledger, srcs, url, o)
+            if local is not None:
+                local.wait_ready()
             from migrator.progress import JobProgress
 
             progress = JobProgress(enabled=not quiet and sys.stderr.isatty())
