@@ -98,6 +98,9 @@ _STREAM_ERRORS: tuple[type[BaseException], ...] = (
 
 _CHUNK = 1 * MiB
 
+# A full spool folder, said the same way in every reason (tests and users grep for it).
+_FULL_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
 # What a boto3 call can raise on purpose. Anything else is a bug and keeps its traceback.
 _BOTO_ERRORS = (ClientError, BotoCoreError)
 
@@ -142,7 +145,7 @@ class S3Settings:
     Credentials left unset come from boto3's standard chain (environment, shared config
     and credentials files, container or instance role). ``memory_threshold``: objects
     strictly smaller than this are fetched into memory, the others spooled to a temporary
-    file in ``spool_dir`` (the system temporary folder when ``None``).
+    file in ``spool_dir`` (``$TMPDIR``, else the system temporary folder, when ``None``).
     """
 
     endpoint_url: str | None = None
@@ -403,12 +406,16 @@ class S3Source:
 
     def _open_spool(self) -> tuple[IO[bytes], str]:
         """A new, private spool file (mode 0600 by mkstemp) and its path."""
-        folder = self.settings.spool_dir or tempfile.gettempdir()
+        folder = self._spool_folder()
         try:
             fd, path = tempfile.mkstemp(prefix="migrator-s3-", suffix=".spool", dir=folder)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise TransientError(f"spool folder {folder} is full") from exc
+            if exc.errno in _FULL_ERRNOS:
+                # Out of inodes (blocks run out at the first write, in _spool).
+                raise TransientError(
+                    f"spool folder {folder} is full ({_FULL_ERRNOS[exc.errno]}): cannot "
+                    f"create a spool file; {self._spool_hint()}"
+                ) from exc
             raise ConfigError(
                 f"cannot create a spool file in {folder}: {exc.strerror or exc}"
             ) from exc
@@ -434,12 +441,11 @@ class S3Source:
         except OSError as exc:
             _unlink_quietly(path)
             folder = os.path.dirname(path)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in _FULL_ERRNOS:
                 # Transient: spool files of other fetches are deleted as they finish.
                 raise TransientError(
-                    f"{item.uri}: spool folder {folder} is full (no space left on device) "
-                    f"after {written} of {item.size} bytes; free space or choose another "
-                    "spool folder"
+                    f"{item.uri}: spool folder {folder} is full ({_FULL_ERRNOS[exc.errno]}) "
+                    f"after {written} of {item.size} bytes; {self._spool_hint()}"
                 ) from exc
             raise TransientError(
                 f"{item.uri}: cannot write spool file in {folder}: {exc.strerror or exc}"
@@ -448,6 +454,24 @@ class S3Source:
             _unlink_quietly(path)
             raise
         return path
+
+    def _spool_folder(self) -> str:
+        """``spool_dir``, else ``TMPDIR`` as given, else the system's temporary folder.
+
+        Not ``tempfile.gettempdir()`` alone: it probes TMPDIR once per process and, if that
+        folder is full at that moment, silently settles on /tmp (often the small root disk)
+        for the rest of the process's life: a worker started while its spool disk was full
+        would spool elsewhere for ever, and a full spool folder would go unreported.
+        """
+        folder = self.settings.spool_dir or os.environ.get("TMPDIR") or tempfile.gettempdir()
+        return os.path.abspath(folder)
+
+    def _spool_hint(self) -> str:
+        """What a user can do about a full spool folder; without ``spool_dir`` (the CLI),
+        the folder is the temporary one, chosen with ``TMPDIR``."""
+        if self.settings.spool_dir:
+            return "free space or choose another spool folder"
+        return "free space or set TMPDIR to a folder with more room"
 
     # -- errors ----------------------------------------------------------------------------
 
