@@ -95,9 +95,9 @@ class JobKeys:
         return self._k(f"pl:{prefix}")
 
     def uid_bucket(self, prefix: str) -> str:
-        """Small hashes UID-hash field (8 bytes, binary) -> owner file id ``<batch>:<index>``,
-        by UID-hash prefix (4 hex digits): the first file sent with each SOP Instance UID
-        (ledger.py ``claim_uids``, migrator/duplicates.py)."""
+        """Small hashes UID-hash field (8 bytes, binary) -> owner file id (``b0000123:17``
+        stored as the integer 123 << 14 | 17), by UID-hash prefix (4 hex digits): the first
+        file sent with each SOP Instance UID (ledger.py ``claim_uids``, duplicates.py)."""
         return self._k(f"ui:{prefix}")
 
     def batch(self, batch_id: str) -> str:

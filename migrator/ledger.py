@@ -18,8 +18,9 @@ measured bytes per file):
 * "Was this URI planned already?" is answered by 65,536 small hashes keyed by a prefix of
   the URI's hash (Redis keeps small hashes as compact listpacks).
 * "Which file was sent first with this SOP Instance UID?" likewise: 65,536 small hashes,
-  8 binary bytes of the UID's hash -> the owner's file id, set by the worker just before
-  sending (``claim_uids``; migrator/duplicates.py settles the later files).
+  8 binary bytes of the UID's hash -> the owner's file id (packed into one integer), set
+  by the worker just before sending (``claim_uids``; migrator/duplicates.py settles the
+  later files).
 
 Keys come from :mod:`migrator.keys`.
 """
@@ -168,16 +169,17 @@ return {}
 
 # Claim SOP Instance UIDs for files about to be sent: the first file to claim a UID owns it.
 # KEYS: none (bucket keys are built from ARGV[1], a prefix sharing the job's hash tag).
-# ARGV: prefix, batch id, then per file its UID key (DIGITS hex digits + the binary field)
-# and its index. Returns, per file, the owner's file id when another file owns the UID,
-# else '' (new, or owned by this very file: a redelivered or retried batch).
+# ARGV: prefix, then per file its UID key (DIGITS hex digits + the binary field) and its
+# file id as stored (``_owner_value``). Returns, per file, the stored id of the owner when
+# another file owns the UID, else '' (new, or owned by this very file: a redelivered or
+# retried batch).
 _CLAIM = """
 local out = {}
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local h = ARGV[i]
   local bucket = ARGV[1] .. string.sub(h, 1, DIGITS)
   local field = string.sub(h, DIGITS + 1)
-  local me = ARGV[2] .. ':' .. ARGV[i + 1]
+  local me = ARGV[i + 1]
   local owner = ''
   if redis.call('HSETNX', bucket, field, me) == 0 then
     owner = redis.call('HGET', bucket, field)
@@ -218,6 +220,33 @@ def uid_key(sop_instance_uid: str) -> bytes:
         sop_instance_uid.encode("utf-8", "surrogateescape"), digest_size=10
     ).digest()
     return digest[:2].hex().encode() + digest[2:]
+
+
+#: Bits of the index in an owner stored as one integer (batches hold at most 10,000 files).
+_INDEX_BITS = 14
+
+
+def _owner_value(file_id: str) -> str:
+    """A file id as the UID index stores it: ``b0000123:17`` (the planner's batches) as the
+    integer 123 << 14 | 17, which a listpack keeps in 5 bytes up to 131,071 batches (9
+    beyond) instead of 12 for the text; any other id as it is."""
+    batch_id, index = split_id(file_id)
+    digits = batch_id[1:]
+    if (
+        batch_id[:1] == "b"
+        and digits.isdigit()
+        and batch_id == f"b{int(digits):07d}"
+        and index < 1 << _INDEX_BITS
+    ):
+        return str(int(digits) << _INDEX_BITS | index)
+    return file_id
+
+
+def _owner_id(value: str) -> str:
+    if value.isdigit():
+        n = int(value)
+        return f"b{n >> _INDEX_BITS:07d}:{n & ((1 << _INDEX_BITS) - 1)}"
+    return value
 
 
 def split_id(file_id: str) -> tuple[str, int]:
@@ -480,23 +509,18 @@ class Ledger:
         also be a different UID whose hash met this one's (the caller checks)."""
         if not files:
             return []
-        args: list[str | bytes | int] = [self.keys.uid_bucket("")]
-        batch_id = split_id(files[0].file_id)[0]
-        args.append(batch_id)
+        args: list[str | bytes] = [self.keys.uid_bucket("")]
         for f in files:
-            b, index = split_id(f.file_id)
-            if b != batch_id:
-                raise ValueError(f"claim_uids: {f.file_id} is not in batch {batch_id}")
-            args += [uid_key(f.sop_instance_uid), index]
+            args += [uid_key(f.sop_instance_uid), _owner_value(f.file_id)]
         owners = cast(list[bytes], self._claim(args=args))
-        return [_s(o) for o in owners]
+        return [_owner_id(_s(o)) if o else "" for o in owners]
 
     def uid_owner(self, sop_instance_uid: str) -> str | None:
         """The file id that claimed this UID (or a UID of the same hash), if any."""
         key = uid_key(sop_instance_uid)
         digits = _BUCKET_DIGITS
         raw = self.client.hget(self.keys.uid_bucket(key[:digits].decode()), key[digits:])
-        return _s(cast(bytes, raw)) if raw is not None else None
+        return _owner_id(_s(cast(bytes, raw))) if raw is not None else None
 
     # -- outcomes -----------------------------------------------------------------------
     def record_many(

@@ -270,6 +270,24 @@ def test_the_first_file_to_claim_a_uid_owns_it(ledger: Ledger) -> None:
             assert len(field) == 8
 
 
+def test_planner_file_ids_are_stored_as_one_integer_and_come_back_whole(ledger: Ledger) -> None:
+    """``b0000123:17`` takes 5 bytes of a listpack as 123 << 14 | 17 (12 as text)."""
+    [a] = ledger.add_batch("b0000123", [planned(1)])
+    again = PlannedFile("/copy/1.dcm", 1, "", "", a.sop_instance_uid, "", "")
+    [b] = ledger.add_batch("b0000124", [planned(2), again])[1:]
+    assert ledger.claim_uids([a]) == [""]
+    assert ledger.claim_uids([b]) == ["b0000123:0"]
+    assert ledger.uid_owner(a.sop_instance_uid) == "b0000123:0"
+    [key] = ledger.client.scan_iter(match=ledger.keys.uid_bucket("*"))
+    assert ledger.client.hvals(key) == [str(123 << 14).encode()]
+    assert ledger.client.object("encoding", key) == b"listpack"
+    # Beyond 9,999,999 batches, and ids of another form, round-trip too.
+    for fid in ("b12345678:9999", "b7:3"):
+        f = PlannedFile("/x", 1, "", "", f"9.{fid}", "", "", fid)
+        assert ledger.claim_uids([f]) == [""]
+        assert ledger.uid_owner(f"9.{fid}") == fid
+
+
 def test_a_forced_hash_collision_names_the_other_file_as_owner(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
