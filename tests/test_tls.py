@@ -1,4 +1,4 @@
-"""DICOM TLS end to end: `migrator store` and `migrator run` to `migrator scp --tls`.
+"""DICOM TLS end to end: `migrator store`, `run` and `echo` to `migrator scp --tls`.
 
 A throwaway PKI is made per test module with ``cryptography`` (EC P-256: milliseconds):
 a CA, the receiver's certificate (valid for 127.0.0.1 and localhost), a client certificate
@@ -372,6 +372,7 @@ def test_tls_options_are_in_the_help() -> None:
     for command, env in (
         ("store", "MIGRATOR_TLS_CA"),
         ("run", "MIGRATOR_TLS_CA"),
+        ("echo", "MIGRATOR_TLS_CA"),
         ("scp", "MIGRATOR_SCP_TLS_CA"),
     ):
         proc = run_migrator(command, "--help")
@@ -391,6 +392,96 @@ def test_a_stalled_tls_handshake_does_not_block_other_clients(tmp_path: Path, pk
         finally:
             for s in silent:
                 s.close()
+
+
+# -- migrator echo -> scp ----------------------------------------------------------------
+
+
+def echo(scp: RunningScp, *args: str | Path) -> tuple[int, str, float]:
+    """`migrator echo` to ``scp``: exit code, stdout + stderr, seconds taken."""
+    t0 = time.monotonic()
+    proc = run_migrator(
+        "echo",
+        scp.host,
+        str(scp.port),
+        "--called-ae",
+        scp.ae_title,
+        "--network-timeout",
+        "10s",
+        "--acse-timeout",
+        "10s",
+        *args,
+        timeout=60,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0
+
+
+def test_echo_over_mutual_tls_succeeds(tmp_path: Path, pki: Pki) -> None:
+    client: list[str | Path] = ["--tls-cert", pki.client_cert, "--tls-key", pki.client_key]
+    with tls_scp(tmp_path, pki) as scp:
+        code, out, _ = echo(scp, "--tls", "--tls-ca", pki.ca, *client, "-c", "3")
+        assert code == 0, out
+        assert out.count("Success (0x0000)") == 3, out
+        assert f"{scp.host}:{scp.port} ({scp.ae_title}, TLS)" in out, out
+        # The same from the environment, with certificate and key in one file.
+        proc = run_migrator(
+            "echo",
+            scp.host,
+            str(scp.port),
+            "--called-ae",
+            scp.ae_title,
+            env={
+                "MIGRATOR_TLS": "1",
+                "MIGRATOR_TLS_CA": str(pki.ca),
+                "MIGRATOR_TLS_CERT": str(pki.client_combined),
+            },
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Success (0x0000)" in proc.stdout
+
+
+def test_echo_over_tls_is_refused_without_the_right_ca_or_client_certificate(
+    tmp_path: Path, pki: Pki
+) -> None:
+    rogue: list[str | Path] = [
+        "--tls-cert",
+        pki.rogue_client_cert,
+        "--tls-key",
+        pki.rogue_client_key,
+    ]
+    client: list[str | Path] = ["--tls-cert", pki.client_cert, "--tls-key", pki.client_key]
+    with tls_scp(tmp_path, pki) as scp:
+        # (options, what the error must say): no client certificate (the receiver requires
+        # one), one from another CA, a receiver signed by a CA we do not trust, plain TCP.
+        cases: list[tuple[list[str | Path], tuple[str, ...]]] = [
+            (["--tls", "--tls-ca", pki.ca], ("client certificate",)),
+            (["--tls", "--tls-ca", pki.ca, *rogue], ("unknown CA", "refused our certificate")),
+            (["--tls", "--tls-ca", pki.rogue_ca, *client], ("certificate verification failed",)),
+            ([], ("is it a DICOM TLS port?",)),
+        ]
+        for args, expected in cases:
+            code, out, took = echo(scp, *args)
+            assert code == ExitStatus.CANNOT_CONNECT, (args, out)
+            assert any(text in out for text in expected), (args, out)
+            assert "Success" not in out and "Traceback" not in out, (args, out)
+            assert took < 20, (args, took)
+        scp.wait_for_log(r"TLS handshake with 127\.0\.0\.1:\d+ failed: .*certificate")
+        _echo_over_tls(scp, pki)  # and it still serves the right clients
+
+
+def test_echo_tls_options_are_checked_before_connecting(tmp_path: Path, pki: Pki) -> None:
+    base = ["echo", "127.0.0.1", "9"]  # nothing is reached: every case is a usage error
+    cases = [
+        (["--tls-ca", str(pki.ca)], "without --tls"),
+        (["--tls", "--tls-ca", str(tmp_path / "missing.pem")], "does not exist"),
+        (["--tls", "--tls-key", str(pki.client_key)], "--tls-key needs --tls-cert"),
+        (["--tls", "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.server_key)], "key"),
+    ]
+    for extra, expected in cases:
+        proc = run_migrator(*base, *extra)
+        assert proc.returncode == ExitStatus.BAD_CONFIG, (extra, proc.stderr)
+        assert expected in proc.stderr, (extra, proc.stderr)
+        assert "Traceback" not in proc.stderr and "PRIVATE KEY" not in proc.stderr
 
 
 # -- the library requestor over TLS ------------------------------------------------------

@@ -6,12 +6,19 @@ import time
 
 import click
 
-from migrator.commands.common import opt, peer_options, setup_logging
+from migrator.commands.common import (
+    fail_config,
+    opt,
+    peer_options,
+    setup_logging,
+    tls_options,
+    tls_settings,
+)
 from migrator.dicomfile import IMPLICIT_LE
 from migrator.dul.association import Association, Timeouts
 from migrator.dul.dimse import VERIFICATION_SOP_CLASS
 from migrator.dul.pdu import ProposedContext
-from migrator.errors import AssociationRejected, ConnectError
+from migrator.errors import AssociationRejected, ConfigError, ConnectError
 from migrator.exitcodes import ExitStatus
 from migrator.status import fmt, meaning
 
@@ -20,6 +27,7 @@ from migrator.status import fmt, meaning
 @click.argument("host", envvar="MIGRATOR_HOST")
 @click.argument("port", type=click.IntRange(1, 65535), default=11112, required=False)
 @peer_options
+@tls_options
 @opt(
     "--count",
     "-c",
@@ -38,6 +46,10 @@ def echo_command(
     acse_timeout: float,
     dimse_timeout: float,
     network_timeout: float,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     count: int,
     verbose: int,
 ) -> None:
@@ -47,15 +59,26 @@ def echo_command(
     Examples:
       migrator echo pacs.example.org 104 --called-ae PACS
       migrator echo 127.0.0.1 4242 --called-ae ORTHANC --calling-ae MIGRATOR -c 5
+      migrator echo pacs.example.org 2762 --called-ae PACS --tls --tls-ca ca.pem
+      migrator echo pacs.example.org 2762 --called-ae PACS --tls --tls-ca ca.pem \\
+          --tls-cert me.pem --tls-key me.key
 
-    Exit codes: 0 success; 1 the node answered a non-success status; 3 cannot connect
-    (refused, unreachable, timeout, aborted); 4 association rejected (the reason is printed).
+    Exit codes: 0 success; 1 the node answered a non-success status; 2 bad arguments (also
+    unreadable or mismatched TLS files); 3 cannot connect (refused, unreachable, timeout,
+    aborted, TLS handshake refused); 4 association rejected (the reason is printed).
     """
     setup_logging(verbose, False)
+    try:
+        tls_config = tls_settings(tls, tls_ca, tls_cert, tls_key)
+        # Unreadable or mismatched files: exit 2 now, not a "cannot connect" later.
+        tls_context = tls_config.client_context() if tls_config is not None else None
+    except ConfigError as exc:
+        fail_config(str(exc))
+        return
     timeouts = Timeouts(
         connect=network_timeout, acse=acse_timeout, dimse=dimse_timeout, network=network_timeout
     )
-    target = f"{host}:{port} ({called_ae})"
+    target = f"{host}:{port} ({called_ae}{', TLS' if tls_context is not None else ''})"
     started = time.perf_counter()
     try:
         assoc = Association.request(
@@ -65,6 +88,7 @@ def echo_command(
             calling_ae,
             [ProposedContext(1, VERIFICATION_SOP_CLASS, (IMPLICIT_LE,))],
             timeouts=timeouts,
+            tls=tls_context,
         )
     except AssociationRejected as exc:
         click.echo(f"✗ C-ECHO to {target} failed: {exc}", err=True)
