@@ -30,7 +30,8 @@ Run it with the project's virtualenv::
     .venv/bin/python bench/scale.py --help
     .venv/bin/python bench/scale.py --json /tmp/scale.json
 
-Helpers for the receiver, corpora, tool lookup and machine info come from ``store_bench.py``.
+Helpers for the receiver, corpora, tool lookup and machine info come from the modules of
+``store_bench.py`` (bench/receiver.py, corpora.py, measure.py).
 Depends on ``redis-server`` and ``redis-cli`` on PATH and DCMTK ``storescp``; not on ``tests/``.
 """
 
@@ -59,10 +60,15 @@ import redis
 
 from migrator.errors import MigratorError
 
-try:
-    from bench import store_bench as sb
-except ModuleNotFoundError:  # run as a script: bench/ itself is sys.path[0]
-    import store_bench as sb  # type: ignore[no-redef,import-not-found]
+if __package__ in (None, ""):  # run as a script: bench/ is sys.path[0], make `bench.*` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.corpora import prepare_corpus, warm_page_cache
+from bench.measure import SetupError, kill_group, log, sender_env, tail
+from bench.receiver import AET, DEFAULT_PDU, HOST, Receiver, find_dcmtk_tool, version_line
+from bench.senders import migrator_command
+from bench.store_bench import EXIT_OK, EXIT_SENDER_FAILED, EXIT_SETUP, exit_on_sigterm
+from bench.store_bench import machine_info as bench_machine_info
 
 #: The queue the planner fills (workers.app.QUEUE; not imported: that would build the app).
 QUEUE = "migrator.batches"
@@ -87,7 +93,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _MB = 1e6  # MB = 10**6 bytes, as in the other benches
 _MONITOR_LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"(?: "([^"]*)")?')
 
-EXIT_OK, EXIT_FAILED, EXIT_SETUP = sb.EXIT_OK, sb.EXIT_SENDER_FAILED, sb.EXIT_SETUP
+EXIT_OK, EXIT_FAILED, EXIT_SETUP = EXIT_OK, EXIT_SENDER_FAILED, EXIT_SETUP
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,7 +117,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{sb.HOST}:{self.port}/0"
+        return f"redis://{HOST}:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -119,19 +125,19 @@ class RedisServer:
         return self._proc.pid
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=sb.HOST, port=self.port, socket_timeout=60)
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=60)
 
     def start(self, attempts: int = 3) -> RedisServer:
         from migrator.netutil import free_port
 
         server = shutil.which("redis-server")
         if server is None:
-            raise sb.SetupError("redis-server not found on PATH; apt-get install -y redis-server")
+            raise SetupError("redis-server not found on PATH; apt-get install -y redis-server")
         self.dir.mkdir(parents=True, exist_ok=True)
         log_path = self.dir / "redis.log"
         for _ in range(attempts):
-            self.port = free_port(sb.HOST)
-            argv = [server, "--port", str(self.port), "--bind", sb.HOST, "--save", ""]
+            self.port = free_port(HOST)
+            argv = [server, "--port", str(self.port), "--bind", HOST, "--save", ""]
             argv += ["--appendonly", "no", "--dir", str(self.dir), *self.config]
             with open(log_path, "ab") as logf:
                 self._proc = subprocess.Popen(
@@ -144,7 +150,7 @@ class RedisServer:
             if self._wait_ready():
                 return self
             self.stop()
-        raise sb.SetupError(f"redis-server did not start:\n{sb.tail(log_path.read_text())}")
+        raise SetupError(f"redis-server did not start:\n{tail(log_path.read_text())}")
 
     def _wait_ready(self, timeout: float = 10.0) -> bool:
         assert self._proc is not None
@@ -159,7 +165,7 @@ class RedisServer:
                 time.sleep(0.02)
                 continue
             if pid != self._proc.pid:
-                raise sb.SetupError(
+                raise SetupError(
                     f"port {self.port} is answered by Redis PID {pid}, not ours ({self._proc.pid})"
                 )
             return True
@@ -169,11 +175,11 @@ class RedisServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        sb._kill_group(proc, signal.SIGTERM)
+        kill_group(proc, signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            sb._kill_group(proc, signal.SIGKILL)
+            kill_group(proc, signal.SIGKILL)
             proc.wait()
 
     def __enter__(self) -> RedisServer:
@@ -329,7 +335,7 @@ def write_manifest(path: Path, lines: int, seed: int) -> Manifest:
         with open(path, "rb") as f:
             count = sum(1 for _ in f)
         if count == lines:
-            sb.log(f"reusing manifest {path}")
+            log(f"reusing manifest {path}")
             return _manifest_info(path, lines)
     t0 = time.perf_counter()
     rng = random.Random(seed)
@@ -354,7 +360,7 @@ def write_manifest(path: Path, lines: int, seed: int) -> Manifest:
                 f.write("".join(chunk))
                 if n >= lines:
                     break
-    sb.log(f"wrote {lines:,}-line manifest in {time.perf_counter() - t0:.1f} s: {path}")
+    log(f"wrote {lines:,}-line manifest in {time.perf_counter() - t0:.1f} s: {path}")
     return Manifest(path, lines, path.stat().st_size, total, studies)
 
 
@@ -393,7 +399,7 @@ class PlannerRun:
 
 def plan_argv(manifest: Path, url: str, job: str, extra: Sequence[str] = ()) -> list[str]:
     return [
-        *sb.migrator_command(),
+        *migrator_command(),
         "plan",
         "--manifest",
         str(manifest),
@@ -415,7 +421,7 @@ def run_planner(argv: Sequence[str], out_path: Path, timeout: float) -> PlannerR
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=sb.sender_env(),
+            env=sender_env(),
             start_new_session=True,
         )
     hwm = 0
@@ -430,12 +436,12 @@ def run_planner(argv: Sequence[str], out_path: Path, timeout: float) -> PlannerR
             if pid == proc.pid:
                 break
             if time.perf_counter() - t0 > timeout:
-                sb._kill_group(proc)
+                kill_group(proc)
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
             time.sleep(_RSS_POLL_S)
     except BaseException:
-        sb._kill_group(proc)
+        kill_group(proc)
         with contextlib.suppress(ChildProcessError):
             os.wait4(proc.pid, 0)
         raise
@@ -488,8 +494,8 @@ def plan_phase(
         cpu0 = redis_cpu_s(client)
         # The destination is never contacted: no worker runs. Port 1 makes that obvious.
         argv = plan_argv(manifest.path, server.url, PLAN_JOB)
-        argv += ["--host", sb.HOST, "--port", "1", "--called-ae", "X"]
-        sb.log(f"[{name}] planning {manifest.lines:,} lines (hash-max-listpack-entries {limit})")
+        argv += ["--host", HOST, "--port", "1", "--called-ae", "X"]
+        log(f"[{name}] planning {manifest.lines:,} lines (hash-max-listpack-entries {limit})")
         run = run_planner(argv, work / f"planner-{name}.log", args.timeout)
         redis_cpu = redis_cpu_s(client) - cpu0
         calls = command_calls(client)
@@ -504,7 +510,7 @@ def plan_phase(
     planned = counts.get("planned", 0)
     problems = []
     if run.rc != 0:
-        problems.append(f"the planner exited {run.rc}:\n{sb.tail(run.output)}")
+        problems.append(f"the planner exited {run.rc}:\n{tail(run.output)}")
     if planned != manifest.lines:
         problems.append(f"{planned} files planned, expected {manifest.lines}")
     per_file = planned or 1
@@ -527,7 +533,7 @@ def plan_phase(
             "peak_rss_mb": max(run.vmhwm_kb, run.maxrss_kb) * 1024 / _MB,
             "vmhwm_polled_mb": run.vmhwm_kb * 1024 / _MB,
             "ru_maxrss_mb": run.maxrss_kb * 1024 / _MB,
-            "output_tail": sb.tail(run.output, 5),
+            "output_tail": tail(run.output, 5),
         },
         "redis": {
             "used_memory_before": before,
@@ -555,12 +561,12 @@ def plan_phase(
         "problems": problems,
     }
     p = result["planner"]
-    sb.log(
+    log(
         f"[{name}] {planned:,} planned in {run.wall_s:.1f} s ({p['lines_per_s']:,.0f} lines/s, "
         f"CPU {run.cpu_s:.1f} s), peak RSS {p['peak_rss_mb']:.1f} MB, Redis +{delta / _MB:.1f} MB"
     )
     for problem in problems:
-        sb.log(f"[{name}] problem: {problem}")
+        log(f"[{name}] problem: {problem}")
     return result
 
 
@@ -568,12 +574,12 @@ def profile_planner(manifest: Manifest, work: Path, out: Path, args: argparse.Na
     """The same plan under cProfile (slower: for where the time goes, not how much)."""
     with RedisServer(work, "profile") as server:
         argv = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "migrator"]
-        argv += plan_argv(manifest.path, server.url, PLAN_JOB)[len(sb.migrator_command()) :]
-        argv += ["--host", sb.HOST, "--port", "1", "--called-ae", "X"]
-        sb.log(f"[profile] planning {manifest.lines:,} lines under cProfile -> {out}")
+        argv += plan_argv(manifest.path, server.url, PLAN_JOB)[len(migrator_command()) :]
+        argv += ["--host", HOST, "--port", "1", "--called-ae", "X"]
+        log(f"[profile] planning {manifest.lines:,} lines under cProfile -> {out}")
         run = run_planner(argv, work / "planner-profile.log", args.timeout * 3)
     if run.rc != 0:
-        return {"rc": run.rc, "output_tail": sb.tail(run.output)}
+        return {"rc": run.rc, "output_tail": tail(run.output)}
     import pstats
 
     stats = pstats.Stats(str(out))
@@ -641,14 +647,14 @@ def wait_settled(
 
 
 def send_phase(
-    spec: SendSpec, work: Path, receiver: sb.Receiver, args: argparse.Namespace
+    spec: SendSpec, work: Path, receiver: Receiver, args: argparse.Namespace
 ) -> dict[str, Any]:
     from migrator.embedded import LocalWorkers
 
     job = f"send-{spec.name}"
     with RedisServer(work, spec.name) as server, contextlib.closing(server.client()) as client:
         mem_start = used_memory(client)
-        extra = ["--host", sb.HOST, "--port", str(receiver.port), "--called-ae", sb.AET]
+        extra = ["--host", HOST, "--port", str(receiver.port), "--called-ae", AET]
         extra += ["--max-pdu", str(args.pdu)]
         if spec.rate_limit:
             extra += ["--rate-limit", f"{spec.rate_limit:g}"]
@@ -661,7 +667,7 @@ def send_phase(
             return {
                 "name": spec.name,
                 "ok": False,
-                "problems": [f"plan exited {plan.rc}:\n{sb.tail(plan.output)}"],
+                "problems": [f"plan exited {plan.rc}:\n{tail(plan.output)}"],
             }
         mem_planned = used_memory(client)
         # Hold the batches back while the workers start: they would begin sending before
@@ -672,7 +678,7 @@ def send_phase(
         monitor = None
         monitor_out = work / f"monitor-{spec.name}.txt"
         t_start = time.perf_counter()
-        sb.log(f"[{spec.name}] {spec.files:,} files planned; starting {args.workers} workers")
+        log(f"[{spec.name}] {spec.files:,} files planned; starting {args.workers} workers")
         with LocalWorkers(server.url, args.workers) as workers, contextlib.ExitStack() as stack:
             startup_s = time.perf_counter() - t_start
             if spec.monitor:
@@ -764,23 +770,23 @@ def send_phase(
     }
     if spec.monitor:
         result["attribution"] = attribute(monitor_out, monitor_own, per)
-    sb.log(
+    log(
         f"[{spec.name}] {stored:,}/{spec.files:,} stored in {send_s:.1f} s "
         f"({result['files_per_s'] or 0:,.0f} files/s), {total:,} Redis commands = "
         f"{result['commands_per_file']:.2f} per file"
     )
     for problem in problems:
-        sb.log(f"[{spec.name}] problem: {problem}")
+        log(f"[{spec.name}] problem: {problem}")
     return result
 
 
 def start_monitor(port: int, out: Path) -> subprocess.Popen[bytes]:
     cli = shutil.which("redis-cli")
     if cli is None:
-        raise sb.SetupError("redis-cli not found on PATH")
+        raise SetupError("redis-cli not found on PATH")
     with open(out, "wb") as f:
         proc = subprocess.Popen(
-            [cli, "-h", sb.HOST, "-p", str(port), "monitor"],
+            [cli, "-h", HOST, "-p", str(port), "monitor"],
             stdin=subprocess.DEVNULL,
             stdout=f,
             stderr=subprocess.STDOUT,
@@ -790,14 +796,14 @@ def start_monitor(port: int, out: Path) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 10
     while out.stat().st_size == 0:
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise sb.SetupError(f"redis-cli monitor did not start: {out.read_text()}")
+            raise SetupError(f"redis-cli monitor did not start: {out.read_text()}")
         time.sleep(0.02)
     return proc
 
 
 def stop_monitor(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        sb._kill_group(proc, signal.SIGTERM)
+        kill_group(proc, signal.SIGTERM)
     proc.wait()
 
 
@@ -1002,12 +1008,12 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def machine_info(storescp: str) -> dict[str, Any]:
-    info = sb.machine_info(None, None)
+    info = bench_machine_info(None, None)
     for k in ("storescu", "dcmsend", "pynetdicom", "pydicom"):
         info.pop(k, None)
-    info["storescp"] = sb._version_line(storescp)
+    info["storescp"] = version_line(storescp)
     server = shutil.which("redis-server")
-    info["redis_server"] = sb._version_line(server) if server else None
+    info["redis_server"] = version_line(server) if server else None
     for dist in ("celery", "redis", "pydicom"):
         try:
             info[dist] = importlib.metadata.version(dist)
@@ -1168,9 +1174,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="keep the manifest and corpus here and reuse them (default: a temp dir, removed)",
     )
     p.add_argument("--seed", type=int, default=0, help="manifest and corpus seed (default: 0)")
-    p.add_argument(
-        "--pdu", type=int, default=sb.DEFAULT_PDU, help=f"max PDU (default: {sb.DEFAULT_PDU})"
-    )
+    p.add_argument("--pdu", type=int, default=DEFAULT_PDU, help=f"max PDU (default: {DEFAULT_PDU})")
     p.add_argument(
         "--timeout", type=float, default=900, help="per-phase timeout, seconds (default: 900)"
     )
@@ -1192,17 +1196,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, sb._exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     # LocalWorkers and the planner inherit our environment: a MIGRATOR_RATE_LIMIT or
     # MIGRATOR_REDIS_URL of the caller's must not change what is measured.
     for k in [k for k in os.environ if k.startswith("MIGRATOR_")]:
         del os.environ[k]
-    storescp = sb.find_dcmtk_tool("storescp", args.dcmtk_dir)
+    storescp = find_dcmtk_tool("storescp", args.dcmtk_dir)
     if "send" in args.phases and storescp is None:
-        sb.log("error: DCMTK storescp not found on PATH; apt-get install -y dcmtk")
+        log("error: DCMTK storescp not found on PATH; apt-get install -y dcmtk")
         return EXIT_SETUP
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        sb.log("error: redis-server/redis-cli not on PATH; apt-get install -y redis-server")
+        log("error: redis-server/redis-cli not on PATH; apt-get install -y redis-server")
         return EXIT_SETUP
     info = machine_info(storescp or "storescp")
     t_start = time.perf_counter()
@@ -1210,7 +1214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep = args.work_dir.resolve() if args.work_dir else temp
     keep.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"machine": info, "plans": [], "sends": []}
-    receiver = sb.Receiver(storescp, temp, args.pdu) if storescp else None
+    receiver = Receiver(storescp, temp, args.pdu) if storescp else None
     try:
         if "plan" in args.phases:
             manifest = write_manifest(
@@ -1225,14 +1229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 doc["profile"] = profile_planner(manifest, temp, args.profile_planner, args)
         if "send" in args.phases:
             assert receiver is not None
-            corpus = sb.prepare_corpus(
+            corpus = prepare_corpus(
                 "tiny", args.files, keep / "corpora", args.seed, temp / "subsets", 0
             )
             files = sorted(p for p in corpus.full.dir.rglob("*") if p.is_file())
-            sb.warm_page_cache(corpus.full)
+            warm_page_cache(corpus.full)
             corpus_manifest(files, temp / "send.ndjson")
             receiver.start()
-            sb.log(f"receiver: {storescp} on {sb.HOST}:{receiver.port}")
+            log(f"receiver: {storescp} on {HOST}:{receiver.port}")
             specs = [
                 SendSpec(
                     "unlimited", temp / "send.ndjson", len(files), None, idle_s=args.idle_seconds
@@ -1254,9 +1258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for spec in specs:
                 doc["sends"].append(send_phase(spec, temp, receiver, args))
                 if not receiver.alive():
-                    raise sb.SetupError(f"storescp died:\n{sb.tail(receiver.log())}")
-    except (sb.SetupError, MigratorError) as exc:  # MigratorError: the workers did not start
-        sb.log(f"error: {exc}")
+                    raise SetupError(f"storescp died:\n{tail(receiver.log())}")
+    except (SetupError, MigratorError) as exc:  # MigratorError: the workers did not start
+        log(f"error: {exc}")
         return EXIT_SETUP
     finally:
         if receiver is not None:

@@ -1,9 +1,10 @@
 """Smoke test of bench/store_bench.py: a tiny real run, every sender against storescp.
 
 It checks that the benchmark runs end to end and that its numbers are backed by complete
-transfers (every sender exited 0 and sent every file), not the numbers themselves: those depend
-on the machine. The parsers that decide "sent every file" get their own checks on canned
-output, because a parser that over-counts would make a failed sender look fine.
+transfers (every sender exited 0 and sent every file) and by a measured process tree (CPU
+seconds above 0, ``migrator run``'s orphaned pool children reaped), not the numbers themselves:
+those depend on the machine. The parsers that decide "sent every file" get their own checks on
+canned output, because a parser that over-counts would make a failed sender look fine.
 """
 
 from __future__ import annotations
@@ -18,32 +19,43 @@ from pathlib import Path
 
 import pytest
 
-from bench.run_bench import REPORT_NAME, RUN, SCU, STORE, _run_count
-from bench.store_bench import (
+from bench.corpora import PROBE_NAME
+from bench.measure import ProcResult
+from bench.receiver import find_dcmtk_tool
+from bench.senders import (
     ALL_SENDERS,
-    PROBE_NAME,
-    ProcResult,
-    _dcmsend_count,
-    _migrator_count,
-    _pynetdicom_count,
-    _storescu_quiet_count,
-    find_dcmtk_tool,
+    REPORT_NAME,
+    RUN,
+    dcmsend_count,
+    migrator_count,
+    pynetdicom_cli_count,
+    pynetdicom_tuned_count,
+    run_count,
+    storescu_quiet_count,
     storescu_verbose_count,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench" / "store_bench.py"
-FILES, PYNETDICOM_FILES = 40, 20
+FILES, PYNETDICOM_CLI_FILES = 40, 10
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
 @pytest.mark.timeout(120)
 def test_store_bench_smoke(tmp_path: Path) -> None:
+    """Every sender, the 1-file probe and 40 tiny files, one repetition, no RSS probe: each
+    sender sent every file, with CPU seconds and peak RSS measured, and ratios computed."""
     # PATH lookup alone could find pynetdicom's own `storescp` script in the venv's bin.
     if find_dcmtk_tool("storescp") is None:
         pytest.skip("DCMTK storescp is not on PATH")
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(BENCH), "--corpus", f"tiny:{FILES}", "--repeat", "1"]
-    cmd += ["--pynetdicom-max-files", str(PYNETDICOM_FILES), "--timeout", "60", "--json", str(out)]
+    cmd += ["--senders", ",".join(ALL_SENDERS), "--run-workers", "2", "--no-rss-probe"]
+    cmd += ["--pynetdicom-max-files", str(PYNETDICOM_CLI_FILES), "--timeout", "60"]
+    cmd += ["--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -55,6 +67,7 @@ def test_store_bench_smoke(tmp_path: Path) -> None:
     corpora = {c["name"]: c for c in doc["corpora"]}
     assert set(corpora) == {PROBE_NAME, f"tiny-{FILES}"}
     assert corpora[f"tiny-{FILES}"]["files"] == FILES
+    assert doc["rss_probe"] is None
 
     for corpus in doc["corpora"]:
         assert {s["sender"] for s in corpus["senders"]} == expected_senders
@@ -62,91 +75,80 @@ def test_store_bench_smoke(tmp_path: Path) -> None:
         for s in corpus["senders"]:
             assert s["status"] == "ok", (corpus["name"], s["sender"], s["error"])
             want = corpus["files"]
-            if s["sender"] == "pynetdicom":
-                want = min(want, PYNETDICOM_FILES)
+            if s["sender"] == "pynetdicom-cli":
+                want = min(want, PYNETDICOM_CLI_FILES)
             assert s["files"] == want
-            assert len(s["runs"]) == 1
-            assert all(r["rc"] == 0 and r["files_sent"] == want for r in s["runs"]), s["runs"]
-            for key in ("files_per_s", "migrator_j1_over_x", "migrator_j4_over_x"):
-                value = s[key]
-                assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, s)
-    assert "migrator -j1 / X" in proc.stdout
+            (run,) = s["runs"]
+            assert run["rc"] == 0 and run["files_sent"] == want, run
+            assert run["left_running"] == 0, run
+            for key in ("files_per_s", "mb_per_s", "cpu_s", "peak_rss_mb", "x_best_peer"):
+                assert _positive(s[key]), (key, s)
+            # The spawner's own ~10 MB is the floor; a sender forked by the bench would read
+            # the bench's RSS instead, ~55 MB, even for DCMTK.
+            if s["sender"] in ("storescu", "dcmsend"):
+                assert s["peak_rss_mb"] < 40, s
+        by_name = {s["sender"]: s for s in corpus["senders"]}
+        # SIGKILLed with their worker, the pool children that sent are re-parented to the
+        # spawner (a subreaper) and reaped there: their CPU counts.
+        assert by_name[RUN]["runs"][0]["orphans_reaped"] >= 1, by_name[RUN]["runs"]
+        phases = by_name[RUN]["phases_median"]
+        assert all(v >= 0 for v in phases.values()) and phases["job_s"] > 0, phases
+    goals = {(g["sender"], g["corpus"]) for g in doc["goals"]}
+    assert goals == {(m, f"tiny-{FILES}") for m in ("migrator-j1", "migrator-j4", RUN)}
+    assert all(isinstance(g["met"], bool) and _positive(g["value"]) for g in doc["goals"])
+    assert f"tiny-{FILES}: {FILES} files" in proc.stdout
+    assert "× best peer" in proc.stdout and "### goals" in proc.stdout
 
 
-def _res(output: str, rc: int = 0) -> ProcResult:
-    return ProcResult(rc, 0.1, output)
+def _res(output: str, rc: int = 0, started_at: float = 0.0) -> ProcResult:
+    return ProcResult(rc, 0.1, output, started_at)
 
 
 def test_count_parsers_do_not_over_count(tmp_path: Path) -> None:
     summary = "  Total Files: 40\n  Successful:  38\n  Failed:      2\n"
-    assert _migrator_count(_res(summary, 1), tmp_path, 40) == (38, "2 failed")
-    assert _migrator_count(_res("✓ All files stored successfully!\n"), tmp_path, 40)[0] is None
+    assert migrator_count(_res(summary, 1), tmp_path, 40) == (38, "2 failed")
+    assert migrator_count(_res("✓ All files stored successfully!\n"), tmp_path, 40)[0] is None
 
-    assert _storescu_quiet_count(_res(""), tmp_path, 40) == (40, "")
-    assert _storescu_quiet_count(_res("", rc=167), tmp_path, 40)[0] is None
-    assert _storescu_quiet_count(_res("W: not a DICOM file: x\n"), tmp_path, 40)[0] is None
+    assert storescu_quiet_count(_res(""), tmp_path, 40) == (40, "")
+    assert storescu_quiet_count(_res("", rc=167), tmp_path, 40)[0] is None
+    assert storescu_quiet_count(_res("W: not a DICOM file: x\n"), tmp_path, 40)[0] is None
     ok = "I: Received Store Response (Success)\n"
     assert storescu_verbose_count(ok * 3 + "I: Received Store Response (Refused)\n") == 3
 
     # dcmsend exits 0 when every store is refused: only its report tells.
     (tmp_path / "dcmsend-report.txt").write_text("  * with status REFUSED  : 40\n")
-    assert _dcmsend_count(_res(""), tmp_path, 40)[0] == 0
+    assert dcmsend_count(_res(""), tmp_path, 40)[0] == 0
     (tmp_path / "dcmsend-report.txt").write_text("  * with status SUCCESS  : 40\n")
-    assert _dcmsend_count(_res(""), tmp_path, 40) == (40, "")
+    assert dcmsend_count(_res(""), tmp_path, 40) == (40, "")
 
     line = "I: Received Store Response (Status: {} - {})\n"
     log = line.format("0x0000", "Success") * 2 + line.format("0xA700", "Failure")
-    assert _pynetdicom_count(_res(log), tmp_path, 3)[0] == 2
+    assert pynetdicom_cli_count(_res(log), tmp_path, 3)[0] == 2
+
+    tuned = "pynetdicom-tuned: stored {} of {} files, failed {}\n"
+    assert pynetdicom_tuned_count(_res(tuned.format(40, 40, 0)), tmp_path, 40) == (40, "")
+    assert pynetdicom_tuned_count(_res(tuned.format(38, 40, 2), 1), tmp_path, 40) == (
+        38,
+        "2 failed",
+    )
+    assert pynetdicom_tuned_count(_res("Traceback ...\n", 1), tmp_path, 40)[0] is None
 
 
-@pytest.mark.timeout(180)
-def test_run_bench_smoke(tmp_path: Path) -> None:
-    """bench/run_bench.py end to end: migrator run (embedded Redis + 2 workers), migrator store
-    and storescu each sent every file, and the ratios are numbers."""
-    if find_dcmtk_tool("storescp") is None or find_dcmtk_tool("storescu") is None:
-        pytest.skip("DCMTK storescp/storescu is not on PATH")
-    out = tmp_path / "run-bench.json"
-    cmd = [sys.executable, str(REPO / "bench" / "run_bench.py"), "--corpus", f"tiny:{FILES}"]
-    cmd += ["--repeat", "1", "--workers", "2", "--timeout", "120", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=REPO, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-    doc = json.loads(out.read_text())
-    assert doc["ok"] is True
-    corpora = {c["name"]: c for c in doc["corpora"]}
-    assert set(corpora) == {PROBE_NAME, f"tiny-{FILES}"}
-    for corpus in doc["corpora"]:
-        want = corpus["files"]
-        assert corpus["storescu_verified_files"] == want
-        assert {s["sender"] for s in corpus["senders"]} == {RUN, STORE, SCU}
-        for s in corpus["senders"]:
-            assert s["status"] == "ok", (corpus["name"], s["sender"], s["error"])
-            assert s["files"] == want and len(s["runs"]) == 1
-            assert all(r["rc"] == 0 and r["files_sent"] == want for r in s["runs"]), s["runs"]
-            for key in ("files_per_s", "mb_per_s", "run_over_x"):
-                value = s[key]
-                assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, s)
-        for key in ("run_over_storescu", "run_over_store"):
-            value = corpus["ratios"][key]
-            assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, corpus)
-        # One fresh --state-dir per run: its job started after the launch (not resumed).
-        (phases,) = corpus["run_phases"]
-        assert all(v >= 0 for v in phases.values()) and phases["job_s"] > 0, phases
-    assert f"tiny-{FILES}: {FILES} files" in proc.stdout
-    assert "migrator run / X" in proc.stdout
-
-    # The report parser: a partial run must not count as every file sent (a resumed one is
-    # caught by the start-time check in measure(), shown by run_phases above).
+def test_run_report_parser(tmp_path: Path) -> None:
+    """A partial ``migrator run`` must not count as every file sent, nor a resumed one (its job
+    started before this run was launched: it sent nothing)."""
     report = tmp_path / REPORT_NAME
     totals = {"planned": 40, "stored": 38, "failed": 2}
-    report.write_text(json.dumps({"totals": totals, "fatal": None, "exit_status": 1}))
-    assert _run_count(_res("", rc=1), tmp_path, 40) == (38, "2 failed; report exit_status 1")
-    report.write_text(
-        json.dumps({"totals": {**totals, "stored": 40, "failed": 0}, "exit_status": 0})
-    )
-    assert _run_count(_res(""), tmp_path, 40) == (40, "")
+    doc = {"totals": totals, "fatal": None, "exit_status": 1, "started": 1000.0}
+    report.write_text(json.dumps(doc))
+    assert run_count(_res("", 1, 999.0), tmp_path, 40) == (38, "2 failed; report exit_status 1")
+    doc.update(totals={**totals, "stored": 40, "failed": 0}, exit_status=0)
+    report.write_text(json.dumps(doc))
+    assert run_count(_res("", 0, 999.0), tmp_path, 40) == (40, "")
+    stored, note = run_count(_res("", 0, 1010.0), tmp_path, 40)
+    assert stored == 0 and "resumed" in note
     report.unlink()
-    assert _run_count(_res(""), tmp_path, 40)[0] is None
+    assert run_count(_res(""), tmp_path, 40)[0] is None
 
 
 @pytest.mark.timeout(180)
