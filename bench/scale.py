@@ -67,7 +67,8 @@ from bench.corpora import prepare_corpus, warm_page_cache
 from bench.measure import SetupError, kill_group, log, sender_env, tail
 from bench.receiver import AET, DEFAULT_PDU, HOST, Receiver, find_dcmtk_tool, version_line
 from bench.senders import migrator_command
-from bench.store_bench import EXIT_OK, EXIT_SENDER_FAILED, EXIT_SETUP, exit_on_sigterm
+from bench.store_bench import EXIT_OK, EXIT_SETUP, exit_on_sigterm
+from bench.store_bench import EXIT_SENDER_FAILED as EXIT_FAILED
 from bench.store_bench import machine_info as bench_machine_info
 
 #: The queue the planner fills (workers.app.QUEUE; not imported: that would build the app).
@@ -92,8 +93,6 @@ _SETTLE_POLL_S = 0.2
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _MB = 1e6  # MB = 10**6 bytes, as in the other benches
 _MONITOR_LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"(?: "([^"]*)")?')
-
-EXIT_OK, EXIT_FAILED, EXIT_SETUP = EXIT_OK, EXIT_SENDER_FAILED, EXIT_SETUP
 
 
 # --------------------------------------------------------------------------------------------
