@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ from pynetdicom.sop_class import Verification
 from migrator.dicomfile import inspect_file
 from migrator.dul.association import Association, AssociationLost, FileSlice, Timeouts
 from migrator.dul.pdu import ProposedContext
-from migrator.errors import AssociationRejected, ConnectError
+from migrator.errors import AssociationRejected, ConnectError, SourceError
 from migrator.netutil import free_port, patch_pynetdicom_nodelay
+from tests.peers.tcp_proxy import TcpProxy
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -239,3 +241,92 @@ def test_unsupported_sop_class_context_is_reported_rejected() -> None:
         assert assoc.rejected["1.2.3.4.5.6.7.8"] == 3  # abstract syntax not supported
         assert assoc.context_for(CT, ExplicitVRLittleEndian) is not None
         assoc.release()
+
+
+def _pdvs(stream: bytes) -> list[tuple[int, int, bytes]]:
+    """The P-DATA-TF PDUs of a client's byte stream: (PDU length, PDV control, PDV data)
+    for each PDV (other PDUs skipped)."""
+    out = []
+    pos = 0
+    while pos + 6 <= len(stream):
+        pdu_type = stream[pos]
+        (length,) = struct.unpack_from(">I", stream, pos + 2)
+        body = stream[pos + 6 : pos + 6 + length]
+        if pdu_type == 0x04:
+            item = 0
+            while item + 6 <= len(body):
+                (item_len,) = struct.unpack_from(">I", body, item)
+                out.append((length, body[item + 5], body[item + 6 : item + 4 + item_len]))
+                item += 4 + item_len
+        pos += 6 + length
+    return out
+
+
+# 4309/4311: odd maximums (fragments stay even); 4310: the dataset and its pad byte fill one
+# PDU exactly.
+@pytest.mark.parametrize("max_pdu", [16382, 1030, 4309, 4310, 4311])
+@pytest.mark.parametrize("payload", ["file", "bytes"])
+def test_odd_length_dataset_is_padded_and_split_to_the_peer_max_pdu(
+    max_pdu: int, payload: str
+) -> None:
+    """Conformance of both data paths (file: zero-copy sendfile on plain TCP; bytes: one
+    gathering sendmsg) on the wire: every P-DATA-TF within the peer's maximum, even PDVs,
+    only the last one flagged last, the data = the dataset plus one NUL; and pynetdicom reads
+    the (deflated, odd-length) dataset back."""
+    path = str(get_testdata_file("image_dfl.dcm"))
+    h = inspect_file(path)
+    raw = Path(path).read_bytes()[h.dataset_offset :]
+    assert len(raw) % 2 == 1
+    wire = bytearray()
+    lock = threading.Lock()
+
+    def tap(data: bytes) -> None:
+        with lock:
+            wire.extend(data)
+
+    with (
+        pynetdicom_scp(maximum_pdu_size=max_pdu) as (port, received),
+        TcpProxy("127.0.0.1", port, tap=tap) as proxy,
+    ):
+        assoc = _assoc(proxy.port, (h.sop_class_uid, h.transfer_syntax))
+        assert assoc.peer_max_pdu == max_pdu
+        ctx = assoc.context_for(h.sop_class_uid, h.transfer_syntax)
+        assert ctx is not None
+        dataset: FileSlice | bytes = (
+            FileSlice(path, h.dataset_offset, len(raw)) if payload == "file" else raw
+        )
+        assert assoc.c_store(ctx, h.sop_class_uid, h.sop_instance_uid, dataset).status == 0
+        assoc.release()
+    data_pdvs = [(n, c, d) for n, c, d in _pdvs(bytes(wire)) if not c & 0x01]
+    assert all(n <= max_pdu for n, _, _ in data_pdvs)
+    assert all(len(d) % 2 == 0 for _, _, d in data_pdvs)
+    assert [bool(c & 0x02) for _, c, _ in data_pdvs] == [False] * (len(data_pdvs) - 1) + [True]
+    assert b"".join(d for _, _, d in data_pdvs) == raw + b"\x00"
+    original = pydicom.dcmread(path)
+    assert received[0].PixelData == original.PixelData
+    assert received[0].SOPInstanceUID == original.SOPInstanceUID
+
+
+def test_a_file_that_shrinks_while_sent_fails_alone_and_aborts_the_association(
+    tmp_path: Path,
+) -> None:
+    """The peer holds half a dataset: the association is aborted (never a short dataset
+    presented as complete) and the error names the file."""
+    path = str(get_testdata_file("CT_small.dcm"))
+    h = inspect_file(path)
+    copy = tmp_path / "ct.dcm"
+    copy.write_bytes(Path(path).read_bytes())
+    with pynetdicom_scp() as (port, received):
+        assoc = _assoc(port, (h.sop_class_uid, h.transfer_syntax))
+        ctx = assoc.context_for(h.sop_class_uid, h.transfer_syntax)
+        assert ctx is not None
+        claimed = h.size - h.dataset_offset + 4096  # longer than the file now is
+        with pytest.raises(SourceError, match="shrank"):
+            assoc.c_store(
+                ctx,
+                h.sop_class_uid,
+                h.sop_instance_uid,
+                FileSlice(str(copy), h.dataset_offset, claimed),
+            )
+        assert not assoc.is_alive
+    assert received == []

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import struct
 import sys
@@ -70,6 +71,7 @@ _READ_BLOCK = 1024 * 1024
 _IOV_MAX = 1000
 #: TLS sockets have no sendmsg: buffers are joined into writes of about this size.
 _TLS_WRITE = 256 * 1024
+_HAVE_SENDFILE = hasattr(os, "sendfile") and hasattr(socket, "MSG_MORE")
 
 
 class AssociationLost(ConnectError):
@@ -125,7 +127,9 @@ class Association:
         self.peer_max_pdu = ac.peer_max_pdu
         self.peer_implementation = ac.implementation_version or ac.implementation_class_uid
         limit = ac.peer_max_pdu - _PDV_OVERHEAD if ac.peer_max_pdu else _UNLIMITED_FRAGMENT
-        self._fragment = max(1, min(limit, _UNLIMITED_FRAGMENT))
+        # Even: DICOM streams are even-length, and a peer with an odd maximum (4309...)
+        # must not get odd fragments of them (the last one would carry the pad byte alone).
+        self._fragment = max(2, min(limit, _UNLIMITED_FRAGMENT) & ~1)
         # (abstract syntax, transfer syntax) -> context id, for accepted contexts only
         self._accepted: dict[tuple[str, str], int] = {}
         self.rejected: dict[str, int] = {}
@@ -366,6 +370,9 @@ class Association:
             raise self._lost(f"send failed: {exc.strerror or exc}", exc) from exc
 
     def _send_file(self, ctx: int, src: FileSlice, bufs: list[bytes | memoryview]) -> None:
+        if not self.tls and _HAVE_SENDFILE:
+            self._sendfile(ctx, src, bufs)
+            return
         frag = self._fragment
         block = max(frag, (_READ_BLOCK // frag) * frag)
         send_bufs = self._send_bufs
@@ -395,6 +402,47 @@ class Association:
                 bufs = []
             if bufs:
                 send_bufs(self._sock, bufs)
+        finally:
+            os.close(fd)
+
+    def _sendfile(self, ctx: int, src: FileSlice, bufs: list[bytes | memoryview]) -> None:
+        """Plain TCP: each P-DATA-TF header from memory (with MSG_MORE, so it leaves with its
+        data), the dataset bytes straight from the page cache with ``os.sendfile``. Nothing
+        is copied through Python: about half the CPU per MB of read-and-sendmsg."""
+        frag = self._fragment
+        sock = self._sock
+        try:
+            fd = os.open(src.path, os.O_RDONLY)
+        except OSError as exc:
+            raise SourceError(f"cannot open {src.path}: {exc.strerror}") from exc
+        try:
+            # DICOM data is even-length; a deflated stream stored with an odd length must be
+            # padded with one NUL (PS3.5 A.5), and peers refuse odd PDVs.
+            pad = src.length % 2
+            total = src.length + pad
+            offset = src.offset
+            start = 0
+            while True:
+                size = min(frag, total - start)
+                final = start + size == total
+                bufs.append(
+                    _FRAGMENT_HEADER.pack(
+                        P_DATA_TF, size + _PDV_OVERHEAD, size + 2, ctx, 0x02 if final else 0
+                    )
+                )
+                data = size - pad if final else size
+                if final and pad and data == 0:
+                    bufs.append(b"\x00")
+                _sendmsg_all(sock, bufs, socket.MSG_MORE if data else 0)
+                bufs = []
+                if data:
+                    _sendfile_all(sock, fd, offset, data, src.path, self._timeouts.network)
+                    offset += data
+                    if final and pad:
+                        sock.sendall(b"\x00")
+                start += size
+                if final:
+                    return
         finally:
             os.close(fd)
 
@@ -491,13 +539,13 @@ def _is_tls(sock: socket.socket) -> bool:
     return mod is not None and isinstance(sock, mod.SSLSocket)
 
 
-def _sendmsg_all(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
+def _sendmsg_all(sock: socket.socket, bufs: list[bytes | memoryview], flags: int = 0) -> None:
     """``sendall`` for a list of buffers: one syscall per ~1000 iovecs, partial sends resumed."""
     i = 0
     n = len(bufs)
     while i < n:
         batch = bufs[i : i + _IOV_MAX]
-        sent = sock.sendmsg(batch)
+        sent = sock.sendmsg(batch, (), flags)
         for buf in batch:
             size = len(buf)
             if sent >= size:
@@ -507,6 +555,29 @@ def _sendmsg_all(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
                 if sent:
                     bufs[i] = memoryview(buf)[sent:]
                 break
+
+
+def _sendfile_all(
+    sock: socket.socket, fd: int, offset: int, count: int, path: str, timeout: float
+) -> None:
+    """``count`` bytes of ``fd`` from ``offset`` onto the socket. The socket has a timeout,
+    so its descriptor is non-blocking: wait for room ourselves, at most ``timeout``."""
+    out = sock.fileno()
+    poller: select.poll | None = None
+    while count > 0:
+        try:
+            sent = os.sendfile(out, fd, offset, count)
+        except BlockingIOError:
+            if poller is None:
+                poller = select.poll()
+                poller.register(out, select.POLLOUT)
+            if not poller.poll(timeout * 1000):
+                raise TimeoutError("send timed out") from None
+            continue
+        if sent == 0:
+            raise SourceError(f"{path} shrank while it was being sent")
+        offset += sent
+        count -= sent
 
 
 def _sendall_tls(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:

@@ -26,9 +26,18 @@ from types import TracebackType
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int, *, poll: float = 0.1) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        poll: float = 0.1,
+        tap: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
         self.poll = poll
+        #: Called with every chunk a client sends upstream (to check what is on the wire)
+        self.tap = tap
         self.port = 0
         #: Connections accepted so far
         self.accepted = 0
@@ -121,7 +130,7 @@ class TcpProxy:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             n = self.accepted
             done = _Pair(client, upstream)
-            self._spawn(self._pump, f"tcp-proxy-{n}-up", client, upstream, done)
+            self._spawn(self._pump, f"tcp-proxy-{n}-up", client, upstream, done, self.tap)
             self._spawn(self._pump, f"tcp-proxy-{n}-down", upstream, client, done)
 
     def _wait_forwarding(self) -> bool:
@@ -131,7 +140,13 @@ class TcpProxy:
                 return False
         return not self._stopped.is_set()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, pair: _Pair) -> None:
+    def _pump(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        pair: _Pair,
+        tap: Callable[[bytes], None] | None = None,
+    ) -> None:
         try:
             while self._wait_forwarding():
                 try:
@@ -148,6 +163,8 @@ class TcpProxy:
                     with contextlib.suppress(OSError):
                         dst.shutdown(socket.SHUT_WR)
                     return
+                if tap is not None:
+                    tap(data)
                 if not self._send_all(dst, data):
                     return
         finally:
