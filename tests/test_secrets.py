@@ -201,6 +201,7 @@ def test_a_wrong_redis_password_fails_run_and_plan_at_once_and_is_never_shown(
             ["status", "job-x", "--redis-url", url],
             ["report", "job-x", "--redis-url", url],
             ["retry", "job-x", "--redis-url", url],
+            ["jobs", "--redis-url", url],
         ]
 
         def timed(args: list[str]) -> tuple[float, Any]:

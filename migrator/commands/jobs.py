@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -48,8 +49,9 @@ def _safe_url(url: str) -> str:
     """The URL without a password (secrets never reach the terminal or logs)."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    # redis-py also takes ?password=...
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
 
 
 def status_line(counts: dict[str, int], files_s: float, bytes_s: float) -> str:
@@ -136,7 +138,14 @@ def jobs_command(redis_url: str) -> None:
     from workers.runtime import connect
 
     client = connect(redis_url)
-    for job in list_jobs(client):
+    try:
+        jobs = list_jobs(client)
+    except Exception as exc:  # redis errors: connection refused, auth...
+        click.echo(
+            f"migrator: error: cannot reach Redis at {_safe_url(redis_url)}: {exc}", err=True
+        )
+        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+    for job in jobs:
         ledger = Ledger(client, job)
         config = ledger.config()
         counts = ledger.counts()
