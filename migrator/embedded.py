@@ -636,7 +636,16 @@ class LocalWorkers:
         return _tail(self.logfile)
 
     def command(self) -> list[str]:
-        return worker_argv(self.n, loglevel=self.loglevel, hostname=self.hostname_template)
+        # Not worker_argv's `celery` command line: the same worker without importing
+        # Celery's CLI, ~0.3 s sooner ready (workers/launch.py).
+        return [
+            sys.executable,
+            "-m",
+            "workers.launch",
+            str(self.n),
+            self.hostname_template,
+            self.loglevel,
+        ]
 
     def start(self, *, wait: bool = True) -> LocalWorkers:
         """Start the worker; with ``wait``, return once it answers a ping. Without, call
