@@ -14,8 +14,9 @@ both on one Redis Cluster shard, as a script touching several keys requires):
   every reservation, so a change applies to the next reservation of every worker. No expiry:
   it is the user's setting. When the hash does not exist (never set, or a Redis restart
   without AOF lost it) the script uses the limits the worker was started with (``fallback``).
-* ``{key}:state`` hash ``files``, ``bytes``: the two theoretical arrival times (TAT, seconds
-  of Redis ``TIME``). It expires a little after its latest TAT: an expired TAT is in the
+* ``{key}:tat`` string ``"<files> <bytes>"``: the two theoretical arrival times (TAT,
+  seconds of Redis ``TIME``; empty for a bucket never charged), one ``SET … PX`` per
+  reservation. It expires a little after its latest TAT: an expired TAT is in the
   past, i.e. "bucket full", exactly what an absent one means, so idle destinations leave no
   keys behind and nothing is lost.
 
@@ -87,8 +88,9 @@ def conf_key(key: str) -> str:
 
 
 def state_key(key: str) -> str:
-    """The hash holding the two TATs (``files``, ``bytes``)."""
-    return f"{key}:state"
+    """The string holding the two TATs (``"<files> <bytes>"``). Not ``:state``, which held
+    them as a hash before: a key of the old type must not break a worker of this version."""
+    return f"{key}:tat"
 
 
 def _encode(limits: Limits) -> list[str]:
@@ -183,7 +185,7 @@ def retry_redis(
         return result
 
 
-# KEYS[1] conf hash, KEYS[2] state hash.
+# KEYS[1] conf hash, KEYS[2] state string.
 # ARGV[1] files, ARGV[2] nbytes, ARGV[3] now override ('' = redis TIME),
 # ARGV[4..7] fallback files_per_s, bytes_per_s, burst_files, burst_bytes ('' = unlimited).
 # Returns {wait as '%.17g' (a Lua number reply would be truncated to an integer), unlimited}.
@@ -218,10 +220,13 @@ else
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
--- absent TAT = -inf = bucket full, as in LocalLimiter
-local tats = redis.call('HMGET', KEYS[2], 'files', 'bytes')
-local tat_f = opt(tats[1]) or -math.huge
-local tat_b = opt(tats[2]) or -math.huge
+-- absent TAT = -inf = bucket full, as in LocalLimiter; the state is "<files> <bytes>"
+-- ('' for a bucket never charged)
+local state = redis.call('GET', KEYS[2])
+local raw_f, raw_b = '', ''
+if state then raw_f, raw_b = string.match(state, '^(%S*) (%S*)$') end
+local tat_f = opt(raw_f) or -math.huge
+local tat_b = opt(raw_b) or -math.huge
 
 local int_f, int_b, burst_b
 if fps then int_f = 1 / fps end
@@ -243,18 +248,19 @@ end
 local latest = now
 if int_f then
   tat_f = math.max(tat_f, send) + cost_f * int_f
-  redis.call('HSET', KEYS[2], 'files', string.format('%.17g', tat_f))
+  raw_f = string.format('%.17g', tat_f)
 end
 if int_b then
   tat_b = math.max(tat_b, send) + cost_b * int_b
-  redis.call('HSET', KEYS[2], 'bytes', string.format('%.17g', tat_b))
+  raw_b = string.format('%.17g', tat_b)
 end
 if tat_f > latest then latest = tat_f end
 if tat_b > latest then latest = tat_b end
 -- gone 10 s after the latest TAT: by then both buckets are full, as an absent key says
--- (capped at ~30 years: an absurd debt must not overflow PEXPIRE's integer)
+-- (capped at ~30 years: an absurd debt must not overflow PX's integer). One SET with PX:
+-- the state and its expiry in one command (a hash needed HSET + PEXPIRE).
 local ttl_ms = math.min(math.ceil((latest - now) * 1000) + 10000, 1e12)
-redis.call('PEXPIRE', KEYS[2], string.format('%d', ttl_ms))
+redis.call('SET', KEYS[2], raw_f .. ' ' .. raw_b, 'PX', string.format('%d', ttl_ms))
 return {string.format('%.17g', send - now), 0}
 """
 

@@ -49,8 +49,9 @@ def _key() -> str:
 
 def _tats(client: redis.Redis, key: str) -> list[float]:
     """The stored TATs as gcra_reserve sees them (absent = -inf = bucket full)."""
-    raw = client.hmget(state_key(key), ["files", "bytes"])
-    return [-math.inf if v is None else float(v) for v in raw]
+    state = client.get(state_key(key))
+    raw = state.decode().split(" ") if state else ["", ""]
+    return [float(v) if v else -math.inf for v in raw]
 
 
 # --- the script is gcra_reserve ------------------------------------------------------------

@@ -46,8 +46,10 @@ log = logging.getLogger(__name__)
 
 #: A batch delivered this many times without finishing has killed its worker each time.
 POISON_DELIVERIES = 3
-#: Outcomes are flushed to the ledger after this many files or seconds.
-FLUSH_FILES = 16
+#: Outcomes are flushed to the ledger after this many files or seconds. A flush is one
+#: script of ~10 Redis commands; 64 files keep it near 0.15 commands per file (16: 0.6). What
+#: it risks: a worker killed before a flush sends up to that many files again (idempotent).
+FLUSH_FILES = 64
 FLUSH_SECONDS = 0.25
 #: Files reserved from the rate limiter in one round trip (at most the burst).
 LEASE_FILES = 10
