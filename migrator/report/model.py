@@ -599,10 +599,9 @@ def uid_name(uid: str) -> str:
     """``CT Image Storage`` for a known UID; the UID itself otherwise."""
     if not uid:
         return "(unknown: not DICOM or not read)"
-    from pydicom.uid import UID
+    from migrator import uidnames
 
-    name = UID(uid).name
-    return str(name) if name else uid
+    return uidnames.name(uid)
 
 
 def count_rows(table: dict[str, ClassCount]) -> list[ClassCount]:
