@@ -35,7 +35,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import importlib
 import itertools
 import json
 import logging
@@ -58,6 +57,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from migrator.errors import ConfigError, MigratorError
+from migrator.keys import heartbeat_key
 
 log = logging.getLogger(__name__)
 
@@ -674,6 +674,7 @@ class LocalWorkers:
                     "REMAP_SIGTERM": "SIGQUIT",
                 }
             )
+            self._clear_heartbeat()
             with open(self.logfile, "ab") as logf:
                 self._proc = subprocess.Popen(
                     _with_parent_death_signal(self.command(), self.parent_death_signal),
@@ -779,8 +780,8 @@ class LocalWorkers:
             time.sleep(0.02)
 
     def wait_ready(self) -> None:
-        """``control.ping`` addressed to our hostname until it answers, while the process
-        runs. Raises EmbeddedStartError (and stops the worker) when it does not come up."""
+        """Return once the worker consumes tasks (its heartbeat key is written), while the
+        process runs. Raises EmbeddedStartError (and stops the worker) when it does not."""
         if self._ready:
             return
         try:
@@ -791,10 +792,14 @@ class LocalWorkers:
         self._ready = True
 
     def _wait_ready(self) -> None:
-        # Imported here: celery is heavy and EmbeddedRedis alone does not need it. By name, so
-        # that type-checking this module does not pull in celery, which has no type information.
-        app = importlib.import_module("workers.app").make_app(self.broker_url)
+        """Wait for the worker's heartbeat key (written once its task consumer runs: see
+        workers/heartbeat.py), while the process runs.
+
+        Not a Celery ``control.ping``: that needs Celery imported here (~0.4 s, competing with
+        the booting worker for the CPU), and a busy worker answers it only between tasks.
+        """
         deadline = time.monotonic() + self.startup_timeout
+        conn = self._redis()
         try:
             while True:
                 if not self.alive():
@@ -804,17 +809,38 @@ class LocalWorkers:
                         f"local worker exited with {self._proc.returncode} during startup "
                         f"(log: {self.logfile}):\n{self.log_tail()}"
                     )
-                # A ping returns as soon as the worker answers, or after its timeout when
-                # it is not up yet: short, so that readiness is seen within ~0.1 s.
-                if app.control.ping(timeout=0.1, destination=[self.hostname]):
-                    return
+                try:
+                    if conn.exists(heartbeat_key(self.hostname)):
+                        return
+                except redis.RedisError as exc:
+                    log.debug("local worker readiness: %s", exc)
                 if time.monotonic() >= deadline:
                     raise EmbeddedStartError(
-                        f"local worker {self.hostname} did not answer ping within "
+                        f"local worker {self.hostname} did not start within "
                         f"{self.startup_timeout:g} s:\n{self.log_tail()}"
                     )
+                time.sleep(0.02)
         finally:
-            app.close()
+            conn.close()
+
+    def _redis(self) -> redis.Redis:
+        url = self.broker_url
+        if url.startswith("redis+socket://"):  # Celery's spelling of a unix socket
+            url = "unix://" + url[len("redis+socket://") :]
+        return redis.Redis.from_url(
+            url, socket_connect_timeout=2.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 0)
+        )
+
+    def _clear_heartbeat(self) -> None:
+        """A heartbeat left by an earlier worker of the same name (a SIGKILLed one keeps its
+        key for its TTL) must not pass for this one's."""
+        conn = self._redis()
+        try:
+            conn.delete(heartbeat_key(self.hostname))
+        except redis.RedisError as exc:
+            log.debug("local worker heartbeat: %s", exc)
+        finally:
+            conn.close()
 
 
 def install_signal_handlers(

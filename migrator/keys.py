@@ -14,6 +14,11 @@ PREFIX = "migrator"
 JOBS = f"{PREFIX}:jobs"
 
 
+def heartbeat_key(node: str) -> str:
+    """A worker node's heartbeat (workers/heartbeat.py writes it, check-health reads it)."""
+    return f"{PREFIX}:heartbeat:{node}"
+
+
 def limiter_key(destination: str) -> str:
     """GCRA state and limits for one destination (``host:port:AE``)."""
     return f"{PREFIX}:limit:{{{destination}}}"

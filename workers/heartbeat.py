@@ -26,7 +26,7 @@ import redis
 from celery import bootsteps
 
 from migrator.errors import ConfigError
-from migrator.keys import PREFIX
+from migrator.keys import heartbeat_key
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ SOCKET_TIMEOUT = 2.0
 
 def key(node: str) -> str:
     """The heartbeat key of one worker node (``celery@host``)."""
-    return f"{PREFIX}:heartbeat:{node}"
+    return heartbeat_key(node)
 
 
 def default_node() -> str:
