@@ -71,6 +71,18 @@ def kill_group(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
         os.killpg(proc.pid, sig)
 
 
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM the process group of ``proc``, wait up to ``timeout``, then SIGKILL it; and
+    SIGKILL what is left of the group (children that were mid-work)."""
+    kill_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc, signal.SIGKILL)
+        proc.wait()
+    kill_group(proc, signal.SIGKILL)
+
+
 @dataclass
 class ProcResult:
     rc: int | None  # None: killed after the timeout

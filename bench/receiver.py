@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import SetupError, kill_group, sender_env, tail
+from bench.measure import SetupError, sender_env, stop_group, tail
 
 HOST = "127.0.0.1"
 AET = "STORESCP"
@@ -114,11 +113,4 @@ class Receiver:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        kill_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            kill_group(proc, signal.SIGKILL)
-            proc.wait()
-        # Children that were mid-association get the same treatment.
-        kill_group(proc, signal.SIGKILL)
+        stop_group(proc)  # children that were mid-association included

@@ -64,7 +64,7 @@ if __package__ in (None, ""):  # run as a script: bench/ is sys.path[0], make `b
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpora import prepare_corpus, warm_page_cache
-from bench.measure import SetupError, kill_group, log, sender_env, tail
+from bench.measure import SetupError, kill_group, log, sender_env, stop_group, tail
 from bench.receiver import AET, DEFAULT_PDU, HOST, Receiver, find_dcmtk_tool, version_line
 from bench.senders import migrator_command
 from bench.store_bench import EXIT_OK, EXIT_SETUP, exit_on_sigterm
@@ -174,12 +174,7 @@ class RedisServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        kill_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            kill_group(proc, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
     def __enter__(self) -> RedisServer:
         return self.start()
