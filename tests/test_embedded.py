@@ -412,8 +412,8 @@ OWNER_STARTING = textwrap.dedent(
 
 
 def test_owner_sigterm_while_workers_start_leaves_no_process(tmp_path: Path) -> None:
-    """The signal lands inside LocalWorkers.start() (the ping loop): start() stops what it
-    began, then the outer with-block stops Redis."""
+    """The signal lands inside LocalWorkers.start() (the readiness wait): start() stops what
+    it began, then the outer with-block stops Redis."""
     owner = subprocess.Popen(
         [sys.executable, "-c", OWNER_STARTING],
         cwd=REPO,
@@ -426,10 +426,16 @@ def test_owner_sigterm_while_workers_start_leaves_no_process(tmp_path: Path) -> 
     try:
         assert owner.stdout is not None
         assert owner.stdout.readline() == "starting workers\n"
-        time.sleep(0.5)  # the worker is importing celery; readiness takes ~1 s
-        seen = _descendants(owner.pid)
-        for pid in list(seen):
-            seen |= _group(pid)
+        # Signal as soon as the worker process exists: it is still importing celery then
+        # (readiness takes ~0.5 s at best), so the signal lands in the readiness wait.
+        deadline = time.monotonic() + 10
+        while True:
+            seen = _descendants(owner.pid)
+            for pid in list(seen):
+                seen |= _group(pid)
+            if len(seen) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         assert len(seen) >= 2, _describe(seen)  # redis-server and the starting worker
         owner.send_signal(signal.SIGTERM)
         owner.wait(30)
