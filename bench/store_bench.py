@@ -322,6 +322,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     senders, skipped = build_senders(args.senders, args.pdu, storescu, dcmsend, args.run_workers)
     info = machine_info(storescu, dcmsend)
     env = sender_env()
+    # Our code byte-compiled, as DCMTK's is: with PYTHONDONTWRITEBYTECODE (set on these
+    # machines) a module edited since the last bootstrap would be compiled at every start.
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(repo / "migrator"), str(repo / "workers")],
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
 
     work = Path(tempfile.mkdtemp(prefix="store-bench-"))
     receiver = Receiver(storescp, work, args.pdu)

@@ -53,3 +53,8 @@ if [ ! -f ".venv/.installed-$hash-1" ] && { [ $dev -eq 1 ] || [ ! -f ".venv/.ins
   rm -f .venv/.installed-*
   touch ".venv/.installed-$hash-$dev"
 fi
+# Byte-compile our own code (only what changed since the last time): with
+# PYTHONDONTWRITEBYTECODE set, as on these machines, every `migrator` command and worker
+# would otherwise compile each module from source at every start (~40 ms of `store`'s
+# ~150 ms). The import system still reads .pyc files when it may not write them.
+.venv/bin/python -m compileall -q -j 0 migrator workers >/dev/null
