@@ -779,6 +779,18 @@ class LocalWorkers:
                 return False
             time.sleep(0.02)
 
+    def ready_now(self) -> bool:
+        """True once the worker consumes tasks (its heartbeat key exists); never waits."""
+        if not self._ready and self.alive():
+            conn = self._redis()
+            try:
+                self._ready = bool(conn.exists(heartbeat_key(self.hostname)))
+            except redis.RedisError:
+                return False
+            finally:
+                conn.close()
+        return self._ready
+
     def wait_ready(self) -> None:
         """Return once the worker consumes tasks (its heartbeat key is written), while the
         process runs. Raises EmbeddedStartError (and stops the worker) when it does not."""

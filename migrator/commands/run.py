@@ -376,7 +376,12 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
             ledger.mark_started()
             _plan(ledger, srcs, url, o)
             if local is not None:
-                local.wait_ready()
+                from workers.inline import send_until_ready
+
+                # The worker boots for ~0.5 s: send from here meanwhile (workers/inline.py).
+                send_until_ready(ledger, stop=lambda: local.ready_now() or not local.alive())
+                if ledger.counts()["in_flight"] > 0:  # a small job may be done already
+                    local.wait_ready()
             from migrator.progress import JobProgress
 
             progress = JobProgress(enabled=not quiet and sys.stderr.isatty())

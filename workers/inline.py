@@ -1,0 +1,76 @@
+"""`migrator run` sends the first batches itself while its local workers boot.
+
+A Celery worker needs ~0.5 s to start (imports, pool forks); a small job is planned long
+before that. Meanwhile the `run` process runs batches with the very code the workers run
+(``run_batch``: the batch lease, the fleet-wide limiter and association slots, the ledger),
+taking them from the end of the plan while the workers will start from its head. It stops
+as soon as a worker is ready (or has died: then `run` reports why).
+
+Safe by construction: a batch runs under its lease, so a worker that receives the same
+batch meanwhile waits (BatchBusy) and later finds its files stored, sending nothing twice;
+a batch this process could not finish keeps its Celery message, and a worker sends the rest
+with its usual retries. This process does not retry at all: at the first wait a retry would
+need (the PACS unreachable or busy, a transient status) it leaves the batch to the workers,
+so that an unusable PACS costs `run` no extra time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from migrator.jobconfig import JobConfig
+from migrator.ledger import Ledger
+from workers.batch import BatchBusy, run_batch
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class _Retry(Exception):
+    """A retry would have to wait: leave the batch to the workers."""
+
+
+def _no_waiting(_seconds: float) -> None:
+    raise _Retry
+
+
+def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
+    """Run the job's unsettled batches here, last planned first, until ``stop()`` is true
+    (checked before each batch). Returns how many batches were run to their end."""
+    config = JobConfig.from_dict(ledger.config())
+    if config.throttle_delay:
+        return 0  # every file would wait: the workers pace the job
+    runtime = Runtime(ledger.client)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    done = 0
+    try:
+        for batch_id in reversed(ledger.batch_ids()):
+            if stop():
+                break
+            if "." not in ledger.batch_states(batch_id):
+                continue  # settled already (a re-run of the same job)
+            try:
+                run_batch(
+                    ledger,
+                    batch_id,
+                    pool=runtime.pool,
+                    limiter=runtime.limiter(config),
+                    task_id=f"inline:{batch_id}",
+                    worker=worker,
+                    sleep=_no_waiting,
+                )
+            except BatchBusy:
+                continue  # a worker has it
+            except _Retry:
+                log.info("leaving batch %s to the workers (it needs a retry)", batch_id)
+                break
+            except Exception as exc:  # whatever it is, the workers retry the batch properly
+                log.info("leaving batch %s to the workers: %s", batch_id, exc)
+                break
+            done += 1
+    finally:
+        runtime.pool.close_all()
+    return done
