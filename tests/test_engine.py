@@ -139,7 +139,10 @@ def test_global_file_rate_holds_across_four_worker_processes(
     assert_invariant(ledger)
     timeline = ledger.timeline()
     assert sum(n for n, _ in timeline.values()) == 400
-    assert max(n for n, _ in timeline.values()) <= 40 + 10, timeline
+    # The limiter grants at most rate + burst in any second (test_ratelimit_redis proves
+    # that exactly); the timeline counts answers, and a worker granted a lease of up to a
+    # burst of files may be scheduled late, so one more burst can land in a window.
+    assert max(n for n, _ in timeline.values()) <= 40 + 2 * 10, timeline
 
 
 def test_global_byte_rate_holds_across_four_worker_processes(
@@ -168,9 +171,10 @@ def test_global_byte_rate_holds_across_four_worker_processes(
     ledger = only_job(redis_server.client())
     assert_invariant(ledger)
     per_second = [nbytes for _, nbytes in ledger.timeline().values()]
-    # The byte burst is one second of the rate: no second carries more than two seconds'
-    # worth plus one file.
-    assert max(per_second) <= 2 * mb_per_s * 1e6 + size, per_second
+    # The byte burst is one second of the rate: no second is granted more than two seconds'
+    # worth plus one file; a lease (at most 10 files) sent late by a busy worker may add its
+    # files to a window, as for the file rate above.
+    assert max(per_second) <= 2 * mb_per_s * 1e6 + 10 * size, per_second
 
 
 def test_max_associations_is_a_fleet_wide_cap_seen_at_the_receiver(
