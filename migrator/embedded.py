@@ -621,6 +621,7 @@ class LocalWorkers:
         self._proc: subprocess.Popen[bytes] | None = None
         self._keep_log = False  # the worker failed: its log is the only record of why
         self._ready = False
+        self._probe_conn: redis.Redis | None = None
 
     @property
     def pid(self) -> int:
@@ -705,6 +706,9 @@ class LocalWorkers:
         """
         proc = self._proc
         interrupted = False
+        if self._probe_conn is not None:
+            self._probe_conn.close()
+            self._probe_conn = None
         if proc is not None:
             pgid = proc.pid
             if proc.poll() is None and graceful:
@@ -782,13 +786,10 @@ class LocalWorkers:
     def ready_now(self) -> bool:
         """True once the worker consumes tasks (its heartbeat key exists); never waits."""
         if not self._ready and self.alive():
-            conn = self._redis()
             try:
-                self._ready = bool(conn.exists(heartbeat_key(self.hostname)))
+                self._ready = bool(self._probe().exists(heartbeat_key(self.hostname)))
             except redis.RedisError:
                 return False
-            finally:
-                conn.close()
         return self._ready
 
     def wait_ready(self) -> None:
@@ -811,48 +812,47 @@ class LocalWorkers:
         the booting worker for the CPU), and a busy worker answers it only between tasks.
         """
         deadline = time.monotonic() + self.startup_timeout
-        conn = self._redis()
-        try:
-            while True:
-                if not self.alive():
-                    assert self._proc is not None
-                    self._keep_log = True
-                    raise EmbeddedStartError(
-                        f"local worker exited with {self._proc.returncode} during startup "
-                        f"(log: {self.logfile}):\n{self.log_tail()}"
-                    )
-                try:
-                    if conn.exists(heartbeat_key(self.hostname)):
-                        return
-                except redis.RedisError as exc:
-                    log.debug("local worker readiness: %s", exc)
-                if time.monotonic() >= deadline:
-                    raise EmbeddedStartError(
-                        f"local worker {self.hostname} did not start within "
-                        f"{self.startup_timeout:g} s:\n{self.log_tail()}"
-                    )
-                time.sleep(0.02)
-        finally:
-            conn.close()
+        while True:
+            if not self.alive():
+                assert self._proc is not None
+                self._keep_log = True
+                raise EmbeddedStartError(
+                    f"local worker exited with {self._proc.returncode} during startup "
+                    f"(log: {self.logfile}):\n{self.log_tail()}"
+                )
+            try:
+                if self._probe().exists(heartbeat_key(self.hostname)):
+                    return
+            except redis.RedisError as exc:
+                log.debug("local worker readiness: %s", exc)
+            if time.monotonic() >= deadline:
+                raise EmbeddedStartError(
+                    f"local worker {self.hostname} did not start within "
+                    f"{self.startup_timeout:g} s:\n{self.log_tail()}"
+                )
+            time.sleep(0.02)
 
-    def _redis(self) -> redis.Redis:
-        url = self.broker_url
-        if url.startswith("redis+socket://"):  # Celery's spelling of a unix socket
-            url = "unix://" + url[len("redis+socket://") :]
-        return redis.Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 0)
-        )
+    def _probe(self) -> redis.Redis:
+        """The client that reads the heartbeat key: short timeouts, no retries, one for the
+        workers' lifetime (`run` asks before each batch it sends itself)."""
+        if self._probe_conn is None:
+            from workers.runtime import redis_py_url
+
+            self._probe_conn = redis.Redis.from_url(
+                redis_py_url(self.broker_url),
+                socket_connect_timeout=2.0,
+                socket_timeout=2.0,
+                retry=Retry(NoBackoff(), 0),
+            )
+        return self._probe_conn
 
     def _clear_heartbeat(self) -> None:
         """A heartbeat left by an earlier worker of the same name (a SIGKILLed one keeps its
         key for its TTL) must not pass for this one's."""
-        conn = self._redis()
         try:
-            conn.delete(heartbeat_key(self.hostname))
+            self._probe().delete(heartbeat_key(self.hostname))
         except redis.RedisError as exc:
             log.debug("local worker heartbeat: %s", exc)
-        finally:
-            conn.close()
 
 
 def install_signal_handlers(

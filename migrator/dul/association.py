@@ -382,10 +382,7 @@ class Association:
         frag = self._fragment
         block = max(frag, (_READ_BLOCK // frag) * frag)
         send_bufs = self._send_bufs
-        try:
-            fd = os.open(src.path, os.O_RDONLY)
-        except OSError as exc:
-            raise SourceError(f"cannot open {src.path}: {exc.strerror}") from exc
+        fd = _open_source(src.path)
         try:
             offset, remaining = src.offset, src.length
             if remaining == 0:
@@ -417,10 +414,7 @@ class Association:
         is copied through Python: about half the CPU per MB of read-and-sendmsg."""
         frag = self._fragment
         sock = self._sock
-        try:
-            fd = os.open(src.path, os.O_RDONLY)
-        except OSError as exc:
-            raise SourceError(f"cannot open {src.path}: {exc.strerror}") from exc
+        fd = _open_source(src.path)
         try:
             # DICOM data is even-length; a deflated stream stored with an odd length must be
             # padded with one NUL (PS3.5 A.5), and peers refuse odd PDVs.
@@ -531,6 +525,13 @@ def _append_fragments(
         flags = base | (0x02 if final and start + size == n else 0)
         bufs.append(_FRAGMENT_HEADER.pack(P_DATA_TF, size + _PDV_OVERHEAD, size + 2, ctx, flags))
         bufs.append(piece)
+
+
+def _open_source(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise SourceError(f"cannot open {path}: {exc.strerror}") from exc
 
 
 def _ssl_errors() -> tuple[type[Exception], ...]:
