@@ -20,9 +20,9 @@ from migrator.exitcodes import ExitStatus
 from migrator.jobconfig import JobConfig
 from migrator.keys import limiter_key
 from migrator.ledger import IN_FLIGHT, Ledger, split_id
+from migrator.limits.rate_redis import set_limits
 from migrator.outcomes import FileOutcome, State
 from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan, plan_manifest
-from migrator.ratelimit_redis import set_limits
 from migrator.sources.base import Source
 from migrator.sources.filesystem import FileSource
 from migrator.sources.manifest import BadLine

@@ -13,7 +13,7 @@ from typing import Any
 
 from migrator.dul.association import Timeouts
 from migrator.dul.tls import TlsSettings
-from migrator.ratelimit import Limits
+from migrator.limits.rate import Limits
 
 
 @dataclass(frozen=True, slots=True)

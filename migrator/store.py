@@ -35,8 +35,8 @@ from migrator.errors import (
     SourceError,
 )
 from migrator.exitcodes import ExitStatus
+from migrator.limits.rate import Limits, RateLimiter, make_limiter
 from migrator.outcomes import FileOutcome, State, StoreResult
-from migrator.ratelimit import Limits, RateLimiter, make_limiter
 from migrator.scheduler import Scheduler
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource, MemorySource

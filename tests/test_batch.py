@@ -18,8 +18,8 @@ from migrator import synth
 from migrator.dicomfile import inspect_file
 from migrator.jobconfig import JobConfig
 from migrator.ledger import Ledger, PlannedFile
+from migrator.limits.rate import NullLimiter
 from migrator.outcomes import State
-from migrator.ratelimit import NullLimiter
 from tests.peers.counting_scp import CountingScp, counting_scp
 from tests.peers.redis import RedisPeer, redis_peer
 from workers.batch import POISON_DELIVERIES, BatchBusy, run_batch

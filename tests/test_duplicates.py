@@ -27,8 +27,8 @@ from migrator.embedded import LocalWorkers
 from migrator.errors import SourceError
 from migrator.jobconfig import JobConfig
 from migrator.ledger import Ledger, PlannedFile, split_id
+from migrator.limits.rate import NullLimiter
 from migrator.outcomes import FileOutcome, State, StoreResult
-from migrator.ratelimit import NullLimiter
 from migrator.report import model, text
 from migrator.sources.base import SourceItem
 from migrator.sources.filesystem import FileSource

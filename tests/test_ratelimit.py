@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from migrator.errors import ConfigError
-from migrator.ratelimit import (
+from migrator.limits.rate import (
     BucketParams,
     Limits,
     LocalLimiter,

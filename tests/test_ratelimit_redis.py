@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from migrator.keys import limiter_key
-from migrator.ratelimit import Limits, RateLimiter, gcra_reserve
-from migrator.ratelimit_redis import (
+from migrator.limits.rate import Limits, RateLimiter, gcra_reserve
+from migrator.limits.rate_redis import (
     UNLIMITED_CACHE_S,
     RedisLimiter,
     conf_key,

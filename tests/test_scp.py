@@ -31,7 +31,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 
 from migrator.netutil import patch_pynetdicom_nodelay
-from migrator.scp import ScpConfig, StorageSCP
+from migrator.scp.server import ScpConfig, StorageSCP
 from tests.peers.dicomcompare import dataset_differences
 from tests.peers.migrator_scp import (
     RunningScp,

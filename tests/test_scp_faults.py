@@ -17,7 +17,7 @@ from pynetdicom.association import Association
 from migrator.commands.scp import scp_command
 from migrator.errors import ConfigError
 from migrator.netutil import patch_pynetdicom_nodelay
-from migrator.scp_faults import Action, FaultInjector, FaultPlan
+from migrator.scp.faults import Action, FaultInjector, FaultPlan
 from tests.peers.migrator_scp import RunningScp, make_instance, start_migrator_scp
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

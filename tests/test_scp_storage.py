@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from migrator.errors import ConfigError
-from migrator.scp_storage import (
+from migrator.scp.storage import (
     UnsafeUIDError,
     check_output_dir,
     encode_meta,

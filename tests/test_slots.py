@@ -13,7 +13,7 @@ import pytest
 
 from migrator.errors import ConnectError, TransientError
 from migrator.keys import slots_key
-from migrator.slots import AssociationSlots, SlotTimeout
+from migrator.limits.slots import AssociationSlots, SlotTimeout
 from tests.peers.redis import RedisPeer, redis_peer
 
 pytestmark = pytest.mark.timeout(60)

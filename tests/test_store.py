@@ -13,8 +13,8 @@ import pytest
 
 from migrator import synth
 from migrator.dicomfile import EXPLICIT_LE
+from migrator.limits.rate import Limits
 from migrator.outcomes import State
-from migrator.ratelimit import Limits
 from migrator.store import StoreScu, StoreSettings
 from tests.peers.dcmtk import StoreScpPeer
 from tests.peers.orthanc import OrthancPeer

@@ -33,8 +33,8 @@ from migrator.errors import AssociationRejected, ConnectError, MigratorError, So
 from migrator.jobconfig import JobConfig
 from migrator.keys import PREFIX
 from migrator.ledger import Ledger, PlannedFile, Recorded
+from migrator.limits.rate import RateLimiter
 from migrator.outcomes import FileOutcome, State
-from migrator.ratelimit import RateLimiter
 from migrator.sources.base import Payload, Source, SourceItem
 from migrator.sources.filesystem import FileSource
 from migrator.sources.inspect import inspect_item, refusal

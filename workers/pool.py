@@ -5,7 +5,7 @@ prefork child runs one task at a time; never share an association between thread
 reused while it covers the SOP classes the next batch needs and has not been idle long
 enough for the PACS to have closed it (Orthanc closes idle associations after 30 s).
 A fleet-wide cap on associations per destination is honoured through leases
-(`migrator.slots`) held for as long as the association is open.
+(`migrator.limits.slots`) held for as long as the association is open.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from redis.retry import Retry
 
 from migrator.jobconfig import JobConfig
 from migrator.keys import limiter_key, slots_key
-from migrator.ratelimit import RateLimiter
-from migrator.ratelimit_redis import make_redis_limiter
-from migrator.slots import AssociationSlots
+from migrator.limits.rate import RateLimiter
+from migrator.limits.rate_redis import make_redis_limiter
+from migrator.limits.slots import AssociationSlots
 from workers.pool import AssociationPool, Lease
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -190,8 +190,8 @@ def limit_command(
     """
     from migrator.jobconfig import JobConfig
     from migrator.keys import limiter_key
-    from migrator.ratelimit import Limits
-    from migrator.ratelimit_redis import get_limits, set_limits
+    from migrator.limits.rate import Limits
+    from migrator.limits.rate_redis import get_limits, set_limits
 
     ledger = _ledger(redis_url, job)
     config = JobConfig.from_dict(ledger.config())

@@ -15,9 +15,9 @@ import click
 from migrator.commands.common import AE, opt, receiver_tls_options, setup_logging, tls_settings
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
-from migrator.scp import ListenError, ScpConfig, StorageSCP
-from migrator.scp_faults import FaultPlan
-from migrator.scp_storage import check_output_dir
+from migrator.scp.faults import FaultPlan
+from migrator.scp.server import ListenError, ScpConfig, StorageSCP
+from migrator.scp.storage import check_output_dir
 from migrator.validation import is_valid_uid
 
 log = logging.getLogger("migrator.scp")

@@ -19,9 +19,9 @@ from migrator.commands.common import (
 from migrator.dul.association import Timeouts
 from migrator.errors import ConfigError
 from migrator.exitcodes import EXIT_CODES_HELP
+from migrator.limits.rate import Limits
 from migrator.outcomes import FileOutcome, StoreResult
 from migrator.progress import Progress
-from migrator.ratelimit import Limits
 from migrator.store import StoreScu, StoreSettings
 from migrator.summary import render_text
 from migrator.syntaxes import resolve

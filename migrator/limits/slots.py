@@ -35,7 +35,7 @@ from typing import Any, Final
 import redis
 
 from migrator.errors import ConnectError
-from migrator.ratelimit_redis import retry_redis
+from migrator.limits.rate_redis import retry_redis
 
 __all__ = ["AssociationSlots", "SlotTimeout"]
 

@@ -1,8 +1,8 @@
-"""The fleet-wide rate limiter: :func:`migrator.ratelimit.gcra_reserve` in one Redis Lua script.
+"""The fleet-wide rate limiter: :func:`migrator.limits.rate.gcra_reserve` in one Redis Lua script.
 
 Every worker of every host sending to one destination shares two GCRA buckets (files/s and
 bytes/s) kept in Redis, so the PACS sees one limit however many workers run. The semantics
-are those of :class:`migrator.ratelimit.LocalLimiter` (reserve with wait, FIFO, debt for a
+are those of :class:`migrator.limits.rate.LocalLimiter` (reserve with wait, FIFO, debt for a
 request larger than the burst); only where the state lives and which clock is used differ.
 
 Keys (``key`` is :func:`migrator.keys.limiter_key`, whose ``{destination}`` hash tag keeps
@@ -49,7 +49,7 @@ from typing import Any, Final, TypeVar
 import redis
 
 from migrator.errors import ConfigError
-from migrator.ratelimit import Limits, RateLimiter
+from migrator.limits.rate import Limits, RateLimiter
 
 __all__ = [
     "REDIS_OUTAGE_S",
@@ -266,7 +266,7 @@ return {string.format('%.17g', send - now), 0}
 
 
 class RedisLimiter:
-    """:class:`~migrator.ratelimit.RateLimiter` shared by every worker through Redis.
+    """:class:`~migrator.limits.rate.RateLimiter` shared by every worker through Redis.
 
     ``fallback`` applies while no limits are stored at ``{key}:conf``. Thread-safe (redis-py
     clients are); one instance per destination and process is enough.
@@ -298,7 +298,7 @@ class RedisLimiter:
 
     def reserve_at(self, now: float, files: int = 1, nbytes: int = 0) -> float:
         """:meth:`reserve` as if Redis ``TIME`` were ``now`` (seconds); for tests that
-        compare the script with :func:`~migrator.ratelimit.gcra_reserve` on a fake clock.
+        compare the script with :func:`~migrator.limits.rate.gcra_reserve` on a fake clock.
         Bypasses the unlimited cache, which is a real-time optimisation."""
         return self._eval(files, nbytes, repr(float(now)))
 

@@ -3,10 +3,10 @@
 Built on pynetdicom's ``AE.start_server``; one thread per association runs the handlers
 below. Received datasets are spooled to disk by pynetdicom itself
 (``STORE_RECV_CHUNKED_DATASET``), then copied behind our own File Meta into the output
-tree by ``scp_storage`` (path-safe and atomic). Nothing is decoded beyond the few header
+tree by ``storage`` (path-safe and atomic). Nothing is decoded beyond the few header
 elements that name the file, so any transfer syntax is stored as received.
 
-Statuses answered by the receiver itself (fault injection aside, see ``scp_faults``):
+Statuses answered by the receiver itself (fault injection aside, see ``faults``):
 
 =========  ================================================================
 ``0x0000`` written to ``OUTPUT/<Study>/<Series>/<SOP>.dcm`` (or ``OUTPUT/<SOP>.dcm``)
@@ -43,9 +43,9 @@ from migrator.dul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from migrator.dul.tls import TlsSettings, handshake_failure
 from migrator.errors import MigratorError, SourceError
 from migrator.netutil import patch_pynetdicom_nodelay
-from migrator.scp_faults import Action, FaultInjector, FaultPlan
-from migrator.scp_stats import ScpStats
-from migrator.scp_storage import (
+from migrator.scp.faults import Action, FaultInjector, FaultPlan
+from migrator.scp.stats import ScpStats
+from migrator.scp.storage import (
     UnsafeUIDError,
     file_meta,
     relative_path,
@@ -352,7 +352,7 @@ class StorageSCP:
             # for that request, holding one of the --max-conns slots: a few connect-and-
             # close loops would lock every sender out. None is what its wait returns on
             # timeout, so the association ends now, the pynetdicom way.
-            assoc.dul.to_user_queue.put(None)
+            assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # its sentinel
 
     def _on_tls_failure(self, address: Any, exc: BaseException) -> None:
         self.stats.association_rejected()
