@@ -836,7 +836,7 @@ class LocalWorkers:
         """The client that reads the heartbeat key: short timeouts, no retries, one for the
         workers' lifetime (`run` asks before each batch it sends itself)."""
         if self._probe_conn is None:
-            from workers.runtime import redis_py_url
+            from migrator.redis_client import redis_py_url
 
             self._probe_conn = redis.Redis.from_url(
                 redis_py_url(self.broker_url),

@@ -1,8 +1,8 @@
 """The distributed migration seen from the control plane: create a job, plan it, wait.
 
-`migrator run` and `migrator plan` are thin front ends over these functions. Celery is only
-reached through `workers.app` (sending tasks by name), so the control plane never imports
-task code.
+`migrator run` and `migrator plan` are thin front ends over these functions. Enqueuing a
+batch is a function the command layer passes in (``workers.app.enqueuer`` sends the task by
+name): nothing below the commands imports Celery.
 """
 
 from __future__ import annotations
@@ -15,51 +15,37 @@ from typing import Any
 
 import redis
 
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import ConfigError, JobGone
 from migrator.exitcodes import ExitStatus
-from migrator.jobconfig import JobConfig
 from migrator.keys import limiter_key
 from migrator.ledger import IN_FLIGHT, Ledger, split_id
 from migrator.limits.rate_redis import set_limits
 from migrator.outcomes import FileOutcome, State
 from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan, plan_manifest
+from migrator.settings import Settings
+from migrator.sources import open_source
 from migrator.sources.base import Source
-from migrator.sources.filesystem import FileSource
 from migrator.sources.manifest import BadLine
+from migrator.transfer.batch import REJECTED, UNREACHABLE
 
-QUEUE = "migrator.batches"
-TASK = "migrator.store_batch"
-
-#: How the workers word the failure of a file whose batch could not use the PACS at all
-#: (workers.tasks, workers.batch); `run` turns a job that failed only so into exit 3 / 4.
-UNREACHABLE = "cannot reach the PACS"
-REJECTED = "association rejected"
+Enqueue = Callable[[str], None]
 
 
-def default_job_id(sources: Sequence[str], config: JobConfig) -> str:
+def default_job_id(sources: Sequence[str], config: Settings) -> str:
     """Same sources to the same destination = the same job, so a re-run resumes it."""
     key = json.dumps([sorted(sources), config.destination])
     return "job-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
-def make_sources(args: Sequence[str], config: JobConfig, *, recursive: bool = True) -> list[Source]:
-    sources: list[Source] = []
-    for arg in args:
-        if arg.startswith("s3://"):
-            from migrator.sources.s3 import S3Settings, S3Source
-
-            s3 = S3Settings(endpoint_url=config.s3_endpoint, region=config.s3_region)
-            sources.append(S3Source(arg, s3))
-        else:
-            sources.append(FileSource(arg, recursive=recursive))
-    return sources
+def make_sources(args: Sequence[str], config: Settings) -> list[Source]:
+    return [open_source(arg, config) for arg in args]
 
 
-def open_job(client: redis.Redis, job_id: str, config: JobConfig) -> Ledger:
+def open_job(client: redis.Redis, job_id: str, config: Settings) -> Ledger:
     """Create the job, or resume it when it exists with the same destination."""
     ledger = Ledger(client, job_id)
     if not ledger.create(config.to_dict()):
-        existing = JobConfig.from_dict(ledger.config())
+        existing = Settings.from_dict(ledger.config())
         if existing.destination != config.destination:
             raise ConfigError(
                 f"job {job_id} already exists for {existing.server}, not {config.server}; "
@@ -71,32 +57,22 @@ def open_job(client: redis.Redis, job_id: str, config: JobConfig) -> Ledger:
     return ledger
 
 
-def enqueuer(broker_url: str, job_id: str) -> Callable[[str], None]:
-    from workers.app import make_app
-
-    app = make_app(broker_url)
-
-    def enqueue(batch_id: str) -> None:
-        app.send_task(TASK, args=[job_id, batch_id], task_id=f"{job_id}:{batch_id}", queue=QUEUE)
-
-    return enqueue
-
-
 def plan_job(
     ledger: Ledger | None,
     sources: list[Source],
-    broker_url: str | None,
+    enqueue: Enqueue | None,
     *,
     manifests: Sequence[str] = (),
     batch_files: int,
     batch_bytes: int,
     on_bad_line: Callable[[BadLine], None] | None = None,
 ) -> PlanSummary:
-    """Plan listed sources, then manifests; ``broker_url=None`` is a dry run.
+    """Plan listed sources, then manifests; ``ledger=None`` is a dry run.
 
-    Raises JobLost when the job vanishes from Redis while it is planned.
+    Raises JobGone when the job vanishes from Redis while it is planned.
     """
-    enqueue = enqueuer(broker_url, ledger.job_id) if broker_url and ledger else None
+    if ledger is None:
+        enqueue = None
     if enqueue is not None and ledger is not None:
         enqueue = _unless_lost(ledger, enqueue)
     total = plan(ledger, sources, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
@@ -113,7 +89,7 @@ def plan_job(
     return total
 
 
-def _unless_lost(ledger: Ledger, enqueue: Callable[[str], None]) -> Callable[[str], None]:
+def _unless_lost(ledger: Ledger, enqueue: Enqueue) -> Enqueue:
     """``enqueue`` that first checks the job is still in Redis. A batch written after the
     job was lost is then left un-enqueued, and the next run of the same command (which
     plans the job anew) enqueues it with the rest, instead of finding its files planned and
@@ -121,25 +97,23 @@ def _unless_lost(ledger: Ledger, enqueue: Callable[[str], None]) -> Callable[[st
 
     def checked(batch_id: str) -> None:
         if not ledger.exists():
-            raise JobLost(ledger.job_id)
+            raise job_lost(ledger.job_id)
         enqueue(batch_id)
 
     return checked
 
 
-class JobLost(MigratorError):
+def job_lost(job_id: str) -> JobGone:
     """The job vanished from Redis while it ran: a restart without persistence, a flush or
     an eviction took its plan, its outcomes and its queued batches."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(
-            f"job {job_id} is gone from Redis while it ran (restarted without persistence, "
-            "flushed or evicted?): its plan, outcomes and queued batches are lost. Run the "
-            "same command again: it plans the job anew and sends every file again (a PACS "
-            "keeps one copy of an instance sent twice). Run Redis with --appendonly yes to "
-            "survive restarts"
-        )
-        self.job_id = job_id
+    return JobGone(
+        job_id,
+        f"job {job_id} is gone from Redis while it ran (restarted without persistence, "
+        "flushed or evicted?): its plan, outcomes and queued batches are lost. Run the "
+        "same command again: it plans the job anew and sends every file again (a PACS "
+        "keeps one copy of an instance sent twice). Run Redis with --appendonly yes to "
+        "survive restarts",
+    )
 
 
 def wait(
@@ -155,7 +129,7 @@ def wait(
     ``poll``: 2 cheap reads per poll; short, because a small job's end is noticed only at the
     next poll (half a poll of every `migrator run`, on average).
 
-    Raises JobLost when the job disappears from Redis: its counters then read as zero,
+    Raises JobGone when the job disappears from Redis: its counters then read as zero,
     which would otherwise look like a finished job with no files.
     """
     deadline = time.monotonic() + timeout if timeout else None
@@ -164,7 +138,7 @@ def wait(
         # Checked after the counts: counts read before a loss are caught at the next poll,
         # counts read after it (all zero) are never taken for a finished job.
         if not ledger.exists():
-            raise JobLost(ledger.job_id)
+            raise job_lost(ledger.job_id)
         if on_progress:
             on_progress(counts)
         if counts["in_flight"] <= 0:
@@ -186,9 +160,9 @@ def destination_failure(outcomes: Iterable[FileOutcome]) -> tuple[str, ExitStatu
             return None
         if o.state is State.FAILED:
             failed.append(o)
-    if not failed or not all(o.reason.startswith((UNREACHABLE, REJECTED)) for o in failed):
+    if not failed or not all(o.cause in (UNREACHABLE, REJECTED) for o in failed):
         return None
-    rejected = next((o for o in failed if REJECTED in o.reason), None)
+    rejected = next((o for o in failed if o.cause == REJECTED), None)
     if rejected is not None:
         return rejected.reason, ExitStatus.ASSOCIATION_REJECTED
     return failed[0].reason, ExitStatus.CANNOT_CONNECT
@@ -229,7 +203,7 @@ def summary_dict(summary: PlanSummary) -> dict[str, Any]:
     }
 
 
-def retry_failed(ledger: Ledger, enqueue: Callable[[str], None]) -> int:
+def retry_failed(ledger: Ledger, enqueue: Enqueue) -> int:
     """Put the job's failed files back in flight and enqueue their batches again (the
     batches skip what they already stored). Files refused at planning (not DICOM) are not
     retried: sending them cannot succeed. Returns how many files."""
@@ -240,7 +214,7 @@ def retry_failed(ledger: Ledger, enqueue: Callable[[str], None]) -> int:
     return retried
 
 
-def requeue_in_flight(ledger: Ledger, enqueue: Callable[[str], None]) -> int:
+def requeue_in_flight(ledger: Ledger, enqueue: Enqueue) -> int:
     """Enqueue again every batch that still has files without an outcome (its message was
     lost, e.g. a broker without persistence restarted). Safe: stored files are skipped and
     a batch never runs twice at once. Returns the number of batches."""

@@ -38,7 +38,7 @@ class JobKeys:
 
     @property
     def config(self) -> str:
-        """JSON of the job's JobConfig."""
+        """JSON of the job's Settings."""
         return self._k("config")
 
     @property

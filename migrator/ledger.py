@@ -190,6 +190,21 @@ end
 return out
 """.replace("DIGITS", str(_BUCKET_DIGITS))
 
+# Hand a UID over from its owner (a file that failed) to another file. KEYS: none (the
+# bucket is built from ARGV[1] as in _CLAIM). ARGV: prefix, UID key, old owner, new owner.
+# Returns 1 when the new file owns the UID now (also when it did already), else 0.
+_TAKE_OVER = """
+local bucket = ARGV[1] .. string.sub(ARGV[2], 1, DIGITS)
+local field = string.sub(ARGV[2], DIGITS + 1)
+local now = redis.call('HGET', bucket, field)
+if now == ARGV[4] then return 1 end
+if now == ARGV[3] or not now then
+  redis.call('HSET', bucket, field, ARGV[4])
+  return 1
+end
+return 0
+""".replace("DIGITS", str(_BUCKET_DIGITS))
+
 # Token-checked lease operations. KEYS: lease key. ARGV: token, ttl ms.
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -267,10 +282,14 @@ class PlannedFile:
     transfer_syntax: str
     study_uid: str
     file_id: str = ""
+    #: Where the dataset starts (after the File Meta) as the planner read it; -1 unknown.
+    #: With it a worker sends a file whose size and mtime are unchanged without reading
+    #: its header again.
+    dataset_offset: int = -1
 
     def packed(self) -> list[Any]:
         # Not dataclasses.astuple: it deep-copies every field (a third of planning time).
-        return [
+        row: list[Any] = [
             self.uri,
             self.size,
             self.version,
@@ -279,6 +298,9 @@ class PlannedFile:
             self.transfer_syntax,
             self.study_uid,
         ]
+        if self.dataset_offset >= 0:
+            row.append(self.dataset_offset)
+        return row
 
 
 def _pack(files: Sequence[PlannedFile]) -> bytes:
@@ -287,10 +309,17 @@ def _pack(files: Sequence[PlannedFile]) -> bytes:
 
 def _unpack(batch_id: str, raw: bytes) -> list[PlannedFile]:
     rows = json.loads(zlib.decompress(raw))
-    return [
-        PlannedFile(uri, size, version, sop_class, sop_instance, ts, study, f"{batch_id}:{i}")
-        for i, (uri, size, version, sop_class, sop_instance, ts, study) in enumerate(rows)
-    ]
+    # Rows of 7 fields were planned before the dataset offset was kept (-1: unknown).
+    out = []
+    for i, row in enumerate(rows):
+        uri, size, version, sop_class, sop_instance, ts, study = row[:7]
+        offset = row[7] if len(row) > 7 else -1
+        out.append(
+            PlannedFile(
+                uri, size, version, sop_class, sop_instance, ts, study, f"{batch_id}:{i}", offset
+            )
+        )
+    return out
 
 
 def _line(index: int, outcome: FileOutcome, at: float, planned: PlannedFile | None) -> str:
@@ -320,6 +349,8 @@ def _line(index: int, outcome: FileOutcome, at: float, planned: PlannedFile | No
         data["b"] = outcome.bytes
     if planned is None or outcome.uri != planned.uri:
         data["u"] = outcome.uri
+    if outcome.cause:
+        data["c"] = outcome.cause
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -342,6 +373,7 @@ def _outcome(data: dict[str, Any], state: State, planned: PlannedFile) -> FileOu
         bytes=int(data.get("b", planned.size if state is State.STORED else 0)),
         attempts=int(data.get("a", 1)),
         seconds=float(data.get("s", 0.0)) / 1000,
+        cause=str(data.get("c", "")),
     )
 
 
@@ -365,6 +397,7 @@ class Ledger:
         self._unplanned = client.register_script(_UNPLANNED)
         self._add = client.register_script(_ADD)
         self._claim = client.register_script(_CLAIM)
+        self._take_over = client.register_script(_TAKE_OVER)
         self._refresh = client.register_script(_REFRESH)
         self._release = client.register_script(_RELEASE)
 
@@ -514,6 +547,17 @@ class Ledger:
             args += [uid_key(f.sop_instance_uid), _owner_value(f.file_id)]
         owners = cast(list[bytes], self._claim(args=args))
         return [_owner_id(_s(o)) if o else "" for o in owners]
+
+    def take_over_uid(self, new: PlannedFile, old_owner_id: str) -> bool:
+        """Make ``new`` the owner of its UID in place of ``old_owner_id`` (a file that was
+        not stored); False when a third file took the UID meanwhile."""
+        args: list[str | bytes] = [
+            self.keys.uid_bucket(""),
+            uid_key(new.sop_instance_uid),
+            _owner_value(old_owner_id),
+            _owner_value(new.file_id),
+        ]
+        return bool(self._take_over(args=args))
 
     def uid_owner(self, sop_instance_uid: str) -> str | None:
         """The file id that claimed this UID (or a UID of the same hash), if any."""

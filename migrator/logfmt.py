@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from typing import Any
+
+from migrator.env import log_format
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -43,7 +44,7 @@ class TextFormatter(logging.Formatter):
 
 def configure(level: int | str, fmt: str | None = None) -> None:
     """Root logger to stderr, replacing any handler set before (Celery's, basicConfig's)."""
-    fmt = (fmt or os.environ.get("MIGRATOR_LOG_FORMAT") or "text").lower()
+    fmt = (fmt or log_format()).lower()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()

@@ -33,6 +33,10 @@ class FileOutcome:
     attempts: int = 0
     #: Seconds the last C-STORE took (request start to response); 0 when none was answered
     seconds: float = 0.0
+    #: Why a file failed when it is the destination's doing, not the file's: "unreachable"
+    #: (no association could be opened) or "rejected" (the PACS refused the association);
+    #: "" otherwise. A job that failed only so ends with exit 3 / 4, as `store` does.
+    cause: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

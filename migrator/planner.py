@@ -187,6 +187,7 @@ def plan(
                     sop_instance_uid=header.sop_instance_uid,
                     transfer_syntax=header.transfer_syntax,
                     study_uid=header.study_uid,
+                    dataset_offset=header.dataset_offset,
                 )
                 out.add(planned, header.sop_class_uid, header.transfer_syntax)
             if out.ledger is not None:

@@ -54,10 +54,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from migrator.errors import AssociationRejected, ConnectError, PermanentError
 from migrator.exitcodes import ExitStatus
-from migrator.jobconfig import JobConfig
 from migrator.ledger import Ledger
 from migrator.netutil import patch_pynetdicom_nodelay
 from migrator.outcomes import State
+from migrator.settings import Settings
 from migrator.status import fmt, meaning
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def _files_for(ledger: Ledger, reasons: Mapping[str, str]) -> list[FileProblem]:
 
 
 # -- the PACS ------------------------------------------------------------------------------
-def _new_ae(config: JobConfig) -> AE:
+def _new_ae(config: Settings) -> AE:
     # Without TCP_NODELAY each request/response pair waits on Nagle + delayed ACK (40–90 ms).
     patch_pynetdicom_nodelay()
     ae = AE(ae_title=config.calling_ae)
@@ -234,7 +234,7 @@ def _new_ae(config: JobConfig) -> AE:
     return ae
 
 
-def _associate(ae: AE, config: JobConfig, **kwargs: Any) -> Association:
+def _associate(ae: AE, config: Settings, **kwargs: Any) -> Association:
     assoc = ae.associate(config.host, config.port, ae_title=config.called_ae, **kwargs)
     if assoc.is_established:
         return assoc
@@ -257,7 +257,7 @@ def _associate(ae: AE, config: JobConfig, **kwargs: Any) -> Association:
     raise ConnectError(f"cannot reach {config.server} (refused, unreachable or timed out)")
 
 
-def _why_not_associated(config: JobConfig) -> None:
+def _why_not_associated(config: Settings) -> None:
     """Ask again with our own upper layer, which reads a peer's A-ASSOCIATE-RJ even when the
     connection closes right behind it; pynetdicom 3.0.4 sometimes sees only the close (seen
     with Orthanc rejecting a wrong called AE) and reports no answer. Raises the rejection."""
@@ -320,7 +320,7 @@ class _ReactorGuard:
 class QueryClient:
     """Study Root C-FIND on one association (a context manager)."""
 
-    def __init__(self, config: JobConfig) -> None:
+    def __init__(self, config: Settings) -> None:
         self.config = config
         ae = _new_ae(config)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
@@ -409,7 +409,7 @@ class _Reports:
 
 
 def _commit(
-    config: JobConfig, ledger: Ledger, settings: CommitmentSettings
+    config: Settings, ledger: Ledger, settings: CommitmentSettings
 ) -> tuple[int, dict[str, str], dict[str, str]]:
     """Ask the PACS to commit to every stored instance: (committed, failed, unanswered).
 
@@ -509,7 +509,7 @@ def _commitment_batches(ledger: Ledger, size: int) -> Iterator[dict[str, str]]:
         yield batch
 
 
-def _send_action(assoc: Association, config: JobConfig, tuid: str, batch: dict[str, str]) -> None:
+def _send_action(assoc: Association, config: Settings, tuid: str, batch: dict[str, str]) -> None:
     request = Dataset()
     request.TransactionUID = tuid
     items = []
@@ -539,7 +539,7 @@ def _send_action(assoc: Association, config: JobConfig, tuid: str, batch: dict[s
 # -- the whole check ----------------------------------------------------------------------
 def verify_job(
     ledger: Ledger,
-    config: JobConfig,
+    config: Settings,
     *,
     sample: int = 10,
     full: bool = False,

@@ -16,14 +16,14 @@ import pytest
 
 from migrator import synth
 from migrator.dicomfile import inspect_file
-from migrator.jobconfig import JobConfig
+from migrator.errors import BatchBusy
 from migrator.ledger import Ledger, PlannedFile
-from migrator.limits.rate import NullLimiter
 from migrator.outcomes import State
+from migrator.settings import Settings
+from migrator.transfer.batch import POISON_DELIVERIES, run_batch
+from migrator.transfer.runtime import Runtime
 from tests.peers.counting_scp import CountingScp, counting_scp
 from tests.peers.redis import RedisPeer, redis_peer
-from workers.batch import POISON_DELIVERIES, BatchBusy, run_batch
-from workers.pool import AssociationPool
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def scp() -> Iterator[CountingScp]:
 def make_job(client: object, scp: CountingScp, tmp: Path, n: int = 10) -> Ledger:
     ledger = Ledger(client, f"job-{tmp.name}")  # type: ignore[arg-type]
     ledger.client.flushall()
-    ledger.create(JobConfig("127.0.0.1", scp.port, "COUNTING").to_dict())
+    ledger.create(Settings("127.0.0.1", scp.port, "COUNTING").to_dict())
     files = []
     for path in synth.write_corpus(tmp / "in", count=n, size="tiny", seed=n):
         h = inspect_file(str(path))
@@ -64,14 +64,14 @@ def test_a_batch_sends_and_records_every_file(
     shared_redis: RedisPeer, scp: CountingScp, tmp_path: Path
 ) -> None:
     ledger = make_job(shared_redis.client(), scp, tmp_path)
-    pool = AssociationPool()
-    summary = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter(), task_id="t1")
+    runtime = Runtime(ledger.client)
+    summary = run_batch(ledger, "b1", runtime, task_id="t1")
     assert (summary.stored, summary.failed) == (10, 0)
     assert scp.distinct == 10
     # Delivered again: nothing is sent twice.
-    again = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter(), task_id="t1")
+    again = run_batch(ledger, "b1", runtime, task_id="t1")
     assert again.skipped_already_stored == 10 and scp.total == 10
-    pool.close_all()
+    runtime.close_all()
 
 
 def test_a_batch_that_killed_its_worker_n_times_fails_as_poison(
@@ -80,7 +80,7 @@ def test_a_batch_that_killed_its_worker_n_times_fails_as_poison(
     ledger = make_job(shared_redis.client(), scp, tmp_path)
     for _ in range(POISON_DELIVERIES):
         ledger.deliveries("t1")  # starts that never finished (the worker died)
-    summary = run_batch(ledger, "b1", pool=AssociationPool(), limiter=NullLimiter(), task_id="t1")
+    summary = run_batch(ledger, "b1", Runtime(ledger.client), task_id="t1")
     assert summary.poison and summary.failed == 10
     assert scp.total == 0
     outcomes = [o for _, o, _ in ledger.iter_outcomes()]
@@ -96,7 +96,7 @@ def test_a_second_delivery_while_the_first_runs_is_refused(
     # timeout while it still ran).
     assert ledger.claim_batch("b1", "otherhost:1:abcd", 30)
     with pytest.raises(BatchBusy) as busy:
-        run_batch(ledger, "b1", pool=AssociationPool(), limiter=NullLimiter())
+        run_batch(ledger, "b1", Runtime(ledger.client))
     assert 0 < busy.value.retry_in <= 30
     assert scp.total == 0
 
@@ -109,7 +109,7 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(
     dead.wait()
     assert ledger.claim_batch("b1", f"{socket.gethostname()}:{dead.pid}:abcd", 30)
     t0 = time.monotonic()
-    pool = AssociationPool()
-    summary = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter())
-    pool.close_all()
+    runtime = Runtime(ledger.client)
+    summary = run_batch(ledger, "b1", runtime)
+    runtime.close_all()
     assert summary.stored == 10 and time.monotonic() - t0 < 10

@@ -196,7 +196,7 @@ def test_scale_bench_smoke(tmp_path: Path) -> None:
             assert positive(s[key]), (key, s)
     # The limiter runs one script (with TIME inside it) per lease of up to LEASE_FILES files;
     # unlimited, it is cached.
-    from workers.batch import LEASE_FILES
+    from migrator.transfer.leases import LEASE_FILES
 
     assert files / LEASE_FILES <= sends["rate-limited"]["commands"]["time"] < files
     assert sends["unlimited"]["commands"].get("time", 0) < files

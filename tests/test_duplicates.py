@@ -25,13 +25,14 @@ from migrator import duplicates, synth
 from migrator.dicomfile import inspect_file
 from migrator.embedded import LocalWorkers
 from migrator.errors import SourceError
-from migrator.jobconfig import JobConfig
 from migrator.ledger import Ledger, PlannedFile, split_id
-from migrator.limits.rate import NullLimiter
 from migrator.outcomes import FileOutcome, State, StoreResult
 from migrator.report import model, text
+from migrator.settings import Settings
 from migrator.sources.base import SourceItem
 from migrator.sources.filesystem import FileSource
+from migrator.transfer.batch import run_batch
+from migrator.transfer.runtime import Runtime
 from tests.enginehelpers import (
     assert_invariant,
     common_args,
@@ -47,8 +48,6 @@ from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import RedisPeer, redis_peer
 from tests.peers.s3 import MotoS3
 from tests.storehelpers import load_report, run_migrator, sop_uid
-from workers.batch import run_batch
-from workers.pool import AssociationPool
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -326,13 +325,13 @@ def test_a_forced_hash_collision_sends_both_files(
     with counting_scp() as scp:
         ledger = Ledger(shared_redis.client(), f"job-{tmp_path.name}")
         ledger.client.flushall()
-        ledger.create(JobConfig("127.0.0.1", scp.port, "COUNTING").to_dict())
+        ledger.create(Settings("127.0.0.1", scp.port, "COUNTING").to_dict())
         _plan(ledger, "b1", [a], manifest=manifest)
         _plan(ledger, "b2", [b], manifest=manifest)
-        pool = AssociationPool()
-        first = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter(), task_id="t1")
-        second = run_batch(ledger, "b2", pool=pool, limiter=NullLimiter(), task_id="t2")
-        pool.close_all()
+        runtime = Runtime(ledger.client)
+        first = run_batch(ledger, "b1", runtime, task_id="t1")
+        second = run_batch(ledger, "b2", runtime, task_id="t2")
+        runtime.close_all()
     assert (first.stored, second.stored, second.conflicts, second.duplicates) == (1, 1, 0, 0)
     assert scp.distinct == 2
     assert ledger.uid_owner(sop_uid(b)) == "b1:0"  # the collision itself
@@ -345,15 +344,15 @@ def test_duplicates_within_one_batch_and_a_redelivery(
     with counting_scp() as scp:
         ledger = Ledger(shared_redis.client(), "job-one-batch")
         ledger.client.flushall()
-        ledger.create(JobConfig("127.0.0.1", scp.port, "COUNTING").to_dict())
+        ledger.create(Settings("127.0.0.1", scp.port, "COUNTING").to_dict())
         _plan(ledger, "b1", paths, manifest=True)
-        pool = AssociationPool()
-        summary = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter(), task_id="t1")
+        runtime = Runtime(ledger.client)
+        summary = run_batch(ledger, "b1", runtime, task_id="t1")
         assert (summary.stored, summary.duplicates, summary.conflicts) == (2, 1, 1)
         # Delivered again: A is its UID's owner and stored; A' and A'' are settled again
         # the same way (failed and skipped files of a batch are redone), nothing is sent.
-        again = run_batch(ledger, "b1", pool=pool, limiter=NullLimiter(), task_id="t1")
-        pool.close_all()
+        again = run_batch(ledger, "b1", runtime, task_id="t1")
+        runtime.close_all()
     assert (again.skipped_already_stored, again.duplicates, again.conflicts) == (2, 1, 1)
     assert scp.total == 2 and scp.distinct == 2
     counts = ledger.counts()

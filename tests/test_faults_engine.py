@@ -226,10 +226,11 @@ def test_a_batch_of_a_lost_job_writes_nothing_into_an_empty_or_replanned_ledger(
     The running batch stops with JobGone at its next write and records nothing: its files
     stay in flight in the new plan, which sends them itself."""
     from migrator.dicomfile import inspect_file
-    from migrator.jobconfig import JobConfig
+    from migrator.errors import JobGone
     from migrator.ledger import PlannedFile
-    from workers.batch import JobGone, run_batch
-    from workers.pool import AssociationPool
+    from migrator.settings import Settings
+    from migrator.transfer.batch import run_batch
+    from migrator.transfer.runtime import Runtime
 
     client = redis_server.client()
     paths = synth.write_corpus(tmp_path / "in", count=10, size="tiny", seed=64)
@@ -243,9 +244,9 @@ def test_a_batch_of_a_lost_job_writes_nothing_into_an_empty_or_replanned_ledger(
         )
 
     with counting_scp() as scp:
-        # burst 2: the batch reserves from the limiter 2 files at a time (workers/batch.py
-        # _Leases), so the limiter is called before files 1, 3, 5, 7, 9.
-        config = JobConfig("127.0.0.1", scp.port, "COUNTING", burst=2).to_dict()
+        # burst 2: the batch reserves from the limiter 2 files at a time
+        # (migrator/transfer/leases.py), so the limiter is called before files 1, 3, 5, 7, 9.
+        config = Settings("127.0.0.1", scp.port, "COUNTING", burst=2).to_dict()
 
         def plan() -> Ledger:
             ledger = Ledger(client, "job-lost")
@@ -269,10 +270,12 @@ def test_a_batch_of_a_lost_job_writes_nothing_into_an_empty_or_replanned_ledger(
                         plan()
                 return 0.0
 
-        pool = AssociationPool()
+        runtime = Runtime(client)
+        lose = LoseTheJob()
+        runtime.limiter = lambda settings: lose  # type: ignore[method-assign]
         with pytest.raises(JobGone):
-            run_batch(ledger, "b1", pool=pool, limiter=LoseTheJob(), task_id="t1")
-        pool.close_all()
+            run_batch(ledger, "b1", runtime, task_id="t1")
+        runtime.close_all()
     assert ledger.exists() is replanned
     if replanned:
         assert ledger.batch_states("b1") == "." * 10  # nothing recorded into the new plan
@@ -291,7 +294,7 @@ def test_redis_lost_while_planning_stops_the_plan_and_the_rerun_strands_nothing(
     import json
 
     from migrator import engine, planner
-    from migrator.jobconfig import JobConfig
+    from migrator.settings import Settings
     from migrator.sources.filesystem import FileSource
 
     corpus(tmp_path / "in", 30, seed=63)
@@ -305,13 +308,16 @@ def test_redis_lost_while_planning_stops_the_plan_and_the_rerun_strands_nothing(
                     client.flushall()  # what a restart without persistence leaves
                 yield item
 
-    config = JobConfig("127.0.0.1", 11112, "NOBODY")
+    config = Settings("127.0.0.1", 11112, "NOBODY")
     ledger = engine.open_job(client, "job-lost", config)
-    with pytest.raises(engine.JobLost, match="job job-lost is gone from Redis"):
+    from migrator.errors import JobGone
+    from workers.app import enqueuer
+
+    with pytest.raises(JobGone, match="job job-lost is gone from Redis"):
         engine.plan_job(
             ledger,
             [LosingRedis(str(tmp_path / "in"))],
-            redis_server.url,
+            enqueuer(redis_server.url, "job-lost"),
             batch_files=10,
             batch_bytes=1 << 30,
         )
@@ -320,7 +326,7 @@ def test_redis_lost_while_planning_stops_the_plan_and_the_rerun_strands_nothing(
     engine.plan_job(
         ledger,
         [FileSource(str(tmp_path / "in"))],
-        redis_server.url,
+        enqueuer(redis_server.url, ledger.job_id),
         batch_files=10,
         batch_bytes=1 << 30,
     )

@@ -1,5 +1,5 @@
-"""`migrator run` sends batches itself while its workers boot (workers/inline.py): from the
-end of the plan, under the batch leases, never twice, and never waiting for a retry."""
+"""`migrator run` sends batches itself while its workers boot (migrator/transfer/inline.py):
+from the end of the plan, under the batch leases, never twice, and never waiting for a retry."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 from migrator import synth
 from migrator.embedded import LocalWorkers
 from migrator.netutil import free_port
+from migrator.transfer.inline import send_until_ready
 from tests.enginehelpers import assert_invariant, only_job, wait_until
 from tests.peers.counting_scp import counting_scp
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import run_migrator
-from workers.inline import send_until_ready
 
 
 def _plan(folder: Path, port: int, url: str) -> None:

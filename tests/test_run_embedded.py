@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from migrator import synth
+from migrator.transfer.batch import FLUSH_FILES
 from tests.enginehelpers import common_args, finish, processes_with_env, start_run, wait_until
 from tests.peers.counting_scp import counting_scp
-from workers.batch import FLUSH_FILES
 
 pytestmark = pytest.mark.timeout(240)
 

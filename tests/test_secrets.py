@@ -174,7 +174,7 @@ def test_help_never_shows_secrets_from_the_environment() -> None:
         assert_no_secret(f"migrator {' '.join(args)}", proc.stdout + proc.stderr)
 
 
-# A wrong password is a refusal, not an outage: no retries (workers.runtime.connect).
+# A wrong password is a refusal, not an outage: no retries (migrator.redis_client.connect).
 WRONG_CREDENTIALS = [
     pytest.param(f":{WRONG_PASSWORD}@", id="wrong-password"),
     pytest.param(f"default:{WRONG_PASSWORD}@", id="user-and-wrong-password"),
@@ -284,7 +284,7 @@ def test_no_patient_data_in_store_output_at_info(tmp_path: Path) -> None:
         )
         scp_log = scp.stop()
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "✗" in proc.stderr  # -v lists the failures with their reasons
+    assert "INFO migrator.files: failed " in proc.stderr  # -v: a line per file, with reasons
     assert_no_patient_data("migrator store -v", proc.stdout + proc.stderr)
     assert_no_patient_data("migrator scp log", scp_log)
     assert_no_patient_data("store --report", (tmp_path / "store.json").read_text())

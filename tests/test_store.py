@@ -13,9 +13,9 @@ import pytest
 
 from migrator import synth
 from migrator.dicomfile import EXPLICIT_LE
-from migrator.limits.rate import Limits
 from migrator.outcomes import State
-from migrator.store import StoreScu, StoreSettings
+from migrator.settings import Settings
+from migrator.store import StoreScu
 from tests.peers.dcmtk import StoreScpPeer
 from tests.peers.orthanc import OrthancPeer
 from tests.storehelpers import load_report, run_migrator, sop_uid
@@ -225,11 +225,11 @@ def test_rate_limit_bytes_holds_within_ten_percent(
     files = synth.write_corpus(tmp_path / "c", count=40, size="small")  # ~0.5 MB each
     total = sum(p.stat().st_size for p in files)
     rate = 5.0  # MB/s; burst is one second of it
-    settings = StoreSettings(
+    settings = Settings(
         host="127.0.0.1",
         port=peer.port,
         called_ae="STORESCP",
-        limits=Limits(None, rate * 1e6),
+        rate_limit_bytes=rate * 1e6,
         concurrency=2,
     )
     scu = StoreScu(settings)
@@ -247,7 +247,7 @@ def test_python_api_callbacks_and_in_memory_bytes(storescp: StoreScpPeer, tmp_pa
     files = synth.write_corpus(tmp_path / "c", count=4, size="tiny")
     events: list[tuple[str, Any]] = []
     scu = StoreScu(
-        StoreSettings(host="127.0.0.1", port=storescp.port, called_ae="STORESCP"),
+        Settings(host="127.0.0.1", port=storescp.port, called_ae="STORESCP"),
         on_transfer_started=lambda n: events.append(("started", n)),
         on_file_sending=lambda uri: events.append(("sending", uri)),
         on_file_sent=lambda o: events.append(("sent", o.uri)),

@@ -611,14 +611,15 @@ def test_a_worker_without_the_tls_files_cannot_connect_rather_than_crash(tmp_pat
     association (the batch is retried later, maybe elsewhere), it does not raise a
     configuration error out of the task."""
     from migrator.errors import ConnectError
-    from migrator.jobconfig import JobConfig
-    from workers.pool import AssociationPool
+    from migrator.settings import Settings
+    from migrator.transfer.dimse import DimseDestination
 
-    config = JobConfig(host="127.0.0.1", port=9, tls=True, tls_ca=str(tmp_path / "absent.pem"))
-    with pytest.raises(ConnectError, match=r"TLS on this worker: .*absent\.pem does not exist"):
-        AssociationPool().get(config, {("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.1.2.1")})
-    assert JobConfig.from_dict(config.to_dict()) == config
-    assert JobConfig.from_dict({"host": "h"}).tls_settings is None  # jobs made before TLS
+    config = Settings(host="127.0.0.1", port=9, tls=True, tls_ca=str(tmp_path / "absent.pem"))
+    pair = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.1.2.1")
+    with pytest.raises(ConnectError, match=r"TLS on this sender: .*absent\.pem does not exist"):
+        DimseDestination(config).connect(pair, {pair})
+    assert Settings.from_dict(config.to_dict()) == config
+    assert Settings.from_dict({"host": "h"}).tls_settings is None  # jobs made before TLS
 
 
 def test_a_peer_that_never_answers_or_resets_the_association_request(tmp_path: Path) -> None:

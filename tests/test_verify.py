@@ -25,9 +25,9 @@ from click.testing import CliRunner
 from migrator import synth
 from migrator.cli import main
 from migrator.embedded import LocalWorkers
-from migrator.jobconfig import JobConfig
 from migrator.ledger import Ledger
 from migrator.netutil import free_port
+from migrator.settings import Settings
 from migrator.verify import QueryClient, load_missing, load_summary
 from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
 from tests.peers.orthanc import OrthancPeer
@@ -296,7 +296,7 @@ def test_back_to_back_queries_lose_no_response(migrated: Migrated) -> None:
 
     Without the reactor guard, pynetdicom 3.0.4 dropped a response in ~2 of 300 such rounds
     (a series or the final status lost: false "missing" instances, or a DIMSE timeout)."""
-    config = JobConfig.from_dict(migrated.ledger.config())
+    config = Settings.from_dict(migrated.ledger.config())
     expected: dict[str, set[str]] = {}
     for path in migrated.files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -311,7 +311,7 @@ def test_back_to_back_queries_lose_no_response(migrated: Migrated) -> None:
 
 def test_verify_sockets_use_tcp_nodelay(migrated: Migrated) -> None:
     """getsockopt(TCP_NODELAY) on the live C-FIND association reads back 1."""
-    config = JobConfig.from_dict(migrated.ledger.config())
+    config = Settings.from_dict(migrated.ledger.config())
     with QueryClient(config) as client:
         sock = client._assoc.dul.socket.socket
         assert sock is not None

@@ -17,17 +17,19 @@ Creating the app connects to nothing; workers and the planner connect on first u
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
-from migrator import logfmt
+from migrator import env, logfmt
 from migrator.errors import ConfigError
 from workers import heartbeat, metrics
 
 QUEUE = "migrator.batches"
+#: The batch task's name (workers/tasks.py); the control plane sends it by name.
+TASK = "migrator.store_batch"
 
 #: Defaults for production (seconds). Tests shorten them through the environment.
 VISIBILITY_TIMEOUT = 3600.0
@@ -36,16 +38,6 @@ TIME_LIMIT = 1800.0
 #: The longest a batch message may wait *outside* a running task: retry countdowns (ETA
 #: messages sit unacked in a worker, so the visibility timeout runs on them too).
 MAX_LIMITER_WAIT = 600.0
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
 
 
 def celery_url(url: str) -> str:
@@ -73,12 +65,12 @@ def validate_timing(
 
 
 def settings() -> dict[str, Any]:
-    vt = _env_float("MIGRATOR_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT)
-    soft = _env_float("MIGRATOR_SOFT_TIME_LIMIT", SOFT_TIME_LIMIT)
-    hard = _env_float("MIGRATOR_TIME_LIMIT", TIME_LIMIT)
+    vt = env.seconds(env.VISIBILITY_TIMEOUT, VISIBILITY_TIMEOUT)
+    soft = env.seconds(env.SOFT_TIME_LIMIT, SOFT_TIME_LIMIT)
+    hard = env.seconds(env.TIME_LIMIT, TIME_LIMIT)
     # Checked when the app is made, so a worker with a dangerous setting does not start at
     # all (a failing worker_init signal handler would only be logged).
-    max_wait = _env_float("MIGRATOR_MAX_LIMITER_WAIT", MAX_LIMITER_WAIT)
+    max_wait = env.seconds(env.MAX_LIMITER_WAIT, MAX_LIMITER_WAIT)
     validate_timing(vt, soft, hard, max_wait)
     restore = 2.0 if vt < 60 else 10.0  # short VT (tests): sweep often enough to matter
     transport: dict[str, Any] = {
@@ -96,7 +88,7 @@ def settings() -> dict[str, Any]:
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": vt},
         "visibility_timeout": vt,
-        "worker_soft_shutdown_timeout": _env_float("MIGRATOR_SOFT_SHUTDOWN", 60.0),
+        "worker_soft_shutdown_timeout": env.seconds(env.SOFT_SHUTDOWN, 60.0),
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_max_tasks_per_child": 500,
         "worker_send_task_events": True,
@@ -114,7 +106,7 @@ def settings() -> dict[str, Any]:
 
 
 def make_app(broker_url: str | None = None) -> Celery:
-    url = celery_url(broker_url or os.environ.get("MIGRATOR_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    url = celery_url(broker_url or env.redis_url())
     celery = Celery("migrator", broker=url, include=["workers.tasks"])
     celery.conf.update(settings())
     return celery
@@ -131,10 +123,26 @@ worker_shutdown.connect(lambda **_: metrics.cleanup(), weak=False)
 
 
 def _logging(loglevel: int | str | None = None, **_: Any) -> None:
-    """Our format (text, or JSON with MIGRATOR_LOG_FORMAT=json) instead of Celery's."""
+    """Our format (text, or JSON with MIGRATOR_LOG_FORMAT=json) instead of Celery's; one
+    line per batch at INFO, one per file only with ``-v`` (MIGRATOR_VERBOSE=1), the
+    association negotiation with ``-vv``."""
     logfmt.configure(loglevel or "INFO")
+    verbose = env.verbose()
+    logging.getLogger("migrator.files").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("migrator.dul").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     # pynetdicom logs every PDU at INFO: noise at our volume.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 setup_logging.connect(_logging, weak=False)
+
+
+def enqueuer(broker_url: str, job_id: str) -> Callable[[str], None]:
+    """A function that enqueues one batch of ``job_id`` (task id ``<job>:<batch>``, so a
+    batch enqueued twice is visible)."""
+    celery = make_app(broker_url)
+
+    def enqueue(batch_id: str) -> None:
+        celery.send_task(TASK, args=[job_id, batch_id], task_id=f"{job_id}:{batch_id}", queue=QUEUE)
+
+    return enqueue

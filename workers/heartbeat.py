@@ -65,7 +65,7 @@ def client(url: str) -> redis.Redis:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from workers.runtime import redis_py_url
+    from migrator.redis_client import redis_py_url
 
     return redis.Redis.from_url(
         redis_py_url(url),

@@ -136,3 +136,22 @@ def association_aborted(destination: str) -> None:
 def limiter_waited(destination: str, seconds: float) -> None:
     if seconds > 0 and (m := _get()) is not None:
         m.limiter_wait.labels(destination).inc(seconds)
+
+
+class DestinationMetrics:
+    """The transfer core's Observer (migrator/transfer/observe.py) for one destination."""
+
+    def __init__(self, destination: str) -> None:
+        self.destination = destination
+
+    def file_done(self, outcome: Any) -> None:
+        file_done(self.destination, outcome)
+
+    def limiter_waited(self, seconds: float) -> None:
+        limiter_waited(self.destination, seconds)
+
+    def association_opened(self) -> None:
+        association_opened(self.destination)
+
+    def association_aborted(self) -> None:
+        association_aborted(self.destination)

@@ -16,6 +16,7 @@ from migrator.validation import ae_title
 
 if TYPE_CHECKING:
     from migrator.dul.tls import TlsSettings
+    from migrator.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -306,3 +307,49 @@ def report_option(func: F) -> F:
         help="Write a report to this path: JSON (totals and one entry per file) unless the "
         "name ends in .html (charts), .csv (files not stored) or .txt (summary).",
     )(func)
+
+
+def settings_from_options(o: dict[str, Any], *, check_tls: bool = True, **extra: Any) -> Settings:
+    """The Settings of the shared sender options (``send_options``, ``tls_options``) plus
+    ``extra`` fields (``concurrency``, ``max_associations``, ``timeout``). Anything wrong
+    (a number out of range, a syntax that cannot be forced, unreadable TLS files when
+    ``check_tls``) ends the command with exit 2 before anything is sent."""
+    import os
+
+    from migrator.settings import Settings
+    from migrator.syntaxes import resolve
+
+    tls = tls_settings(o["tls"], o["tls_ca"], o["tls_cert"], o["tls_key"])
+    try:
+        settings = Settings(
+            host=o["host"],
+            port=o["port"],
+            called_ae=o["called_ae"],
+            calling_ae=o["calling_ae"],
+            acse_timeout=o["acse_timeout"],
+            dimse_timeout=o["dimse_timeout"],
+            network_timeout=o["network_timeout"],
+            max_pdu=o["max_pdu"],
+            transfer_syntax=resolve(o["transfer_syntax"]) if o["transfer_syntax"] else None,
+            allow_lossy=o["allow_lossy_decompression"],
+            retries=o["retries"],
+            rate_limit=o["rate_limit"],
+            rate_limit_bytes=o["rate_limit_bytes"] * 1e6 if o["rate_limit_bytes"] else None,
+            burst=o["burst"],
+            throttle_delay=o["throttle_delay"] / 1000.0,
+            s3_endpoint=o["s3_endpoint"],
+            s3_region=o["s3_region"],
+            # Paths made absolute: a job's workers read them (same layout on every host).
+            tls=tls is not None,
+            tls_ca=os.path.abspath(o["tls_ca"]) if o["tls_ca"] else None,
+            tls_cert=os.path.abspath(o["tls_cert"]) if o["tls_cert"] else None,
+            tls_key=os.path.abspath(o["tls_key"]) if o["tls_key"] else None,
+            **extra,
+        )
+        settings.limits  # noqa: B018 - validates the numbers now
+        if check_tls and settings.tls_settings is not None:
+            settings.tls_settings.client_context()  # unreadable or mismatched files
+    except ConfigError as exc:
+        fail_config(str(exc))
+        raise
+    return settings

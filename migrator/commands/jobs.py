@@ -31,7 +31,7 @@ def redis_option(func: F) -> F:
 
 def _ledger(redis_url: str, job: str) -> Any:
     from migrator.ledger import Ledger
-    from workers.runtime import connect
+    from migrator.redis_client import connect
 
     ledger = Ledger(connect(redis_url), job)
     try:
@@ -120,9 +120,10 @@ def retry_command(job: str, redis_url: str, in_flight: bool) -> None:
       migrator retry job-3f2a9c01de --in-flight
     """
     from migrator import engine
+    from workers.app import enqueuer
 
     ledger = _ledger(redis_url, job)
-    enqueue = engine.enqueuer(redis_url, job)
+    enqueue = enqueuer(redis_url, job)
     n = engine.retry_failed(ledger, enqueue)
     click.echo(f"{job}: {n} failed files enqueued again")
     if in_flight:
@@ -135,7 +136,7 @@ def retry_command(job: str, redis_url: str, in_flight: bool) -> None:
 def jobs_command(redis_url: str) -> None:
     """List the jobs in a Redis with their counts."""
     from migrator.ledger import Ledger, list_jobs
-    from workers.runtime import connect
+    from migrator.redis_client import connect
 
     client = connect(redis_url)
     try:
@@ -188,13 +189,13 @@ def limit_command(
       migrator limit job-3f2a9c01de --rate-limit 50        # slow down during the day
       migrator limit job-3f2a9c01de --rate-limit 0         # no limit at night
     """
-    from migrator.jobconfig import JobConfig
     from migrator.keys import limiter_key
     from migrator.limits.rate import Limits
     from migrator.limits.rate_redis import get_limits, set_limits
+    from migrator.settings import Settings
 
     ledger = _ledger(redis_url, job)
-    config = JobConfig.from_dict(ledger.config())
+    config = Settings.from_dict(ledger.config())
     key = limiter_key(config.destination)
     current = get_limits(ledger.client, key) or config.limits
     files = current.files_per_s if rate_limit is None else (rate_limit or None)

@@ -17,14 +17,13 @@ from migrator.commands.common import (
     opt,
     report_option,
     send_options,
+    settings_from_options,
     setup_logging,
     tls_options,
-    tls_settings,
 )
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import ConfigError, JobGone, MigratorError
 from migrator.exitcodes import EXIT_CODES_HELP, ExitStatus
-from migrator.jobconfig import JobConfig
-from migrator.syntaxes import resolve
+from migrator.settings import Settings
 
 if TYPE_CHECKING:
     from migrator.embedded import LocalWorkers
@@ -34,52 +33,30 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Associations per sending process of a job (measured: bench/RESULTS.md, issue 14).
+DEFAULT_CONCURRENCY = 2
+
 #: Where an embedded run keeps its Redis data, so the same command resumes the same job.
 DEFAULT_STATE_DIR = os.path.join(
     os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "pacs-migrator"
 )
 
 
-def _config(o: dict[str, Any]) -> JobConfig:
-    """The job's settings from the command's options; bad numbers fail here, not in a worker."""
-    tls = tls_settings(o["tls"], o["tls_ca"], o["tls_cert"], o["tls_key"])
-    try:
-        config = JobConfig(
-            host=o["host"],
-            port=o["port"],
-            called_ae=o["called_ae"],
-            calling_ae=o["calling_ae"],
-            acse_timeout=o["acse_timeout"],
-            dimse_timeout=o["dimse_timeout"],
-            network_timeout=o["network_timeout"],
-            max_pdu=o["max_pdu"],
-            transfer_syntax=resolve(o["transfer_syntax"]) if o["transfer_syntax"] else None,
-            allow_lossy=o["allow_lossy_decompression"],
-            retries=o["retries"],
-            rate_limit=o["rate_limit"],
-            rate_limit_bytes=o["rate_limit_bytes"] * 1e6 if o["rate_limit_bytes"] else None,
-            burst=o["burst"],
-            max_associations=o["max_associations"],
-            throttle_delay=o["throttle_delay"] / 1000.0,
-            s3_endpoint=o["s3_endpoint"],
-            s3_region=o["s3_region"],
-            # Paths as given, made absolute: they are read on each worker (same layout).
-            tls=tls is not None,
-            tls_ca=_abspath(o["tls_ca"]),
-            tls_cert=_abspath(o["tls_cert"]),
-            tls_key=_abspath(o["tls_key"]),
-        )
-        config.limits  # noqa: B018 - validates the numbers now
-    except ConfigError as exc:
-        fail_config(str(exc))
-        raise
-    return config
+def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
+    """The job's settings from the command's options; bad values fail here (exit 2), not
+    in a worker. ``check_tls``: the TLS files are read here too (local workers)."""
+    return settings_from_options(
+        o,
+        check_tls=check_tls,
+        max_associations=o["max_associations"],
+        concurrency=o["concurrency"],
+    )
 
 
-def _same_tls(ledger: Ledger, config: JobConfig) -> Ledger:
+def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
     """A resumed job keeps the config it was created with: refuse to resume it with other
     TLS settings rather than silently send in plain TCP (or with other certificates)."""
-    created = JobConfig.from_dict(ledger.config()).tls_settings
+    created = Settings.from_dict(ledger.config()).tls_settings
     if created != config.tls_settings:
         how = f"with TLS ({created.describe()})" if created else "without TLS"
         raise ConfigError(
@@ -91,9 +68,9 @@ def _same_tls(ledger: Ledger, config: JobConfig) -> Ledger:
 def _redis_failure(exc: redis.RedisError, url: str | None) -> NoReturn:
     """A clear line instead of a traceback, exit 3. Neither redis-py's messages nor the
     URL as shown carry the password. A refused password is said as such: it is not
-    retried (workers.runtime.connect), so it is the first error the user sees."""
+    retried (migrator.redis_client.connect), so it is the first error the user sees."""
     from migrator.commands.jobs import _safe_url
-    from workers.runtime import NOT_RETRIED
+    from migrator.redis_client import NOT_RETRIED
 
     where = f"Redis at {_safe_url(url)}" if url else "the embedded Redis"
     if isinstance(exc, NOT_RETRIED):
@@ -107,10 +84,6 @@ def _redis_failure(exc: redis.RedisError, url: str | None) -> NoReturn:
         what = f"{where}: {type(exc).__name__}: {exc}"
     click.echo(f"migrator: error: {what}", err=True)
     raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
-
-
-def _abspath(path: str | None) -> str | None:
-    return os.path.abspath(path) if path else None
 
 
 def job_options(func: F) -> F:
@@ -161,6 +134,17 @@ def job_options(func: F) -> F:
                 help="At most this many simultaneous associations to the PACS, fleet-wide.",
             ),
             opt(
+                "--concurrency",
+                "-j",
+                env="CONCURRENCY",
+                type=click.IntRange(1, 64),
+                default=DEFAULT_CONCURRENCY,
+                show_default=True,
+                help="Associations each sending process keeps busy from one thread (each "
+                "worker process, and run's own while its workers boot); all of them stay "
+                "under --max-associations and the rate limits.",
+            ),
+            opt(
                 "--dry-run",
                 env="DRY_RUN",
                 is_flag=True,
@@ -209,11 +193,11 @@ def plan_command(sources: tuple[str, ...], **o: Any) -> None:
       migrator plan /archive --host pacs --called-ae PACS --dry-run
     """
     from migrator import engine
-    from workers.runtime import connect
+    from migrator.redis_client import connect
 
     setup_logging(o["verbose"], o["quiet"])
-    config = _config(o)
-    srcs = engine.make_sources(sources, config)
+    config = _config(o, check_tls=False)  # the cluster's workers read the TLS files
+    srcs = _make_sources(sources, config)
     if o["dry_run"]:
         _dry_run(srcs, o)
     if not o["redis_url"]:
@@ -237,11 +221,26 @@ def plan_command(sources: tuple[str, ...], **o: Any) -> None:
     click.echo(job_id)
 
 
+def _make_sources(sources: tuple[str, ...], config: Settings) -> list[Any]:
+    from migrator import engine
+
+    try:
+        return engine.make_sources(sources, config)
+    except ConfigError as exc:
+        fail_config(str(exc))
+        raise
+
+
 def _plan(
     ledger: Ledger | None, srcs: list[Any], url: str | None, o: dict[str, Any]
 ) -> PlanSummary:
     from migrator import engine
 
+    enqueue = None
+    if url and ledger is not None:
+        from workers.app import enqueuer
+
+        enqueue = enqueuer(url, ledger.job_id)
     bad: list[str] = []
 
     def on_bad_line(line: Any) -> None:
@@ -253,7 +252,7 @@ def _plan(
     summary = engine.plan_job(
         ledger,
         srcs,
-        url,
+        enqueue,
         manifests=o["manifests"],
         batch_files=o["batch_files"],
         batch_bytes=o["batch_mb"] * 1024 * 1024,
@@ -282,7 +281,7 @@ def _broker(
     count). With a URL: that Redis, plus local workers only when ``--workers`` is given.
     """
     from migrator.embedded import EmbeddedRedis, LocalWorkers
-    from workers.runtime import connect
+    from migrator.redis_client import connect
 
     with contextlib.ExitStack() as stack:
         if redis_url is None:
@@ -351,19 +350,14 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     """
     from migrator import engine
     from migrator.embedded import terminate_on_sigterm
-    from workers.runtime import connect
+    from migrator.redis_client import connect
 
     setup_logging(o["verbose"], o["quiet"])
-    config = _config(o)
-    if config.tls_settings is not None and (o["redis_url"] is None or o["workers"]):
-        # Local workers read the TLS files here: check them before starting anything.
-        try:
-            config.tls_settings.client_context()
-        except ConfigError as exc:
-            fail_config(str(exc))
+    # Local workers read the TLS files here: check them before starting anything.
+    config = _config(o, check_tls=o["redis_url"] is None or bool(o["workers"]))
     quiet = o["quiet"]
     job_id = o["job"] or engine.default_job_id(_sources_given(sources, o), config)
-    srcs = engine.make_sources(sources, config)
+    srcs = _make_sources(sources, config)
     if o["dry_run"]:
         _dry_run(srcs, o)
     terminate_on_sigterm()  # SIGTERM unwinds like Ctrl-C: what we started is stopped
@@ -376,9 +370,9 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
             ledger.mark_started()
             _plan(ledger, srcs, url, o)
             if local is not None:
-                from workers.inline import send_until_ready
+                from migrator.transfer.inline import send_until_ready
 
-                # The worker boots for ~0.5 s: send from here meanwhile (workers/inline.py).
+                # The worker boots for ~0.5 s: send from here meanwhile (transfer/inline.py).
                 send_until_ready(ledger, stop=lambda: local.ready_now() or not local.alive())
                 if ledger.counts()["in_flight"] > 0:  # a small job may be done already
                     local.wait_ready()
@@ -408,7 +402,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     except ConfigError as exc:
         fail_config(str(exc))
         return
-    except engine.JobLost as exc:
+    except JobGone as exc:
         # Not "cannot connect": Redis answers, but without the job. Outcomes are unknown.
         click.echo(f"migrator: error: {exc}", err=True)
         raise SystemExit(int(ExitStatus.PARTIAL_FAILURE)) from None
@@ -466,17 +460,35 @@ def _dry_run(sources: list[Any], o: dict[str, Any]) -> None:
     help="Worker processes in this pool (default: CPU count).",
 )
 @opt("--loglevel", env="WORKER_LOGLEVEL", default="INFO", show_default=True)
-def worker_command(redis_url: str, concurrency: int | None, loglevel: str) -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log each file sent (-vv: also each association's negotiation).",
+)
+def worker_command(redis_url: str, concurrency: int | None, loglevel: str, verbose: int) -> None:
     """Run a Celery worker that sends batches (wraps `celery worker` with our settings).
+
+    Logs one line per batch; -v one per file (its path or URI, SOP class, transfer syntax
+    sent, status, milliseconds), -vv also the association negotiation.
 
     \b
     Example:
       migrator worker --redis-url redis://redis:6379/0 -c 4
+      migrator worker --redis-url redis://redis:6379/0 -v
     """
+    from migrator import env as menv
     from migrator.embedded import worker_argv
     from workers.metrics import worker_env
 
-    env = worker_env({**os.environ, "MIGRATOR_REDIS_URL": redis_url, "REMAP_SIGTERM": "SIGQUIT"})
+    env = worker_env(
+        {
+            **os.environ,
+            menv.REDIS_URL: redis_url,
+            menv.VERBOSE: str(verbose),
+            "REMAP_SIGTERM": "SIGQUIT",
+        }
+    )
     args = worker_argv(concurrency or os.cpu_count() or 2, loglevel=loglevel)
     # exec: celery becomes this process, so signals reach it directly (PID 1 in a container).
     os.execve(sys.executable, args, env)

@@ -118,12 +118,12 @@ def verify_command(
     from dataclasses import replace
 
     from migrator.errors import AssociationRejected, ConnectError
-    from migrator.jobconfig import JobConfig
+    from migrator.settings import Settings
     from migrator.verify import CommitmentSettings, PacsQueryError, save_result, verify_job
 
     setup_logging(verbose, False)
     ledger = _ledger(redis_url, job)
-    config = JobConfig.from_dict(ledger.config())
+    config = Settings.from_dict(ledger.config())
     config = replace(config, called_ae=called_ae or config.called_ae, port=port or config.port)
     settings = None
     if commitment:

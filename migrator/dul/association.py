@@ -25,6 +25,7 @@ and re-send on a new one (a repeated C-STORE of the same SOP Instance is safe).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import socket
@@ -54,11 +55,14 @@ from migrator.dul.pdu import (
     reject_text,
 )
 from migrator.dul.tls import handshake_failure
-from migrator.errors import AssociationRejected, ConnectError, SourceError
+from migrator.errors import AssociationLost, AssociationRejected, ConnectError, SourceError
 from migrator.netutil import set_nodelay
 
 if TYPE_CHECKING:
     import ssl
+
+#: ``-vv``: the negotiation of every association (proposed/accepted contexts, peer limits).
+log = logging.getLogger("migrator.dul")
 
 # PDU header (6 bytes) + PDV item header (4 + 2 bytes) in one struct: one iovec per fragment.
 _FRAGMENT_HEADER = struct.Struct(">BxIIBB")
@@ -78,10 +82,6 @@ _HAVE_SENDFILE = hasattr(os, "sendfile") and hasattr(socket, "MSG_MORE")
 #: files arrive slower (~105 vs ~65 ms each) although the CPU is lower (17 vs 47 ms); the
 #: cause was not found (not the send buffer size, not MSG_MORE). Sizes between: unmeasured.
 _SENDFILE_MAX = 16 * 1024 * 1024
-
-
-class AssociationLost(ConnectError):
-    """The association died mid-operation; the last operation's outcome is unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +211,10 @@ class Association:
             sock.close()
             raise
         if pdu_type == A_ASSOCIATE_AC:
-            return cls(sock, peer, contexts, decode_associate_ac(body), timeouts)
+            ac = decode_associate_ac(body)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s", describe_negotiation(peer, called_ae, calling_ae, contexts, ac))
+            return cls(sock, peer, contexts, ac, timeouts)
         sock.close()
         if pdu_type == A_ASSOCIATE_RJ and len(body) >= 4:
             result, source, reason = body[1], body[2], body[3]
@@ -241,6 +244,25 @@ class Association:
     @property
     def is_alive(self) -> bool:
         return self._alive
+
+    # -- waiting on several associations from one thread -----------------------------------
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def buffered(self) -> bool:
+        """Bytes of an answer are already read (ours, or TLS's own buffer): ``select`` on
+        the socket would not see them."""
+        if self._rbuf:
+            return True
+        pending = getattr(self._sock, "pending", None)
+        return bool(pending is not None and pending())
+
+    @property
+    def answer_deadline(self) -> float:
+        """When the answer to the last request sent is overdue (the DIMSE timeout runs from
+        the end of the send)."""
+        return self._sent_at + self._timeouts.dimse
 
     # -- DIMSE ---------------------------------------------------------------------------
 
@@ -335,9 +357,11 @@ class Association:
 
     # -- wire ----------------------------------------------------------------------------
 
-    def _lost(self, why: str, exc: BaseException | None = None) -> AssociationLost:
+    def _lost(
+        self, why: str, exc: BaseException | None = None, *, by_peer: bool = False
+    ) -> AssociationLost:
         self.abort()
-        err = AssociationLost(f"association with {self.peer} lost: {why}")
+        err = AssociationLost(f"association with {self.peer} lost: {why}", by_peer=by_peer)
         if exc is not None:
             err.__cause__ = exc
         return err
@@ -373,7 +397,8 @@ class Association:
         except _ssl_errors() as exc:
             raise self._lost(f"TLS send failed: {handshake_failure(exc)}", exc) from exc
         except OSError as exc:
-            raise self._lost(f"send failed: {exc.strerror or exc}", exc) from exc
+            # Reset or broken pipe: the peer closed the connection under our request.
+            raise self._lost(f"send failed: {exc.strerror or exc}", exc, by_peer=True) from exc
 
     def _send_file(self, ctx: int, src: FileSlice, bufs: list[bytes | memoryview]) -> None:
         if not self.tls and _HAVE_SENDFILE and src.length <= _SENDFILE_MAX:
@@ -464,18 +489,19 @@ class Association:
                     f"no response within {self._timeouts.dimse:g}s (DIMSE timeout)", exc
                 ) from exc
             except (OSError, ConnectError) as exc:
-                raise self._lost(str(exc), exc) from exc
+                raise self._lost(str(exc), exc, by_peer=True) from exc
             if pdu_type == A_ABORT:
                 self._close()
                 why = abort_text(body[2], body[3]) if len(body) >= 4 else "A-ABORT"
-                raise AssociationLost(f"association with {self.peer} lost: {why}")
+                raise AssociationLost(f"association with {self.peer} lost: {why}", by_peer=True)
             if pdu_type == A_RELEASE_RQ:
                 try:
                     self._sock.sendall(RELEASE_RP)
                 finally:
                     self._close()
                 raise AssociationLost(
-                    f"association with {self.peer} lost: the peer released it mid-operation"
+                    f"association with {self.peer} lost: the peer released it mid-operation",
+                    by_peer=True,
                 )
             if pdu_type != P_DATA_TF:
                 raise self._lost(f"unexpected PDU type 0x{pdu_type:02X} while waiting")
@@ -650,3 +676,32 @@ def _fill(sock: socket.socket, rbuf: bytearray, peer: str) -> None:
     if not chunk:
         raise ConnectError(f"{peer} closed the connection")
     rbuf += chunk
+
+
+def describe_negotiation(
+    peer: str, called_ae: str, calling_ae: str, proposed: list[ProposedContext], ac: AssociateAC
+) -> str:
+    """One line for ``-vv``: what was proposed, what the peer accepted (in which syntax) and
+    rejected (why), and the peer's limits and implementation. UIDs are named from pydicom's
+    table (``migrator.uidnames``); no patient data is involved."""
+    from migrator.dul.pdu import CONTEXT_RESULTS
+    from migrator.uidnames import name
+
+    accepted, rejected = [], []
+    for ctx in proposed:
+        result, ts = ac.contexts.get(ctx.context_id, (2, ""))
+        if result == 0 and ts:
+            accepted.append(f"{name(ctx.abstract_syntax)} [{name(ts)}]")
+        else:
+            rejected.append(f"{name(ctx.abstract_syntax)} ({CONTEXT_RESULTS.get(result, '?')})")
+    implementation = " ".join(
+        x for x in (ac.implementation_version, f"({ac.implementation_class_uid})") if x != "()"
+    )
+    text = (
+        f"association with {peer} (called AE {called_ae}, calling AE {calling_ae}): "
+        f"proposed {len(proposed)} contexts, accepted {len(accepted)}: {', '.join(accepted)}"
+    )
+    if rejected:
+        text += f"; rejected {len(rejected)}: {', '.join(rejected)}"
+    limit = ac.peer_max_pdu or "unlimited"
+    return f"{text}; peer max PDU {limit}, implementation {implementation or 'not given'}"

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import redis
 
-from migrator.errors import ConnectError
+from migrator.errors import SlotTimeout
 from migrator.limits.rate_redis import retry_redis
 
 __all__ = ["AssociationSlots", "SlotTimeout"]
@@ -99,14 +99,6 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZCOUNT', KEYS[1], string.format('(%d', now), '+inf')
 """
-
-
-class SlotTimeout(ConnectError):
-    """No association slot became free in time.
-
-    A :class:`~migrator.errors.ConnectError`: to the caller it is the same as a PACS that is
-    too busy to associate — transient, retried with backoff.
-    """
 
 
 class AssociationSlots:

@@ -558,7 +558,7 @@ def from_ledger(
     The job's last `migrator verify`, if any, becomes ``verification``, with at most
     ``verify_limit`` of its missing (and of its unconfirmed) files (None: all of them).
     """
-    from migrator.jobconfig import JobConfig
+    from migrator.settings import Settings
 
     config = ledger.config()
     meta = ledger.meta()
@@ -567,7 +567,7 @@ def from_ledger(
     if redis_url:
         settings["redis_url"] = redis_url
     data = ReportData(
-        server=JobConfig.from_dict(config).server,
+        server=Settings.from_dict(config).server,
         job=ledger.job_id,
         generated=now,
         created=meta.get("created"),

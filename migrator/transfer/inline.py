@@ -10,8 +10,8 @@ Safe by construction: a batch runs under its lease, so a worker that receives th
 batch meanwhile waits (BatchBusy) and later finds its files stored, sending nothing twice;
 a batch this process could not finish keeps its Celery message, and a worker sends the rest
 with its usual retries. This process does not retry at all: at the first wait a retry would
-need (the PACS unreachable or busy, a transient status) it leaves the batch to the workers,
-so that an unusable PACS costs `run` no extra time.
+need (the PACS unreachable or busy, a transient status) it leaves the batch to the workers
+(``may_wait=False``), so that an unusable PACS costs `run` no extra time.
 """
 
 from __future__ import annotations
@@ -21,27 +21,22 @@ import os
 import socket
 from collections.abc import Callable
 
-from migrator.jobconfig import JobConfig
+import redis
+
+from migrator.errors import BatchBusy, MigratorError
 from migrator.ledger import Ledger
-from workers.batch import BatchBusy, run_batch
-from workers.runtime import Runtime
+from migrator.settings import Settings
+from migrator.transfer.batch import run_batch
+from migrator.transfer.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-
-class _Retry(Exception):
-    """A retry would have to wait: leave the batch to the workers."""
-
-
-def _no_waiting(_seconds: float) -> None:
-    raise _Retry
 
 
 def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
     """Run the job's unsettled batches here, last planned first, until ``stop()`` is true
     (checked before each batch). Returns how many batches were run to their end."""
-    config = JobConfig.from_dict(ledger.config())
-    if config.throttle_delay:
+    settings = Settings.from_dict(ledger.config())
+    if settings.throttle_delay:
         return 0  # every file would wait: the workers pace the job
     runtime = Runtime(ledger.client)
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -56,21 +51,18 @@ def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
                 run_batch(
                     ledger,
                     batch_id,
-                    pool=runtime.pool,
-                    limiter=runtime.limiter(config),
+                    runtime,
                     task_id=f"inline:{batch_id}",
                     worker=worker,
-                    sleep=_no_waiting,
+                    may_wait=False,
                 )
             except BatchBusy:
                 continue  # a worker has it
-            except _Retry:
-                log.info("leaving batch %s to the workers (it needs a retry)", batch_id)
-                break
-            except Exception as exc:  # whatever it is, the workers retry the batch properly
+            except (MigratorError, redis.RedisError) as exc:
+                # A retry, a busy or unreachable PACS...: the workers deal with it properly.
                 log.info("leaving batch %s to the workers: %s", batch_id, exc)
                 break
             done += 1
     finally:
-        runtime.pool.close_all()
+        runtime.close_all()
     return done

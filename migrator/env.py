@@ -1,0 +1,52 @@
+"""The environment variables that configure processes rather than a transfer.
+
+A transfer's own settings (host, AE titles, rates...) come from command-line options, each
+with its ``MIGRATOR_<NAME>`` variable (``migrator/commands/common.py``); what is read here
+configures the processes themselves: where the ledger is, worker time limits, logging,
+metrics. Read them through these functions, so that each name is spelled once.
+"""
+
+from __future__ import annotations
+
+import os
+
+from migrator.errors import ConfigError
+
+REDIS_URL = "MIGRATOR_REDIS_URL"
+#: -v / -vv of a worker (``migrator worker -v``; `run -v` passes its own to local workers)
+VERBOSE = "MIGRATOR_VERBOSE"
+LOG_FORMAT = "MIGRATOR_LOG_FORMAT"
+VISIBILITY_TIMEOUT = "MIGRATOR_VISIBILITY_TIMEOUT"
+SOFT_TIME_LIMIT = "MIGRATOR_SOFT_TIME_LIMIT"
+TIME_LIMIT = "MIGRATOR_TIME_LIMIT"
+MAX_LIMITER_WAIT = "MIGRATOR_MAX_LIMITER_WAIT"
+SOFT_SHUTDOWN = "MIGRATOR_SOFT_SHUTDOWN"
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url() -> str:
+    """The ledger's (and broker's) Redis."""
+    return os.environ.get(REDIS_URL) or DEFAULT_REDIS_URL
+
+
+def verbose() -> int:
+    try:
+        return max(0, int(os.environ.get(VERBOSE, "0") or 0))
+    except ValueError:
+        return 0
+
+
+def log_format() -> str:
+    return (os.environ.get(LOG_FORMAT) or "text").lower()
+
+
+def seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment (a worker time limit...)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None

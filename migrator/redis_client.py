@@ -1,0 +1,61 @@
+"""The Redis client every command and worker uses: retries outages, not refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from migrator.env import redis_url
+
+T = TypeVar("T")
+
+
+def redis_py_url(url: str) -> str:
+    """redis-py spells Celery's ``redis+socket:///path`` as ``unix:///path``."""
+    if url.startswith("redis+socket://"):
+        return "unix://" + url[len("redis+socket://") :]
+    return url
+
+
+#: Refusals, not outages: redis-py raises them as ConnectionError subclasses (also for the
+#: server's WRONGPASS / NOAUTH replies), so a plain ``retry_on_error=[ConnectionError]``
+#: would retry a wrong password for ~35 s before anyone sees it.
+NOT_RETRIED: tuple[type[Exception], ...] = (
+    redis.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+)
+
+
+class _RetryOutages(Retry):
+    """redis-py's Retry, minus the refusals in :data:`NOT_RETRIED` (they raise at once)."""
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, NOT_RETRIED):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def connect(url: str | None = None) -> redis.Redis:
+    """A client that rides out a Redis restart (AOF on): commands are retried with backoff
+    for about 30 s before an error reaches the task (which then retries the batch). A wrong
+    password or a user without rights is not an outage: it raises at once."""
+    return redis.Redis.from_url(
+        redis_py_url(url or redis_url()),
+        health_check_interval=30,
+        retry=_RetryOutages(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_connect_timeout=5,
+    )

@@ -1,0 +1,125 @@
+"""One place for how and where to send: the settings of `store`, of a `run` job and of the
+transfer core behind both.
+
+A job's settings are stored in the ledger (``to_dict``) and read back by every worker, so
+they hold no secrets: S3 credentials come from each worker's own environment (the standard
+AWS chain), and DICOM TLS is configured by file *paths* (CA, certificate, key) that must exist
+on every worker, never by their contents. A job's settings can therefore be printed in
+reports as they are.
+
+Every field has a command-line option (``--host`` ... ``--concurrency``) and an environment
+variable ``MIGRATOR_<FIELD>`` (``migrator/commands/common.py``). Variables that configure the
+processes rather than a transfer (the Redis URL, worker time limits, metrics, log format) are
+read in ``migrator/env.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from migrator.dul.association import Timeouts
+from migrator.dul.tls import TlsSettings
+from migrator.errors import ConfigError
+from migrator.limits.rate import Limits
+
+#: The syntaxes ``--transfer-syntax`` may force: the ones the project can encode into when a
+#: file is in another (migrator/transcode.py UNCOMPRESSED). A compressed syntax cannot be
+#: produced here, so forcing one would fail every file that is not already in it.
+FORCEABLE_SYNTAXES = {
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian (explicit)",
+    "1.2.840.10008.1.2": "Implicit VR Little Endian (implicit)",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian (big-endian)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where to send and how. Defaults match the command line's."""
+
+    host: str
+    port: int = 11112
+    called_ae: str = "ANY-SCP"
+    calling_ae: str = "MIGRATOR"
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    #: TCP connect and any stalled socket write
+    network_timeout: float = 60.0
+    #: Largest PDU we accept (what we advertise); the peer's limit sizes what we send
+    max_pdu: int = 16384
+    #: Send every file in this syntax (re-encoded when needed); None: each in its own
+    transfer_syntax: str | None = None
+    allow_lossy: bool = False
+    #: Re-sends of a file after a transient status or a lost association; also the
+    #: connection attempts in a row before the destination counts as unavailable
+    retries: int = 3
+    retry_backoff: float = 0.5
+    #: Files per second, all associations together (a fleet shares it through Redis)
+    rate_limit: float | None = None
+    #: Bytes per second
+    rate_limit_bytes: float | None = None
+    burst: int = 10
+    #: Fleet-wide cap on simultaneous associations to this destination (None: no cap)
+    max_associations: int | None = None
+    #: Pause after each file, per association (seconds)
+    throttle_delay: float = 0.0
+    #: Associations one sending process keeps busy: `store -j`, and per worker process
+    #: (and `run`'s own inline sender) in a job
+    concurrency: int = 1
+    #: `store`: overall deadline in seconds for the whole transfer (None: no limit)
+    timeout: float | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    #: DICOM TLS to the PACS; the paths are read by each sender (absolute paths advised)
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def __post_init__(self) -> None:
+        forced = self.transfer_syntax
+        if forced and forced not in FORCEABLE_SYNTAXES:
+            can = ", ".join(FORCEABLE_SYNTAXES.values())
+            raise ConfigError(
+                f"--transfer-syntax {forced}: this tool cannot encode that syntax, so files in "
+                f"other syntaxes could not be converted to it; it can force: {can}"
+            )
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
+
+    @property
+    def destination(self) -> str:
+        """Key of the destination for fleet-wide limits: one PACS, one limit."""
+        return f"{self.host}:{self.port}:{self.called_ae}"
+
+    @property
+    def server(self) -> str:
+        return f"{self.host}:{self.port} ({self.called_ae})"
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(
+            connect=self.network_timeout,
+            acse=self.acse_timeout,
+            dimse=self.dimse_timeout,
+            network=self.network_timeout,
+        )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.rate_limit, self.rate_limit_bytes, burst_files=self.burst)
+
+    @property
+    def tls_settings(self) -> TlsSettings | None:
+        if not self.tls:
+            return None
+        return TlsSettings(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        """Settings stored by any version: unknown keys are ignored, missing ones default."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

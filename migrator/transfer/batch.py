@@ -1,0 +1,445 @@
+"""One batch of a migration job, sent by one process: what a Celery task (and `run`'s own
+inline sender) calls.
+
+Around the transfer core (``migrator.transfer.policy``, the same per-file policy as
+`store`) it adds what a fleet needs: a lease on the batch (a second delivery of a running
+batch is refused), skipping what a previous delivery stored, the poison rule (a batch that
+killed its worker three times fails instead of killing workers for ever), SOP Instance UID
+claims in the job's ledger (duplicates across batches and workers), the fleet-wide rate
+limiter and association slots, and outcomes written to the ledger in small groups (one
+round trip per group), so that a killed worker loses little and a redelivered batch skips
+what was already stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from migrator import duplicates
+from migrator.dicomfile import DicomHeader
+from migrator.errors import AssociationRejected, DestinationUnavailable, JobGone
+from migrator.keys import PREFIX
+from migrator.ledger import Ledger, PlannedFile, Recorded
+from migrator.outcomes import FileOutcome, State
+from migrator.settings import Settings
+from migrator.sources import SourceCache
+from migrator.sources.base import SourceItem
+from migrator.sources.inspect import inspect_item, refusal
+from migrator.transfer.claims import OwnerState, Remote
+from migrator.transfer.job import Job
+from migrator.transfer.observe import Observer
+from migrator.transfer.policy import Transfer
+from migrator.transfer.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: A batch delivered this many times without finishing has killed its worker each time.
+POISON_DELIVERIES = 3
+#: Outcomes are flushed to the ledger after this many files or seconds. A flush is one
+#: script of ~10 Redis commands; 64 files keep it near 0.15 commands per file (16: 0.6). What
+#: it risks: a worker killed before a flush sends up to that many files again (idempotent).
+FLUSH_FILES = 64
+FLUSH_SECONDS = 0.25
+#: Lease of the process running a batch; refreshed at every flush.
+LEASE_TTL = 30.0
+#: A PACS that turned an association away as busy (A-ASSOCIATE-RJ transient: too many
+#: associations) is remembered fleet-wide for this long. Meanwhile every worker gives its
+#: associations back at the end of each batch: held while the worker is idle, they would
+#: keep the workers that have batches out until the PACS closed them.
+BUSY_MEMORY = 600.0
+
+#: How a file fails when its batch could not use the PACS at all (``FileOutcome.cause``).
+UNREACHABLE = "unreachable"
+REJECTED = "rejected"
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    batch_id: str
+    sent: int = 0
+    skipped_already_stored: int = 0
+    stored: int = 0
+    failed: int = 0
+    #: Planned from a manifest, found not to be sendable when its header was read here
+    refused: int = 0
+    #: Not sent: another file has the same SOP Instance UID and the same bytes (skipped)...
+    duplicates: int = 0
+    #: ...or different bytes (failed: conflict)
+    conflicts: int = 0
+    poison: bool = False
+
+
+def run_batch(
+    ledger: Ledger,
+    batch_id: str,
+    runtime: Runtime,
+    *,
+    task_id: str | None = None,
+    worker: str | None = None,
+    may_wait: bool = True,
+) -> BatchSummary:
+    """Send what is left of one batch.
+
+    Raises BatchBusy while another delivery runs it, JobGone when the job left Redis,
+    DestinationUnavailable / Deferred / WouldWait when it stopped early (what was sent is
+    recorded; the rest stays in flight for the next delivery)."""
+    from migrator.errors import BatchBusy
+
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    token = f"{worker}:{uuid.uuid4().hex[:8]}"
+    # Which incarnation of the job this delivery belongs to: a job lost with Redis's data
+    # and planned again has the same id but another creation time.
+    created = ledger.meta().get("created")
+    if created is None:
+        raise JobGone(ledger.job_id)
+    if not _claim(ledger, batch_id, token):
+        raise BatchBusy(batch_id, ledger.batch_lease_ttl(batch_id))
+    try:
+        settings = Settings.from_dict(ledger.config())
+    except KeyError:
+        ledger.release_batch(batch_id, token)
+        raise JobGone(ledger.job_id) from None
+    recorder = _Recorder(ledger, batch_id, token, worker, created, runtime.observer(settings))
+    try:
+        return _run_claimed(ledger, settings, batch_id, recorder, runtime, task_id, may_wait)
+    finally:
+        ledger.release_batch(batch_id, token)
+        if settings.max_associations or ledger.client.exists(busy_key(settings.destination)):
+            # Under a fleet-wide cap, or with a PACS that limits associations itself, an
+            # idle association would hold a slot that a worker with work is waiting for:
+            # give it back between batches.
+            runtime.pool(settings).close_all()
+
+
+def _run_claimed(
+    ledger: Ledger,
+    settings: Settings,
+    batch_id: str,
+    recorder: _Recorder,
+    runtime: Runtime,
+    task_id: str | None,
+    may_wait: bool,
+) -> BatchSummary:
+    task_id = task_id or batch_id
+    summary = BatchSummary(batch_id)
+    files = ledger.batch(batch_id)
+    recorder.plan = files
+    stored = ledger.stored_ids([f.file_id for f in files])
+    todo = [f for f in files if f.file_id not in stored]
+    summary.skipped_already_stored = len(files) - len(todo)
+    if not todo:
+        ledger.delivery_done(task_id)
+        return summary
+    deliveries = ledger.deliveries(task_id)
+    if deliveries > POISON_DELIVERIES:
+        # Every earlier start died mid-batch (the worker was killed each time): some file
+        # kills the process. Fail what is left instead of killing workers for ever.
+        reason = f"poison: the batch killed its worker {deliveries - 1} times; not retried"
+        fail_unsettled(ledger, batch_id, reason, recorder=recorder)
+        ledger.delivery_done(task_id)
+        summary.poison = True
+        summary.failed = len(todo)
+        return summary
+
+    sources = SourceCache(settings)
+    jobs = _jobs(ledger, batch_id, todo, sources, recorder, summary)
+    by_id = {job.ref.file_id: job for job in jobs}
+
+    def record(job: Job, outcome: FileOutcome) -> None:
+        recorder.add(job.ref, outcome, observed=True)
+        _count(summary, outcome)
+
+    transfer = Transfer(
+        settings,
+        runtime.pool(settings),
+        runtime.limiter(settings),
+        record,
+        claims=_LedgerClaims(ledger, sources, by_id),
+        observer=runtime.observer(settings),
+        may_wait=may_wait,
+    )
+    try:
+        ended = transfer.run(jobs)
+        error = ended.error
+        if isinstance(error, AssociationRejected) and not error.transient:
+            # Rejected for good (wrong AE title...): what is left of the batch fails.
+            for job in ended.left:
+                recorder.add(job.ref, _failed(job.ref, str(error), REJECTED))
+                summary.failed += 1
+        elif isinstance(error, DestinationUnavailable):
+            if error.rejected:  # busy: have every worker stop holding idle associations
+                ledger.client.set(busy_key(settings.destination), 1, px=int(BUSY_MEMORY * 1000))
+            raise error
+        elif error is not None:
+            raise error
+    finally:
+        # Whatever ends the batch (done, PACS unreachable, soft time limit), what was sent
+        # is recorded, so a later delivery does not send it again; and this start was not
+        # a death of the process (only those count towards poison).
+        recorder.flush()
+        ledger.delivery_done(task_id)
+    # Settled: rewrite the outcome lines without the growth slack of appends.
+    ledger.compact_outcomes(batch_id)
+    return summary
+
+
+def _jobs(
+    ledger: Ledger,
+    batch_id: str,
+    todo: list[PlannedFile],
+    sources: SourceCache,
+    recorder: _Recorder,
+    summary: BatchSummary,
+) -> list[Job]:
+    """The batch's files as jobs. A file planned from a manifest carries no SOP class or
+    syntax yet: its header is read now (the association's contexts come from it), the
+    plan is updated with what was learnt, and a file that cannot be sent is settled."""
+    jobs = []
+    learnt = False
+    for f in todo:
+        item = SourceItem(f.uri, f.size, f.version)
+        source = sources(f.uri)
+        if f.sop_class_uid:
+            # A dataset-only file (offset 0) is read again: its report carries a note on
+            # how its encoding was recognised, which the plan does not keep.
+            offset = f.dataset_offset if f.dataset_offset > 0 else -1
+            header = DicomHeader(
+                f.sop_class_uid,
+                f.sop_instance_uid,
+                f.transfer_syntax,
+                f.study_uid,
+                "",
+                offset,
+                f.size,
+                offset > 0,
+            )
+            jobs.append(Job(item, source, header, ref=f, planned=True))
+            continue
+        read = inspect_item(source, item)
+        problem = refusal(read)
+        if problem is not None:
+            recorder.add(f, _failed(f, problem[1], state=problem[0]))
+            summary.refused += 1
+            continue
+        assert isinstance(read, DicomHeader)
+        if f.sop_instance_uid and f.sop_instance_uid != read.sop_instance_uid:
+            reason = (
+                f"{f.uri}: its SOP Instance UID is not the one the manifest gives "
+                f"({read.sop_instance_uid} in the file); not sent"
+            )
+            recorder.add(f, _failed(f, reason))
+            summary.failed += 1
+            continue
+        learnt = True
+        f = dataclasses.replace(
+            f,
+            size=f.size or read.size,
+            sop_class_uid=read.sop_class_uid,
+            sop_instance_uid=read.sop_instance_uid,
+            transfer_syntax=read.transfer_syntax,
+            study_uid=f.study_uid or read.study_uid,
+            dataset_offset=read.dataset_offset,
+        )
+        jobs.append(Job(SourceItem(f.uri, f.size, f.version), source, read, ref=f))
+    if learnt:
+        # The plan keeps what the headers said: reports name the SOP classes and syntaxes,
+        # and a later delivery (or a duplicate's owner check) need not read them again.
+        plan = {p.file_id: p for p in recorder.plan}
+        plan.update({j.ref.file_id: j.ref for j in jobs})
+        recorder.plan = [plan[p.file_id] for p in recorder.plan]
+        ledger.update_plan(batch_id, recorder.plan)
+    return jobs
+
+
+def _count(summary: BatchSummary, outcome: FileOutcome) -> None:
+    group = duplicates.group_reason(outcome.reason) if outcome.state is not State.STORED else None
+    if group == duplicates.DUPLICATE_GROUP:
+        summary.duplicates += 1
+        return
+    if group == duplicates.CONFLICT_GROUP:
+        summary.conflicts += 1
+        summary.failed += 1
+        return
+    summary.sent += 1
+    if outcome.state is State.STORED:
+        summary.stored += 1
+    else:
+        summary.failed += 1
+
+
+class _RemoteOwner:
+    """The owner of a UID planned in another batch."""
+
+    def __init__(self, planned: PlannedFile, sources: SourceCache) -> None:
+        self.planned = planned
+        self._sources = sources
+
+    def copy(self) -> duplicates.Copy:
+        p = self.planned
+        return duplicates.Copy(
+            self._sources(p.uri), SourceItem(p.uri, p.size, p.version), p.sop_instance_uid
+        )
+
+
+class _LedgerClaims:
+    """UID ownership in the job's ledger (``Ledger.claim_uids``): across batches, workers,
+    redeliveries, re-runs and `retry`."""
+
+    def __init__(self, ledger: Ledger, sources: SourceCache, by_id: dict[str, Job]) -> None:
+        self._ledger = ledger
+        self._sources = sources
+        self._by_id = by_id
+
+    def owners(self, jobs: Sequence[Job]) -> list[Job | Remote | None]:
+        ids = self._ledger.claim_uids([job.ref for job in jobs])
+        away = sorted({o for o in ids if o and o not in self._by_id})
+        elsewhere = {p.file_id: p for p in self._ledger.files(away)} if away else {}
+        out: list[Job | Remote | None] = []
+        for job, owner_id in zip(jobs, ids, strict=True):
+            if not owner_id:
+                out.append(None)
+            elif owner_id in self._by_id:
+                out.append(self._by_id[owner_id])
+            elif owner_id in elsewhere:
+                out.append(_RemoteOwner(elsewhere[owner_id], self._sources))
+            else:
+                log.warning("file %s: its UID's owner %s is not planned", job.ref.file_id, owner_id)
+                out.append(None)
+        return out
+
+    def state(self, owner: Remote) -> OwnerState:
+        assert isinstance(owner, _RemoteOwner)
+        state = self._ledger.states([owner.planned.file_id])[owner.planned.file_id]
+        if state is None:
+            return "pending"
+        return "stored" if state == "stored" else "failed"
+
+    def take_over(self, job: Job, owner: Job | Remote) -> bool:
+        old = owner.ref if isinstance(owner, Job) else owner
+        assert isinstance(old, PlannedFile | _RemoteOwner)
+        old_id = old.file_id if isinstance(old, PlannedFile) else old.planned.file_id
+        return self._ledger.take_over_uid(job.ref, old_id)
+
+
+class _Recorder:
+    """Buffers outcomes and writes them in groups; keeps the batch lease alive."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        batch_id: str,
+        token: str,
+        worker: str,
+        created: float,
+        observer: Observer,
+    ) -> None:
+        self.ledger = ledger
+        self.observer = observer
+        self.batch_id = batch_id
+        self.token = token
+        self.worker = worker
+        self.created = created
+        self.plan: list[PlannedFile] = []
+        self.pending: list[Recorded] = []
+        self.last = time.monotonic()
+
+    def add(self, planned: PlannedFile, outcome: FileOutcome, *, observed: bool = False) -> None:
+        """``observed``: the transfer core told the observer already (metrics count each
+        outcome once, as the ledger does)."""
+        self.pending.append((planned.file_id, outcome, time.time()))
+        if not observed:
+            self.observer.file_done(outcome)
+        if len(self.pending) >= FLUSH_FILES or time.monotonic() - self.last > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        # The lease first: losing it is how a lost (or lost and re-planned) job shows, and
+        # then nothing may be written: the outcomes would go to another plan's files.
+        if (
+            not self.ledger.refresh_batch(self.batch_id, self.token, LEASE_TTL)
+            and self.ledger.meta().get("created") != self.created
+        ):
+            raise JobGone(self.ledger.job_id)
+        if self.pending:
+            self.ledger.record_many(self.pending, worker=self.worker, plan=self.plan)
+            self.pending = []
+        self.last = time.monotonic()
+
+
+def fail_unsettled(
+    ledger: Ledger,
+    batch_id: str,
+    reason: str,
+    *,
+    cause: str = "",
+    recorder: _Recorder | None = None,
+) -> int:
+    """Fail every file of the batch that has no outcome yet (a batch given up on);
+    returns how many."""
+    files = ledger.batch(batch_id)
+    stored = ledger.stored_ids([f.file_id for f in files])
+    now = time.time()
+    entries: list[Recorded] = [
+        (f.file_id, _failed(f, reason, cause), now) for f in files if f.file_id not in stored
+    ]
+    if recorder is not None:
+        for file_id, outcome, _ in entries:
+            recorder.pending.append((file_id, outcome, now))
+            recorder.observer.file_done(outcome)
+        recorder.flush()
+    else:
+        ledger.record_many(entries)
+    return len(entries)
+
+
+def busy_key(destination: str) -> str:
+    """Set while the PACS rejects associations as busy (per destination, as the limiter)."""
+    return f"{PREFIX}:busy:{{{destination}}}"
+
+
+def _claim(ledger: Ledger, batch_id: str, token: str) -> bool:
+    if ledger.claim_batch(batch_id, token, LEASE_TTL):
+        return True
+    # A holder on this host whose process is gone was SIGKILLed (a pool child killed
+    # mid-batch, redelivered at once): take over now instead of waiting for its lease.
+    holder = ledger.batch_holder(batch_id)
+    if holder is None:
+        return ledger.claim_batch(batch_id, token, LEASE_TTL)
+    host, _, rest = holder.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        log.warning("batch %s: its previous worker (pid %s) died; taking over", batch_id, pid)
+        ledger.release_batch(batch_id, holder)
+        return ledger.claim_batch(batch_id, token, LEASE_TTL)
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _failed(
+    planned: PlannedFile, reason: str, cause: str = "", state: State = State.FAILED
+) -> FileOutcome:
+    return FileOutcome(
+        planned.uri,
+        state,
+        reason,
+        sop_class_uid=planned.sop_class_uid,
+        sop_instance_uid=planned.sop_instance_uid,
+        ts_original=planned.transfer_syntax,
+        cause=cause,
+    )

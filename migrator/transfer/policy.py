@@ -1,0 +1,514 @@
+"""The per-file policy: one behaviour for `store`, `run`'s inline sender and the workers.
+
+For each file: read (fetch) -> re-inspect -> transform -> send -> classify -> retry or
+record one ``FileOutcome``. ``Transfer.run`` drives up to ``concurrency`` connections
+("lanes") from one thread: it starts a file on every idle lane, then settles whichever lane
+the destination answers first. Threads would fight over the GIL at every response (measured
+~150 us of CPU per file with 2-4 threads, ~75 us from one thread), and a lane waiting for a
+slow answer holds up no other.
+
+Classification (ARCHITECTURE.md §3, ``migrator.status``): success and warnings are stored;
+0xA7xx (out of resources) and a lost association (outcome unknown) are re-sent after a
+jittered backoff, on a fresh association, up to ``retries`` times, while the other files
+keep flowing; any other failure is permanent. A file during whose sending the PACS ends
+the association twice is that file's fault (a malformed codestream that the PACS aborts
+on): it fails at once instead of costing minutes of retries.
+
+Connections are a property of the destination, not of a file: a connection that cannot
+be opened costs no file an attempt. When other lanes are working, the lane is dropped (the
+PACS allows fewer associations); when none is, the destination is retried with backoff and,
+after ``retries`` attempts in a row, the transfer stops (``DestinationUnavailable``, or
+the permanent ``AssociationRejected``) and returns what it did not settle. So does a
+``stop()`` request, an overall deadline, or a retry that a sender which may not wait
+(``may_wait=False``: run's inline sender) would need: the caller decides what becomes of
+the files left (fail them, leave them to a worker, retry the batch later).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import os
+import random
+import select
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from migrator import status as st
+from migrator.contexts import plan_profiles
+from migrator.dicomfile import DicomHeader, inspect_bytes, inspect_file
+from migrator.errors import (
+    AssociationLost,
+    AssociationRejected,
+    ConnectError,
+    Deferred,
+    DestinationUnavailable,
+    MigratorError,
+    SlotTimeout,
+    SourceError,
+    WouldWait,
+)
+from migrator.limits.rate import RateLimiter
+from migrator.outcomes import FileOutcome, State
+from migrator.settings import Settings
+from migrator.sources.base import Payload, Source, SourceItem
+from migrator.sources.filesystem import FileSource
+from migrator.sources.inspect import inspect_item, refusal
+from migrator.transfer.claims import Claims, Waits
+from migrator.transfer.destination import Connection, Pair, Pending, SendResult
+from migrator.transfer.job import Job
+from migrator.transfer.leases import Leases
+from migrator.transfer.observe import NULL_OBSERVER, Observer, log_outcome
+from migrator.transfer.pool import ConnectionPool
+from migrator.transfer.transform import Transform, identity
+
+log = logging.getLogger(__name__)
+
+_MAX_BACKOFF = 30.0
+#: A batch whose files waited too long for another batch's copy comes back after this long.
+DEFER_RETRY = 5.0
+
+ABORTED_TWICE = "the PACS aborted the association on this file twice"
+
+
+Sink = Callable[[Job, FileOutcome], None]
+
+
+@dataclass(slots=True)
+class Ended:
+    """How a transfer ended: ``left`` are the files it did not settle; ``error`` why it
+    stopped early (None: every file settled, or a ``stop()`` request)."""
+
+    left: list[Job] = field(default_factory=list)
+    error: MigratorError | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    conn: Connection | None = None
+    job: Job | None = None
+    pending: Pending | None = None
+    ready_at: float = 0.0
+    disabled: bool = False
+
+
+class Transfer:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ConnectionPool,
+        limiter: RateLimiter,
+        record: Sink,
+        *,
+        claims: Claims | None = None,
+        transform: Transform = identity,
+        observer: Observer = NULL_OBSERVER,
+        stop: Callable[[], bool] | None = None,
+        may_wait: bool = True,
+        on_start: Callable[[Job], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self._leases = Leases(limiter, settings.limits)
+        self._record_sink = record
+        self._waits = (
+            Waits(claims, enqueue=self._ready_append, settle=self._settle_as, clock=clock)
+            if claims is not None
+            else None
+        )
+        self._transform = transform
+        self._observer = observer
+        self._stop_requested = stop
+        self._may_wait = may_wait
+        self._on_start = on_start
+        self._sleep = sleep
+        self._clock = clock
+        self._ready: collections.deque[Job] = collections.deque()
+        self._delayed: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._wanted: set[Pair] = set()
+        self._error: MigratorError | None = None
+        self._stopped = False
+        self._connect_failures = 0
+        self._connect_ready_at = 0.0
+        self.lanes = [_Lane() for _ in range(settings.concurrency)]
+        pool.capacity = max(pool.capacity, settings.concurrency)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, jobs: Iterable[Job]) -> Ended:
+        try:
+            self._prepare(list(jobs))
+            while True:
+                if not self._stopped and self._stop_requested and self._stop_requested():
+                    self._stopped = True
+                if not self._stopped:
+                    self._start_ready()
+                flying = [lane for lane in self.lanes if lane.job is not None]
+                if flying:
+                    self._collect(flying)
+                    continue
+                if self._stopped or not (self._ready or self._delayed or self._parked()):
+                    break
+                self._idle_wait()
+        finally:
+            for lane in self.lanes:
+                if lane.conn is not None and lane.job is not None:
+                    # Only when an exception ends the transfer (a time limit, an interrupt):
+                    # the request's outcome is unknown, its file stays unsettled.
+                    self.pool.discard(lane.conn)
+                elif lane.conn is not None:
+                    self.pool.checkin(lane.conn)
+                lane.conn = lane.job = lane.pending = None
+        left = list(self._ready) + [j for _, _, j in sorted(self._delayed)]
+        if self._waits is not None:
+            left += self._waits.left()
+        return Ended(left, self._error)
+
+    def _parked(self) -> bool:
+        return self._waits is not None and bool(self._waits.parked)
+
+    def _ready_append(self, job: Job) -> None:
+        self._ready.append(job)
+
+    def _settle_as(self, job: Job, state: State, reason: str) -> None:
+        self._settle_failed(job, reason, state)
+
+    def _start_ready(self) -> None:
+        now = self._clock()
+        self._release_delayed(now)
+        if self._waits is not None and self._waits.parked:
+            self._waits.recheck(now)
+        for lane in self.lanes:
+            # Keep starting on this lane until a file is in flight on it: files settled at
+            # once (refused, unreadable) must not leave it idle for a round.
+            while self._ready and not self._stopped and lane.job is None:
+                if lane.disabled or self._lane_due(lane) > now:
+                    break
+                self._start(lane, self._ready.popleft())
+
+    def _lane_due(self, lane: _Lane) -> float:
+        """When ``lane`` may start a file: after its throttle pause, and, when it must open
+        a connection, after the destination's reconnect backoff."""
+        if lane.conn is not None and lane.conn.alive:
+            return lane.ready_at
+        return max(lane.ready_at, self._connect_ready_at)
+
+    def _idle_wait(self) -> None:
+        """Nothing in flight: sleep until a delayed file, a lane or a parked file is due."""
+        now = self._clock()
+        wakes = [self._delayed[0][0]] if self._delayed else []
+        if self._ready:
+            usable = [lane for lane in self.lanes if not lane.disabled]
+            if not usable:  # cannot happen: the last lane is never dropped
+                self._stop(DestinationUnavailable("no usable association left"))
+                return
+            wakes.append(min(self._lane_due(lane) for lane in usable))
+        if self._waits is not None and self._waits.parked:
+            if not self._ready and not self._delayed and self._waits.expired(now):
+                n = len(self._waits.parked)
+                self._stop(Deferred(f"{n} files wait for another copy's outcome", DEFER_RETRY))
+                return
+            wakes.append(self._waits.check_at)
+        delay = max(0.0, min(wakes) - now) if wakes else 0.0
+        if delay > 0 and not self._may_wait:
+            self._stop(WouldWait("a retry would have to wait"))
+            return
+        self._sleep(delay)
+
+    def _collect(self, flying: list[_Lane]) -> None:
+        """Settle the lanes whose answer has come (or the most overdue one)."""
+        ready = [lane for lane in flying if _conn(lane).buffered() or not _conn(lane).alive]
+        if not ready:
+            by_fd = {_conn(lane).fileno(): lane for lane in flying}
+            first = min(flying, key=lambda lane: _conn(lane).deadline(lane.pending))
+            timeout = max(0.0, _conn(first).deadline(first.pending) - self._clock())
+            try:
+                readable, _, _ = select.select(list(by_fd), [], [], timeout)
+            except (OSError, ValueError):  # a socket closed under us (deadline abort)
+                readable = list(by_fd)
+            ready = [by_fd[fd] for fd in readable] or [first]
+        for lane in ready:
+            self._finish(lane)
+
+    # -- one file ----------------------------------------------------------------------
+
+    def _start(self, lane: _Lane, job: Job) -> None:
+        if not self._connect(lane, job):
+            return
+        conn = _conn(lane)
+        job.attempts += 1
+        waited = self._leases.take(job, itertools.islice(self._ready, 0, 16))
+        if waited:
+            self._observer.limiter_waited(waited)
+        if self._on_start is not None:
+            self._on_start(job)
+        try:
+            with job.source.fetch(job.item) as payload:
+                header, payload = self._transform(self._reinspect(job, payload), payload)
+                sent = conn.start(header, payload)
+        except AssociationLost as exc:
+            self._lost(lane, job, exc)
+            return
+        except SourceError as exc:
+            self._settle_failed(job, str(exc))
+            return
+        except MigratorError as exc:  # transient source errors (S3) and the like
+            if exc.retryable:
+                self._retry_or_fail(job, str(exc))
+            else:
+                self._settle_failed(job, str(exc))
+            return
+        if isinstance(sent, SendResult):
+            self._settle(lane, job, sent)
+        else:
+            lane.job, lane.pending = job, sent
+
+    def _connect(self, lane: _Lane, job: Job) -> bool:
+        """Make ``lane`` hold a connection covering ``job``; False (job back in line) when
+        none could be opened."""
+        conn = lane.conn
+        fresh = job.needs_fresh
+        usable = conn is not None and conn.alive and conn.covers(job.pair)
+        if conn is not None and usable and not (fresh and conn.requests):
+            return True
+        if conn is not None:
+            self.pool.checkin(conn)
+            lane.conn = None
+        alone = not self._working(lane)
+        try:
+            lane.conn = self.pool.checkout(job.pair, self._wanted, fresh=fresh, wait=alone)
+        except (ConnectError, AssociationRejected) as exc:
+            self._ready.appendleft(job)  # a connection failure costs the file nothing
+            self._connect_failed(lane, exc)
+            return False
+        self._connect_failures = 0
+        return True
+
+    def _connect_failed(self, lane: _Lane, exc: ConnectError | AssociationRejected) -> None:
+        if not exc.retryable:  # rejected for good (wrong AE title...): nothing will go
+            self._stop(exc)
+            return
+        working = self._working(lane)
+        if working:
+            # The PACS (or the fleet-wide cap) allows fewer associations than asked for:
+            # go on with those there are.
+            lane.disabled = True
+            level = logging.INFO if isinstance(exc, SlotTimeout) else logging.WARNING
+            log.log(level, "%s; going on with %d associations", exc, len(working))
+            return
+        self._connect_failures += 1
+        if self._connect_failures > self.settings.retries:
+            why = str(exc)
+            if isinstance(exc, AssociationRejected) and not self.settings.max_associations:
+                why += "; the PACS limits simultaneous associations: give --max-associations"
+            self._stop(DestinationUnavailable(why, rejected=isinstance(exc, AssociationRejected)))
+            return
+        if not self._may_wait:
+            self._stop(WouldWait(str(exc)))
+            return
+        log.warning("cannot associate (%s); retry %d", exc, self._connect_failures)
+        self._connect_ready_at = self._clock() + self._backoff(self._connect_failures)
+
+    def _working(self, lane: _Lane) -> list[_Lane]:
+        """The other lanes that hold a live connection."""
+        return [o for o in self.lanes if o is not lane and o.conn is not None and o.conn.alive]
+
+    def _reinspect(self, job: Job, payload: Payload) -> DicomHeader:
+        """The header to send with: the one already read while the file is unchanged
+        (same size and modification time; a spool file or bytes are checked by their
+        source), else read again and checked against what was planned."""
+        planned = job.header
+        known = planned is not None and planned.dataset_offset >= 0
+        if known and (not job.planned or _unchanged(job, payload)):
+            assert planned is not None
+            return planned
+        if payload.path is not None:
+            header = inspect_file(payload.path)
+        else:
+            assert payload.data is not None
+            header = inspect_bytes(payload.data, job.uri)
+        problem = refusal(header)
+        if problem is not None:
+            raise SourceError(f"{job.uri}: {problem[1]}")
+        if planned is not None and header.sop_instance_uid != planned.sop_instance_uid:
+            raise SourceError(f"{job.uri} changed since it was planned (SOP Instance UID differs)")
+        job.header = header
+        return header
+
+    def _finish(self, lane: _Lane) -> None:
+        job, pending, conn = lane.job, lane.pending, _conn(lane)
+        assert job is not None and pending is not None
+        lane.job = lane.pending = None
+        try:
+            sent = conn.finish(pending)
+        except AssociationLost as exc:
+            self._lost(lane, job, exc)
+            return
+        self._settle(lane, job, sent)
+
+    def _lost(self, lane: _Lane, job: Job, exc: AssociationLost) -> None:
+        # The file's doing only when the PACS ended an association that carried nothing
+        # before it: one aborted after N stores whatever they were (a PACS limit, an idle
+        # close) says nothing about the file, and its retry goes on a fresh association.
+        fresh = lane.conn is not None and lane.conn.requests <= 1
+        if lane.conn is not None:
+            self.pool.discard(lane.conn)
+            lane.conn = None
+        job.needs_fresh = job.needs_fresh or exc.by_peer
+        reason = f"outcome unknown: {exc}"
+        self._retry_or_fail(job, reason, by_peer=exc.by_peer and fresh)
+
+    def _settle(self, lane: _Lane, job: Job, sent: SendResult) -> None:
+        if self.settings.throttle_delay:
+            lane.ready_at = self._clock() + self.settings.throttle_delay
+        if sent.outcome in (st.Outcome.STORED, st.Outcome.WARNING):
+            out = self._outcome(job, State.STORED, sent.error, sent.status)
+            out.ts_sent, out.transcoded = sent.ts_sent, sent.transcoded
+            out.warning = sent.outcome is st.Outcome.WARNING
+            out.bytes = job.item.size
+            out.seconds = sent.seconds
+            self._record(job, out)
+            return
+        if sent.outcome is st.Outcome.TRANSIENT:
+            # Out of resources: back off, and re-send on a fresh association.
+            if lane.conn is not None:
+                self.pool.retire(lane.conn)
+                lane.conn = None
+            self._retry_or_fail(job, sent.error, sent.status, sent.ts_sent)
+            return
+        out = self._outcome(job, State.FAILED, sent.error, sent.status)
+        out.ts_sent, out.transcoded, out.seconds = sent.ts_sent, sent.transcoded, sent.seconds
+        self._record(job, out)
+
+    def _retry_or_fail(
+        self,
+        job: Job,
+        reason: str,
+        status: int | None = None,
+        ts_sent: str = "",
+        *,
+        by_peer: bool = False,
+    ) -> None:
+        if by_peer:
+            job.aborts += 1
+            if job.aborts >= 2:
+                out = self._outcome(job, State.FAILED, f"{ABORTED_TWICE} ({reason})", status)
+                out.ts_sent = ts_sent
+                self._record(job, out)
+                return
+        if job.attempts <= self.settings.retries:
+            if not self._may_wait:
+                self._ready.appendleft(job)
+                self._stop(WouldWait(reason))
+                return
+            # One line per re-send (no file name: paths may carry patient names).
+            log.warning("%s; sending the file again (attempt %d)", reason, job.attempts + 1)
+            due = self._clock() + self._backoff(job.attempts)
+            heapq.heappush(self._delayed, (due, next(self._seq), job))
+            return
+        out = self._outcome(
+            job, State.FAILED, f"{reason} (gave up after {job.attempts} attempts)", status
+        )
+        out.ts_sent = ts_sent
+        self._record(job, out)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, with jitter: senders turned away together (a busy PACS, a PACS
+        coming back) must not all come back at the same instant."""
+        delay = min(_MAX_BACKOFF, self.settings.retry_backoff * 2 ** (attempt - 1))
+        return float(delay * random.uniform(0.5, 1.5))
+
+    def _release_delayed(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            self._ready.append(heapq.heappop(self._delayed)[2])
+
+    def _stop(self, error: MigratorError) -> None:
+        self._stopped = True
+        if self._error is None:
+            self._error = error
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def _outcome(self, job: Job, state: State, reason: str, status: int | None) -> FileOutcome:
+        h = job.header
+        return FileOutcome(
+            job.uri,
+            state,
+            reason,
+            status,
+            sop_class_uid=h.sop_class_uid if h else "",
+            sop_instance_uid=h.sop_instance_uid if h else "",
+            ts_original=h.transfer_syntax if h else "",
+            attempts=job.attempts,
+        )
+
+    def _settle_failed(self, job: Job, reason: str, state: State = State.FAILED) -> None:
+        self._record(job, self._outcome(job, state, reason, None))
+
+    def _record(self, job: Job, outcome: FileOutcome) -> None:
+        self._record_sink(job, outcome)
+        self._observer.file_done(outcome)
+        log_outcome(outcome)
+        if self._waits is not None:
+            self._waits.settled(job, outcome.state is State.STORED)
+
+    # -- preparation and duplicates ----------------------------------------------------
+
+    def _prepare(self, jobs: list[Job]) -> None:
+        """Read the headers not known yet, claim the SOP Instance UIDs, order the work so
+        that files of one association profile go together, and queue it."""
+        ready: list[Job] = []
+        for job in jobs:
+            if job.header is None and not self._read_header(job):
+                continue
+            ready.append(job)
+        self._wanted = {job.pair for job in ready}
+        if self._waits is not None and ready:
+            ready = self._waits.split(ready)
+        profiles = plan_profiles(self._wanted, forced_syntax=self.settings.transfer_syntax)
+        if len(profiles) > 1:
+            index = {sop: p.index for p in profiles for sop in p.sop_classes}
+            ready.sort(key=lambda job: index.get(job.pair[0], 0))
+        self._ready.extend(ready)
+
+    def _read_header(self, job: Job) -> bool:
+        """A file planned without reading it (a manifest): its header now; settled (False)
+        when it cannot be sent."""
+        header = inspect_item(job.source, job.item)
+        problem = refusal(header)
+        if problem is not None:
+            self._settle_failed(job, problem[1], problem[0])
+            return False
+        assert isinstance(header, DicomHeader)
+        job.header = header
+        return True
+
+
+def _conn(lane: _Lane) -> Connection:
+    assert lane.conn is not None
+    return lane.conn
+
+
+def _unchanged(job: Job, payload: Payload) -> bool:
+    """A local file still has the size and modification time it was planned with (a stat,
+    ~2 us, instead of reading the header again); anything else was checked by its source
+    when fetched (S3: size and ETag)."""
+    if payload.path is None or payload.path != job.uri or not isinstance(job.source, FileSource):
+        return True
+    if not job.item.version:
+        return False
+    try:
+        info = os.stat(payload.path)
+    except OSError:
+        return False  # read again: that says what is wrong
+    return info.st_size == job.item.size and str(info.st_mtime_ns) == job.item.version
+
+
+def jobs_from(items: Sequence[tuple[Source, SourceItem, DicomHeader | None]]) -> list[Job]:
+    return [Job(item, source, header) for source, item, header in items]

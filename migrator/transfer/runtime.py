@@ -1,0 +1,124 @@
+"""Per-process resources of a sending process, created lazily on first use.
+
+A Celery pool child (and `run`'s own process while its workers boot) keeps, across batches:
+one Redis client, one connection pool per destination (associations reused from batch to
+batch) and one fleet-wide rate limiter per destination. Celery kills a pool child whose
+`worker_process_init` takes more than 4 s, so nothing here connects at import or process
+start: the first batch that needs a resource makes it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from migrator.keys import limiter_key, slots_key
+from migrator.limits.rate import RateLimiter
+from migrator.limits.rate_redis import make_redis_limiter
+from migrator.limits.slots import AssociationSlots
+from migrator.redis_client import connect
+from migrator.settings import Settings
+from migrator.transfer.dimse import DimseDestination
+from migrator.transfer.observe import NULL_OBSERVER, Observer
+from migrator.transfer.pool import ConnectionPool, Lease
+
+
+class _SlotLease:
+    def __init__(self, slots: AssociationSlots, token: str) -> None:
+        self._slots = slots
+        self._token = token
+
+    def refresh(self) -> bool:
+        return self._slots.refresh(self._token)
+
+    def release(self) -> None:
+        self._slots.release(self._token)
+
+
+def _no_metrics(destination: str) -> Observer:
+    return NULL_OBSERVER
+
+
+@dataclass
+class Runtime:
+    client: redis.Redis
+    #: Per destination, what to tell a worker's metrics (workers/metrics.py); nothing for
+    #: `run`'s own process
+    observers: Callable[[str], Observer] = _no_metrics
+    _pools: dict[tuple[Any, ...], ConnectionPool] = field(default_factory=dict)
+    _limiters: dict[str, RateLimiter] = field(default_factory=dict)
+
+    def pool(self, settings: Settings) -> ConnectionPool:
+        """This process's connections to the job's destination (as negotiated for it:
+        same PACS, calling AE, forced syntax and TLS)."""
+        key = (
+            settings.destination,
+            settings.calling_ae,
+            settings.transfer_syntax,
+            settings.tls_settings,
+            settings.max_pdu,
+            settings.allow_lossy,
+        )
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = ConnectionPool(
+                DimseDestination(settings),
+                capacity=settings.concurrency,
+                lease_provider=self._lease_provider(settings),
+                observer=self.observer(settings),
+            )
+            self._pools[key] = pool
+        return pool
+
+    def observer(self, settings: Settings) -> Observer:
+        return self.observers(settings.destination)
+
+    def limiter(self, settings: Settings) -> RateLimiter:
+        key = limiter_key(settings.destination)
+        if key not in self._limiters:
+            self._limiters[key] = make_redis_limiter(self.client, key, settings.limits)
+        return self._limiters[key]
+
+    def close_all(self) -> None:
+        for pool in self._pools.values():
+            pool.close_all()
+
+    def _lease_provider(self, settings: Settings) -> Any:
+        if not settings.max_associations:
+            return None
+        slots = AssociationSlots(
+            self.client, slots_key(settings.destination), settings.max_associations
+        )
+        # Waiting for a slot is bounded by the DIMSE timeout so a batch never hangs.
+        wait = max(60.0, settings.dimse_timeout)
+
+        def lease(block: bool) -> Lease:
+            return _SlotLease(slots, slots.acquire(timeout=wait if block else 0.0))
+
+        return lease
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def runtime(observers: Callable[[str], Observer] = _no_metrics) -> Runtime:
+    """This process's runtime, made on first use (``observers``: a worker's metrics)."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(connect(), observers)
+        return _runtime
+
+
+def shutdown(*_: Any, **__: Any) -> None:
+    """Release associations (and their fleet-wide slots) when the process exits."""
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.close_all()
+            _runtime = None
