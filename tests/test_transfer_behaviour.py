@@ -13,20 +13,11 @@ failing test says everything that is wrong with that behaviour at once.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import itertools
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
-import uuid
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +30,12 @@ from pydicom.uid import UID
 
 from migrator import synth
 from migrator.transcode import EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, UNCOMPRESSED
-from tests.enginehelpers import processes_with_env
+from tests.behaviourhelpers import FRONT_ENDS, Problems, Result, check_senders, send
 from tests.peers.dcmtk import StoreScpPeer
 from tests.peers.dicomcompare import dataset_differences
 from tests.peers.marker_scp import ABORT_MARKER, REFUSE_MARKER, marker_scp
 from tests.peers.orthanc import OrthancPeer
-from tests.storehelpers import load_report, sop_uid
+from tests.storehelpers import sop_uid
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -54,124 +45,6 @@ JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 RLE = "1.2.840.10008.1.2.5"
-
-FRONT_ENDS = ["store", "run"]
-
-
-# -- running a front end as a user does ---------------------------------------------------
-
-
-@dataclass
-class Result:
-    """What a user sees of one command: exit code, output, report, wall time."""
-
-    rc: int
-    output: str
-    report: dict[str, Any] | None
-    seconds: float
-    command: list[str] = field(default_factory=list)
-    pid: int = 0
-
-    def files(self) -> dict[str, dict[str, Any]]:
-        """Report entries by file name (names are unique in every corpus here)."""
-        assert self.report is not None, f"no report written\n{self.tail()}"
-        return {Path(f["uri"]).name: f for f in self.report["files"]}
-
-    def totals(self) -> dict[str, int]:
-        assert self.report is not None, f"no report written\n{self.tail()}"
-        return dict(self.report["totals"])
-
-    def tail(self, limit: int = 4000) -> str:
-        return (
-            f"$ {' '.join(self.command)}\n(exit {self.rc}, {self.seconds:.1f} s)\n"
-            + (self.output[-limit:])
-        )
-
-
-_calls = itertools.count()
-
-
-def send(
-    front_end: str,
-    inputs: Path,
-    port: int,
-    called_ae: str,
-    tmp_path: Path,
-    *extra: str | Path,
-    run_extra: Sequence[str | Path] = (),
-    workers: int = 2,
-    timeout: float = 240,
-) -> Result:
-    """``migrator store --dir INPUTS -R`` or ``migrator run INPUTS`` (embedded, its own
-    ``--state-dir``, ``--workers``) to 127.0.0.1:``port``, with ``--report X.json``.
-
-    ``extra`` goes to both front ends, ``run_extra`` only to ``run``. Output is stdout and
-    stderr together, in order. Every process a `run` starts carries a marker in its
-    environment; any left after the command ends is killed here (by PID), so a broken run
-    cannot hold the machine's two cores for the tests after it.
-    """
-    n = next(_calls)
-    report = tmp_path / f"report-{front_end}-{n}.json"
-    dest = ["--host", "127.0.0.1", "--port", str(port), "--called-ae", called_ae]
-    if front_end == "store":
-        args = ["store", "--dir", str(inputs), "-R", *dest]
-    else:
-        args = [
-            "run",
-            str(inputs),
-            *dest,
-            "--state-dir",
-            str(tmp_path / f"state-{n}"),
-            "--workers",
-            str(workers),
-            *map(str, run_extra),
-        ]
-    args += [*map(str, extra), "--report", str(report)]
-    command = [sys.executable, "-m", "migrator", *args]
-    marker = uuid.uuid4().hex
-    env = {**os.environ, "MIGRATOR_TEST_MARKER": marker}
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: `run` stops what it started
-        try:
-            output, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-        _kill_leftovers(marker)
-        raise AssertionError(
-            f"`migrator {args[0]}` did not finish in {timeout:.0f} s:\n{output[-4000:]}"
-        ) from None
-    seconds = time.monotonic() - started
-    _kill_leftovers(marker)
-    data = load_report(report) if report.exists() else None
-    return Result(proc.returncode, output, data, seconds, ["migrator", *args], proc.pid)
-
-
-def _kill_leftovers(marker: str, wait: float = 10.0) -> None:
-    deadline = time.monotonic() + wait
-    while processes_with_env(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in processes_with_env(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-class Problems(list[str]):
-    """Failed expectations of one behaviour, reported together with the command's output."""
-
-    def check(self, condition: object, message: str) -> bool:
-        if not condition:
-            self.append(message)
-        return bool(condition)
-
-    def done(self, result: Result) -> None:
-        assert not self, "; ".join(self) + "\n\n" + result.tail()
 
 
 @pytest.fixture(params=FRONT_ENDS)
@@ -554,20 +427,6 @@ def _ct_corpus(tmp_path: Path, count: int = 4) -> list[Path]:
     )
 
 
-def _check_senders(p: Problems, variant: str, result: Result) -> None:
-    """Test setup: "run" had the run process send (report ``worker`` = host:PID of `run`),
-    "run-workers" had only worker processes send."""
-    if variant == "store" or result.report is None:
-        return
-    inline = [
-        f for f in result.report["files"] if str(f.get("worker", "")).endswith(f":{result.pid}")
-    ]
-    if variant == "run":
-        p.check(inline, "test setup: the run process sent no file itself")
-    else:
-        p.check(not inline, f"test setup: the run process sent {len(inline)} files itself")
-
-
 def _per_file_lines(output: str, uri: str) -> list[str]:
     return [line for line in output.splitlines() if uri in line]
 
@@ -592,7 +451,7 @@ def test_verbose_prints_one_line_per_file(
     )
     p = Problems()
     p.check(result.rc == 0, f"exit code {result.rc}, expected 0")
-    _check_senders(p, variant, result)
+    check_senders(p, variant, result)
     for path, uri in _uris(result, files).items():
         lines = [
             line
@@ -623,7 +482,7 @@ def test_very_verbose_prints_the_association_negotiation(
     )
     p = Problems()
     p.check(result.rc == 0, f"exit code {result.rc}, expected 0")
-    _check_senders(p, variant, result)
+    check_senders(p, variant, result)
     lines = result.output.splitlines()
     p.check(
         any(re.search(r"proposed \d+", line) for line in lines),
