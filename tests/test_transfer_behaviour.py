@@ -7,6 +7,11 @@ code, its output and its JSON report. What arrived is checked at real receivers:
 ``storescp +xa``, Orthanc, and the pynetdicom SCP of tests/peers/marker_scp.py, which aborts
 the association on a marked dataset or refuses it with a failure status.
 
+Some bodies also run a second `run` variant: ``run-workers`` / ``run-batch1`` set a 1 ms
+``--throttle-delay``, which keeps the run process from sending batches itself
+(workers/inline.py), so that the worker processes' path is the one exercised; the report's
+``worker`` field (``host:PID``) is checked to prove which path sent (``check_senders``).
+
 Checks that describe one behaviour are collected and reported together (``Problems``), so a
 failing test says everything that is wrong with that behaviour at once.
 """
@@ -111,7 +116,7 @@ def mixed_syntaxes(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, str]:
         assert ds.file_meta.TransferSyntaxUID == ts, name
         dst = out / f"{i:02d}-{name}"
         if str(ds.SOPInstanceUID) in seen:
-            new_uid = synth.derived_uid("behaviour-mixed", name)
+            new_uid = UID(synth.derived_uid("behaviour-mixed", name))
             ds.SOPInstanceUID = new_uid
             ds.file_meta.MediaStorageSOPInstanceUID = new_uid
             ds.save_as(dst, enforce_file_format=True)  # pixel data kept as encoded
@@ -287,7 +292,7 @@ def test_refused_j2k_is_decompressed_losslessly_with_identical_pixels(
             np.array_equal(_pixels(stored), _pixels(original)),
             "pixel values at Orthanc differ from the original's decoded pixels",
         )
-        diffs = [d for d in dataset_differences(original, stored, pixels="values")]
+        diffs = dataset_differences(original, stored, pixels="values")
         p.check(not diffs, f"dataset differs: {diffs[:3]}")
     p.done(result)
 
@@ -352,7 +357,7 @@ def _malformed_jpeg(path: Path) -> Path:
     (7fe0,0010)"), sends no response, and aborts the association only when its
     DicomScpTimeout (30 s by default) runs out."""
     ds = _quiet_read(_testdata("SC_rgb_jpeg_dcmtk.dcm"))
-    uid = synth.derived_uid("behaviour-malformed")
+    uid = UID(synth.derived_uid("behaviour-malformed"))
     ds.SOPInstanceUID = uid
     ds.file_meta.MediaStorageSOPInstanceUID = uid
     ds.save_as(path, enforce_file_format=True)
@@ -383,8 +388,8 @@ def test_a_malformed_file_orthanc_chokes_on_fails_fast_and_the_rest_is_stored(
     try:  # 40 s: well past the 10 s asked for, short of the ~2 minutes it takes today
         result = send(front_end, inputs, orthanc.dicom_port, "ORTHANC", tmp_path, timeout=40)
     except AssertionError as exc:
-        held = len(orthanc.all_sop_instance_uids())
-        raise AssertionError(f"{exc}\n(Orthanc held {held} instances by then)") from None
+        count = len(orthanc.all_sop_instance_uids())
+        raise AssertionError(f"{exc}\n(Orthanc held {count} instances by then)") from None
     p = Problems()
     p.check(result.seconds < 10, f"took {result.seconds:.1f} s, expected < 10 s")
     p.check(result.rc == 1, f"exit code {result.rc}, expected 1")

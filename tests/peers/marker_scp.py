@@ -116,8 +116,9 @@ class MarkerScp:
         ae.network_timeout = 30
         ae.dimse_timeout = 30
         for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_STORE, self._on_store),
