@@ -109,19 +109,28 @@ class DimseConnection:
         self.profile = profile
         self._forced = settings.transfer_syntax
         self._allow_lossy = settings.allow_lossy
-        self._proposed: dict[str, set[str]] = {}
+        # Per SOP class, the syntaxes proposed alone in a context of their own: for those
+        # the PACS's answer is known (accepted, or refused: then re-encoding is right). A
+        # syntax offered only among others (the Explicit/Implicit fallback) may have lost to
+        # another, so it is not known to be accepted.
+        self._alone: dict[str, set[str]] = {}
         for ctx in profile.contexts:
-            self._proposed.setdefault(ctx.abstract_syntax, set()).update(ctx.transfer_syntaxes)
+            alone = self._alone.setdefault(ctx.abstract_syntax, set())
+            if len(ctx.transfer_syntaxes) == 1:
+                alone.add(ctx.transfer_syntaxes[0])
 
     @property
     def alive(self) -> bool:
         return self.assoc.is_alive
 
     def covers(self, pair: Pair) -> bool:
-        syntaxes = self._proposed.get(pair[0])
-        if syntaxes is None:
+        sop_class, ts = pair
+        alone = self._alone.get(sop_class)
+        if alone is None:
             return False
-        return self._forced is not None or pair[1] in syntaxes
+        if self._forced is not None:
+            return True
+        return ts in alone or self.assoc.context_for(sop_class, ts) is not None
 
     def fileno(self) -> int:
         return self.assoc.fileno()
