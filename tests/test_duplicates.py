@@ -29,7 +29,7 @@ from migrator.jobconfig import JobConfig
 from migrator.ledger import Ledger, PlannedFile, split_id
 from migrator.limits.rate import NullLimiter
 from migrator.outcomes import FileOutcome, State, StoreResult
-from migrator.report import model, text
+from migrator.report import builder, text
 from migrator.sources.base import SourceItem
 from migrator.sources.filesystem import FileSource
 from tests.enginehelpers import (
@@ -227,7 +227,7 @@ def test_the_report_groups_conflicts_and_duplicates_on_their_own() -> None:
     result.outcomes.append(
         FileOutcome("/in/x.dcm", State.FAILED, "0xA900 Dataset mismatch", 0xA900, attempts=1)
     )
-    data = model.from_store_result(result)
+    data = builder.from_store_result(result)
     groups = {(g.code, g.count): dict(g.reasons) for g in data.failure_groups()}
     assert groups[("-", 3)] == {duplicates.CONFLICT_GROUP: 3}
     assert groups[("-", 1)] == {duplicates.DUPLICATE_GROUP: 1}

@@ -20,10 +20,10 @@ from typing import Any
 from migrator import status as st
 from migrator.report import svg
 from migrator.report.jsonfmt import to_dict, verification_dict
+from migrator.report.latency import LATENCY_BINS
 from migrator.report.masking import mask_secrets
 from migrator.report.model import (
     IN_FLIGHT,
-    LATENCY_BINS,
     PLANNER,
     ClassCount,
     ReportData,
