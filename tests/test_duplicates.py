@@ -27,7 +27,7 @@ from migrator.embedded import LocalWorkers
 from migrator.errors import SourceError
 from migrator.ledger import Ledger, PlannedFile, split_id
 from migrator.outcomes import FileOutcome, State, StoreResult
-from migrator.report import model, text
+from migrator.report import builder, text
 from migrator.settings import Settings
 from migrator.sources.base import SourceItem
 from migrator.sources.filesystem import FileSource
@@ -226,7 +226,7 @@ def test_the_report_groups_conflicts_and_duplicates_on_their_own() -> None:
     result.outcomes.append(
         FileOutcome("/in/x.dcm", State.FAILED, "0xA900 Dataset mismatch", 0xA900, attempts=1)
     )
-    data = model.from_store_result(result)
+    data = builder.from_store_result(result)
     groups = {(g.code, g.count): dict(g.reasons) for g in data.failure_groups()}
     assert groups[("-", 3)] == {duplicates.CONFLICT_GROUP: 3}
     assert groups[("-", 1)] == {duplicates.DUPLICATE_GROUP: 1}

@@ -15,8 +15,9 @@ from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FileOutcome, State, StoreResult
 from migrator.report import FORMATS, format_for_path, from_ledger, from_store_result, render
 from migrator.report.csvfmt import COLUMNS
+from migrator.report.latency import Latency
 from migrator.report.masking import mask_secrets, mask_text
-from migrator.report.model import MAX_TIMELINE_POINTS, Latency, build_timeline
+from migrator.report.timeline import MAX_TIMELINE_POINTS, build_timeline
 from migrator.summary import render_text, report_dict
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import run_migrator

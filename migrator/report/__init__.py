@@ -14,7 +14,8 @@ import os
 import tempfile
 
 from migrator.errors import ConfigError
-from migrator.report.model import ReportData, from_ledger, from_store_result
+from migrator.report.builder import from_ledger, from_store_result
+from migrator.report.model import ReportData
 
 __all__ = [
     "FORMATS",

@@ -1,0 +1,251 @@
+"""Builds the one ReportData of a migration, from a StoreResult (``store``) or a job's Ledger.
+
+The ledger of a large job holds tens of millions of outcomes, so the outcomes are folded in
+one pass into counters; only the files that were not stored (the follow-up list) and, when
+asked for, the per-file list of the JSON report are kept. A job's last `migrator
+verify` (stored per ledger against confirmed by the PACS) is read from the ledger too, with at
+most ``verification.MAX_FILES`` of the files it found missing (:mod:`verification`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from migrator import duplicates
+from migrator.exitcodes import ExitStatus
+from migrator.outcomes import FileOutcome, State, StoreResult
+from migrator.report.masking import mask_secrets
+from migrator.report.model import (
+    IN_FLIGHT,
+    PLANNER,
+    STORE_PROCESS,
+    ClassCount,
+    Problem,
+    ReasonGroup,
+    ReportData,
+    StatusCount,
+    WorkerShare,
+)
+from migrator.report.timeline import build_timeline
+from migrator.report.verification import MAX_FILES
+from migrator.report.verification import load as load_verification
+
+if TYPE_CHECKING:
+    from migrator.ledger import Ledger, PlannedFile
+
+
+class _Builder:
+    """Folds outcomes into a ReportData, one file at a time."""
+
+    def __init__(self, data: ReportData, *, keep_files: bool, default_worker: str) -> None:
+        self.data = data
+        self.default_worker = default_worker
+        if keep_files:
+            data.files = []
+        #: epoch second -> files settled in it (from each outcome's ``at``)
+        self.settled_at: Counter[int] = Counter()
+
+    def add(self, outcome: FileOutcome, extra: dict[str, Any] | None = None) -> None:
+        d = self.data
+        extra = extra or {}
+        state = str(outcome.state)
+        d.states[state] += 1
+        _count(d.sop_classes, outcome.sop_class_uid, state)
+        _count(d.ts_original, outcome.ts_original, state)
+        name = str(extra.get("worker") or self.default_worker)
+        worker = d.workers.get(name)
+        if worker is None:
+            worker = d.workers[name] = WorkerShare(name)
+        worker.states[state] += 1
+        at = extra.get("at")
+        if isinstance(at, int | float):
+            self.settled_at[int(at)] += 1
+        if outcome.status is not None:
+            sc = d.statuses.get(outcome.status)
+            if sc is None:
+                sc = d.statuses[outcome.status] = StatusCount(outcome.status)
+            sc.count += 1
+            sc.states[state] += 1
+        if outcome.seconds > 0:
+            d.latency.add(outcome.seconds)
+        if outcome.state is State.STORED:
+            d.bytes_stored += outcome.bytes
+            d.sop_classes[outcome.sop_class_uid].bytes_stored += outcome.bytes
+            worker.bytes_stored += outcome.bytes
+            _count(d.ts_sent, outcome.ts_sent or outcome.ts_original, state)
+            d.ts_sent[outcome.ts_sent or outcome.ts_original].bytes_stored += outcome.bytes
+            d.transcoded += int(outcome.transcoded)
+            if outcome.warning:
+                d.warnings += 1
+                d.warned.append((outcome.uri, outcome.status, outcome.reason))
+        else:
+            self._problem(
+                Problem(
+                    uri=outcome.uri,
+                    sop_instance_uid=outcome.sop_instance_uid,
+                    state=state,
+                    status=outcome.status,
+                    reason=outcome.reason,
+                    attempts=outcome.attempts,
+                    ts_sent=outcome.ts_sent,
+                    sop_class_uid=outcome.sop_class_uid,
+                )
+            )
+        if d.files is not None:
+            row = outcome.to_json()
+            row.update({k: extra[k] for k in ("worker", "at") if k in extra})
+            d.files.append(row)
+
+    def add_in_flight(self, planned: PlannedFile) -> None:
+        d = self.data
+        d.states[IN_FLIGHT] += 1
+        _count(d.sop_classes, planned.sop_class_uid, IN_FLIGHT)
+        _count(d.ts_original, planned.transfer_syntax, IN_FLIGHT)
+        reason = "in flight: no outcome recorded yet"
+        self._problem(
+            Problem(
+                uri=planned.uri,
+                sop_instance_uid=planned.sop_instance_uid,
+                state=IN_FLIGHT,
+                status=None,
+                reason=reason,
+                attempts=0,
+                ts_sent="",
+                sop_class_uid=planned.sop_class_uid,
+            )
+        )
+        if d.files is not None:
+            row = FileOutcome(
+                planned.uri,
+                State.FAILED,  # replaced below: FileOutcome has no in-flight state
+                reason,
+                sop_class_uid=planned.sop_class_uid,
+                sop_instance_uid=planned.sop_instance_uid,
+                ts_original=planned.transfer_syntax,
+            ).to_json()
+            row["state"] = IN_FLIGHT
+            d.files.append(row)
+
+    def _problem(self, problem: Problem) -> None:
+        d = self.data
+        d.problems.append(problem)
+        # A file with a DIMSE status or any attempt was offered to the PACS; without a
+        # status, the cause is in the reason text, so each distinct cause is its own group.
+        sent = problem.status is not None or problem.attempts > 0
+        cause = "" if problem.status is not None else reason_key(problem.uri, problem.reason)
+        if problem.state == IN_FLIGHT:
+            cause = IN_FLIGHT
+        key = (problem.status, sent, cause)
+        group = d.groups.setdefault(key, ReasonGroup(problem.status, sent))
+        group.count += 1
+        group.states[problem.state] += 1
+        group.reasons[reason_key(problem.uri, problem.reason)] += 1
+
+    def finish(self, timeline: dict[int, tuple[int, int]] | None) -> ReportData:
+        d = self.data
+        d.problems.sort(key=lambda p: p.uri)
+        d.warned.sort()
+        if d.files is not None:
+            d.files.sort(key=lambda f: str(f["uri"]))
+        d.timeline = build_timeline(timeline or {}, self.settled_at)
+        return d
+
+
+def _count(table: dict[str, ClassCount], uid: str, state: str) -> None:
+    counts = table.get(uid)
+    if counts is None:  # (not setdefault: it would build a ClassCount for every file)
+        counts = table[uid] = ClassCount(uid)
+    counts.states[state] += 1
+
+
+def reason_key(uri: str, reason: str) -> str:
+    """The cause without the per-file part, so that identical causes group together."""
+    group = duplicates.group_reason(reason)  # they name the other file and the UID
+    if group is not None:
+        return group
+    if uri and reason.startswith(uri):
+        reason = reason[len(uri) :].lstrip(":").strip()
+    elif reason.startswith(("/", "s3://", "mem://")):
+        reason = reason.split(": ", 1)[-1]
+    return reason or "(no reason recorded)"
+
+
+def from_store_result(
+    result: StoreResult,
+    settings: dict[str, Any] | None = None,
+    *,
+    job: str | None = None,
+    keep_files: bool = True,
+) -> ReportData:
+    """The report of a `store` run (or of any StoreResult); it has no timeline or workers."""
+    data = ReportData(
+        server=result.server,
+        job=job,
+        generated=time.time(),
+        started=result.started,
+        finished=result.finished,
+        fatal=result.fatal,
+        fatal_exit=result.fatal_exit,
+        settings=mask_secrets(settings or {}),
+    )
+    builder = _Builder(data, keep_files=keep_files, default_worker=STORE_PROCESS)
+    for outcome in result.outcomes:
+        builder.add(outcome)
+    return builder.finish(None)
+
+
+def from_ledger(
+    ledger: Ledger,
+    *,
+    keep_files: bool = True,
+    redis_url: str | None = None,
+    fatal: str = "",
+    fatal_exit: ExitStatus | None = None,
+    now: float | None = None,
+    verify_limit: int | None = MAX_FILES,
+) -> ReportData:
+    """The report of a job, read from its ledger; works while the job runs (``live``).
+
+    Files in flight are read first and outcomes second, and a file found in both counts as
+    settled, so a file that settles during the read is counted once.
+
+    The job's last `migrator verify`, if any, becomes ``verification``, with at most
+    ``verify_limit`` of its missing (and of its unconfirmed) files (None: all of them).
+    """
+    from migrator.settings import Settings
+
+    config = ledger.config()
+    meta = ledger.meta()
+    now = time.time() if now is None else now
+    settings: dict[str, Any] = {"job": ledger.job_id, **config}
+    if redis_url:
+        settings["redis_url"] = redis_url
+    data = ReportData(
+        server=Settings.from_dict(config).server,
+        job=ledger.job_id,
+        generated=now,
+        created=meta.get("created"),
+        started=meta.get("started", meta.get("created", 0.0)),
+        finished=meta.get("finished", now),
+        live="finished" not in meta,
+        fatal=fatal,
+        fatal_exit=fatal_exit,
+        settings=mask_secrets(settings),
+    )
+    counts = ledger.counts()
+    verification = load_verification(ledger, limit=verify_limit)
+    builder = _Builder(data, keep_files=keep_files, default_worker=PLANNER)
+    for fid, outcome, extra in ledger.iter_outcomes():
+        builder.add(outcome, extra)
+        if verification is not None:
+            verification.see(fid, outcome)
+    if counts["in_flight"] > 0:
+        for planned in ledger.iter_in_flight():
+            builder.add_in_flight(planned)
+    data.ledger_counts = counts
+    builder.finish(ledger.timeline())
+    if verification is not None:
+        data.verification = verification.resolve(ledger, stored_now=data.stored)
+    return data

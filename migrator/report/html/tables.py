@@ -1,0 +1,238 @@
+"""The HTML report's sections below the charts: why files were not stored, what the PACS
+confirmed at the job's last `migrator verify` (and the files it lacks), the detail tables
+(statuses, SOP classes, transfer syntaxes, workers, configuration) and the files not stored.
+
+Tables are sortable and the file list has a filter (the page's script); the CSV report has
+every row where a table stops at ``MAX_PROBLEM_ROWS``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from migrator import status as st
+from migrator.report.html.formatting import esc, local_time, num, pct
+from migrator.report.masking import mask_secrets
+from migrator.report.model import IN_FLIGHT, ClassCount, ReportData, count_rows, uid_name
+from migrator.report.verification import MISSING_AT_PACS, Verification
+from migrator.units import human_bytes
+
+#: Rows of the "files not stored" table; the CSV report has all of them.
+MAX_PROBLEM_ROWS = 1000
+
+
+def failures_section(data: ReportData) -> str:
+    groups = data.failure_groups()
+    if not groups:
+        return ""
+    rows = []
+    for g in groups:
+        states = ", ".join(f"{num(n)} {s.replace('_', ' ')}" for s, n in sorted(g.states.items()))
+        reasons = "".join(
+            f"<li>{num(n)} × {esc(r)}</li>"
+            for r, n in g.reasons.most_common(8)
+            # The sender's reason for a status is "<code> <meaning>": said in the row already.
+            if r not in (g.meaning, f"{g.code} {g.meaning}")
+        )
+        more = len(g.reasons) - 8
+        if more > 0:
+            reasons += f"<li>… {more} other reasons (see the CSV report)</li>"
+        rows.append(
+            f'<tr data-status="{esc(g.code)}"><td class="mono">{esc(g.code)}</td>'
+            f"<td>{esc(g.meaning)}<ul class=reasons>{reasons}</ul></td>"
+            f'<td class="n" data-v="{g.count}">{num(g.count)}</td><td>{esc(states)}</td></tr>'
+        )
+    return (
+        '<section><h2>Why files were not stored</h2><div class="card">'
+        '<table class="sortable" id="failure-groups"><thead><tr><th>Status</th>'
+        '<th>Meaning and reasons</th><th class="n">Files</th><th>State</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
+def verification_section(data: ReportData) -> str:
+    v = data.verification
+    if v is None:
+        if not data.has_ledger:
+            return ""
+        return (
+            '<section id="verification"><h2>Verified against the PACS</h2><div class="card">'
+            f"<p>Not verified — run <code>migrator verify {esc(data.job)}</code> to ask the PACS "
+            "which stored files it holds (a success status alone does not prove it).</p>"
+            "</div></section>"
+        )
+    rows = [
+        ("When", local_time(v.checked_at)),
+        ("PACS", v.destination),
+        ("Method", v.method),
+        ("Stored per ledger", f"{num(v.stored)} files ({num(v.instances)} distinct instances)"),
+        ("Confirmed by PACS", f"{num(v.confirmed)} ({pct(v.confirmed, v.stored)})"),
+        ("Missing at PACS", num(v.missing)),
+        ("Unconfirmed", num(v.unconfirmed)),
+        (
+            "Studies",
+            f"{num(v.studies)}, {num(v.studies_mismatched)} with a different count, "
+            f"{num(v.studies_listed)} compared instance by instance",
+        ),
+    ]
+    if v.commitment:
+        rows.append(("Committed (storage commitment)", num(v.committed)))
+    if v.in_flight:
+        rows.append(("Not checked (in flight)", num(v.in_flight)))
+    summary = "".join(
+        f'<tr><th scope="row">{esc(k)}</th><td>{esc(val)}</td></tr>' for k, val in rows
+    )
+    outdated = (
+        f'<p class="state-failed">The ledger now says {num(v.stored_now or 0)} files are stored: '
+        f"run <code>migrator verify {esc(data.job)}</code> again.</p>"
+        if v.outdated
+        else ""
+    )
+    return (
+        '<section id="verification"><h2>Verified against the PACS</h2><div class="card">'
+        f'<table id="verification-summary"><tbody>{summary}</tbody></table>{outdated}'
+        f"{_pacs_files_table(v)}</div></section>"
+    )
+
+
+def _pacs_files_table(v: Verification) -> str:
+    files = v.files
+    if not files:
+        return '<p class="note">The PACS holds every stored file it was asked about.</p>'
+    shown = files[:MAX_PROBLEM_ROWS]
+    rows = "".join(
+        f'<tr class="state-{esc(f.state)}"><td class="uri mono">{esc(f.uri)}</td>'
+        f'<td class="mono">{esc(f.sop_instance_uid or "-")}</td>'
+        f"<td>{'missing' if f.state == MISSING_AT_PACS else 'unconfirmed'}</td>"
+        f"<td>{esc(f.reason)}</td></tr>"
+        for f in shown
+    )
+    more = len(files) - len(shown) + v.omitted
+    note = (
+        f'<p class="note">{num(more)} more files: see {esc(v.where_the_rest_are())}.</p>'
+        if more > 0
+        else ""
+    )
+    return (
+        f"<h3>Files the PACS lacks ({num(v.missing + v.unconfirmed)})</h3>"
+        '<table class="sortable" id="pacs-missing"><thead><tr><th>Source</th>'
+        "<th>SOP Instance UID</th><th>At the PACS</th><th>Reason</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>{note}"
+    )
+
+
+def _card(title: str, table: str) -> str:
+    return f'<div class="card"><h2>{esc(title)}</h2>{table}</div>'
+
+
+def status_table(data: ReportData) -> str:
+    rows = "".join(
+        f'<tr><td class="mono">{st.fmt(code)}</td><td>{esc(sc.meaning)}</td>'
+        f'<td>{esc(sc.category)}</td><td class="n" data-v="{sc.count}">{num(sc.count)}</td></tr>'
+        for code, sc in sorted(data.statuses.items())
+    )
+    if not rows:
+        rows = '<tr><td colspan="4">No DIMSE response was received.</td></tr>'
+    return _card(
+        "DICOM statuses received (last response per file)",
+        '<table class="sortable" id="statuses"><thead><tr><th>Status</th><th>Meaning</th>'
+        f'<th>Category</th><th class="n">Files</th></tr></thead><tbody>{rows}</tbody></table>',
+    )
+
+
+def uid_table(title: str, table_id: str, table: dict[str, ClassCount]) -> str:
+    rows = []
+    for c in count_rows(table):
+        s = c.states
+        rows.append(
+            f"<tr><td>{esc(uid_name(c.uid))}<br><code>{esc(c.uid or '-')}</code></td>"
+            f'<td class="n" data-v="{c.total}">{num(c.total)}</td>'
+            f'<td class="n" data-v="{s["stored"]}">{num(s["stored"])}</td>'
+            f'<td class="n" data-v="{s["failed"]}">{num(s["failed"])}</td>'
+            f'<td class="n" data-v="{s["skipped"] + s[IN_FLIGHT]}">'
+            f"{num(s['skipped'] + s[IN_FLIGHT])}</td>"
+            f'<td class="n" data-v="{c.bytes_stored}">{esc(human_bytes(c.bytes_stored))}</td></tr>'
+        )
+    if not rows:
+        rows.append('<tr><td colspan="6">None.</td></tr>')
+    return _card(
+        title,
+        f'<table class="sortable" id="{table_id}"><thead><tr><th>Name / UID</th>'
+        '<th class="n">Files</th><th class="n">Stored</th><th class="n">Failed</th>'
+        '<th class="n">Skipped / in flight</th><th class="n">Data stored</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>",
+    )
+
+
+def worker_table(data: ReportData) -> str:
+    rows = []
+    for w in sorted(data.workers.values(), key=lambda w: (-w.states["stored"], w.name)):
+        s = w.states
+        rows.append(
+            f'<tr><td class="mono">{esc(w.name)}</td>'
+            f'<td class="n" data-v="{s["stored"]}">{num(s["stored"])}</td>'
+            f'<td class="n" data-v="{s["failed"]}">{num(s["failed"])}</td>'
+            f'<td class="n" data-v="{s["skipped"]}">{num(s["skipped"])}</td>'
+            f'<td class="n" data-v="{w.bytes_stored}">{esc(human_bytes(w.bytes_stored))}</td>'
+            f'<td class="n">{pct(s["stored"], data.stored)}</td></tr>'
+        )
+    if not rows:
+        rows.append('<tr><td colspan="6">None.</td></tr>')
+    return _card(
+        "Workers",
+        '<table class="sortable" id="workers"><thead><tr><th>Worker</th>'
+        '<th class="n">Stored</th><th class="n">Failed</th><th class="n">Skipped</th>'
+        '<th class="n">Data</th><th class="n">Share</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>",
+    )
+
+
+def config_table(data: ReportData) -> str:
+    rows = "".join(
+        f'<tr><td class="mono">{esc(k)}</td><td class="mono">{esc(_plain(v))}</td></tr>'
+        for k, v in mask_secrets(data.settings).items()
+    )
+    if not rows:
+        rows = '<tr><td colspan="2">Not recorded.</td></tr>'
+    return _card(
+        "Configuration (secrets masked)",
+        f'<table id="config"><thead><tr><th>Setting</th><th>Value</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>",
+    )
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def problems_section(data: ReportData) -> str:
+    if not data.problems:
+        return ""
+    shown = data.problems[:MAX_PROBLEM_ROWS]
+    rows = "".join(
+        f'<tr class="state-{esc(p.state)}"><td class="uri mono">{esc(p.uri)}</td>'
+        f'<td class="mono">{esc(p.sop_instance_uid or "-")}</td><td>{esc(p.state)}</td>'
+        f'<td class="mono">{esc(p.status_text or "-")}</td><td>{esc(p.reason)}</td>'
+        f'<td class="n" data-v="{p.attempts}">{p.attempts}</td></tr>'
+        for p in shown
+    )
+    more = (
+        f'<p class="note">{num(len(data.problems) - len(shown))} more files are in the CSV '
+        "report (`migrator report JOB --format csv`).</p>"
+        if len(data.problems) > len(shown)
+        else ""
+    )
+    return (
+        f'<section><h2>Files not stored ({num(len(data.problems))})</h2><div class="card">'
+        '<input type="search" id="problem-filter" class="no-print" '
+        'placeholder="Filter by path, UID, status or reason">'
+        '<table class="sortable" id="problems"><thead><tr><th>Source</th>'
+        "<th>SOP Instance UID</th><th>State</th><th>Status</th><th>Reason</th>"
+        f'<th class="n">Attempts</th></tr></thead><tbody>{rows}</tbody></table>{more}'
+        "</div></section>"
+    )
