@@ -14,6 +14,7 @@ import os
 import queue
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,16 +23,14 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from migrator.errors import MigratorError
+from migrator.scp.guards import ConnectionGuard, peer
+
 log = logging.getLogger("migrator.scp")
 
 
-def peer(assoc: Association) -> str:
-    req = assoc.requestor
-    return f"{req.ae_title.strip() or '?'}@{req.address}:{req.port}"
-
-
 class ScpServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with two changes for hostile or broken peers.
+    """pynetdicom's threaded server, with these changes for hostile or broken peers.
 
     * Every accepted socket gets a timeout (``ScpConfig.io_timeout``). pynetdicom reads a
       whole PDU in blocking ``recv`` calls on a socket without one, and checks its timers
@@ -40,6 +39,9 @@ class ScpServer(ThreadedAssociationServer):
     * The TLS handshake runs in the connection's own thread. pynetdicom performs it in
       ``get_request``, i.e. in the one thread that accepts connections: a single client
       that connected and never spoke TLS blocked every later connection.
+    * Every connection is registered with the AE's ``ConnectionGuard`` at accept (which
+      may close it at once: too many pending from its address) and released when it ends.
+    * A request that fails is one log line, not socketserver's traceback on stderr.
     """
 
     ae: ScpAE
@@ -52,6 +54,11 @@ class ScpServer(ThreadedAssociationServer):
             client = self.ssl_context.wrap_socket(
                 client, server_side=True, do_handshake_on_connect=False
             )
+        if self.ae.guard is not None and self.ae.guard.accept(client, address) is None:
+            with contextlib.suppress(OSError):
+                client.close()
+            # socketserver drops a request whose get_request raised OSError
+            raise ConnectionRefusedError("closed at accept")
         return client, address
 
     def process_request_thread(
@@ -59,10 +66,18 @@ class ScpServer(ThreadedAssociationServer):
         request: socket.socket | tuple[bytes, socket.socket],
         client_address: tuple[str, int] | str,
     ) -> None:
+        guard = self.ae.guard
         if isinstance(request, ssl.SSLSocket):
             try:
                 request.do_handshake()
             except (OSError, ValueError) as exc:
+                expired = guard is not None and guard.expired(request)
+                if guard is not None:
+                    guard.close(sock=request)
+                if expired:  # the watchdog closed it, and said so
+                    with contextlib.suppress(OSError):
+                        request.close()
+                    return
                 self.ae.on_tls_failure(client_address, exc)
                 if _client_speaks_tls(exc):
                     _close_after_alert(request)
@@ -71,6 +86,24 @@ class ScpServer(ThreadedAssociationServer):
                         request.close()
                 return
         super().process_request_thread(request, client_address)
+
+    def handle_error(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
+        exc = sys.exc_info()[1]
+        where = (
+            f"{client_address[0]}:{client_address[1]}"
+            if isinstance(client_address, tuple)
+            else str(client_address)
+        )
+        if isinstance(exc, OSError):
+            log.warning("connection from %s dropped: %s", where, exc)
+        else:  # a bug of ours: the traceback is wanted
+            log.error("connection from %s: request handler failed", where, exc_info=True)
+        if self.ae.guard is not None and isinstance(request, socket.socket):
+            self.ae.guard.close(sock=request)
 
 
 #: How long a refused TLS client gets to read our alert and close first.
@@ -112,16 +145,27 @@ class ScpRequestHandler(RequestHandler):
     server: ScpServer
 
     def handle(self) -> None:
+        ae = self.server.ae
         assoc = self._create_association()
+        if ae.guard is not None and isinstance(self.request, socket.socket):
+            ae.guard.attach(self.request, assoc)
         guard_dimse_decoding(assoc)
-        bound_pdu_reads(assoc, self.server.ae.maximum_pdu_size)
+        guard_pdu_reads(assoc, ae.maximum_pdu_size, ae.io_timeout, ae.guard)
         run = assoc.run
+        request = self.request
 
         def run_then_clean_up() -> None:
             try:
                 run()
             finally:
-                self.server.ae.on_association_end(assoc)
+                try:
+                    ae.on_association_end(assoc)
+                finally:
+                    if ae.guard is not None:
+                        ae.guard.close(
+                            sock=request if isinstance(request, socket.socket) else None,
+                            assoc=assoc,
+                        )
 
         assoc.run = run_then_clean_up  # type: ignore[method-assign]
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
@@ -132,6 +176,8 @@ class ScpAE(AE):
     """An AE whose servers are ``ScpServer``s with ``ScpRequestHandler``s."""
 
     io_timeout: float = 60.0
+    #: Book-keeping and limits of connections (None: pynetdicom's own behaviour)
+    guard: ConnectionGuard | None = None
     #: Called with (peer address, exception) when a TLS handshake fails
     on_tls_failure: Callable[[Any, BaseException], None] = staticmethod(lambda a, e: None)
     #: Called with the association when its thread ends
@@ -149,37 +195,87 @@ class ScpAE(AE):
 _MIN_PDU_READ_LIMIT = 1024 * 1024
 
 
-def bound_pdu_reads(assoc: Association, max_pdu: int) -> None:
-    """Drop a peer that declares a PDU far larger than our maximum PDU length.
+#: PDU types of PS3.8 §9.3 (A-ASSOCIATE-RQ ... A-ABORT).
+_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+#: A-ABORT, source 2 (service provider), reason 1 (unrecognized PDU), PS3.8 §9.3.8.
+_ABORT_UNRECOGNIZED_PDU = bytes.fromhex("07000000000400000201")
 
-    pynetdicom reads a whole PDU into memory before looking at it, whatever length its
-    header declares: a peer declaring 4 GB and sending it would take 4 GB of RAM per
-    association. With a maximum PDU set (the default, 16 KiB), a PDU longer than
-    ``max(2 x max PDU, 1 MiB)`` is refused: the read returns nothing, which pynetdicom
-    treats as a connection closed mid-PDU (the association ends, A-P-ABORT). With
-    ``--max-pdu 0`` (unlimited) there is no bound.
+
+def guard_pdu_reads(
+    assoc: Association, max_pdu: int, io_timeout: float, guard: ConnectionGuard | None
+) -> None:
+    """Wrap the association's PDU reads: the first line of defence against a broken peer.
+
+    pynetdicom reads a PDU as a 6-byte header, then its body, in blocking ``recv`` calls
+    on the socket (timeout ``io_timeout``), and catches what goes wrong with a traceback
+    in the log. Here, for each read:
+
+    * a PDU type outside 1..7: the peer gets an A-ABORT (unrecognized PDU) and the
+      connection is shut down at once. pynetdicom logged it, sent an A-ABORT and then
+      waited for the peer to close (it read the unknown PDU's body as the next header and
+      stalled there): the slot stayed taken for ``io_timeout`` seconds, and the log got a
+      traceback;
+    * a PDU declared far larger than our maximum PDU length: dropped after its header.
+      pynetdicom reads a whole PDU into memory, whatever length it declares: a peer
+      declaring 4 GB and sending it would take 4 GB of RAM per association. With a maximum
+      PDU set (the default, 16 KiB), a PDU longer than ``max(2 x max PDU, 1 MiB)`` is
+      refused; with ``--max-pdu 0`` (unlimited) there is no bound;
+    * a read that fails (timeout in the middle of a PDU, connection reset): one warning
+      line, and the read returns what it has, which pynetdicom treats as a connection
+      closed (the association ends, A-P-ABORT), instead of an exception and its traceback.
+
+    A read that returns nothing is how pynetdicom learns that the connection is gone.
+    Nothing is logged twice for one connection (``guard.report``); a connection the
+    watchdog shut down was reported by it.
     """
-    if not max_pdu:
-        return
-    limit = max(2 * max_pdu, _MIN_PDU_READ_LIMIT)
     sock = assoc.dul.socket
     if sock is None:
         return
+    limit = max(2 * max_pdu, _MIN_PDU_READ_LIMIT) if max_pdu else None
     recv = sock.recv
+    expect_header = True
 
-    def bounded_recv(nr_bytes: int) -> bytearray:
-        if nr_bytes > limit:
-            log.warning(
-                "association from %s dropped: it announced a PDU of %d bytes (our maximum "
-                "PDU is %d)",
-                peer(assoc),
-                nr_bytes,
-                max_pdu,
-            )
+    def warn(message: str, *args: Any) -> None:
+        if guard is None or guard.report(assoc):
+            log.warning("association from %s dropped: " + message, peer(assoc), *args)
+
+    def guarded_recv(nr_bytes: int) -> bytearray:
+        nonlocal expect_header
+        header = expect_header
+        if not header and limit is not None and nr_bytes > limit:
+            expect_header = True
+            warn("it announced a PDU of %d bytes (our maximum PDU is %d)", nr_bytes, max_pdu)
             return bytearray()
-        return recv(nr_bytes)
+        try:
+            data = recv(nr_bytes)
+        except TimeoutError:
+            warn("no data for %g s in the middle of a PDU (--io-timeout)", io_timeout)
+            return bytearray()
+        except OSError as exc:
+            warn("%s", exc.strerror or exc)
+            return bytearray()
+        if not header:
+            expect_header = True
+        elif len(data) == 6:
+            if data[0] not in _KNOWN_PDU_TYPES:
+                warn("unknown PDU type 0x%02X (answered A-ABORT, unrecognized PDU)", data[0])
+                _abort_now(sock)
+                return bytearray()
+            expect_header = False
+        return data
 
-    sock.recv = bounded_recv  # type: ignore[method-assign]
+    sock.recv = guarded_recv  # type: ignore[method-assign]
+
+
+def _abort_now(sock: Any) -> None:
+    """Send an A-ABORT (unrecognized PDU) and shut the connection down."""
+    raw = getattr(sock, "socket", None)
+    if raw is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        raw.sendall(_ABORT_UNRECOGNIZED_PDU)
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(raw, socket.SHUT_RDWR)
 
 
 def guard_dimse_decoding(assoc: Association) -> None:
@@ -245,6 +341,10 @@ def discard_spooled(assoc: Association) -> None:
         except queue.Empty:
             break
         remove_spool(primitive)
+
+
+class ListenError(MigratorError):
+    """The receiver could not listen on the requested address and port."""
 
 
 def listen_message(host: str, port: int, exc: OSError) -> str:

@@ -35,10 +35,25 @@ from migrator.dicomfile import inspect_file
 from migrator.dul.dimse import VERIFICATION_SOP_CLASS
 from migrator.dul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from migrator.dul.tls import TlsSettings, handshake_failure
-from migrator.errors import MigratorError, SourceError
+from migrator.errors import SourceError
 from migrator.netutil import patch_pynetdicom_nodelay
 from migrator.scp.faults import Action, FaultInjector, FaultPlan
-from migrator.scp.network import ScpAE, discard_spooled, listen_message, peer, remove_spool
+from migrator.scp.guards import (
+    PYNETDICOM_PEER_LOGGERS,
+    ConnectionGuard,
+    GuardLimits,
+    PeerErrorFilter,
+    default_per_address,
+    peer,
+    pending_per_address,
+)
+from migrator.scp.network import (
+    ListenError,
+    ScpAE,
+    discard_spooled,
+    listen_message,
+    remove_spool,
+)
 from migrator.scp.stats import ScpStats
 from migrator.scp.storage import (
     UnsafeUIDError,
@@ -54,6 +69,8 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_OUT_OF_RESOURCES = 0xA700
 #: How long a stopping receiver lets aborted associations' handlers finish their write.
 _STOP_JOIN_SECONDS = 2.0
+#: pynetdicom's own association limit, left to the guard.
+_UNLIMITED = 1_000_000
 
 # PS3.8 §9.3.3.2 presentation context results, for the log.
 _CONTEXT_RESULTS = {
@@ -62,10 +79,6 @@ _CONTEXT_RESULTS = {
     3: "abstract syntax not supported",
     4: "transfer syntaxes not supported",
 }
-
-
-class ListenError(MigratorError):
-    """The receiver could not listen on the requested address and port."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +98,20 @@ class ScpConfig:
     #: DICOM TLS only (None: plain TCP); with ``tls.ca`` client certificates are required
     tls: TlsSettings | None = None
     #: Seconds a peer may stall in the middle of a PDU (or a TLS handshake) before the
-    #: connection is dropped; idle associations are pynetdicom's business (network timeout).
+    #: connection is dropped.
     io_timeout: float = 60.0
+    #: Seconds from accept to a complete A-ASSOCIATE-RQ (TLS handshake included).
+    handshake_timeout: float = 5.0
+    #: Seconds an established association may stay without a PDU from the peer.
+    idle_timeout: float = 30.0
+    #: Associations one address may hold (None: ``default_per_address(max_conns)``).
+    max_conns_per_address: int | None = None
+
+    @property
+    def per_address(self) -> int:
+        if self.max_conns_per_address is None:
+            return default_per_address(self.max_conns)
+        return min(self.max_conns_per_address, self.max_conns)
 
 
 def sop_name(uid: str) -> str:
@@ -104,21 +129,38 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         # Built now: unusable TLS files are a ConfigError before anything listens.
         self._ssl_context = cfg_tls.server_context() if (cfg_tls := config.tls) else None
+        self.guard = ConnectionGuard(
+            GuardLimits(
+                max_associations=config.max_conns,
+                per_address=config.per_address,
+                handshake_timeout=config.handshake_timeout,
+                pending_per_address=pending_per_address(config.max_conns),
+            )
+        )
+        self._peer_errors = PeerErrorFilter(self.guard)
         self._ae = self._build_ae()
 
     def _build_ae(self) -> AE:
         cfg = self.config
         ae = ScpAE(ae_title=cfg.ae_title)
         ae.io_timeout = cfg.io_timeout
+        ae.guard = self.guard
+        # An acceptor's ACSE timeout: the time to send the A-ASSOCIATE-RQ (ARTIM; the
+        # guard's watchdog also ends a stalled one), and to close after an A-ABORT/-RJ.
+        ae.acse_timeout = cfg.handshake_timeout
+        # The idle timer: an established association without a PDU for this long is
+        # aborted (A-ABORT); _on_aborted says so.
+        ae.network_timeout = cfg.idle_timeout
         ae.on_tls_failure = self._on_tls_failure
         ae.on_association_end = discard_spooled
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION
         ae.maximum_pdu_size = cfg.max_pdu
         # pynetdicom rejects an association when more than this many acceptors are
-        # active: A-ASSOCIATE-RJ (2, 3, 2) = transient, presentation layer, local limit
-        # exceeded; the rejection is logged by _on_rejected.
-        ae.maximum_associations = cfg.max_conns
+        # active, counting connections that have not asked for one yet: silent ones
+        # would take every slot. The guard counts only associations that were asked for
+        # (--max-conns, --max-conns-per-address) and rejects in _on_requested.
+        ae.maximum_associations = _UNLIMITED
         # A called AE title mismatch is accepted, as most test receivers do (storescp).
         ae.require_called_aet = False
         if cfg.accept_echo:
@@ -167,6 +209,9 @@ class StorageSCP:
             raise ListenError(listen_message(cfg.bind, cfg.port, exc)) from exc
         assert server is not None  # block=False always returns the server
         self._server = server
+        self.guard.start()
+        for name in PYNETDICOM_PEER_LOGGERS:
+            logging.getLogger(name).addFilter(self._peer_errors)
         host, port = server.server_address[:2]
         return str(host), int(port)
 
@@ -181,6 +226,13 @@ class StorageSCP:
             cfg.max_conns,
             cfg.max_pdu,
             ", ".join(sop_name(u) for u in cfg.sop_classes) or "all storage",
+        )
+        log.info(
+            "limits: %d associations per address, association request within %g s of "
+            "connecting, idle associations closed after %g s",
+            cfg.per_address,
+            cfg.handshake_timeout,
+            cfg.idle_timeout,
         )
         if cfg.tls is not None:
             log.info(
@@ -207,6 +259,9 @@ class StorageSCP:
             return
         server, self._server = self._server, None
         server.shutdown()
+        self.guard.stop()
+        for name in PYNETDICOM_PEER_LOGGERS:
+            logging.getLogger(name).removeFilter(self._peer_errors)
         active = list(server.active_associations)
         if active:
             log.warning("aborting %d active association(s)", len(active))
@@ -217,7 +272,12 @@ class StorageSCP:
                 assoc.join(max(0.0, deadline - time.monotonic()))
 
     def summary_lines(self) -> list[str]:
-        return self.stats.summary_lines()
+        return [
+            *self.stats.summary_lines(),
+            f"Connections closed without an association request: {self.guard.expired_count} "
+            f"(--handshake-timeout), {self.guard.closed_at_accept} at once (too many "
+            "waiting from one address)",
+        ]
 
     # -- association events -------------------------------------------------------------
 
@@ -240,6 +300,7 @@ class StorageSCP:
 
     def _on_requested(self, event: evt.Event) -> None:
         if not self.config.faults.refuse:
+            self._admit(event.assoc)
             return
         self.stats.association_rejected()
         log.info(
@@ -253,6 +314,21 @@ class StorageSCP:
         # out: closing the socket at once would make the peer see an abort instead.
         event.assoc.acse.send_reject(0x01, 0x01, 0x01)
         event.assoc.kill()
+
+    def _admit(self, assoc: Association) -> None:
+        """Take a slot for the association, or reject it: A-ASSOCIATE-RJ (2, 3, 2) =
+        transient, presentation layer, local limit exceeded."""
+        why = self.guard.admit(assoc)
+        if why is None:
+            return
+        if why == "expired":  # the watchdog shut it down, and said so
+            assoc.kill()
+            return
+        self.stats.association_rejected()
+        log.warning("rejected association from %s: %s", peer(assoc), why)
+        # As for --refuse: kill() waits until the peer has read the rejection and closed.
+        assoc.acse.send_reject(0x02, 0x03, 0x02)
+        assoc.kill()
 
     def _on_established(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -275,29 +351,29 @@ class StorageSCP:
             )
 
     def _on_rejected(self, event: evt.Event) -> None:
+        # pynetdicom's own rejections (the association limits are the guard's: _admit)
         self.stats.association_rejected()
         rj = event.assoc.acceptor.primitive
-        result = getattr(rj, "result", None)
-        source = getattr(rj, "result_source", None)
-        reason = getattr(rj, "diagnostic", None)
-        if (result, source, reason) == (2, 3, 2):
-            log.warning(
-                "rejected association from %s: transient, local limit exceeded "
-                "(--max-conns %d associations already active)",
-                peer(event.assoc),
-                self.config.max_conns,
-            )
-        else:
-            log.warning(
-                "rejected association from %s: result %s, source %s, reason %s",
-                peer(event.assoc),
-                result,
-                source,
-                reason,
-            )
+        log.warning(
+            "rejected association from %s: result %s, source %s, reason %s",
+            peer(event.assoc),
+            getattr(rj, "result", None),
+            getattr(rj, "result_source", None),
+            getattr(rj, "diagnostic", None),
+        )
 
     def _on_aborted(self, event: evt.Event) -> None:
-        log.info("association from %s aborted", peer(event.assoc))
+        assoc = event.assoc
+        # Our own abort on the idle timer (a peer's A-ABORT restarts that timer first).
+        if assoc.requestor.primitive is not None and assoc.dul.idle_timer_expired():
+            if self.guard.report(assoc):
+                log.warning(
+                    "association from %s aborted: no PDU for %g s (--idle-timeout)",
+                    peer(assoc),
+                    self.config.idle_timeout,
+                )
+            return
+        log.info("association from %s aborted", peer(assoc))
 
     # -- DIMSE services -----------------------------------------------------------------
 
@@ -349,6 +425,9 @@ class StorageSCP:
         finally:
             if self.config.faults.response_delay > 0 and decision.action is not Action.ABORT:
                 time.sleep(self.config.faults.response_delay)
+            # The peer is waiting for our answer, not idle: the time spent here (a slow
+            # disk, --response-delay) does not count towards --idle-timeout.
+            assoc.dul._idle_timer.restart()
 
     def _store(self, event: evt.Event, sop_class: str, number: int, started: float) -> int:
         who = peer(event.assoc)
@@ -397,7 +476,7 @@ class StorageSCP:
         log.info(
             "C-STORE #%d from %s: %s stored as %s%s (%.1f MB, %s, %.1f ms)",
             number,
-            peer,
+            who,
             name,
             rel,
             " (replaced an existing file)" if replaced else "",
