@@ -326,9 +326,10 @@ _PASS = "\0pass"
 class PeerErrorFilter(logging.Filter):
     """One WARNING line naming the peer instead of pynetdicom's ERROR lines and traceback.
 
-    Attached to pynetdicom's loggers of PDU and DIMSE decoding (``PYNETDICOM_PEER_LOGGERS``). It acts only on records
-    logged from an association accepted through ``guard`` (its own thread or its DUL's), at
-    ERROR or above: lower levels (``-vv``) and other associations pass untouched. The first
+    Attached to pynetdicom's loggers of PDU and DIMSE decoding (``PYNETDICOM_PEER_LOGGERS``).
+    It acts only on records logged from an association accepted through ``guard`` (its own
+    thread or its DUL's), at ERROR or above: lower levels (``-vv``) and other associations
+    pass untouched. The first
     such record of a connection becomes the warning (an error message followed by its
     exception record is merged into one line); later ones, and all of a connection that was
     reported already (by the watchdog or by our PDU reads), are dropped.
