@@ -13,6 +13,7 @@ import redis
 
 from migrator.commands.common import (
     DURATION,
+    REDIS_URL_SECRET_HINT,
     fail_config,
     opt,
     report_option,
@@ -188,7 +189,8 @@ def _redis_option(required: bool) -> Callable[[F], F]:
             if required
             else " Without it, an embedded Redis and --workers local worker "
             "processes are started and stopped."
-        ),
+        )
+        + REDIS_URL_SECRET_HINT,
     )
 
 
