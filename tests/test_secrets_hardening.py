@@ -421,10 +421,16 @@ def test_a_wider_state_directory_of_ours_is_tightened_with_a_warning(tmp_path: P
         state.chmod(0o755)
         for path in state.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
+        # Not a state file: a --state-dir that holds other things leaves them alone.
+        (state / "notes.txt").write_text("mine")
+        (state / "notes.txt").chmod(0o644)
         code, out = run_embedded(scp, source, state)
     assert code == 0, out
     assert f"state directory {state} was open to other users (mode 0755): changed to 0700" in out
-    for name, mode in modes(state).items():
+    found = modes(state)
+    assert found.pop("notes.txt") == 0o644
+    assert any("appendonly" in name for name in found), found
+    for name, mode in found.items():
         path = state / name
         assert mode == (0o700 if path.is_dir() else 0o600), (name, oct(mode))
 
