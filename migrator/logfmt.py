@@ -22,6 +22,8 @@ import sys
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from migrator.proctitle import mask
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -62,20 +64,26 @@ SECRET_ENV = (
 SECRET_URL_ENV = ("MIGRATOR_REDIS_URL", "MIGRATOR_S3_ENDPOINT", "MIGRATOR_FLOWER_BASIC_AUTH")
 MASK = "***"
 
+#: (words that must be in the lowercased text for the pattern to apply, pattern): the
+#: words are a cheap test that spares most lines every regular expression.
 _PATTERNS = [
     # Authorization header, as botocore prints it ('Authorization': b'AWS4-HMAC-SHA256 ...')
     # or as a header line (Authorization: ...).
-    re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*b?['\"])[^'\"]*"),
-    re.compile(r"(?im)(authorization:\s*)[^\s'\"].*$"),
+    (("authorization",), re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*b?['\"])[^'\"]*")),
+    (("authorization",), re.compile(r"(?im)(authorization:\s*)[^\s'\"].*$")),
     # Presigned URLs, headers and signing steps: X-Amz-Credential=..., x-amz-security-token:
-    re.compile(
-        r"(?i)(x-amz-(?:security-token|credential|signature)['\"]?\s*[:=]\s*b?['\"]?)"
-        r"[^'\"&\s,]+"
+    (
+        ("x-amz-",),
+        re.compile(
+            r"(?i)(x-amz-(?:security-token|credential|signature)['\"]?\s*[:=]\s*b?['\"]?)"
+            r"[^'\"&\s,]+"
+        ),
     ),
-    re.compile(r"(?i)\b((?:credential|signature)=)[^,\s&'\"]+"),
-    # AWS access key ids (AKIA... long-term, ASIA... temporary, and the other prefixes).
-    re.compile(r"\b((?:AKIA|ASIA|AIDA|AROA|AIPA|ANPA|ANVA|AGPA|A3T[A-Z0-9]))[A-Z0-9]{16}\b"),
+    (("credential=", "signature="), re.compile(r"(?i)\b((?:credential|signature)=)[^,\s&'\"]+")),
 ]
+#: AWS access key ids (AKIA... long-term, ASIA... temporary, and the other prefixes).
+_KEY_ID_HINT = re.compile(r"A(?:KIA|SIA|IDA|ROA|IPA|NPA|NVA|GPA|3T)")
+_KEY_ID = re.compile(r"\b((?:AKIA|ASIA|AIDA|AROA|AIPA|ANPA|ANVA|AGPA|A3T[A-Z0-9]))[A-Z0-9]{16}\b")
 
 
 class RedactSecrets(logging.Filter):
@@ -91,13 +99,15 @@ class RedactSecrets(logging.Filter):
         self._values = sorted((v for v in values if len(v) >= 6), key=len, reverse=True)
 
     def redact(self, text: str) -> str:
-        from migrator.proctitle import mask
-
         for value in self._values:
             if value in text:
                 text = text.replace(value, MASK)
-        for pattern in _PATTERNS:
-            text = pattern.sub(rf"\1{MASK}", text)
+        lowered = text.lower()
+        for words, pattern in _PATTERNS:
+            if any(word in lowered for word in words):
+                text = pattern.sub(rf"\1{MASK}", text)
+        if _KEY_ID_HINT.search(text):
+            text = _KEY_ID.sub(rf"\1{MASK}", text)
         return mask(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -105,9 +115,8 @@ class RedactSecrets(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string: logging reports it itself
             return True
-        clean = self.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
+        # Formatted once: the formatter's getMessage() then has nothing left to do.
+        record.msg, record.args = self.redact(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
         return True

@@ -46,7 +46,7 @@ def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
 
 def mask(text: str) -> str:
     """``text`` with every URL password replaced by ``***``."""
-    if "@" in text:
+    if "@" in text and "://" in text:
         text = _patterns()[0].sub(rf"\g<scheme>\g<user>:{MASK}@", text)
     if "=" in text:
         text = _patterns()[1].sub(rf"\g<key>{MASK}", text)
