@@ -68,3 +68,8 @@ def main() -> None:
     Every option can also be set with a MIGRATOR_* environment variable (see each
     command's --help).
     """
+    # Before the command runs: a password given on the command line (--redis-url) is
+    # masked in this process's title (ps, /proc/PID/cmdline).
+    from migrator.proctitle import hide_secrets
+
+    hide_secrets()

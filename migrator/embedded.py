@@ -353,7 +353,9 @@ class EmbeddedRedis:
 
     def _lock_data_dir(self, data_dir: Path) -> None:
         """Two redis-servers appending to one AOF corrupt it: one run per ``data_dir``."""
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from migrator.statedir import prepare  # 0700 (tightened with a warning), files 0600
+
+        prepare(data_dir)
         fd = os.open(data_dir / "migrator.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -400,6 +402,7 @@ class EmbeddedRedis:
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
                 start_new_session=True,
+                umask=0o077,  # its AOF files 0600 (migrator.statedir)
                 # The server shares the lock: it is released only when both of us are gone, so
                 # a server still flushing its AOF after we were SIGKILLed keeps the next run out.
                 pass_fds=() if self._lock_fd is None else (self._lock_fd,),

@@ -184,6 +184,7 @@ def assert_healthy(target: Target, before: dict[str, tuple[int, int, int]]) -> N
     log = scp.log_text()
     assert "handler error" not in log  # a bug in our C-STORE handler
     assert "Exception in thread" not in log  # a dead pynetdicom thread
+    assert "Traceback" not in log  # a broken peer is one warning line
 
 
 def echo(scp: RunningScp) -> None:
@@ -354,16 +355,22 @@ def test_malformed_pdu_inside_an_association(alive: Target, name: str) -> None:
 
 
 def test_peers_that_stall_mid_pdu_are_dropped(alive: Target) -> None:
-    """As many stalled peers as --max-conns lock everyone out, until --io-timeout drops
-    them (pynetdicom alone would wait for them forever: it reads a PDU in blocking recv
-    calls and checks its timers only between PDUs)."""
+    """As many associations stalled mid-PDU as --max-conns lock everyone out, until
+    --io-timeout drops them (pynetdicom alone would wait for them forever: it reads a PDU
+    in blocking recv calls and checks its timers only between PDUs). Connections stalled
+    in the middle of their A-ASSOCIATE-RQ take no slot: they never asked for one."""
     scp = alive.scp
-    stalled = [associated(scp)]
+    stalled = []
     try:
-        stalled[0].sendall(pdata(1, 0x03, c_echo_rq(1))[:9])  # half a P-DATA
         for chunk in (b"\x01\x00\x00", pdu(0x01, b"\x00\x01", 500)):
             sock = socket.create_connection((scp.host, scp.port), timeout=5)
             sock.sendall(chunk)
+            stalled.append(sock)
+        time.sleep(0.2)
+        echo(scp)  # the two half requests hold nothing
+        for _ in range(3):  # --max-conns 3
+            sock = associated(scp)
+            sock.sendall(pdata(1, 0x03, c_echo_rq(1))[:9])  # half a P-DATA
             stalled.append(sock)
         time.sleep(0.2)
         with pytest.raises(AssociationRejected, match="local limit exceeded"):
@@ -373,6 +380,7 @@ def test_peers_that_stall_mid_pdu_are_dropped(alive: Target) -> None:
     finally:
         for sock in stalled:
             sock.close()
+    scp.wait_for_log(r"dropped: no data for 1 s in the middle of a PDU \(--io-timeout\)")
 
 
 @pytest.mark.parametrize("associate_first", [False, True])

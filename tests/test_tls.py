@@ -394,6 +394,29 @@ def test_a_stalled_tls_handshake_does_not_block_other_clients(tmp_path: Path, pk
                 s.close()
 
 
+def test_a_silent_tls_client_is_closed_after_the_handshake_timeout(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """--handshake-timeout covers the TLS handshake: a client that connects and never
+    says hello is closed after it, with one line (not also a "TLS handshake failed")."""
+    args = ["--tls", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+    with start_migrator_scp(tmp_path, *args, "--handshake-timeout", "1") as scp:
+        with socket.create_connection((scp.host, scp.port)) as silent:
+            t0 = time.monotonic()
+            silent.settimeout(10)
+            with contextlib.suppress(OSError):
+                while silent.recv(4096):
+                    pass
+            closed = time.monotonic() - t0
+        assert 0.8 < closed < 3, closed
+        _echo_over_tls(scp, pki)  # and the receiver serves TLS as before
+        scp.wait_for_log(r"no association request within 1 s \(--handshake-timeout\)")
+        scp.stop()
+    log = scp.log_text()
+    assert "TLS handshake with" not in log, log
+    assert "Traceback" not in log, log
+
+
 # -- migrator echo -> scp ----------------------------------------------------------------
 
 

@@ -22,6 +22,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Our default calling AE title (what the PACS sees as the sender) unless --calling-ae.
 DEFAULT_CALLING_AE = "MIGRATOR"
+#: The end of every --redis-url help (the process title masks it, but not at once, nor in
+#: the shell's history: migrator.proctitle).
+REDIS_URL_SECRET_HINT = (
+    " With a password, set MIGRATOR_REDIS_URL instead: a command line is visible to "
+    "every user of the machine (ps) and kept in the shell's history."
+)
 
 
 def opt(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:

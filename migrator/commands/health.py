@@ -6,7 +6,7 @@ import time
 
 import click
 
-from migrator.commands.common import fail_config, opt
+from migrator.commands.common import REDIS_URL_SECRET_HINT, fail_config, opt
 from migrator.exitcodes import ExitStatus
 
 HELP_EPILOG = (
@@ -22,7 +22,7 @@ HELP_EPILOG = (
     "redis_url",
     env="REDIS_URL",
     required=True,
-    help="The workers' Redis (redis://host:6379/0).",
+    help="The workers' Redis (redis://host:6379/0)." + REDIS_URL_SECRET_HINT,
 )
 @opt(
     "--worker",

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from migrator.commands.common import fail_config, opt
+from migrator.commands.common import REDIS_URL_SECRET_HINT, fail_config, opt
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.units import human_bytes
@@ -25,7 +25,7 @@ def redis_option(func: F) -> F:
         "redis_url",
         env="REDIS_URL",
         required=True,
-        help="The Redis the job runs on (redis://host:6379/0).",
+        help="The Redis the job runs on (redis://host:6379/0)." + REDIS_URL_SECRET_HINT,
     )(func)
 
 

@@ -13,6 +13,7 @@ import redis
 
 from migrator.commands.common import (
     DURATION,
+    REDIS_URL_SECRET_HINT,
     fail_config,
     opt,
     report_option,
@@ -172,7 +173,8 @@ def _redis_option(required: bool) -> Callable[[F], F]:
             if required
             else " Without it, an embedded Redis and --workers local worker "
             "processes are started and stopped."
-        ),
+        )
+        + REDIS_URL_SECRET_HINT,
     )
 
 

@@ -12,11 +12,19 @@ from typing import Any, NoReturn
 
 import click
 
-from migrator.commands.common import AE, opt, receiver_tls_options, setup_logging, tls_settings
+from migrator.commands.common import (
+    AE,
+    DURATION,
+    opt,
+    receiver_tls_options,
+    setup_logging,
+    tls_settings,
+)
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.scp.faults import FaultPlan
-from migrator.scp.server import ListenError, ScpConfig, StorageSCP
+from migrator.scp.network import ListenError
+from migrator.scp.server import ScpConfig, StorageSCP
 from migrator.scp.storage import check_output_dir
 from migrator.validation import is_valid_uid
 
@@ -106,7 +114,37 @@ def resolve_sop_class(text: str) -> str:
     default=10,
     show_default=True,
     help="Simultaneous associations; one more is rejected with A-ASSOCIATE-RJ "
-    "(2 transient, 3 presentation layer, 2 local limit exceeded).",
+    "(2 transient, 3 presentation layer, 2 local limit exceeded). Connections that have "
+    "not asked for an association yet take no slot (see --handshake-timeout).",
+)
+@opt(
+    "--max-conns-per-address",
+    env="SCP_MAX_CONNS_PER_ADDRESS",
+    type=click.IntRange(1, 10000),
+    default=None,
+    metavar="N",
+    help="Associations one IP address may hold; one more is rejected as --max-conns "
+    "does. Default: --max-conns minus a fifth of it (8 of 10; up to 4: all), so one "
+    "sender cannot lock the others out.",
+)
+@opt(
+    "--handshake-timeout",
+    env="SCP_HANDSHAKE_TIMEOUT",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="A connection must send its whole A-ASSOCIATE-RQ (TLS handshake included) "
+    "within this time of connecting, or it is closed. At most max(16, 2 x --max-conns) "
+    "such connections per address wait at a time; more are closed at once.",
+)
+@opt(
+    "--idle-timeout",
+    env="SCP_IDLE_TIMEOUT",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="An association that sends nothing for this long is aborted (A-ABORT). Time "
+    "spent storing an instance does not count.",
 )
 @opt(
     "--accept-echo/--no-accept-echo",
@@ -229,6 +267,9 @@ def scp_command(
     tls_ca: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    max_conns_per_address: int | None,
+    handshake_timeout: float,
+    idle_timeout: float,
     stats_interval: float,
     io_timeout: float,
     verbose: int,
@@ -243,6 +284,12 @@ def scp_command(
     SOP class, path; never patient data), statistics every 30 s, and a summary on
     SIGTERM or Ctrl-C (associations still open then are aborted). Once listening it
     prints, for scripts: "migrator scp: listening on HOST:PORT as AE TITLE (pid N)".
+
+    Peers that hold slots without sending are cut off: a connection has --handshake-timeout
+    (5 s) to ask for an association and takes no --max-conns slot until it does, one
+    address holds at most --max-conns-per-address of them, an association silent for
+    --idle-timeout (30 s) is aborted, and an unknown PDU type is answered with A-ABORT at
+    once. A broken peer is one warning line in the log (no traceback).
 
     With --tls it accepts DICOM TLS only (TLS 1.2+), with --tls-cert/--tls-key as its
     certificate; with --tls-ca too, every sender must present a client certificate signed
@@ -260,6 +307,8 @@ def scp_command(
       migrator scp 0 --bind 127.0.0.1 --sop-class CTImageStorage
       MIGRATOR_SCP_AET=TESTPACS migrator scp 11113
       migrator scp 2762 --tls --tls-cert scp.pem --tls-key scp.key --tls-ca clients-ca.pem
+      migrator scp 104 --max-conns 40 --max-conns-per-address 8 --idle-timeout 2m
+      MIGRATOR_SCP_HANDSHAKE_TIMEOUT=2s MIGRATOR_SCP_IDLE_TIMEOUT=10s migrator scp
 
     \b
     Testing features (fault injection; the misbehaving PACS for sender tests):
@@ -285,6 +334,12 @@ def scp_command(
     )
     tls_config = tls_settings(tls, tls_ca, tls_cert, tls_key, receiver=True)
     try:
+        for name, seconds in (
+            ("--handshake-timeout", handshake_timeout),
+            ("--idle-timeout", idle_timeout),
+        ):
+            if seconds <= 0:
+                raise ConfigError(f"{name} must be more than 0 seconds")
         plan.validate()
         uids = tuple(resolve_sop_class(s) for s in sop_classes)
         out = check_output_dir(output_dir)
@@ -304,6 +359,9 @@ def scp_command(
         stats_interval=stats_interval,
         tls=tls_config,
         io_timeout=io_timeout,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+        max_conns_per_address=max_conns_per_address,
     )
     try:
         scp = StorageSCP(config)  # loads the TLS certificate and key

@@ -19,15 +19,9 @@ Statuses answered by the receiver itself (fault injection aside, see ``faults``)
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import queue
-import socket
-import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +29,31 @@ from typing import Any
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 from migrator.dicomfile import inspect_file
 from migrator.dul.dimse import VERIFICATION_SOP_CLASS
 from migrator.dul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from migrator.dul.tls import TlsSettings, handshake_failure
-from migrator.errors import MigratorError, SourceError
+from migrator.errors import SourceError
 from migrator.netutil import patch_pynetdicom_nodelay
 from migrator.scp.faults import Action, FaultInjector, FaultPlan
+from migrator.scp.guards import (
+    PYNETDICOM_PEER_LOGGERS,
+    ConnectionGuard,
+    GuardLimits,
+    PeerErrorFilter,
+    default_per_address,
+    peer,
+    pending_per_address,
+)
+from migrator.scp.network import (
+    ListenError,
+    ScpAE,
+    discard_spooled,
+    listen_message,
+    remove_spool,
+)
 from migrator.scp.stats import ScpStats
 from migrator.scp.storage import (
     UnsafeUIDError,
@@ -59,6 +69,8 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_OUT_OF_RESOURCES = 0xA700
 #: How long a stopping receiver lets aborted associations' handlers finish their write.
 _STOP_JOIN_SECONDS = 2.0
+#: pynetdicom's own association limit, left to the guard.
+_UNLIMITED = 1_000_000
 
 # PS3.8 §9.3.3.2 presentation context results, for the log.
 _CONTEXT_RESULTS = {
@@ -67,10 +79,6 @@ _CONTEXT_RESULTS = {
     3: "abstract syntax not supported",
     4: "transfer syntaxes not supported",
 }
-
-
-class ListenError(MigratorError):
-    """The receiver could not listen on the requested address and port."""
 
 
 @dataclass(frozen=True)
@@ -90,131 +98,25 @@ class ScpConfig:
     #: DICOM TLS only (None: plain TCP); with ``tls.ca`` client certificates are required
     tls: TlsSettings | None = None
     #: Seconds a peer may stall in the middle of a PDU (or a TLS handshake) before the
-    #: connection is dropped; idle associations are pynetdicom's business (network timeout).
+    #: connection is dropped.
     io_timeout: float = 60.0
+    #: Seconds from accept to a complete A-ASSOCIATE-RQ (TLS handshake included).
+    handshake_timeout: float = 5.0
+    #: Seconds an established association may stay without a PDU from the peer.
+    idle_timeout: float = 30.0
+    #: Associations one address may hold (None: ``default_per_address(max_conns)``).
+    max_conns_per_address: int | None = None
+
+    @property
+    def per_address(self) -> int:
+        if self.max_conns_per_address is None:
+            return default_per_address(self.max_conns)
+        return min(self.max_conns_per_address, self.max_conns)
 
 
 def sop_name(uid: str) -> str:
     """``CT Image Storage`` for a known UID, the UID itself otherwise."""
     return UID(uid).name if uid else "(no SOP class)"
-
-
-def _peer(assoc: Association) -> str:
-    req = assoc.requestor
-    return f"{req.ae_title.strip() or '?'}@{req.address}:{req.port}"
-
-
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with two changes for hostile or broken peers.
-
-    * Every accepted socket gets a timeout (``ScpConfig.io_timeout``). pynetdicom reads a
-      whole PDU in blocking ``recv`` calls on a socket without one, and checks its timers
-      only between PDUs: a peer that stops in the middle of a PDU held the association
-      thread (and a ``--max-conns`` slot) forever.
-    * The TLS handshake runs in the connection's own thread. pynetdicom performs it in
-      ``get_request``, i.e. in the one thread that accepts connections: a single client
-      that connected and never spoke TLS blocked every later connection.
-    """
-
-    ae: _ScpAE
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        client.settimeout(self.ae.io_timeout)
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(
-                client, server_side=True, do_handshake_on_connect=False
-            )
-        return client, address
-
-    def process_request_thread(
-        self,
-        request: socket.socket | tuple[bytes, socket.socket],
-        client_address: tuple[str, int] | str,
-    ) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.do_handshake()
-            except (OSError, ValueError) as exc:
-                self.ae.on_tls_failure(client_address, exc)
-                if _client_speaks_tls(exc):
-                    _close_after_alert(request)
-                else:
-                    with contextlib.suppress(OSError):
-                        request.close()
-                return
-        super().process_request_thread(request, client_address)
-
-
-#: How long a refused TLS client gets to read our alert and close first.
-_ALERT_LINGER = 2.0
-
-
-def _client_speaks_tls(exc: BaseException) -> bool:
-    """False when the handshake failed because the client sent no TLS at all."""
-    reason = str(getattr(exc, "reason", "") or "").upper()
-    return reason not in {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"}
-
-
-def _close_after_alert(request: ssl.SSLSocket) -> None:
-    """Close a connection whose TLS handshake failed so that the client reads why.
-
-    OpenSSL has sent the alert (certificate required, unknown CA...). With TLS 1.3 the
-    client believes the handshake done and has already sent its A-ASSOCIATE-RQ: closing
-    with those bytes unread would send a TCP reset, which can destroy the alert before
-    the client reads it (it then only sees a connection reset). So read and drop what it
-    sends until it closes, for ``_ALERT_LINGER`` seconds at most, then close.
-    """
-    try:
-        raw = socket.socket(fileno=request.detach())
-    except OSError:
-        return
-    with raw:
-        deadline = time.monotonic() + _ALERT_LINGER
-        with contextlib.suppress(OSError):
-            while (left := deadline - time.monotonic()) > 0:
-                raw.settimeout(left)
-                if not raw.recv(65536):
-                    break
-
-
-class _RequestHandler(RequestHandler):
-    """pynetdicom's handler (``handle`` as in pynetdicom 3.0), plus a last word for each
-    association, run by its own thread once everything else in it has stopped."""
-
-    server: _Server
-
-    def handle(self) -> None:
-        assoc = self._create_association()
-        _guard_dimse_decoding(assoc)
-        _bound_pdu_reads(assoc, self.server.ae.maximum_pdu_size)
-        run = assoc.run
-
-        def run_then_clean_up() -> None:
-            try:
-                run()
-            finally:
-                self.server.ae.on_association_end(assoc)
-
-        assoc.run = run_then_clean_up  # type: ignore[method-assign]
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-
-
-class _ScpAE(AE):
-    """An AE whose servers are ``_Server``s with ``_RequestHandler``s."""
-
-    io_timeout: float = 60.0
-    #: Called with (peer address, exception) when a TLS handshake fails
-    on_tls_failure: Callable[[Any, BaseException], None] = staticmethod(lambda a, e: None)
-    #: Called with the association when its thread ends
-    on_association_end: Callable[[Association], None] = staticmethod(lambda a: None)
-
-    def make_server(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["server_class"] = _Server
-        kwargs["request_handler"] = _RequestHandler
-        return super().make_server(*args, **kwargs)
 
 
 class StorageSCP:
@@ -227,21 +129,38 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         # Built now: unusable TLS files are a ConfigError before anything listens.
         self._ssl_context = cfg_tls.server_context() if (cfg_tls := config.tls) else None
+        self.guard = ConnectionGuard(
+            GuardLimits(
+                max_associations=config.max_conns,
+                per_address=config.per_address,
+                handshake_timeout=config.handshake_timeout,
+                pending_per_address=pending_per_address(config.max_conns),
+            )
+        )
+        self._peer_errors = PeerErrorFilter(self.guard)
         self._ae = self._build_ae()
 
     def _build_ae(self) -> AE:
         cfg = self.config
-        ae = _ScpAE(ae_title=cfg.ae_title)
+        ae = ScpAE(ae_title=cfg.ae_title)
         ae.io_timeout = cfg.io_timeout
+        ae.guard = self.guard
+        # An acceptor's ACSE timeout: the time to send the A-ASSOCIATE-RQ (ARTIM; the
+        # guard's watchdog also ends a stalled one), and to close after an A-ABORT/-RJ.
+        ae.acse_timeout = cfg.handshake_timeout
+        # The idle timer: an established association without a PDU for this long is
+        # aborted (A-ABORT); _on_aborted says so.
+        ae.network_timeout = cfg.idle_timeout
         ae.on_tls_failure = self._on_tls_failure
-        ae.on_association_end = _discard_spooled
+        ae.on_association_end = discard_spooled
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION
         ae.maximum_pdu_size = cfg.max_pdu
         # pynetdicom rejects an association when more than this many acceptors are
-        # active: A-ASSOCIATE-RJ (2, 3, 2) = transient, presentation layer, local limit
-        # exceeded; the rejection is logged by _on_rejected.
-        ae.maximum_associations = cfg.max_conns
+        # active, counting connections that have not asked for one yet: silent ones
+        # would take every slot. The guard counts only associations that were asked for
+        # (--max-conns, --max-conns-per-address) and rejects in _on_requested.
+        ae.maximum_associations = _UNLIMITED
         # A called AE title mismatch is accepted, as most test receivers do (storescp).
         ae.require_called_aet = False
         if cfg.accept_echo:
@@ -287,9 +206,12 @@ class StorageSCP:
                 ssl_context=self._ssl_context,
             )
         except OSError as exc:
-            raise ListenError(_listen_message(cfg.bind, cfg.port, exc)) from exc
+            raise ListenError(listen_message(cfg.bind, cfg.port, exc)) from exc
         assert server is not None  # block=False always returns the server
         self._server = server
+        self.guard.start()
+        for name in PYNETDICOM_PEER_LOGGERS:
+            logging.getLogger(name).addFilter(self._peer_errors)
         host, port = server.server_address[:2]
         return str(host), int(port)
 
@@ -304,6 +226,13 @@ class StorageSCP:
             cfg.max_conns,
             cfg.max_pdu,
             ", ".join(sop_name(u) for u in cfg.sop_classes) or "all storage",
+        )
+        log.info(
+            "limits: %d associations per address, association request within %g s of "
+            "connecting, idle associations closed after %g s",
+            cfg.per_address,
+            cfg.handshake_timeout,
+            cfg.idle_timeout,
         )
         if cfg.tls is not None:
             log.info(
@@ -330,6 +259,9 @@ class StorageSCP:
             return
         server, self._server = self._server, None
         server.shutdown()
+        self.guard.stop()
+        for name in PYNETDICOM_PEER_LOGGERS:
+            logging.getLogger(name).removeFilter(self._peer_errors)
         active = list(server.active_associations)
         if active:
             log.warning("aborting %d active association(s)", len(active))
@@ -340,7 +272,12 @@ class StorageSCP:
                 assoc.join(max(0.0, deadline - time.monotonic()))
 
     def summary_lines(self) -> list[str]:
-        return self.stats.summary_lines()
+        return [
+            *self.stats.summary_lines(),
+            f"Connections closed without an association request: {self.guard.expired_count} "
+            f"(--handshake-timeout), {self.guard.closed_at_accept} at once (too many "
+            "waiting from one address)",
+        ]
 
     # -- association events -------------------------------------------------------------
 
@@ -363,12 +300,13 @@ class StorageSCP:
 
     def _on_requested(self, event: evt.Event) -> None:
         if not self.config.faults.refuse:
+            self._admit(event.assoc)
             return
         self.stats.association_rejected()
         log.info(
             "rejected association from %s: permanent, service user, no reason given "
             "(fault injection: --refuse)",
-            _peer(event.assoc),
+            peer(event.assoc),
         )
         # pynetdicom skips negotiation when is_rejected is set after EVT_REQUESTED. kill()
         # then waits (as pynetdicom's own rejection path does) until the DUL is idle,
@@ -377,13 +315,28 @@ class StorageSCP:
         event.assoc.acse.send_reject(0x01, 0x01, 0x01)
         event.assoc.kill()
 
+    def _admit(self, assoc: Association) -> None:
+        """Take a slot for the association, or reject it: A-ASSOCIATE-RJ (2, 3, 2) =
+        transient, presentation layer, local limit exceeded."""
+        why = self.guard.admit(assoc)
+        if why is None:
+            return
+        if why == "expired":  # the watchdog shut it down, and said so
+            assoc.kill()
+            return
+        self.stats.association_rejected()
+        log.warning("rejected association from %s: %s", peer(assoc), why)
+        # As for --refuse: kill() waits until the peer has read the rejection and closed.
+        assoc.acse.send_reject(0x02, 0x03, 0x02)
+        assoc.kill()
+
     def _on_established(self, event: evt.Event) -> None:
         assoc = event.assoc
         self.stats.association_accepted()
         rejected = assoc.rejected_contexts
         log.info(
             "association from %s accepted: %d presentation context(s) accepted, %d rejected",
-            _peer(assoc),
+            peer(assoc),
             len(assoc.accepted_contexts),
             len(rejected),
         )
@@ -393,40 +346,40 @@ class StorageSCP:
                 "rejected presentation context %s (%s) from %s: %s",
                 sop_name(str(cx.abstract_syntax)),
                 cx.abstract_syntax,
-                _peer(assoc),
+                peer(assoc),
                 _CONTEXT_RESULTS.get(cx.result or 0, f"result {cx.result}"),
             )
 
     def _on_rejected(self, event: evt.Event) -> None:
+        # pynetdicom's own rejections (the association limits are the guard's: _admit)
         self.stats.association_rejected()
         rj = event.assoc.acceptor.primitive
-        result = getattr(rj, "result", None)
-        source = getattr(rj, "result_source", None)
-        reason = getattr(rj, "diagnostic", None)
-        if (result, source, reason) == (2, 3, 2):
-            log.warning(
-                "rejected association from %s: transient, local limit exceeded "
-                "(--max-conns %d associations already active)",
-                _peer(event.assoc),
-                self.config.max_conns,
-            )
-        else:
-            log.warning(
-                "rejected association from %s: result %s, source %s, reason %s",
-                _peer(event.assoc),
-                result,
-                source,
-                reason,
-            )
+        log.warning(
+            "rejected association from %s: result %s, source %s, reason %s",
+            peer(event.assoc),
+            getattr(rj, "result", None),
+            getattr(rj, "result_source", None),
+            getattr(rj, "diagnostic", None),
+        )
 
     def _on_aborted(self, event: evt.Event) -> None:
-        log.info("association from %s aborted", _peer(event.assoc))
+        assoc = event.assoc
+        # Our own abort on the idle timer (a peer's A-ABORT restarts that timer first).
+        if assoc.requestor.primitive is not None and assoc.dul.idle_timer_expired():
+            if self.guard.report(assoc):
+                log.warning(
+                    "association from %s aborted: no PDU for %g s (--idle-timeout)",
+                    peer(assoc),
+                    self.config.idle_timeout,
+                )
+            return
+        log.info("association from %s aborted", peer(assoc))
 
     # -- DIMSE services -----------------------------------------------------------------
 
     def _on_echo(self, event: evt.Event) -> int:
         self.stats.echo()
-        log.info("C-ECHO from %s: Success", _peer(event.assoc))
+        log.info("C-ECHO from %s: Success", peer(event.assoc))
         return STATUS_SUCCESS
 
     def _on_store(self, event: evt.Event) -> int:
@@ -443,7 +396,7 @@ class StorageSCP:
                     "C-STORE #%d from %s: %s not stored, association aborted "
                     "(fault injection: --abort-after %s)",
                     decision.number,
-                    _peer(assoc),
+                    peer(assoc),
                     sop_name(sop_class),
                     self.config.faults.abort_after,
                 )
@@ -455,7 +408,7 @@ class StorageSCP:
                 log.info(
                     "C-STORE #%d from %s: %s not stored, answered 0x%04X (fault injection)",
                     decision.number,
-                    _peer(assoc),
+                    peer(assoc),
                     sop_name(sop_class),
                     status,
                 )
@@ -466,26 +419,29 @@ class StorageSCP:
             # answer 0xC211 ("unable to process") for the raised exception. pynetdicom
             # removes the spooled dataset only after a handler that returned.
             self.stats.store_failed(fault=False)
-            log.exception("C-STORE #%d from %s: handler error", decision.number, _peer(assoc))
-            _remove_spool(request)
+            log.exception("C-STORE #%d from %s: handler error", decision.number, peer(assoc))
+            remove_spool(request)
             raise
         finally:
             if self.config.faults.response_delay > 0 and decision.action is not Action.ABORT:
                 time.sleep(self.config.faults.response_delay)
+            # The peer is waiting for our answer, not idle: the time spent here (a slow
+            # disk, --response-delay) does not count towards --idle-timeout.
+            assoc.dul._idle_timer.restart()
 
     def _store(self, event: evt.Event, sop_class: str, number: int, started: float) -> int:
-        peer = _peer(event.assoc)
+        who = peer(event.assoc)
         name = sop_name(sop_class)
         source: Path = event.dataset_path
         try:
             header = inspect_file(str(source))
         except SourceError as exc:
-            return self._refused(number, peer, name, f"unreadable dataset: {exc}")
+            return self._refused(number, who, name, f"unreadable dataset: {exc}")
         requested_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
         if header.sop_instance_uid != requested_uid:
             return self._refused(
                 number,
-                peer,
+                who,
                 name,
                 f"dataset SOP Instance UID {header.sop_instance_uid[:80]!r} differs from the "
                 f"C-STORE request's {requested_uid[:80]!r}",
@@ -504,13 +460,13 @@ class StorageSCP:
                 self.config.output_dir, rel, source, header.dataset_offset, meta
             )
         except UnsafeUIDError as exc:
-            return self._refused(number, peer, name, str(exc))
+            return self._refused(number, who, name, str(exc))
         except OSError as exc:
             self.stats.store_failed(fault=False)
             log.error(
                 "C-STORE #%d from %s: %s not stored, write failed: %s (0x%04X)",
                 number,
-                peer,
+                who,
                 name,
                 exc.strerror or exc,
                 STATUS_OUT_OF_RESOURCES,
@@ -520,7 +476,7 @@ class StorageSCP:
         log.info(
             "C-STORE #%d from %s: %s stored as %s%s (%.1f MB, %s, %.1f ms)",
             number,
-            peer,
+            who,
             name,
             rel,
             " (replaced an existing file)" if replaced else "",
@@ -530,131 +486,14 @@ class StorageSCP:
         )
         return STATUS_SUCCESS
 
-    def _refused(self, number: int, peer: str, name: str, why: str) -> int:
+    def _refused(self, number: int, who: str, name: str, why: str) -> int:
         self.stats.store_failed(fault=False)
         log.warning(
             "C-STORE #%d from %s: %s refused, %s (0x%04X)",
             number,
-            peer,
+            who,
             name,
             why,
             STATUS_CANNOT_UNDERSTAND,
         )
         return STATUS_CANNOT_UNDERSTAND
-
-
-#: The largest PDU read when our maximum PDU is small: A-ASSOCIATE-RQs (128 contexts, user
-#: identity tokens) stay far below it, and so does a P-DATA-TF of a peer that overshoots
-#: our limit a little.
-_MIN_PDU_READ_LIMIT = 1024 * 1024
-
-
-def _bound_pdu_reads(assoc: Association, max_pdu: int) -> None:
-    """Drop a peer that declares a PDU far larger than our maximum PDU length.
-
-    pynetdicom reads a whole PDU into memory before looking at it, whatever length its
-    header declares: a peer declaring 4 GB and sending it would take 4 GB of RAM per
-    association. With a maximum PDU set (the default, 16 KiB), a PDU longer than
-    ``max(2 x max PDU, 1 MiB)`` is refused: the read returns nothing, which pynetdicom
-    treats as a connection closed mid-PDU (the association ends, A-P-ABORT). With
-    ``--max-pdu 0`` (unlimited) there is no bound.
-    """
-    if not max_pdu:
-        return
-    limit = max(2 * max_pdu, _MIN_PDU_READ_LIMIT)
-    sock = assoc.dul.socket
-    if sock is None:
-        return
-    recv = sock.recv
-
-    def bounded_recv(nr_bytes: int) -> bytearray:
-        if nr_bytes > limit:
-            log.warning(
-                "association from %s dropped: it announced a PDU of %d bytes (our maximum "
-                "PDU is %d)",
-                _peer(assoc),
-                nr_bytes,
-                max_pdu,
-            )
-            return bytearray()
-        return recv(nr_bytes)
-
-    sock.recv = bounded_recv  # type: ignore[method-assign]
-
-
-def _guard_dimse_decoding(assoc: Association) -> None:
-    """Abort the association, instead of killing its DUL thread, on an undecodable message.
-
-    pynetdicom decodes P-DATA in the DUL thread and catches only some decoding errors: a
-    command set without Command Field, or a C-STORE without Affected SOP Instance UID
-    (which it cannot spool), raised out of the thread, which then died. The peer got no
-    answer, only a closed socket, and the traceback went to stderr. Such a message is
-    now handled as pynetdicom handles the errors it does catch: Evt19 (invalid PDU), which
-    answers A-ABORT (service provider) and ends the association.
-    """
-    dimse = assoc.dimse
-    receive = dimse.receive_primitive
-
-    def receive_or_abort(primitive: Any) -> None:
-        try:
-            receive(primitive)
-        except Exception as exc:
-            log.warning(
-                "association from %s aborted: undecodable DIMSE message (%s)",
-                _peer(assoc),
-                str(exc)[:200],
-            )
-            if dimse.message is not None:
-                _remove_spool(dimse.message)
-                dimse.message = None
-            assoc.dul.event_queue.put("Evt19")
-
-    dimse.receive_primitive = receive_or_abort  # type: ignore[method-assign]
-
-
-def _remove_spool(message: Any) -> None:
-    """Close and delete the temporary file pynetdicom spooled a dataset into, if any."""
-    spool = getattr(message, "_dataset_file", None) or getattr(message, "_data_set_file", None)
-    if spool is None:
-        return
-    with contextlib.suppress(OSError):
-        spool.close()
-    with contextlib.suppress(OSError):
-        os.unlink(spool.name)
-
-
-def _discard_spooled(assoc: Association) -> None:
-    """Delete the spool files of C-STOREs an ended association never handed to us.
-
-    pynetdicom spools each incoming dataset to $TMPDIR and deletes the file after the
-    C-STORE handler; a dataset cut off by an abort or a dropped connection, or complete
-    but still queued when the association ended, is never handled and its file stayed:
-    a peer could fill the disk by aborting in the middle of large datasets. Runs in the
-    association's thread after its reactor and its DUL have stopped.
-    """
-    dimse = getattr(assoc, "dimse", None)
-    if dimse is None:
-        return
-    partial = getattr(dimse, "message", None)
-    if partial is not None:
-        _remove_spool(partial)
-    pending = getattr(dimse, "msg_queue", None)
-    while pending is not None:
-        try:
-            _, primitive = pending.get_nowait()
-        except queue.Empty:
-            break
-        _remove_spool(primitive)
-
-
-def _listen_message(host: str, port: int, exc: OSError) -> str:
-    import errno
-
-    where = f"{host}:{port}"
-    if exc.errno == errno.EADDRINUSE:
-        return f"cannot listen on {where}: address already in use (another process has the port)"
-    if exc.errno == errno.EACCES:
-        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"cannot listen on {where}: address not available on this host"
-    return f"cannot listen on {where}: {exc.strerror or exc}"
