@@ -325,12 +325,14 @@ def test_whole_slide_image_is_stored_whole_with_flat_memory(
 
 BATCH = 50
 
+# One association per sending process (-j 1): the batch goes on it, not one per file. With
+# -j N a process spreads its batch over N associations.
 ONE_ASSOCIATION_VARIANTS = {
     "store": ("store", ["-j", "1"], []),
     # the run process sends the batch itself (a small job, sent while the worker boots)
-    "run": ("run", [], ["--batch-files", str(BATCH)]),
+    "run": ("run", ["-j", "1"], ["--batch-files", str(BATCH)]),
     # a throttle delay keeps the run process from sending: the worker process sends it
-    "run-worker": ("run", [], ["--batch-files", str(BATCH), "--throttle-delay", "1"]),
+    "run-worker": ("run", ["-j", "1"], ["--batch-files", str(BATCH), "--throttle-delay", "1"]),
 }
 
 
