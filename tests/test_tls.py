@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from migrator import synth
-from migrator.dul import association
+from migrator.dul import wire
 from migrator.dul.association import Association, Timeouts
 from migrator.dul.dimse import VERIFICATION_SOP_CLASS
 from migrator.dul.pdu import ProposedContext
@@ -543,7 +543,7 @@ def test_tls_associations_write_joined_buffers_and_plain_ones_keep_sendmsg(
     with tls_scp(tmp_path / "tls", pki) as scp:
         assoc = _tls_association(scp, pki)
         try:
-            assert assoc.tls and assoc._send_bufs is association._sendall_tls
+            assert assoc.tls and assoc._send_bufs is wire.sendall_tls
             for _ in range(3):
                 assert assoc.c_echo().status == 0
         finally:
@@ -553,7 +553,7 @@ def test_tls_associations_write_joined_buffers_and_plain_ones_keep_sendmsg(
             scp.host, scp.port, scp.ae_title, "PLAIN", ECHO_CONTEXTS, timeouts=FAST
         )
         try:
-            assert not assoc.tls and assoc._send_bufs is association._sendmsg_all
+            assert not assoc.tls and assoc._send_bufs is wire.sendmsg_all
             assert assoc.c_echo().status == 0
         finally:
             assoc.release()
@@ -571,12 +571,12 @@ def test_tls_writes_are_bounded_whatever_the_message_size() -> None:
     """A 1 MiB read block split in 16 KiB PDUs: ~256 KiB writes, bytes in order."""
     bufs: list[bytes | memoryview] = []
     payload = memoryview(bytes(range(256)) * 4096)  # 1 MiB
-    association._append_fragments(bufs, 3, payload, 16378, command=False, final=True)
+    wire.append_fragments(bufs, 3, payload, 16378, command=False, final=True)
     sock = _RecordingSocket()
-    association._sendall_tls(sock, bufs)  # type: ignore[arg-type]
+    wire.sendall_tls(sock, bufs)  # type: ignore[arg-type]
     assert b"".join(sock.writes) == b"".join(bytes(b) for b in bufs)
-    assert max(map(len, sock.writes)) <= association._TLS_WRITE + 16384
-    assert len(sock.writes) <= 1024 * 1024 // association._TLS_WRITE + 1
+    assert max(map(len, sock.writes)) <= wire.TLS_WRITE + 16384
+    assert len(sock.writes) <= 1024 * 1024 // wire.TLS_WRITE + 1
 
 
 # -- migrator run ------------------------------------------------------------------------

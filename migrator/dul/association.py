@@ -27,10 +27,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import socket
 import struct
-import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,18 +41,33 @@ from migrator.dul.pdu import (
     A_RELEASE_RP,
     A_RELEASE_RQ,
     P_DATA_TF,
-    PDU_HEADER,
     RELEASE_RP,
     RELEASE_RQ,
     AssociateAC,
     ProposedContext,
     abort_text,
     decode_associate_ac,
+    describe_negotiation,
     encode_abort,
     encode_associate_rq,
     reject_text,
 )
 from migrator.dul.tls import handshake_failure
+from migrator.dul.wire import (
+    FRAGMENT_HEADER,
+    PDV_OVERHEAD,
+    READ_BLOCK,
+    UNLIMITED_FRAGMENT,
+    append_fragments,
+    is_tls,
+    open_source,
+    recv_pdu_raw,
+    sendall_tls,
+    sendfile_all,
+    sendmsg_all,
+    ssl_errors,
+    tls_handshake,
+)
 from migrator.errors import AssociationLost, AssociationRejected, ConnectError, SourceError
 from migrator.netutil import set_nodelay
 
@@ -64,17 +77,6 @@ if TYPE_CHECKING:
 #: ``-vv``: the negotiation of every association (proposed/accepted contexts, peer limits).
 log = logging.getLogger("migrator.dul")
 
-# PDU header (6 bytes) + PDV item header (4 + 2 bytes) in one struct: one iovec per fragment.
-_FRAGMENT_HEADER = struct.Struct(">BxIIBB")
-_PDV_OVERHEAD = 6  # item length field + context id + message control header
-#: Upper bound on one P-DATA-TF we send when the peer sets no limit (max PDU 0).
-_UNLIMITED_FRAGMENT = 4 * 1024 * 1024
-#: Bytes read from a file per sendmsg round: big enough to amortise syscalls, small enough
-#: to keep memory flat whatever the file size.
-_READ_BLOCK = 1024 * 1024
-_IOV_MAX = 1000
-#: TLS sockets have no sendmsg: buffers are joined into writes of about this size.
-_TLS_WRITE = 256 * 1024
 _HAVE_SENDFILE = hasattr(os, "sendfile") and hasattr(socket, "MSG_MORE")
 #: Datasets up to this size go out with os.sendfile, larger ones read-and-sendmsg. Measured
 #: against DCMTK storescp on loopback (bench/RESULTS.md): sendfile halves the CPU per MB at
@@ -122,8 +124,8 @@ class Association:
         self._sock = sock
         # SSLSocket has no sendmsg(): TLS joins the buffers into a few large writes, plain
         # TCP keeps one gathering syscall per ~1000 buffers.
-        self._send_bufs = _sendall_tls if _is_tls(sock) else _sendmsg_all
-        self.tls = _is_tls(sock)
+        self._send_bufs = sendall_tls if is_tls(sock) else sendmsg_all
+        self.tls = is_tls(sock)
         self._rbuf = bytearray()
         self._timeouts = timeouts
         self._message_id = 0
@@ -132,10 +134,10 @@ class Association:
         self.peer = peer
         self.peer_max_pdu = ac.peer_max_pdu
         self.peer_implementation = ac.implementation_version or ac.implementation_class_uid
-        limit = ac.peer_max_pdu - _PDV_OVERHEAD if ac.peer_max_pdu else _UNLIMITED_FRAGMENT
+        limit = ac.peer_max_pdu - PDV_OVERHEAD if ac.peer_max_pdu else UNLIMITED_FRAGMENT
         # Even: DICOM streams are even-length, and a peer with an odd maximum (4309...)
         # must not get odd fragments of them (the last one would carry the pad byte alone).
-        self._fragment = max(2, min(limit, _UNLIMITED_FRAGMENT) & ~1)
+        self._fragment = max(2, min(limit, UNLIMITED_FRAGMENT) & ~1)
         # (abstract syntax, transfer syntax) -> context id, for accepted contexts only
         self._accepted: dict[tuple[str, str], int] = {}
         self.rejected: dict[str, int] = {}
@@ -180,12 +182,12 @@ class Association:
             raise ConnectError(f"cannot connect to {peer}: {exc.strerror or exc}") from exc
         set_nodelay(sock)
         if tls is not None:
-            sock = _tls_handshake(sock, tls, host, peer, timeouts.connect)
+            sock = tls_handshake(sock, tls, host, peer, timeouts.connect)
         try:
             sock.settimeout(timeouts.network)
             sock.sendall(encode_associate_rq(called_ae, calling_ae, contexts, max_pdu))
-            pdu_type, body = _recv_pdu_raw(sock, bytearray(), timeouts.acse, peer)
-        except _ssl_errors() as exc:
+            pdu_type, body = recv_pdu_raw(sock, bytearray(), timeouts.acse, peer)
+        except ssl_errors() as exc:
             # TLS 1.3: a server that refuses our certificate says so after the handshake,
             # with an alert read here.
             sock.close()
@@ -330,7 +332,7 @@ class Association:
             deadline = time.monotonic() + min(self._timeouts.acse, 10.0)
             while True:
                 remaining = max(0.01, deadline - time.monotonic())
-                pdu_type, _ = _recv_pdu_raw(self._sock, self._rbuf, remaining, self.peer)
+                pdu_type, _ = recv_pdu_raw(self._sock, self._rbuf, remaining, self.peer)
                 if pdu_type in (A_RELEASE_RP, A_ABORT):
                     break
                 if pdu_type == A_RELEASE_RQ:  # release collision (PS3.8 §7.2.2)
@@ -373,7 +375,7 @@ class Association:
             raise AssociationLost(f"association with {self.peer} is closed")
         frag = self._fragment
         bufs: list[bytes | memoryview] = []
-        _append_fragments(bufs, ctx, memoryview(command), frag, command=True, final=True)
+        append_fragments(bufs, ctx, memoryview(command), frag, command=True, final=True)
         try:
             self._sock.settimeout(self._timeouts.network)
             if dataset is None:
@@ -384,7 +386,7 @@ class Association:
                 view = memoryview(dataset)
                 if len(view) % 2:
                     view = memoryview(bytes(view) + b"\x00")  # see _send_file
-                _append_fragments(bufs, ctx, view, frag, command=False, final=True)
+                append_fragments(bufs, ctx, view, frag, command=False, final=True)
                 self._send_bufs(self._sock, bufs)
         except SourceError:
             # The file changed under us mid-send: the peer holds half a dataset.
@@ -394,7 +396,7 @@ class Association:
             raise self._lost(
                 f"no progress sending for {self._timeouts.network:g}s (network timeout)", exc
             ) from exc
-        except _ssl_errors() as exc:
+        except ssl_errors() as exc:
             raise self._lost(f"TLS send failed: {handshake_failure(exc)}", exc) from exc
         except OSError as exc:
             # Reset or broken pipe: the peer closed the connection under our request.
@@ -405,13 +407,13 @@ class Association:
             self._sendfile(ctx, src, bufs)
             return
         frag = self._fragment
-        block = max(frag, (_READ_BLOCK // frag) * frag)
+        block = max(frag, (READ_BLOCK // frag) * frag)
         send_bufs = self._send_bufs
-        fd = _open_source(src.path)
+        fd = open_source(src.path)
         try:
             offset, remaining = src.offset, src.length
             if remaining == 0:
-                _append_fragments(bufs, ctx, memoryview(b""), frag, command=False, final=True)
+                append_fragments(bufs, ctx, memoryview(b""), frag, command=False, final=True)
             while remaining > 0:
                 want = min(block, remaining)
                 chunk = os.pread(fd, want, offset)
@@ -423,7 +425,7 @@ class Association:
                     # DICOM data is even-length; a deflated stream stored with an odd length
                     # must be padded with one NUL (PS3.5 A.5), and peers refuse odd PDVs.
                     chunk += b"\x00"
-                _append_fragments(
+                append_fragments(
                     bufs, ctx, memoryview(chunk), frag, command=False, final=remaining == 0
                 )
                 send_bufs(self._sock, bufs)
@@ -439,7 +441,7 @@ class Association:
         is copied through Python: about half the CPU per MB of read-and-sendmsg."""
         frag = self._fragment
         sock = self._sock
-        fd = _open_source(src.path)
+        fd = open_source(src.path)
         try:
             # DICOM data is even-length; a deflated stream stored with an odd length must be
             # padded with one NUL (PS3.5 A.5), and peers refuse odd PDVs.
@@ -451,17 +453,17 @@ class Association:
                 size = min(frag, total - start)
                 final = start + size == total
                 bufs.append(
-                    _FRAGMENT_HEADER.pack(
-                        P_DATA_TF, size + _PDV_OVERHEAD, size + 2, ctx, 0x02 if final else 0
+                    FRAGMENT_HEADER.pack(
+                        P_DATA_TF, size + PDV_OVERHEAD, size + 2, ctx, 0x02 if final else 0
                     )
                 )
                 data = size - pad if final else size
                 if final and pad and data == 0:
                     bufs.append(b"\x00")
-                _sendmsg_all(sock, bufs, socket.MSG_MORE if data else 0)
+                sendmsg_all(sock, bufs, socket.MSG_MORE if data else 0)
                 bufs = []
                 if data:
-                    _sendfile_all(sock, fd, offset, data, src.path, self._timeouts.network)
+                    sendfile_all(sock, fd, offset, data, src.path, self._timeouts.network)
                     offset += data
                     if final and pad:
                         sock.sendall(b"\x00")
@@ -483,7 +485,7 @@ class Association:
             remaining = max(remaining, 0.001)
             first = False
             try:
-                pdu_type, body = _recv_pdu_raw(self._sock, self._rbuf, remaining, self.peer)
+                pdu_type, body = recv_pdu_raw(self._sock, self._rbuf, remaining, self.peer)
             except TimeoutError as exc:
                 raise self._lost(
                     f"no response within {self._timeouts.dimse:g}s (DIMSE timeout)", exc
@@ -527,181 +529,3 @@ class Association:
                 raise self._lost("response without a status")
             comment = fields.get(dimse.ERROR_COMMENT, "")
             return Response(status, comment if isinstance(comment, str) else "")
-
-
-def _append_fragments(
-    bufs: list[bytes | memoryview],
-    ctx: int,
-    data: memoryview,
-    frag: int,
-    *,
-    command: bool,
-    final: bool,
-) -> None:
-    """Split ``data`` into P-DATA-TF PDUs of one PDV each, appended as (header, data) iovecs."""
-    n = len(data)
-    base = 0x01 if command else 0x00
-    if n == 0:
-        flags = base | (0x02 if final else 0)
-        bufs.append(_FRAGMENT_HEADER.pack(P_DATA_TF, _PDV_OVERHEAD, 2, ctx, flags))
-        return
-    for start in range(0, n, frag):
-        piece = data[start : start + frag]
-        size = len(piece)
-        flags = base | (0x02 if final and start + size == n else 0)
-        bufs.append(_FRAGMENT_HEADER.pack(P_DATA_TF, size + _PDV_OVERHEAD, size + 2, ctx, flags))
-        bufs.append(piece)
-
-
-def _open_source(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise SourceError(f"cannot open {path}: {exc.strerror}") from exc
-
-
-def _ssl_errors() -> tuple[type[Exception], ...]:
-    """``ssl.SSLError`` once a TLS association loaded ssl; nothing to catch before (plain
-    TCP commands do not import ssl: ~10 ms of start-up)."""
-    mod = sys.modules.get("ssl")
-    return (mod.SSLError,) if mod is not None else ()
-
-
-def _is_tls(sock: socket.socket) -> bool:
-    mod = sys.modules.get("ssl")
-    return mod is not None and isinstance(sock, mod.SSLSocket)
-
-
-def _sendmsg_all(sock: socket.socket, bufs: list[bytes | memoryview], flags: int = 0) -> None:
-    """``sendall`` for a list of buffers: one syscall per ~1000 iovecs, partial sends resumed."""
-    i = 0
-    n = len(bufs)
-    while i < n:
-        batch = bufs[i : i + _IOV_MAX]
-        sent = sock.sendmsg(batch, (), flags)
-        for buf in batch:
-            size = len(buf)
-            if sent >= size:
-                sent -= size
-                i += 1
-            else:
-                if sent:
-                    bufs[i] = memoryview(buf)[sent:]
-                break
-
-
-def _sendfile_all(
-    sock: socket.socket, fd: int, offset: int, count: int, path: str, timeout: float
-) -> None:
-    """``count`` bytes of ``fd`` from ``offset`` onto the socket. The socket has a timeout,
-    so its descriptor is non-blocking: wait for room ourselves, at most ``timeout``."""
-    out = sock.fileno()
-    poller: select.poll | None = None
-    while count > 0:
-        try:
-            sent = os.sendfile(out, fd, offset, count)
-        except BlockingIOError:
-            if poller is None:
-                poller = select.poll()
-                poller.register(out, select.POLLOUT)
-            if not poller.poll(timeout * 1000):
-                raise TimeoutError("send timed out") from None
-            continue
-        if sent == 0:
-            raise SourceError(f"{path} shrank while it was being sent")
-        offset += sent
-        count -= sent
-
-
-def _sendall_tls(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
-    """``sendall`` of a list of buffers on a TLS socket (which has no ``sendmsg``).
-
-    Small buffers (PDU headers) are joined with the data around them into writes of about
-    ``_TLS_WRITE`` bytes: one TLS record run and one syscall per write instead of one per
-    header. Memory stays bounded by one write, whatever the total.
-    """
-    pending: list[bytes | memoryview] = []
-    size = 0
-    for buf in bufs:
-        pending.append(buf)
-        size += len(buf)
-        if size >= _TLS_WRITE:
-            sock.sendall(b"".join(pending))
-            pending, size = [], 0
-    if pending:
-        sock.sendall(pending[0] if len(pending) == 1 else b"".join(pending))
-
-
-def _tls_handshake(
-    sock: socket.socket, context: ssl.SSLContext, host: str, peer: str, timeout: float
-) -> ssl.SSLSocket:
-    """Wrap a connected socket in TLS (closing it on failure). Raises ConnectError."""
-    try:
-        sock.settimeout(timeout)
-        return context.wrap_socket(sock, server_hostname=host)
-    except _ssl_errors() as exc:
-        sock.close()
-        raise ConnectError(f"TLS handshake with {peer} failed: {handshake_failure(exc)}") from exc
-    except TimeoutError as exc:
-        sock.close()
-        raise ConnectError(
-            f"TLS handshake with {peer} timed out after {timeout:g}s (not a TLS port?)"
-        ) from exc
-    except OSError as exc:
-        sock.close()
-        raise ConnectError(
-            f"TLS handshake with {peer} failed: {exc.strerror or exc} "
-            "(the peer closed the connection: not a TLS port, or it refused us)"
-        ) from exc
-
-
-def _recv_pdu_raw(
-    sock: socket.socket, rbuf: bytearray, timeout: float, peer: str
-) -> tuple[int, bytes]:
-    """Read one PDU: (type, body). Raises TimeoutError, OSError or ConnectError."""
-    sock.settimeout(timeout)
-    while len(rbuf) < 6:
-        _fill(sock, rbuf, peer)
-    pdu_type, length = PDU_HEADER.unpack_from(rbuf, 0)
-    total = 6 + length
-    while len(rbuf) < total:
-        _fill(sock, rbuf, peer)
-    body = bytes(rbuf[6:total])
-    del rbuf[:total]
-    return pdu_type, body
-
-
-def _fill(sock: socket.socket, rbuf: bytearray, peer: str) -> None:
-    chunk = sock.recv(262144)
-    if not chunk:
-        raise ConnectError(f"{peer} closed the connection")
-    rbuf += chunk
-
-
-def describe_negotiation(
-    peer: str, called_ae: str, calling_ae: str, proposed: list[ProposedContext], ac: AssociateAC
-) -> str:
-    """One line for ``-vv``: what was proposed, what the peer accepted (in which syntax) and
-    rejected (why), and the peer's limits and implementation. UIDs are named from pydicom's
-    table (``migrator.uidnames``); no patient data is involved."""
-    from migrator.dul.pdu import CONTEXT_RESULTS
-    from migrator.uidnames import name
-
-    accepted, rejected = [], []
-    for ctx in proposed:
-        result, ts = ac.contexts.get(ctx.context_id, (2, ""))
-        if result == 0 and ts:
-            accepted.append(f"{name(ctx.abstract_syntax)} [{name(ts)}]")
-        else:
-            rejected.append(f"{name(ctx.abstract_syntax)} ({CONTEXT_RESULTS.get(result, '?')})")
-    implementation = " ".join(
-        x for x in (ac.implementation_version, f"({ac.implementation_class_uid})") if x != "()"
-    )
-    text = (
-        f"association with {peer} (called AE {called_ae}, calling AE {calling_ae}): "
-        f"proposed {len(proposed)} contexts, accepted {len(accepted)}: {', '.join(accepted)}"
-    )
-    if rejected:
-        text += f"; rejected {len(rejected)}: {', '.join(rejected)}"
-    limit = ac.peer_max_pdu or "unlimited"
-    return f"{text}; peer max PDU {limit}, implementation {implementation or 'not given'}"

@@ -162,3 +162,31 @@ RELEASE_RP = PDU_HEADER.pack(A_RELEASE_RP, 4) + bytes(4)
 
 def encode_abort(source: int = 0, reason: int = 0) -> bytes:
     return PDU_HEADER.pack(A_ABORT, 4) + bytes([0, 0, source, reason])
+
+
+def describe_negotiation(
+    peer: str, called_ae: str, calling_ae: str, proposed: list[ProposedContext], ac: AssociateAC
+) -> str:
+    """One line for ``-vv``: what was proposed, what the peer accepted (in which syntax) and
+    rejected (why), and the peer's limits and implementation. UIDs are named from pydicom's
+    table (``migrator.uidnames``); no patient data is involved."""
+    from migrator.uidnames import name
+
+    accepted, rejected = [], []
+    for ctx in proposed:
+        result, ts = ac.contexts.get(ctx.context_id, (2, ""))
+        if result == 0 and ts:
+            accepted.append(f"{name(ctx.abstract_syntax)} [{name(ts)}]")
+        else:
+            rejected.append(f"{name(ctx.abstract_syntax)} ({CONTEXT_RESULTS.get(result, '?')})")
+    implementation = " ".join(
+        x for x in (ac.implementation_version, f"({ac.implementation_class_uid})") if x != "()"
+    )
+    text = (
+        f"association with {peer} (called AE {called_ae}, calling AE {calling_ae}): "
+        f"proposed {len(proposed)} contexts, accepted {len(accepted)}: {', '.join(accepted)}"
+    )
+    if rejected:
+        text += f"; rejected {len(rejected)}: {', '.join(rejected)}"
+    limit = ac.peer_max_pdu or "unlimited"
+    return f"{text}; peer max PDU {limit}, implementation {implementation or 'not given'}"
