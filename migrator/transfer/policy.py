@@ -30,16 +30,15 @@ import collections
 import heapq
 import itertools
 import logging
-import os
 import random
 import select
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from migrator import status as st
 from migrator.contexts import plan_profiles
-from migrator.dicomfile import DicomHeader, inspect_bytes, inspect_file
+from migrator.dicomfile import DicomHeader
 from migrator.errors import (
     AssociationLost,
     AssociationRejected,
@@ -54,8 +53,6 @@ from migrator.errors import (
 from migrator.limits.rate import RateLimiter
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
-from migrator.sources.base import Payload, Source, SourceItem
-from migrator.sources.filesystem import FileSource
 from migrator.sources.inspect import inspect_item, refusal
 from migrator.transfer.claims import Claims, Waits
 from migrator.transfer.destination import Connection, Pair, Pending, SendResult
@@ -63,6 +60,7 @@ from migrator.transfer.job import Job
 from migrator.transfer.leases import Leases
 from migrator.transfer.observe import NULL_OBSERVER, Observer, log_outcome
 from migrator.transfer.pool import ConnectionPool
+from migrator.transfer.reinspect import reinspect
 from migrator.transfer.transform import Transform, identity
 
 log = logging.getLogger(__name__)
@@ -250,7 +248,7 @@ class Transfer:
             self._on_start(job)
         try:
             with job.source.fetch(job.item) as payload:
-                header, payload = self._transform(self._reinspect(job, payload), payload)
+                header, payload = self._transform(reinspect(job, payload), payload)
                 sent = conn.start(header, payload)
         except AssociationLost as exc:
             self._lost(lane, job, exc)
@@ -318,28 +316,6 @@ class Transfer:
     def _working(self, lane: _Lane) -> list[_Lane]:
         """The other lanes that hold a live connection."""
         return [o for o in self.lanes if o is not lane and o.conn is not None and o.conn.alive]
-
-    def _reinspect(self, job: Job, payload: Payload) -> DicomHeader:
-        """The header to send with: the one already read while the file is unchanged
-        (same size and modification time; a spool file or bytes are checked by their
-        source), else read again and checked against what was planned."""
-        planned = job.header
-        known = planned is not None and planned.dataset_offset >= 0
-        if known and (not job.planned or _unchanged(job, payload)):
-            assert planned is not None
-            return planned
-        if payload.path is not None:
-            header = inspect_file(payload.path)
-        else:
-            assert payload.data is not None
-            header = inspect_bytes(payload.data, job.uri)
-        problem = refusal(header)
-        if problem is not None:
-            raise SourceError(f"{job.uri}: {problem[1]}")
-        if planned is not None and header.sop_instance_uid != planned.sop_instance_uid:
-            raise SourceError(f"{job.uri} changed since it was planned (SOP Instance UID differs)")
-        job.header = header
-        return header
 
     def _finish(self, lane: _Lane) -> None:
         job, pending, conn = lane.job, lane.pending, _conn(lane)
@@ -493,22 +469,3 @@ class Transfer:
 def _conn(lane: _Lane) -> Connection:
     assert lane.conn is not None
     return lane.conn
-
-
-def _unchanged(job: Job, payload: Payload) -> bool:
-    """A local file still has the size and modification time it was planned with (a stat,
-    ~2 us, instead of reading the header again); anything else was checked by its source
-    when fetched (S3: size and ETag)."""
-    if payload.path is None or payload.path != job.uri or not isinstance(job.source, FileSource):
-        return True
-    if not job.item.version:
-        return False
-    try:
-        info = os.stat(payload.path)
-    except OSError:
-        return False  # read again: that says what is wrong
-    return info.st_size == job.item.size and str(info.st_mtime_ns) == job.item.version
-
-
-def jobs_from(items: Sequence[tuple[Source, SourceItem, DicomHeader | None]]) -> list[Job]:
-    return [Job(item, source, header) for source, item, header in items]
