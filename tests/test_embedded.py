@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from migrator.embedded import EmbeddedRedis, EmbeddedStartError, LocalWorkers
+from migrator.embedded import EmbeddedRedis, EmbeddedStartError
+from workers.local import LocalWorkers
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -314,7 +315,9 @@ OWNER = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from migrator.embedded import EmbeddedRedis, LocalWorkers, install_signal_handlers
+    from migrator.childproc import install_signal_handlers
+    from migrator.embedded import EmbeddedRedis
+    from workers.local import LocalWorkers
 
     def group(pgid):
         out = []
@@ -398,7 +401,9 @@ def test_owner_signal_leaves_no_process(sigs: list[signal.Signals], tmp_path: Pa
 OWNER_STARTING = textwrap.dedent(
     """
     import time
-    from migrator.embedded import EmbeddedRedis, LocalWorkers, install_signal_handlers
+    from migrator.childproc import install_signal_handlers
+    from migrator.embedded import EmbeddedRedis
+    from workers.local import LocalWorkers
 
     install_signal_handlers()
     with EmbeddedRedis() as redis_:

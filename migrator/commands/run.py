@@ -27,10 +27,10 @@ from migrator.jobconfig import JobConfig
 from migrator.syntaxes import resolve
 
 if TYPE_CHECKING:
-    from migrator.embedded import LocalWorkers
     from migrator.ledger import Ledger
     from migrator.planner import PlanSummary
     from migrator.report import ReportData
+    from workers.local import LocalWorkers
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -281,7 +281,8 @@ def _broker(
     command again resumes the job) and ``workers`` local worker processes (default: CPU
     count). With a URL: that Redis, plus local workers only when ``--workers`` is given.
     """
-    from migrator.embedded import EmbeddedRedis, LocalWorkers
+    from migrator.embedded import EmbeddedRedis
+    from workers.local import LocalWorkers
     from workers.runtime import connect
 
     with contextlib.ExitStack() as stack:
@@ -350,7 +351,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
       migrator run /archive --host pacs --called-ae PACS --dry-run
     """
     from migrator import engine
-    from migrator.embedded import terminate_on_sigterm
+    from migrator.childproc import terminate_on_sigterm
     from workers.runtime import connect
 
     setup_logging(o["verbose"], o["quiet"])
@@ -473,7 +474,7 @@ def worker_command(redis_url: str, concurrency: int | None, loglevel: str) -> No
     Example:
       migrator worker --redis-url redis://redis:6379/0 -c 4
     """
-    from migrator.embedded import worker_argv
+    from workers.launch import worker_argv
     from workers.metrics import worker_env
 
     env = worker_env({**os.environ, "MIGRATOR_REDIS_URL": redis_url, "REMAP_SIGTERM": "SIGQUIT"})
