@@ -339,3 +339,66 @@ def test_report_of_a_verified_job_lists_a_bounded_number_of_missing_files(
     assert "the ledger now says 9 stored: run `migrator verify` again" in render(
         from_ledger(ledger), "text"
     )
+
+
+_AWKWARD = [
+    '/a}\x00{b"},\n      {"c": 1}',  # a row boundary and its separator, inside a string
+    "/é/ü/\u2028/\U0001f600.dcm",
+    "/tab\there/\\back\\slash/\x1f",
+    "",
+]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [],
+        [{"uri": "/one.dcm"}],
+        [
+            {
+                "uri": uri,
+                "state": "stored",
+                "status": None if i % 2 else "0x0000",
+                "transcoded": bool(i % 2),
+                "bytes": -i,
+                "seconds": [0.0, 1e-7, 123456.789, float("nan"), float("inf"), 0.1][i % 6],
+                "at": 1700000000.25 + i,
+                uri or "empty": i,  # odd keys too
+            }
+            for i, uri in enumerate(_AWKWARD * 3)
+        ],
+    ],
+)
+def test_json_files_are_written_as_json_dumps_indent_2(rows: list[dict[str, object]]) -> None:
+    from migrator.report import jsonfmt
+
+    data = from_store_result(_result())
+    data.files = rows
+    expected = json.dumps(jsonfmt.to_dict(data), indent=2) + "\n"
+    assert jsonfmt.render(data) == expected
+    assert jsonfmt._flat_rows(rows) is not None
+
+
+@pytest.mark.parametrize(
+    "odd_row", [{"nested": {"a": 1}}, {"list": [1, 2]}, {}, {1: "int key"}, {"s": State.STORED}]
+)
+def test_json_rows_that_are_not_flat_take_json_dumps_itself(odd_row: dict[object, object]) -> None:
+    from migrator.report import jsonfmt
+
+    data = from_store_result(_result())
+    assert data.files is not None
+    data.files.insert(3, odd_row)  # type: ignore[arg-type]
+    assert jsonfmt._flat_rows(data.files) is None
+    assert jsonfmt.render(data) == json.dumps(jsonfmt.to_dict(data), indent=2) + "\n"
+
+
+def test_file_outcome_json_has_every_field_in_declaration_order() -> None:
+    import dataclasses
+
+    outcome = _stored(7, reason="why", warning=True, transcoded=True, seconds=0.0012345678)
+    expected = dataclasses.asdict(outcome)
+    expected.update(state="stored", status="0x0000", seconds=0.001235)
+    row = outcome.to_json()
+    assert row == expected
+    assert list(row) == [f.name for f in dataclasses.fields(FileOutcome)]
+    assert FileOutcome("/x", State.FAILED).to_json()["status"] is None
