@@ -177,17 +177,20 @@ class EmbeddedRedis:
     def stop(self, timeout: float | None = None) -> None:
         """Stop the server and remove its temporary files. Idempotent; safe after a failed start.
 
-        SIGTERM is redis' orderly shutdown: with no save points nothing is written; with
-        ``data_dir`` the AOF is flushed and fsynced first. SIGKILL after ``timeout`` (5 s, or
-        30 s when data is kept). Each step clears its own state only when done, so a stop
-        interrupted by a second Ctrl-C is finished by the atexit call.
+        The ``SHUTDOWN`` command (:meth:`_shutdown_now`), else SIGTERM: both are redis' orderly
+        shutdown. With no save points nothing is written; with ``data_dir`` the AOF is written
+        and fsynced before the process exits, so once ``stop()`` returns the job is on disk
+        and the same command resumes it (also after a power cut). SIGKILL after ``timeout``
+        (5 s, or 30 s when data is kept). Each step clears its own state only when done, so a
+        stop interrupted by a second Ctrl-C is finished by the atexit call.
         """
         if timeout is None:
             timeout = 30.0 if self.persistent else 5.0
         if self._proc is not None:
             proc = self._proc
-            if proc.poll() is None:
+            if proc.poll() is None and not self._shutdown_now():
                 proc.terminate()
+            if proc.poll() is None:
                 try:
                     proc.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -200,8 +203,9 @@ class EmbeddedRedis:
             # still a redis-server (after a long run the number could belong to someone else).
             pid = self._pid
             if pid_alive(pid) and self._is_redis_process(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                if not self._shutdown_now():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
                 if not wait_gone(lambda: [pid] if pid_alive(pid) else [], timeout):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
@@ -391,6 +395,36 @@ class EmbeddedRedis:
             # polls, and must notice a dead server at once.
             retry=Retry(NoBackoff(), 0),
         )
+
+    def _shutdown_now(self) -> bool:
+        """Send ``SHUTDOWN`` on our socket; True once the server closed the connection on it.
+
+        The same shutdown as SIGTERM (AOF written and fsynced first when data is kept), but at
+        once: redis-server acts on a signal only at its next cron tick (``hz`` 10: up to 0.1 s,
+        0.05 s on average, of every run's stop). Not redis-py's ``shutdown()``, which also
+        takes a refused connection for success. False (the caller then sends SIGTERM) when
+        the command could not be sent or was refused (an AOF it could not write), or no
+        answer came within 2 s (a long fsync: the shutdown goes on; SIGTERM does not harm it).
+        """
+        if self.socket_path is None:
+            return False
+        client = self._client()  # no retries: a SHUTDOWN is never sent twice
+        try:
+            try:
+                client.ping()  # connected: a connection lost from here on is the shutdown
+            except redis.RedisError as exc:
+                log.debug("embedded Redis: no SHUTDOWN sent (%s); SIGTERM instead", exc)
+                return False
+            try:
+                reply = client.execute_command("SHUTDOWN")  # type: ignore[no-untyped-call]
+            except redis.ConnectionError:
+                return True  # the server closed the connection: it is exiting
+            except redis.RedisError as exc:
+                reply = exc
+        finally:
+            client.close()
+        log.warning("embedded Redis: SHUTDOWN failed (%s); sending SIGTERM", reply)
+        return False
 
     def _wait_ready(self, alive: Callable[[], bool]) -> None:
         """PING until it answers, while the process lives, up to ``startup_timeout``."""
