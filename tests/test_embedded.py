@@ -193,6 +193,34 @@ def test_embedded_redis_keeps_data_in_data_dir(
     assert not any(p.is_socket() for p in state.rglob("*"))
 
 
+@pytest.mark.parametrize("how", ["SHUTDOWN", "SIGTERM"])
+def test_embedded_redis_stop_leaves_the_last_write_in_the_aof(
+    how: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """stop() sends SHUTDOWN (SIGTERM when that fails): once it returns, the server is gone
+    and the append-only file holds the last write, so the same command resumes the job."""
+    monkeypatch.delenv("MIGRATOR_EMBEDDED_REDIS", raising=False)
+    if how == "SIGTERM":
+        monkeypatch.setattr(EmbeddedRedis, "_shutdown_now", lambda self: False)
+    state = tmp_path / "state"
+    embedded = EmbeddedRedis(data_dir=state).start()
+    pid = embedded.pid
+    client = redis.Redis.from_url(embedded.redis_url)
+    client.set("last-write", how)
+    client.close()
+    t0 = time.monotonic()
+    embedded.stop()
+    stopped = time.monotonic() - t0
+    assert not _running(pid)
+    aof = b"".join(f.read_bytes() for f in (state / "appendonlydir").glob("*.incr.aof"))
+    assert b"last-write" in aof and how.encode() in aof
+    with EmbeddedRedis(data_dir=state) as again:
+        client = redis.Redis.from_url(again.redis_url)
+        assert client.get("last-write") == how.encode()
+        client.close()
+    print(f"stop by {how}: {stopped:.3f} s")
+
+
 def test_embedded_redis_start_failure_shows_the_log(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
