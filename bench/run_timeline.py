@@ -54,6 +54,7 @@ def main() -> None:
     wrap(local.LocalWorkers, "stop", "local workers stop")
     wrap(run_cmd, "_plan", "plan")
     wrap(engine, "wait", "wait for every outcome")
+    wrap(run_cmd, "_read_results", "read the summary (and report) from the ledger")
     wrap(run_cmd, "_read_report", "read the report from the ledger")
     wrap(summary, "render_text", "summary")
     wrap(report, "write_report", "write the report file")

@@ -28,6 +28,7 @@ from migrator.syntaxes import resolve
 
 if TYPE_CHECKING:
     from migrator.ledger import Ledger
+    from migrator.outcomes import FileOutcome, StoreResult
     from migrator.planner import PlanSummary
     from migrator.report import ReportData
     from workers.local import LocalWorkers
@@ -397,9 +398,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
                 # Every file has its outcome: the workers are idle and hold nothing unacked.
                 local.stop(graceful=False)
             ledger.mark_finished()
-            result = ledger.to_store_result(config.server)
             # Read now: an embedded Redis is gone once this block ends.
-            report = _read_report(ledger, o) if o["report"] else None
+            result, report = _read_results(ledger, config.server, o)
     except KeyboardInterrupt:
         click.echo(
             f"\nmigrator: interrupted; run the same command again to resume job {job_id}",
@@ -432,7 +432,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         result.fatal = f"{reason}; nothing was stored. Once fixed: migrator retry {job_id}"
     from migrator.summary import render_text
 
-    text = render_text(result)
+    text = render_text(result, job_report=report)  # report: read with result's outcomes
     click.echo(text.splitlines()[0] if quiet else text)
     if report is not None:
         from migrator.report import write_report
@@ -442,11 +442,28 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     raise SystemExit(int(result.exit_status))
 
 
-def _read_report(ledger: Ledger, o: dict[str, Any]) -> ReportData:
+def _read_results(
+    ledger: Ledger, server: str, o: dict[str, Any]
+) -> tuple[StoreResult, ReportData | None]:
+    """The summary's StoreResult and (with --report) the report, from ONE read of the
+    ledger: each read of 20,000 outcomes is ~0.2 s of the run's stop."""
+    if not o["report"]:
+        return ledger.to_store_result(server), None
+    from migrator.outcomes import StoreResult
+
+    outcomes: list[FileOutcome] = []
+    report = _read_report(ledger, o, outcomes)
+    # What Ledger.to_store_result makes: the same outcomes, started and finished stamps.
+    return StoreResult(server, outcomes, started=report.started, finished=report.finished), report
+
+
+def _read_report(
+    ledger: Ledger, o: dict[str, Any], outcomes: list[FileOutcome] | None = None
+) -> ReportData:
     from migrator.report import format_for_path, from_ledger
 
     json_report = format_for_path(o["report"]) == "json"
-    return from_ledger(ledger, keep_files=json_report, redis_url=o["redis_url"])
+    return from_ledger(ledger, keep_files=json_report, redis_url=o["redis_url"], outcomes=outcomes)
 
 
 def _dry_run(sources: list[Any], o: dict[str, Any]) -> None:
