@@ -322,6 +322,25 @@ def test_local_workers_answer_and_leave_no_process() -> None:
     print(f"LocalWorkers(2): start {started:.3f} s, stop {stopped:.3f} s")
 
 
+def test_local_workers_killed_then_stopped_leave_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """kill() (idle workers at the end of a run) returns at once; stop() then reaps the group,
+    waits until none is left and removes the log: their exit by SIGKILL is no failure."""
+    with EmbeddedRedis() as embedded:
+        workers = LocalWorkers(embedded.url, 2).start()
+        pgid = workers.pid
+        group = _group(pgid)
+        log_dir = workers.logfile.parent if workers.logfile else None
+        try:
+            workers.kill()
+            assert _wait_all_gone(group, 10) == set(), _describe(group)
+        finally:
+            workers.stop()
+        assert not workers.alive() and _group(pgid) == set()
+        assert log_dir is not None and not log_dir.exists()
+        assert "exited with" not in caplog.text
+        workers.kill()  # after stop(): nothing to do
+
+
 def test_local_workers_start_failure_shows_the_log() -> None:
     """A worker that exits during startup: the error has its exit code and log tail."""
     with EmbeddedRedis() as embedded:

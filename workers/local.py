@@ -102,6 +102,7 @@ class LocalWorkers:
         self._proc: subprocess.Popen[bytes] | None = None
         self._keep_log = False  # the worker failed: its log is the only record of why
         self._ready = False
+        self._killed = False  # kill() sent SIGKILL: an exit status of -9 is ours, not a failure
         self._probe_conn: redis.Redis | None = None
 
     @property
@@ -173,6 +174,18 @@ class LocalWorkers:
             raise
         return self
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group now, and return without waiting: for workers known
+        to be idle (every file has its outcome, nothing is unacked), so that they die while
+        the caller reads the ledger. ``stop()`` (also ``__exit__``) then reaps them and waits
+        until none is left, as always."""
+        if self._proc is None:
+            return
+        self._killed = True
+        # The group id is the main PID, ours until stop() reaps it (see stop()).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+
     def stop(self, timeout: float = 15.0, *, graceful: bool = True) -> None:
         """SIGTERM (soft shutdown), wait up to ``timeout``, then SIGKILL the whole group.
 
@@ -192,7 +205,7 @@ class LocalWorkers:
             self._probe_conn = None
         if proc is not None:
             pgid = proc.pid
-            if proc.poll() is None and graceful:
+            if proc.poll() is None and graceful and not self._killed:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
                 try:
@@ -203,7 +216,11 @@ class LocalWorkers:
                         )
                 except KeyboardInterrupt:
                     interrupted = True
-            elif proc.poll() is not None and proc.returncode != 0 and not self._keep_log:
+            elif (
+                proc.poll() is not None
+                and proc.returncode != 0
+                and not (self._killed or self._keep_log)
+            ):
                 # Died on its own during the run: say so, with the reason, and keep the log.
                 self._keep_log = True
                 log.warning(

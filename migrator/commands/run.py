@@ -396,7 +396,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
             progress.close()
             if local is not None and counts["in_flight"] == 0:
                 # Every file has its outcome: the workers are idle and hold nothing unacked.
-                local.stop(graceful=False)
+                # Killed now, waited for (until none is left) when this block ends.
+                local.kill()
             ledger.mark_finished()
             # Read now: an embedded Redis is gone once this block ends.
             result, report = _read_results(ledger, config.server, o)
