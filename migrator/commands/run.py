@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -392,6 +394,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
                 on_progress=progress.update,
                 timeout=o["timeout"],
                 alive=local.alive if local else None,
+                poll=0.02,  # the last outcome is seen ~10 ms after it lands, not ~50
             )
             progress.close()
             if local is not None and counts["in_flight"] == 0:
@@ -433,6 +436,9 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         result.fatal = f"{reason}; nothing was stored. Once fixed: migrator retry {job_id}"
     from migrator.summary import render_text
 
+    # This process ends soon: spare its exit the interpreter's full garbage collections over
+    # all it read (~50 ms for 20,000 files; nothing here needs a collection to finalize it).
+    atexit.register(gc.freeze)
     text = render_text(result, job_report=report)  # report: read with result's outcomes
     click.echo(text.splitlines()[0] if quiet else text)
     if report is not None:
