@@ -244,7 +244,7 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _flat_rows(rows: list[Any]) -> str | None:
-    """``rows`` (non-empty dicts of scalars, keyed by strings) as ``json.dumps(indent=2)``
+    """``rows`` (non-empty dicts of scalars) as ``json.dumps(indent=2)``
     writes them under a top-level key, or None when a row is not flat (the caller then dumps
     it all).
 
@@ -254,10 +254,9 @@ def _flat_rows(rows: list[Any]) -> str | None:
     """
     if not rows:
         return "[]"
-    # Checked in C loops (map, set): a Python loop over 300,000 values costs ~40 ms.
+    # Checked in C loops (map, set), not in a Python loop over 300,000 values (~40 ms). Keys
+    # need no check: both encoders turn a number, bool or None key into the same string.
     if set(map(type, rows)) != {dict} or not all(rows):
-        return None
-    if not set(map(type, chain.from_iterable(rows))) <= {str}:
         return None
     if not set(map(type, chain.from_iterable(map(dict.values, rows)))) <= _SCALARS:
         return None

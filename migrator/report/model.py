@@ -355,7 +355,7 @@ class _Builder:
             worker = d.workers[name] = WorkerShare(name)
         worker.states[state] += 1
         at = extra.get("at")
-        if isinstance(at, int | float):
+        if isinstance(at, (int, float)):  # a tuple: isinstance with a union is slower
             self.settled_at[int(at)] += 1
         if outcome.status is not None:
             sc = d.statuses.get(outcome.status)
@@ -390,7 +390,11 @@ class _Builder:
             )
         if d.files is not None:
             row = outcome.to_json()
-            row.update({k: extra[k] for k in ("worker", "at") if k in extra})
+            # (Not a dict comprehension: this runs once per file, 20,000 times for 20,000.)
+            if "worker" in extra:
+                row["worker"] = extra["worker"]
+            if "at" in extra:
+                row["at"] = extra["at"]
             d.files.append(row)
 
     def add_in_flight(self, planned: PlannedFile) -> None:
