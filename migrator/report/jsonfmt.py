@@ -216,11 +216,11 @@ def to_dict(data: ReportData) -> dict[str, Any]:
 
 
 def render(data: ReportData) -> str:
-    """``json.dumps(to_dict(data), indent=2)``, with its per-file part made ~5x faster.
+    """``json.dumps(to_dict(data), indent=2)``, with its per-file part in half the time.
 
     The ``files`` list is most of a job's report (20,000 files: 0.27 s of pure-Python encoding,
     since ``indent`` turns off json's C encoder) and it comes last: the rest is dumped as is,
-    and the files, flat rows of scalars, by :func:`_flat_rows`, to the same text.
+    and the files, flat rows of scalars, by :func:`_flat_rows` (C encoder), to the same text.
     """
     report = to_dict(data)
     files = report.pop("files", None)
@@ -231,7 +231,8 @@ def render(data: ReportData) -> str:
     if rows is None:
         report["files"] = files
         return json.dumps(report, indent=2) + "\n"
-    return head[: -len("\n}")] + ',\n  "files": ' + rows + "\n}\n"
+    # One join: each concatenation of the ~10 MB of 20,000 files copies them again.
+    return "".join((head[: -len("\n}")], ',\n  "files": ', *rows, "\n}\n"))
 
 
 #: Between two fields of a row, as ``indent=2`` writes them at this depth. Never inside a
@@ -243,17 +244,17 @@ _ROWS = json.JSONEncoder(separators=(_FIELD_SEP, ": "))
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _flat_rows(rows: list[Any]) -> str | None:
-    """``rows`` (non-empty dicts of scalars) as ``json.dumps(indent=2)``
-    writes them under a top-level key, or None when a row is not flat (the caller then dumps
-    it all).
+def _flat_rows(rows: list[Any]) -> tuple[str, ...] | None:
+    """``rows`` (non-empty dicts of scalars) as ``json.dumps(indent=2)`` writes them under a
+    top-level key (in pieces, to be joined), or None when a row is not flat (the caller then
+    dumps it all).
 
     Encoded by the C encoder with the fields' separator between all items; then only the
     separators between two rows change: ``}<sep>{`` stands nowhere else (a scalar value never
     ends with ``}``, a key starts with a quote).
     """
     if not rows:
-        return "[]"
+        return ("[]",)
     # Checked in C loops (map, set), not in a Python loop over 300,000 values (~40 ms). Keys
     # need no check: both encoders turn a number, bool or None key into the same string.
     if set(map(type, rows)) != {dict} or not all(rows):
@@ -261,5 +262,5 @@ def _flat_rows(rows: list[Any]) -> str | None:
     if not set(map(type, chain.from_iterable(map(dict.values, rows)))) <= _SCALARS:
         return None
     flat = _ROWS.encode(rows)  # [{"k": v<sep>"k": v}<sep>{...}]
-    body = flat[2:-2].replace("}" + _FIELD_SEP + "{", "\n    },\n    {\n      ")
-    return "[\n    {\n      " + body + "\n    }\n  ]"
+    body = flat.replace("}" + _FIELD_SEP + "{", "\n    },\n    {\n      ")
+    return ("[\n    {\n      ", body[2:-2], "\n    }\n  ]")
