@@ -43,16 +43,18 @@ def main() -> None:
     import migrator.engine as engine
     import migrator.report as report
     import migrator.summary as summary
+    import workers.local as local
     from migrator.cli import main as cli_main
 
     mark("imports done")
     wrap(embedded.EmbeddedRedis, "start", "embedded Redis start")
     wrap(embedded.EmbeddedRedis, "stop", "embedded Redis stop")
-    wrap(embedded.LocalWorkers, "start", "local workers launch")
-    wrap(embedded.LocalWorkers, "wait_ready", "local workers wait until ready")
-    wrap(embedded.LocalWorkers, "stop", "local workers stop")
+    wrap(local.LocalWorkers, "start", "local workers launch")
+    wrap(local.LocalWorkers, "wait_ready", "local workers wait until ready")
+    wrap(local.LocalWorkers, "stop", "local workers stop")
     wrap(run_cmd, "_plan", "plan")
     wrap(engine, "wait", "wait for every outcome")
+    wrap(run_cmd, "_read_results", "read the summary (and report) from the ledger")
     wrap(run_cmd, "_read_report", "read the report from the ledger")
     wrap(summary, "render_text", "summary")
     wrap(report, "write_report", "write the report file")

@@ -643,7 +643,7 @@ def wait_settled(
 def send_phase(
     spec: SendSpec, work: Path, receiver: Receiver, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from migrator.embedded import LocalWorkers
+    from workers.local import LocalWorkers
 
     job = f"send-{spec.name}"
     with RedisServer(work, spec.name) as server, contextlib.closing(server.client()) as client:

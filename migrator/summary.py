@@ -10,11 +10,20 @@ import json
 from typing import Any
 
 from migrator.outcomes import StoreResult
-from migrator.report import from_store_result, jsonfmt, text, write_atomic
+from migrator.report import ReportData, from_store_result, jsonfmt, text, write_atomic
+from migrator.report.builder import store_view
 
 
-def render_text(result: StoreResult, *, max_failures: int = 50) -> str:
-    return text.render(from_store_result(result, keep_files=False), max_failures=max_failures)
+def render_text(
+    result: StoreResult, *, max_failures: int = 50, job_report: ReportData | None = None
+) -> str:
+    """The summary of ``result``. ``job_report``: the job's report read from the ledger
+    together with ``result.outcomes`` (``from_ledger(..., outcomes=...)``, as `migrator run`
+    does): the summary's counts are taken from it instead of going over the outcomes again."""
+    data = store_view(job_report, result) if job_report is not None else None
+    if data is None:
+        data = from_store_result(result, keep_files=False)
+    return text.render(data, max_failures=max_failures)
 
 
 def report_dict(result: StoreResult, settings: dict[str, Any] | None = None) -> dict[str, Any]:

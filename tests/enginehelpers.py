@@ -1,6 +1,6 @@
 """Running distributed jobs in tests: real redis-server, real Celery worker processes.
 
-Workers are `migrator.embedded.LocalWorkers` (one Celery worker, N prefork children, its own
+Workers are `workers.local.LocalWorkers` (one Celery worker, N prefork children, its own
 process group); the job is started with the `migrator run` CLI in a subprocess, as users do.
 Fault tests shorten the visibility timeout so a killed worker's batch comes back within the
 test (TESTING.md §5.2 case B, §5.3).

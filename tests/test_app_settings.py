@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,49 @@ def test_a_worker_with_a_dangerous_timeout_refuses_to_start() -> None:
     )
     assert proc.returncode != 0
     assert "visibility timeout 5 s must exceed the task time limit (8 s)" in proc.stderr
+
+
+# What Celery's own command line makes of `worker_argv` (app.Worker replaced by a recorder):
+# the same options as the local workers' `workers.launch`, which passes WORKER_OPTIONS as is.
+_PARSE_ARGV = """
+import json, sys
+from workers.app import app
+from workers.launch import worker_argv
+seen = {}
+class Recorder:
+    def __init__(self, **kwargs):
+        seen.update(kwargs)
+        self.exitcode = 0
+    def start(self):
+        pass
+app.Worker = Recorder
+from celery.bin.celery import main
+sys.argv = ["celery", *worker_argv(3, loglevel="WARNING", hostname="n@%h")[3:]]
+try:
+    main()
+finally:
+    seen["pool"] = seen["pool"].__module__ + "." + seen["pool"].__name__
+    print(json.dumps(seen, default=str))
+"""
+
+
+def test_one_definition_of_the_worker_options() -> None:
+    from celery.concurrency import get_implementation
+
+    from workers.app import QUEUE
+    from workers.launch import QUEUE as LAUNCH_QUEUE
+    from workers.launch import WORKER_OPTIONS
+
+    assert LAUNCH_QUEUE == QUEUE
+    proc = subprocess.run(
+        [sys.executable, "-c", _PARSE_ARGV], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, value in WORKER_OPTIONS.items():
+        if name == "pool":
+            pool = get_implementation(value)
+            assert seen["pool"] == f"{pool.__module__}.{pool.__name__}"
+        else:
+            assert seen[name] == value, name
+    assert seen["concurrency"] == 3 and seen["loglevel"] == 30

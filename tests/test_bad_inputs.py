@@ -64,7 +64,6 @@ from migrator.dicomfile import (
     inspect_bytes,
     inspect_file,
 )
-from migrator.embedded import LocalWorkers
 from migrator.errors import SourceError
 from migrator.outcomes import State
 from migrator.sources.filesystem import FileSource
@@ -75,6 +74,7 @@ from tests.peers.dcmtk import StoreScpPeer
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import load_report, run_migrator
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(300)
 

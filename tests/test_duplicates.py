@@ -23,7 +23,6 @@ import pytest
 
 from migrator import duplicates, synth
 from migrator.dicomfile import inspect_file
-from migrator.embedded import LocalWorkers
 from migrator.errors import SourceError
 from migrator.ledger import Ledger, PlannedFile, split_id
 from migrator.outcomes import FileOutcome, State, StoreResult
@@ -48,6 +47,7 @@ from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import RedisPeer, redis_peer
 from tests.peers.s3 import MotoS3
 from tests.storehelpers import load_report, run_migrator, sop_uid
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from migrator.embedded import EmbeddedRedis, EmbeddedStartError, LocalWorkers
+from migrator.embedded import EmbeddedRedis, EmbeddedStartError
+from workers.local import LocalWorkers
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -192,6 +193,34 @@ def test_embedded_redis_keeps_data_in_data_dir(
     assert not any(p.is_socket() for p in state.rglob("*"))
 
 
+@pytest.mark.parametrize("how", ["SHUTDOWN", "SIGTERM"])
+def test_embedded_redis_stop_leaves_the_last_write_in_the_aof(
+    how: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """stop() sends SHUTDOWN (SIGTERM when that fails): once it returns, the server is gone
+    and the append-only file holds the last write, so the same command resumes the job."""
+    monkeypatch.delenv("MIGRATOR_EMBEDDED_REDIS", raising=False)
+    if how == "SIGTERM":
+        monkeypatch.setattr(EmbeddedRedis, "_shutdown_now", lambda self: False)
+    state = tmp_path / "state"
+    embedded = EmbeddedRedis(data_dir=state).start()
+    pid = embedded.pid
+    client = redis.Redis.from_url(embedded.redis_url)
+    client.set("last-write", how)
+    client.close()
+    t0 = time.monotonic()
+    embedded.stop()
+    stopped = time.monotonic() - t0
+    assert not _running(pid)
+    aof = b"".join(f.read_bytes() for f in (state / "appendonlydir").glob("*.incr.aof"))
+    assert b"last-write" in aof and how.encode() in aof
+    with EmbeddedRedis(data_dir=state) as again:
+        client = redis.Redis.from_url(again.redis_url)
+        assert client.get("last-write") == how.encode()
+        client.close()
+    print(f"stop by {how}: {stopped:.3f} s")
+
+
 def test_embedded_redis_start_failure_shows_the_log(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -293,6 +322,25 @@ def test_local_workers_answer_and_leave_no_process() -> None:
     print(f"LocalWorkers(2): start {started:.3f} s, stop {stopped:.3f} s")
 
 
+def test_local_workers_killed_then_stopped_leave_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """kill() (idle workers at the end of a run) returns at once; stop() then reaps the group,
+    waits until none is left and removes the log: their exit by SIGKILL is no failure."""
+    with EmbeddedRedis() as embedded:
+        workers = LocalWorkers(embedded.url, 2).start()
+        pgid = workers.pid
+        group = _group(pgid)
+        log_dir = workers.logfile.parent if workers.logfile else None
+        try:
+            workers.kill()
+            assert _wait_all_gone(group, 10) == set(), _describe(group)
+        finally:
+            workers.stop()
+        assert not workers.alive() and _group(pgid) == set()
+        assert log_dir is not None and not log_dir.exists()
+        assert "exited with" not in caplog.text
+        workers.kill()  # after stop(): nothing to do
+
+
 def test_local_workers_start_failure_shows_the_log() -> None:
     """A worker that exits during startup: the error has its exit code and log tail."""
     with EmbeddedRedis() as embedded:
@@ -314,7 +362,9 @@ OWNER = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from migrator.embedded import EmbeddedRedis, LocalWorkers, install_signal_handlers
+    from migrator.childproc import install_signal_handlers
+    from migrator.embedded import EmbeddedRedis
+    from workers.local import LocalWorkers
 
     def group(pgid):
         out = []
@@ -398,7 +448,9 @@ def test_owner_signal_leaves_no_process(sigs: list[signal.Signals], tmp_path: Pa
 OWNER_STARTING = textwrap.dedent(
     """
     import time
-    from migrator.embedded import EmbeddedRedis, LocalWorkers, install_signal_handlers
+    from migrator.childproc import install_signal_handlers
+    from migrator.embedded import EmbeddedRedis
+    from workers.local import LocalWorkers
 
     install_signal_handlers()
     with EmbeddedRedis() as redis_:

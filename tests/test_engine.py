@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from migrator import synth
-from migrator.embedded import LocalWorkers
 from tests.enginehelpers import (
     FAST_FAULTS,
     assert_invariant,
@@ -34,6 +33,7 @@ from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import RedisPeer, redis_peer
 from tests.peers.s3 import ACCESS_KEY, REGION, SECRET_KEY
 from tests.storehelpers import load_report, sop_uid
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -27,7 +27,6 @@ import pytest
 import redis
 
 from migrator import synth
-from migrator.embedded import LocalWorkers
 from migrator.ledger import Ledger
 from migrator.netutil import free_port
 from migrator.outcomes import FileOutcome, State
@@ -50,6 +49,7 @@ from tests.peers.redis import RedisPeer
 from tests.peers.s3 import ACCESS_KEY, REGION, SECRET_KEY, MotoS3
 from tests.peers.tcp_proxy import TcpProxy
 from tests.storehelpers import load_report, sop_uid
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 from migrator import synth
-from migrator.embedded import LocalWorkers
 from migrator.netutil import free_port
 from migrator.transfer.inline import send_until_ready
 from tests.enginehelpers import assert_invariant, only_job, wait_until
 from tests.peers.counting_scp import counting_scp
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import run_migrator
+from workers.local import LocalWorkers
 
 
 def _plan(folder: Path, port: int, url: str) -> None:

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from migrator import synth
-from migrator.embedded import LocalWorkers
 from migrator.ledger import Ledger
 from migrator.sources.manifest import BadLine, ManifestEntry, read_manifest
 from tests.enginehelpers import assert_invariant, common_args, finish, start_run, wait_until
 from tests.peers.counting_scp import counting_scp
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import sop_uid
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(240)
 

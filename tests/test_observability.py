@@ -18,12 +18,12 @@ import pytest
 import requests
 
 from migrator import synth
-from migrator.embedded import LocalWorkers
 from migrator.netutil import free_port
 from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
 from tests.peers.counting_scp import counting_scp
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import sop_uid
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -29,12 +29,12 @@ import pydicom
 import pytest
 
 from migrator import synth
-from migrator.embedded import LocalWorkers
 from migrator.ledger import Ledger
 from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
 from tests.peers.counting_scp import counting_scp
 from tests.peers.redis import redis_peer
 from tests.storehelpers import load_report, run_migrator, sop_uid
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,7 +13,14 @@ import pytest
 
 from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FileOutcome, State, StoreResult
-from migrator.report import FORMATS, format_for_path, from_ledger, from_store_result, render
+from migrator.report import (
+    FORMATS,
+    ReportData,
+    format_for_path,
+    from_ledger,
+    from_store_result,
+    render,
+)
 from migrator.report.csvfmt import COLUMNS
 from migrator.report.latency import Latency
 from migrator.report.masking import mask_secrets, mask_text
@@ -340,3 +347,125 @@ def test_report_of_a_verified_job_lists_a_bounded_number_of_missing_files(
     assert "the ledger now says 9 stored: run `migrator verify` again" in render(
         from_ledger(ledger), "text"
     )
+
+
+_AWKWARD = [
+    '/a}\x00{b"},\n      {"c": 1}',  # a row boundary and its separator, inside a string
+    "/é/ü/\u2028/\U0001f600.dcm",
+    "/tab\there/\\back\\slash/\x1f",
+    "",
+]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [],
+        [{"uri": "/one.dcm"}],
+        [
+            {
+                "uri": uri,
+                "state": "stored",
+                "status": None if i % 2 else "0x0000",
+                "transcoded": bool(i % 2),
+                "bytes": -i,
+                "seconds": [0.0, 1e-7, 123456.789, float("nan"), float("inf"), 0.1][i % 6],
+                "at": 1700000000.25 + i,
+                uri or "empty": i,  # odd keys too
+                i: None,  # a number as key: both encoders write it as a string
+            }
+            for i, uri in enumerate(_AWKWARD * 3)
+        ],
+    ],
+)
+def test_json_files_are_written_as_json_dumps_indent_2(rows: list[dict[str, object]]) -> None:
+    from migrator.report import jsonfmt
+
+    data = from_store_result(_result())
+    data.files = rows
+    expected = json.dumps(jsonfmt.to_dict(data), indent=2) + "\n"
+    assert jsonfmt.render(data) == expected
+    assert jsonfmt._flat_rows(rows) is not None
+
+
+@pytest.mark.parametrize(
+    "odd_row", [{"nested": {"a": 1}}, {"list": [1, 2]}, {"tuple": (1,)}, {}, {"s": State.STORED}]
+)
+def test_json_rows_that_are_not_flat_take_json_dumps_itself(odd_row: dict[object, object]) -> None:
+    from migrator.report import jsonfmt
+
+    data = from_store_result(_result())
+    assert data.files is not None
+    data.files.insert(3, odd_row)  # type: ignore[arg-type]
+    assert jsonfmt._flat_rows(data.files) is None
+    assert jsonfmt.render(data) == json.dumps(jsonfmt.to_dict(data), indent=2) + "\n"
+
+
+def test_file_outcome_json_has_every_field_in_declaration_order() -> None:
+    import dataclasses
+
+    outcome = _stored(7, reason="why", warning=True, transcoded=True, seconds=0.0012345678)
+    expected = dataclasses.asdict(outcome)
+    expected.update(state="stored", status="0x0000", seconds=0.001235)
+    row = outcome.to_json()
+    assert row == expected
+    assert list(row) == [f.name for f in dataclasses.fields(FileOutcome)]
+    assert FileOutcome("/x", State.FAILED).to_json()["status"] is None
+
+
+def test_run_summary_from_its_one_ledger_read_is_store_results(redis_server: RedisPeer) -> None:
+    """`migrator run` reads the ledger once (from_ledger with ``outcomes``): the StoreResult
+    it makes is to_store_result's, and the summary taken from the report (store_view) is
+    from_store_result's, field by field and as text."""
+    from migrator.report.model import store_view
+
+    ledger = Ledger(redis_server.client(), "job-one-read")
+    ledger.create({"host": "pacs", "port": 104, "called_ae": "PACS"})
+    ledger.mark_started()
+    planned = ledger.add_batch("b1", [_planned(i) for i in range(40)])
+    planned += ledger.add_batch("b2", [_planned(i) for i in range(40, 70)])
+    ledger.add_refused([("/archive/readme.txt", State.SKIPPED, "not a DICOM file")])
+    now = time.time()
+    outcomes = [_stored(i, seconds=0.001 * (i % 7 + 1)) for i in range(70)]
+    outcomes[3] = FileOutcome(planned[3].uri, State.FAILED, "0xA900 x", 0xA900, attempts=1)
+    outcomes[41] = _stored(41, status=0xB000, warning=True, reason="0xB000 Warning: coercion")
+    outcomes[50] = FileOutcome(planned[50].uri, State.FAILED, "association aborted", attempts=2)
+    pairs = enumerate(zip(planned, outcomes, strict=True))
+    ledger.record_many([(p.file_id, o, now + i / 10) for i, (p, o) in pairs], worker="w1:1")
+    ledger.mark_finished()
+
+    read: list[FileOutcome] = []
+    report = from_ledger(ledger, outcomes=read)
+    expected = ledger.to_store_result("pacs:104 (PACS)")
+    assert read == expected.outcomes and len(read) == 71
+    result = StoreResult("pacs:104 (PACS)", read, started=report.started, finished=report.finished)
+    assert (result.started, result.finished) == (expected.started, expected.finished)
+    result.fatal = "a fatal line"
+
+    view = store_view(report, result)
+    alone = from_store_result(result, keep_files=False)
+    assert view is not None
+    for name in ReportData.__dataclass_fields__:
+        if name == "latency":
+            for part in ("sample", "bins", "count", "total", "maximum"):
+                assert getattr(view.latency, part) == getattr(alone.latency, part), part
+        elif name != "generated":
+            assert getattr(view, name) == getattr(alone, name), name
+    assert render_text(result, job_report=report) == render_text(result)
+    assert "✗ a fatal line" in render_text(result, job_report=report)
+
+
+def test_run_summary_of_a_job_with_files_in_flight_is_built_from_its_outcomes(
+    redis_server: RedisPeer,
+) -> None:
+    from migrator.report.model import store_view
+
+    ledger = Ledger(redis_server.client(), "job-in-flight")
+    ledger.create({"host": "pacs", "port": 104, "called_ae": "PACS"})
+    planned = ledger.add_batch("b1", [_planned(i) for i in range(4)])
+    ledger.record_many([(planned[0].file_id, _stored(0), time.time())], worker="w1:1")
+    read: list[FileOutcome] = []
+    report = from_ledger(ledger, outcomes=read)
+    result = StoreResult("pacs:104 (PACS)", read)
+    assert report.in_flight == 3 and store_view(report, result) is None
+    assert render_text(result, job_report=report) == render_text(result)

@@ -23,12 +23,12 @@ from click.testing import CliRunner
 
 from migrator import synth
 from migrator.cli import COMMANDS, main
-from migrator.embedded import LocalWorkers
 from tests.enginehelpers import common_args, finish, only_job, start_run
 from tests.peers.migrator_scp import RunningScp, start_migrator_scp
 from tests.peers.redis import RedisPeer, redis_peer
 from tests.peers.s3 import REGION, moto_s3_server
 from tests.storehelpers import run_migrator
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(180)
 

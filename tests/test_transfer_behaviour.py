@@ -9,7 +9,7 @@ the association on a marked dataset or refuses it with a failure status.
 
 Some bodies also run a second `run` variant: ``run-workers`` / ``run-batch1`` set a 1 ms
 ``--throttle-delay``, which keeps the run process from sending batches itself
-(workers/inline.py), so that the worker processes' path is the one exercised; the report's
+(migrator/transfer/inline.py), so that the worker processes' path is the one exercised; the report's
 ``worker`` field (``host:PID``) is checked to prove which path sent (``check_senders``).
 
 Checks that describe one behaviour are collected and reported together (``Problems``), so a
@@ -415,7 +415,7 @@ SECOND_COPY_VARIANTS = {
     "store": ("store", []),
     "run": ("run", []),
     # The two copies in two batches. The 1 ms throttle keeps the run process from sending
-    # batches itself (workers/inline.py takes them from the END of the plan, so b_second
+    # batches itself (migrator/transfer/inline.py takes them from the END of the plan, so b_second
     # would go first); one worker process then takes the batches in plan order: a_first
     # is tried first, as in `store`.
     "run-batch1": ("run", ["--batch-files", "1", "--throttle-delay", "1"]),

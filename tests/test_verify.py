@@ -24,7 +24,6 @@ from click.testing import CliRunner
 
 from migrator import synth
 from migrator.cli import main
-from migrator.embedded import LocalWorkers
 from migrator.ledger import Ledger
 from migrator.netutil import free_port
 from migrator.settings import Settings
@@ -33,6 +32,7 @@ from tests.enginehelpers import assert_invariant, common_args, finish, only_job,
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import RedisPeer, redis_peer
 from tests.storehelpers import sop_uid
+from workers.local import LocalWorkers
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -229,7 +229,7 @@ class RssSampler:
 
 WSI_VARIANTS = {
     "store": ("store", []),
-    # one batch: the run process sends it itself while its worker boots (workers/inline.py)
+    # one batch: the run process sends it itself while its worker boots (transfer/inline.py)
     "run": ("run", []),
     # a throttle delay keeps the run process from sending: the worker process sends it
     "run-worker": ("run", ["--throttle-delay", "1"]),

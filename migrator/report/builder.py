@@ -60,7 +60,7 @@ class _Builder:
             worker = d.workers[name] = WorkerShare(name)
         worker.states[state] += 1
         at = extra.get("at")
-        if isinstance(at, int | float):
+        if isinstance(at, (int, float)):  # a tuple: isinstance with a union is slower
             self.settled_at[int(at)] += 1
         if outcome.status is not None:
             sc = d.statuses.get(outcome.status)
@@ -95,7 +95,11 @@ class _Builder:
             )
         if d.files is not None:
             row = outcome.to_json()
-            row.update({k: extra[k] for k in ("worker", "at") if k in extra})
+            # (Not a dict comprehension: this runs once per file, 20,000 times for 20,000.)
+            if "worker" in extra:
+                row["worker"] = extra["worker"]
+            if "at" in extra:
+                row["at"] = extra["at"]
             d.files.append(row)
 
     def add_in_flight(self, planned: PlannedFile) -> None:
@@ -196,6 +200,43 @@ def from_store_result(
     return builder.finish(None)
 
 
+def store_view(job: ReportData, result: StoreResult) -> ReportData | None:
+    """What ``from_store_result(result, keep_files=False)`` builds, taken from ``job``: the
+    report of the job whose ledger read gave ``result.outcomes`` (``from_ledger(...,
+    outcomes=result.outcomes)``). Its counts, statuses, groups, problems and latencies were
+    built from the same outcomes in the same order, so nothing is gone over twice (~50 ms per
+    20,000 files); what only a job has (timeline, workers, verification, files) is left out.
+
+    None when ``job`` counts files in flight: they are among its problems and groups, and a
+    StoreResult has none (build from the result then).
+    """
+    if job.in_flight:
+        return None
+    return ReportData(
+        server=result.server,
+        generated=time.time(),
+        started=result.started,
+        finished=result.finished,
+        fatal=result.fatal,
+        fatal_exit=result.fatal_exit,
+        settings=mask_secrets({}),
+        states=job.states,
+        warnings=job.warnings,
+        transcoded=job.transcoded,
+        bytes_stored=job.bytes_stored,
+        statuses=job.statuses,
+        groups=job.groups,
+        sop_classes=job.sop_classes,
+        ts_original=job.ts_original,
+        ts_sent=job.ts_sent,
+        workers={STORE_PROCESS: WorkerShare(STORE_PROCESS, Counter(job.states), job.bytes_stored)},
+        latency=job.latency,
+        timeline=build_timeline({}, Counter()),
+        problems=job.problems,
+        warned=job.warned,
+    )
+
+
 def from_ledger(
     ledger: Ledger,
     *,
@@ -205,11 +246,16 @@ def from_ledger(
     fatal_exit: ExitStatus | None = None,
     now: float | None = None,
     verify_limit: int | None = MAX_FILES,
+    outcomes: list[FileOutcome] | None = None,
 ) -> ReportData:
     """The report of a job, read from its ledger; works while the job runs (``live``).
 
     Files in flight are read first and outcomes second, and a file found in both counts as
     settled, so a file that settles during the read is counted once.
+
+    ``outcomes``, when given, gets every settled file's outcome as read, in the order of
+    ``Ledger.iter_outcomes`` (what ``Ledger.to_store_result`` holds): `migrator run` builds its
+    summary from them instead of reading the ledger a second time (~0.2 s per 20,000 files).
 
     The job's last `migrator verify`, if any, becomes ``verification``, with at most
     ``verify_limit`` of its missing (and of its unconfirmed) files (None: all of them).
@@ -239,6 +285,8 @@ def from_ledger(
     builder = _Builder(data, keep_files=keep_files, default_worker=PLANNER)
     for fid, outcome, extra in ledger.iter_outcomes():
         builder.add(outcome, extra)
+        if outcomes is not None:
+            outcomes.append(outcome)
         if verification is not None:
             verification.see(fid, outcome)
     if counts["in_flight"] > 0:

@@ -13,6 +13,7 @@ for `store` reports): its counts, and the files the PACS lacks or did not confir
 from __future__ import annotations
 
 import json
+from itertools import chain
 from typing import Any
 
 from migrator import status as st
@@ -215,4 +216,51 @@ def to_dict(data: ReportData) -> dict[str, Any]:
 
 
 def render(data: ReportData) -> str:
-    return json.dumps(to_dict(data), indent=2) + "\n"
+    """``json.dumps(to_dict(data), indent=2)``, with its per-file part in half the time.
+
+    The ``files`` list is most of a job's report (20,000 files: 0.27 s of pure-Python encoding,
+    since ``indent`` turns off json's C encoder) and it comes last: the rest is dumped as is,
+    and the files, flat rows of scalars, by :func:`_flat_rows` (C encoder), to the same text.
+    """
+    report = to_dict(data)
+    files = report.pop("files", None)
+    head = json.dumps(report, indent=2)
+    if files is None:
+        return head + "\n"
+    rows = _flat_rows(files)
+    if rows is None:
+        report["files"] = files
+        return json.dumps(report, indent=2) + "\n"
+    # One join: each concatenation of the ~10 MB of 20,000 files copies them again.
+    return "".join((head[: -len("\n}")], ',\n  "files": ', *rows, "\n}\n"))
+
+
+#: Between two fields of a row, as ``indent=2`` writes them at this depth. Never inside a
+#: value: an ensure_ascii encoder writes no raw control character (a newline in a string is
+#: ``\\n``), in keys and values alike.
+_FIELD_SEP = ",\n      "
+#: json's C encoder (it is used only without ``indent``), writing that between items.
+_ROWS = json.JSONEncoder(separators=(_FIELD_SEP, ": "))
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _flat_rows(rows: list[Any]) -> tuple[str, ...] | None:
+    """``rows`` (non-empty dicts of scalars) as ``json.dumps(indent=2)`` writes them under a
+    top-level key (in pieces, to be joined), or None when a row is not flat (the caller then
+    dumps it all).
+
+    Encoded by the C encoder with the fields' separator between all items; then only the
+    separators between two rows change: ``}<sep>{`` stands nowhere else (a scalar value never
+    ends with ``}``, a key starts with a quote).
+    """
+    if not rows:
+        return ("[]",)
+    # Checked in C loops (map, set), not in a Python loop over 300,000 values (~40 ms). Keys
+    # need no check: both encoders turn a number, bool or None key into the same string.
+    if set(map(type, rows)) != {dict} or not all(rows):
+        return None
+    if not set(map(type, chain.from_iterable(map(dict.values, rows)))) <= _SCALARS:
+        return None
+    flat = _ROWS.encode(rows)  # [{"k": v<sep>"k": v}<sep>{...}]
+    body = flat.replace("}" + _FIELD_SEP + "{", "\n    },\n    {\n      ")
+    return ("[\n    {\n      ", body[2:-2], "\n    }\n  ]")
