@@ -20,10 +20,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import redis
 from redis.backoff import NoBackoff
@@ -71,6 +73,7 @@ class LocalWorkers:
         soft_shutdown: float = 1.0,
         startup_timeout: float = 60.0,
         parent_death_signal: int | None = None,
+        echo: bool = False,
     ) -> None:
         if n < 1:
             raise ConfigError(f"local workers: need at least 1 process, got {n}")
@@ -80,6 +83,9 @@ class LocalWorkers:
         self.loglevel = loglevel
         self.soft_shutdown = soft_shutdown
         self.startup_timeout = startup_timeout
+        #: Copy the worker's output to our stderr too (`run -v`: its per-file lines)
+        self.echo = echo
+        self._tee: threading.Thread | None = None
         if parent_death_signal is None:
             # If we are SIGKILLed. A broker on a unix socket is on this machine, in practice our
             # EmbeddedRedis, which gets SIGTERM at the same moment: a worker told to shut down
@@ -162,11 +168,20 @@ class LocalWorkers:
                 self._proc = subprocess.Popen(
                     with_parent_death_signal(self.command(), self.parent_death_signal),
                     stdin=subprocess.DEVNULL,
-                    stdout=logf,
+                    stdout=subprocess.PIPE if self.echo else logf,
                     stderr=subprocess.STDOUT,
                     env=child_env,
                     start_new_session=True,
                 )
+            if self.echo:
+                assert self._proc.stdout is not None
+                self._tee = threading.Thread(
+                    target=_tee,
+                    args=(self._proc.stdout, self.logfile),
+                    name="worker-log",
+                    daemon=True,
+                )
+                self._tee.start()
             if wait:
                 self.wait_ready()
         except BaseException:
@@ -237,6 +252,9 @@ class LocalWorkers:
             # Killed children are reaped by init, not us: wait until none is left running.
             if not wait_gone(lambda: group_members(pgid), 5.0):
                 log.warning("worker processes %s did not exit", group_members(pgid))
+            if self._tee is not None:  # the pipe is closed once the group is gone
+                self._tee.join(timeout=2.0)
+                self._tee = None
             self._proc = None
         if self._own_dir is not None and not self._keep_log:
             if self.logfile is not None and self.logfile.parent == self._own_dir:
@@ -351,3 +369,16 @@ class LocalWorkers:
             self._probe().delete(heartbeat_key(self.hostname))
         except redis.RedisError as exc:
             log.debug("local worker heartbeat: %s", exc)
+
+
+def _tee(pipe: IO[bytes], logfile: Path) -> None:
+    """The worker's output into its log file and onto our stderr (`run -v`), as it comes."""
+    out = sys.stderr.buffer
+    with open(logfile, "ab") as logf:
+        fd = pipe.fileno()
+        for chunk in iter(lambda: os.read(fd, 65536), b""):
+            logf.write(chunk)
+            logf.flush()
+            with contextlib.suppress(OSError, ValueError):
+                out.write(chunk)
+                out.flush()

@@ -277,7 +277,7 @@ def _sources_given(sources: tuple[str, ...], o: dict[str, Any]) -> list[str]:
 
 @contextlib.contextmanager
 def _broker(
-    redis_url: str | None, workers: int | None, state_dir: str, *, quiet: bool
+    redis_url: str | None, workers: int | None, state_dir: str, *, quiet: bool, verbose: int
 ) -> Iterator[tuple[str, LocalWorkers | None]]:
     """The Redis to use, and the local workers started for it.
 
@@ -285,6 +285,7 @@ def _broker(
     command again resumes the job) and ``workers`` local worker processes (default: CPU
     count). With a URL: that Redis, plus local workers only when ``--workers`` is given.
     """
+    from migrator import env as menv
     from migrator.embedded import EmbeddedRedis
     from migrator.redis_client import connect
     from workers.local import LocalWorkers
@@ -303,7 +304,9 @@ def _broker(
         if workers:
             # Not waited for here: the job is planned while the worker boots (run_command
             # waits for it before waiting for outcomes).
-            local = LocalWorkers(url, workers).start(wait=False)
+            # -v: the workers' per-file lines (-vv: negotiations) go to our stderr too.
+            extra = {menv.VERBOSE: str(verbose)} if verbose else None
+            local = LocalWorkers(url, workers, extra, echo=verbose > 0).start(wait=False)
             stack.push(local)
         if not quiet:
             where = f"embedded {embedded.kind}" if redis_url is None else "Redis at --redis-url"
@@ -368,7 +371,9 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         _dry_run(srcs, o)
     terminate_on_sigterm()  # SIGTERM unwinds like Ctrl-C: what we started is stopped
     try:
-        with _broker(o["redis_url"], o["workers"], o["state_dir"], quiet=quiet) as (url, local):
+        with _broker(
+            o["redis_url"], o["workers"], o["state_dir"], quiet=quiet, verbose=o["verbose"]
+        ) as (url, local):
             ledger = _same_tls(engine.open_job(connect(url), job_id, config), config)
             if not quiet:
                 inputs = ", ".join([*sources, *o["manifests"]])
