@@ -55,6 +55,7 @@ class FileOutcome:
             "bytes": self.bytes,
             "attempts": self.attempts,
             "seconds": round(self.seconds, 6),
+            "cause": self.cause,
         }
 
 
