@@ -417,7 +417,7 @@ def test_run_summary_from_its_one_ledger_read_is_store_results(redis_server: Red
     """`migrator run` reads the ledger once (from_ledger with ``outcomes``): the StoreResult
     it makes is to_store_result's, and the summary taken from the report (store_view) is
     from_store_result's, field by field and as text."""
-    from migrator.report.model import store_view
+    from migrator.report.builder import store_view
 
     ledger = Ledger(redis_server.client(), "job-one-read")
     ledger.create({"host": "pacs", "port": 104, "called_ae": "PACS"})
@@ -458,7 +458,7 @@ def test_run_summary_from_its_one_ledger_read_is_store_results(redis_server: Red
 def test_run_summary_of_a_job_with_files_in_flight_is_built_from_its_outcomes(
     redis_server: RedisPeer,
 ) -> None:
-    from migrator.report.model import store_view
+    from migrator.report.builder import store_view
 
     ledger = Ledger(redis_server.client(), "job-in-flight")
     ledger.create({"host": "pacs", "port": 104, "called_ae": "PACS"})
