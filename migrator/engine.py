@@ -122,6 +122,7 @@ def wait(
     on_progress: Callable[[dict[str, int]], None] | None = None,
     timeout: float | None = None,
     alive: Callable[[], bool] | None = None,
+    check: Callable[[], None] | None = None,
     poll: float = 0.1,
 ) -> dict[str, int]:
     """Block until every planned file has an outcome (or the timeout / workers die).
@@ -134,6 +135,8 @@ def wait(
     """
     deadline = time.monotonic() + timeout if timeout else None
     while True:
+        if check is not None:
+            check()  # may raise: what the job needs is gone (the embedded Redis...)
         counts = ledger.counts()
         # Checked after the counts: counts read before a loss are caught at the next poll,
         # counts read after it (all zero) are never taken for a finished job.

@@ -9,6 +9,7 @@
     │   │   └── SlotTimeout        no fleet-wide association slot in time
     │   ├── BatchBusy              another delivery is sending this batch right now
     │   ├── Deferred               files wait for another file's outcome (duplicates)
+    │   │   └── DestinationUnhealthy   the fleet's breaker for the destination is open
     │   └── WouldWait              a sender that may not wait (run's inline sender) stops
     ├── PermanentError             retrying will not help: recorded as failed
     │   ├── AssociationRejected    A-ASSOCIATE-RJ; retryable when the PACS said "transient"
@@ -88,6 +89,16 @@ class Deferred(TransientError):
     def __init__(self, message: str, retry_in: float) -> None:
         super().__init__(message)
         self.retry_in = retry_in
+
+
+class DestinationUnhealthy(Deferred):
+    """The destination's circuit breaker is open (migrator/limits/breaker.py): nothing is
+    sent to it until a probe succeeds; the batch comes back when the next probe is due."""
+
+    def __init__(self, message: str, retry_in: float, *, since: float, reason: str) -> None:
+        super().__init__(message, retry_in)
+        self.since = since
+        self.reason = reason
 
 
 class WouldWait(TransientError):

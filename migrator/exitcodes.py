@@ -19,6 +19,9 @@ class ExitStatus(enum.IntEnum):
     ASSOCIATION_REJECTED = 4
     #: No input file was found at all (empty directory, empty S3 prefix).
     NO_INPUT = 5
+    #: A job that did not finish: files still in flight when `run` stopped waiting (its
+    #: --timeout, its workers stopped); running the same command again resumes it.
+    INCOMPLETE = 6
     INTERRUPTED = 130
 
 
@@ -27,5 +30,6 @@ EXIT_CODES_HELP = (
     "1 one or more files failed; 2 bad arguments or "
     "configuration; 3 cannot connect (refused, unreachable, timeout, aborted); "
     "4 association rejected (e.g. called AE title not recognised); 5 no input files; "
+    "6 job incomplete (files still in flight: run the same command again to resume); "
     "130 interrupted."
 )

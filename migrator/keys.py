@@ -24,6 +24,11 @@ def limiter_key(destination: str) -> str:
     return f"{PREFIX}:limit:{{{destination}}}"
 
 
+def breaker_key(destination: str) -> str:
+    """The destination's circuit breaker (migrator/limits/breaker.py), fleet-wide."""
+    return f"{PREFIX}:breaker:{{{destination}}}"
+
+
 def slots_key(destination: str) -> str:
     """Fleet-wide association leases for one destination."""
     return f"{PREFIX}:slots:{{{destination}}}"

@@ -114,6 +114,14 @@ class JobProgress:
             sys.stderr.write(f"  {text}\n")
         sys.stderr.flush()
 
+    def note(self, text: str) -> None:
+        """A line of its own (the destination stopped answering...), shown also when the
+        progress line is not (not a terminal); the progress line is drawn again below it."""
+        if self.enabled and self.tty:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.write(f"{text}\n")
+        sys.stderr.flush()
+
     def close(self) -> None:
         if self.enabled and self.tty:
             sys.stderr.write("\n")

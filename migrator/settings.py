@@ -68,6 +68,9 @@ class Settings:
     concurrency: int = 1
     #: `store`: overall deadline in seconds for the whole transfer (None: no limit)
     timeout: float | None = None
+    #: A job whose destination stays unhealthy (its circuit breaker open) this long ends:
+    #: its unsent files fail with the reason (None: wait for it to recover)
+    give_up_after: float | None = None
     s3_endpoint: str | None = None
     s3_region: str | None = None
     #: DICOM TLS to the PACS; the paths are read by each sender (absolute paths advised)

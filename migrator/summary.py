@@ -21,6 +21,10 @@ def render_text(
     together with ``result.outcomes`` (``from_ledger(..., outcomes=...)``, as `migrator run`
     does): the summary's counts are taken from it instead of going over the outcomes again."""
     data = store_view(job_report, result) if job_report is not None else None
+    if data is None and job_report is not None and job_report.in_flight:
+        # A job not done: its own report counts the files in flight (the result cannot).
+        job_report.fatal, job_report.fatal_exit = result.fatal, result.fatal_exit
+        data = job_report
     if data is None:
         data = from_store_result(result, keep_files=False)
     return text.render(data, max_failures=max_failures)

@@ -127,7 +127,11 @@ def retry_command(job: str, redis_url: str, in_flight: bool) -> None:
     n = engine.retry_failed(ledger, enqueue)
     click.echo(f"{job}: {n} failed files enqueued again")
     if in_flight:
-        b = engine.requeue_in_flight(ledger, enqueue)
+        from workers.recovery import recover
+
+        # Only batches no live worker holds (a batch being sent holds a lease).
+        got = recover(redis_url, ledger, enqueue, workers_gone=False)
+        b = got.batches
         click.echo(f"{job}: {b} batches with files in flight enqueued again")
 
 

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -54,6 +55,7 @@ def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
         check_tls=check_tls,
         max_associations=o["max_associations"],
         concurrency=o["concurrency"],
+        give_up_after=o["give_up_after"],
     )
 
 
@@ -147,6 +149,16 @@ def job_options(func: F) -> F:
                 help="Associations each sending process keeps busy from one thread (each "
                 "worker process, and run's own while its workers boot); all of them stay "
                 "under --max-associations and the rate limits.",
+            ),
+            opt(
+                "--give-up-after",
+                env="GIVE_UP_AFTER",
+                type=DURATION,
+                default=None,
+                help="When the PACS keeps failing (every sender's circuit breaker for it "
+                "open: out of resources, no answers, refused) for this long, end the job: "
+                "its unsent files fail with the reason (e.g. 30m). Default: wait for it "
+                "to recover, probing it with growing pauses (up to 30 s).",
             ),
             opt(
                 "--dry-run",
@@ -277,13 +289,20 @@ def _sources_given(sources: tuple[str, ...], o: dict[str, Any]) -> list[str]:
 
 @contextlib.contextmanager
 def _broker(
-    redis_url: str | None, workers: int | None, state_dir: str, *, quiet: bool, verbose: int
-) -> Iterator[tuple[str, LocalWorkers | None]]:
+    redis_url: str | None,
+    workers: int | None,
+    state_dir: str,
+    *,
+    quiet: bool,
+    verbose: int,
+    before_workers: Callable[[str], None],
+) -> Iterator[tuple[str, LocalWorkers | None, Callable[[], bool] | None]]:
     """The Redis to use, and the local workers started for it.
 
     No URL: an embedded Redis (its data kept in ``state_dir`` so that running the same
     command again resumes the job) and ``workers`` local worker processes (default: CPU
     count). With a URL: that Redis, plus local workers only when ``--workers`` is given.
+    ``before_workers(url)`` runs once Redis answers, before any local worker starts.
     """
     from migrator import env as menv
     from migrator.embedded import EmbeddedRedis
@@ -300,6 +319,7 @@ def _broker(
             # A wrong password fails here, clearly and at once, not in the local workers'
             # start-up wait (kombu's traceback) nor after the plan's first command.
             connect(url).ping()
+        before_workers(url)
         local = None
         if workers:
             # Not waited for here: the job is planned while the worker boots (run_command
@@ -311,7 +331,7 @@ def _broker(
         if not quiet:
             where = f"embedded {embedded.kind}" if redis_url is None else "Redis at --redis-url"
             click.echo(f"{where}, {workers or 0} local worker processes", err=True)
-        yield url, local
+        yield url, local, embedded.alive if redis_url is None else None
 
 
 @click.command("run", epilog=EXIT_CODES_HELP)
@@ -370,11 +390,34 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     if o["dry_run"]:
         _dry_run(srcs, o)
     terminate_on_sigterm()  # SIGTERM unwinds like Ctrl-C: what we started is stopped
+    t_start = time.monotonic()  # --timeout counts from here
     try:
-        with _broker(
-            o["redis_url"], o["workers"], o["state_dir"], quiet=quiet, verbose=o["verbose"]
-        ) as (url, local):
+        opened: list[Ledger] = []
+
+        def open_and_recover(url: str) -> None:
+            """The job, and (embedded: no worker is running yet) its batches left by an
+            interrupted run given back to the queue now, not after the visibility timeout."""
             ledger = _same_tls(engine.open_job(connect(url), job_id, config), config)
+            opened.append(ledger)
+            if o["redis_url"] is None and ledger.counts()["in_flight"]:
+                from workers.app import enqueuer
+                from workers.recovery import recover
+
+                got = recover(url, ledger, enqueuer(url, job_id), workers_gone=True)
+                if got.batches and not quiet:
+                    click.echo(
+                        f"recovered {got.batches} batches left by an interrupted run", err=True
+                    )
+
+        with _broker(
+            o["redis_url"],
+            o["workers"],
+            o["state_dir"],
+            quiet=quiet,
+            verbose=o["verbose"],
+            before_workers=open_and_recover,
+        ) as (url, local, redis_alive):
+            ledger = opened[0]
             if not quiet:
                 inputs = ", ".join([*sources, *o["manifests"]])
                 click.echo(f"job {job_id}: {inputs} → {config.server}", err=True)
@@ -384,27 +427,51 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
                 from migrator.transfer.inline import send_until_ready
 
                 # The worker boots for ~0.5 s: send from here meanwhile (transfer/inline.py).
-                send_until_ready(ledger, stop=lambda: local.ready_now() or not local.alive())
+                ends = t_start + o["timeout"] if o["timeout"] else None
+                send_until_ready(
+                    ledger,
+                    stop=lambda: (
+                        local.ready_now()
+                        or not local.alive()
+                        or (ends is not None and time.monotonic() > ends)
+                    ),
+                )
                 if ledger.counts()["in_flight"] > 0:  # a small job may be done already
                     local.wait_ready()
             from migrator.progress import JobProgress
 
             progress = JobProgress(enabled=not quiet and sys.stderr.isatty())
-            counts = engine.wait(
-                ledger,
-                on_progress=progress.update,
-                timeout=o["timeout"],
-                alive=local.alive if local else None,
-                poll=0.02,  # the last outcome is seen ~10 ms after it lands, not ~50
-            )
+            health = _HealthWatch(ledger.client, config, progress, quiet=quiet)
+
+            def on_progress(counts: dict[str, int]) -> None:
+                progress.update(counts)
+                health.update(counts)
+
+            try:
+                counts = engine.wait(
+                    ledger,
+                    on_progress=on_progress,
+                    timeout=max(0.01, o["timeout"] - (time.monotonic() - t_start))
+                    if o["timeout"]
+                    else None,
+                    alive=local.alive if local else None,
+                    check=_embedded_check(redis_alive),
+                    poll=0.02,  # the last outcome is seen ~10 ms after it lands, not ~50
+                )
+            except EmbeddedStopped:
+                if local is not None:
+                    local.kill()  # a soft shutdown would wait for the vanished broker
+                raise
             progress.close()
             if local is not None and counts["in_flight"] == 0:
                 # Every file has its outcome: the workers are idle and hold nothing unacked.
                 # Killed now, waited for (until none is left) when this block ends.
                 local.kill()
-            ledger.mark_finished()
+            stopped_why = "timeout" if local is None or local.alive() else "the workers stopped"
+            if counts["in_flight"] == 0:
+                ledger.mark_finished()
             # Read now: an embedded Redis is gone once this block ends.
-            result, report = _read_results(ledger, config.server, o)
+            result, report = _read_results(ledger, config.server, o, counts["in_flight"] > 0)
     except KeyboardInterrupt:
         click.echo(
             f"\nmigrator: interrupted; run the same command again to resume job {job_id}",
@@ -414,6 +481,9 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     except ConfigError as exc:
         fail_config(str(exc))
         return
+    except EmbeddedStopped as exc:
+        click.echo(f"migrator: error: {exc}", err=True)
+        raise SystemExit(int(ExitStatus.INCOMPLETE)) from None
     except JobGone as exc:
         # Not "cannot connect": Redis answers, but without the job. Outcomes are unknown.
         click.echo(f"migrator: error: {exc}", err=True)
@@ -424,12 +494,12 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     except redis.RedisError as exc:
         _redis_failure(exc, o["redis_url"])
     if counts["in_flight"] > 0:
-        why = "timeout" if local is None or local.alive() else "the local workers stopped"
+        left = report.in_flight if report is not None else counts["in_flight"]
         result.fatal = (
-            f"{counts['in_flight']} files still in flight when the wait ended ({why}); "
+            f"{left} files still in flight when the wait ended ({stopped_why}); "
             "run the same command again to resume"
         )
-        result.fatal_exit = ExitStatus.PARTIAL_FAILURE
+        result.fatal_exit = ExitStatus.INCOMPLETE
     elif (unusable := engine.destination_failure(result.outcomes)) is not None:
         # The PACS was never usable (down, wrong AE title...): exit 3 / 4 as `store` does,
         # and say how to send the files once it is fixed.
@@ -446,12 +516,75 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         from migrator.report import write_report
 
         report.fatal, report.fatal_exit = result.fatal, result.fatal_exit
-        write_report(o["report"], report)  # the format follows the extension; JSON otherwise
+        if o["report"]:
+            write_report(o["report"], report)  # the format follows the extension; JSON otherwise
     raise SystemExit(int(result.exit_status))
 
 
+class _HealthWatch:
+    """Says when the destination's circuit breaker opens and closes (every sender stops
+    sending to a PACS that keeps failing, and probes it): a line each time, with why and how
+    many files wait, instead of a progress line that stands still."""
+
+    def __init__(self, client: redis.Redis, config: Settings, progress: Any, *, quiet: bool):
+        from migrator.keys import breaker_key
+
+        self._client = client
+        self._key = breaker_key(config.destination)
+        self._server = config.server
+        self._progress = progress
+        self._quiet = quiet
+        self._next = 0.0
+        self._since: float | None = None
+
+    def update(self, counts: dict[str, int]) -> None:
+        from migrator.limits.breaker import read_state
+
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + 1.0
+        state = read_state(self._client, self._key)
+        since = state.since if state is not None else None
+        if since == self._since:
+            return
+        self._since = since
+        if self._quiet:
+            return
+        if state is not None:
+            when = time.strftime("%H:%M:%S", time.localtime(state.since))
+            line = (
+                f"⚠ {self._server} failing since {when} ({state.reason}); sending paused, "
+                f"probing every {state.interval:g} s or less; "
+                f"{counts['in_flight']} files waiting"
+            )
+        else:
+            line = f"✓ {self._server} answers again; sending resumed"
+        self._progress.note(line)
+
+
+class EmbeddedStopped(MigratorError):
+    """The embedded Redis died under a run (killed, out of memory)."""
+
+
+def _embedded_check(alive: Callable[[], bool] | None) -> Callable[[], None] | None:
+    """For ``engine.wait``: a run whose embedded Redis died says so at once (a client would
+    retry for ~30 s, then fail with a connection error)."""
+    if alive is None:
+        return None
+
+    def check() -> None:
+        if not alive():
+            raise EmbeddedStopped(
+                "the embedded Redis stopped under this run (killed?); its data is in the state "
+                "directory: run the same command again to resume"
+            )
+
+    return check
+
+
 def _read_results(
-    ledger: Ledger, server: str, o: dict[str, Any]
+    ledger: Ledger, server: str, o: dict[str, Any], incomplete: bool = False
 ) -> tuple[StoreResult, ReportData | None]:
     """The summary's StoreResult and (with --report) the report, from ONE read of the
     ledger: each read of 20,000 outcomes is ~0.2 s of the run's stop.
@@ -465,10 +598,12 @@ def _read_results(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        if not o["report"]:
+        if not o["report"] and not incomplete:
             return ledger.to_store_result(server), None
         outcomes: list[FileOutcome] = []
         report = _read_report(ledger, o, outcomes)
+        # This run's last word on the job: not a live view, even with files in flight.
+        report.live = False
     finally:
         if collecting:
             gc.enable()
@@ -481,7 +616,7 @@ def _read_report(
 ) -> ReportData:
     from migrator.report import format_for_path, from_ledger
 
-    json_report = format_for_path(o["report"]) == "json"
+    json_report = bool(o["report"]) and format_for_path(o["report"]) == "json"
     return from_ledger(ledger, keep_files=json_report, redis_url=o["redis_url"], outcomes=outcomes)
 
 

@@ -199,6 +199,20 @@ class EmbeddedRedis:
             self._lock_fd = None
         atexit.unregister(self.stop)
 
+    def alive(self) -> bool:
+        """The server runs (False once it died: killed, crashed, out of memory)."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        if self._pid is None:
+            return False
+        try:
+            os.kill(self._pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
 

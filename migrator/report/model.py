@@ -192,12 +192,14 @@ class ReportData:
 
     @property
     def exit_status(self) -> ExitStatus:
-        """As `store` and `run` exit: files in flight count as not done (1)."""
+        """As `store` and `run` exit: files in flight make the job incomplete (6)."""
         if self.fatal_exit is not None:
             return self.fatal_exit
         if self.planned == 0:
             return ExitStatus.NO_INPUT
-        if self.failed or self.in_flight:
+        if self.in_flight:
+            return ExitStatus.INCOMPLETE
+        if self.failed:
             return ExitStatus.PARTIAL_FAILURE
         return ExitStatus.OK
 

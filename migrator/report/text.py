@@ -25,8 +25,14 @@ MAX_REASONS = 5
 def headline(data: ReportData) -> str:
     if data.planned == 0:
         return "⚠ No input files found"
-    if data.in_flight and not data.fatal:
+    if data.in_flight and data.live:
         return f"… In progress: {data.settled}/{data.planned} files have an outcome"
+    if data.in_flight:
+        # Never ✓ for a job that is not done: N files were planned and have no outcome yet.
+        return (
+            f"⚠ Incomplete: {data.in_flight} of {data.planned} files still in flight "
+            "(no outcome yet)"
+        )
     if data.failed == 0 and data.in_flight == 0 and not data.fatal:
         return "✓ All files stored successfully!"
     return f"⚠ Storage completed with {data.failed} failures"
@@ -82,7 +88,7 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
     if data.job:
         named = [w for w in data.workers.values() if w.name != PLANNER]
         rows.append(("Workers:", str(len(named))))
-    mark = "✓" if data.invariant_holds else "✗"
+    mark = "✓" if data.invariant_holds else ("⚠" if data.in_flight else "✗")
     formula = (
         f"{mark} planned {data.planned} = stored {data.stored} + failed {data.failed}"
         f" + skipped {data.skipped}"
@@ -102,13 +108,15 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
         lines += ["", "  Not stored, by status (DICOM meaning):"]
         for group in groups:
             lines += _group_lines(group)
-    if data.problems:
+    # Files still in flight are counted above, not listed one by one.
+    problems = [p for p in data.problems if p.state != IN_FLIGHT]
+    if problems:
         lines.append("")
-        for p in data.problems[:max_failures]:
+        for p in problems[:max_failures]:
             sign = {"failed": "✗", IN_FLIGHT: "…"}.get(p.state, "-")
             lines.append(f"  {sign} {p.uri}: {p.state}: {p.reason}")
-        if len(data.problems) > max_failures:
-            more = len(data.problems) - max_failures
+        if len(problems) > max_failures:
+            more = len(problems) - max_failures
             lines.append(f"  … and {more} more (see --report, or `migrator report --format csv`)")
     for uri, status, reason in data.warned[:max_failures]:
         lines.append(f"  ⚠ {uri}: stored with warning {reason or st.fmt(status)}")

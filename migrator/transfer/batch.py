@@ -19,14 +19,20 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from migrator import duplicates
 from migrator.dicomfile import DicomHeader
-from migrator.errors import AssociationRejected, DestinationUnavailable, JobGone
+from migrator.errors import (
+    AssociationRejected,
+    DestinationUnavailable,
+    DestinationUnhealthy,
+    JobGone,
+)
 from migrator.keys import PREFIX
 from migrator.ledger import Ledger, PlannedFile, Recorded
+from migrator.limits.breaker import Open
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
 from migrator.sources import SourceCache
@@ -84,6 +90,7 @@ def run_batch(
     task_id: str | None = None,
     worker: str | None = None,
     may_wait: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> BatchSummary:
     """Send what is left of one batch.
 
@@ -108,7 +115,7 @@ def run_batch(
         raise JobGone(ledger.job_id) from None
     recorder = _Recorder(ledger, batch_id, token, worker, created, runtime.observer(settings))
     try:
-        return _run_claimed(ledger, settings, batch_id, recorder, runtime, task_id, may_wait)
+        return _run_claimed(ledger, settings, batch_id, recorder, runtime, task_id, may_wait, stop)
     finally:
         ledger.release_batch(batch_id, token)
         if settings.max_associations or ledger.client.exists(busy_key(settings.destination)):
@@ -126,6 +133,7 @@ def _run_claimed(
     runtime: Runtime,
     task_id: str | None,
     may_wait: bool,
+    stop: Callable[[], bool] | None,
 ) -> BatchSummary:
     task_id = task_id or batch_id
     summary = BatchSummary(batch_id)
@@ -148,6 +156,14 @@ def _run_claimed(
         summary.failed = len(todo)
         return summary
 
+    breaker = runtime.breaker(settings)
+    given_up = _give_up(settings, breaker.state())
+    if given_up is not None:
+        summary.failed = fail_unsettled(
+            ledger, batch_id, given_up, cause=UNREACHABLE, recorder=recorder
+        )
+        ledger.delivery_done(task_id)
+        return summary
     sources = SourceCache(settings)
     jobs = _jobs(ledger, batch_id, todo, sources, recorder, summary)
     by_id = {job.ref.file_id: job for job in jobs}
@@ -163,7 +179,10 @@ def _run_claimed(
         record,
         claims=_LedgerClaims(ledger, sources, by_id),
         observer=runtime.observer(settings),
+        breaker=breaker,
         may_wait=may_wait,
+        stop=stop,
+        tick=recorder.flush_if_due,
     )
     try:
         ended = transfer.run(jobs)
@@ -172,6 +191,13 @@ def _run_claimed(
             # Rejected for good (wrong AE title...): what is left of the batch fails.
             for job in ended.left:
                 recorder.add(job.ref, _failed(job.ref, str(error), REJECTED))
+                summary.failed += 1
+        elif isinstance(error, DestinationUnavailable | DestinationUnhealthy) and (
+            why := _give_up(settings, breaker.state())
+        ):
+            # The destination has been failing for longer than --give-up-after.
+            for job in ended.left:
+                recorder.add(job.ref, _failed(job.ref, why, UNREACHABLE))
                 summary.failed += 1
         elif isinstance(error, DestinationUnavailable):
             if error.rejected:  # busy: have every worker stop holding idle associations
@@ -359,6 +385,12 @@ class _Recorder:
         if len(self.pending) >= FLUSH_FILES or time.monotonic() - self.last > FLUSH_SECONDS:
             self.flush()
 
+    def flush_if_due(self) -> None:
+        """Outcomes held longer than FLUSH_SECONDS go to the ledger now (the sender is about
+        to wait), so that a crash never re-sends files settled longer ago than that."""
+        if self.pending and time.monotonic() - self.last > FLUSH_SECONDS:
+            self.flush()
+
     def flush(self) -> None:
         # The lease first: losing it is how a lost (or lost and re-planned) job shows, and
         # then nothing may be written: the outcomes would go to another plan's files.
@@ -397,6 +429,20 @@ def fail_unsettled(
     else:
         ledger.record_many(entries)
     return len(entries)
+
+
+def _give_up(settings: Settings, state: Open | None) -> str | None:
+    """The reason to fail the unsent files of a job whose destination has been failing for
+    longer than ``--give-up-after``; None to keep waiting."""
+    if state is None or settings.give_up_after is None:
+        return None
+    if time.time() - state.since < settings.give_up_after:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.since))
+    return (
+        f"gave up: {settings.server} has been failing since {when} ({state.reason}); "
+        f"not sent (--give-up-after {settings.give_up_after:g} s)"
+    )
 
 
 def busy_key(destination: str) -> str:

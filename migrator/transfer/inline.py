@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 import redis
@@ -31,10 +32,30 @@ from migrator.transfer.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two looks at ``stop`` (it reads Redis: the workers' heartbeat).
+STOP_CHECK = 0.1
+
+
+def every(seconds: float, check: Callable[[], bool]) -> Callable[[], bool]:
+    """``check``, asked at most every ``seconds`` (its last answer in between); once true,
+    true for good."""
+    state = {"at": float("-inf"), "value": False}
+
+    def throttled() -> bool:
+        now = time.monotonic()
+        if not state["value"] and now - state["at"] >= seconds:
+            state["value"] = bool(check())
+            state["at"] = now
+        return bool(state["value"])
+
+    return throttled
+
 
 def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
     """Run the job's unsettled batches here, last planned first, until ``stop()`` is true
-    (checked before each batch). Returns how many batches were run to their end."""
+    (looked at every STOP_CHECK seconds, also within a batch: what this process did not send
+    stays in flight for the workers). Returns how many batches were run to their end."""
+    stop = every(STOP_CHECK, stop)
     settings = Settings.from_dict(ledger.config())
     if settings.throttle_delay:
         return 0  # every file would wait: the workers pace the job
@@ -55,6 +76,7 @@ def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
                     task_id=f"inline:{batch_id}",
                     worker=worker,
                     may_wait=False,
+                    stop=stop,
                 )
             except BatchBusy:
                 continue  # a worker has it
@@ -62,6 +84,8 @@ def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
                 # A retry, a busy or unreachable PACS...: the workers deal with it properly.
                 log.info("leaving batch %s to the workers: %s", batch_id, exc)
                 break
+            if stop():
+                break  # (the batch may have stopped half-way: its workers finish it)
             done += 1
     finally:
         runtime.close_all()

@@ -45,11 +45,13 @@ from migrator.errors import (
     ConnectError,
     Deferred,
     DestinationUnavailable,
+    DestinationUnhealthy,
     MigratorError,
     SlotTimeout,
     SourceError,
     WouldWait,
 )
+from migrator.limits.breaker import Breaker
 from migrator.limits.rate import RateLimiter
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
@@ -68,6 +70,9 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF = 30.0
 #: A batch whose files waited too long for another batch's copy comes back after this long.
 DEFER_RETRY = 5.0
+#: While waiting (for answers, a backoff), ``tick`` is called at least this often: a batch
+#: writes the outcomes it holds, so that a crash re-sends little (docs/reliability.md).
+TICK = 0.25
 
 ABORTED_TWICE = "the PACS aborted the association on this file twice"
 
@@ -104,9 +109,11 @@ class Transfer:
         claims: Claims | None = None,
         transform: Transform = identity,
         observer: Observer = NULL_OBSERVER,
+        breaker: Breaker | None = None,
         stop: Callable[[], bool] | None = None,
         may_wait: bool = True,
         on_start: Callable[[Job], None] | None = None,
+        tick: Callable[[], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -121,9 +128,13 @@ class Transfer:
         )
         self._transform = transform
         self._observer = observer
+        self._breaker = breaker
+        #: The file sent as the breaker's probe, while it is on its way
+        self._probe: Job | None = None
         self._stop_requested = stop
         self._may_wait = may_wait
         self._on_start = on_start
+        self._tick = tick
         self._sleep = sleep
         self._clock = clock
         self._ready: collections.deque[Job] = collections.deque()
@@ -188,7 +199,37 @@ class Transfer:
             while self._ready and not self._stopped and lane.job is None:
                 if lane.disabled or self._lane_due(lane) > now:
                     break
-                self._start(lane, self._ready.popleft())
+                probe = self._breaker_allows()
+                if probe is None:
+                    return
+                job = self._ready.popleft()
+                if probe:
+                    self._probe = job
+                self._start(lane, job)
+
+    def _breaker_allows(self) -> bool | None:
+        """None: send nothing now (the destination's breaker is open, or a probe is on its
+        way); True: the next file is the probe; False: the breaker is closed."""
+        if self._breaker is None:
+            return False
+        state = self._breaker.state()
+        if state is None:
+            return False
+        if self._probe is not None:
+            return None
+        if self._breaker.try_probe():
+            log.warning("probing %s: %s", self.pool.destination.name, state.reason)
+            return True
+        self._stop(
+            unhealthy(
+                self.pool.destination.name,
+                state.since,
+                state.reason,
+                state.probe_at,
+                state.interval,
+            )
+        )
+        return None
 
     def _lane_due(self, lane: _Lane) -> float:
         """When ``lane`` may start a file: after its throttle pause, and, when it must open
@@ -217,6 +258,8 @@ class Transfer:
         if delay > 0 and not self._may_wait:
             self._stop(WouldWait("a retry would have to wait"))
             return
+        if self._tick is not None:
+            self._tick()
         self._sleep(delay)
 
     def _collect(self, flying: list[_Lane]) -> None:
@@ -225,11 +268,17 @@ class Transfer:
         if not ready:
             by_fd = {_conn(lane).fileno(): lane for lane in flying}
             first = min(flying, key=lambda lane: _conn(lane).deadline(lane.pending))
-            timeout = max(0.0, _conn(first).deadline(first.pending) - self._clock())
+            due = _conn(first).deadline(first.pending)
+            timeout = max(0.0, due - self._clock())
+            if self._tick is not None:
+                self._tick()
+                timeout = min(timeout, TICK)
             try:
                 readable, _, _ = select.select(list(by_fd), [], [], timeout)
             except (OSError, ValueError):  # a socket closed under us (deadline abort)
                 readable = list(by_fd)
+            if not readable and self._clock() < due:
+                return  # nothing overdue yet: tick again and wait on
             ready = [by_fd[fd] for fd in readable] or [first]
         for lane in ready:
             self._finish(lane)
@@ -258,7 +307,7 @@ class Transfer:
             return
         except MigratorError as exc:  # transient source errors (S3) and the like
             if exc.retryable:
-                self._retry_or_fail(job, str(exc))
+                self._retry_or_fail(job, str(exc), destination=False)
             else:
                 self._settle_failed(job, str(exc))
             return
@@ -283,12 +332,14 @@ class Transfer:
             lane.conn = self.pool.checkout(job.pair, self._wanted, fresh=fresh, wait=alone)
         except (ConnectError, AssociationRejected) as exc:
             self._ready.appendleft(job)  # a connection failure costs the file nothing
-            self._connect_failed(lane, exc)
+            self._connect_failed(lane, exc, job)
             return False
         self._connect_failures = 0
         return True
 
-    def _connect_failed(self, lane: _Lane, exc: ConnectError | AssociationRejected) -> None:
+    def _connect_failed(
+        self, lane: _Lane, exc: ConnectError | AssociationRejected, job: Job
+    ) -> None:
         if not exc.retryable:  # rejected for good (wrong AE title...): nothing will go
             self._stop(exc)
             return
@@ -300,6 +351,10 @@ class Transfer:
             level = logging.INFO if isinstance(exc, SlotTimeout) else logging.WARNING
             log.log(level, "%s; going on with %d associations", exc, len(working))
             return
+        if self._breaker is not None:
+            self._breaker_failed(job, str(exc))  # (a probe that cannot even associate)
+            if self._stopped:
+                return
         self._connect_failures += 1
         if self._connect_failures > self.settings.retries:
             why = str(exc)
@@ -343,6 +398,8 @@ class Transfer:
     def _settle(self, lane: _Lane, job: Job, sent: SendResult) -> None:
         if self.settings.throttle_delay:
             lane.ready_at = self._clock() + self.settings.throttle_delay
+        if sent.outcome is not st.Outcome.TRANSIENT and self._breaker is not None:
+            self._breaker.succeeded()  # the PACS answers: whatever it said, it is up
         if sent.outcome in (st.Outcome.STORED, st.Outcome.WARNING):
             out = self._outcome(job, State.STORED, sent.error, sent.status)
             out.ts_sent, out.transcoded = sent.ts_sent, sent.transcoded
@@ -370,7 +427,12 @@ class Transfer:
         ts_sent: str = "",
         *,
         by_peer: bool = False,
+        destination: bool = True,
     ) -> None:
+        """``destination``: the failure was the destination's (the breaker counts it), not
+        the source's (an S3 error)."""
+        if self._breaker is not None and destination:
+            self._breaker_failed(job, reason)
         if by_peer:
             job.aborts += 1
             if job.aborts >= 2:
@@ -393,6 +455,18 @@ class Transfer:
         )
         out.ts_sent = ts_sent
         self._record(job, out)
+
+    def _breaker_failed(self, job: Job, reason: str) -> None:
+        assert self._breaker is not None
+        if job is not self._probe:
+            self._breaker.failed(reason)
+            return
+        self._probe = None
+        self._breaker.probe_failed(reason)
+        state = self._breaker.state()
+        if state is not None:
+            name = self.pool.destination.name
+            self._stop(unhealthy(name, state.since, reason, state.probe_at, state.interval))
 
     def _backoff(self, attempt: int) -> float:
         """Exponential, with jitter: senders turned away together (a busy PACS, a PACS
@@ -428,6 +502,8 @@ class Transfer:
         self._record(job, self._outcome(job, state, reason, None))
 
     def _record(self, job: Job, outcome: FileOutcome) -> None:
+        if job is self._probe:
+            self._probe = None
         self._record_sink(job, outcome)
         self._observer.file_done(outcome)
         log_outcome(outcome)
@@ -469,3 +545,17 @@ class Transfer:
 def _conn(lane: _Lane) -> Connection:
     assert lane.conn is not None
     return lane.conn
+
+
+def unhealthy(
+    name: str, since: float, reason: str, probe_at: float, interval: float
+) -> DestinationUnhealthy:
+    """The stop of a transfer whose destination's breaker is open."""
+    when = time.strftime("%H:%M:%S", time.localtime(since))
+    retry_in = max(1.0, probe_at - time.time())
+    return DestinationUnhealthy(
+        f"{name} failing since {when} ({reason}); probing every {interval:g} s",
+        retry_in,
+        since=since,
+        reason=reason,
+    )

@@ -16,7 +16,8 @@ from typing import Any
 
 import redis
 
-from migrator.keys import limiter_key, slots_key
+from migrator.keys import breaker_key, limiter_key, slots_key
+from migrator.limits.breaker import RedisBreaker
 from migrator.limits.rate import RateLimiter
 from migrator.limits.rate_redis import make_redis_limiter
 from migrator.limits.slots import AssociationSlots
@@ -51,6 +52,7 @@ class Runtime:
     observers: Callable[[str], Observer] = _no_metrics
     _pools: dict[tuple[Any, ...], ConnectionPool] = field(default_factory=dict)
     _limiters: dict[str, RateLimiter] = field(default_factory=dict)
+    _breakers: dict[str, RedisBreaker] = field(default_factory=dict)
 
     def pool(self, settings: Settings) -> ConnectionPool:
         """This process's connections to the job's destination (as negotiated for it:
@@ -82,6 +84,13 @@ class Runtime:
         if key not in self._limiters:
             self._limiters[key] = make_redis_limiter(self.client, key, settings.limits)
         return self._limiters[key]
+
+    def breaker(self, settings: Settings) -> RedisBreaker:
+        """The fleet's circuit breaker for the job's destination (this process's view)."""
+        key = breaker_key(settings.destination)
+        if key not in self._breakers:
+            self._breakers[key] = RedisBreaker(self.client, key)
+        return self._breakers[key]
 
     def close_all(self) -> None:
         for pool in self._pools.values():
