@@ -106,6 +106,10 @@ def test_a_failing_pacs_trips_the_breaker_and_the_job_gives_up_with_every_file_a
     assert data["totals"]["planned"] == 300 and data["totals"]["stored"] == 0, data["totals"]
     reasons = {f["reason"] for f in data["files"]}
     assert any(r.startswith("gave up: ") and "--give-up-after 3 s" in r for r in reasons), reasons
+    # The workers' log is kept with the job, private, and its last lines are shown.
+    log = tmp_path / "state" / "workers.log"
+    assert log.stat().st_mode & 0o777 == 0o600, oct(log.stat().st_mode)
+    assert f"Last lines of the workers' log ({log}):" in out, out
 
 
 @pytest.mark.slow

@@ -226,7 +226,8 @@ def test_live_job_reports_files_in_flight(redis_server: RedisPeer) -> None:
     )
     data = from_ledger(ledger, redis_url="redis://:pw@127.0.0.1:1/0")
     assert data.live and data.in_flight == 2 and data.planned == 7
-    assert not data.invariant_holds and data.exit_status == 1
+    # Files in flight: the job is not done (exit 6), whatever else it holds.
+    assert not data.invariant_holds and data.exit_status == 6
     assert (
         data.settings["s3_secret"] == "***"
         and data.settings["redis_url"] == "redis://***@127.0.0.1:1/0"
@@ -468,4 +469,10 @@ def test_run_summary_of_a_job_with_files_in_flight_is_built_from_its_outcomes(
     report = from_ledger(ledger, outcomes=read)
     result = StoreResult("pacs:104 (PACS)", read)
     assert report.in_flight == 3 and store_view(report, result) is None
-    assert render_text(result, job_report=report) == render_text(result)
+    # The summary is then the job's own (its outcomes cannot count the files in flight):
+    # never "✓" for a job that is not done.
+    report.live = False
+    text = render_text(result, job_report=report)
+    assert text.startswith("⚠ Incomplete: 3 of 4 files still in flight"), text
+    assert "⚠ planned 4 = stored 1 + failed 0 + skipped 0 + in flight 3" in text, text
+    assert "✓" not in text and render_text(result).startswith("✓")

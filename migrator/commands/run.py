@@ -326,7 +326,13 @@ def _broker(
             # waits for it before waiting for outcomes).
             # -v: the workers' per-file lines (-vv: negotiations) go to our stderr too.
             extra = {menv.VERBOSE: str(verbose)} if verbose else None
-            local = LocalWorkers(url, workers, extra, echo=verbose > 0).start(wait=False)
+            # Embedded: the workers' log is kept with the job (this run's only), 0600.
+            logfile = worker_log(state_dir) if redis_url is None else None
+            if logfile is not None:
+                fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.close(fd)
+            local = LocalWorkers(url, workers, extra, logfile=logfile, echo=verbose > 0)
+            local.start(wait=False)
             stack.push(local)
         if not quiet:
             where = f"embedded {embedded.kind}" if redis_url is None else "Redis at --redis-url"
@@ -512,6 +518,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     atexit.register(gc.freeze)
     text = render_text(result, job_report=report)  # report: read with result's outcomes
     click.echo(text.splitlines()[0] if quiet else text)
+    if result.exit_status != ExitStatus.OK and o["redis_url"] is None:
+        _show_worker_log(worker_log(o["state_dir"]))
     if report is not None:
         from migrator.report import write_report
 
@@ -519,6 +527,26 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         if o["report"]:
             write_report(o["report"], report)  # the format follows the extension; JSON otherwise
     raise SystemExit(int(result.exit_status))
+
+
+def worker_log(state_dir: str) -> str:
+    """Where an embedded run keeps its workers' log (the last run's)."""
+    return os.path.join(state_dir, "workers.log")
+
+
+def _show_worker_log(path: str, lines: int = 10) -> None:
+    """The last lines of the workers' log, after a run that did not end well: what went
+    wrong on their side is said there (the run itself says what became of the files)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+            tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except OSError:
+        return
+    if tail:
+        click.echo(f"\nLast lines of the workers' log ({path}):", err=True)
+        for line in tail:
+            click.echo(f"  {line}", err=True)
 
 
 class _HealthWatch:

@@ -53,9 +53,9 @@ def every(seconds: float, check: Callable[[], bool]) -> Callable[[], bool]:
 
 def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
     """Run the job's unsettled batches here, last planned first, until ``stop()`` is true
-    (looked at every STOP_CHECK seconds, also within a batch: what this process did not send
-    stays in flight for the workers). Returns how many batches were run to their end."""
-    stop = every(STOP_CHECK, stop)
+    (before each batch, and every STOP_CHECK seconds within one: what this process did not
+    send stays in flight for the workers). Returns how many batches were run to their end."""
+    within = every(STOP_CHECK, stop)
     settings = Settings.from_dict(ledger.config())
     if settings.throttle_delay:
         return 0  # every file would wait: the workers pace the job
@@ -76,7 +76,7 @@ def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
                     task_id=f"inline:{batch_id}",
                     worker=worker,
                     may_wait=False,
-                    stop=stop,
+                    stop=within,
                 )
             except BatchBusy:
                 continue  # a worker has it
@@ -84,8 +84,8 @@ def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
                 # A retry, a busy or unreachable PACS...: the workers deal with it properly.
                 log.info("leaving batch %s to the workers: %s", batch_id, exc)
                 break
-            if stop():
-                break  # (the batch may have stopped half-way: its workers finish it)
+            if "." in ledger.batch_states(batch_id):
+                break  # stopped half-way: its workers finish it
             done += 1
     finally:
         runtime.close_all()
