@@ -318,7 +318,7 @@ def test_a_forced_hash_collision_sends_both_files(
     """Every UID hashes alike: the index names an owner for B, whose UID differs; the
     batch sees it (from the plan, or from the owner's header when the plan has no UID)
     and sends B."""
-    import migrator.ledger as ledger_module
+    import migrator.ledger.core as ledger_module
 
     monkeypatch.setattr(ledger_module, "uid_key", lambda uid: b"0000" + b"\x01" * 8)
     a, b = synth.write_corpus(tmp_path / "in", count=2, size="tiny", seed=72)

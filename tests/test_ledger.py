@@ -293,7 +293,7 @@ def test_a_forced_hash_collision_names_the_other_file_as_owner(
 ) -> None:
     """Two different UIDs whose hashes meet: the index cannot tell them apart, so it names
     the owner and the caller compares the UIDs (migrator/transfer/claims.py sends such a file)."""
-    import migrator.ledger as ledger_module
+    import migrator.ledger.core as ledger_module
 
     monkeypatch.setattr(ledger_module, "uid_key", lambda uid: b"abcd" + b"\x00" * 8)
     [a] = ledger.add_batch("b1", [planned(1)])

@@ -1,380 +1,40 @@
-"""The job ledger in Redis: what was planned, and the one outcome of every planned file.
-
-Invariant: ``planned = stored + failed + skipped + in flight``, and at the end of a job
-``in flight = 0``. Counters move only inside Lua scripts that look at a file's current state
-first, so a batch delivered twice (a killed worker, a visibility timeout) never counts a file
-twice, and a stored file is never turned back into a failure by a late duplicate.
-
-Compact, because a job may hold hundreds of millions of files (docs/scale.md has the
-measured bytes per file):
-
-* A file's identity in the ledger is its place in a batch, ``"<batch>:<index>"``. The
-  batch's files are one zlib-compressed JSON value (URIs and UIDs compress well together).
-* The state of every file of a batch is one byte in a string (``.`` in flight, ``s``
-  stored, ``f`` failed, ``k`` skipped): checking and setting it costs a GETRANGE/SETRANGE
-  on a contiguous range, whatever the number of files.
-* Outcomes are appended to one string per batch, one short JSON line per file (the last
-  line of a file wins); a stored file's line holds only what is not in the plan.
-* "Was this URI planned already?" is answered by 65,536 small hashes keyed by a prefix of
-  the URI's hash (Redis keeps small hashes as compact listpacks).
-* "Which file was sent first with this SOP Instance UID?" likewise: 65,536 small hashes,
-  8 binary bytes of the UID's hash -> the owner's file id (packed into one integer), set
-  by the worker just before sending (``claim_uids``; migrator/duplicates.py settles the
-  later files).
-
-Keys come from :mod:`migrator.keys`.
-"""
+"""The Ledger: one job's plan and outcomes in Redis (see the package's docstring)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, cast
 
 import redis
 
 from migrator.keys import JOBS, JobKeys
+from migrator.ledger import scripts
+from migrator.ledger.encoding import (
+    CODE,
+    COUNTERS,
+    IN_FLIGHT,
+    NAME,
+    STATE,
+    PlannedFile,
+    Recorded,
+    outcome_from_line,
+    outcome_line,
+    owner_id,
+    owner_value,
+    pack,
+    split_id,
+    uid_key,
+    unpack,
+    uri_id,
+)
+from migrator.ledger.scripts import BUCKET_DIGITS
 from migrator.outcomes import FileOutcome, State, StoreResult
 
-#: (file id, outcome, epoch seconds when it finished)
-Recorded = tuple[str, FileOutcome, float]
-
-_COUNTERS = ("planned", "stored", "failed", "skipped", "bytes_stored", "warnings", "transcoded")
-_CODE = {State.STORED: "s", State.FAILED: "f", State.SKIPPED: "k"}
-_STATE = {v: k for k, v in _CODE.items()}
-_NAME = {"s": "stored", "f": "failed", "k": "skipped"}
-IN_FLIGHT = "."
-#: Hex digits of the URI hash that pick the dedup bucket: 16**4 = 65,536 buckets, each a
-#: listpack up to ``hash-max-listpack-entries`` (512 by default in Redis 7), so up to ~28
-#: million files per job stay compact (~6 million at 128); measured in docs/scale.md.
-_BUCKET_DIGITS = 4
-
-# Record the outcomes of a contiguous run of one batch's files.
-# KEYS: counts, failures, timeline, timeline_bytes, state string, outcome string
-# ARGV: batch id, first index, new state codes (one char per file, '-' = leave alone),
-#       outcome lines (one per changed file, '\n'-joined, in order), per-file seconds
-#       (space-separated epoch seconds), per-file bytes, per-file warning+transcoded flags
-_RECORD = """
-local first = tonumber(ARGV[2])
-local new = ARGV[3]
-local n = #new
-local old = redis.call('GETRANGE', KEYS[5], first, first + n - 1)
-local lines = {}
-for line in string.gmatch(ARGV[4], '[^\\n]+') do lines[#lines + 1] = line end
-local secs, sizes, flags = {}, {}, {}
-for v in string.gmatch(ARGV[6], '%S+') do secs[#secs + 1] = v end
-for v in string.gmatch(ARGV[7], '%S+') do sizes[#sizes + 1] = tonumber(v) end
-for v in string.gmatch(ARGV[8], '%S+') do flags[#flags + 1] = v end
-local names = {s = 'stored', f = 'failed', k = 'skipped'}
-local result, out = {}, {}
-local delta = {stored = 0, failed = 0, skipped = 0, bytes_stored = 0, warnings = 0, transcoded = 0}
-local per_sec, per_sec_bytes = {}, {}
-local changed = 0
-for i = 1, n do
-  local was = string.sub(old, i, i)
-  local now = string.sub(new, i, i)
-  if now ~= '-' and was ~= 's' and was ~= '' then
-    if was ~= '.' then
-      delta[names[was]] = delta[names[was]] - 1
-      if was == 'f' then redis.call('SREM', KEYS[2], ARGV[1] .. ':' .. (first + i - 1)) end
-    end
-    delta[names[now]] = delta[names[now]] + 1
-    if now == 'f' then redis.call('SADD', KEYS[2], ARGV[1] .. ':' .. (first + i - 1)) end
-    if now == 's' then
-      local sec = secs[i]
-      per_sec[sec] = (per_sec[sec] or 0) + 1
-      per_sec_bytes[sec] = (per_sec_bytes[sec] or 0) + sizes[i]
-      delta.bytes_stored = delta.bytes_stored + sizes[i]
-      if string.sub(flags[i], 1, 1) == '1' then delta.warnings = delta.warnings + 1 end
-      if string.sub(flags[i], 2, 2) == '1' then delta.transcoded = delta.transcoded + 1 end
-    end
-    result[i] = now
-    out[#out + 1] = lines[i]
-    changed = changed + 1
-  else
-    result[i] = was
-  end
-end
-if changed == 0 then return 0 end
-redis.call('SETRANGE', KEYS[5], first, table.concat(result))
-redis.call('APPEND', KEYS[6], ARGV[5] .. '\\n' .. table.concat(out, '\\n') .. '\\n')
-for name, d in pairs(delta) do
-  if d ~= 0 then redis.call('HINCRBY', KEYS[1], name, d) end
-end
-for sec, c in pairs(per_sec) do redis.call('HINCRBY', KEYS[3], sec, c) end
-for sec, b in pairs(per_sec_bytes) do redis.call('HINCRBY', KEYS[4], sec, b) end
-return changed
-"""
-
-# Put failed files of one batch back in flight. KEYS: counts, failures, state string.
-# ARGV: batch id, indexes.
-_REOPEN = """
-local n = 0
-for i = 2, #ARGV do
-  local idx = tonumber(ARGV[i])
-  if redis.call('GETRANGE', KEYS[3], idx, idx) == 'f' then
-    redis.call('SETRANGE', KEYS[3], idx, '.')
-    redis.call('SREM', KEYS[2], ARGV[1] .. ':' .. idx)
-    n = n + 1
-  end
-end
-if n > 0 then redis.call('HINCRBY', KEYS[1], 'failed', -n) end
-return n
-"""
-
-# Which URI hashes are not planned yet. KEYS: none (bucket keys are built from ARGV[1], a
-# prefix sharing the job's hash tag). ARGV: prefix, then hashes. Returns 1 = new, 0 = known.
-_UNPLANNED = """
-local out = {}
-for i = 2, #ARGV do
-  local h = ARGV[i]
-  local bucket = ARGV[1] .. string.sub(h, 1, DIGITS)
-  out[#out + 1] = 1 - redis.call('HEXISTS', bucket, string.sub(h, DIGITS + 1))
-end
-return out
-""".replace("DIGITS", str(_BUCKET_DIGITS))
-
-# Write a batch: dedup marks, the packed files, the state string, the counters. Atomic and
-# all-or-nothing: when some URI is planned already, the marks just made are undone and the
-# flags returned (1 = new), so the caller writes the batch again without the known ones.
-# KEYS: counts, batches, batch blob, state string, enqueued (for refusals)
-# ARGV: bucket prefix, batch id, blob, initial states, number planned, enqueued flag, hashes
-_ADD = """
-local flags, set, known = {}, {}, false
-for i = 7, #ARGV do
-  local h = ARGV[i]
-  local bucket = ARGV[1] .. string.sub(h, 1, DIGITS)
-  local field = string.sub(h, DIGITS + 1)
-  local new = redis.call('HSETNX', bucket, field, ARGV[2])
-  flags[#flags + 1] = new
-  if new == 1 then set[#set + 1] = {bucket, field} else known = true end
-end
-if known then
-  for _, bf in ipairs(set) do redis.call('HDEL', bf[1], bf[2]) end
-  return flags
-end
-redis.call('SET', KEYS[3], ARGV[3])
-redis.call('SET', KEYS[4], ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'planned', tonumber(ARGV[5]))
-redis.call('SADD', KEYS[2], ARGV[2])
-if ARGV[6] == '1' then redis.call('SADD', KEYS[5], ARGV[2]) end
-return {}
-""".replace("DIGITS", str(_BUCKET_DIGITS))
-
-
-# Claim SOP Instance UIDs for files about to be sent: the first file to claim a UID owns it.
-# KEYS: none (bucket keys are built from ARGV[1], a prefix sharing the job's hash tag).
-# ARGV: prefix, then per file its UID key (DIGITS hex digits + the binary field) and its
-# file id as stored (``_owner_value``). Returns, per file, the stored id of the owner when
-# another file owns the UID, else '' (new, or owned by this very file: a redelivered or
-# retried batch).
-_CLAIM = """
-local out = {}
-for i = 2, #ARGV, 2 do
-  local h = ARGV[i]
-  local bucket = ARGV[1] .. string.sub(h, 1, DIGITS)
-  local field = string.sub(h, DIGITS + 1)
-  local me = ARGV[i + 1]
-  local owner = ''
-  if redis.call('HSETNX', bucket, field, me) == 0 then
-    owner = redis.call('HGET', bucket, field)
-    if owner == me then owner = '' end
-  end
-  out[#out + 1] = owner
-end
-return out
-""".replace("DIGITS", str(_BUCKET_DIGITS))
-
-# Hand a UID over from its owner (a file that failed) to another file. KEYS: none (the
-# bucket is built from ARGV[1] as in _CLAIM). ARGV: prefix, UID key, old owner, new owner.
-# Returns 1 when the new file owns the UID now (also when it did already), else 0.
-_TAKE_OVER = """
-local bucket = ARGV[1] .. string.sub(ARGV[2], 1, DIGITS)
-local field = string.sub(ARGV[2], DIGITS + 1)
-local now = redis.call('HGET', bucket, field)
-if now == ARGV[4] then return 1 end
-if now == ARGV[3] or not now then
-  redis.call('HSET', bucket, field, ARGV[4])
-  return 1
-end
-return 0
-""".replace("DIGITS", str(_BUCKET_DIGITS))
-
-# Token-checked lease operations. KEYS: lease key. ARGV: token, ttl ms.
-_REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-#: Delivery counters outlive any sane batch, then go away by themselves.
 _DELIVERY_TTL = 7 * 24 * 3600
-
-
-def uri_id(uri: str) -> str:
-    """Deterministic identity of a listed URI (planning dedup): the same URI is the same file."""
-    return hashlib.sha1(uri.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-
-def uid_key(sop_instance_uid: str) -> bytes:
-    """Where a SOP Instance UID sits in the UID index: 4 hex digits naming the bucket, then
-    the field, 8 binary bytes (80 bits of BLAKE2b in all: at 10⁹ files in one job, the
-    chance that two different UIDs meet is ~4·10⁻⁷; a meeting is caught anyway, by the UIDs
-    in the plan or the owner's header, and the file is sent)."""
-    digest = hashlib.blake2b(
-        sop_instance_uid.encode("utf-8", "surrogateescape"), digest_size=10
-    ).digest()
-    return digest[:2].hex().encode() + digest[2:]
-
-
-#: Bits of the index in an owner stored as one integer (batches hold at most 10,000 files).
-_INDEX_BITS = 14
-
-
-def _owner_value(file_id: str) -> str:
-    """A file id as the UID index stores it: ``b0000123:17`` (the planner's batches) as the
-    integer 123 << 14 | 17, which a listpack keeps in 5 bytes up to 131,071 batches (9
-    beyond) instead of 12 for the text; any other id as it is."""
-    batch_id, index = split_id(file_id)
-    digits = batch_id[1:]
-    if (
-        batch_id[:1] == "b"
-        and digits.isdigit()
-        and batch_id == f"b{int(digits):07d}"
-        and index < 1 << _INDEX_BITS
-    ):
-        return str(int(digits) << _INDEX_BITS | index)
-    return file_id
-
-
-def _owner_id(value: str) -> str:
-    if value.isdigit():
-        n = int(value)
-        return f"b{n >> _INDEX_BITS:07d}:{n & ((1 << _INDEX_BITS) - 1)}"
-    return value
-
-
-def split_id(file_id: str) -> tuple[str, int]:
-    """``"b0000001:17"`` → (``"b0000001"``, 17)."""
-    batch_id, _, index = file_id.rpartition(":")
-    return batch_id, int(index)
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedFile:
-    """What a worker needs to send one file. ``file_id`` is set when the batch is written."""
-
-    uri: str
-    size: int
-    version: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    study_uid: str
-    file_id: str = ""
-    #: Where the dataset starts (after the File Meta) as the planner read it; -1 unknown.
-    #: With it a worker sends a file whose size and mtime are unchanged without reading
-    #: its header again.
-    dataset_offset: int = -1
-
-    def packed(self) -> list[Any]:
-        # Not dataclasses.astuple: it deep-copies every field (a third of planning time).
-        row: list[Any] = [
-            self.uri,
-            self.size,
-            self.version,
-            self.sop_class_uid,
-            self.sop_instance_uid,
-            self.transfer_syntax,
-            self.study_uid,
-        ]
-        if self.dataset_offset >= 0:
-            row.append(self.dataset_offset)
-        return row
-
-
-def _pack(files: Sequence[PlannedFile]) -> bytes:
-    return zlib.compress(json.dumps([f.packed() for f in files], separators=(",", ":")).encode(), 6)
-
-
-def _unpack(batch_id: str, raw: bytes) -> list[PlannedFile]:
-    rows = json.loads(zlib.decompress(raw))
-    # Rows of 7 fields were planned before the dataset offset was kept (-1: unknown).
-    out = []
-    for i, row in enumerate(rows):
-        uri, size, version, sop_class, sop_instance, ts, study = row[:7]
-        offset = row[7] if len(row) > 7 else -1
-        out.append(
-            PlannedFile(
-                uri, size, version, sop_class, sop_instance, ts, study, f"{batch_id}:{i}", offset
-            )
-        )
-    return out
-
-
-def _line(index: int, outcome: FileOutcome, at: float, planned: PlannedFile | None) -> str:
-    """One outcome as a short JSON line: what the plan does not already say."""
-    data: dict[str, Any] = {"i": index, "t": round(at, 2)}
-    if outcome.state is not State.STORED or outcome.reason:
-        data["r"] = outcome.reason
-    if outcome.status is not None and outcome.status != 0:
-        data["st"] = outcome.status
-    elif outcome.status == 0 and outcome.state is not State.STORED:
-        data["st"] = 0
-    if outcome.attempts != 1:
-        data["a"] = outcome.attempts
-    if outcome.seconds:
-        data["s"] = round(outcome.seconds * 1000, 2)
-    # The syntax sent: by default the planned one for a stored file, none otherwise;
-    # "=" stands for the planned one.
-    same = planned is not None and outcome.ts_sent == planned.transfer_syntax
-    default = planned.transfer_syntax if planned and outcome.state is State.STORED else ""
-    if outcome.ts_sent != default:
-        data["x"] = "=" if same and outcome.ts_sent else outcome.ts_sent
-    if outcome.warning:
-        data["W"] = 1
-    if outcome.transcoded:
-        data["T"] = 1
-    if planned is None or outcome.bytes != planned.size:
-        data["b"] = outcome.bytes
-    if planned is None or outcome.uri != planned.uri:
-        data["u"] = outcome.uri
-    if outcome.cause:
-        data["c"] = outcome.cause
-    return json.dumps(data, separators=(",", ":"))
-
-
-def _outcome(data: dict[str, Any], state: State, planned: PlannedFile) -> FileOutcome:
-    default = planned.transfer_syntax if state is State.STORED else ""
-    ts_sent = data.get("x", default)
-    if ts_sent == "=":
-        ts_sent = planned.transfer_syntax
-    return FileOutcome(
-        uri=data.get("u", planned.uri),
-        state=state,
-        reason=data.get("r", ""),
-        status=data.get("st", 0 if state is State.STORED else None),
-        sop_class_uid=planned.sop_class_uid,
-        sop_instance_uid=planned.sop_instance_uid,
-        ts_original=planned.transfer_syntax,
-        ts_sent=ts_sent,
-        transcoded=bool(data.get("T")),
-        warning=bool(data.get("W")),
-        bytes=int(data.get("b", planned.size if state is State.STORED else 0)),
-        attempts=int(data.get("a", 1)),
-        seconds=float(data.get("s", 0.0)) / 1000,
-        cause=str(data.get("c", "")),
-    )
 
 
 def list_jobs(client: redis.Redis) -> list[str]:
@@ -392,14 +52,14 @@ class Ledger:
         self.client = client
         self.job_id = job_id
         self.keys = JobKeys(job_id)
-        self._record = client.register_script(_RECORD)
-        self._reopen = client.register_script(_REOPEN)
-        self._unplanned = client.register_script(_UNPLANNED)
-        self._add = client.register_script(_ADD)
-        self._claim = client.register_script(_CLAIM)
-        self._take_over = client.register_script(_TAKE_OVER)
-        self._refresh = client.register_script(_REFRESH)
-        self._release = client.register_script(_RELEASE)
+        self._record = client.register_script(scripts.RECORD)
+        self._reopen = client.register_script(scripts.REOPEN)
+        self._unplanned = client.register_script(scripts.UNPLANNED)
+        self._add = client.register_script(scripts.ADD)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._take_over = client.register_script(scripts.TAKE_OVER)
+        self._refresh = client.register_script(scripts.REFRESH)
+        self._release = client.register_script(scripts.RELEASE)
 
     # -- the job ------------------------------------------------------------------------
     def create(self, config: dict[str, Any]) -> bool:
@@ -488,7 +148,7 @@ class Ledger:
                 args=[
                     k.plan_bucket(""),
                     batch_id,
-                    _pack(files),
+                    pack(files),
                     states,
                     len(files),
                     int(enqueued),
@@ -512,7 +172,7 @@ class Ledger:
         raw = self.client.get(self.keys.batch(batch_id))
         if raw is None:
             raise KeyError(f"no batch {batch_id!r} in job {self.job_id!r}")
-        return _unpack(batch_id, cast(bytes, raw))
+        return unpack(batch_id, cast(bytes, raw))
 
     def batch_states(self, batch_id: str) -> str:
         """One character per file of the batch: ``.`` in flight, ``s``/``f``/``k``."""
@@ -544,9 +204,9 @@ class Ledger:
             return []
         args: list[str | bytes] = [self.keys.uid_bucket("")]
         for f in files:
-            args += [uid_key(f.sop_instance_uid), _owner_value(f.file_id)]
+            args += [uid_key(f.sop_instance_uid), owner_value(f.file_id)]
         owners = cast(list[bytes], self._claim(args=args))
-        return [_owner_id(_s(o)) if o else "" for o in owners]
+        return [owner_id(_s(o)) if o else "" for o in owners]
 
     def take_over_uid(self, new: PlannedFile, old_owner_id: str) -> bool:
         """Make ``new`` the owner of its UID in place of ``old_owner_id`` (a file that was
@@ -554,17 +214,17 @@ class Ledger:
         args: list[str | bytes] = [
             self.keys.uid_bucket(""),
             uid_key(new.sop_instance_uid),
-            _owner_value(old_owner_id),
-            _owner_value(new.file_id),
+            owner_value(old_owner_id),
+            owner_value(new.file_id),
         ]
         return bool(self._take_over(args=args))
 
     def uid_owner(self, sop_instance_uid: str) -> str | None:
         """The file id that claimed this UID (or a UID of the same hash), if any."""
         key = uid_key(sop_instance_uid)
-        digits = _BUCKET_DIGITS
+        digits = BUCKET_DIGITS
         raw = self.client.hget(self.keys.uid_bucket(key[:digits].decode()), key[digits:])
-        return _owner_id(_s(cast(bytes, raw))) if raw is not None else None
+        return owner_id(_s(cast(bytes, raw))) if raw is not None else None
 
     # -- outcomes -----------------------------------------------------------------------
     def record_many(
@@ -600,8 +260,8 @@ class Ledger:
                     continue
                 outcome, at = by_index[index]
                 planned = files[index] if index < len(files) else None
-                codes.append(_CODE[outcome.state])
-                lines.append(_line(index, outcome, at, planned))
+                codes.append(CODE[outcome.state])
+                lines.append(outcome_line(index, outcome, at, planned))
                 secs.append(str(int(at)))
                 sizes.append(str(outcome.bytes))
                 flags.append(f"{int(outcome.warning)}{int(outcome.transcoded)}")
@@ -639,7 +299,7 @@ class Ledger:
         """Replace a batch's planned files by what its worker learnt (headers read for files
         planned from a manifest): same files, same order. Only the batch's lease holder
         calls it."""
-        self.client.set(self.keys.batch(batch_id), _pack(files))
+        self.client.set(self.keys.batch(batch_id), pack(files))
 
     def compact_outcomes(self, batch_id: str) -> bool:
         """Rewrite a settled batch's outcome string with one line per file (see the module
@@ -693,12 +353,12 @@ class Ledger:
             if batch_id not in cache:
                 cache[batch_id] = self.batch_states(batch_id)
             code = cache[batch_id][index : index + 1]
-            out[fid] = _NAME.get(code)
+            out[fid] = NAME.get(code)
         return out
 
     def counts(self) -> dict[str, int]:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.counts))
-        counts = {name: 0 for name in _COUNTERS}
+        counts = {name: 0 for name in COUNTERS}
         counts.update({_s(k): int(v) for k, v in raw.items()})
         settled = counts["stored"] + counts["failed"] + counts["skipped"]
         counts["in_flight"] = counts["planned"] - settled
@@ -744,7 +404,7 @@ class Ledger:
                 blob, states, lines = rows[3 * n : 3 * n + 3]
                 if blob is None:
                     continue
-                yield batch_id, _unpack(batch_id, blob), _s(states or b""), lines or b""
+                yield batch_id, unpack(batch_id, blob), _s(states or b""), lines or b""
 
     def iter_outcomes(self) -> Iterator[tuple[str, FileOutcome, dict[str, Any]]]:
         """Every settled file: (file id, outcome, extra fields: worker, at)."""
@@ -760,14 +420,14 @@ class Ledger:
                     data["w"] = worker
                 latest[data["i"]] = data
             for index, planned in enumerate(plan):
-                state = _STATE.get(states[index : index + 1])
+                state = STATE.get(states[index : index + 1])
                 data = latest.get(index)
                 if state is None or data is None:
                     continue
                 extra = {"at": data["t"]}
                 if "w" in data:
                     extra["worker"] = data["w"]
-                yield planned.file_id, _outcome(data, state, planned), extra
+                yield planned.file_id, outcome_from_line(data, state, planned), extra
 
     def iter_in_flight(self) -> Iterator[PlannedFile]:
         """Every planned file without an outcome yet."""
