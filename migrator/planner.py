@@ -100,6 +100,10 @@ class _Emitter:
         self.enqueue = enqueue
         self.summary = summary
         self.batcher = _Batcher(batch_files, batch_bytes)
+        # A job planned for the first time has nothing planned to leave out: no "planned
+        # before?" round trip per chunk (writing a batch still leaves out a URI planned
+        # twice, e.g. by overlapping sources, atomically).
+        self.fresh = self.ledger is not None and self.ledger.counts()["planned"] == 0
         if self.ledger is not None and enqueue is not None:
             # A planner that died between writing a batch and enqueuing it.
             for batch_id in self.ledger.unenqueued_batches():
@@ -242,7 +246,7 @@ def _unplanned(out: _Emitter, uris: list[str]) -> list[bool]:
     # occurrence is new, also when the first is still in the batch being filled.
     if out.ledger is None:
         return [True] * len(uris)
-    new = out.ledger.filter_unplanned(uris)
+    new = [True] * len(uris) if out.fresh else out.ledger.filter_unplanned(uris)
     seen = {f.uri for f in out.batcher.files}
     for n, uri in enumerate(uris):
         if uri in seen:

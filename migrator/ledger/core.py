@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import redis
 
+from migrator.errors import JobGone
 from migrator.keys import JOBS, JobKeys
 from migrator.ledger import scripts
 from migrator.ledger.encoding import (
@@ -204,7 +205,8 @@ class Ledger:
             return []
         args: list[str | bytes] = [self.keys.uid_bucket("")]
         for f in files:
-            args += [uid_key(f.sop_instance_uid), owner_value(f.file_id)]
+            args.append(uid_key(f.sop_instance_uid))
+            args.append(owner_value(f.file_id))
         owners = cast(list[bytes], self._claim(args=args))
         return [owner_id(_s(o)) if o else "" for o in owners]
 
@@ -233,10 +235,13 @@ class Ledger:
         *,
         worker: str | None = None,
         plan: Sequence[PlannedFile] | None = None,
+        created: float | None = None,
     ) -> int:
         """Write outcomes (idempotent); one round trip per run of consecutive files of a
         batch. ``plan``: the batch's files when the caller holds them (saves reading them
-        back). Returns how many changed a file's state."""
+        back). ``created``: the job's creation stamp the caller read; when the job now has
+        another (lost and planned anew), nothing is written and JobGone is raised. Returns
+        how many changed a file's state."""
         groups: dict[str, dict[int, tuple[FileOutcome, float]]] = defaultdict(dict)
         for fid, outcome, at in entries:
             batch_id, index = split_id(fid)
@@ -266,7 +271,7 @@ class Ledger:
                 sizes.append(str(outcome.bytes))
                 flags.append(f"{int(outcome.warning)}{int(outcome.transcoded)}")
             k = self.keys
-            changed += int(
+            written = int(
                 cast(
                     int,
                     self._record(
@@ -277,6 +282,7 @@ class Ledger:
                             k.timeline_bytes,
                             k.states(batch_id),
                             k.outcomes(batch_id),
+                            k.meta,
                         ],
                         args=[
                             batch_id,
@@ -289,10 +295,15 @@ class Ledger:
                             " ".join(secs),
                             " ".join(sizes),
                             " ".join(flags),
+                            # As redis-py wrote it (repr of the float): compared as text.
+                            "" if created is None else repr(float(created)),
                         ],
                     ),
                 )
             )
+            if written < 0:
+                raise JobGone(self.job_id)
+            changed += written
         return changed
 
     def update_plan(self, batch_id: str, files: Sequence[PlannedFile]) -> None:

@@ -124,6 +124,24 @@ def unpack(batch_id: str, raw: bytes) -> list[PlannedFile]:
 
 def outcome_line(index: int, outcome: FileOutcome, at: float, planned: PlannedFile | None) -> str:
     """One outcome as a short JSON line: what the plan does not already say."""
+    if (
+        planned is not None
+        and outcome.state is State.STORED
+        and not outcome.reason
+        and not outcome.status
+        and outcome.attempts == 1
+        and outcome.ts_sent == planned.transfer_syntax
+        and not outcome.warning
+        and not outcome.transcoded
+        and outcome.bytes == planned.size
+        and outcome.uri == planned.uri
+        and not outcome.cause
+    ):
+        # Most files, written by the million: the same JSON as below, without building a
+        # dict for json.dumps (~4 us a line).
+        if outcome.seconds:
+            return f'{{"i":{index},"t":{round(at, 2)!r},"s":{round(outcome.seconds * 1000, 2)!r}}}'
+        return f'{{"i":{index},"t":{round(at, 2)!r}}}'
     data: dict[str, Any] = {"i": index, "t": round(at, 2)}
     if outcome.state is not State.STORED or outcome.reason:
         data["r"] = outcome.reason

@@ -11,11 +11,14 @@ from __future__ import annotations
 BUCKET_DIGITS = 4
 
 # Record the outcomes of a contiguous run of one batch's files.
-# KEYS: counts, failures, timeline, timeline_bytes, state string, outcome string
+# KEYS: counts, failures, timeline, timeline_bytes, state string, outcome string, meta
 # ARGV: batch id, first index, new state codes (one char per file, '-' = leave alone),
 #       outcome lines (one per changed file, '\n'-joined, in order), per-file seconds
-#       (space-separated epoch seconds), per-file bytes, per-file warning+transcoded flags
+#       (space-separated epoch seconds), per-file bytes, per-file warning+transcoded flags,
+#       the job's creation stamp as the writer knows it ('' = any): another one means the
+#       job was lost and planned anew since, and nothing is written (returns -1)
 RECORD = """
+if ARGV[9] ~= '' and redis.call('HGET', KEYS[7], 'created') ~= ARGV[9] then return -1 end
 local first = tonumber(ARGV[2])
 local new = ARGV[3]
 local n = #new

@@ -36,10 +36,12 @@ class SourceCache:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._s3: dict[str, Source] = {}
+        # One for every local file: a FileSource fetches an item by its own URI.
+        self._files = FileSource("/")
 
     def __call__(self, uri: str) -> Source:
         if not uri.startswith("s3://"):
-            return FileSource(uri)
+            return self._files
         bucket = uri[5:].split("/", 1)[0]
         if bucket not in self._s3:
             self._s3[bucket] = open_source(f"s3://{bucket}/", self._settings)

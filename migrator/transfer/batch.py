@@ -53,8 +53,9 @@ POISON_DELIVERIES = 3
 #: it risks: a worker killed before a flush sends up to that many files again (idempotent).
 FLUSH_FILES = 64
 FLUSH_SECONDS = 0.25
-#: Lease of the process running a batch; refreshed at every flush.
+#: Lease of the process running a batch, refreshed at a flush once LEASE_REFRESH old.
 LEASE_TTL = 30.0
+LEASE_REFRESH = 5.0
 #: A PACS that turned an association away as busy (A-ASSOCIATE-RJ transient: too many
 #: associations) is remembered fleet-wide for this long. Meanwhile every worker gives its
 #: associations back at the end of each batch: held while the worker is idle, they would
@@ -375,6 +376,7 @@ class _Recorder:
         self.plan: list[PlannedFile] = []
         self.pending: list[Recorded] = []
         self.last = time.monotonic()
+        self.refreshed = time.monotonic()
 
     def add(self, planned: PlannedFile, outcome: FileOutcome, *, observed: bool = False) -> None:
         """``observed``: the transfer core told the observer already (metrics count each
@@ -392,17 +394,23 @@ class _Recorder:
             self.flush()
 
     def flush(self) -> None:
-        # The lease first: losing it is how a lost (or lost and re-planned) job shows, and
-        # then nothing may be written: the outcomes would go to another plan's files.
-        if (
-            not self.ledger.refresh_batch(self.batch_id, self.token, LEASE_TTL)
-            and self.ledger.meta().get("created") != self.created
-        ):
-            raise JobGone(self.ledger.job_id)
+        # Outcomes are written only into the job this batch belongs to: the script checks
+        # the job's creation stamp (a job lost and planned anew has another, and its files
+        # are not these), so a lost job shows here as JobGone and nothing is written.
+        now = time.monotonic()
+        if now - self.refreshed > LEASE_REFRESH or not self.pending:
+            if (
+                not self.ledger.refresh_batch(self.batch_id, self.token, LEASE_TTL)
+                and self.ledger.meta().get("created") != self.created
+            ):
+                raise JobGone(self.ledger.job_id)
+            self.refreshed = now
         if self.pending:
-            self.ledger.record_many(self.pending, worker=self.worker, plan=self.plan)
+            self.ledger.record_many(
+                self.pending, worker=self.worker, plan=self.plan, created=self.created
+            )
             self.pending = []
-        self.last = time.monotonic()
+        self.last = now
 
 
 def fail_unsettled(
