@@ -46,7 +46,16 @@ class TransientError(MigratorError):
 
 
 class ConnectError(TransientError):
-    """The peer could not be reached, or the association was lost."""
+    """The peer could not be reached, or the association was lost.
+
+    ``unreachable``: nothing answered at the TCP level (refused, no route, no such host, a
+    connect timeout): the PACS is down or the address is wrong. Otherwise something answered
+    and misbehaved (no answer to the association request, a closed connection, an abort):
+    a PACS that is up but unhealthy, which the circuit breaker counts."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class AssociationLost(ConnectError):

@@ -330,6 +330,7 @@ def _broker(
             logfile = worker_log(state_dir) if redis_url is None else None
             if logfile is not None:
                 fd = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)  # also when an older one was left wider
                 os.close(fd)
             local = LocalWorkers(url, workers, extra, logfile=logfile, echo=verbose > 0)
             local.start(wait=False)

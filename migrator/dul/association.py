@@ -171,15 +171,21 @@ class Association:
         try:
             sock = socket.create_connection((host, port), timeout=timeouts.connect)
         except ConnectionRefusedError as exc:
-            raise ConnectError(f"connection refused by {peer} (is the PACS listening?)") from exc
+            raise ConnectError(
+                f"connection refused by {peer} (is the PACS listening?)", unreachable=True
+            ) from exc
         except TimeoutError as exc:
             raise ConnectError(
-                f"timed out after {timeouts.connect:g}s connecting to {peer}"
+                f"timed out after {timeouts.connect:g}s connecting to {peer}", unreachable=True
             ) from exc
         except socket.gaierror as exc:
-            raise ConnectError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+            raise ConnectError(
+                f"cannot resolve host {host!r}: {exc.strerror}", unreachable=True
+            ) from exc
         except OSError as exc:
-            raise ConnectError(f"cannot connect to {peer}: {exc.strerror or exc}") from exc
+            raise ConnectError(
+                f"cannot connect to {peer}: {exc.strerror or exc}", unreachable=True
+            ) from exc
         set_nodelay(sock)
         if tls is not None:
             sock = tls_handshake(sock, tls, host, peer, timeouts.connect)

@@ -4,9 +4,10 @@ A PACS whose disk is full answers 0xA700 to every file; one that accepts TCP and
 answers times every request out. Without a breaker each file then goes through all its
 retries (minutes per batch) and the job looks stuck. With it:
 
-* every sender counts the *consecutive* transient failures it sees (0xA7xx, a lost or
-  silent association, an association refused): after ``THRESHOLD`` in a row it *opens* the
-  breaker for the destination, in Redis, with the reason and the time;
+* the senders count the *consecutive* transient failures they see (0xA7xx, a lost or silent
+  association, an association request left unanswered or turned away as busy), together
+  in Redis: after ``THRESHOLD`` in a row, fleet-wide, the breaker for the destination
+  *opens*, with the reason and the time; a file stored anywhere starts the count again;
 * a sender that finds the breaker open sends nothing to that destination: its files stay
   in flight (a batch comes back later), none is failed for the PACS's state;
 * one sender at a time *probes* when a probe is due (a lock in Redis): its next file is the
@@ -15,9 +16,9 @@ retries (minutes per batch) and the job looks stuck. With it:
 * with ``--give-up-after``, a job whose destination stayed unhealthy longer than that ends:
   its unsent files fail with the reason (``Breaker.open_for``).
 
-Successes cost nothing in Redis (the count is local; a success closes the breaker only when
-this sender has seen it open). Reading the state costs one command per second per sender
-(cached). ``LocalBreaker`` is the same for one process without Redis (`store`).
+A failure costs one INCR; a success costs nothing in Redis unless the count it last read was
+above zero or the breaker open (it then clears them). Reading the state costs one round trip
+per second per sender (cached). ``LocalBreaker`` is the same for one process without Redis.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class RedisBreaker:
         self._lock = f"{key}:probe"
         self._clock = clock
         self._monotonic = monotonic
-        self._count = 0
+        self._fails = f"{key}:fails"
+        self._count = 0  # the fleet's count as last read (or incremented) here
         self._cached: Open | None = None
         self._read_at = float("-inf")
         self._seen_open = False
@@ -145,15 +147,18 @@ class RedisBreaker:
         self._probe_failed = client.register_script(_PROBE_FAILED)
 
     def failed(self, reason: str) -> None:
-        self._count += 1
+        pipe = self._client.pipeline(transaction=False)
+        pipe.incr(self._fails)
+        pipe.pexpire(self._fails, 3_600_000)  # a count nobody touched for an hour is stale
+        self._count = int(pipe.execute()[0])
         if self._count >= THRESHOLD and self.state() is None:
             self._open_script(keys=[self._key], args=[self._clock(), reason[:500], FIRST_PROBE])
             self._read_at = float("-inf")  # read it back at once
 
     def succeeded(self) -> None:
-        self._count = 0
-        if self._seen_open:
-            self._client.delete(self._key, self._lock)
+        if self._count or self._seen_open:
+            self._client.delete(self._key, self._lock, self._fails)
+            self._count = 0
             self._seen_open = False
             self._cached = None
             self._read_at = self._monotonic()
@@ -161,7 +166,12 @@ class RedisBreaker:
     def state(self) -> Open | None:
         now = self._monotonic()
         if now - self._read_at >= CACHE:
-            self._cached = read_state(self._client, self._key)
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(self._key)
+            pipe.get(self._fails)
+            raw, fails = pipe.execute()
+            self._cached = _parse(raw)
+            self._count = int(fails or 0)
             self._read_at = now
             if self._cached is not None:
                 self._seen_open = True
@@ -187,7 +197,10 @@ class RedisBreaker:
 
 def read_state(client: redis.Redis, key: str) -> Open | None:
     """The breaker of a destination as stored (for `run`'s progress and `status`)."""
-    raw = cast(dict[bytes, bytes], client.hgetall(key))
+    return _parse(cast(dict[bytes, bytes], client.hgetall(key)))
+
+
+def _parse(raw: dict[bytes, bytes] | None) -> Open | None:
     if not raw or b"since" not in raw:
         return None
     get: Any = raw.get

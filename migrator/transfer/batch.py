@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from migrator import duplicates
+from migrator.childproc import pid_alive
 from migrator.dicomfile import DicomHeader
 from migrator.errors import (
     AssociationRejected,
@@ -61,6 +62,10 @@ LEASE_REFRESH = 5.0
 #: associations back at the end of each batch: held while the worker is idle, they would
 #: keep the workers that have batches out until the PACS closed them.
 BUSY_MEMORY = 600.0
+
+#: In the lease token of `run`'s own sender; a batch it holds is looked at again this soon.
+INLINE_TAG = "inline-"
+INLINE_RECHECK = 1.0
 
 #: How a file fails when its batch could not use the PACS at all (``FileOutcome.cause``).
 UNREACHABLE = "unreachable"
@@ -101,14 +106,18 @@ def run_batch(
     from migrator.errors import BatchBusy
 
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
-    token = f"{worker}:{uuid.uuid4().hex[:8]}"
+    # `run`'s own sender marks its leases: it gives a batch up at the first retry it would
+    # need, so a worker finding one held by it looks again soon.
+    token = f"{worker}:{INLINE_TAG if not may_wait else ''}{uuid.uuid4().hex[:8]}"
     # Which incarnation of the job this delivery belongs to: a job lost with Redis's data
     # and planned again has the same id but another creation time.
     created = ledger.meta().get("created")
     if created is None:
         raise JobGone(ledger.job_id)
     if not _claim(ledger, batch_id, token):
-        raise BatchBusy(batch_id, ledger.batch_lease_ttl(batch_id))
+        holder = ledger.batch_holder(batch_id) or ""
+        wait = INLINE_RECHECK if INLINE_TAG in holder else ledger.batch_lease_ttl(batch_id)
+        raise BatchBusy(batch_id, wait)
     try:
         settings = Settings.from_dict(ledger.config())
     except KeyError:
@@ -468,21 +477,11 @@ def _claim(ledger: Ledger, batch_id: str, token: str) -> bool:
         return ledger.claim_batch(batch_id, token, LEASE_TTL)
     host, _, rest = holder.partition(":")
     pid = rest.split(":", 1)[0]
-    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+    if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
         log.warning("batch %s: its previous worker (pid %s) died; taking over", batch_id, pid)
         ledger.release_batch(batch_id, holder)
         return ledger.claim_batch(batch_id, token, LEASE_TTL)
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _failed(

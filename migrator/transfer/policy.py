@@ -351,8 +351,13 @@ class Transfer:
             level = logging.INFO if isinstance(exc, SlotTimeout) else logging.WARNING
             log.log(level, "%s; going on with %d associations", exc, len(working))
             return
-        if self._breaker is not None:
-            self._breaker_failed(job, str(exc))  # (a probe that cannot even associate)
+        unreachable = isinstance(exc, ConnectError) and exc.unreachable
+        if self._breaker is not None and (job is self._probe or not unreachable):
+            # A PACS that answers and misbehaves (no answer to the association request,
+            # busy) is unhealthy: counted, and a probe that cannot associate failed. One that
+            # cannot be reached at all (down, a wrong port) is left to the connection
+            # retries: such a job ends with exit 3, it does not wait.
+            self._breaker_failed(job, str(exc))
             if self._stopped:
                 return
         self._connect_failures += 1
