@@ -48,14 +48,18 @@ class _RetryOutages(Retry):
         return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
-def connect(url: str | None = None) -> redis.Redis:
+def connect(url: str | None = None, *, ride_out: bool = True) -> redis.Redis:
     """A client that rides out a Redis restart (AOF on): commands are retried with backoff
     for about 30 s before an error reaches the task (which then retries the batch). A wrong
-    password or a user without rights is not an outage: it raises at once."""
+    password or a user without rights is not an outage: it raises at once.
+
+    ``ride_out=False``: a Redis nobody will restart (`run`'s embedded one): a lost
+    connection raises at once, so that the run says its Redis died instead of waiting."""
+    retries = 20 if ride_out else 0
     return redis.Redis.from_url(
         redis_py_url(url or redis_url()),
         health_check_interval=30,
-        retry=_RetryOutages(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+        retry=_RetryOutages(ExponentialBackoff(cap=2.0, base=0.1), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
     )

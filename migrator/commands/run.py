@@ -397,6 +397,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     if o["dry_run"]:
         _dry_run(srcs, o)
     terminate_on_sigterm()  # SIGTERM unwinds like Ctrl-C: what we started is stopped
+    embedded_alive: Callable[[], bool] | None = None
     t_start = time.monotonic()  # --timeout counts from here
     try:
         opened: list[Ledger] = []
@@ -404,7 +405,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         def open_and_recover(url: str) -> None:
             """The job, and (embedded: no worker is running yet) its batches left by an
             interrupted run given back to the queue now, not after the visibility timeout."""
-            ledger = _same_tls(engine.open_job(connect(url), job_id, config), config)
+            client = connect(url, ride_out=o["redis_url"] is not None)
+            ledger = _same_tls(engine.open_job(client, job_id, config), config)
             opened.append(ledger)
             if o["redis_url"] is None and ledger.counts()["in_flight"]:
                 from workers.app import enqueuer
@@ -424,6 +426,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
             verbose=o["verbose"],
             before_workers=open_and_recover,
         ) as (url, local, redis_alive):
+            embedded_alive = redis_alive
             ledger = opened[0]
             if not quiet:
                 inputs = ", ".join([*sources, *o["manifests"]])
@@ -437,11 +440,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
                 ends = t_start + o["timeout"] if o["timeout"] else None
                 send_until_ready(
                     ledger,
-                    stop=lambda: (
-                        local.ready_now()
-                        or not local.alive()
-                        or (ends is not None and time.monotonic() > ends)
-                    ),
+                    stop=lambda: local.ready_now() or not local.alive(),
+                    abandon=(lambda: time.monotonic() > ends) if ends is not None else None,
                 )
                 if ledger.counts()["in_flight"] > 0:  # a small job may be done already
                     local.wait_ready()
@@ -499,6 +499,9 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
         click.echo(f"migrator: error: {exc}", err=True)
         raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
     except redis.RedisError as exc:
+        if embedded_alive is not None and not embedded_alive():
+            click.echo(f"migrator: error: {EMBEDDED_STOPPED}", err=True)
+            raise SystemExit(int(ExitStatus.INCOMPLETE)) from None
         _redis_failure(exc, o["redis_url"])
     if counts["in_flight"] > 0:
         left = report.in_flight if report is not None else counts["in_flight"]
@@ -592,6 +595,12 @@ class _HealthWatch:
         self._progress.note(line)
 
 
+EMBEDDED_STOPPED = (
+    "the embedded Redis stopped under this run (killed?); its data is in the state "
+    "directory: run the same command again to resume"
+)
+
+
 class EmbeddedStopped(MigratorError):
     """The embedded Redis died under a run (killed, out of memory)."""
 
@@ -604,10 +613,7 @@ def _embedded_check(alive: Callable[[], bool] | None) -> Callable[[], None] | No
 
     def check() -> None:
         if not alive():
-            raise EmbeddedStopped(
-                "the embedded Redis stopped under this run (killed?); its data is in the state "
-                "directory: run the same command again to resume"
-            )
+            raise EmbeddedStopped(EMBEDDED_STOPPED)
 
     return check
 

@@ -51,11 +51,15 @@ def every(seconds: float, check: Callable[[], bool]) -> Callable[[], bool]:
     return throttled
 
 
-def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
+def send_until_ready(
+    ledger: Ledger, stop: Callable[[], bool], abandon: Callable[[], bool] | None = None
+) -> int:
     """Run the job's unsettled batches here, last planned first, until ``stop()`` is true
-    (before each batch, and every STOP_CHECK seconds within one: what this process did not
-    send stays in flight for the workers). Returns how many batches were run to their end."""
-    within = every(STOP_CHECK, stop)
+    (looked at before each batch: a batch begun here is sent here, on one association).
+    ``abandon()`` ends even a batch half-way (looked at every STOP_CHECK seconds: `run`'s
+    --timeout); what this process did not send stays in flight for the workers. Returns how
+    many batches were run to their end."""
+    within = every(STOP_CHECK, abandon) if abandon is not None else None
     settings = Settings.from_dict(ledger.config())
     if settings.throttle_delay:
         return 0  # every file would wait: the workers pace the job
@@ -64,7 +68,7 @@ def send_until_ready(ledger: Ledger, stop: Callable[[], bool]) -> int:
     done = 0
     try:
         for batch_id in reversed(ledger.batch_ids()):
-            if stop():
+            if stop() or (abandon is not None and abandon()):
                 break
             if "." not in ledger.batch_states(batch_id):
                 continue  # settled already (a re-run of the same job)
