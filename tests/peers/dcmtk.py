@@ -32,8 +32,13 @@ def dcmtk_binary(name: str) -> str:
     return path
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "TCP_NODELAY": "1"}
+def _env(nodelay: bool = True) -> dict[str, str]:
+    """DCMTK reads TCP_NODELAY=1 from its environment; without it (``nodelay=False``) it runs
+    as shipped, with Nagle on (TESTING.md §12: a stock receiver)."""
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    return env
 
 
 class StoreScpPeer:
@@ -52,6 +57,7 @@ class StoreScpPeer:
         ignore: bool = False,
         fork: bool = True,
         extra_args: Sequence[str] = (),
+        nodelay: bool = True,
     ) -> None:
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="storescp-"))
@@ -62,6 +68,7 @@ class StoreScpPeer:
         self.ignore = ignore
         self.fork = fork
         self.extra_args = list(extra_args)
+        self.nodelay = nodelay
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,7 +100,7 @@ class StoreScpPeer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_env(),
+                env=_env(self.nodelay),
             )
         time.sleep(_BIND_GRACE)
         code = self._proc.poll()

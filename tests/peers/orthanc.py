@@ -148,6 +148,7 @@ class OrthancPeer:
         verbose: bool = True,
         extra: dict[str, Any] | None = None,
         startup_timeout: float = 20.0,
+        nodelay: bool = True,
     ) -> None:
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="orthanc-"))
@@ -157,6 +158,8 @@ class OrthancPeer:
         self.dicom_port = 0
         self.http_port = 0
         self.verbose = verbose
+        #: False: as Debian ships it, Nagle on (TESTING.md §12: a stock receiver)
+        self.nodelay = nodelay
         self.startup_timeout = startup_timeout
         self.startup_seconds: float | None = None
         self._options: dict[str, Any] = {
@@ -250,7 +253,9 @@ class OrthancPeer:
             cmd.append("--verbose")  # logs "New instance stored" / "Already stored"
         cmd.append(str(cfg_path))
         # TCP_NODELAY=1: DCMTK (inside Orthanc) disables Nagle, else 40–90 ms per C-STORE (§1.2).
-        env = {**os.environ, "TCP_NODELAY": "1"}
+        env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+        if self.nodelay:
+            env["TCP_NODELAY"] = "1"
         started = time.monotonic()
         with open(self.dir / "stdout.log", "wb") as out:
             self._proc = subprocess.Popen(
