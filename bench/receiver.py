@@ -67,8 +67,10 @@ class Receiver:
     queue behind one accept loop.
     """
 
-    def __init__(self, storescp: str, workdir: Path, pdu: int) -> None:
+    def __init__(self, storescp: str, workdir: Path, pdu: int, *, stock: bool = False) -> None:
         self.storescp = storescp
+        #: As shipped: no TCP_NODELAY=1 in its environment, Nagle on (issue 16)
+        self.stock = stock
         self.log_path = workdir / "storescp.log"
         self.pdu = pdu
         self.port = 0
@@ -88,7 +90,7 @@ class Receiver:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=sender_env(),
+                    env=self._env(),
                     start_new_session=True,  # its forked children share the group we kill
                 )
             time.sleep(_BIND_GRACE_S)
@@ -99,6 +101,12 @@ class Receiver:
             if "Address already in use" not in last:
                 break
         raise SetupError(f"storescp did not start on port {self.port}:\n{tail(last)}")
+
+    def _env(self) -> dict[str, str]:
+        env = sender_env()
+        if self.stock:
+            del env["TCP_NODELAY"]
+        return env
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

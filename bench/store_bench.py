@@ -203,7 +203,8 @@ def print_head(info: dict[str, Any], args: argparse.Namespace) -> None:
                 f"storescu: {info['storescu']}  dcmsend: {info['dcmsend']}  "
                 f"embedded Redis: {info['redis_server']}",
                 f"command: {' '.join(info['command'])}",
-                f"receiver: storescp --fork --ignore -pdu {args.pdu} (TCP_NODELAY=1); "
+                f"receiver: storescp --fork --ignore -pdu {args.pdu} "
+                f"({'stock: no TCP_NODELAY' if args.stock_receiver else 'TCP_NODELAY=1'}); "
                 f"repeat {args.repeat}, median; files/s include process start-up; "
                 "CPU s and peak RSS: the sender's whole process tree",
             ]
@@ -283,6 +284,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--timeout", type=float, default=300, help="per-run timeout in seconds (default: 300)"
     )
     p.add_argument("--dcmtk-dir", type=Path, help="look for DCMTK tools here first")
+    p.add_argument(
+        "--stock-receiver",
+        action="store_true",
+        help="run storescp as shipped, without TCP_NODELAY=1 in its environment (Nagle on: "
+        "a sender that delays its ACKs waits ~40 ms per file; issue 16)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     args.corpus = args.corpus or [parse_corpus_spec(s) for s in DEFAULT_CORPORA]
@@ -332,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     work = Path(tempfile.mkdtemp(prefix="store-bench-"))
-    receiver = Receiver(storescp, work, args.pdu)
+    receiver = Receiver(storescp, work, args.pdu, stock=args.stock_receiver)
     spawner = Spawner()
     results: dict[str, list[rs.Outcome]] = {}
     rss: list[rs.Outcome] = []
@@ -437,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": info,
             "settings": {
                 "receiver": f"storescp --fork --ignore -pdu {args.pdu} -aet {AET}",
+                "stock_receiver": args.stock_receiver,
                 "repeat": args.repeat,
                 "pdu": args.pdu,
                 "seed": args.seed,
