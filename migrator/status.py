@@ -60,7 +60,7 @@ def meaning(status: int | None) -> str:
         return "Data set does not match SOP class"
     if status & 0xF000 == 0xC000:
         return "Cannot understand"
-    if status in _WARNINGS or high == 0xB000:
+    if status in _WARNINGS or status & 0xF000 == 0xB000:  # Bxxx (PS3.7 C), as classify()
         return "Warning"
     return "Failure"
 
