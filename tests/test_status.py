@@ -99,7 +99,9 @@ MEANINGS = {
     # codes outside the table: by their class
     0xA7FE: "Out of resources",
     0xA712: "Out of resources",
+    0xA701: "Out of resources",  # odd codes too: the class is the high byte, all of it
     0xA9FE: "Data set does not match SOP class",
+    0xA9FF: "Data set does not match SOP class",
     0xC123: "Cannot understand",
     0xB123: "Warning",
     0xB001: "Warning",
