@@ -129,6 +129,64 @@ def test_identical_edited_and_resized_copies_are_told_apart(
     assert duplicates.settle(local(resized, uid), gone)[1].startswith("conflict: ")  # type: ignore[index]
 
 
+def same_size_edit(src: Path, dst: Path, where: str) -> Path:
+    """Same SOP Instance UID and size as ``src``, one difference: ``header``, the Patient's
+    Name (same length, through pydicom); otherwise one byte flipped at ``where`` = ``middle``
+    (half way) or ``chunk:N`` (byte N, e.g. inside the first full 1 MiB chunk)."""
+    if where == "header":
+        ds = pydicom.dcmread(src)
+        name = str(ds.PatientName)
+        ds.PatientName = "".join("Y" if c == "X" else "X" for c in name)  # same length
+        ds.save_as(dst)
+    else:
+        raw = bytearray(src.read_bytes())
+        at = len(raw) // 2 if where == "middle" else int(where.split(":")[1])
+        raw[at] ^= 0x01
+        dst.write_bytes(bytes(raw))
+    assert dst.stat().st_size == src.stat().st_size
+    assert dst.read_bytes()[-64:] == src.read_bytes()[-64:]  # the tails are the same
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("pixels", "where"),
+    [
+        ((64, 64), "header"),
+        ((64, 64), "middle"),
+        # 1024 x 1300 x 16 bits: ~2.7 MB, two full 1 MiB chunks and a partial one
+        ((1024, 1300), "header"),
+        ((1024, 1300), "middle"),  # in the second full chunk
+        ((1024, 1300), f"chunk:{duplicates.CHUNK - 1}"),  # the last byte of the first one
+        ((1024, 1300), f"chunk:{2 * duplicates.CHUNK + 7}"),  # early in the partial one
+    ],
+    ids=[
+        "tiny-header",
+        "tiny-middle",
+        "big-header",
+        "big-middle",
+        "big-end-of-chunk-1",
+        "big-partial-chunk",
+    ],
+)
+def test_same_size_copies_that_differ_before_their_end_are_conflicts(
+    tmp_path: Path, pixels: tuple[int, int], where: str
+) -> None:
+    """Same UID, same size, same tail, different content: a conflict, never a duplicate
+    (skipping it would lose the edited copy silently). Reading the other way round too."""
+    rows, cols = pixels
+    (a,) = synth.write_corpus(tmp_path / "src", count=1, rows=rows, cols=cols, seed=72)
+    b = same_size_edit(a, tmp_path / "edited.dcm", where)
+    uid = sop_uid(a)
+    assert sop_uid(b) == uid
+    assert duplicates.settle(local(b, uid), local(a, uid)) == (
+        State.FAILED,
+        duplicates.conflict_reason(uid, str(a)),
+    )
+    assert not duplicates.same_content(local(a, uid), local(b, uid))
+    twin = copied(a, tmp_path / "twin.dcm")
+    assert duplicates.same_content(local(twin, uid), local(a, uid))
+
+
 def test_an_owner_that_cannot_be_read_holds_the_file_back_and_an_unreadable_file_raises(
     four: dict[str, Path],
 ) -> None:
@@ -279,6 +337,41 @@ def test_store_sends_the_first_skips_the_identical_copy_and_fails_the_conflict(
     assert files["2-a-edited.dcm"]["reason"] == duplicates.conflict_reason(sop_uid(four["A"]), a)
     assert files["2-a-edited.dcm"]["attempts"] == 0
     assert duplicates.CONFLICT_GROUP in proc.stdout
+
+
+def test_store_fails_a_same_size_copy_edited_in_its_header_and_keeps_the_first(
+    storescp: StoreScpPeer, tmp_path: Path
+) -> None:
+    """A re-export that changed only the Patient's Name (same length, same size, same
+    pixels): `store` sends the first file, fails the second as a conflict and does not send
+    it, so the receiver holds the first one's name."""
+    (a,) = synth.write_corpus(tmp_path / "src", count=1, seed=73)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first = copied(a, folder / "1-first.dcm")
+    second = same_size_edit(a, folder / "2-renamed.dcm", "header")
+    report = tmp_path / "report.json"
+    proc = run_migrator(
+        "store",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        storescp.port,
+        "--called-ae",
+        "STORESCP",
+        "--dir",
+        folder,
+        "--report",
+        report,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (received,) = storescp.received_files()
+    assert pydicom.dcmread(received).PatientName == pydicom.dcmread(first).PatientName
+    assert pydicom.dcmread(received).PatientName != pydicom.dcmread(second).PatientName
+    files = {Path(f["uri"]).name: f for f in load_report(report)["files"]}
+    assert files["1-first.dcm"]["state"] == "stored"
+    assert (files["2-renamed.dcm"]["state"], files["2-renamed.dcm"]["attempts"]) == ("failed", 0)
+    assert files["2-renamed.dcm"]["reason"] == duplicates.conflict_reason(sop_uid(a), str(first))
 
 
 # -- the engine: the batch runner in-process -----------------------------------------------
