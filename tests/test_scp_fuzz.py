@@ -23,7 +23,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -82,6 +82,8 @@ HOSTILE_UIDS: list[bytes] = [
 class Target:
     scp: RunningScp
     root: Path
+    #: the tree outside OUTPUT before the current test (set by ``alive``)
+    baseline: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def out(self) -> Path:
@@ -163,8 +165,25 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 def alive(target: Target) -> Iterator[Target]:
     """Runs the test, then proves the receiver survived it unharmed."""
     before = _snapshot(target.root, target.out, target.scp.log_path)
+    target.baseline = before
     yield target
     assert_healthy(target, before)
+
+
+def healthy_after_example(target: Target) -> None:
+    """After each Hypothesis example: ``alive`` runs once per test function, not per
+    example, so without this a crash or a stray file would be blamed on the whole test
+    (or go unseen if a later example hid it). The receiver is up and answers a C-ECHO on
+    a new association, wrote nothing outside OUTPUT, only valid paths in it, and logged no
+    crash. (Waiting for its associations to drain is left to ``alive``: ~0.2 s each.)"""
+    scp = target.scp
+    assert scp.proc.poll() is None, f"migrator scp died:\n{scp.log_text()[-5000:]}"
+    echo(scp)
+    assert _snapshot(target.root, target.out, scp.log_path) == target.baseline
+    _check_output(target.out)
+    log = scp.log_text()
+    for crash in ("handler error", "Exception in thread", "Traceback"):
+        assert crash not in log, log[-5000:]
 
 
 def assert_healthy(target: Target, before: dict[str, tuple[int, int, int]]) -> None:
@@ -338,6 +357,10 @@ AFTER_ASSOCIATION: dict[str, list[bytes]] = {
     "A-RELEASE-RQ with a tail": [pdu(0x05, b"\x00" * 4 + b"junk")],
     "unknown PDU type": [pdu(0x42, b"hello")],
     "truncated next header": [b"\x04\x00\x00"],
+    # found by test_random_pdus checking health after each example: pynetdicom's AA-3
+    # raised ValueError on the source and its DUL thread died with a traceback
+    "A-ABORT with an invalid source": [pdu(0x07, b"\x00\x00\x70\x00")],
+    "A-ABORT with an invalid reason": [pdu(0x07, b"\x00\x00\x02\x70")],
 }
 
 
@@ -413,6 +436,7 @@ def test_a_pdu_far_larger_than_our_maximum_is_not_buffered(
 @given(data=st.binary(min_size=1, max_size=3000))
 def test_random_bytes_on_a_fresh_connection(alive: Target, data: bytes) -> None:
     raw_exchange(alive.scp, data, linger=0.05)
+    healthy_after_example(alive)
 
 
 @settings(
@@ -433,13 +457,14 @@ def test_random_pdus(
     chunk = pdu(pdu_type, body, declared)
     if not after_association:
         raw_exchange(alive.scp, chunk, linger=0.05)
-        return
-    with associated(alive.scp) as sock:
-        with contextlib.suppress(OSError):
-            sock.sendall(chunk)
-        sock.settimeout(0.05)
-        with contextlib.suppress(OSError):
-            sock.recv(65536)
+    else:
+        with associated(alive.scp) as sock:
+            with contextlib.suppress(OSError):
+                sock.sendall(chunk)
+            sock.settimeout(0.05)
+            with contextlib.suppress(OSError):
+                sock.recv(65536)
+    healthy_after_example(alive)
 
 
 # -- hostile datasets over valid associations ---------------------------------------------
@@ -579,6 +604,7 @@ def test_random_datasets_over_a_valid_association(
         expect_outcome(alive, study, series, sop, status)
     else:
         assert status not in (0, None)
+    healthy_after_example(alive)
 
 
 @settings(
@@ -593,3 +619,4 @@ def test_random_dataset_bytes_over_a_valid_association(
 ) -> None:
     status = sender.store(sop, data)
     assert status != 0  # garbage is never "stored"
+    healthy_after_example(alive)

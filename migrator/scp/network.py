@@ -150,6 +150,7 @@ class ScpRequestHandler(RequestHandler):
         if ae.guard is not None and isinstance(self.request, socket.socket):
             ae.guard.attach(self.request, assoc)
         guard_dimse_decoding(assoc)
+        guard_state_machine(assoc)
         guard_pdu_reads(assoc, ae.maximum_pdu_size, ae.io_timeout, ae.guard)
         run = assoc.run
         request = self.request
@@ -306,6 +307,37 @@ def guard_dimse_decoding(assoc: Association) -> None:
             assoc.dul.event_queue.put("Evt19")
 
     dimse.receive_primitive = receive_or_abort  # type: ignore[method-assign]
+
+
+def guard_state_machine(assoc: Association) -> None:
+    """End the association, instead of killing its DUL thread, when an action of
+    pynetdicom's state machine raises on what the peer sent.
+
+    Example: an A-ABORT whose source or reason is no valid value (PS3.8 §9.3.8): AA-3
+    turns it into a primitive, whose setter raises ValueError; pynetdicom logs it (one
+    warning line through ``PeerErrorFilter``) and re-raises out of its reactor, whose
+    thread then died with a traceback on stderr. The connection is now shut down and both
+    reactors stopped, as pynetdicom does itself for a fatal error, so the association
+    thread ends and its slot is free.
+    """
+    dul = assoc.dul
+    machine = dul.state_machine
+    do_action = machine.do_action
+
+    def do_action_or_end(event: str) -> None:
+        try:
+            do_action(event)
+        except Exception:
+            assoc.is_aborted = True
+            assoc.is_established = False
+            assoc._kill = True
+            dul._kill_thread = True
+            raw = getattr(dul.socket, "socket", None)
+            if raw is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(raw, socket.SHUT_RDWR)
+
+    machine.do_action = do_action_or_end  # type: ignore[method-assign]
 
 
 def remove_spool(message: Any) -> None:
