@@ -111,7 +111,8 @@ def test_dir_tree_and_s3_prefix_into_orthanc_with_two_workers(
     assert reasons["notes.txt"][0] == "skipped" and reasons["notes.txt"][1]
     assert reasons["readme.txt"][0] == "skipped"
     assert reasons["truncated.dcm"][0] == "failed" and "truncated" in reasons["truncated.dcm"][1]
-    assert "2500 stored" in out.replace(",", "") or "2500" in out
+    assert "Successful:  2500" in out, out
+    assert "planned 2503 = stored 2500 + failed 1 + skipped 2" in out, out
 
 
 def test_global_file_rate_holds_across_four_worker_processes(

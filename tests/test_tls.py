@@ -240,7 +240,7 @@ def test_store_over_mutual_tls_delivers_every_file_byte_for_byte(
         assert code == 0, out
         summary = scp.stop()
     assert received(scp) == {sop_uid(p) for p in files}
-    assert "Successful stores: 7" in summary or "7" in summary, summary
+    assert "Successful stores: 7" in summary, summary
     # The dataset bytes arrived exactly as sent (the receiver writes them as received).
     written = next(scp.output_dir.rglob(f"{sop_uid(big_file)}.dcm")).read_bytes()
     original = big_file.read_bytes()
