@@ -154,17 +154,20 @@ _Stream = io.FileIO | io.BytesIO
 
 @contextlib.contextmanager
 def _opened(copy: Copy, *, owner: bool) -> Iterator[tuple[int, _Stream]]:
-    try:
-        with copy.source.fetch(copy.item) as payload:
+    """The open file. Only errors fetching or opening *this* copy become OwnerUnreadable
+    (``owner``): an error from the body (reading the other copy) passes through as it is."""
+    with contextlib.ExitStack() as stack:
+        try:
+            payload = stack.enter_context(copy.source.fetch(copy.item))
             size, stream = _open_payload(payload, copy.item.uri)
-            with stream:
-                yield size, stream
-    except OwnerUnreadable:
-        raise
-    except MigratorError as exc:
-        if owner:
-            raise OwnerUnreadable(str(exc)) from exc
-        raise
+            stack.enter_context(stream)
+        except OwnerUnreadable:
+            raise
+        except MigratorError as exc:
+            if owner:
+                raise OwnerUnreadable(str(exc)) from exc
+            raise
+        yield size, stream
 
 
 def _open_payload(payload: Payload, uri: str) -> tuple[int, _Stream]:

@@ -223,6 +223,51 @@ def test_an_owner_whose_uid_is_unknown_is_asked_its_header_when_the_bytes_differ
     assert duplicates.settle(local(four["A''"], sop_uid(a)), local(a, ""))[0] is State.SKIPPED  # type: ignore[index]
 
 
+def test_sizes_unknown_to_the_plan_are_compared_once_the_files_are_open(
+    four: dict[str, Path], tmp_path: Path
+) -> None:
+    """A file planned from a manifest has no size yet (0): files of different sizes are
+    still told apart, by the sizes of the open files."""
+    a = four["A"]
+    uid = sop_uid(a)
+    resized = grown(a, tmp_path / "a-grown.dcm")
+    assert duplicates.settle(local(resized, uid, size=0), local(a, uid, size=0)) == (
+        State.FAILED,
+        duplicates.conflict_reason(uid, str(a)),
+    )
+
+
+def test_a_file_whose_size_the_system_does_not_report_is_compared_by_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """Some file systems (procfs here; FUSE mounts, pipes) report size 0: the comparison
+    goes by what is read, so an empty file is not "the same" as one that has bytes."""
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    procfs = Path("/proc/self/stat")
+    assert procfs.stat().st_size == 0 and procfs.read_bytes()
+    assert not duplicates.same_content(local(procfs, size=0), local(empty, size=0))
+    assert not duplicates.same_content(local(empty, size=0), local(procfs, size=0))
+
+
+def test_a_read_error_mid_file_names_the_file_that_failed(tmp_path: Path) -> None:
+    """An I/O error while reading (not at open: /proc/self/mem opens, then reading its
+    first page fails with EIO): the candidate's own error propagates (the file fails as
+    unreadable); the owner's holds the candidate back as a conflict that names it."""
+    broken = Path("/proc/self/mem")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with pytest.raises(SourceError, match="/proc/self/mem: cannot read"):
+        duplicates.settle(local(broken, "1.2.3", size=0), local(empty, "1.2.3", size=0))
+    state, reason = duplicates.settle(  # type: ignore[misc]
+        local(empty, "1.2.3", size=0), local(broken, "1.2.3", size=0)
+    )
+    assert state is State.FAILED
+    assert reason == duplicates.unreadable_owner_reason(
+        "1.2.3", str(broken), "/proc/self/mem: cannot read: Input/output error"
+    )
+
+
 def test_s3_objects_compare_in_memory_and_spooled(moto_s3: MotoS3, four: dict[str, Path]) -> None:
     bucket = moto_s3.create_bucket()
     for name in ("A", "A'", "A''"):
