@@ -274,6 +274,31 @@ def test_negative_costs_rejected() -> None:
         limiter.reserve(1, -5)
 
 
+def test_a_bare_reserve_is_one_file_and_no_bytes() -> None:
+    """reserve() and acquire() without arguments charge one file and no byte: with a byte
+    limit of 1 B/s (burst 1), such calls never wait on bytes."""
+    clock = FakeClock()
+    limits = Limits(files_per_s=1000.0, burst_files=1000, bytes_per_s=1.0, burst_bytes=1)
+    limiter = LocalLimiter(limits, clock=clock, sleep=clock.sleep)
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert [limiter.acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
+    # and one file each: the files bucket (burst 1) is charged 1 ms per call
+    files_only = LocalLimiter(Limits(files_per_s=1000.0, burst_files=1), clock=clock)
+    assert [files_only.reserve() for _ in range(3)] == pytest.approx([0.0, 0.001, 0.002])
+
+
+def test_bytes_alone_and_files_alone_may_be_reserved() -> None:
+    """A cost of zero files (bytes only: the rest of a large file) or zero bytes is valid."""
+    clock = FakeClock()
+    limits = Limits(files_per_s=1.0, burst_files=1, bytes_per_s=100.0, burst_bytes=100)
+    limiter = LocalLimiter(limits, clock=clock)
+    assert limiter.reserve(0, 100) == 0.0
+    assert limiter.reserve(0, 100) == pytest.approx(1.0)  # bytes only: 100 B at 100 B/s
+    # the files bucket is still full, but reservations are FIFO: behind the bytes before it
+    assert limiter.reserve(1, 0) == pytest.approx(1.0)
+    assert limiter.reserve(1, 0) == pytest.approx(2.0)  # now the files bucket (1/s) counts
+
+
 # --- factory and protocol ------------------------------------------------------------------
 
 

@@ -120,6 +120,63 @@ def test_state_expires_after_its_latest_tat(shared_redis: RedisPeer) -> None:
     assert 11_000 < ttl_ms <= 12_000, ttl_ms
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"files_per_s": "2.5"},  # an operator's `HSET …:conf files_per_s 2.5`: burst 10
+        {"bytes_per_s": "0.5"},  # under 1 B/s: the byte burst is still 1 byte
+        {"bytes_per_s": "100.5"},  # one second of it, rounded up: 101 bytes
+        {"burst_files": "3"},  # only a burst: unlimited, yet the fallback no longer applies
+        {"burst_bytes": "7"},
+    ],
+    ids=lambda f: "+".join(f),
+)
+def test_a_partial_conf_hash_applies_as_get_limits_reads_it(
+    shared_redis: RedisPeer, fields: dict[str, str]
+) -> None:
+    """A conf hash with only some fields (written by hand, or by an older version) still
+    replaces the fallback, with Limits' defaults for the rest: the script's waits are
+    gcra_reserve's under get_limits(), file by file."""
+    client = shared_redis.client()
+    key = _key()
+    client.hset(conf_key(key), mapping=fields)
+    stored = get_limits(client, key)
+    assert stored is not None
+    limiter = RedisLimiter(client, key, Limits(files_per_s=1.0, burst_files=1))
+    tats = [-math.inf, -math.inf]
+    for step in range(14):
+        now = EPOCH + step * 0.01
+        nbytes = 37 if step % 2 == 0 else 1  # above and below each byte burst
+        tats, expected = gcra_reserve(tats, stored.buckets(), (1, nbytes), now)
+        assert limiter.reserve_at(now, 1, nbytes) == expected, step
+
+
+def test_retry_redis_backs_off_from_50_ms_doubling_to_1_s() -> None:
+    """The pauses between attempts (jittered to 50-100 % of the step): 50 ms, 100 ms, …,
+    at most 1 s; one warning at the first failure, one line when Redis is back."""
+    call, calls = _flaky(7)
+    slept: list[float] = []
+    assert retry_redis(call, "test", outage_s=60.0, sleep=slept.append) == "ok"
+    assert calls[0] == 8
+    steps = [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert len(slept) == len(steps)
+    for pause, step in zip(slept, steps, strict=True):
+        assert step * 0.5 <= pause <= step, (slept, steps)
+
+
+def test_retry_redis_warns_once_and_says_when_redis_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    call, _ = _flaky(3)
+    with caplog.at_level("INFO", logger="migrator.limits.rate_redis"):
+        retry_redis(call, "a test", outage_s=60.0, sleep=lambda s: None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "redis unreachable during a test (Connection refused); retrying",
+        "redis reachable again for a test after 3 failed attempts",
+    ], lines
+
+
 def test_a_long_owed_wait_keeps_the_state_until_it_is_paid(shared_redis: RedisPeer) -> None:
     """A 100 MB file at 1 MB/s leaves 100 s of debt: the state must live that long plus the
     10 s margin (PX is milliseconds). Were it to expire after ~10 s, the next large file
