@@ -88,13 +88,22 @@ def _wait_for(check: object, timeout: float = 10.0) -> None:
 
 
 def _pool(
-    scp: CountingScp, clock: Clock, *, slots: AssociationSlots | None = None
+    scp: CountingScp,
+    clock: Clock,
+    *,
+    slots: AssociationSlots | None = None,
+    later: AssociationSlots | None = None,
 ) -> ConnectionPool:
+    """A pool whose leases come from ``slots`` (the first) and ``later`` (the next ones,
+    when given: same key and limit, another lease length)."""
     settings = Settings("127.0.0.1", scp.port, called_ae=scp.ae_title, acse_timeout=10)
+    given: list[str] = []
 
     def provide(wait: bool) -> Lease:
         assert slots is not None
-        return _SlotLease(slots, slots.acquire(timeout=10.0 if wait else 0.0))
+        source = later if later is not None and given else slots
+        given.append(source.acquire(timeout=10.0 if wait else 0.0))
+        return _SlotLease(source, given[-1])
 
     return ConnectionPool(
         DimseDestination(settings), clock=clock, lease_provider=provide if slots else None
@@ -147,17 +156,18 @@ def test_an_association_idle_too_long_is_released_and_a_new_one_opened(
 def test_a_lease_in_use_is_refreshed_so_the_fleet_cap_keeps_counting_it(
     shared_redis: RedisPeer, scp: CountingScp, files: list[File]
 ) -> None:
-    """Lease of 1.5 s (Redis's clock); the association is used for 3 s of real time with
+    """Lease of 3 s (Redis's clock); the association is used for 4.5 s of real time with
     the pool's clock past ``LEASE_REFRESH`` at each use: the lease is refreshed, so the slot
-    stays taken and another worker (limit 1) cannot open a second association."""
-    slots = _slots(shared_redis, lease_seconds=1.5)
+    stays taken and another worker (limit 1) cannot open a second association. (1.5 s
+    between refreshes leaves 1.5 s for a loaded machine to answer.)"""
+    slots = _slots(shared_redis, lease_seconds=3.0)
     other = AssociationSlots(shared_redis.client(), slots.key, 1, lease_seconds=30.0)
     clock = Clock()
     pool = _pool(scp, clock, slots=slots)
     conn = pool.checkout(_pair(files[0]), {_pair(files[0])})
     pool.checkin(conn)
     for h in files[1:]:
-        time.sleep(1.0)  # real time: 1 s of the 1.5 s lease
+        time.sleep(1.5)  # real time: half of the lease
         clock.now += LEASE_REFRESH + 0.5
         again = pool.checkout(_pair(h), {_pair(h)})
         assert again is conn, "a refreshed lease keeps its association"
@@ -176,11 +186,12 @@ def test_a_lost_lease_closes_its_association_before_another_is_opened(
     """The lease expired during a long pause (no refresh for longer than the lease) and
     another worker took the slot: the pool must not reuse the association (the fleet
     would exceed its cap). It closes it, waits for a slot (the other worker gives it back
-    after 0.5 s) and opens a new one; the PACS never sees two of ours at once."""
+    after 0.5 s) and opens a new one; the PACS never sees two of ours at once. (The new
+    lease is a long one, so that a loaded machine cannot lose it too before the check.)"""
     slots = _slots(shared_redis, lease_seconds=0.3)
     other = AssociationSlots(shared_redis.client(), slots.key, 1, lease_seconds=30.0)
     clock = Clock()
-    pool = _pool(scp, clock, slots=slots)
+    pool = _pool(scp, clock, slots=slots, later=other)
     first = pool.checkout(_pair(files[0]), {_pair(files[0])})
     assert _send(first, files[0]) == 0x0000
     pool.checkin(first)
