@@ -204,6 +204,89 @@ def test_pool_keeps_within_capacity_by_closing_the_oldest_idle_connection() -> N
     assert a.released and len(pool) == 1 and b is not a
 
 
+P = (CT, EXPLICIT)
+
+
+def test_pool_hands_out_the_most_recently_used_idle_connection() -> None:
+    """Of two idle connections for the pair, the one used last (so the other can age out
+    and be closed); neither is handed out twice while in use."""
+    clock, dest = Clock(), FakeDestination()
+    pool = ConnectionPool(dest, capacity=2, clock=clock)
+    a = pool.checkout(P, {P})
+    b = pool.checkout(P, {P})
+    assert b is not a and len(dest.opened) == 2  # a is in use: not handed out again
+    pool.checkin(a)
+    clock.now += 1
+    pool.checkin(b)
+    assert pool.checkout(P, {P}) is b
+    assert pool.checkout(P, {P}) is a
+    assert len(dest.opened) == 2
+
+
+def test_pool_opens_beyond_capacity_only_when_every_connection_is_in_use() -> None:
+    clock, dest = Clock(), FakeDestination()
+    pool = ConnectionPool(dest, capacity=1, clock=clock)
+    a = pool.checkout(P, {P})
+    b = pool.checkout(P, {P})  # nothing idle to close: a second one
+    assert b is not a and len(pool) == 2 and not a.released
+
+
+def test_pool_drops_a_dead_idle_connection_and_keeps_the_others() -> None:
+    clock, dest = Clock(), FakeDestination()
+    pool = ConnectionPool(dest, capacity=3, clock=clock)
+    a = pool.checkout(P, {P})
+    b = pool.checkout(P, {P})
+    pool.checkin(a)
+    clock.now += 1
+    pool.checkin(b)
+    b.alive = False  # the PACS closed it while idle
+    assert pool.checkout(P, {P}) is a
+    assert len(pool) == 1 and not b.released  # aborted, not released: it was dead
+
+
+def test_pool_closes_an_idle_connection_past_idle_reopen_even_below_capacity() -> None:
+    clock, dest = Clock(), FakeDestination()
+    pool = ConnectionPool(dest, capacity=3, clock=clock)
+    a = pool.checkout(P, {P})
+    pool.checkin(a)
+    clock.now += IDLE_REOPEN + 1
+    b = pool.checkout(P, {P})
+    assert b is not a and a.released and len(pool) == 1
+
+
+def test_pool_after_a_lost_lease_uses_another_idle_connection_and_frees_the_lost_one() -> None:
+    clock, dest = Clock(), FakeDestination()
+    leases: list[Lease] = []
+
+    def provide(wait: bool) -> Lease:
+        leases.append(Lease(ok=len(leases) != 1))  # the second lease is lost
+        return leases[-1]
+
+    pool = ConnectionPool(dest, capacity=3, clock=clock, lease_provider=provide)
+    a = pool.checkout(P, {P})
+    b = pool.checkout(P, {P})
+    pool.checkin(a)
+    clock.now += 1
+    pool.checkin(b)  # b: used last, tried first; its lease (the second) is lost
+    clock.now += LEASE_REFRESH + 1
+    assert pool.checkout(P, {P}) is a
+    assert b.released and leases[1].released and len(pool) == 1
+    assert len(dest.opened) == 2 and len(leases) == 2
+
+
+def test_pool_fresh_skips_used_connections_for_an_unused_one() -> None:
+    clock, dest = Clock(), FakeDestination()
+    pool = ConnectionPool(dest, capacity=3, clock=clock)
+    unused = pool.checkout(P, {P})
+    used = pool.checkout(P, {P})
+    used.requests = 2
+    pool.checkin(unused)
+    clock.now += 1
+    pool.checkin(used)  # used last: looked at first
+    assert pool.checkout(P, {P}, fresh=True) is unused
+    assert len(dest.opened) == 2 and pool.opened == 2
+
+
 def test_pool_hands_out_a_fresh_connection_when_asked() -> None:
     clock, dest = Clock(), FakeDestination()
     pool = ConnectionPool(dest, capacity=2, clock=clock)
