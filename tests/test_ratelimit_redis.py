@@ -200,7 +200,7 @@ def test_a_long_owed_wait_keeps_the_state_until_it_is_paid(shared_redis: RedisPe
 @pytest.mark.slow
 def test_four_clients_share_one_rate(shared_redis: RedisPeer) -> None:
     """4 threads, each with its own connection, at 50/s burst 10 for 3 s: ~50*3+10 files
-    in total, no 1-s window above rate + burst, and every thread gets a fair share."""
+    in total, no 1-s window above rate + 2 x burst, and every thread gets a fair share."""
     rate, burst, duration, threads = 50.0, 10, 3.0, 4
     key = _key()
     set_limits(shared_redis.client(), key, Limits(files_per_s=rate, burst_files=burst))
@@ -228,9 +228,14 @@ def test_four_clients_share_one_rate(shared_redis: RedisPeer) -> None:
 
     times = sorted(t for per in sent for t in per)
     expected = rate * duration + burst
-    assert expected - 4 <= len(times) <= expected + 2, len(times)
+    # Never more than the limiter grants; fewer when the threads are scheduled late (two
+    # cores shared with other work: a thread may not run for a few hundred ms).
+    assert 0.8 * expected <= len(times) <= expected + 2, len(times)
     worst = max(sum(1 for t in times[i:] if t < ti + 1.0) for i, ti in enumerate(times))
-    assert worst <= rate + burst, worst
+    # The limiter grants at most rate + burst in any second (the fake-clock property test
+    # proves it exactly); these are the times the threads woke up to send, and a thread
+    # woken late moves its slot into the next window: one more burst, as in test_engine.
+    assert worst <= rate + 2 * burst, worst
     assert min(len(per) for per in sent) >= len(times) / threads * 0.6, [len(p) for p in sent]
 
 
@@ -275,7 +280,9 @@ def test_changed_limits_apply_to_the_next_reserve(shared_redis: RedisPeer) -> No
 
     set_limits(client, key, Limits(files_per_s=1.0, burst_files=1))
     limiter.reserve()
-    assert limiter.reserve() == pytest.approx(1.0, abs=0.05)  # would be 0 at 1000/s
+    # 1 s (+ what is left of the 1000/s reservations) less the time between the two calls
+    # (up to 150 ms on a loaded machine); would be 0 at 1000/s
+    assert 0.85 <= limiter.reserve() <= 1.05
 
     set_limits(client, key, Limits())
     assert [limiter.acquire() for _ in range(100)] == [0.0] * 100
@@ -339,7 +346,7 @@ def test_reserve_works_after_script_flush(shared_redis: RedisPeer) -> None:
     limiter = RedisLimiter(client, key, Limits(files_per_s=2.0, burst_files=1))
     assert limiter.reserve() == 0.0
     client.script_flush()
-    assert limiter.reserve() == pytest.approx(0.5, abs=0.05)
+    assert 0.35 <= limiter.reserve() <= 0.501  # 0.5 s less the time since the first call
 
 
 def test_reserve_works_after_a_redis_restart(redis_server: RedisPeer) -> None:
@@ -352,7 +359,7 @@ def test_reserve_works_after_a_redis_restart(redis_server: RedisPeer) -> None:
     assert limiter.reserve() == 0.0
     redis_server.restart()
     assert limiter.reserve() == 0.0
-    assert limiter.reserve() == pytest.approx(0.2, abs=0.05)
+    assert 0.05 <= limiter.reserve() <= 0.201  # 0.2 s less the time since the first call
 
 
 def test_reserve_waits_out_a_redis_outage(redis_server: RedisPeer) -> None:

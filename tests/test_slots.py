@@ -79,7 +79,9 @@ def test_unrefreshed_lease_expires_and_its_slot_is_reused(shared_redis: RedisPee
     dead = slots.acquire(timeout=1.0)
     t0 = time.monotonic()
     token = slots.acquire(timeout=3.0)
-    assert 0.9 <= time.monotonic() - t0 <= 1.5
+    # the lease's second, then the next poll (50-100 ms); up to the timeout when the two
+    # cores are busy with other work (a poll can be scheduled a second late)
+    assert 0.9 <= time.monotonic() - t0 <= 3.0
     assert token != dead
     assert slots.held() == 1
     assert slots.refresh(dead) is False
@@ -89,10 +91,12 @@ def test_unrefreshed_lease_expires_and_its_slot_is_reused(shared_redis: RedisPee
 def test_refreshed_lease_is_kept(shared_redis: RedisPeer) -> None:
     """Refreshing more often than lease_seconds keeps the slot past its first expiry."""
     key = _key()
-    slots = AssociationSlots(shared_redis.client(), key, 1, lease_seconds=0.5)
+    # refreshed every 0.3 s for 1.2 s, past the 1-s lease: a refresh may come up to 0.7 s
+    # late on a loaded machine and still be in time
+    slots = AssociationSlots(shared_redis.client(), key, 1, lease_seconds=1.0)
     token = slots.acquire(timeout=1.0)
     for _ in range(4):
-        time.sleep(0.25)
+        time.sleep(0.3)
         assert slots.refresh(token) is True
     with pytest.raises(SlotTimeout):
         slots.acquire(timeout=0.1)
@@ -109,7 +113,7 @@ def test_acquire_timeout_is_a_transient_connect_error(shared_redis: RedisPeer) -
     t0 = time.monotonic()
     with pytest.raises(ConnectError) as info:
         slots.acquire(timeout=0.3)
-    assert 0.3 <= time.monotonic() - t0 < 0.5
+    assert 0.3 <= time.monotonic() - t0 < 1.5  # the timeout, + a late poll under load
     assert isinstance(info.value, SlotTimeout)
     assert isinstance(info.value, TransientError)
     assert key in str(info.value)
