@@ -151,6 +151,28 @@ def test_a_partial_conf_hash_applies_as_get_limits_reads_it(
         assert limiter.reserve_at(now, 1, nbytes) == expected, step
 
 
+def test_a_bare_reserve_or_acquire_is_one_file_and_no_byte(shared_redis: RedisPeer) -> None:
+    """Without arguments: one file, no byte. At 1 B/s such calls never wait on bytes, and
+    at 4 files/s (burst 1) each waits its quarter of a second: acquire() sleeps it."""
+    client = shared_redis.client()
+    key = _key()
+    set_limits(client, key, Limits(files_per_s=1000.0, burst_files=1000, bytes_per_s=1.0))
+    limiter = RedisLimiter(client, key, Limits())
+    assert [limiter.reserve() for _ in range(3)] == [0.0] * 3
+    fake = _key()  # on the fake clock: a key of its own
+    set_limits(client, fake, Limits(files_per_s=1000.0, burst_files=1000, bytes_per_s=1.0))
+    assert [RedisLimiter(client, fake, Limits()).reserve_at(EPOCH) for _ in range(3)] == [0.0] * 3
+    assert [limiter.acquire() for _ in range(3)] == [0.0] * 3
+    set_limits(client, key, Limits(files_per_s=4.0, burst_files=1))
+    slow = RedisLimiter(client, _key(), Limits(files_per_s=4.0, burst_files=1))
+    assert slow.acquire() == 0.0
+    t0 = time.monotonic()
+    waited = slow.acquire()
+    # one file's quarter second, less the gap between the calls; and slept, not returned
+    assert 0.1 <= waited <= 0.251, waited
+    assert time.monotonic() - t0 >= waited - 0.01
+
+
 def test_retry_redis_backs_off_from_50_ms_doubling_to_1_s() -> None:
     """The pauses between attempts (jittered to 50-100 % of the step): 50 ms, 100 ms, …,
     at most 1 s; one warning at the first failure, one line when Redis is back."""
