@@ -68,7 +68,8 @@ def test_batches_plan_once_and_count(ledger: Ledger) -> None:
     assert [f.file_id for f in written] == [f"b1:{i}" for i in range(5)]
     assert ledger.filter_unplanned([*uris, "/archive/new.dcm"]) == [False] * 5 + [True]
     assert ledger.batch("b1") == written
-    assert ledger.files(["b1:3", "b1:0", "b1:99", "zz:1"]) == [written[3], written[0]]
+    # ids beyond the batch (just past its end too) or of no batch are left out
+    assert ledger.files(["b1:3", "b1:0", "b1:5", "b1:99", "zz:1"]) == [written[3], written[0]]
     assert ledger.unenqueued_batches() == ["b1"]
     ledger.mark_enqueued("b1")
     assert ledger.unenqueued_batches() == []
@@ -124,9 +125,14 @@ def test_refused_at_plan_counts_once(ledger: Ledger) -> None:
     assert (counts["planned"], counts["skipped"], counts["in_flight"]) == (1, 1, 0)
     assert ledger.unenqueued_batches() == []
     result = ledger.to_store_result("pacs:104")
-    assert [(o.uri, o.state, o.reason) for o in result.outcomes] == [
-        ("/archive/README.txt", State.SKIPPED, "not DICOM")
+    assert [(o.uri, o.state, o.reason, o.attempts) for o in result.outcomes] == [
+        ("/archive/README.txt", State.SKIPPED, "not DICOM", 0)  # never sent: no attempt
     ]
+    # one batch of their own, numbered like the planner's, with no size known
+    [(fid, _, _)] = ledger.iter_outcomes()
+    batch_id = fid.rpartition(":")[0]
+    assert batch_id.startswith("p") and batch_id[1:].isdigit(), fid
+    assert [(f.uri, f.size) for f in ledger.batch(batch_id)] == [("/archive/README.txt", 0)]
 
 
 def test_outcomes_round_trip_into_the_report(ledger: Ledger) -> None:
@@ -155,6 +161,35 @@ def test_deliveries_and_batch_lease(ledger: Ledger) -> None:
     assert ledger.batch_holder("b1") == "me"
     ledger.release_batch("b1", "me")
     assert ledger.claim_batch("b1", "other", 5)
+    # the lease lasts ttl seconds (Redis PX: milliseconds), as claimed and as refreshed
+    assert 4.0 < ledger.batch_lease_ttl("b1") <= 5.0
+    assert ledger.refresh_batch("b1", "other", 60)
+    assert 59.0 < ledger.batch_lease_ttl("b1") <= 60.0
+
+
+def test_a_delivery_count_is_kept_for_a_week(ledger: Ledger) -> None:
+    """Starts of a task are counted for 7 days (a poison batch is one that killed its
+    worker three times, however far apart), then forgotten."""
+    ledger.deliveries("t1")
+    ttl = ledger.client.ttl(ledger.keys.deliveries("t1"))
+    assert 7 * 24 * 3600 - 60 <= ttl <= 7 * 24 * 3600, ttl
+
+
+def test_recording_the_last_file_of_a_batch_writes_nothing_past_it(ledger: Ledger) -> None:
+    files = ledger.add_batch("b1", [planned(i) for i in range(3)])
+    ledger.record_many([(files[2].file_id, outcome(files[2], State.STORED), time.time())])
+    assert ledger.batch_states("b1") == "..s"
+
+
+def test_outcomes_of_another_batch_use_their_own_plan(ledger: Ledger) -> None:
+    """record_many's ``plan`` (the caller's batch, to save a read) is not used for the
+    outcomes of another batch: each outcome line is written against its own file."""
+    a = ledger.add_batch("a", [planned(1)])
+    b = ledger.add_batch("b", [planned(2)])
+    got = outcome(b[0], State.STORED)
+    ledger.record_many([(b[0].file_id, got, 1000.0)], plan=a)
+    back = {fid: o for fid, o, _ in ledger.iter_outcomes()}
+    assert back == {b[0].file_id: got}
 
 
 def test_memory_per_planned_file_is_small(ledger: Ledger) -> None:
