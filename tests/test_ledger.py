@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from migrator.errors import JobGone
 from migrator.ledger import Ledger, PlannedFile, list_jobs
 from migrator.outcomes import FileOutcome, State
 from tests.peers.redis import RedisPeer, redis_peer
@@ -115,6 +116,50 @@ def test_failed_then_stored_moves_counters(ledger: Ledger) -> None:
     ledger.record_many([(f.file_id, outcome(f, State.STORED), time.time())])
     counts = ledger.counts()
     assert (counts["planned"], counts["stored"], counts["failed"]) == (1, 1, 0)
+
+
+def test_a_redelivered_batch_that_stores_a_failed_file_moves_it_between_counters(
+    ledger: Ledger,
+) -> None:
+    """Failed, then stored by a later delivery without a retry in between: the failure is
+    taken back (count and failures set), the store counted once, with its bytes."""
+    [f, g] = ledger.add_batch("b1", [planned(1), planned(2)])
+    ledger.record_many([(f.file_id, outcome(f, State.FAILED, "x"), time.time())])
+    ledger.record_many([(g.file_id, outcome(g, State.FAILED, "x"), time.time())])
+    assert ledger.failed_ids() == ["b1:0", "b1:1"]
+    ledger.record_many([(f.file_id, outcome(f, State.STORED), time.time())])
+    counts = ledger.counts()
+    assert (counts["stored"], counts["failed"], counts["in_flight"]) == (1, 1, 0)
+    assert counts["bytes_stored"] == f.size
+    assert ledger.failed_ids() == ["b1:1"]
+    assert ledger.batch_states("b1") == "sf"
+
+
+def test_warnings_and_transcoded_files_are_counted_each_once(ledger: Ledger) -> None:
+    files = ledger.add_batch("b1", [planned(i) for i in range(4)])
+    plain, warned, transcoded, both = (outcome(f, State.STORED) for f in files)
+    warned.warning = True
+    transcoded.transcoded = True
+    both.warning = both.transcoded = True
+    now = time.time()
+    outcomes = (plain, warned, transcoded, both)
+    entries = [(f.file_id, o, now) for f, o in zip(files, outcomes, strict=True)]
+    ledger.record_many(entries)
+    ledger.record_many(entries)  # a redelivery changes nothing
+    counts = ledger.counts()
+    assert (counts["stored"], counts["warnings"], counts["transcoded"]) == (4, 2, 2)
+
+
+def test_outcomes_for_a_job_planned_anew_are_refused_and_not_written(ledger: Ledger) -> None:
+    """``created``: the job's stamp the worker read; a job since lost and planned again
+    has another, and the worker's outcomes must not land in the new plan."""
+    [f] = ledger.add_batch("b1", [planned(1)])
+    stamp = ledger.meta()["created"]
+    with pytest.raises(JobGone):
+        ledger.record_many([(f.file_id, outcome(f, State.STORED), time.time())], created=stamp + 1)
+    assert ledger.batch_states("b1") == "." and ledger.counts()["stored"] == 0
+    ledger.record_many([(f.file_id, outcome(f, State.STORED), time.time())], created=stamp)
+    assert ledger.counts()["stored"] == 1
 
 
 def test_refused_at_plan_counts_once(ledger: Ledger) -> None:
