@@ -350,6 +350,29 @@ def test_the_first_file_to_claim_a_uid_owns_it(ledger: Ledger) -> None:
             assert len(field) == 8
 
 
+def test_a_uid_is_handed_over_only_from_the_owner_named(ledger: Ledger) -> None:
+    """take_over_uid: a later copy takes a UID over from its owner (a first copy that
+    failed); again, it is still the owner; a third copy naming the old owner cannot take
+    it from the new one; a UID nobody holds is taken at once."""
+    uid = "1.2.3.4.500"
+    first, second, third = ledger.add_batch(
+        "b1",
+        [
+            PlannedFile(f"/in/{n}.dcm", 1, "v", "1.2", uid, "1.2.840.10008.1.2.1", "9")
+            for n in range(3)
+        ],
+    )
+    assert ledger.claim_uids([first]) == [""]
+    assert ledger.take_over_uid(second, first.file_id)
+    assert ledger.uid_owner(uid) == second.file_id
+    assert ledger.take_over_uid(second, first.file_id)  # owner already: still True
+    assert not ledger.take_over_uid(third, first.file_id)  # the owner is no longer first
+    assert ledger.uid_owner(uid) == second.file_id
+    [lonely] = ledger.add_batch("b2", [planned(501)])
+    assert ledger.take_over_uid(lonely, "b9:9")  # nobody held it
+    assert ledger.uid_owner(lonely.sop_instance_uid) == lonely.file_id
+
+
 def test_planner_file_ids_are_stored_as_one_integer_and_come_back_whole(ledger: Ledger) -> None:
     """``b0000123:17`` takes 5 bytes of a listpack as 123 << 14 | 17 (12 as text)."""
     [a] = ledger.add_batch("b0000123", [planned(1)])
