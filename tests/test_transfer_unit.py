@@ -315,6 +315,34 @@ def test_a_file_the_pacs_aborts_on_twice_fails_and_the_others_are_stored() -> No
     assert clock.now - 1000 < 5  # backoffs only: ~0.5 s + ~1 s
 
 
+class Interrupted(Exception):
+    """Stands for a time limit or an interrupt raised while files are in flight."""
+
+
+def test_an_exception_ending_the_transfer_aborts_what_is_in_flight_and_keeps_the_rest() -> None:
+    """Two lanes; the first outcome's sink raises while the second file is on the wire: its
+    outcome is unknown, so its association is aborted and forgotten (the file stays
+    unsettled, to be sent again); the association that is idle goes back to the pool."""
+    clock, dest = Clock(), FakeDestination()
+    pool = ConnectionPool(dest, capacity=2, clock=clock)
+    got: list[FileOutcome] = []
+
+    def record(j: Job, o: FileOutcome) -> None:
+        got.append(o)
+        raise Interrupted
+
+    s = Settings("fake", retry_backoff=0.5, concurrency=2)
+    t = Transfer(s, pool, NullLimiter(), record, sleep=clock.sleep, clock=clock)
+    with pytest.raises(Interrupted):
+        t.run([job(1), job(2)])
+    assert len(got) == 1 and len(dest.opened) == 2
+    done, in_flight = sorted(dest.opened, key=lambda c: len(c.sent), reverse=True)
+    assert len(done.sent) == 1 and in_flight.sent == [] and in_flight.requests == 1
+    assert not in_flight.alive and not in_flight.released  # aborted
+    assert done.alive and len(pool) == 1
+    assert pool.checkout(P, {P}) is done  # checked in: free for the next file
+
+
 def test_a_pacs_that_aborts_every_association_after_n_stores_costs_no_file() -> None:
     def script(conn: FakeConn, h: DicomHeader) -> int | Exception:
         if conn.requests > 2:
