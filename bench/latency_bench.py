@@ -34,11 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,6 +45,7 @@ from bench.corpora import link_subset, prepare_corpus
 from bench.latency_relay import LatencyRelay
 from bench.measure import SetupError, Spawner, log, sender_env, tail
 from bench.receiver import DEFAULT_PDU, Receiver, find_dcmtk_tool
+from bench.rows import Row, add_common_options, print_goals, run_main
 from bench.senders import (
     Sender,
     migrator_run_sender,
@@ -62,21 +61,6 @@ AUTO_RUN, DEFAULT_RUN, AUTO_STORE, PEER = (
 )
 SENDERS = (AUTO_RUN, DEFAULT_RUN, AUTO_STORE, PEER)
 GOAL_RTT_MS = 20.0
-
-
-@dataclass
-class Row:
-    sender: str
-    rtt: str  # "20" or "direct"
-    files: int
-    seconds: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float | None:
-        if not self.seconds:
-            return None
-        return self.files / statistics.median(self.seconds)
 
 
 def build(names: Sequence[str], cap: int, workers: int, pdu: int, storescu: str) -> list[Sender]:
@@ -115,11 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="run's workers")
     p.add_argument("--mbit", type=float, default=None, help="cap each direction of the link")
     p.add_argument("--stock-receiver", action="store_true", help="storescp without TCP_NODELAY")
-    p.add_argument("--corpus-dir", type=Path, help="make (or reuse) the corpus here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=600, help="per run, seconds")
-    p.add_argument("--dcmtk-dir", type=Path)
-    p.add_argument("--json", type=Path, metavar="FILE")
+    add_common_options(p)
     return p.parse_args(argv)
 
 
@@ -254,10 +234,7 @@ def report(
                 max(most_open) <= args.max_associations,
             )
         )
-    if goals:
-        print("\n| goal (issue 16) | measured | |\n|---|---:|---|")
-        for what, value, ok in goals:
-            print(f"| {what} | {value:.2f} | {'met' if ok else 'NOT met'} |")
+    print_goals(goals, 16)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -267,8 +244,4 @@ def report(
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SetupError as exc:
-        print(f"bench could not run: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

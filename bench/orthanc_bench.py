@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.corpora import link_subset, prepare_corpus
-from bench.measure import SetupError, Spawner, log, sender_env, tail
+from bench.measure import Spawner, log, sender_env, tail
 from bench.receiver import DEFAULT_PDU, find_dcmtk_tool
+from bench.rows import Row, add_common_options, print_goals, run_main
 from bench.senders import (
     Sender,
     migrator_run_sender,
@@ -49,19 +47,6 @@ PEER = "storescu"
 RECEIVERS = ("stock", "tuned")
 #: Orthanc's default maximum PDU is 16 KB; senders propose the largest, Orthanc sets it.
 PDU = DEFAULT_PDU
-
-
-@dataclass
-class Row:
-    sender: str
-    receiver: str
-    files: int
-    seconds: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float | None:
-        return self.files / statistics.median(self.seconds) if self.seconds else None
 
 
 def _empty(orthanc: OrthancPeer) -> None:
@@ -79,11 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--peer-files", type=int, default=100, help="storescu's files (stock Orthanc)")
     p.add_argument("--repeat", type=int, default=2, help="repetitions; medians (default 2)")
     p.add_argument("--workers", type=int, default=2, help="run's workers (default 2)")
-    p.add_argument("--corpus-dir", type=Path, help="make (or reuse) the corpus here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=600, help="per run, seconds")
-    p.add_argument("--dcmtk-dir", type=Path)
-    p.add_argument("--json", type=Path, metavar="FILE")
+    add_common_options(p)
     return p.parse_args(argv)
 
 
@@ -187,17 +168,10 @@ def report(
                     goals.append((f"{s.label}: stock ÷ tuned Orthanc ≥ 0.9", ratio, ratio >= 0.9))
                 if vs_peer is not None:
                     goals.append((f"{s.label}: ≥ 20× storescu (stock)", vs_peer, vs_peer >= 20))
-    if goals:
-        print("\n| goal (issue 16) | measured | |\n|---|---:|---|")
-        for what, value, ok in goals:
-            print(f"| {what} | {value:.2f} | {'met' if ok else 'NOT met'} |")
+    print_goals(goals, 16)
     if args.json:
         args.json.write_text(json.dumps({"rows": out, "goals": [list(g) for g in goals]}, indent=2))
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SetupError as exc:
-        print(f"bench could not run: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)
