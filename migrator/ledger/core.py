@@ -33,6 +33,7 @@ from migrator.ledger.encoding import (
     uri_id,
 )
 from migrator.ledger.scripts import BUCKET_DIGITS
+from migrator.ledger.sessions import Sessions, active_seconds
 from migrator.outcomes import FileOutcome, State, StoreResult
 
 _DELIVERY_TTL = 7 * 24 * 3600
@@ -46,7 +47,7 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class Ledger:
+class Ledger(Sessions):
     """One job's plan and outcomes. Cheap to create; holds no state but the client."""
 
     def __init__(self, client: redis.Redis, job_id: str) -> None:
@@ -79,13 +80,6 @@ class Ledger:
         if raw is None:
             raise KeyError(f"no job {self.job_id!r} in this Redis")
         return cast(dict[str, Any], json.loads(cast(bytes, raw)))
-
-    def mark_started(self) -> None:
-        self.client.hsetnx(self.keys.meta, "started", time.time())
-        self.client.hdel(self.keys.meta, "finished")
-
-    def mark_finished(self) -> None:
-        self.client.hset(self.keys.meta, "finished", time.time())
 
     def meta(self) -> dict[str, float]:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.meta))
@@ -418,7 +412,8 @@ class Ledger:
                 yield batch_id, unpack(batch_id, blob), _s(states or b""), lines or b""
 
     def iter_outcomes(self) -> Iterator[tuple[str, FileOutcome, dict[str, Any]]]:
-        """Every settled file: (file id, outcome, extra fields: worker, at)."""
+        """Every settled file: (file id, outcome, extra fields: worker, at, planned: its
+        PlannedFile)."""
         for _, plan, states, raw in self.iter_batches():
             latest: dict[int, dict[str, Any]] = {}
             worker = ""
@@ -435,7 +430,7 @@ class Ledger:
                 data = latest.get(index)
                 if state is None or data is None:
                     continue
-                extra = {"at": data["t"]}
+                extra = {"at": data["t"], "planned": planned}
                 if "w" in data:
                     extra["worker"] = data["w"]
                 yield planned.file_id, outcome_from_line(data, state, planned), extra
@@ -459,6 +454,7 @@ class Ledger:
         meta = self.meta()
         result.started = meta.get("started", meta.get("created", 0.0))
         result.finished = meta.get("finished", time.time())
+        result.active = active_seconds(meta, result.finished)
         return result
 
     # -- deliveries and batch leases ------------------------------------------------------
