@@ -112,6 +112,14 @@ def _send(job: str | None, redis_url: str | None, o: dict[str, Any]) -> NoReturn
     if o["in_flight"] and redis_url:
         fail_config("--in-flight is for the cluster's workers: without --workers")
     where = safe_url(redis_url) if redis_url else f"the embedded Redis of {o['state_dir']}"
+    if redis_url is None:
+        from migrator.embedded.shared import require_jobs
+        from migrator.errors import ConfigError
+
+        try:  # before the session starts a Redis there (and creates the directory)
+            require_jobs(o["state_dir"])
+        except ConfigError as exc:
+            fail_config(str(exc))
 
     def open_job(client: redis.Redis, url: str) -> Ledger:
         ledger = find_job_in(client, where, job)

@@ -128,6 +128,17 @@ def has_data(data_dir: Path) -> bool:
     return any((data_dir / name).exists() for name in _DATA)
 
 
+def require_jobs(data_dir: str | os.PathLike[str]) -> None:
+    """A usage error (ConfigError) when nothing was ever run with ``data_dir``: checked
+    before starting a Redis there, which would create the directory for nothing."""
+    path = Path(data_dir).expanduser().resolve()
+    if not has_data(path) and published(path) is None:
+        raise ConfigError(
+            f"no job in {path}: nothing was run with this state directory "
+            "(give --state-dir as `migrator run` had it, or --redis-url for a cluster)"
+        )
+
+
 class StateRedis:
     """The embedded Redis of ``data_dir`` for one command: attached to the server of the
     command that holds the directory (``attach``), else started here and stopped on exit.
@@ -167,11 +178,8 @@ class StateRedis:
     def start(self) -> StateRedis:
         from migrator.embedded.server import EmbeddedRedis
 
-        if self.must_exist and not has_data(self.data_dir) and published(self.data_dir) is None:
-            raise ConfigError(
-                f"no job in {self.data_dir}: nothing was run with this state directory "
-                "(give --state-dir as `migrator run` had it, or --redis-url for a cluster)"
-            )
+        if self.must_exist:
+            require_jobs(self.data_dir)
         deadline = time.monotonic() + self.wait
         while True:
             embedded = EmbeddedRedis(data_dir=self.data_dir, command=self.command)

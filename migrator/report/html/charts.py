@@ -158,8 +158,9 @@ def _positive(value: Any) -> float | None:
 
 def smoothing_window(bucket_s: int, points: int) -> int:
     """Buckets averaged for the throughput lines: ~5 s (at least 3 buckets); none for a
-    timeline too short to smooth."""
-    if points < 4:
+    single bucket (nothing to smooth). A job of 2-3 s still gets its line: how long a job
+    lasts depends on the machine, and the chart should not change kind with it."""
+    if points < 2:
         return 0
     return max(3, math.ceil(5 / max(1, bucket_s)))
 
