@@ -50,7 +50,11 @@ def flower_command(redis_url: str | None, state_dir: str, port: int, address: st
     the user nor the password may be empty (several users: user1:pw1,user2:pw2). Flower's
     /metrics and /healthcheck stay open without auth: do not expose the port publicly.
     Batches appear as `migrator.store_batch` tasks with ids `<job>:<batch>` on the queue
-    `migrator.batches`; Flower sees only events sent while it runs.
+    `migrator.batches`. A batch with failed files is in the FAILURE state (Flower's state
+    filter), its exception saying how many (`migrator report JOB --format csv` lists them);
+    the batches `run` sends itself while its workers boot are shown as the worker
+    `migrator-run@<host>`, ids `inline:<job>:<batch>`. Flower sees only events sent while
+    it runs.
 
     \b
     Examples:

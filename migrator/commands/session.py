@@ -205,20 +205,25 @@ def send_session(s: Session) -> NoReturn:
             progress = JobProgress(enabled=not s.quiet and work)
             if local is not None and work:
                 from migrator.transfer.inline import send_until_ready
+                from workers.inline_events import InlineEvents
 
                 # The worker boots for ~0.5 s: send from here meanwhile (transfer/inline.py),
-                # with the progress line drawn from the first file.
+                # with the progress line drawn from the first file, and each batch shown
+                # in Flower as a worker's would be.
                 progress.follow(ledger.counts)
                 ends = t_start + s.timeout if s.timeout else None
+                events = InlineEvents(url, ledger.job_id)
                 try:
                     send_until_ready(
                         ledger,
                         stop=lambda: local.ready_now() or not local.alive(),
                         abandon=(lambda: time.monotonic() > ends) if ends is not None else None,
+                        on_batch=events.batch_done,
                     )
                     if ledger.counts()["in_flight"] > 0:  # a small job may be done already
                         local.wait_ready()
                 finally:
+                    events.close()
                     progress.unfollow()
             counts = (
                 _wait(s, ledger, local, redis_alive, t_start, progress) if work else ledger.counts()
