@@ -5,7 +5,10 @@ PACS → `retry` → `report` says everything is stored and every study complete
 running the same command again, leave a finished job's figures as they were.
 
 Real Orthanc (refusing a private SOP class until it is reconfigured), real redis-server and
-Celery worker processes started by the commands themselves.
+Celery worker processes started by the commands themselves. Both HTML reports (with failures,
+then clean) are opened in headless Chromium: the per-study table, the log-scale latency
+histogram and the rate-limit line are read back from the rendered page, and screenshots kept
+in the test's directory (and named in its JUnit properties).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
-import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from pydicom.uid import UID, generate_uid
 
 from migrator import synth
 from migrator.netutil import free_port
+from tests.browser import render, screenshot
 from tests.enginehelpers import start_run, wait_until
 from tests.peers import orthanc as orthanc_peers
 from tests.peers.counting_scp import counting_scp
@@ -96,7 +101,10 @@ def _reconfigure(pacs: OrthancPeer, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_operators_path_on_the_embedded_default(
-    tmp_path: Path, orthanc_factory: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    orthanc_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Callable[[str, object], None],
 ) -> None:
     src = tmp_path / "archive"
     files = synth.write_corpus(
@@ -107,7 +115,8 @@ def test_the_operators_path_on_the_embedded_default(
     pacs: OrthancPeer = orthanc_factory(extra={"DicomAlwaysAllowFind": True})
     migrator = Operator(tmp_path / "state")
     dest = ["--host", "127.0.0.1", "--port", str(pacs.dicom_port), "--called-ae", "ORTHANC"]
-    run = ["run", src, *dest, "--workers", "1", "--batch-files", "10"]
+    # A rate limit, for the report's throughput chart to draw it.
+    run = ["run", src, *dest, "--workers", "1", "--batch-files", "10", "--rate-limit", "20"]
 
     # run: 3 files refused by the PACS; both reports written, and where they went said.
     proc = migrator(
@@ -176,38 +185,69 @@ def test_the_operators_path_on_the_embedded_default(
     after = (tmp_path / "after.html").read_text()
     assert after.count('data-complete="1"') == 4 and 'data-complete="0"' not in after
 
-    _screenshots(
-        tmp_path, {"with-failures": tmp_path / "before.html", "clean": tmp_path / "after.html"}
-    )
     print("\n".join(migrator.outputs))
 
-
-def _screenshots(tmp_path: Path, pages: dict[str, Path]) -> None:
-    """Both reports in headless Chromium (no network): screenshots kept with the test."""
-    binary = shutil.which("chromium")
-    assert binary, "chromium is not installed (bash scripts/bootstrap.sh installs it)"
-    for name, page in pages.items():
-        shot = tmp_path / f"report-{name}.png"
-        subprocess.run(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--proxy-server=127.0.0.1:9",
-                f"--user-data-dir={tmp_path / ('chromium-' + name)}",
-                f"--screenshot={shot}",
-                "--window-size=1400,2600",
-                page.as_uri(),
-            ],
-            capture_output=True,
-            timeout=90,
-            check=True,
-        )
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Both reports as the lead sees them: headless Chromium, screenshots kept with the test.
+    all_studies = set(rows)
+    for name, page, report, incomplete in (
+        ("with-failures", tmp_path / "before.html", data, bad_studies),
+        ("clean", tmp_path / "after.html", final, set()),
+    ):
+        _check_in_chromium(page, report, all_studies, incomplete, limit=20.0)
+        shot = screenshot(page, tmp_path / f"report-{name}.png")
+        record_property(f"screenshot-{name}", str(shot))
         print(f"screenshot ({name}): {shot}")
+
+
+def _check_in_chromium(
+    page: Path,
+    report: dict[str, Any],
+    studies: set[str],
+    incomplete: set[str],
+    *,
+    limit: float,
+) -> None:
+    """The rendered page holds the per-study table, the log-scale latency histogram and
+    the rate limit on the throughput chart, each with the job's data."""
+    dom, log, fetched = render(page, page.parent)
+    assert dom.ready and fetched == [], fetched
+    assert not [ln for ln in log.splitlines() if "CONSOLE" in ln or "Uncaught" in ln], log
+
+    # Per study: its UID, accession, modality, counts, and ✓ or ✗.
+    header, *cells = dom.cells["studies-table"]
+    assert header[0] == "Study Instance UID" and header[-1] == "Complete", header
+    assert {c[0] for c in cells} == studies
+    assert all(c[1].startswith("A") and c[2] for c in cells), cells  # accession, modality
+    assert {c[0] for c in cells if c[-1] == "✗"} == incomplete
+    assert sum(int(c[3]) for c in cells) == report["totals"]["planned"]
+    assert sum(int(c[4]) for c in cells) == report["totals"]["stored"]
+
+    # Latency: every timed C-STORE in a bar, heights on a log scale, percentiles marked.
+    bars = dom.of("latency", "rect", "bar")
+    assert sum(float(b["data-value"]) for b in bars) == report["latency"]["count"] > 0
+    heights = sorted(
+        (float(b["data-value"]), float(b["height"])) for b in bars if b["data-value"] != "0"
+    )
+    (low, h_low), (high, h_high) = heights[0], heights[-1]
+    assert h_high / h_low == pytest.approx(math.log10(1 + high) / math.log10(1 + low), rel=0.05)
+    assert {m["data-marker"] for m in dom.of("latency", "line", "marker")} == {
+        "p50",
+        "p90",
+        "p99",
+    }
+
+    # Failures over time: the cumulative line ends at the files that are failed (the ledger
+    # keeps each file's last outcome: after the retry stored them, none).
+    hits = dom.of("progress", "rect", "hit")
+    assert float(hits[-1]["data-failed"]) == report["totals"]["failed"]
+    assert [float(h["data-failed"]) for h in hits] == sorted(float(h["data-failed"]) for h in hits)
+
+    # The rate limit drawn over the files/s bars, which hold every stored file.
+    assert {float(x["data-limit"]) for x in dom.of("throughput-files", "line", "limit")} == {limit}
+    per_s = dom.of("throughput-files", "rect", "bar")
+    widths = [p[1] for p in report["timeline"]["points"]]
+    stored = sum(float(b["data-value"]) * w for b, w in zip(per_s, widths, strict=True))
+    assert round(stored) == report["totals"]["stored"]
 
 
 def test_commands_attach_to_a_running_run_and_retry_moves_the_destination(
@@ -270,3 +310,23 @@ def test_commands_attach_to_a_running_run_and_retry_moves_the_destination(
     # The original command now names a destination the job left: said, exit 2.
     again = run_migrator("run", tmp_path / "in", *dest, "--state-dir", tmp_path / "state")
     assert again.returncode == 2 and "moved it from" in again.stderr
+
+
+def test_run_again_with_retry_failed_sends_the_failed_files(tmp_path: Path) -> None:
+    """The same `run` again retries nothing; with --retry-failed it sends the failed files
+    (once the PACS takes them) and the job ends with all stored."""
+    files = synth.write_corpus(tmp_path / "in", count=12, size="tiny", seed=2103)
+    migrator = Operator(tmp_path / "state")
+    with counting_scp() as scp:
+        scp.fail_uids = {sop_uid(files[5]): 0xA900}
+        dest = ["--host", "127.0.0.1", "--port", str(scp.port), "--called-ae", "COUNTING"]
+        run = ["run", tmp_path / "in", *dest, "--workers", "1"]
+        migrator(*run, code=1)
+        scp.fail_uids = {}
+        migrator(*run, code=1)
+        assert sop_uid(files[5]) not in scp.stores
+        proc = migrator(*run, "--retry-failed", code=0)
+        assert "1 failed files sent again" in proc.stderr, proc.stderr
+        assert scp.stores[sop_uid(files[5])] == 1
+    data = json.loads(migrator("report", "--format", "json", code=0).stdout)
+    assert (data["totals"]["stored"], data["totals"]["failed"]) == (12, 0)

@@ -15,14 +15,9 @@ import io
 import json
 import math
 import re
-import shutil
-import socket
-import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +26,9 @@ import pytest
 
 from migrator import synth
 from migrator.ledger import Ledger
+from tests.browser import Dom as _Dom
+from tests.browser import Proxy as _Proxy
+from tests.browser import chromium as _chromium
 from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
 from tests.peers.counting_scp import counting_scp
 from tests.peers.redis import redis_peer
@@ -389,114 +387,6 @@ def test_run_report_format_follows_the_extension(migration: Migration) -> None:
 
 
 # -- HTML in headless Chromium -----------------------------------------------------------------
-
-
-class _Proxy:
-    """A proxy that answers nothing and records every request Chromium makes through it.
-
-    Chromium is started with it as its only route (loopback included), so any fetch by the
-    page (a CDN script, a font, an image) shows up here instead of reaching a network.
-    """
-
-    #: Chromium's own background calls (update checks, clock), not the page's.
-    BROWSER_HOSTS = ("google.com", "googleapis.com", "gvt1.com", "gstatic.com")
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.requests: list[str] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.requests.append(conn.recv(300).decode("latin-1").split("\r\n")[0])
-                except OSError as exc:
-                    self.requests.append(repr(exc))
-
-    def page_requests(self) -> list[str]:
-        return [
-            r
-            for r in self.requests
-            if not any(re.search(rf"[/ .]{re.escape(h)}[:/ ]", r) for h in self.BROWSER_HOSTS)
-        ]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _chromium(page: Path, profile: Path, proxy: _Proxy, *args: str) -> tuple[str, str]:
-    binary = shutil.which("chromium")
-    assert binary, "chromium is not installed (bash scripts/bootstrap.sh installs it)"
-    cmd = [
-        binary,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        f"--proxy-server=127.0.0.1:{proxy.port}",
-        "--proxy-bypass-list=<-loopback>",  # loopback goes through the proxy too
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--enable-logging=stderr",
-        "--v=0",
-        *args,
-        page.as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, proc.stderr
-
-
-class _Dom(HTMLParser):
-    """The rendered DOM's chart figures: per chart, its attributes and its marks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.charts: dict[str, dict[str, str]] = {}
-        self.marks: dict[str, list[tuple[str, dict[str, str]]]] = {}
-        #: table id -> the attributes of its body rows
-        self.rows: dict[str, list[dict[str, str]]] = {}
-        self.ready = False
-        self._chart: str | None = None
-        self._table: str | None = None
-        self._depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "html" and a.get("data-ready") == "1":
-            self.ready = True
-        if tag == "table" and a.get("id"):
-            self._table = a["id"]
-            self.rows[self._table] = []
-        elif tag == "tr" and self._table is not None and a:
-            self.rows[self._table].append(a)
-        if tag == "figure" and "data-chart" in a:
-            self._chart = a["data-chart"]
-            self.charts[self._chart] = a
-            self.marks[self._chart] = []
-        elif self._chart is not None:
-            self.marks[self._chart].append((tag, a))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "figure":
-            self._chart = None
-        if tag == "table":
-            self._table = None
-
-    def of(self, chart: str, tag: str, cls: str) -> list[dict[str, str]]:
-        return [a for t, a in self.marks[chart] if t == tag and cls in a.get("class", "").split()]
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,8 @@ class _Builder:
             data.files = []
         #: epoch second -> files settled in it (from each outcome's ``at``)
         self.settled_at: Counter[int] = Counter()
+        #: epoch second -> files failed in it (failures over time)
+        self.failed_at: Counter[int] = Counter()
 
     def add(self, outcome: FileOutcome, extra: dict[str, Any] | None = None) -> None:
         d = self.data
@@ -63,6 +65,8 @@ class _Builder:
         at = extra.get("at")
         if isinstance(at, (int, float)):  # a tuple: isinstance with a union is slower
             self.settled_at[int(at)] += 1
+            if outcome.state is State.FAILED:
+                self.failed_at[int(at)] += 1
         planned = extra.get("planned")
         if planned is not None:
             self._study(planned, state)
@@ -173,7 +177,7 @@ class _Builder:
         d.warned.sort()
         if d.files is not None:
             d.files.sort(key=lambda f: str(f["uri"]))
-        d.timeline = build_timeline(timeline or {}, self.settled_at)
+        d.timeline = build_timeline(timeline or {}, self.settled_at, self.failed_at)
         return d
 
 

@@ -238,8 +238,10 @@ def to_dict(data: ReportData) -> dict[str, Any]:
         "timeline": {
             "start": tl.start or None,
             "bucket_s": tl.bucket_s,
-            "columns": ["offset_s", "width_s", "files", "bytes", "settled"],
-            "points": [[p.offset, p.width, p.files, p.bytes, p.settled] for p in tl.points],
+            "columns": ["offset_s", "width_s", "files", "bytes", "settled", "failed"],
+            "points": [
+                [p.offset, p.width, p.files, p.bytes, p.settled, p.failed] for p in tl.points
+            ],
         },
         "verification": verification_dict(data.verification),
         "studies": studies_dict(data),

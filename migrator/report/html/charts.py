@@ -99,7 +99,7 @@ def all_charts(data: ReportData) -> list[str]:
         ),
         svg.time_lines(
             "progress",
-            "Cumulative progress",
+            "Cumulative progress and failures",
             offsets=[p.offset + p.width for p in pts],
             lines=[
                 svg.Line("stored", "stored", [p.cum_files for p in pts], COLORS["stored"]),
@@ -110,9 +110,12 @@ def all_charts(data: ReportData) -> list[str]:
                     COLORS["settled"],
                     dashed=True,
                 ),
+                # Failures over time: when the PACS started refusing, and whether it stopped.
+                svg.Line("failed", "failed", [p.cum_failed for p in pts], COLORS["failed"]),
             ],
             tips=[
-                f"{when(p)}: {num(p.cum_files)} stored, {num(p.cum_settled)} with an outcome"
+                f"{when(p)}: {num(p.cum_files)} stored, {num(p.cum_settled)} with an outcome, "
+                f"{num(p.cum_failed)} failed"
                 for p in pts
             ],
             span=(pts[-1].offset + pts[-1].width) if pts else 0,
