@@ -202,7 +202,17 @@ def retry_command(job: str | None, redis_url: str | None, **o: Any) -> None:
 @redis_option
 @state_dir_option
 def jobs_command(redis_url: str | None, state_dir: str) -> None:
-    """List the jobs (of the state directory, or of --redis-url) with their counts."""
+    """List the jobs (of the state directory, or of --redis-url) with their counts.
+
+    Each line: the job id, its destination, its counts and its state (finished, sending,
+    interrupted, created). A state directory nothing was run with is a usage error (exit 2).
+
+    \b
+    Examples:
+      migrator jobs                                # the default state directory
+      migrator jobs --state-dir /srv/migration/state
+      migrator jobs --redis-url redis://redis:6379/0
+    """
     import redis
 
     from migrator.ledger import Ledger, list_jobs
