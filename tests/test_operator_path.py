@@ -236,6 +236,10 @@ def _check_in_chromium(
         "p99",
     }
 
+    # Why not stored: the private SOP class was never offered (no context), not "no answer".
+    groups = {g["data-status"]: float(g["data-value"]) for g in dom.of("failures", "g", "row")}
+    assert groups == ({"-": report["totals"]["failed"]} if report["totals"]["failed"] else {})
+
     # Failures over time: the cumulative line ends at the files that are failed (the ledger
     # keeps each file's last outcome: after the retry stored them, none).
     hits = dom.of("progress", "rect", "hit")
