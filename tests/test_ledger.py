@@ -104,6 +104,30 @@ def test_outcomes_out_of_order_and_with_gaps(ledger: Ledger) -> None:
     assert ledger.record_many(entries) == 2
     assert ledger.batch_states("b1") == ".s..s."
     assert {fid for fid, _, _ in ledger.iter_outcomes()} == {"b1:1", "b1:4"}
+    # One pass gives every planned file once: settled with its outcome, or in flight.
+    seen = [(p.file_id, o is not None) for p, o, _ in ledger.iter_files()]
+    assert seen == [(f.file_id, i in (1, 4)) for i, f in enumerate(files)]
+
+
+def test_a_report_read_while_files_settle_counts_each_file_once(ledger: Ledger) -> None:
+    """A report of a running job (`run --timeout`): files settle while it is read."""
+    from migrator.report.builder import from_ledger
+
+    files = ledger.add_batch("b1", [planned(i) for i in range(4)])
+    files += ledger.add_batch("b2", [planned(i) for i in range(4, 8)])
+    settle = iter(files)
+    real = ledger.iter_batches
+
+    def settling(**kw: object):  # type: ignore[no-untyped-def]
+        for row in real(**kw):  # type: ignore[arg-type]
+            yield row
+            # After each batch is read, one more file of the job gets its outcome.
+            f = next(settle)
+            ledger.record_many([(f.file_id, outcome(f, State.STORED), time.time())])
+
+    ledger.iter_batches = settling  # type: ignore[method-assign]
+    data = from_ledger(ledger)
+    assert data.planned == 8, (data.planned, data.stored, data.in_flight)
 
 
 def test_failed_then_stored_moves_counters(ledger: Ledger) -> None:

@@ -57,8 +57,25 @@ class AETitle(click.ParamType[str]):
             self.fail(str(exc), param, ctx)
 
 
+class Concurrency(click.ParamType[int]):
+    """``-j``: 1 to 64 associations, or ``auto`` (0: adapted as answers come)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return 0
+        if text.isdigit() and 1 <= int(text) <= 64:
+            return int(text)
+        self.fail(f"{value!r}: give a number of associations from 1 to 64, or auto", param, ctx)
+
+
 DURATION = Duration()
 AE = AETitle()
+CONCURRENCY = Concurrency()
 
 
 def peer_options(func: F) -> F:

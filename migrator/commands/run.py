@@ -11,6 +11,7 @@ import click
 import redis
 
 from migrator.commands.common import (
+    CONCURRENCY,
     DURATION,
     REDIS_URL_SECRET_HINT,
     fail,
@@ -115,12 +116,14 @@ def job_options(func: F) -> F:
                 "--concurrency",
                 "-j",
                 env="CONCURRENCY",
-                type=click.IntRange(1, 64),
+                type=CONCURRENCY,
                 default=DEFAULT_CONCURRENCY,
                 show_default=True,
                 help="Associations each sending process keeps busy from one thread (each "
-                "worker process, and run's own while its workers boot); all of them stay "
-                "under --max-associations and the rate limits.",
+                "worker process, and run's own while its workers boot), 1-64, or auto: as "
+                "many as the PACS and the link reward (more while throughput grows, fewer "
+                "on 0xA7xx, busy rejections or rising latency, told to the whole fleet); "
+                "all of them stay under --max-associations and the rate limits.",
             ),
             opt(
                 "--give-up-after",

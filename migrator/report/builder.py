@@ -275,8 +275,8 @@ def from_ledger(
 ) -> ReportData:
     """The report of a job, read from its ledger; works while the job runs (``live``).
 
-    Files in flight are read first and outcomes second, and a file found in both counts as
-    settled, so a file that settles during the read is counted once.
+    Outcomes and files in flight are read in one pass, each batch's states and outcomes in
+    one MULTI, so a file that settles during the read is counted once.
 
     ``outcomes``, when given, gets every settled file's outcome as read, in the order of
     ``Ledger.iter_outcomes`` (what ``Ledger.to_store_result`` holds): `migrator run` builds its
@@ -311,15 +311,17 @@ def from_ledger(
     counts = ledger.counts()
     verification = load_verification(ledger, limit=verify_limit)
     builder = _Builder(data, keep_files=keep_files, default_worker=PLANNER)
-    for fid, outcome, extra in ledger.iter_outcomes():
+    # One pass: with workers still sending, a file settled between two passes would be
+    # counted in neither.
+    for planned, outcome, extra in ledger.iter_files():
+        if outcome is None:
+            builder.add_in_flight(planned)
+            continue
         builder.add(outcome, extra)
         if outcomes is not None:
             outcomes.append(outcome)
         if verification is not None:
-            verification.see(fid, outcome)
-    if counts["in_flight"] > 0:
-        for planned in ledger.iter_in_flight():
-            builder.add_in_flight(planned)
+            verification.see(planned.file_id, outcome)
     data.ledger_counts = counts
     builder.finish(ledger.timeline())
     if verification is not None:
