@@ -319,3 +319,22 @@ def test_latency_bench_smoke(tmp_path: Path) -> None:
     assert all(r["files_per_s"] and not r["failures"] for r in rows.values()), rows
     assert rows[("storescu", "4")]["files"] == 10
     assert "× storescu" in proc.stdout and max(data["most_open"]) <= 64
+
+
+@pytest.mark.timeout(180)
+def test_orthanc_bench_smoke(tmp_path: Path) -> None:
+    """bench/orthanc_bench.py end to end on 30 files: a stock and a tuned Orthanc each held
+    every file after every sender's run (counted by Orthanc), the goals are printed."""
+    out = tmp_path / "orthanc.json"
+    cmd = [sys.executable, str(REPO / "bench" / "orthanc_bench.py"), "--files", "30"]
+    cmd += ["--peer-files", "5", "--repeat", "1", "--workers", "1", "--json", str(out)]
+    cmd += ["--timeout", "90"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {(r["sender"], r["receiver"]): r for r in data["rows"]}
+    assert len(rows) == 8
+    assert all(r["files_per_s"] and not r["failures"] for r in rows.values()), rows
+    assert rows[("storescu", "stock")]["files"] == 5
+    assert rows[("migrator-j4", "stock")]["files"] == 30
+    assert "stock ÷ tuned" in proc.stdout and "goal (issue 16)" in proc.stdout
