@@ -97,6 +97,12 @@ class JobKeys:
         return self._k("enqueued")
 
     @property
+    def history(self) -> str:
+        """List of JSON entries: the job's sending sessions (run, retry) and the changes made
+        to it (its destination by `retry --host`, its rate limit by `limit`), in order."""
+        return self._k("history")
+
+    @property
     def verify(self) -> str:
         """Hash: the last `verify` of the job: counts, method, destination, time (verify.py)."""
         return self._k("verify")

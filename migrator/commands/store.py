@@ -10,6 +10,7 @@ import click
 from migrator.commands.common import (
     CONCURRENCY,
     DURATION,
+    fail,
     fail_config,
     opt,
     report_option,
@@ -18,7 +19,7 @@ from migrator.commands.common import (
     setup_logging,
     tls_options,
 )
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, MigratorError
 from migrator.exitcodes import EXIT_CODES_HELP
 from migrator.outcomes import StoreResult
 from migrator.progress import Progress
@@ -120,15 +121,18 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         raise SystemExit(130) from None
+    except MigratorError as exc:  # a source that cannot be listed (S3 credentials...)
+        progress.stop()
+        fail(exc)  # (the progress line ends first)
     finally:
         progress.stop()
-    _finish(result, settings, o["report"], quiet)
+    _finish(result, settings, tuple(o["report"]), quiet)
 
 
-def _finish(result: StoreResult, settings: Settings, report: str | None, quiet: bool) -> None:
+def _finish(result: StoreResult, settings: Settings, reports: tuple[str, ...], quiet: bool) -> None:
     text = render_text(result)
     click.echo(text.splitlines()[0] if quiet else text)
-    if report:
+    if reports:
         config = {
             "host": settings.host,
             "port": settings.port,
@@ -139,9 +143,10 @@ def _finish(result: StoreResult, settings: Settings, report: str | None, quiet: 
             "retries": settings.retries,
             "tls": settings.tls,
         }
-        from migrator.report import from_store_result, write_report
+        from migrator.commands.session import write_reports
+        from migrator.report import from_store_result
 
         # The format follows the extension (.html, .csv, .txt); JSON for any other name.
-        write_report(report, from_store_result(result, config))
+        write_reports(reports, from_store_result(result, config))
     assert result.planned == result.stored + result.failed + result.skipped
     raise SystemExit(int(result.exit_status))

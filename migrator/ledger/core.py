@@ -33,6 +33,7 @@ from migrator.ledger.encoding import (
     uri_id,
 )
 from migrator.ledger.scripts import BUCKET_DIGITS
+from migrator.ledger.sessions import Sessions, active_seconds
 from migrator.outcomes import FileOutcome, State, StoreResult
 
 _DELIVERY_TTL = 7 * 24 * 3600
@@ -46,7 +47,7 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class Ledger:
+class Ledger(Sessions):
     """One job's plan and outcomes. Cheap to create; holds no state but the client."""
 
     def __init__(self, client: redis.Redis, job_id: str) -> None:
@@ -79,13 +80,6 @@ class Ledger:
         if raw is None:
             raise KeyError(f"no job {self.job_id!r} in this Redis")
         return cast(dict[str, Any], json.loads(cast(bytes, raw)))
-
-    def mark_started(self) -> None:
-        self.client.hsetnx(self.keys.meta, "started", time.time())
-        self.client.hdel(self.keys.meta, "finished")
-
-    def mark_finished(self) -> None:
-        self.client.hset(self.keys.meta, "finished", time.time())
 
     def meta(self) -> dict[str, float]:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.meta))
@@ -422,7 +416,8 @@ class Ledger:
         self,
     ) -> Iterator[tuple[PlannedFile, FileOutcome | None, dict[str, Any]]]:
         """Every planned file: (planned, its outcome or None while in flight, extra fields:
-        worker, at), states and outcomes of each batch read in one MULTI.
+        worker, at, planned: the PlannedFile again, for the per-study table), states and
+        outcomes of each batch read in one MULTI.
 
         One pass for both, so that a report of a job whose workers are still sending counts
         each file once: read in two passes, a file settled between them was in neither
@@ -448,13 +443,13 @@ class Ledger:
                 data = latest.get(index)
                 if state is None or data is None:
                     continue
-                extra = {"at": data["t"]}
+                extra = {"at": data["t"], "planned": planned}
                 if "w" in data:
                     extra["worker"] = data["w"]
                 yield planned, outcome_from_line(data, state, planned), extra
 
     def iter_outcomes(self) -> Iterator[tuple[str, FileOutcome, dict[str, Any]]]:
-        """Every settled file: (file id, outcome, extra fields: worker, at)."""
+        """Every settled file: (file id, outcome, extra fields: worker, at, planned)."""
         for planned, outcome, extra in self.iter_files():
             if outcome is not None:
                 yield planned.file_id, outcome, extra
@@ -477,6 +472,7 @@ class Ledger:
         meta = self.meta()
         result.started = meta.get("started", meta.get("created", 0.0))
         result.finished = meta.get("finished", time.time())
+        result.active = active_seconds(meta, result.finished)
         return result
 
     # -- deliveries and batch leases ------------------------------------------------------

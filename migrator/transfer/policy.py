@@ -343,6 +343,10 @@ class Transfer:
                 self._settle_failed(job, str(exc))
             return
         if isinstance(sent, SendResult):
+            if not sent.ts_sent:
+                # Refused before anything went on the wire (no presentation context): not
+                # an offer to the PACS, so the report says "not sent", not "no response".
+                job.attempts -= 1
             self._settle(lane, job, sent)
         else:
             lane.job, lane.pending = job, sent
