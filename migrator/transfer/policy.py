@@ -343,9 +343,10 @@ class Transfer:
                 self._settle_failed(job, str(exc))
             return
         if isinstance(sent, SendResult):
-            if not sent.ts_sent:
+            if not sent.ts_sent and sent.outcome is st.Outcome.PERMANENT:
                 # Refused before anything went on the wire (no presentation context): not
                 # an offer to the PACS, so the report says "not sent", not "no response".
+                # (Permanent only: a retried file must count its attempts, or never stop.)
                 job.attempts -= 1
             self._settle(lane, job, sent)
         else:
