@@ -338,6 +338,7 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
       migrator run s3://bucket/2019/ --host pacs --called-ae PACS --rate-limit 200 \\
           --redis-url redis://redis:6379/0 --max-associations 8
       migrator run /archive --host pacs --called-ae PACS --dry-run
+      migrator run /archive --host far-pacs --called-ae PACS -j auto --max-associations 32
     """
     from migrator import engine
     from migrator.commands.session import Session, send_session
