@@ -39,6 +39,7 @@ def wrap(owner: Any, attr: str, label: str) -> None:
 
 def main() -> None:
     import migrator.commands.run as run_cmd
+    import migrator.commands.session as session
     import migrator.embedded as embedded
     import migrator.engine as engine
     import migrator.report as report
@@ -54,8 +55,8 @@ def main() -> None:
     wrap(local.LocalWorkers, "stop", "local workers stop")
     wrap(run_cmd, "_plan", "plan")
     wrap(engine, "wait", "wait for every outcome")
-    wrap(run_cmd, "_read_results", "read the summary (and report) from the ledger")
-    wrap(run_cmd, "_read_report", "read the report from the ledger")
+    wrap(session, "_read_results", "read the summary (and report) from the ledger")
+    wrap(session, "_read_report", "read the report from the ledger")
     wrap(summary, "render_text", "summary")
     wrap(report, "write_report", "write the report file")
     try:

@@ -41,20 +41,37 @@ def make_sources(args: Sequence[str], config: Settings) -> list[Source]:
     return [open_source(arg, config) for arg in args]
 
 
-def open_job(client: redis.Redis, job_id: str, config: Settings) -> Ledger:
-    """Create the job, or resume it when it exists with the same destination."""
+def open_job(
+    client: redis.Redis, job_id: str, config: Settings, record: dict[str, Any] | None = None
+) -> Ledger:
+    """Create the job, or resume it when it exists with the same destination. ``record``:
+    more to keep with a new job's settings (its broker, as it may be shown: no password);
+    every worker reads the settings and ignores what is not a Settings field."""
     ledger = Ledger(client, job_id)
-    if not ledger.create(config.to_dict()):
-        existing = Settings.from_dict(ledger.config())
-        if existing.destination != config.destination:
-            raise ConfigError(
-                f"job {job_id} already exists for {existing.server}, not {config.server}; "
-                "use another --job"
-            )
+    if not ledger.create({**config.to_dict(), **(record or {})}):
+        check_resumable(ledger, config)
     # The command's rate limits apply from now on, for every worker (they read them from
     # Redis at each reservation).
     set_limits(client, limiter_key(config.destination), config.limits)
     return ledger
+
+
+def check_resumable(ledger: Ledger, config: Settings) -> None:
+    """Raise ConfigError when the existing job ``ledger`` is for another destination than
+    ``config`` (also after `migrator retry --host` moved it: said so)."""
+    existing = Settings.from_dict(ledger.config())
+    if existing.destination == config.destination:
+        return
+    moved = [h for h in ledger.history() if h.get("kind") == "destination"]
+    how = (
+        f"; `migrator retry --host/--port/--called-ae` moved it from {moved[-1]['from']}"
+        if moved
+        else ""
+    )
+    raise ConfigError(
+        f"job {ledger.job_id} already exists for {existing.server}, not {config.server}"
+        f"{how}; use another --job, or `migrator retry {ledger.job_id}`"
+    )
 
 
 def plan_job(

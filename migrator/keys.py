@@ -24,6 +24,11 @@ def limiter_key(destination: str) -> str:
     return f"{PREFIX}:limit:{{{destination}}}"
 
 
+def concurrency_key(destination: str) -> str:
+    """The destination's congestion epoch for ``-j auto`` (migrator/limits/adaptive.py)."""
+    return f"{PREFIX}:congestion:{{{destination}}}"
+
+
 def breaker_key(destination: str) -> str:
     """The destination's circuit breaker (migrator/limits/breaker.py), fleet-wide."""
     return f"{PREFIX}:breaker:{{{destination}}}"
@@ -32,6 +37,12 @@ def breaker_key(destination: str) -> str:
 def slots_key(destination: str) -> str:
     """Fleet-wide association leases for one destination."""
     return f"{PREFIX}:slots:{{{destination}}}"
+
+
+def slots_wanted_key(destination: str) -> str:
+    """Set (for 2 s) by a sender that found every slot of ``destination`` taken: the
+    senders that hold idle ones give them back between batches (migrator/transfer/batch.py)."""
+    return f"{PREFIX}:slots-wanted:{{{destination}}}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,12 @@ class JobKeys:
     def enqueued(self) -> str:
         """Set of batch ids handed to the broker."""
         return self._k("enqueued")
+
+    @property
+    def history(self) -> str:
+        """List of JSON entries: the job's sending sessions (run, retry) and the changes made
+        to it (its destination by `retry --host`, its rate limit by `limit`), in order."""
+        return self._k("history")
 
     @property
     def verify(self) -> str:

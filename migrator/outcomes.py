@@ -68,6 +68,8 @@ class StoreResult:
     #: Set when the run stopped because the destination could not be used at all.
     fatal: str = ""
     fatal_exit: ExitStatus | None = None
+    #: A job's time spent sending, over its sessions (None: ``finished - started``)
+    active: float | None = None
 
     @property
     def planned(self) -> int:
@@ -102,6 +104,8 @@ class StoreResult:
 
     @property
     def duration(self) -> float:
+        if self.active is not None:
+            return self.active
         return max(0.0, self.finished - self.started)
 
     @property

@@ -192,6 +192,8 @@ def plan(
                     transfer_syntax=header.transfer_syntax,
                     study_uid=header.study_uid,
                     dataset_offset=header.dataset_offset,
+                    accession=header.accession,
+                    modality=header.modality,
                 )
                 out.add(planned, header.sop_class_uid, header.transfer_syntax)
             if out.ledger is not None:

@@ -64,7 +64,8 @@ class Settings:
     #: Pause after each file, per association (seconds)
     throttle_delay: float = 0.0
     #: Associations one sending process keeps busy: `store -j`, and per worker process
-    #: (and `run`'s own inline sender) in a job
+    #: (and `run`'s own inline sender) in a job; 0 (``-j auto``): adapted to what the PACS
+    #: and the link give (migrator/limits/adaptive.py)
     concurrency: int = 1
     #: `store`: overall deadline in seconds for the whole transfer (None: no limit)
     timeout: float | None = None
@@ -87,8 +88,21 @@ class Settings:
                 f"--transfer-syntax {forced}: this tool cannot encode that syntax, so files in "
                 f"other syntaxes could not be converted to it; it can force: {can}"
             )
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.concurrency < 0:
+            raise ConfigError(f"concurrency must be at least 1 (or auto), not {self.concurrency}")
+
+    @property
+    def auto_concurrency(self) -> bool:
+        return self.concurrency == 0
+
+    @property
+    def max_lanes(self) -> int:
+        """Associations a sending process may keep at most: ``-j N`` (``-j auto``:
+        adaptive.MAX_AUTO), never more than ``--max-associations``."""
+        from migrator.limits.adaptive import MAX_AUTO
+
+        lanes = self.concurrency or MAX_AUTO
+        return min(lanes, self.max_associations) if self.max_associations else lanes
 
     @property
     def destination(self) -> str:

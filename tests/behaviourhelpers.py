@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.enginehelpers import processes_with_env
-from tests.storehelpers import load_report
+from tests.storehelpers import load_report, no_traceback
 
 FRONT_ENDS = ["store", "run"]
 #: The variable every process of one command inherits (embedded Redis, workers, children).
@@ -128,6 +128,7 @@ def send(
     seconds = time.monotonic() - started
     kill_leftovers(marker)
     output = log.read_text(errors="replace")
+    no_traceback(output, f"migrator {args[0]}")
     data = load_report(report) if report.exists() else None
     shown = ["migrator", *args] if not prefix else [*prefix, "migrator", *args]
     return Result(proc.returncode, output, data, seconds, shown, proc.pid)

@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from migrator.ledger import Ledger, list_jobs
+from tests.storehelpers import no_traceback
 
 #: Short timings for fault tests: VT 12 s > hard limit 8 s + limiter wait 2 s.
 FAST_FAULTS = {
@@ -49,6 +50,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 180) -> tuple[int, str]
         proc.kill()
         out, _ = proc.communicate()
         raise AssertionError(f"migrator run did not finish in {timeout} s:\n{out}") from None
+    no_traceback(out or "", "migrator run")
     return proc.returncode, out or ""
 
 

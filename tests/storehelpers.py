@@ -11,18 +11,30 @@ from typing import Any
 
 import pydicom
 
+#: What Python prints for an uncaught exception: a user must never see one (issue 20).
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def no_traceback(output: str, what: str) -> None:
+    """Every command the tests run goes through here (run_migrator, behaviourhelpers.send,
+    enginehelpers.finish): an error is one line with an exit code, never a traceback, also
+    not in the worker log lines a failed run shows."""
+    assert TRACEBACK not in output, f"a traceback in the output of {what}:\n{output[-6000:]}"
+
 
 def run_migrator(
     *args: str | Path, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "migrator", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=full_env,
     )
+    no_traceback(proc.stdout + proc.stderr, f"migrator {' '.join(map(str, args[:3]))}")
+    return proc
 
 
 def load_report(path: Path) -> dict[str, Any]:

@@ -253,3 +253,88 @@ def test_the_spawner_reaps_orphans_and_counts_their_cpu() -> None:
     assert result.rc == 0, result.output
     assert (result.orphans, result.left_running) == (1, 0)
     assert result.cpu_s >= 0.25
+
+
+@pytest.mark.timeout(60)
+def test_latency_relay_delays_each_way_and_counts_connections() -> None:
+    """bench/latency_relay.py: a C-ECHO through it pays the round trips it adds (TCP
+    handshake upstream, A-ASSOCIATE, C-ECHO, A-RELEASE: ≥ 3 × 2 × delay), and it counts the
+    connections that were open at once."""
+    import time
+
+    from bench.latency_relay import LatencyRelay
+    from migrator.netutil import free_port
+
+    storescp = find_dcmtk_tool("storescp")
+    if storescp is None:
+        pytest.skip("DCMTK storescp is not on PATH")
+    port = free_port()
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    scp = subprocess.Popen([storescp, "--fork", "--ignore", "-aet", "STORESCP", str(port)], env=env)
+    try:
+        time.sleep(0.3)
+        echo = [sys.executable, "-m", "migrator", "echo", "127.0.0.1"]
+        with LatencyRelay(port, 25.0) as relay:
+            start = time.perf_counter()
+            subprocess.run(
+                [*echo, str(relay.port), "--called-ae", "STORESCP"],
+                check=True,
+                cwd=REPO,
+                capture_output=True,
+                timeout=30,
+            )
+            far = time.perf_counter() - start
+        with LatencyRelay(port, 0.0) as near_relay:
+            start = time.perf_counter()
+            subprocess.run(
+                [*echo, str(near_relay.port), "--called-ae", "STORESCP"],
+                check=True,
+                cwd=REPO,
+                capture_output=True,
+                timeout=30,
+            )
+            near = time.perf_counter() - start
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    assert far - near >= 3 * 2 * 0.025, (far, near)
+    assert relay.most_open == 1 and near_relay.most_open == 1
+
+
+@pytest.mark.timeout(180)
+def test_latency_bench_smoke(tmp_path: Path) -> None:
+    """bench/latency_bench.py end to end on 40 files, 0 and 4 ms RTT: every sender sent every
+    file at each RTT, the table and the goals are printed, the JSON holds every row."""
+    if find_dcmtk_tool("storescp") is None:
+        pytest.skip("DCMTK storescp is not on PATH")
+    out = tmp_path / "lat.json"
+    cmd = [sys.executable, str(REPO / "bench" / "latency_bench.py"), "--files", "40"]
+    cmd += ["--peer-files", "10", "--repeat", "1", "--rtt-ms", "0,4", "--workers", "1"]
+    cmd += ["--json", str(out), "--timeout", "90"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {(r["sender"], r["rtt_ms"]): r for r in data["rows"]}
+    assert len(rows) == 8
+    assert all(r["files_per_s"] and not r["failures"] for r in rows.values()), rows
+    assert rows[("storescu", "4")]["files"] == 10
+    assert "× storescu" in proc.stdout and max(data["most_open"]) <= 64
+
+
+@pytest.mark.timeout(180)
+def test_orthanc_bench_smoke(tmp_path: Path) -> None:
+    """bench/orthanc_bench.py end to end on 30 files: a stock and a tuned Orthanc each held
+    every file after every sender's run (counted by Orthanc), the goals are printed."""
+    out = tmp_path / "orthanc.json"
+    cmd = [sys.executable, str(REPO / "bench" / "orthanc_bench.py"), "--files", "30"]
+    cmd += ["--peer-files", "5", "--repeat", "1", "--workers", "1", "--json", str(out)]
+    cmd += ["--timeout", "90"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {(r["sender"], r["receiver"]): r for r in data["rows"]}
+    assert len(rows) == 8
+    assert all(r["files_per_s"] and not r["failures"] for r in rows.values()), rows
+    assert rows[("storescu", "stock")]["files"] == 5
+    assert rows[("migrator-j4", "stock")]["files"] == 30
+    assert "stock ÷ tuned" in proc.stdout and "goal (issue 16)" in proc.stdout

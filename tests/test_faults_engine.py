@@ -400,6 +400,9 @@ def test_pacs_down_at_start_fails_every_file_with_the_reason_and_exit_3(
                 *common_args(("127.0.0.1", port), "NOBODY"),
                 "--redis-url",
                 redis_server.url,
+                # The workers' path (a PACS gone after the preflight's C-ECHO): see
+                # test_cli_exit_codes.py for the preflight's own exit 3.
+                "--no-preflight",
                 "--batch-files",
                 "10",
                 "--retries",
@@ -573,6 +576,7 @@ def test_wrong_called_ae_is_rejected_and_the_run_exits_4(
                 *common_args(("127.0.0.1", pacs.dicom_port), "WRONGAET"),
                 "--redis-url",
                 redis_server.url,
+                "--no-preflight",  # the workers' path; the preflight's exit 4 is tested apart
                 "--batch-files",
                 "10",
             ),

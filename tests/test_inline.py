@@ -20,6 +20,7 @@ def _plan(folder: Path, port: int, url: str) -> None:
     proc = run_migrator(
         "plan", folder, "--host", "127.0.0.1", "--port", port, "--called-ae", "COUNTING",
         "--redis-url", url, "--batch-files", "5",
+        "--no-preflight",  # one test plans for a PACS that is down on purpose
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -33,6 +34,7 @@ def test_batches_sent_here_from_the_end_are_not_sent_again_by_the_workers(
         ledger = only_job(redis_server.client())
         batches = ledger.batch_ids()
         assert len(batches) == 3
+
         def stop() -> bool:
             return ledger.counts()["stored"] >= 10  # after two batches: "the workers are ready"
 

@@ -106,6 +106,30 @@ def test_outcomes_out_of_order_and_with_gaps(ledger: Ledger) -> None:
     assert ledger.record_many(entries) == 2
     assert ledger.batch_states("b1") == ".s..s."
     assert {fid for fid, _, _ in ledger.iter_outcomes()} == {"b1:1", "b1:4"}
+    # One pass gives every planned file once: settled with its outcome, or in flight.
+    seen = [(p.file_id, o is not None) for p, o, _ in ledger.iter_files()]
+    assert seen == [(f.file_id, i in (1, 4)) for i, f in enumerate(files)]
+
+
+def test_a_report_read_while_files_settle_counts_each_file_once(ledger: Ledger) -> None:
+    """A report of a running job (`run --timeout`): files settle while it is read."""
+    from migrator.report.builder import from_ledger
+
+    files = ledger.add_batch("b1", [planned(i) for i in range(4)])
+    files += ledger.add_batch("b2", [planned(i) for i in range(4, 8)])
+    settle = iter(files)
+    real = ledger.iter_batches
+
+    def settling(**kw: object):  # type: ignore[no-untyped-def]
+        for row in real(**kw):  # type: ignore[arg-type]
+            yield row
+            # After each batch is read, one more file of the job gets its outcome.
+            f = next(settle)
+            ledger.record_many([(f.file_id, outcome(f, State.STORED), time.time())])
+
+    ledger.iter_batches = settling  # type: ignore[method-assign]
+    data = from_ledger(ledger)
+    assert data.planned == 8, (data.planned, data.stored, data.in_flight)
 
 
 def test_failed_then_stored_moves_counters(ledger: Ledger) -> None:
@@ -189,7 +213,7 @@ def test_outcomes_round_trip_into_the_report(ledger: Ledger) -> None:
     ok.status = 0xB000
     ledger.record_many([(f.file_id, out, 1000.5), (g.file_id, ok, 1001.25)], worker="host:1")
     back = {fid: (o, extra) for fid, o, extra in ledger.iter_outcomes()}
-    assert back[f.file_id] == (out, {"at": 1000.5, "worker": "host:1"})
+    assert back[f.file_id] == (out, {"at": 1000.5, "worker": "host:1", "planned": f})
     assert back[g.file_id][0] == ok
 
 
@@ -410,3 +434,89 @@ def test_a_forced_hash_collision_names_the_other_file_as_owner(
     assert ledger.claim_uids([a]) == [""]
     assert ledger.claim_uids([b]) == ["b1:0"]
     assert ledger.uid_owner(b.sop_instance_uid) == "b1:0"
+
+
+def test_the_plan_keeps_accession_and_modality_at_little_cost() -> None:
+    """Planned for the report's study table; rows written before them still read."""
+    import json
+    import zlib
+
+    from migrator.ledger.encoding import pack, unpack
+
+    files = [planned(n, study=f"1.2.3.{n // 20}") for n in range(200)]
+    with_them = [
+        PlannedFile(
+            f.uri,
+            f.size,
+            f.version,
+            f.sop_class_uid,
+            f.sop_instance_uid,
+            f.transfer_syntax,
+            f.study_uid,
+            dataset_offset=132 + 200,
+            accession=f"ACC{n // 20:07d}",
+            modality="CT",
+        )
+        for n, f in enumerate(files)
+    ]
+    without = [
+        PlannedFile(
+            f.uri,
+            f.size,
+            f.version,
+            f.sop_class_uid,
+            f.sop_instance_uid,
+            f.transfer_syntax,
+            f.study_uid,
+            dataset_offset=332,
+        )
+        for f in files
+    ]
+    cost = (len(pack(with_them)) - len(pack(without))) / len(files)
+    assert cost < 1.0, f"{cost:.2f} bytes per planned file"  # measured: ~0.1
+    back = unpack("b0000001", pack(with_them))
+    assert [(f.accession, f.modality, f.dataset_offset) for f in back[:2]] == [
+        ("ACC0000000", "CT", 332),
+        ("ACC0000000", "CT", 332),
+    ]
+    # Rows of 7 and 8 fields (plans written by earlier versions).
+    old = zlib.compress(json.dumps([files[0].packed()[:7], [*files[1].packed()[:7], 132]]).encode())
+    a, b = unpack("b0000002", old)
+    assert (a.dataset_offset, a.accession, a.modality) == (-1, "", "")
+    assert (b.dataset_offset, b.accession, b.modality) == (132, "", "")
+
+
+def test_sessions_keep_the_figures_of_a_finished_job(ledger: Ledger) -> None:
+    from migrator.ledger.sessions import active_seconds
+
+    t0 = ledger.mark_started()
+    time.sleep(0.3)
+    ledger.mark_finished(t0, complete=True, history={"command": "run", "destination": "x"})
+    meta = ledger.meta()
+    first = active_seconds(meta, meta["finished"])
+    assert first is not None and 0.3 <= first < 1.0
+    assert ledger.finished() and "session" not in meta
+    time.sleep(0.5)  # a pause between sessions counts for nothing
+    t1 = ledger.mark_started()
+    assert not ledger.finished() and "session" in ledger.meta()
+    ledger.mark_finished(t1, complete=True, history={"command": "retry"})
+    meta = ledger.meta()
+    total = active_seconds(meta, meta["finished"])
+    assert total is not None and first <= total < first + 0.3
+    assert meta["started"] == t0  # the first start stays
+    kinds = [(h["kind"], h.get("command"), h["complete"]) for h in ledger.history()]
+    assert kinds == [("session", "run", True), ("session", "retry", True)]
+    ledger.add_history("limit", files_per_s=5.0, bytes_per_s=None, burst=10)
+    assert ledger.history()[-1]["files_per_s"] == 5.0
+
+
+def test_a_job_finished_before_sessions_were_kept_keeps_its_duration(ledger: Ledger) -> None:
+    from migrator.ledger.sessions import active_seconds
+
+    ledger.client.hset(ledger.keys.meta, mapping={"started": 1000.0, "finished": 1010.0})
+    assert active_seconds(ledger.meta(), 1010.0) is None  # finished - started applies
+    t = ledger.mark_started()
+    ledger.mark_finished(t, complete=True)
+    meta = ledger.meta()
+    spent = active_seconds(meta, meta["finished"])
+    assert spent is not None and 10.0 <= spent < 10.5

@@ -120,6 +120,7 @@ def test_planner_killed_midway_then_rerun_plans_each_line_once(
         sys.executable, "-m", "migrator", "plan", "--manifest", str(manifest),
         "--host", "127.0.0.1", "--port", "104", "--called-ae", "PACS",
         "--redis-url", redis_server.url, "--job", "big",
+        "--no-preflight",  # no PACS: planning only
     ]  # fmt: skip
     client = redis_server.client()
     ledger = Ledger(client, "big")

@@ -13,15 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
-import shutil
-import socket
-import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +26,9 @@ import pytest
 
 from migrator import synth
 from migrator.ledger import Ledger
+from tests.browser import Dom as _Dom
+from tests.browser import Proxy as _Proxy
+from tests.browser import chromium as _chromium
 from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
 from tests.peers.counting_scp import counting_scp
 from tests.peers.redis import redis_peer
@@ -63,6 +62,8 @@ class Migration:
     truncated: str
     counts: dict[str, int]
     patient_ids: set[str]
+    #: source path -> Study Instance UID, for every DICOM file planned
+    studies: dict[str, str] = field(default_factory=dict)
     reports: dict[str, str] = field(default_factory=dict)
     run_report: Path | None = None
 
@@ -93,7 +94,9 @@ def migration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Migration]:
     uids = {str(p): sop_uid(p) for p in (*sc, *mr)}
     ordered = sorted(uids.values())
     refused = {u: 0xA900 for u in ordered[:4]} | {u: 0x0122 for u in ordered[4:6]}
-    patient_ids = {str(pydicom.dcmread(p, stop_before_pixels=True).PatientID) for p in sc + mr}
+    headers = {str(p): pydicom.dcmread(p, stop_before_pixels=True) for p in sc + mr}
+    patient_ids = {str(ds.PatientID) for ds in headers.values()}
+    studies = {path: str(ds.StudyInstanceUID) for path, ds in headers.items()}
 
     with redis_peer(tmp / "redis") as redis, counting_scp() as scp:
         scp.fail_uids = dict(refused)
@@ -131,12 +134,14 @@ def migration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Migration]:
             truncated=str(truncated),
             counts=assert_invariant(ledger),
             patient_ids=patient_ids,
+            studies=studies,
             run_report=run_report,
         )
         # The reports are made after the workers stopped: only Redis is needed.
         m.reports["text"] = _report(m, "text")
         m.reports["json"] = _report(m, "json")
         m.reports["csv"] = _report(m, "csv", "--output", str(tmp / "not-stored.csv"))
+        m.reports["studies"] = _report(m, "csv", "--by", "study")
         m.reports["html"] = _report(m, "html", "--output", str(tmp / "report.html"))
         m.reports["masked"] = json.dumps(
             _masked_settings(ledger, f"redis://migrator:hunter2@127.0.0.1:{redis.port}/0")
@@ -145,9 +150,14 @@ def migration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Migration]:
 
 
 def _masked_settings(ledger: Ledger, url: str) -> dict[str, Any]:
+    """The report's settings of a job whose broker was recorded with a password in it."""
+    from migrator import engine
     from migrator.report import from_ledger
+    from migrator.settings import Settings
 
-    settings: dict[str, Any] = from_ledger(ledger, keep_files=False, redis_url=url).settings
+    config = Settings.from_dict(ledger.config())
+    masked = engine.open_job(ledger.client, f"{ledger.job_id}-masked", config, {"broker": url})
+    settings: dict[str, Any] = from_ledger(masked, keep_files=False).settings
     return settings
 
 
@@ -219,6 +229,10 @@ def test_json_agrees_with_the_receiver_and_the_ledger(migration: Migration) -> N
     assert sum(c["total"] for c in data["sop_classes"]) == 65
     original = {t["uid"]: t["total"] for t in data["transfer_syntaxes"]["original"]}
     assert original == {EXPLICIT_LE: 50, IMPLICIT_LE: 12, "": 3}
+    # Bytes stored per syntax as planned (was 0 B on every row): they add up to the total.
+    original_bytes = {t["uid"]: t["bytes_stored"] for t in data["transfer_syntaxes"]["original"]}
+    assert sum(original_bytes.values()) == totals["bytes_stored"]
+    assert original_bytes[EXPLICIT_LE] > 0 and original_bytes[IMPLICIT_LE] > 0
     sent = {t["uid"]: t["stored"] for t in data["transfer_syntaxes"]["sent"]}
     assert sum(sent.values()) == 56
 
@@ -235,6 +249,42 @@ def test_json_agrees_with_the_receiver_and_the_ledger(migration: Migration) -> N
     assert sum(p[4] for p in points) == 65
     assert data["throughput"]["peak_files_per_s"] <= 25 + 5
     assert data["durations"]["wall_s"] > 0 and data["durations"]["sending_s"] >= 2
+    # Times with their UTC offset.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", data["started_at"])
+
+
+def _expected_studies(m: Migration) -> dict[str, tuple[int, int, int]]:
+    """Study Instance UID -> (planned, stored, failed), from the corpus and the refusals."""
+    out: dict[str, list[int]] = {}
+    for path, study in m.studies.items():
+        row = out.setdefault(study, [0, 0, 0])
+        row[0] += 1
+        row[2 if m.uids[path] in m.refused else 1] += 1
+    return {k: (a, b, c) for k, (a, b, c) in out.items()}
+
+
+def test_every_format_says_which_studies_are_incomplete(migration: Migration) -> None:
+    m = migration
+    expected = _expected_studies(m)
+    data = json.loads(m.reports["json"])["studies"]
+    assert data["total"] == len(expected) == 2
+    assert data["files_without_study_uid"] == 3  # two non-DICOM files, one truncated
+    rows = {r["study_instance_uid"]: r for r in data["rows"]}
+    assert {k: (r["planned"], r["stored"], r["failed"]) for k, r in rows.items()} == expected
+    for uid, (_, _, failed) in expected.items():
+        assert rows[uid]["complete"] is (failed == 0)
+        assert rows[uid]["modality"] in ("OT", "MR")  # read by the planner
+    by_study = list(csv.DictReader(io.StringIO(m.reports["studies"])))
+    assert [r["study_instance_uid"] for r in by_study] == [
+        r["study_instance_uid"] for r in data["rows"]
+    ]
+    assert {r["study_instance_uid"]: r["complete"] for r in by_study} == {
+        k: "yes" if f == 0 else "no" for k, (_, _, f) in expected.items()
+    }
+    text = m.reports["text"]
+    incomplete = [k for k, (_, _, f) in expected.items() if f]
+    assert f"{len(expected) - len(incomplete)} complete, {len(incomplete)} incomplete" in text
+    assert all(f"✗ {k}" in text for k in incomplete)
 
 
 def load_report_text(text: str) -> dict[str, Any]:
@@ -324,8 +374,10 @@ def test_reports_hold_no_patient_data_and_mask_secrets(migration: Migration) -> 
     assert "SYNTH^PATIENT" not in everything
     settings = json.loads(m.reports["masked"])
     assert "hunter2" not in m.reports["masked"]
-    assert settings["redis_url"].startswith("redis://migrator:***@127.0.0.1:")
-    assert settings["job"] == m.job and settings["called_ae"] == "COUNTING"
+    assert settings["broker"].startswith("redis://migrator:***@127.0.0.1:")
+    assert settings["job"] == f"{m.job}-masked" and settings["called_ae"] == "COUNTING"
+    # The run's own job: its broker as the run had it, not the URL the report was read with.
+    assert json.loads(m.reports["json"])["settings"]["broker"] == m.url
 
 
 def test_run_report_format_follows_the_extension(migration: Migration) -> None:
@@ -335,104 +387,6 @@ def test_run_report_format_follows_the_extension(migration: Migration) -> None:
 
 
 # -- HTML in headless Chromium -----------------------------------------------------------------
-
-
-class _Proxy:
-    """A proxy that answers nothing and records every request Chromium makes through it.
-
-    Chromium is started with it as its only route (loopback included), so any fetch by the
-    page (a CDN script, a font, an image) shows up here instead of reaching a network.
-    """
-
-    #: Chromium's own background calls (update checks, clock), not the page's.
-    BROWSER_HOSTS = ("google.com", "googleapis.com", "gvt1.com", "gstatic.com")
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.requests: list[str] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.requests.append(conn.recv(300).decode("latin-1").split("\r\n")[0])
-                except OSError as exc:
-                    self.requests.append(repr(exc))
-
-    def page_requests(self) -> list[str]:
-        return [
-            r
-            for r in self.requests
-            if not any(re.search(rf"[/ .]{re.escape(h)}[:/ ]", r) for h in self.BROWSER_HOSTS)
-        ]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _chromium(page: Path, profile: Path, proxy: _Proxy, *args: str) -> tuple[str, str]:
-    binary = shutil.which("chromium")
-    assert binary, "chromium is not installed (bash scripts/bootstrap.sh installs it)"
-    cmd = [
-        binary,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        f"--proxy-server=127.0.0.1:{proxy.port}",
-        "--proxy-bypass-list=<-loopback>",  # loopback goes through the proxy too
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--enable-logging=stderr",
-        "--v=0",
-        *args,
-        page.as_uri(),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, proc.stderr
-
-
-class _Dom(HTMLParser):
-    """The rendered DOM's chart figures: per chart, its attributes and its marks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.charts: dict[str, dict[str, str]] = {}
-        self.marks: dict[str, list[tuple[str, dict[str, str]]]] = {}
-        self.ready = False
-        self._chart: str | None = None
-        self._depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "html" and a.get("data-ready") == "1":
-            self.ready = True
-        if tag == "figure" and "data-chart" in a:
-            self._chart = a["data-chart"]
-            self.charts[self._chart] = a
-            self.marks[self._chart] = []
-        elif self._chart is not None:
-            self.marks[self._chart].append((tag, a))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "figure":
-            self._chart = None
-
-    def of(self, chart: str, tag: str, cls: str) -> list[dict[str, str]]:
-        return [a for t, a in self.marks[chart] if t == tag and cls in a.get("class", "").split()]
 
 
 @pytest.fixture(scope="module")
@@ -506,6 +460,51 @@ def test_html_charts_carry_the_report_data(
 
     latency = dom.of("latency", "rect", "bar")
     assert latency and sum(float(b["data-value"]) for b in latency) == data["latency"]["count"]
+    # A log count axis (a bar of 1 next to one of 50 stays visible): heights grow with
+    # log(1 + count), not with the count.
+    heights = {
+        float(b["data-value"]): float(b["height"]) for b in latency if b["data-value"] != "0"
+    }
+    if len(heights) >= 2:
+        (a, ha), (b, hb) = sorted(heights.items())[0], sorted(heights.items())[-1]
+        assert hb / ha == pytest.approx(math.log10(1 + b) / math.log10(1 + a), rel=0.05)
+    assert "C-STORE latency distribution (log scale)" in migration.reports["html"]
+    # p50, p90 and p99 marked, each in the bar of the bin that holds it.
+    markers = {
+        m["data-marker"]: float(m["data-position"]) for m in dom.of("latency", "line", "marker")
+    }
+    assert set(markers) == {"p50", "p90", "p99"}
+    assert 0 <= markers["p50"] <= markers["p90"] <= markers["p99"] <= len(latency)
+    bounds = [_upper_bound(b["data-bin"]) for b in latency]
+    for p in ("p50", "p90", "p99"):
+        seconds = data["latency"][f"{p}_s"]
+        i = min(len(bounds) - 1, int(markers[p]))
+        assert seconds < bounds[i] and (i == 0 or seconds >= bounds[i - 1]), (p, seconds, i)
+
+    # The rate limit (--rate-limit 25) drawn on the files/s chart, over the whole timeline.
+    limits = dom.of("throughput-files", "line", "limit")
+    assert limits and {float(x["data-limit"]) for x in limits} == {25.0}
+    assert not dom.of("throughput-mb", "line", "limit")  # no MB/s limit was set
+    # MB/s and files/s smoothed over a window, one value per bucket.
+    for name in ("throughput-files", "throughput-mb"):
+        [line] = dom.of(name, "polyline", "smoothed")
+        assert int(line["data-count"]) == n
+
+    # The per-study table: one row per study, complete or not.
+    expected = _expected_studies(migration)
+    rows = dom.rows["studies-table"]
+    assert len(rows) == len(expected)
+    assert sorted(r["data-complete"] for r in rows) == sorted(
+        "1" if f == 0 else "0" for _, _, f in expected.values()
+    )
+
+
+def _upper_bound(label: str) -> float:
+    """A latency bin's upper bound in seconds from its label: "<5ms", "<0.2s", "≥10s"."""
+    if label.startswith("≥"):
+        return math.inf
+    value = label.lstrip("<")
+    return float(value[:-2]) / 1000 if value.endswith("ms") else float(value[:-1])
 
 
 def test_html_screenshot_and_print(migration: Migration) -> None:

@@ -206,7 +206,15 @@ def _planned(i: int) -> PlannedFile:
 
 def test_live_job_reports_files_in_flight(redis_server: RedisPeer) -> None:
     ledger = Ledger(redis_server.client(), "job-live")
-    ledger.create({"host": "pacs", "port": 104, "called_ae": "PACS", "s3_secret": "x"})
+    ledger.create(
+        {
+            "host": "pacs",
+            "port": 104,
+            "called_ae": "PACS",
+            "s3_secret": "x",
+            "broker": "redis://:pw@127.0.0.1:1/0",
+        }
+    )
     ledger.mark_started()
     planned = ledger.add_batch("b1", [_planned(i) for i in range(6)])
     ledger.add_refused([("/archive/readme.txt", State.SKIPPED, "not a DICOM file")])
@@ -224,13 +232,15 @@ def test_live_job_reports_files_in_flight(redis_server: RedisPeer) -> None:
         ],
         worker="w2:2",
     )
-    data = from_ledger(ledger, redis_url="redis://:pw@127.0.0.1:1/0")
+    data = from_ledger(ledger)
     assert data.live and data.in_flight == 2 and data.planned == 7
     # Files in flight: the job is not done (exit 6), whatever else it holds.
     assert not data.invariant_holds and data.exit_status == 6
+    # The job's settings as it was run, its broker as recorded then, secrets masked.
     assert (
         data.settings["s3_secret"] == "***"
-        and data.settings["redis_url"] == "redis://***@127.0.0.1:1/0"
+        and data.settings["broker"] == "redis://***@127.0.0.1:1/0"
+        and "redis_url" not in data.settings
     )
     report = json.loads(render(data, "json"))
     assert report["totals"]["in_flight"] == 2 and report["invariant"]["ledger_agrees"] is True

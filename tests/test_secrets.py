@@ -334,9 +334,10 @@ def test_invalid_ae_title_from_the_environment_is_a_usage_error() -> None:
         assert "longer than 16" in result.output, result.output
 
 
-def test_valid_ae_titles_are_accepted_as_is() -> None:
+def test_valid_ae_titles_are_accepted_as_is(tmp_path: Path) -> None:
     for title in ("A", "SIXTEEN-CHARS-AE", "MY SCP", "a_b.c-d*e+f=g", "  PADDED  "):
+        # (An existing folder: a source that does not exist is itself a usage error.)
         result = CliRunner().invoke(
-            main, ["run", "--host", "h", "--called-ae", title, "/nonexistent", "--dry-run"]
+            main, ["run", "--host", "h", "--called-ae", title, str(tmp_path), "--dry-run"]
         )
         assert result.exit_code == 0, (title, result.output)  # an inventory, nothing sent

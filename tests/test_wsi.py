@@ -330,9 +330,14 @@ BATCH = 50
 ONE_ASSOCIATION_VARIANTS = {
     "store": ("store", ["-j", "1"], []),
     # the run process sends the batch itself (a small job, sent while the worker boots)
-    "run": ("run", ["-j", "1"], ["--batch-files", str(BATCH)]),
+    # (--no-preflight: its C-ECHO would be one more association at the receiver)
+    "run": ("run", ["-j", "1"], ["--batch-files", str(BATCH), "--no-preflight"]),
     # a throttle delay keeps the run process from sending: the worker process sends it
-    "run-worker": ("run", ["-j", "1"], ["--batch-files", str(BATCH), "--throttle-delay", "1"]),
+    "run-worker": (
+        "run",
+        ["-j", "1"],
+        ["--batch-files", str(BATCH), "--throttle-delay", "1", "--no-preflight"],
+    ),
 }
 
 

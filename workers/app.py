@@ -129,6 +129,8 @@ def _logging(loglevel: int | str | None = None, **_: Any) -> None:
     logfmt.configure(loglevel or "INFO")
     verbose = env.verbose()
     logging.getLogger("migrator.files").setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:  # -j auto's changes of the number of associations
+        logging.getLogger("migrator.concurrency").setLevel(logging.INFO)
     logging.getLogger("migrator.dul").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     # pynetdicom logs every PDU at INFO: noise at our volume.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)

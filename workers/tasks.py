@@ -1,7 +1,8 @@
 """Celery tasks: thin wrappers around plain functions (``migrator.transfer.delivery``).
 
 Task ids are deterministic (``<job>:<batch>``) so enqueuing a batch twice is visible and
-Flower shows which batch a task is.
+Flower shows which batch a task is; a batch with failed files ends in the FAILURE state
+(``workers.batchstate``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from celery.signals import worker_process_shutdown
 from migrator.transfer import runtime as rt
 from migrator.transfer.delivery import deliver
 from workers.app import TASK, app
+from workers.batchstate import BatchFailed, failure_of
 from workers.metrics import DestinationMetrics
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,13 @@ def task_id(job_id: str, batch_id: str) -> str:
 
 
 @app.task(  # type: ignore[untyped-decorator]
-    name=TASK, bind=True, ignore_result=True, acks_late=True, max_retries=None
+    name=TASK,
+    bind=True,
+    ignore_result=True,
+    acks_late=True,
+    max_retries=None,
+    # Expected: logged as one line, no traceback (workers/batchstate.py)
+    throws=(BatchFailed,),
 )
 def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dict[str, Any]:
     """Send one batch of a migration job to its destination.
@@ -50,4 +58,8 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
         # ETA message older than that would be delivered a second time.
         countdown = min(done.retry_in, float(app.conf.migrator_max_wait))
         raise self.retry(countdown=countdown, kwargs={"failures": done.failures})
-    return done.result or {}
+    result = done.result or {}
+    failure = failure_of(job_id, result)
+    if failure is not None:
+        raise BatchFailed(failure)  # FAILURE in Flower (workers/batchstate.py)
+    return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -57,8 +57,25 @@ class AETitle(click.ParamType[str]):
             self.fail(str(exc), param, ctx)
 
 
+class Concurrency(click.ParamType[int]):
+    """``-j``: 1 to 64 associations, or ``auto`` (0: adapted as answers come)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return 0
+        if text.isdigit() and 1 <= int(text) <= 64:
+            return int(text)
+        self.fail(f"{value!r}: give a number of associations from 1 to 64, or auto", param, ctx)
+
+
 DURATION = Duration()
 AE = AETitle()
+CONCURRENCY = Concurrency()
 
 
 def peer_options(func: F) -> F:
@@ -125,9 +142,30 @@ def setup_logging(verbose: int, quiet: bool = False, *, base: int = logging.WARN
     logging.getLogger("pynetdicom").setLevel(pynetdicom_level.get(verbose, logging.DEBUG))
 
 
-def fail_config(message: str) -> None:
+def fail_config(message: str) -> NoReturn:
     click.echo(f"migrator: error: {message}", err=True)
     raise SystemExit(int(ExitStatus.BAD_CONFIG))
+
+
+def exit_status_of(exc: BaseException) -> ExitStatus:
+    """The README's exit code for an error that ends a command: 2 for what the user gave
+    (options, a source that does not exist or cannot be listed, credentials), 4 for a
+    rejected association, 3 for what cannot be reached, 1 otherwise."""
+    from migrator.errors import AssociationRejected, SourceError, TransientError
+
+    if isinstance(exc, ConfigError | SourceError):
+        return ExitStatus.BAD_CONFIG
+    if isinstance(exc, AssociationRejected):
+        return ExitStatus.ASSOCIATION_REJECTED
+    if isinstance(exc, TransientError):  # ConnectError and every outage
+        return ExitStatus.CANNOT_CONNECT
+    return ExitStatus.PARTIAL_FAILURE
+
+
+def fail(exc: BaseException) -> NoReturn:
+    """End the command on ``exc``: one line, the exit code of :func:`exit_status_of`."""
+    click.echo(f"migrator: error: {exc}", err=True)
+    raise SystemExit(int(exit_status_of(exc))) from None
 
 
 def send_options(func: F) -> F:
@@ -304,14 +342,15 @@ def tls_settings(
 
 
 def report_option(func: F) -> F:
-    """--report for `store` and `run`: the format follows the file name."""
+    """--report for `store`, `run` and `retry`: repeatable, the format follows each name."""
     return opt(
         "--report",
         env="REPORT",
+        multiple=True,
         type=click.Path(dir_okay=False),
-        default=None,
         help="Write a report to this path: JSON (totals and one entry per file) unless the "
-        "name ends in .html (charts), .csv (files not stored) or .txt (summary).",
+        "name ends in .html (charts), .csv (files not stored) or .txt (summary). "
+        "Repeatable: --report run.html --report run.json writes both.",
     )(func)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +22,54 @@ from migrator.dul.pdu import ProposedContext
 from migrator.errors import AssociationRejected, ConfigError, ConnectError
 from migrator.exitcodes import ExitStatus
 from migrator.status import fmt, meaning
+
+if TYPE_CHECKING:
+    import ssl
+
+    from migrator.settings import Settings
+
+
+def target(host: str, port: int, called_ae: str, tls: bool) -> str:
+    """How `echo` (and the preflight of `run`) names the node in its messages."""
+    return f"{host}:{port} ({called_ae}{', TLS' if tls else ''})"
+
+
+def preflight(settings: Settings) -> tuple[str, ExitStatus] | None:
+    """C-ECHO to a job's destination before anything is planned (`run`, `plan`, `retry`):
+    None when it answers; else the line `migrator echo` prints and its exit status (3: it
+    cannot be reached, 4: it rejects the association), within the connect and ACSE
+    timeouts. A PACS that accepts the association but not the Verification SOP class
+    passes: the association is what a C-STORE needs. TLS files that cannot be read here
+    (a cluster's workers have their own) skip the check."""
+    context: ssl.SSLContext | None = None
+    if settings.tls_settings is not None:
+        try:
+            context = settings.tls_settings.client_context()
+        except ConfigError:
+            return None
+    where = target(settings.host, settings.port, settings.called_ae, context is not None)
+    try:
+        assoc = Association.request(
+            settings.host,
+            settings.port,
+            settings.called_ae,
+            settings.calling_ae,
+            [ProposedContext(1, VERIFICATION_SOP_CLASS, (IMPLICIT_LE,))],
+            timeouts=settings.timeouts,
+            tls=context,
+        )
+    except AssociationRejected as exc:
+        return f"✗ C-ECHO to {where} failed: {exc}", ExitStatus.ASSOCIATION_REJECTED
+    except ConnectError as exc:
+        return f"✗ C-ECHO to {where} failed: {exc}", ExitStatus.CANNOT_CONNECT
+    try:
+        if assoc.accepted_syntaxes(VERIFICATION_SOP_CLASS):
+            assoc.c_echo()
+    except ConnectError as exc:
+        return f"✗ C-ECHO to {where} failed: {exc}", ExitStatus.CANNOT_CONNECT
+    finally:
+        assoc.release()
+    return None
 
 
 @click.command("echo")
@@ -78,7 +127,7 @@ def echo_command(
     timeouts = Timeouts(
         connect=network_timeout, acse=acse_timeout, dimse=dimse_timeout, network=network_timeout
     )
-    target = f"{host}:{port} ({called_ae}{', TLS' if tls_context is not None else ''})"
+    where = target(host, port, called_ae, tls_context is not None)
     started = time.perf_counter()
     try:
         assoc = Association.request(
@@ -91,10 +140,10 @@ def echo_command(
             tls=tls_context,
         )
     except AssociationRejected as exc:
-        click.echo(f"✗ C-ECHO to {target} failed: {exc}", err=True)
+        click.echo(f"✗ C-ECHO to {where} failed: {exc}", err=True)
         raise SystemExit(int(ExitStatus.ASSOCIATION_REJECTED)) from None
     except ConnectError as exc:
-        click.echo(f"✗ C-ECHO to {target} failed: {exc}", err=True)
+        click.echo(f"✗ C-ECHO to {where} failed: {exc}", err=True)
         raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
     associated = time.perf_counter()
     worst = ExitStatus.OK
@@ -104,15 +153,15 @@ def echo_command(
             response = assoc.c_echo()
             rtt = (time.perf_counter() - t0) * 1000
             if response.status == 0:
-                click.echo(f"✓ C-ECHO to {target}: Success (0x0000) in {rtt:.1f} ms")
+                click.echo(f"✓ C-ECHO to {where}: Success (0x0000) in {rtt:.1f} ms")
             else:
                 worst = ExitStatus.PARTIAL_FAILURE
                 click.echo(
-                    f"✗ C-ECHO to {target}: {fmt(response.status)} "
+                    f"✗ C-ECHO to {where}: {fmt(response.status)} "
                     f"{meaning(response.status)} in {rtt:.1f} ms"
                 )
     except ConnectError as exc:
-        click.echo(f"✗ C-ECHO to {target} failed: {exc}", err=True)
+        click.echo(f"✗ C-ECHO to {where} failed: {exc}", err=True)
         raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
     finally:
         assoc.release()

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from migrator.commands.common import REDIS_URL_SECRET_HINT, fail_config, opt
+from migrator.commands.common import fail_config, opt
+from migrator.commands.jobstate import redis_option, state_dir_option
 
 
 def basic_auth_problem(auth: str) -> str | None:
@@ -29,14 +30,8 @@ def basic_auth_problem(auth: str) -> str | None:
 
 
 @click.command("flower")
-@opt(
-    "--redis-url",
-    "--broker",
-    "redis_url",
-    env="REDIS_URL",
-    required=True,
-    help="The Redis the workers use (redis://host:6379/0)." + REDIS_URL_SECRET_HINT,
-)
+@redis_option
+@state_dir_option
 @opt("--port", env="FLOWER_PORT", type=click.IntRange(1, 65535), default=5555, show_default=True)
 @opt(
     "--address",
@@ -45,19 +40,29 @@ def basic_auth_problem(auth: str) -> str | None:
     show_default=True,
     help="Listen address (0.0.0.0 in a container).",
 )
-def flower_command(redis_url: str, port: int, address: str) -> None:
+def flower_command(redis_url: str | None, state_dir: str, port: int, address: str) -> None:
     """Start Flower (live view of workers, batches and queues) on the job's broker.
 
-    Basic auth is required: set MIGRATOR_FLOWER_BASIC_AUTH=user:password in the environment
-    (not on the command line, where other users could read it in `ps`); neither the user nor
-    the password may be empty (several users: user1:pw1,user2:pw2). Flower's /metrics and
-    /healthcheck stay open without auth: do not expose the port publicly.
+    Without --redis-url it attaches to the embedded Redis of the `migrator run` that is
+    using --state-dir (start the run first; Flower ends with nothing to show once it
+    stops). Basic auth is required: set MIGRATOR_FLOWER_BASIC_AUTH=user:password in the
+    environment (not on the command line, where other users could read it in `ps`); neither
+    the user nor the password may be empty (several users: user1:pw1,user2:pw2). Flower's
+    /metrics and /healthcheck stay open without auth: do not expose the port publicly.
     Batches appear as `migrator.store_batch` tasks with ids `<job>:<batch>` on the queue
-    `migrator.batches`. Start Flower before the job: it sees only events sent while it runs.
+    `migrator.batches`. A batch with failed files is in the FAILURE state (Flower's state
+    filter), its exception saying how many (`migrator report JOB --format csv` lists them);
+    the batches `run` sends itself while its workers boot are shown as the worker
+    `migrator-run@<host>`, ids `inline:<job>:<batch>`. Flower sees only events sent while
+    it runs.
 
     \b
-    Example:
+    Examples:
+      MIGRATOR_FLOWER_BASIC_AUTH=admin:s3cret migrator flower      # the running `run`
       MIGRATOR_FLOWER_BASIC_AUTH=admin:s3cret migrator flower --redis-url redis://redis:6379/0
+
+    Exit codes: 2 bad arguments, no auth, no running `run` to attach to, or the port is
+    taken; otherwise Flower's own.
     """
     auth = os.environ.get("MIGRATOR_FLOWER_BASIC_AUTH", "")
     problem = basic_auth_problem(auth)
@@ -66,6 +71,9 @@ def flower_command(redis_url: str, port: int, address: str) -> None:
             f"MIGRATOR_FLOWER_BASIC_AUTH {problem}: set it to user:password (several users: "
             "user1:pw1,user2:pw2); Flower runs with basic auth"
         )
+    if not redis_url:
+        redis_url = _attach(state_dir)
+    _check_port(address, port)
     env = {**os.environ, "MIGRATOR_REDIS_URL": redis_url, "FLOWER_BASIC_AUTH": auth}
     args = [
         sys.executable,
@@ -78,3 +86,39 @@ def flower_command(redis_url: str, port: int, address: str) -> None:
         f"--address={address}",
     ]
     os.execve(sys.executable, args, env)
+
+
+def _attach(state_dir: str) -> str:
+    """The broker of the `run` using ``state_dir`` (its embedded Redis)."""
+    from pathlib import Path
+
+    from migrator.embedded.shared import live_holder
+
+    holder = live_holder(Path(state_dir).expanduser().resolve())
+    if holder is None:
+        fail_config(
+            f"no migrator run is using {state_dir}: start `migrator run` first (Flower "
+            "attaches to its embedded Redis), or give --redis-url for a cluster"
+        )
+    click.echo(f"attached to the embedded Redis of {holder.describe()}", err=True)
+    return holder.url
+
+
+def _check_port(address: str, port: int) -> None:
+    """A taken port is one line and exit 2, not Tornado's traceback after Flower started."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        fail_config(f"cannot listen on {address}:{port}: {exc.strerror or exc}")
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            fail_config(
+                f"cannot listen on {address}:{port}: {exc.strerror or exc} (another Flower? "
+                "pick another --port)"
+            )

@@ -1,16 +1,23 @@
-"""``migrator status / retry / jobs / limit``: look at and steer jobs in a shared Redis."""
+"""``migrator status / retry / jobs / limit``: look at and steer jobs, in a cluster's Redis
+(``--redis-url``) or in the state directory of `migrator run` (the default)."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from migrator.commands.common import REDIS_URL_SECRET_HINT, fail_config, opt
+from migrator.commands.common import AE, fail, fail_config, opt, report_option, setup_logging
+from migrator.commands.jobstate import (
+    job_ledger,
+    open_jobs,
+    redis_option,
+    safe_url,
+    state_dir_option,
+)
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.units import human_bytes
@@ -18,40 +25,8 @@ from migrator.units import human_bytes
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def redis_option(func: F) -> F:
-    return opt(
-        "--redis-url",
-        "--broker",
-        "redis_url",
-        env="REDIS_URL",
-        required=True,
-        help="The Redis the job runs on (redis://host:6379/0)." + REDIS_URL_SECRET_HINT,
-    )(func)
-
-
-def _ledger(redis_url: str, job: str) -> Any:
-    from migrator.ledger import Ledger
-    from migrator.redis_client import connect
-
-    ledger = Ledger(connect(redis_url), job)
-    try:
-        if not ledger.exists():
-            fail_config(f"no job {job!r} in {_safe_url(redis_url)}; `migrator jobs` lists them")
-    except Exception as exc:  # redis errors: connection refused, auth...
-        click.echo(
-            f"migrator: error: cannot reach Redis at {_safe_url(redis_url)}: {exc}", err=True
-        )
-        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
-    return ledger
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password (secrets never reach the terminal or logs)."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        url = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    # redis-py also takes ?password=...
-    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+#: Kept for older imports (check-health): see migrator.commands.jobstate.safe_url.
+_safe_url = safe_url
 
 
 def status_line(counts: dict[str, int], files_s: float, bytes_s: float) -> str:
@@ -65,45 +40,97 @@ def status_line(counts: dict[str, int], files_s: float, bytes_s: float) -> str:
     )
 
 
+def job_figures(ledger: Any, counts: dict[str, int]) -> tuple[float, float, float]:
+    """(seconds spent sending, files/s, bytes/s) of the job over its sessions: what a
+    finished job's status says (not a rate decaying since it ended)."""
+    from migrator.ledger.sessions import active_seconds
+
+    meta = ledger.meta()
+    now = time.time()
+    seconds = active_seconds(meta, meta.get("finished", now))
+    if seconds is None:
+        seconds = max(0.0, meta.get("finished", now) - meta.get("started", now))
+    if seconds <= 0:
+        return 0.0, 0.0, 0.0
+    return seconds, counts["stored"] / seconds, counts.get("bytes_stored", 0) / seconds
+
+
+def finished_line(ledger: Any, counts: dict[str, int]) -> str:
+    from migrator.units import local_time
+
+    seconds, files_s, bytes_s = job_figures(ledger, counts)
+    done = counts["stored"] + counts["failed"] + counts["skipped"]
+    when = local_time(ledger.meta().get("finished"))
+    return (
+        f"finished {when}: {done}/{counts['planned']} files: {counts['stored']} stored, "
+        f"{counts['failed']} failed, {counts['skipped']} skipped; {seconds:.1f} s sending, "
+        f"{files_s:.1f} files/s, {human_bytes(bytes_s)}/s"
+    )
+
+
 @click.command("status")
-@click.argument("job")
+@click.argument("job", required=False)
 @redis_option
+@state_dir_option
 @opt("--watch", env="WATCH", is_flag=True, help="Print a line every --interval until done.")
 @opt("--interval", env="INTERVAL", type=click.FloatRange(0.2), default=2.0, show_default=True)
 @opt("--json", "as_json", env="STATUS_JSON", is_flag=True, help="Machine-readable output.")
-def status_command(job: str, redis_url: str, watch: bool, interval: float, as_json: bool) -> None:
-    """Counts, rate and ETA of a job.
+def status_command(
+    job: str | None,
+    redis_url: str | None,
+    state_dir: str,
+    watch: bool,
+    interval: float,
+    as_json: bool,
+) -> None:
+    """Counts, rate and ETA of a job (JOB: an id, the start of one, or the last job).
+
+    A running job shows the rate of its last 30 seconds and an ETA; a finished one its own
+    figures (time spent sending, files/s, MB/s), which reading it never changes.
 
     \b
     Examples:
-      migrator status job-3f2a9c01de --redis-url redis://redis:6379/0
+      migrator status                         # the last job of the default state directory
       migrator status job-3f2a9c01de --watch
+      migrator status job-3f2a9c01de --redis-url redis://redis:6379/0
     """
     from migrator.engine import recent_rate
     from migrator.progress import JobProgress
 
-    ledger = _ledger(redis_url, job)
-    bar = JobProgress(enabled=watch and not as_json)
-    while True:
-        counts = ledger.counts()
-        if as_json:
-            files_s, _ = recent_rate(ledger)
-            click.echo(json.dumps({"job": job, **counts, "files_per_s": files_s}))
-        elif watch:
-            bar.update(counts)
-        else:
-            files_s, bytes_s = recent_rate(ledger)
-            click.echo(f"{job}: {status_line(counts, files_s, bytes_s)}")
-        if not watch or counts["in_flight"] <= 0:
-            break
-        time.sleep(interval)
-    bar.close()
+    with job_ledger(redis_url, state_dir, job, "status") as (ledger, _):
+        bar = JobProgress(enabled=watch and not as_json)
+        job = ledger.job_id
+        while True:
+            counts = ledger.counts()
+            finished = counts["in_flight"] <= 0 and ledger.finished()
+            if as_json:
+                row: dict[str, Any] = {"job": job, **counts, "finished": finished}
+                if finished:
+                    seconds, files_s, bytes_s = job_figures(ledger, counts)
+                    row["duration_s"] = round(seconds, 3)
+                else:
+                    files_s, bytes_s = recent_rate(ledger)
+                row["files_per_s"], row["bytes_per_s"] = files_s, bytes_s
+                click.echo(json.dumps(row))
+            elif finished:
+                bar.close()
+                click.echo(f"{job}: {finished_line(ledger, counts)}")
+            elif watch:
+                bar.update(counts, force=True)  # one line per --interval
+            else:
+                files_s, bytes_s = recent_rate(ledger)
+                click.echo(f"{job}: {status_line(counts, files_s, bytes_s)}")
+            if not watch or counts["in_flight"] <= 0:
+                break
+            time.sleep(interval)
+        bar.close()
     raise SystemExit(int(ExitStatus.PARTIAL_FAILURE if counts["failed"] else ExitStatus.OK))
 
 
 @click.command("retry")
-@click.argument("job")
+@click.argument("job", required=False)
 @redis_option
+@state_dir_option
 @opt(
     "--in-flight",
     env="RETRY_IN_FLIGHT",
@@ -111,56 +138,110 @@ def status_command(job: str, redis_url: str, watch: bool, interval: float, as_js
     help="Also enqueue again the batches whose files have no outcome yet (their tasks were "
     "lost, e.g. Redis ran without persistence). Stored files are never sent twice.",
 )
-def retry_command(job: str, redis_url: str, in_flight: bool) -> None:
-    """Send a job's failed files again (running workers pick them up).
+@opt(
+    "--host",
+    "new_host",
+    env="RETRY_HOST",
+    default=None,
+    help="Send what is left to this host instead (the job's destination is changed, and "
+    "the change kept in its history).",
+)
+@opt(
+    "--port",
+    "new_port",
+    env="RETRY_PORT",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Send what is left to this port instead.",
+)
+@opt(
+    "--called-ae",
+    "new_called_ae",
+    env="RETRY_CALLED_AE",
+    type=AE,
+    default=None,
+    help="Send what is left to this AE title instead.",
+)
+@opt(
+    "--workers",
+    env="WORKERS",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Local worker processes (embedded default: CPU count; with --redis-url: none, "
+    "the cluster's workers send).",
+)
+@opt("--no-preflight", env="NO_PREFLIGHT", is_flag=True, help="Do not C-ECHO the destination.")
+@report_option
+@click.option("-v", "--verbose", count=True)
+@click.option("-q", "--quiet", is_flag=True)
+def retry_command(job: str | None, redis_url: str | None, **o: Any) -> None:
+    """Send a job's failed files again, to its destination or to a new one.
+
+    On the embedded default (no --redis-url) this is a sending session like `run`'s: the
+    state directory's Redis and local workers are started, the failed files sent, and the
+    job's summary printed (exit codes as `run`). With --redis-url the files are enqueued for
+    the cluster's running workers (or sent by --workers local ones).
+
+    --host/--port/--called-ae change the job's destination first (a wrong port or AE title
+    given to `run`): the destination is asked for a C-ECHO, then every file not stored goes
+    there; the change is kept in the job's history and shown by `migrator report`.
 
     \b
     Examples:
-      migrator retry job-3f2a9c01de --redis-url redis://redis:6379/0
-      migrator retry job-3f2a9c01de --in-flight
+      migrator retry                                   # the last job, embedded default
+      migrator retry job-3f2a9c01de --port 104 --called-ae PACS
+      migrator retry job-3f2a9c01de --redis-url redis://redis:6379/0 --in-flight
     """
-    from migrator import engine
-    from workers.app import enqueuer
+    from migrator.commands.retry import retry
 
-    ledger = _ledger(redis_url, job)
-    enqueue = enqueuer(redis_url, job)
-    n = engine.retry_failed(ledger, enqueue)
-    click.echo(f"{job}: {n} failed files enqueued again")
-    if in_flight:
-        from workers.recovery import recover
-
-        # Only batches no live worker holds (a batch being sent holds a lease).
-        got = recover(redis_url, ledger, enqueue, workers_gone=False)
-        b = got.batches
-        click.echo(f"{job}: {b} batches with files in flight enqueued again")
+    setup_logging(o["verbose"], o["quiet"])
+    retry(job, redis_url, o)
 
 
 @click.command("jobs")
 @redis_option
-def jobs_command(redis_url: str) -> None:
-    """List the jobs in a Redis with their counts."""
-    from migrator.ledger import Ledger, list_jobs
-    from migrator.redis_client import connect
+@state_dir_option
+def jobs_command(redis_url: str | None, state_dir: str) -> None:
+    """List the jobs (of the state directory, or of --redis-url) with their counts.
 
-    client = connect(redis_url)
-    try:
-        jobs = list_jobs(client)
-    except Exception as exc:  # redis errors: connection refused, auth...
-        click.echo(
-            f"migrator: error: cannot reach Redis at {_safe_url(redis_url)}: {exc}", err=True
-        )
-        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
-    for job in jobs:
-        ledger = Ledger(client, job)
-        config = ledger.config()
-        counts = ledger.counts()
-        dest = f"{config.get('host')}:{config.get('port')} ({config.get('called_ae')})"
-        click.echo(f"{job}  → {dest}  {status_line(counts, 0.0, 0.0).split(';')[0]}")
+    Each line: the job id, its destination, its counts and its state (finished, sending,
+    interrupted, created). A state directory nothing was run with is a usage error (exit 2).
+
+    \b
+    Examples:
+      migrator jobs                                # the default state directory
+      migrator jobs --state-dir /srv/migration/state
+      migrator jobs --redis-url redis://redis:6379/0
+    """
+    import redis
+
+    from migrator.ledger import Ledger, list_jobs
+    from migrator.units import local_time
+
+    with open_jobs(redis_url, state_dir, "jobs") as jobs:
+        try:
+            for job in list_jobs(jobs.client):
+                ledger = Ledger(jobs.client, job)
+                config = ledger.config()
+                counts = ledger.counts()
+                meta = ledger.meta()
+                dest = f"{config.get('host')}:{config.get('port')} ({config.get('called_ae')})"
+                if ledger.finished():
+                    state = f"finished {local_time(meta.get('finished'))}"
+                elif "session" in meta:
+                    state = "sending" if jobs.attached_to else "interrupted"
+                else:
+                    state = f"created {local_time(meta.get('created'))}"
+                line = status_line(counts, 0.0, 0.0).split(";")[0]
+                click.echo(f"{job}  → {dest}  {line}  [{state}]")
+        except redis.RedisError as exc:
+            fail(exc)
 
 
 @click.command("limit")
-@click.argument("job")
+@click.argument("job", required=False)
 @redis_option
+@state_dir_option
 @opt(
     "--rate-limit",
     env="RATE_LIMIT",
@@ -177,8 +258,9 @@ def jobs_command(redis_url: str) -> None:
 )
 @opt("--burst", env="BURST", type=click.IntRange(1), default=None)
 def limit_command(
-    job: str,
-    redis_url: str,
+    job: str | None,
+    redis_url: str | None,
+    state_dir: str,
     rate_limit: float | None,
     rate_limit_bytes: float | None,
     burst: int | None,
@@ -198,18 +280,21 @@ def limit_command(
     from migrator.limits.rate_redis import get_limits, set_limits
     from migrator.settings import Settings
 
-    ledger = _ledger(redis_url, job)
-    config = Settings.from_dict(ledger.config())
-    key = limiter_key(config.destination)
-    current = get_limits(ledger.client, key) or config.limits
-    files = current.files_per_s if rate_limit is None else (rate_limit or None)
-    nbytes = current.bytes_per_s if rate_limit_bytes is None else (rate_limit_bytes * 1e6 or None)
-    try:
-        limits = Limits(files, nbytes, burst_files=burst or current.burst_files)
-    except ConfigError as exc:
-        fail_config(str(exc))
-        return
-    set_limits(ledger.client, key, limits)
+    with job_ledger(redis_url, state_dir, job, "limit") as (ledger, _):
+        config = Settings.from_dict(ledger.config())
+        key = limiter_key(config.destination)
+        current = get_limits(ledger.client, key) or config.limits
+        files = current.files_per_s if rate_limit is None else (rate_limit or None)
+        nbytes = (
+            current.bytes_per_s if rate_limit_bytes is None else (rate_limit_bytes * 1e6 or None)
+        )
+        try:
+            limits = Limits(files, nbytes, burst_files=burst or current.burst_files)
+        except ConfigError as exc:
+            fail_config(str(exc))
+        set_limits(ledger.client, key, limits)
+        # Kept with the job: its report draws the limit as it was at each moment.
+        ledger.add_history("limit", files_per_s=files, bytes_per_s=nbytes, burst=limits.burst_files)
     click.echo(
         f"{config.server}: "
         f"{'no file limit' if files is None else f'{files:g} files/s'}, "

@@ -8,7 +8,9 @@ from typing import Any
 import click
 
 from migrator.commands.common import (
+    CONCURRENCY,
     DURATION,
+    fail,
     fail_config,
     opt,
     report_option,
@@ -17,7 +19,7 @@ from migrator.commands.common import (
     setup_logging,
     tls_options,
 )
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, MigratorError
 from migrator.exitcodes import EXIT_CODES_HELP
 from migrator.outcomes import StoreResult
 from migrator.progress import Progress
@@ -51,10 +53,19 @@ from migrator.summary import render_text
     "--concurrency",
     "-j",
     env="CONCURRENCY",
-    type=click.IntRange(1, 64),
-    default=1,
+    type=CONCURRENCY,
+    default="1",
     show_default=True,
-    help="Parallel associations.",
+    help="Parallel associations (1-64), or auto: as many as the PACS and the link reward "
+    "(more while throughput grows, fewer on 0xA7xx, busy rejections or rising latency).",
+)
+@opt(
+    "--max-associations",
+    env="MAX_ASSOCIATIONS",
+    type=click.IntRange(1),
+    default=None,
+    help="At most this many simultaneous associations to the PACS (its own limit): "
+    "-j auto grows up to it, -j N above it is lowered to it.",
 )
 @report_option
 @click.option("-v", "--verbose", count=True, help="Log each file (-vv: protocol details).")
@@ -71,6 +82,8 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
     Examples:
       migrator store --host pacs --port 104 --called-ae PACS --dir /archive -R
       migrator store --host 10.0.0.5 --called-ae ORTHANC a.dcm b.dcm -j 4
+      migrator store --host far-pacs --called-ae PACS --dir /archive -R -j auto \\
+          --max-associations 16
       migrator store --host pacs --called-ae PACS --rate-limit 50 --dir /nas/ct -R
       migrator store --host pacs --called-ae PACS s3://archive/2019/ \\
           --s3-endpoint http://minio:9000 --report run.json
@@ -81,7 +94,12 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
     setup_logging(verbose, quiet)
     if not files and not dirs:
         fail_config("nothing to send: give FILES, s3://bucket/prefix or --dir DIR")
-    settings = settings_from_options(o, concurrency=o["concurrency"], timeout=o["timeout"])
+    settings = settings_from_options(
+        o,
+        concurrency=o["concurrency"],
+        timeout=o["timeout"],
+        max_associations=o["max_associations"],
+    )
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
     scu = StoreScu(
         settings,
@@ -103,15 +121,18 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
     except KeyboardInterrupt:
         click.echo("\ninterrupted", err=True)
         raise SystemExit(130) from None
+    except MigratorError as exc:  # a source that cannot be listed (S3 credentials...)
+        progress.stop()
+        fail(exc)  # (the progress line ends first)
     finally:
         progress.stop()
-    _finish(result, settings, o["report"], quiet)
+    _finish(result, settings, tuple(o["report"]), quiet)
 
 
-def _finish(result: StoreResult, settings: Settings, report: str | None, quiet: bool) -> None:
+def _finish(result: StoreResult, settings: Settings, reports: tuple[str, ...], quiet: bool) -> None:
     text = render_text(result)
     click.echo(text.splitlines()[0] if quiet else text)
-    if report:
+    if reports:
         config = {
             "host": settings.host,
             "port": settings.port,
@@ -122,9 +143,10 @@ def _finish(result: StoreResult, settings: Settings, report: str | None, quiet: 
             "retries": settings.retries,
             "tls": settings.tls,
         }
-        from migrator.report import from_store_result, write_report
+        from migrator.commands.session import write_reports
+        from migrator.report import from_store_result
 
         # The format follows the extension (.html, .csv, .txt); JSON for any other name.
-        write_report(report, from_store_result(result, config))
+        write_reports(reports, from_store_result(result, config))
     assert result.planned == result.stored + result.failed + result.skipped
     raise SystemExit(int(result.exit_status))

@@ -8,15 +8,16 @@ from typing import Any
 import click
 
 from migrator.commands.common import AE, opt, setup_logging
-from migrator.commands.jobs import _ledger, redis_option
+from migrator.commands.jobstate import job_ledger, redis_option, state_dir_option
 from migrator.exitcodes import ExitStatus
 
 _LISTED = 100  # missing files printed in text mode; --json and the ledger have them all
 
 
 @click.command("verify")
-@click.argument("job")
+@click.argument("job", required=False)
 @redis_option
+@state_dir_option
 @opt(
     "--sample",
     env="VERIFY_SAMPLE",
@@ -82,8 +83,9 @@ _LISTED = 100  # missing files printed in text mode; --json and the ledger have 
 @opt("--json", "as_json", env="VERIFY_JSON", is_flag=True, help="Machine-readable output.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for protocol details).")
 def verify_command(
-    job: str,
-    redis_url: str,
+    job: str | None,
+    redis_url: str | None,
+    state_dir: str,
     sample: int,
     full: bool,
     commitment: bool,
@@ -107,6 +109,7 @@ def verify_command(
 
     \b
     Examples:
+      migrator verify                              # the last job of the state directory
       migrator verify job-3f2a9c01de --redis-url redis://redis:6379/0
       migrator verify job-3f2a9c01de --full --json > verify.json
       migrator verify job-3f2a9c01de --commitment --commitment-port 11113
@@ -122,29 +125,30 @@ def verify_command(
     from migrator.verify import CommitmentSettings, PacsQueryError, save_result, verify_job
 
     setup_logging(verbose, False)
-    ledger = _ledger(redis_url, job)
-    config = Settings.from_dict(ledger.config())
-    config = replace(config, called_ae=called_ae or config.called_ae, port=port or config.port)
-    settings = None
-    if commitment:
-        settings = CommitmentSettings(
-            listen_host=commitment_bind,
-            listen_port=commitment_port,
-            batch=commitment_batch,
-            timeout=commitment_timeout,
-        )
-    try:
-        result = verify_job(ledger, config, sample=sample, full=full, commitment=settings)
-    except AssociationRejected as exc:
-        click.echo(f"✗ verify {job}: {exc}", err=True)
-        raise SystemExit(int(ExitStatus.ASSOCIATION_REJECTED)) from None
-    except (ConnectError, PacsQueryError) as exc:
-        click.echo(f"✗ verify {job}: {exc}", err=True)
-        raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
-    except OSError as exc:  # the commitment listener could not bind its port
-        click.echo(f"✗ verify {job}: cannot listen for storage commitment: {exc}", err=True)
-        raise SystemExit(int(ExitStatus.BAD_CONFIG)) from None
-    save_result(ledger, result)
+    with job_ledger(redis_url, state_dir, job, "verify") as (ledger, _):
+        job = ledger.job_id
+        config = Settings.from_dict(ledger.config())
+        config = replace(config, called_ae=called_ae or config.called_ae, port=port or config.port)
+        settings = None
+        if commitment:
+            settings = CommitmentSettings(
+                listen_host=commitment_bind,
+                listen_port=commitment_port,
+                batch=commitment_batch,
+                timeout=commitment_timeout,
+            )
+        try:
+            result = verify_job(ledger, config, sample=sample, full=full, commitment=settings)
+        except AssociationRejected as exc:
+            click.echo(f"✗ verify {job}: {exc}", err=True)
+            raise SystemExit(int(ExitStatus.ASSOCIATION_REJECTED)) from None
+        except (ConnectError, PacsQueryError) as exc:
+            click.echo(f"✗ verify {job}: {exc}", err=True)
+            raise SystemExit(int(ExitStatus.CANNOT_CONNECT)) from None
+        except OSError as exc:  # the commitment listener could not bind its port
+            click.echo(f"✗ verify {job}: cannot listen for storage commitment: {exc}", err=True)
+            raise SystemExit(int(ExitStatus.BAD_CONFIG)) from None
+        save_result(ledger, result)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

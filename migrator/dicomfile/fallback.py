@@ -37,6 +37,8 @@ def inspect_with_pydicom(src: object, size: int, name: str = "") -> DicomHeader:
             or meta.get("MediaStorageSOPInstanceUID", ""),
             "study_uid": ds.get("StudyInstanceUID", ""),
             "series_uid": ds.get("SeriesInstanceUID", ""),
+            "accession": ds.get("AccessionNumber", ""),
+            "modality": ds.get("Modality", ""),
         }
         found = {k: str(v) for k, v in values.items() if v}
         offset = _meta_end(src) if meta else 0

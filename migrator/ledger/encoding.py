@@ -86,6 +86,9 @@ class PlannedFile:
     #: With it a worker sends a file whose size and mtime are unchanged without reading
     #: its header again.
     dataset_offset: int = -1
+    #: Accession Number and Modality as the planner read them ("": none, or not read)
+    accession: str = ""
+    modality: str = ""
 
     def packed(self) -> list[Any]:
         # Not dataclasses.astuple: it deep-copies every field (a third of planning time).
@@ -98,8 +101,12 @@ class PlannedFile:
             self.transfer_syntax,
             self.study_uid,
         ]
-        if self.dataset_offset >= 0:
+        if self.dataset_offset >= 0 or self.modality or self.accession:
             row.append(self.dataset_offset)
+        if self.modality or self.accession:
+            row.append(self.modality)
+            if self.accession:
+                row.append(self.accession)
         return row
 
 
@@ -109,14 +116,25 @@ def pack(files: Sequence[PlannedFile]) -> bytes:
 
 def unpack(batch_id: str, raw: bytes) -> list[PlannedFile]:
     rows = json.loads(zlib.decompress(raw))
-    # Rows of 7 fields were planned before the dataset offset was kept (-1: unknown).
+    # Rows of 7 fields were planned before the dataset offset was kept (-1: unknown), rows
+    # of 8 before the modality and the accession number were.
     out = []
     for i, row in enumerate(rows):
         uri, size, version, sop_class, sop_instance, ts, study = row[:7]
-        offset = row[7] if len(row) > 7 else -1
+        n = len(row)
         out.append(
             PlannedFile(
-                uri, size, version, sop_class, sop_instance, ts, study, f"{batch_id}:{i}", offset
+                uri,
+                size,
+                version,
+                sop_class,
+                sop_instance,
+                ts,
+                study,
+                f"{batch_id}:{i}",
+                row[7] if n > 7 else -1,
+                row[9] if n > 9 else "",
+                row[8] if n > 8 else "",
             )
         )
     return out

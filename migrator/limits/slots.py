@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 POLL_MIN_S: Final = 0.05
 POLL_MAX_S: Final = 0.1
 
+#: How long a sender that waits for a slot marks the slots as wanted.
+WANTED_MS: Final = 2000
+
 #: Releasing is best effort once Redis has been unreachable this long: the lease expires
 #: anyway, and a worker shutting down must not hang on it.
 RELEASE_OUTAGE_S: Final = 5.0
@@ -109,7 +112,12 @@ class AssociationSlots:
     """
 
     def __init__(
-        self, client: redis.Redis, key: str, limit: int, lease_seconds: float = 30.0
+        self,
+        client: redis.Redis,
+        key: str,
+        limit: int,
+        lease_seconds: float = 30.0,
+        wanted_key: str | None = None,
     ) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a whole number >= 1, got {limit!r}")
@@ -117,6 +125,8 @@ class AssociationSlots:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self._client = client
         self._key = key
+        #: Set for WANTED_MS while a sender waits for a slot (see :meth:`wanted`)
+        self._wanted_key = wanted_key
         self._limit = limit
         self._lease_ms = max(1, round(lease_seconds * 1000))
         self._acquire = client.register_script(_ACQUIRE_LUA)
@@ -144,6 +154,13 @@ class AssociationSlots:
         taken = self._acquire(keys=[self._key], args=args)
         return token if int(taken) else None
 
+    def wanted(self) -> bool:
+        """Has a sender waited for a slot in the last WANTED_MS (one with none: one that
+        merely wanted more, ``-j auto`` growing, does not count)? Then the holders of idle
+        associations give theirs back between batches; otherwise they keep them for their
+        next batch: reopening 32 associations per batch costs round trips on a long link."""
+        return self._wanted_key is not None and bool(self._client.exists(self._wanted_key))
+
     def acquire(self, timeout: float) -> str:
         """Wait up to ``timeout`` seconds for a slot; returns the lease's token.
 
@@ -163,6 +180,8 @@ class AssociationSlots:
             else:
                 if token is not None:
                     return token
+                if self._wanted_key is not None and timeout > 0:  # it will wait
+                    self._client.set(self._wanted_key, 1, px=WANTED_MS)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 cause = f" (redis: {error})" if error is not None else ""

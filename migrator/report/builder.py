@@ -26,6 +26,7 @@ from migrator.report.model import (
     ReasonGroup,
     ReportData,
     StatusCount,
+    StudyRow,
     WorkerShare,
 )
 from migrator.report.timeline import build_timeline
@@ -46,6 +47,8 @@ class _Builder:
             data.files = []
         #: epoch second -> files settled in it (from each outcome's ``at``)
         self.settled_at: Counter[int] = Counter()
+        #: epoch second -> files failed in it (failures over time)
+        self.failed_at: Counter[int] = Counter()
 
     def add(self, outcome: FileOutcome, extra: dict[str, Any] | None = None) -> None:
         d = self.data
@@ -62,6 +65,11 @@ class _Builder:
         at = extra.get("at")
         if isinstance(at, (int, float)):  # a tuple: isinstance with a union is slower
             self.settled_at[int(at)] += 1
+            if outcome.state is State.FAILED:
+                self.failed_at[int(at)] += 1
+        planned = extra.get("planned")
+        if planned is not None:
+            self._study(planned, state)
         if outcome.status is not None:
             sc = d.statuses.get(outcome.status)
             if sc is None:
@@ -76,6 +84,7 @@ class _Builder:
             worker.bytes_stored += outcome.bytes
             _count(d.ts_sent, outcome.ts_sent or outcome.ts_original, state)
             d.ts_sent[outcome.ts_sent or outcome.ts_original].bytes_stored += outcome.bytes
+            d.ts_original[outcome.ts_original].bytes_stored += outcome.bytes
             d.transcoded += int(outcome.transcoded)
             if outcome.warning:
                 d.warnings += 1
@@ -105,6 +114,7 @@ class _Builder:
     def add_in_flight(self, planned: PlannedFile) -> None:
         d = self.data
         d.states[IN_FLIGHT] += 1
+        self._study(planned, IN_FLIGHT)
         _count(d.sop_classes, planned.sop_class_uid, IN_FLIGHT)
         _count(d.ts_original, planned.transfer_syntax, IN_FLIGHT)
         reason = "in flight: no outcome recorded yet"
@@ -132,6 +142,20 @@ class _Builder:
             row["state"] = IN_FLIGHT
             d.files.append(row)
 
+    def _study(self, planned: PlannedFile, state: str) -> None:
+        uid = planned.study_uid
+        if not uid:
+            self.data.no_study += 1
+            return
+        row = self.data.studies.get(uid)
+        if row is None:
+            row = self.data.studies[uid] = StudyRow(uid)
+        row.states[state] += 1
+        if planned.accession and not row.accession:
+            row.accession = planned.accession
+        if planned.modality:
+            row.modalities.add(planned.modality)
+
     def _problem(self, problem: Problem) -> None:
         d = self.data
         d.problems.append(problem)
@@ -153,7 +177,7 @@ class _Builder:
         d.warned.sort()
         if d.files is not None:
             d.files.sort(key=lambda f: str(f["uri"]))
-        d.timeline = build_timeline(timeline or {}, self.settled_at)
+        d.timeline = build_timeline(timeline or {}, self.settled_at, self.failed_at)
         return d
 
 
@@ -193,6 +217,7 @@ def from_store_result(
         fatal=result.fatal,
         fatal_exit=result.fatal_exit,
         settings=mask_secrets(settings or {}),
+        active_s=result.active,
     )
     builder = _Builder(data, keep_files=keep_files, default_worker=STORE_PROCESS)
     for outcome in result.outcomes:
@@ -220,6 +245,7 @@ def store_view(job: ReportData, result: StoreResult) -> ReportData | None:
         fatal=result.fatal,
         fatal_exit=result.fatal_exit,
         settings=mask_secrets({}),
+        active_s=result.active,
         states=job.states,
         warnings=job.warnings,
         transcoded=job.transcoded,
@@ -241,7 +267,6 @@ def from_ledger(
     ledger: Ledger,
     *,
     keep_files: bool = True,
-    redis_url: str | None = None,
     fatal: str = "",
     fatal_exit: ExitStatus | None = None,
     now: float | None = None,
@@ -250,8 +275,8 @@ def from_ledger(
 ) -> ReportData:
     """The report of a job, read from its ledger; works while the job runs (``live``).
 
-    Files in flight are read first and outcomes second, and a file found in both counts as
-    settled, so a file that settles during the read is counted once.
+    Outcomes and files in flight are read in one pass, each batch's states and outcomes in
+    one MULTI, so a file that settles during the read is counted once.
 
     ``outcomes``, when given, gets every settled file's outcome as read, in the order of
     ``Ledger.iter_outcomes`` (what ``Ledger.to_store_result`` holds): `migrator run` builds its
@@ -260,14 +285,15 @@ def from_ledger(
     The job's last `migrator verify`, if any, becomes ``verification``, with at most
     ``verify_limit`` of its missing (and of its unconfirmed) files (None: all of them).
     """
+    from migrator.ledger.sessions import active_seconds
     from migrator.settings import Settings
 
     config = ledger.config()
     meta = ledger.meta()
     now = time.time() if now is None else now
+    # The job's settings as it was run (its broker as recorded then, masked), not the
+    # Redis URL this report happens to be read through.
     settings: dict[str, Any] = {"job": ledger.job_id, **config}
-    if redis_url:
-        settings["redis_url"] = redis_url
     data = ReportData(
         server=Settings.from_dict(config).server,
         job=ledger.job_id,
@@ -279,19 +305,23 @@ def from_ledger(
         fatal=fatal,
         fatal_exit=fatal_exit,
         settings=mask_secrets(settings),
+        active_s=active_seconds(meta, meta.get("finished", now)),
+        history=mask_secrets(ledger.history()),
     )
     counts = ledger.counts()
     verification = load_verification(ledger, limit=verify_limit)
     builder = _Builder(data, keep_files=keep_files, default_worker=PLANNER)
-    for fid, outcome, extra in ledger.iter_outcomes():
+    # One pass: with workers still sending, a file settled between two passes would be
+    # counted in neither.
+    for planned, outcome, extra in ledger.iter_files():
+        if outcome is None:
+            builder.add_in_flight(planned)
+            continue
         builder.add(outcome, extra)
         if outcomes is not None:
             outcomes.append(outcome)
         if verification is not None:
-            verification.see(fid, outcome)
-    if counts["in_flight"] > 0:
-        for planned in ledger.iter_in_flight():
-            builder.add_in_flight(planned)
+            verification.see(planned.file_id, outcome)
     data.ledger_counts = counts
     builder.finish(ledger.timeline())
     if verification is not None:

@@ -2,6 +2,9 @@
 or that was stored per ledger but is not held by the PACS at the job's last `migrator verify`
 (``missing_at_pacs``, ``unconfirmed_at_pacs``; status empty, reason from `verify`).
 
+``render_studies`` is the other CSV (`migrator report JOB --format csv --by study`): one row
+per study of the job, incomplete ones first, with its instances by state.
+
 It is the input of whatever comes next (a fix-up script, `retry`, a ticket), so it has a
 fixed header, one file per row, sorted by URI, and nothing else: stored files the PACS
 confirmed are not listed, and a file appears once whatever happened to it before (a file
@@ -13,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 
-from migrator.report.model import ReportData
+from migrator.report.model import IN_FLIGHT, ReportData
 
 COLUMNS = ("uri", "sop_instance_uid", "state", "status", "reason", "attempts", "ts_sent")
 
@@ -34,4 +37,40 @@ def render(data: ReportData) -> str:
         ]
         rows.sort(key=lambda r: r[0])  # stable: the problems keep their order
     writer.writerows(rows)
+    return out.getvalue()
+
+
+STUDY_COLUMNS = (
+    "study_instance_uid",
+    "accession_number",
+    "modality",
+    "planned",
+    "stored",
+    "failed",
+    "skipped",
+    "in_flight",
+    "complete",
+)
+
+
+def render_studies(data: ReportData) -> str:
+    """One row per study: incomplete studies first; ``complete`` is ``yes`` or ``no``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(STUDY_COLUMNS)
+    for r in data.study_rows():
+        s = r.states
+        writer.writerow(
+            (
+                r.study_uid,
+                r.accession,
+                r.modality,
+                r.planned,
+                s["stored"],
+                s["failed"],
+                s["skipped"],
+                s[IN_FLIGHT],
+                "yes" if r.complete else "no",
+            )
+        )
     return out.getvalue()

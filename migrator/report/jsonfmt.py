@@ -5,6 +5,11 @@ The keys of the first report format (``totals``, ``invariant_holds``, ``throughp
 ``statuses``, ``settings``, ``files``...) are kept with the same meaning, so scripts written
 against `store --report` keep working; everything else is added next to them.
 
+``studies`` is the per-study table of a job (null for `store`): every study with its
+instances by state and whether it is complete; ``history`` the job's sending sessions and
+the changes made to it; ``*_at`` the times in ISO 8601 with their UTC offset.
+``durations.wall_s`` (and the rates) is the time spent sending, over a job's sessions.
+
 ``verification`` is the job's last `migrator verify` (null when it was never verified, and
 for `store` reports): its counts, and the files the PACS lacks or did not confirm (at most
 ``verification.MAX_FILES`` of each, with ``*_omitted`` counting the rest).
@@ -20,6 +25,7 @@ from migrator import status as st
 from migrator.report.masking import mask_secrets
 from migrator.report.model import IN_FLIGHT, ClassCount, ReportData, count_rows, uid_name
 from migrator.report.verification import PacsFile, Verification
+from migrator.units import iso_time
 
 #: Bumped when a key changes meaning (adding keys does not bump it).
 REPORT_VERSION = 2
@@ -86,6 +92,33 @@ def verification_dict(v: Verification | None, *, files: bool = True) -> dict[str
     return out
 
 
+def studies_dict(data: ReportData) -> dict[str, Any] | None:
+    """The per-study table (job reports; None for `store`, whose outcomes have no study)."""
+    if not data.has_ledger:
+        return None
+    rows = data.study_rows()
+    return {
+        "total": len(rows),
+        "complete": data.studies_complete,
+        "incomplete": len(rows) - data.studies_complete,
+        "files_without_study_uid": data.no_study,
+        "rows": [
+            {
+                "study_instance_uid": r.study_uid,
+                "accession_number": r.accession or None,
+                "modality": r.modality or None,
+                "planned": r.planned,
+                "stored": r.states["stored"],
+                "failed": r.states["failed"],
+                "skipped": r.states["skipped"],
+                IN_FLIGHT: r.states[IN_FLIGHT],
+                "complete": r.complete,
+            }
+            for r in rows
+        ],
+    }
+
+
 def to_dict(data: ReportData) -> dict[str, Any]:
     """The report as JSON-ready data; ``files`` only when the data kept them."""
     tl = data.timeline
@@ -131,11 +164,15 @@ def to_dict(data: ReportData) -> dict[str, Any]:
                 )
             ),
         },
+        "started_at": iso_time(data.started),
+        "finished_at": iso_time(data.finished),
+        "generated_at": iso_time(data.generated),
         "durations": {
             "created": data.created,
             "started": data.started,
             "finished": data.finished,
             "wall_s": _r(data.duration),
+            "first_to_last_s": _r(max(0.0, data.finished - data.started)),
             "sending_s": sending,
             "timeline_start": tl.start or None,
         },
@@ -201,10 +238,14 @@ def to_dict(data: ReportData) -> dict[str, Any]:
         "timeline": {
             "start": tl.start or None,
             "bucket_s": tl.bucket_s,
-            "columns": ["offset_s", "width_s", "files", "bytes", "settled"],
-            "points": [[p.offset, p.width, p.files, p.bytes, p.settled] for p in tl.points],
+            "columns": ["offset_s", "width_s", "files", "bytes", "settled", "failed"],
+            "points": [
+                [p.offset, p.width, p.files, p.bytes, p.settled, p.failed] for p in tl.points
+            ],
         },
         "verification": verification_dict(data.verification),
+        "studies": studies_dict(data),
+        "history": data.history,
         "fatal": data.fatal or None,
         "exit_status": int(data.exit_status),
         # Masked when the data was built, and again here for data built by other code.

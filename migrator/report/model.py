@@ -102,6 +102,33 @@ class ClassCount:
 
 
 @dataclass(slots=True)
+class StudyRow:
+    """One study of a job: its instances by state (the lead's "which studies are
+    incomplete?"). Accession Number and modality as the planner read them (none for files
+    planned from a manifest); never a patient's name or ID."""
+
+    study_uid: str
+    accession: str = ""
+    modalities: set[str] = field(default_factory=set)
+    states: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def planned(self) -> int:
+        return sum(self.states.values())
+
+    @property
+    def complete(self) -> bool:
+        """Every instance has its outcome and none failed (skipped copies of an instance
+        that was stored count as done)."""
+        s = self.states
+        return s["stored"] > 0 and not s["failed"] and not s[IN_FLIGHT]
+
+    @property
+    def modality(self) -> str:
+        return "/".join(sorted(self.modalities))
+
+
+@dataclass(slots=True)
 class WorkerShare:
     name: str
     states: Counter[str] = field(default_factory=Counter)
@@ -142,6 +169,14 @@ class ReportData:
     ledger_counts: dict[str, int] | None = None
     #: The job's last `migrator verify` (ledger reports of a verified job only)
     verification: Verification | None = None
+    #: A job's time spent sending over its sessions (None: ``finished - started``)
+    active_s: float | None = None
+    #: A job's sessions and the changes made to it (Ledger.history)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: Study Instance UID -> its row (job reports: the plan knows each file's study)
+    studies: dict[str, StudyRow] = field(default_factory=dict)
+    #: Files without a Study Instance UID (not DICOM, refused at planning, not read yet)
+    no_study: int = 0
 
     # -- totals ----------------------------------------------------------------------------
     @property
@@ -175,6 +210,10 @@ class ReportData:
 
     @property
     def duration(self) -> float:
+        """Seconds spent sending: a job's sessions added up (a `retry` an hour later adds
+        its own seconds, not the hour); ``finished - started`` for `store` and old jobs."""
+        if self.active_s is not None:
+            return self.active_s
         return max(0.0, self.finished - self.started)
 
     @property
@@ -202,6 +241,17 @@ class ReportData:
         if self.failed:
             return ExitStatus.PARTIAL_FAILURE
         return ExitStatus.OK
+
+    def study_rows(self) -> list[StudyRow]:
+        """Incomplete studies first (most files not stored first), then by UID."""
+        return sorted(
+            self.studies.values(),
+            key=lambda r: (r.complete, -(r.planned - r.states["stored"]), r.study_uid),
+        )
+
+    @property
+    def studies_complete(self) -> int:
+        return sum(1 for r in self.studies.values() if r.complete)
 
     def failure_groups(self) -> list[ReasonGroup]:
         """Groups of files not stored, largest first (ties: by code)."""

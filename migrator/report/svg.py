@@ -122,13 +122,24 @@ def time_bars(
     note: str = "",
     height: int = 230,
     empty_text: str = "No timeline: nothing was stored yet.",
+    limit: Sequence[tuple[float, float | None]] = (),
+    smoothed: Sequence[float] = (),
+    smooth_label: str = "",
 ) -> str:
-    """Bars over elapsed time, one per timeline bucket (``offset`` .. ``offset + width``)."""
+    """Bars over elapsed time, one per timeline bucket (``offset`` .. ``offset + width``).
+
+    ``limit``: the rate limit as steps (offset from which it holds, value or None for no
+    limit), drawn as a dashed red line; ``smoothed``: one value per bar (a moving average),
+    drawn as a line over the bars."""
     if not values:
         return empty(name, title, empty_text)
     span = max(o + w for o, w in zip(offsets, widths, strict=True))
     bottom = height - BOTTOM
-    ticks = nice_ticks(max(values))
+    peak = max(values)
+    limits = [v for _, v in limit if v]
+    # The limit is drawn when the chart can hold it without flattening the bars.
+    shown_limit = bool(limits) and max(limits) <= max(2 * peak, 1e-9)
+    ticks = nice_ticks(max([peak, *limits]) if shown_limit else peak)
     top_value = ticks[-1] or 1.0
 
     def x(t: float) -> float:
@@ -154,7 +165,63 @@ def time_bars(
         + "</g>"
         + f'<text class="unit" x="{LEFT}" y="{TOP - 2}">{escape(unit)}</text>'
     )
-    return figure(name, title, _svg(height, title, inner), points=len(bars), note=note)
+    legend = []
+    if smoothed:
+        mid = [x(o + w / 2) for o, w in zip(offsets, widths, strict=True)]
+        coords = " ".join(f"{_num(px)},{_num(y(v))}" for px, v in zip(mid, smoothed, strict=True))
+        inner += (
+            f'<polyline class="smoothed" data-series="{_a(name)}-smoothed" '
+            f'data-count="{len(smoothed)}" points="{coords}" fill="none" stroke="#222" '
+            'stroke-width="1.5"/>'
+        )
+        legend.append(
+            f'<span class="key"><i style="background:#222"></i>{escape(smooth_label)}</span>'
+        )
+    if limit:
+        inner += _limit_line(limit, span, x, y, unit, shown_limit)
+        legend.append(
+            '<span class="key"><i style="background:#c62828"></i>rate limit'
+            + ("" if shown_limit else " (above the chart)")
+            + "</span>"
+        )
+    body = _svg(height, title, inner)
+    if legend:
+        body += f'<div class="legend">{"".join(legend)}</div>'
+    return figure(name, title, body, points=len(bars), note=note)
+
+
+def _limit_line(
+    steps: Sequence[tuple[float, float | None]],
+    span: float,
+    x: Callable[[float], float],
+    y: Callable[[float], float],
+    unit: str,
+    shown: bool,
+) -> str:
+    """The rate limit as a step line (dashed), one segment per period it held; a period
+    without a limit has no segment. Each segment carries its value (data-limit)."""
+    parts = []
+    bounds = [max(0.0, o) for o, _ in steps] + [span]
+    for i, (_, value) in enumerate(steps):
+        start, end = min(bounds[i], span), min(bounds[i + 1], span)
+        if value is None or end <= start:
+            continue
+        yy = _num(y(value)) if shown else _num(TOP)
+        parts.append(
+            f'<line class="limit" data-limit="{value:.6g}" data-from="{start:g}" '
+            f'x1="{_num(x(start))}" x2="{_num(x(end))}" y1="{yy}" y2="{yy}" '
+            'stroke="#c62828" stroke-width="1.5" stroke-dasharray="6 4">'
+            f"<title>rate limit {value:g} {escape(unit)}</title></line>"
+        )
+    if parts:
+        last = next((v for _, v in reversed(steps) if v is not None), None)
+        if last is not None:
+            yy = _num(y(last)) if shown else _num(TOP)
+            parts.append(
+                f'<text class="limit-label" x="{W - RIGHT}" y="{yy}" dy="-4" '
+                f'text-anchor="end">limit {last:g} {escape(unit)}</text>'
+            )
+    return f'<g class="limits" data-count="{len(parts)}">{"".join(parts)}</g>'
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,18 +384,32 @@ def vbars(
     tips: Sequence[str],
     note: str = "",
     height: int = 230,
+    log: bool = False,
+    markers: Sequence[tuple[str, float, str]] = (),
 ) -> str:
-    """Vertical bars with a category label under each (the latency histogram)."""
+    """Vertical bars with a category label under each (the latency histogram).
+
+    ``log``: a logarithmic count axis (1, 10, 100...), so that a bar of 3 next to one of
+    20,000 is still seen. ``markers``: (label, position in slots from the left edge,
+    tooltip) drawn as vertical lines (the percentiles)."""
     if not values or not any(values):
         return empty(name, title, "No C-STORE response was timed.")
     bottom = height - BOTTOM
-    ticks = nice_ticks(max(values))
-    top_value = ticks[-1] or 1.0
+    if log:
+        ticks = [0.0] + [10.0**i for i in range(math.ceil(math.log10(max(values))) + 1)]
+        top_value = math.log10(1 + ticks[-1])
+
+        def y(v: float) -> float:
+            return bottom - (bottom - TOP) * math.log10(1 + v) / top_value
+
+    else:
+        ticks = nice_ticks(max(values))
+        linear_top = ticks[-1] or 1.0
+
+        def y(v: float) -> float:
+            return bottom - (bottom - TOP) * v / linear_top
+
     slot = (W - LEFT - RIGHT) / len(values)
-
-    def y(v: float) -> float:
-        return bottom - (bottom - TOP) * v / top_value
-
     parts = [_y_grid(ticks, y, fmt_count)]
     parts.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{bottom}" y2="{bottom}"/>')
     for i, (label, v, tip) in enumerate(zip(labels, values, tips, strict=True)):
@@ -340,4 +421,15 @@ def vbars(
             f'<text x="{_num(x0 + slot / 2)}" y="{bottom + 14}" text-anchor="middle">'
             f"{escape(label)}</text>"
         )
+    for i, (label, position, tip) in enumerate(markers):
+        xx = _num(LEFT + position * slot)
+        parts.append(
+            f'<line class="marker" data-marker="{_a(label)}" data-position="{position:.4g}" '
+            f'x1="{xx}" x2="{xx}" y1="{TOP + 10 * i}" y2="{bottom}" stroke="#222" '
+            f'stroke-width="1.2" stroke-dasharray="3 3"><title>{escape(tip)}</title></line>'
+            f'<text class="marker-label" x="{xx}" y="{TOP + 10 * i}" dx="3" dy="0.6em">'
+            f"{escape(label)}</text>"
+        )
+    if log:
+        parts.append(f'<text class="unit" x="{LEFT}" y="{TOP - 2}">files (log scale)</text>')
     return figure(name, title, _svg(height, title, "".join(parts)), points=len(values), note=note)

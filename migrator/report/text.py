@@ -11,12 +11,10 @@ A job's report ends its totals with what the PACS confirmed at the last `migrato
 
 from __future__ import annotations
 
-import time
-
 from migrator import status as st
 from migrator.report.model import IN_FLIGHT, PLANNER, ReasonGroup, ReportData
 from migrator.report.verification import MISSING_AT_PACS, Verification
-from migrator.units import human_bytes
+from migrator.units import human_bytes, local_time
 
 #: Distinct reasons shown under one status group
 MAX_REASONS = 5
@@ -88,6 +86,17 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
     if data.job:
         named = [w for w in data.workers.values() if w.name != PLANNER]
         rows.append(("Workers:", str(len(named))))
+    if data.studies:
+        incomplete = len(data.studies) - data.studies_complete
+        rows.append(
+            (
+                "Studies:",
+                f"{len(data.studies)}: {data.studies_complete} complete, {incomplete} incomplete",
+            )
+        )
+    sessions = [h for h in data.history if h.get("kind") == "session"]
+    if len(sessions) > 1:
+        rows.append(("Sessions:", ", ".join(_session(h) for h in sessions)))
     mark = "✓" if data.invariant_holds else ("⚠" if data.in_flight else "✗")
     formula = (
         f"{mark} planned {data.planned} = stored {data.stored} + failed {data.failed}"
@@ -103,6 +112,18 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
     elif data.has_ledger:
         lines += ["", f"  Verified against the PACS: {not_verified(data.job)}"]
 
+    bad = [r for r in data.study_rows() if not r.complete]
+    if bad:
+        lines += ["", "  Incomplete studies (Study Instance UID, accession, stored/planned):"]
+        for r in bad[:max_failures]:
+            lines.append(
+                f"    ✗ {r.study_uid}  {r.accession or '-'}  {r.states['stored']}/{r.planned}"
+                + (f", {r.states['failed']} failed" if r.states["failed"] else "")
+                + (f", {r.states[IN_FLIGHT]} in flight" if r.states[IN_FLIGHT] else "")
+            )
+        if len(bad) > max_failures:
+            more = len(bad) - max_failures
+            lines.append(f"    … and {more} more (`migrator report --format csv --by study`)")
     groups = data.failure_groups()
     if groups:
         lines += ["", "  Not stored, by status (DICOM meaning):"]
@@ -121,6 +142,11 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
     for uri, status, reason in data.warned[:max_failures]:
         lines.append(f"  ⚠ {uri}: stored with warning {reason or st.fmt(status)}")
     return "\n".join(lines)
+
+
+def _session(h: dict[str, object]) -> str:
+    seconds = float(str(h.get("ended") or 0)) - float(str(h.get("started") or 0))
+    return f"{h.get('command', 'run')} {seconds:.1f} s"
 
 
 def _group_lines(group: ReasonGroup) -> list[str]:
@@ -145,7 +171,7 @@ def not_verified(job: str | None) -> str:
 
 def verification_lines(v: Verification, *, max_files: int = 50) -> list[str]:
     """The "Verified against the PACS" block: counts, then the first files the PACS lacks."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.checked_at)) if v.checked_at else "-"
+    when = local_time(v.checked_at)
     lines = [f"  Verified against the PACS ({v.method}, {when}, {v.destination}):"]
     pct = f" ({100 * v.confirmed / v.stored:.1f}%)" if v.stored else ""
     rows = [

@@ -64,8 +64,12 @@ def write_corpus(
     series_per_study: int | None = None,
     seed: int = 0,
     transfer_syntax: str = ExplicitVRLittleEndian,
+    accessions: bool = False,
 ) -> list[Path]:
     """Write ``count`` files ``000000.dcm``… in study, then series, then instance order.
+
+    ``accessions``: each study gets an Accession Number (``A`` and its seed and number;
+    empty otherwise, as in every corpus written before it existed).
 
     ``size`` picks a preset from ``SIZES``; ``rows``/``cols``/``frames``/``bits``/``kind``
     override it. Files are spread evenly over ``studies`` (default one per 100 files) of
@@ -105,6 +109,7 @@ def write_corpus(
             patient_id=f"SYNTH{study + 1:04d}",
             instance_number=i + 1,
             series_number=series + 1,
+            accession=f"A{seed % 10000:04d}{study + 1:06d}" if accessions else "",
         )
 
     paths: list[Path] = []

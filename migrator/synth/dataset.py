@@ -170,6 +170,7 @@ def make_dataset(
     patient_id: str = "SYNTH0001",
     instance_number: int = 1,
     series_number: int = 1,
+    accession: str = "",
 ) -> Dataset:
     """One synthetic instance with the attributes a PACS needs and consistent pixel attributes.
 
@@ -203,7 +204,7 @@ def make_dataset(
     ds.SOPInstanceUID = sop_uid
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = DATE
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = TIME
-    ds.AccessionNumber = ""
+    ds.AccessionNumber = accession
     ds.Modality = spec.modality
     ds.Manufacturer = "pacs-migrator synth"
     ds.ReferringPhysicianName = ""

@@ -31,7 +31,7 @@ from migrator.errors import (
     DestinationUnhealthy,
     JobGone,
 )
-from migrator.keys import PREFIX
+from migrator.keys import PREFIX, slots_wanted_key
 from migrator.ledger import Ledger, PlannedFile, Recorded
 from migrator.limits.breaker import Open
 from migrator.outcomes import FileOutcome, State
@@ -128,10 +128,14 @@ def run_batch(
         return _run_claimed(ledger, settings, batch_id, recorder, runtime, task_id, may_wait, stop)
     finally:
         ledger.release_batch(batch_id, token)
-        if settings.max_associations or ledger.client.exists(busy_key(settings.destination)):
-            # Under a fleet-wide cap, or with a PACS that limits associations itself, an
-            # idle association would hold a slot that a worker with work is waiting for:
-            # give it back between batches.
+        dest = settings.destination
+        if ledger.client.exists(busy_key(dest)) or (
+            settings.max_associations and ledger.client.exists(slots_wanted_key(dest))
+        ):
+            # With a PACS that limits associations itself, or under a fleet-wide cap that
+            # another sender found full, an idle association holds a slot that a sender
+            # with work waits for: give it back between batches. (Otherwise keep it for the
+            # next batch: reopening dozens per batch costs round trips on a long link.)
             runtime.pool(settings).close_all()
 
 
@@ -190,6 +194,7 @@ def _run_claimed(
         claims=_LedgerClaims(ledger, sources, by_id),
         observer=runtime.observer(settings),
         breaker=breaker,
+        autotune=runtime.autotune(settings),
         may_wait=may_wait,
         stop=stop,
         tick=recorder.flush_if_due,

@@ -27,7 +27,7 @@ import redis
 from migrator.errors import BatchBusy, MigratorError
 from migrator.ledger import Ledger
 from migrator.settings import Settings
-from migrator.transfer.batch import run_batch
+from migrator.transfer.batch import BatchSummary, run_batch
 from migrator.transfer.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,17 @@ def every(seconds: float, check: Callable[[], bool]) -> Callable[[], bool]:
 
 
 def send_until_ready(
-    ledger: Ledger, stop: Callable[[], bool], abandon: Callable[[], bool] | None = None
+    ledger: Ledger,
+    stop: Callable[[], bool],
+    abandon: Callable[[], bool] | None = None,
+    on_batch: Callable[[str, BatchSummary, float], None] | None = None,
 ) -> int:
     """Run the job's unsettled batches here, last planned first, until ``stop()`` is true
     (looked at before each batch: a batch begun here is sent here, on one association).
     ``abandon()`` ends even a batch half-way (looked at every STOP_CHECK seconds: `run`'s
-    --timeout); what this process did not send stays in flight for the workers. Returns how
-    many batches were run to their end."""
+    --timeout); what this process did not send stays in flight for the workers.
+    ``on_batch(batch_id, summary, seconds)`` is told of each batch run to its end (Flower's
+    events: workers/inline_events.py). Returns how many batches were run to their end."""
     within = every(STOP_CHECK, abandon) if abandon is not None else None
     settings = Settings.from_dict(ledger.config())
     if settings.throttle_delay:
@@ -72,8 +76,9 @@ def send_until_ready(
                 break
             if "." not in ledger.batch_states(batch_id):
                 continue  # settled already (a re-run of the same job)
+            t0 = time.monotonic()
             try:
-                run_batch(
+                summary = run_batch(
                     ledger,
                     batch_id,
                     runtime,
@@ -90,6 +95,8 @@ def send_until_ready(
                 break
             if "." in ledger.batch_states(batch_id):
                 break  # stopped half-way: its workers finish it
+            if on_batch is not None:
+                on_batch(batch_id, summary, time.monotonic() - t0)
             done += 1
     finally:
         runtime.close_all()

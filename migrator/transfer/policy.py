@@ -51,6 +51,7 @@ from migrator.errors import (
     SourceError,
     WouldWait,
 )
+from migrator.limits.adaptive import Autotune
 from migrator.limits.breaker import Breaker
 from migrator.limits.rate import RateLimiter
 from migrator.outcomes import FileOutcome, State
@@ -78,6 +79,11 @@ ABORTED_TWICE = "the PACS aborted the association on this file twice"
 
 
 Sink = Callable[[Job, FileOutcome], None]
+
+
+#: After the fleet-wide cap had no free slot: seconds before asking for more lanes again
+#: (each ask is a round of slot leases in Redis; other senders free theirs at batch ends).
+CAPPED_PAUSE_S = 0.25
 
 
 @dataclass(slots=True)
@@ -110,6 +116,7 @@ class Transfer:
         transform: Transform = identity,
         observer: Observer = NULL_OBSERVER,
         breaker: Breaker | None = None,
+        autotune: Autotune | None = None,
         stop: Callable[[], bool] | None = None,
         may_wait: bool = True,
         on_start: Callable[[Job], None] | None = None,
@@ -145,8 +152,13 @@ class Transfer:
         self._stopped = False
         self._connect_failures = 0
         self._connect_ready_at = 0.0
-        self.lanes = [_Lane() for _ in range(settings.concurrency)]
-        pool.capacity = max(pool.capacity, settings.concurrency)
+        #: -j auto: how many lanes, decided as answers come (migrator/limits/adaptive.py)
+        self._autotune = autotune
+        self._grow_after = 0.0
+        self._opened_ahead = False
+        lanes = autotune.target if autotune is not None else settings.concurrency
+        self.lanes = [_Lane() for _ in range(max(1, lanes))]
+        pool.capacity = max(pool.capacity, settings.max_lanes)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -190,13 +202,15 @@ class Transfer:
 
     def _start_ready(self) -> None:
         now = self._clock()
+        if self._autotune is not None:
+            self._fit_lanes(now)
         self._release_delayed(now)
         if self._waits is not None and self._waits.parked:
             self._waits.recheck(now)
-        for lane in self.lanes:
+        for lane in list(self.lanes):
             # Keep starting on this lane until a file is in flight on it: files settled at
             # once (refused, unreadable) must not leave it idle for a round.
-            while self._ready and not self._stopped and lane.job is None:
+            while self._ready and not self._stopped and lane.job is None and lane in self.lanes:
                 if lane.disabled or self._lane_due(lane) > now:
                     break
                 probe = self._breaker_allows()
@@ -230,6 +244,23 @@ class Transfer:
             )
         )
         return None
+
+    def _fit_lanes(self, now: float) -> None:
+        """As many lanes as the controller wants: more when it grows (not before
+        ``_grow_after`` when the fleet-wide cap had no slot), fewer when it backs off (idle
+        lanes leave at once, busy ones once their answer is in)."""
+        assert self._autotune is not None
+        want = max(1, self._autotune.target)
+        if len(self.lanes) < want and now >= self._grow_after:
+            self.lanes += [_Lane() for _ in range(want - len(self.lanes))]
+            self._opened_ahead = False
+        surplus = len(self.lanes) - want
+        if surplus <= 0:
+            return
+        for lane in [la for la in self.lanes if la.job is None][:surplus]:
+            if lane.conn is not None:
+                self.pool.retire(lane.conn)  # its slot goes back to the fleet now
+            self.lanes.remove(lane)
 
     def _lane_due(self, lane: _Lane) -> float:
         """When ``lane`` may start a file: after its throttle pause, and, when it must open
@@ -312,6 +343,11 @@ class Transfer:
                 self._settle_failed(job, str(exc))
             return
         if isinstance(sent, SendResult):
+            if not sent.ts_sent and sent.outcome is st.Outcome.PERMANENT:
+                # Refused before anything went on the wire (no presentation context): not
+                # an offer to the PACS, so the report says "not sent", not "no response".
+                # (Permanent only: a retried file must count its attempts, or never stop.)
+                job.attempts -= 1
             self._settle(lane, job, sent)
         else:
             lane.job, lane.pending = job, sent
@@ -328,6 +364,8 @@ class Transfer:
             self.pool.checkin(conn)
             lane.conn = None
         alone = not self._working(lane)
+        if not alone and not self._opened_ahead:
+            self._open_ahead(job)
         try:
             lane.conn = self.pool.checkout(job.pair, self._wanted, fresh=fresh, wait=alone)
         except (ConnectError, AssociationRejected) as exc:
@@ -337,6 +375,28 @@ class Transfer:
         self._connect_failures = 0
         return True
 
+    def _open_ahead(self, job: Job) -> None:
+        """Open the associations every lane still lacks side by side (each costs round
+        trips: one after the other, 64 of them 20 ms away hold every answer up for 2.6 s).
+        Only once one is open, so an unreachable PACS costs one connect timeout, not two;
+        then again after -j auto adds lanes."""
+        self._opened_ahead = True
+        missing = sum(1 for la in self.lanes if la.conn is None or not la.conn.alive)
+        if missing < 2:
+            return
+        _, errors = self.pool.open_ahead(job.pair, self._wanted, missing)
+        for exc in errors:
+            if self._autotune is not None and isinstance(exc, SlotTimeout):
+                self._grow_after = self._clock() + CAPPED_PAUSE_S
+                self._autotune.capped(len(self.pool))
+            elif (
+                self._autotune is not None
+                and isinstance(exc, AssociationRejected)
+                and exc.retryable  # busy: fewer lanes
+            ):
+                self._autotune.congestion(str(exc))
+            break  # one reason is enough: the lanes that get none ask on their own
+
     def _connect_failed(
         self, lane: _Lane, exc: ConnectError | AssociationRejected, job: Job
     ) -> None:
@@ -344,6 +404,18 @@ class Transfer:
             self._stop(exc)
             return
         working = self._working(lane)
+        if working and self._autotune is not None:
+            # -j auto: a PACS turning associations away is congestion (fewer lanes); the
+            # fleet-wide cap without a free slot just stops growth for a while.
+            if isinstance(exc, SlotTimeout):
+                # As many as this sender holds (busy or opened ahead, not yet checked
+                # out): at a batch's start most lanes have not picked theirs up yet.
+                self._grow_after = self._clock() + CAPPED_PAUSE_S
+                self._autotune.capped(len(self.pool))
+            else:
+                self._autotune.congestion(str(exc))
+            self.lanes.remove(lane)
+            return
         if working:
             # The PACS (or the fleet-wide cap) allows fewer associations than asked for:
             # go on with those there are.
@@ -405,6 +477,11 @@ class Transfer:
             lane.ready_at = self._clock() + self.settings.throttle_delay
         if sent.outcome is not st.Outcome.TRANSIENT and self._breaker is not None:
             self._breaker.succeeded()  # the PACS answers: whatever it said, it is up
+        if self._autotune is not None and sent.status is not None:
+            if sent.outcome is st.Outcome.TRANSIENT:
+                self._autotune.congestion(sent.error)  # out of resources: fewer lanes
+            else:
+                self._autotune.answered(sent.seconds)
         if sent.outcome in (st.Outcome.STORED, st.Outcome.WARNING):
             out = self._outcome(job, State.STORED, sent.error, sent.status)
             out.ts_sent, out.transcoded = sent.ts_sent, sent.transcoded

@@ -16,7 +16,8 @@ from typing import Any
 
 import redis
 
-from migrator.keys import breaker_key, limiter_key, slots_key
+from migrator.keys import breaker_key, concurrency_key, limiter_key, slots_key, slots_wanted_key
+from migrator.limits.adaptive import Autotune, RedisSignal
 from migrator.limits.breaker import RedisBreaker
 from migrator.limits.rate import RateLimiter
 from migrator.limits.rate_redis import make_redis_limiter
@@ -53,6 +54,7 @@ class Runtime:
     _pools: dict[tuple[Any, ...], ConnectionPool] = field(default_factory=dict)
     _limiters: dict[str, RateLimiter] = field(default_factory=dict)
     _breakers: dict[str, RedisBreaker] = field(default_factory=dict)
+    _autotunes: dict[str, Autotune] = field(default_factory=dict)
 
     def pool(self, settings: Settings) -> ConnectionPool:
         """This process's connections to the job's destination (as negotiated for it:
@@ -69,7 +71,7 @@ class Runtime:
         if pool is None:
             pool = ConnectionPool(
                 DimseDestination(settings),
-                capacity=settings.concurrency,
+                capacity=settings.max_lanes,
                 lease_provider=self._lease_provider(settings),
                 observer=self.observer(settings),
             )
@@ -92,6 +94,16 @@ class Runtime:
             self._breakers[key] = RedisBreaker(self.client, key)
         return self._breakers[key]
 
+    def autotune(self, settings: Settings) -> Autotune | None:
+        """``-j auto``: this process's controller for the destination, kept across batches
+        (what it learnt stays), told of the fleet's congestion through Redis."""
+        if not settings.auto_concurrency:
+            return None
+        key = concurrency_key(settings.destination)
+        if key not in self._autotunes:
+            self._autotunes[key] = Autotune(settings.max_lanes, RedisSignal(self.client, key))
+        return self._autotunes[key]
+
     def close_all(self) -> None:
         for pool in self._pools.values():
             pool.close_all()
@@ -100,7 +112,10 @@ class Runtime:
         if not settings.max_associations:
             return None
         slots = AssociationSlots(
-            self.client, slots_key(settings.destination), settings.max_associations
+            self.client,
+            slots_key(settings.destination),
+            settings.max_associations,
+            wanted_key=slots_wanted_key(settings.destination),
         )
         # Waiting for a slot is bounded by the DIMSE timeout so a batch never hangs.
         wait = max(60.0, settings.dimse_timeout)

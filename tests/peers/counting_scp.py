@@ -21,9 +21,21 @@ from migrator.netutil import free_port
 
 
 class CountingScp:
-    def __init__(self, *, response_delay: float = 0.0, ae_title: str = "COUNTING") -> None:
+    def __init__(
+        self,
+        *,
+        response_delay: float = 0.0,
+        ae_title: str = "COUNTING",
+        a700_above: int | None = None,
+    ) -> None:
         self.ae_title = ae_title
         self.response_delay = response_delay
+        #: A PACS with room for this many associations: a C-STORE that arrives while more
+        #: are open is answered 0xA700 (out of resources) and not stored
+        self.a700_above = a700_above
+        #: (monotonic time, associations open) at every C-STORE answered
+        self.seen_open: list[tuple[float, int]] = []
+        self.refused = 0
         self.port = 0
         self.stores: Counter[str] = Counter()
         self.fail_uids: dict[str, int] = {}
@@ -48,6 +60,10 @@ class CountingScp:
         if self.response_delay:
             time.sleep(self.response_delay)
         with self._lock:
+            self.seen_open.append((time.monotonic(), self.open_now))
+            if self.a700_above is not None and self.open_now > self.a700_above:
+                self.refused += 1
+                return 0xA700
             status = self.fail_uids.get(uid)
             if status is None:
                 self.stores[uid] += 1

@@ -341,6 +341,9 @@ class OrthancPeer:
         r.raise_for_status()
         return r.json()
 
+    def delete(self, path: str) -> None:
+        self._http.delete(f"{self.url}{path}", timeout=30).raise_for_status()
+
     def post(self, path: str, body: Any) -> Any:
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)
         r = self._http.post(f"{self.url}{path}", data=data, timeout=60)

@@ -79,7 +79,7 @@ footer{color:var(--muted);font-size:12px;margin-top:28px}
 }
 """
 
-# Written by hand, no library: sortable tables, a filter for the file list, and a marker
+# Written by hand, no library: sortable tables, filters for the file and study lists, and a marker
 # that the script ran (checked by the tests in headless Chromium).
 JS = """
 (function () {
@@ -116,16 +116,19 @@ JS = """
       });
     });
   });
-  var filter = document.getElementById("problem-filter");
-  if (filter) {
+  function filterRows(inputId, rowsSelector) {
+    var filter = document.getElementById(inputId);
+    if (!filter) { return; }
     filter.addEventListener("input", function () {
       var q = filter.value.toLowerCase();
-      var rows = document.querySelectorAll("#problems tbody tr");
+      var rows = document.querySelectorAll(rowsSelector);
       Array.prototype.forEach.call(rows, function (r) {
         r.hidden = q !== "" && r.textContent.toLowerCase().indexOf(q) < 0;
       });
     });
   }
+  filterRows("problem-filter", "#problems tbody tr");
+  filterRows("study-filter", "#studies-table tbody tr");
   document.documentElement.setAttribute("data-ready", "1");
 })();
 """

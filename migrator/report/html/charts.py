@@ -6,6 +6,8 @@ library and prints as it shows.
 
 from __future__ import annotations
 
+import bisect
+import math
 from typing import Any
 
 from migrator.report import svg
@@ -55,6 +57,9 @@ def all_charts(data: ReportData) -> list[str]:
         if data.job
         else "A `store` run keeps no per-second timeline; `migrator run` jobs do."
     )
+    files_limit, bytes_limit = limit_steps(data)
+    window = smoothing_window(tl.bucket_s, len(pts))
+    smooth = f"average over {window * tl.bucket_s} s" if window else ""
     charts = [
         _outcome_chart(data),
         svg.time_bars(
@@ -68,6 +73,9 @@ def all_charts(data: ReportData) -> list[str]:
             tips=[f"{when(p)}: {p.files_per_s:.1f} files/s ({p.files} files)" for p in pts],
             note=bucket_note,
             empty_text=no_timeline,
+            limit=files_limit,
+            smoothed=moving_average([p.files for p in pts], widths, window),
+            smooth_label=smooth,
         ),
         svg.time_bars(
             "throughput-mb",
@@ -78,12 +86,20 @@ def all_charts(data: ReportData) -> list[str]:
             color=COLORS["mb"],
             unit="MB/s",
             tips=[f"{when(p)}: {p.mb_per_s:.2f} MB/s ({human_bytes(p.bytes)})" for p in pts],
-            note="MB = 10^6 bytes, as file sizes on the source." if pts else "",
+            note=(
+                "MB = 10^6 bytes, as file sizes on the source. A large file counts in the "
+                f"second its answer came: the line ({smooth}) shows the sustained rate."
+                if pts
+                else ""
+            ),
             empty_text=no_timeline,
+            limit=[(o, v / 1e6 if v else None) for o, v in bytes_limit],
+            smoothed=[v / 1e6 for v in moving_average([p.bytes for p in pts], widths, window)],
+            smooth_label=smooth,
         ),
         svg.time_lines(
             "progress",
-            "Cumulative progress",
+            "Cumulative progress and failures",
             offsets=[p.offset + p.width for p in pts],
             lines=[
                 svg.Line("stored", "stored", [p.cum_files for p in pts], COLORS["stored"]),
@@ -94,9 +110,12 @@ def all_charts(data: ReportData) -> list[str]:
                     COLORS["settled"],
                     dashed=True,
                 ),
+                # Failures over time: when the PACS started refusing, and whether it stopped.
+                svg.Line("failed", "failed", [p.cum_failed for p in pts], COLORS["failed"]),
             ],
             tips=[
-                f"{when(p)}: {num(p.cum_files)} stored, {num(p.cum_settled)} with an outcome"
+                f"{when(p)}: {num(p.cum_files)} stored, {num(p.cum_settled)} with an outcome, "
+                f"{num(p.cum_failed)} failed"
                 for p in pts
             ],
             span=(pts[-1].offset + pts[-1].width) if pts else 0,
@@ -111,6 +130,55 @@ def all_charts(data: ReportData) -> list[str]:
         _worker_chart(data),
     ]
     return charts
+
+
+def limit_steps(
+    data: ReportData,
+) -> tuple[list[tuple[float, float | None]], list[tuple[float, float | None]]]:
+    """The job's rate limits over time, (offset from the timeline's start, value) steps for
+    files/s and bytes/s: its settings, then each `migrator limit` (the job's history).
+    Empty when it never had one."""
+    start = float(data.timeline.start or data.started)
+    files: list[tuple[float, float | None]] = [(0.0, _positive(data.settings.get("rate_limit")))]
+    nbytes: list[tuple[float, float | None]] = [
+        (0.0, _positive(data.settings.get("rate_limit_bytes")))
+    ]
+    for entry in data.history:
+        if entry.get("kind") != "limit":
+            continue
+        at = float(entry.get("at") or start) - start
+        files.append((at, _positive(entry.get("files_per_s"))))
+        nbytes.append((at, _positive(entry.get("bytes_per_s"))))
+    return (
+        files if any(v for _, v in files) else [],
+        nbytes if any(v for _, v in nbytes) else [],
+    )
+
+
+def _positive(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def smoothing_window(bucket_s: int, points: int) -> int:
+    """Buckets averaged for the throughput lines: ~5 s (at least 3 buckets); none for a
+    single bucket (nothing to smooth). A job of 2-3 s still gets its line: how long a job
+    lasts depends on the machine, and the chart should not change kind with it."""
+    if points < 2:
+        return 0
+    return max(3, math.ceil(5 / max(1, bucket_s)))
+
+
+def moving_average(amounts: list[int], widths: list[int], window: int) -> list[float]:
+    """Per bucket, the amount per second over the ``window`` buckets centred on it (fewer
+    at the ends): a large file answered in one second is spread over its neighbours."""
+    if not window:
+        return []
+    half = window // 2
+    out = []
+    for i in range(len(amounts)):
+        lo, hi = max(0, i - half), min(len(amounts), i + half + 1)
+        out.append(sum(amounts[lo:hi]) / max(1, sum(widths[lo:hi])))
+    return out
 
 
 def _outcome_chart(data: ReportData) -> str:
@@ -272,12 +340,31 @@ def _latency_chart(data: ReportData) -> str:
         if lat.count
         else ""
     )
+    markers = []
+    if lat.count:
+        for p in (50, 90, 99):
+            value = lat.percentile(p)
+            markers.append((f"p{p}", bin_position(value) - lo, f"p{p}: {ms(value)}"))
     return svg.vbars(
         "latency",
-        "C-STORE latency distribution",
+        "C-STORE latency distribution (log scale)",
         labels[lo:hi],
         [float(n) for n in bins[lo:hi]],
         color=COLORS["latency"],
         tips=[f"{full[i]}: {num(bins[i])} files" for i in range(lo, hi)],
         note=note,
+        log=True,
+        markers=markers,
     )
+
+
+def bin_position(seconds: float) -> float:
+    """Where a latency falls on the histogram, in bins from the first one's left edge: its
+    bin's index plus its place inside the bin on a log scale (bins grow 2-2.5× each)."""
+    i = bisect.bisect_right(LATENCY_BINS, seconds)
+    low = LATENCY_BINS[i - 1] if i > 0 else LATENCY_BINS[0] / 2
+    high = LATENCY_BINS[i] if i < len(LATENCY_BINS) else LATENCY_BINS[-1] * 2
+    if seconds <= low:
+        return float(i)
+    inside = math.log(min(seconds, high) / low) / math.log(high / low)
+    return i + min(1.0, inside)

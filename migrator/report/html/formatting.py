@@ -1,12 +1,16 @@
-"""How the HTML report writes a value: escaped, numbers with thousands separators, local times.
+"""How the reports write a value: escaped, numbers with thousands separators, local times
+with their UTC offset.
 
 Shared by the page's header and KPI cards, the charts and the tables.
 """
 
 from __future__ import annotations
 
-import time
 from html import escape
+
+from migrator.units import iso_time, local_time
+
+__all__ = ["esc", "iso_time", "local_time", "num", "pct"]
 
 
 def esc(value: object) -> str:
@@ -15,12 +19,6 @@ def esc(value: object) -> str:
 
 def num(value: int) -> str:
     return f"{value:,}"
-
-
-def local_time(epoch: float | None) -> str:
-    if not epoch:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 def pct(part: int, whole: int) -> str:

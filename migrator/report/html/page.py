@@ -16,8 +16,10 @@ from migrator.report.html.formatting import esc, local_time, num, pct
 from migrator.report.html.tables import (
     config_table,
     failures_section,
+    history_table,
     problems_section,
     status_table,
+    studies_section,
     uid_table,
     verification_section,
     worker_table,
@@ -58,6 +60,7 @@ def render(data: ReportData) -> str:
         *all_charts(data),
         "</div></section>",
         failures_section(data),
+        studies_section(data),
         verification_section(data),
         '<section><h2>Details</h2><div class="tables">',
         status_table(data),
@@ -66,6 +69,7 @@ def render(data: ReportData) -> str:
         uid_table("Transfer syntaxes sent (stored files)", "ts-sent", data.ts_sent),
         worker_table(data),
         config_table(data),
+        history_table(data),
         "</div></section>",
         problems_section(data),
         f"<footer>Generated {esc(local_time(data.generated))} by pacs-migrator. Counts come from "
@@ -89,12 +93,18 @@ def _header(data: ReportData) -> str:
     fatal = f'<p class="state-failed">✗ {esc(data.fatal)}</p>' if data.fatal else ""
     job = f"Job <code>{esc(data.job)}</code> → " if data.job else ""
     running = " (still running when this report was made)" if data.live else ""
+    sessions = sum(1 for h in data.history if h.get("kind") == "session")
+    spent = (
+        f"; {_duration(data.duration)} spent sending over {sessions} sessions"
+        if sessions > 1
+        else ""
+    )
     return (
         f"<header><h1>Migration report</h1>"
         f'<div class="sub">{job}{esc(data.server)}</div>'
         f'<div class="sub">Started {esc(local_time(data.started))}, '
         f"{'last update' if data.live else 'finished'} "
-        f"{esc(local_time(data.finished))}{running}</div>"
+        f"{esc(local_time(data.finished))}{running}{esc(spent)}</div>"
         f'<div class="badge {badge}" id="headline">{esc(headline(data))}</div>{fatal}</header>'
     )
 

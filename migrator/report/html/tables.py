@@ -236,3 +236,98 @@ def problems_section(data: ReportData) -> str:
         f'<th class="n">Attempts</th></tr></thead><tbody>{rows}</tbody></table>{more}'
         "</div></section>"
     )
+
+
+#: Rows of the per-study table; `migrator report JOB --format csv --by study` has them all.
+MAX_STUDY_ROWS = 2000
+
+
+def studies_section(data: ReportData) -> str:
+    """Which studies are complete: one row per study (incomplete ones first), with its
+    Accession Number and modality when the plan has them; no patient data."""
+    if not data.has_ledger:
+        return ""
+    rows_all = data.study_rows()
+    shown = rows_all[:MAX_STUDY_ROWS]
+    rows = []
+    for r in shown:
+        s = r.states
+        mark = "✓" if r.complete else "✗"
+        rows.append(
+            f'<tr class="{"complete" if r.complete else "incomplete"}" '
+            f'data-complete="{int(r.complete)}"><td class="mono">{esc(r.study_uid)}</td>'
+            f"<td>{esc(r.accession or '-')}</td><td>{esc(r.modality or '-')}</td>"
+            f'<td class="n" data-v="{r.planned}">{num(r.planned)}</td>'
+            f'<td class="n" data-v="{s["stored"]}">{num(s["stored"])}</td>'
+            f'<td class="n" data-v="{s["failed"]}">{num(s["failed"])}</td>'
+            f'<td class="n" data-v="{s["skipped"]}">{num(s["skipped"])}</td>'
+            f'<td class="n" data-v="{s[IN_FLIGHT]}">{num(s[IN_FLIGHT])}</td>'
+            f'<td class="{"state-stored" if r.complete else "state-failed"}">{mark}</td></tr>'
+        )
+    if not rows:
+        rows.append('<tr><td colspan="9">No study: no DICOM file was planned.</td></tr>')
+    notes = []
+    if len(rows_all) > len(shown):
+        notes.append(
+            f"{num(len(rows_all) - len(shown))} more studies (all complete) are in "
+            f"`migrator report {esc(data.job)} --format csv --by study`."
+        )
+    if data.no_study:
+        notes.append(
+            f"{num(data.no_study)} files have no Study Instance UID in the plan (not DICOM, "
+            "refused at planning, or planned from a manifest and not read yet): not counted "
+            "here."
+        )
+    notes.append(
+        "Complete: every instance has an outcome and none failed (a skipped duplicate of a "
+        "stored instance counts as done). Accession and modality as the planner read them."
+    )
+    note = "".join(f'<p class="note">{n}</p>' for n in notes)
+    incomplete = len(rows_all) - data.studies_complete
+    return (
+        f'<section id="studies"><h2>Studies ({num(len(rows_all))}: '
+        f"{num(data.studies_complete)} complete, {num(incomplete)} incomplete)</h2>"
+        '<div class="card"><input type="search" id="study-filter" class="no-print" '
+        'placeholder="Filter by Study UID, accession or modality">'
+        '<table class="sortable" id="studies-table"><thead><tr><th>Study Instance UID</th>'
+        '<th>Accession</th><th>Modality</th><th class="n">Planned</th><th class="n">Stored</th>'
+        '<th class="n">Failed</th><th class="n">Skipped</th><th class="n">In flight</th>'
+        f"<th>Complete</th></tr></thead><tbody>{''.join(rows)}</tbody></table>{note}"
+        "</div></section>"
+    )
+
+
+def history_table(data: ReportData) -> str:
+    """The job's sending sessions and the changes made to it, in order."""
+    if not data.history:
+        return ""
+    rows = []
+    for h in data.history:
+        kind = h.get("kind")
+        if kind == "session":
+            what = f"{h.get('command', 'run')}"
+            when = local_time(h.get("started"))
+            seconds = float(h.get("ended") or 0) - float(h.get("started") or 0)
+            detail = f"{seconds:.1f} s sending to {h.get('destination', '-')}"
+            if h.get("interrupted"):
+                detail += ", interrupted"
+            elif not h.get("complete"):
+                detail += ", stopped with files in flight"
+        elif kind == "destination":
+            what, when = "destination changed", local_time(h.get("at"))
+            detail = f"{h.get('from')} → {h.get('to')} (migrator retry)"
+        elif kind == "limit":
+            what, when = "rate limit", local_time(h.get("at"))
+            files, nbytes = h.get("files_per_s"), h.get("bytes_per_s")
+            detail = (
+                f"{'no file limit' if not files else f'{files:g} files/s'}, "
+                f"{'no byte limit' if not nbytes else f'{nbytes / 1e6:g} MB/s'} (migrator limit)"
+            )
+        else:
+            what, when, detail = str(kind), local_time(h.get("at")), json.dumps(h)
+        rows.append(f"<tr><td>{esc(when)}</td><td>{esc(what)}</td><td>{esc(detail)}</td></tr>")
+    return _card(
+        "History (sessions and changes)",
+        '<table id="history"><thead><tr><th>When</th><th>What</th><th>Detail</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>",
+    )

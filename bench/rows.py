@@ -1,0 +1,57 @@
+"""What the smaller benches (latency_bench.py, orthanc_bench.py) share: one row of timed
+runs, the goals table, and the exit status of a bench that could not run."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.measure import SetupError
+
+#: (what, measured, met)
+Goal = tuple[str, float, bool]
+
+
+@dataclass
+class Row:
+    """One sender in one condition (an RTT, a receiver): its timed runs and failures."""
+
+    sender: str
+    where: str
+    files: int
+    seconds: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float | None:
+        """files/s of the median run (None: no run succeeded)."""
+        return self.files / statistics.median(self.seconds) if self.seconds else None
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """The corpus, the timeout, DCMTK's folder and the JSON output."""
+    p.add_argument("--corpus-dir", type=Path, help="make (or reuse) the corpus here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=600, help="per run, seconds")
+    p.add_argument("--dcmtk-dir", type=Path)
+    p.add_argument("--json", type=Path, metavar="FILE")
+
+
+def print_goals(goals: Sequence[Goal], issue: int) -> None:
+    if goals:
+        print(f"\n| goal (issue {issue}) | measured | |\n|---|---:|---|")
+        for what, value, ok in goals:
+            print(f"| {what} | {value:.2f} | {'met' if ok else 'NOT met'} |")
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Exit with ``main()``'s status, or 2 when the bench could not run."""
+    try:
+        sys.exit(main())
+    except SetupError as exc:
+        print(f"bench could not run: {exc}", file=sys.stderr)
+        sys.exit(2)
