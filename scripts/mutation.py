@@ -75,6 +75,27 @@ class Target:
     lua: bool = False
 
 
+#: dicomfile's header checks: its own tests and the in-process ones of the bad-input
+#: corpus (not those that run store/run against Orthanc: minutes per mutant)
+DICOMFILE_TESTS: tuple[str, ...] = (
+    "tests/test_dicomfile.py",
+    *(
+        f"tests/test_bad_inputs.py::{name}"
+        for name in (
+            "test_a_cut_encapsulated_file_is_truncated_and_trailing_elements_are_fine",
+            "test_truncation_is_found_past_a_header_longer_than_the_first_read",
+            "test_a_head_is_enough_when_pixel_data_starts_in_it",
+            "test_one_bit_pixel_data_is_measured_in_bits",
+            "test_sound_files_pass_the_damage_checks",
+            "test_pydicoms_truncated_samples_are_caught",
+            "test_a_named_pipe_given_by_name_is_refused_without_blocking",
+            "test_missing_sop_uids_fail_dicom_and_skip_what_only_looks_like_a_dataset",
+            "test_a_file_cut_anywhere_is_never_sent_as_whole",
+            "test_a_cut_after_pixel_data_is_truncated_too",
+        )
+    ),
+)
+
 # The fast tests that pin each core module. Listing a file takes all its tests; the run
 # picks, per mutant, those that executed the mutated lines.
 TARGETS: list[Target] = [
@@ -147,10 +168,10 @@ TARGETS: list[Target] = [
         "migrator/transfer/pool.py",
         ("tests/test_transfer_unit.py", "tests/test_pool_peers.py"),
     ),
-    Target("dicomfile_inspect", "migrator/dicomfile/inspect.py", ("tests/test_dicomfile.py",)),
-    Target("dicomfile_damage", "migrator/dicomfile/damage.py", ("tests/test_dicomfile.py",)),
-    Target("dicomfile_encoding", "migrator/dicomfile/encoding.py", ("tests/test_dicomfile.py",)),
-    Target("dicomfile_header", "migrator/dicomfile/header.py", ("tests/test_dicomfile.py",)),
+    Target("dicomfile_inspect", "migrator/dicomfile/inspect.py", DICOMFILE_TESTS),
+    Target("dicomfile_damage", "migrator/dicomfile/damage.py", DICOMFILE_TESTS),
+    Target("dicomfile_encoding", "migrator/dicomfile/encoding.py", DICOMFILE_TESTS),
+    Target("dicomfile_header", "migrator/dicomfile/header.py", DICOMFILE_TESTS),
 ]
 
 
