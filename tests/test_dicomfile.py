@@ -13,11 +13,13 @@ from migrator.dicomfile import (
     EXPLICIT_BE,
     EXPLICIT_LE,
     IMPLICIT_LE,
+    InvalidInstanceError,
     NotDicomError,
     TruncatedError,
     inspect_bytes,
     inspect_file,
 )
+from migrator.dicomfile.header import build_header
 from migrator.errors import SourceError
 from migrator.outcomes import State
 from migrator.sources.inspect import refusal
@@ -137,3 +139,37 @@ def test_header_longer_than_first_read_is_widened(tmp_path: Path) -> None:
     ds.save_as(path)
     h = inspect_file(str(path))
     assert h.study_uid == ds.StudyInstanceUID
+
+
+# -- the header checks on what was read (mutation survivors of build_header) ---------------
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "missing"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.7", "", "SOP Instance UID"),
+        ("", "1.2.3.4", "SOP Class UID"),
+        ("", "", "SOP Class UID and SOP Instance UID"),
+    ],
+)
+def test_a_missing_sop_uid_is_named_and_fails_a_recognisable_instance(
+    sop_class: str, sop_instance: str, missing: str
+) -> None:
+    """A File Meta, or other UIDs found: a damaged instance (failed, naming exactly the UID
+    that is missing); neither: not DICOM at all (skipped)."""
+    with pytest.raises(InvalidInstanceError, match=f"^invalid instance: no {missing} in the"):
+        build_header(sop_class, sop_instance, EXPLICIT_LE, {}, 132, 1000, True)
+    found = {"study_uid": "1.2.3"}
+    with pytest.raises(InvalidInstanceError, match=f"no {missing} in the"):
+        build_header(sop_class, sop_instance, EXPLICIT_LE, found, 0, 1000, False)
+    with pytest.raises(NotDicomError, match=f"^not a DICOM file: no {missing} in what reads"):
+        build_header(sop_class, sop_instance, EXPLICIT_LE, {}, 0, 1000, False)
+
+
+def test_a_file_meta_ending_exactly_at_the_end_of_the_file_is_not_truncated() -> None:
+    """A dataset may be empty after its File Meta (the header ends at the file's end); a
+    header that claims to end past it is truncated."""
+    header = build_header("1.2", "1.2.3", EXPLICIT_LE, {}, 200, 200, True)
+    assert (header.dataset_offset, header.size) == (200, 200)
+    with pytest.raises(TruncatedError, match="truncated inside the File Meta header"):
+        build_header("1.2", "1.2.3", EXPLICIT_LE, {}, 201, 200, True)
