@@ -13,6 +13,7 @@ import pytest
 
 from migrator.errors import ConnectError, TransientError
 from migrator.keys import slots_key
+from migrator.limits import slots as slots_module
 from migrator.limits.slots import AssociationSlots, SlotTimeout
 from tests.peers.redis import RedisPeer, redis_peer
 
@@ -117,6 +118,31 @@ def test_acquire_timeout_is_a_transient_connect_error(shared_redis: RedisPeer) -
     assert isinstance(info.value, SlotTimeout)
     assert isinstance(info.value, TransientError)
     assert key in str(info.value)
+
+
+def test_a_waiter_polls_every_50_to_100_ms(
+    shared_redis: RedisPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pauses between a waiter's attempts: jittered between POLL_MIN_S and POLL_MAX_S
+    (a freed slot is taken within ~0.1 s), the last one cut to what is left of the
+    timeout. Measured as asked of sleep(), not by the clock: exact on a loaded machine."""
+    key = _key()
+    holder = AssociationSlots(shared_redis.client(), key, 1)
+    holder.acquire(timeout=0)
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(slots_module.time, "sleep", sleep)
+    with pytest.raises(SlotTimeout):
+        AssociationSlots(shared_redis.client(), key, 1).acquire(timeout=0.6)
+    monkeypatch.undo()
+    assert len(pauses) >= 3, pauses
+    assert all(0.05 <= p <= 0.1 for p in pauses[:-1]), pauses
+    assert 0 < pauses[-1] <= 0.1, pauses
 
 
 def test_release_frees_the_slot_at_once(shared_redis: RedisPeer) -> None:
