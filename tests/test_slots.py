@@ -178,6 +178,21 @@ def test_key_vanishes_after_the_last_lease(shared_redis: RedisPeer) -> None:
     assert 1000 < client.pttl(key) <= 2000
 
 
+def test_the_key_lives_as_long_as_its_longest_lease(shared_redis: RedisPeer) -> None:
+    """A short lease taken after a long one must not shorten the key's life: the long
+    lease (another worker's association) is still counted once the short one is gone."""
+    key = _key()
+    client = shared_redis.client()
+    long_ = AssociationSlots(client, key, 2, lease_seconds=30.0)
+    short = AssociationSlots(client, key, 2, lease_seconds=0.2)
+    token = long_.acquire(timeout=0)
+    short.acquire(timeout=0)
+    assert 29_000 < client.pttl(key) <= 31_000
+    time.sleep(1.5)  # the short lease and a second more: gone
+    assert long_.held() == 1
+    assert long_.refresh(token) is True
+
+
 def test_bad_arguments_are_rejected(shared_redis: RedisPeer) -> None:
     client = shared_redis.client()
     with pytest.raises(ValueError):
