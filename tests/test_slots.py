@@ -10,11 +10,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from migrator.errors import ConnectError, TransientError
 from migrator.keys import slots_key
 from migrator.limits import slots as slots_module
 from migrator.limits.slots import AssociationSlots, SlotTimeout
+from migrator.netutil import free_port
 from tests.peers.redis import RedisPeer, redis_peer
 
 pytestmark = pytest.mark.timeout(60)
@@ -199,6 +201,56 @@ def test_bad_arguments_are_rejected(shared_redis: RedisPeer) -> None:
         AssociationSlots(client, _key(), 0)
     with pytest.raises(ValueError):
         AssociationSlots(client, _key(), 1, lease_seconds=0)
+    for limit in (True, 2.0, "2"):  # a bool is an int to Python, not a number of slots
+        with pytest.raises(ValueError, match="whole number"):
+            AssociationSlots(client, _key(), limit)  # type: ignore[arg-type]
+
+
+def test_the_lease_is_30_s_unless_told_and_kept_to_the_millisecond(
+    shared_redis: RedisPeer,
+) -> None:
+    client = shared_redis.client()
+    assert AssociationSlots(client, _key(), 1).lease_seconds == 30.0
+    key = _key()
+    slots = AssociationSlots(client, key, 1, lease_seconds=2.5)
+    assert slots.lease_seconds == 2.5
+    token = slots.acquire(timeout=0)
+    score = client.zscore(key, token)
+    now_ms = int(client.time()[0]) * 1000 + int(client.time()[1]) // 1000
+    assert score is not None and 2400 <= score - now_ms <= 2500
+
+
+def test_a_waiter_marks_the_slots_wanted_and_a_mere_try_does_not(
+    shared_redis: RedisPeer,
+) -> None:
+    """``wanted()``: a sender waited for a slot in the last 2 s (the holders of idle
+    associations then give them back between batches); one that only tried (timeout 0,
+    -j auto growing) does not count; without a wanted key, never."""
+    client = shared_redis.client()
+    key, wanted_key = _key(), _key() + ":wanted"
+    holder = AssociationSlots(client, key, 1, wanted_key=wanted_key)
+    holder.acquire(timeout=0)
+    assert not holder.wanted()
+    with pytest.raises(SlotTimeout):
+        holder.acquire(timeout=0)
+    assert not holder.wanted()
+    with pytest.raises(SlotTimeout):
+        AssociationSlots(client, key, 1, wanted_key=wanted_key).acquire(timeout=0.1)
+    assert holder.wanted()
+    assert 1000 < client.pttl(wanted_key) <= 2000
+    assert not AssociationSlots(client, key, 1).wanted()
+
+
+def test_a_waiter_that_cannot_reach_redis_says_so_once_and_in_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    slots = AssociationSlots(dead, _key(), 1)
+    refused = pytest.raises(SlotTimeout, match=r"stayed busy for 0.3 s \(redis: .*refused")
+    with caplog.at_level("WARNING", logger="migrator.limits.slots"), refused:
+        slots.acquire(timeout=0.3)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "redis unreachable while waiting" in warnings[0], warnings
 
 
 def test_acquire_survives_a_redis_restart(redis_server: RedisPeer) -> None:
