@@ -9,11 +9,13 @@ worker processes (its REST API shows which copy it holds).
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,6 +237,19 @@ def test_sizes_unknown_to_the_plan_are_compared_once_the_files_are_open(
         State.FAILED,
         duplicates.conflict_reason(uid, str(a)),
     )
+
+
+def test_the_comparison_closes_both_files(four: dict[str, Path]) -> None:
+    """Every file the comparison opens is closed when it ends (a job compares thousands):
+    an unclosed one would show as a ResourceWarning when it is freed."""
+    a, edit, copy = four["A"], four["A'"], four["A''"]
+    uid = sop_uid(a)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        assert duplicates.same_content(local(copy, uid), local(a, uid))
+        assert not duplicates.same_content(local(edit, uid), local(a, uid))
+        gc.collect()
+    assert [w for w in seen if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_a_file_whose_size_the_system_does_not_report_is_compared_by_its_bytes(
