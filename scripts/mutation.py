@@ -1,6 +1,7 @@
 """Mutation testing of the core modules (issue 23): small deliberate bugs, and whether the
-tests notice them. Not part of the CI test command (it takes ~20-30 min on 2 cores).
+tests notice them. Not part of the CI test command (minutes per module: docs/testing.md).
 
+    nice -n 19 .venv/bin/python scripts/mutation.py -t status -j 1   # one module (as measured)
     .venv/bin/python scripts/mutation.py                 # every target, 2 workers
     .venv/bin/python scripts/mutation.py -t status -t duplicates -j 1
     .venv/bin/python scripts/mutation.py --list -t rate_redis   # the mutants, not run
@@ -10,12 +11,11 @@ Run it from the repository (a fresh clone after ``bash scripts/bootstrap.sh --de
 real peers the tests use (redis-server) must be installed. The tree is copied once per
 worker into a temporary folder: the working copy is never modified.
 
-Why a small mutator of our own (docs/testing.md has the measurements): mutmut 3.8 crashed on
-this suite with its default fork isolation (the tests start peers whose exits it reaps as
-its own), missed code run in subprocesses, and spends most mutants on message texts;
-cosmic-ray re-runs pytest from scratch per mutant (~3.3 s each with the smallest test file:
-~4 h for these modules), edits the working tree in place, and neither mutates the Lua
-scripts, where the limiter, the slots and the ledger keep their arithmetic.
+Why a small mutator of our own (docs/testing.md): the limiter, the slots and the ledger keep
+their arithmetic in Lua scripts, which neither mutmut nor cosmic-ray mutates, and the tests
+start peers and subprocesses (``migrator scp``, workers) that a mutant must reach. An earlier
+trial noted that mutmut 3.8 crashed under its fork isolation with these tests and that
+cosmic-ray re-ran pytest per mutant at ~3.3 s each; those figures were not measured again.
 
 How it works:
 
