@@ -19,7 +19,8 @@ from migrator.dicomfile import (
     inspect_bytes,
     inspect_file,
 )
-from migrator.dicomfile.header import build_header
+from migrator.dicomfile import inspect as inspect_module
+from migrator.dicomfile.header import DicomHeader, build_header
 from migrator.errors import SourceError
 from migrator.outcomes import State
 from migrator.sources.inspect import refusal
@@ -173,3 +174,37 @@ def test_a_file_meta_ending_exactly_at_the_end_of_the_file_is_not_truncated() ->
     assert (header.dataset_offset, header.size) == (200, 200)
     with pytest.raises(TruncatedError, match="truncated inside the File Meta header"):
         build_header("1.2", "1.2.3", EXPLICIT_LE, {}, 201, 200, True)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_jp2klossless.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "MR_small_RLE.dcm",
+        "rtplan.dcm",
+        "rtstruct.dcm",  # no File Meta: implicit VR sniffed
+        "ExplVR_BigEndNoMeta.dcm",  # no File Meta: explicit VR big endian sniffed
+    ],
+)
+def test_common_files_are_read_by_the_fast_parser_alone(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only deflated datasets (and what the fast parser cannot make sense of) go to
+    pydicom, which reads the whole file: these must not, or every file of an archive would
+    cost a full read. Same header from a path and from bytes."""
+
+    def no_fallback(*args: object, **kwargs: object) -> DicomHeader:
+        raise AssertionError("the fast parser gave up on a plain file")
+
+    monkeypatch.setattr(inspect_module, "inspect_with_pydicom", no_fallback)
+    path = _testfile(name)
+    h = inspect_file(path)
+    ds = pydicom.dcmread(path, force=True)
+    assert (h.sop_class_uid, h.sop_instance_uid) == (ds.SOPClassUID, ds.SOPInstanceUID)
+    assert h.study_uid == ds.StudyInstanceUID and h.series_uid == ds.SeriesInstanceUID
+    data = Path(path).read_bytes()
+    assert inspect_bytes(data, name) == h
