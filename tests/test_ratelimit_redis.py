@@ -186,17 +186,31 @@ def test_retry_redis_backs_off_from_50_ms_doubling_to_1_s() -> None:
         assert step * 0.5 <= pause <= step, (slept, steps)
 
 
+@pytest.mark.parametrize("failures", [1, 3])
 def test_retry_redis_warns_once_and_says_when_redis_is_back(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, failures: int
 ) -> None:
-    call, _ = _flaky(3)
+    call, _ = _flaky(failures)
     with caplog.at_level("INFO", logger="migrator.limits.rate_redis"):
         retry_redis(call, "a test", outage_s=60.0, sleep=lambda s: None)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
-        "redis unreachable during a test (Connection refused); retrying",
-        "redis reachable again for a test after 3 failed attempts",
+        "redis unreachable during a test (Connection refused); retrying",  # at the first
+        f"redis reachable again for a test after {failures} failed attempts",
     ], lines
+
+
+def test_the_fallback_byte_burst_applies_without_a_conf_hash(shared_redis: RedisPeer) -> None:
+    """The worker's own limits, burst included, while no limits are stored: 10-byte burst
+    at 1000 B/s, so a second 10-byte file waits for the first's 5 bytes to drain."""
+    client = shared_redis.client()
+    fallback = Limits(bytes_per_s=1000.0, burst_bytes=10)
+    limiter = RedisLimiter(client, _key(), fallback)
+    tats = [-math.inf, -math.inf]
+    for nbytes in (5, 10, 10):
+        tats, expected = gcra_reserve(tats, fallback.buckets(), (1, nbytes), EPOCH)
+        assert limiter.reserve_at(EPOCH, 1, nbytes) == expected
+    assert expected > 0
 
 
 def test_a_long_owed_wait_keeps_the_state_until_it_is_paid(shared_redis: RedisPeer) -> None:
