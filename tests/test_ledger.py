@@ -160,18 +160,18 @@ def test_a_redelivered_batch_that_stores_a_failed_file_moves_it_between_counters
 
 
 def test_warnings_and_transcoded_files_are_counted_each_once(ledger: Ledger) -> None:
-    files = ledger.add_batch("b1", [planned(i) for i in range(4)])
-    plain, warned, transcoded, both = (outcome(f, State.STORED) for f in files)
-    warned.warning = True
-    transcoded.transcoded = True
-    both.warning = both.transcoded = True
+    files = ledger.add_batch("b1", [planned(i) for i in range(6)])
+    outcomes = [outcome(f, State.STORED) for f in files]
+    for o, (warning, transcoded) in zip(
+        outcomes, [(0, 0), (1, 0), (1, 0), (1, 1), (0, 1), (1, 0)], strict=True
+    ):
+        o.warning, o.transcoded = bool(warning), bool(transcoded)
     now = time.time()
-    outcomes = (plain, warned, transcoded, both)
     entries = [(f.file_id, o, now) for f, o in zip(files, outcomes, strict=True)]
     ledger.record_many(entries)
     ledger.record_many(entries)  # a redelivery changes nothing
     counts = ledger.counts()
-    assert (counts["stored"], counts["warnings"], counts["transcoded"]) == (4, 2, 2)
+    assert (counts["stored"], counts["warnings"], counts["transcoded"]) == (6, 4, 2)
 
 
 def test_outcomes_for_a_job_planned_anew_are_refused_and_not_written(ledger: Ledger) -> None:
