@@ -9,6 +9,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from migrator import synth
 from migrator.dicomfile import (
     EXPLICIT_BE,
     EXPLICIT_LE,
@@ -208,3 +209,26 @@ def test_common_files_are_read_by_the_fast_parser_alone(
     assert h.study_uid == ds.StudyInstanceUID and h.series_uid == ds.SeriesInstanceUID
     data = Path(path).read_bytes()
     assert inspect_bytes(data, name) == h
+
+
+def test_links_that_lead_nowhere_are_named_for_what_they_are(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.dcm"
+    broken.symlink_to(tmp_path / "nowhere.dcm")
+    with pytest.raises(SourceError, match=r"^broken symbolic link: its target .*nowhere\.dcm"):
+        inspect_file(str(broken))
+    loop = tmp_path / "loop.dcm"
+    loop.symlink_to(loop)
+    with pytest.raises(SourceError, match=r"^symbolic link loop: the link leads back to itself"):
+        inspect_file(str(loop))
+
+
+def test_accession_number_and_modality_are_read_with_the_uids(tmp_path: Path) -> None:
+    """The header also gives what the report groups by (accession, modality) and the
+    study and series; read by the fast parser, as pydicom reads them."""
+    ds = synth.make_dataset(seed=5, rows=16, cols=16)
+    ds.AccessionNumber = "ACC-0042"
+    ds.Modality = "MR"
+    path = synth.write_dataset(ds, tmp_path / "acc.dcm")
+    h = inspect_file(str(path))
+    assert (h.accession, h.modality) == ("ACC-0042", "MR")
+    assert (h.study_uid, h.series_uid) == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
