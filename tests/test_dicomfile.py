@@ -232,3 +232,30 @@ def test_accession_number_and_modality_are_read_with_the_uids(tmp_path: Path) ->
     h = inspect_file(str(path))
     assert (h.accession, h.modality) == ("ACC-0042", "MR")
     assert (h.study_uid, h.series_uid) == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
+
+
+def test_a_file_of_preamble_and_dicm_alone_is_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "only-dicm.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM")  # 132 bytes: the File Meta would start here
+    with pytest.raises(TruncatedError, match=r"ends inside its File Meta header \(132 bytes\)"):
+        inspect_file(str(path))
+
+
+def test_sop_uids_missing_from_the_dataset_are_taken_from_the_file_meta(tmp_path: Path) -> None:
+    ds = synth.make_dataset(seed=6, rows=8, cols=8)
+    uids = (ds.SOPClassUID, ds.SOPInstanceUID)
+    full = synth.write_dataset(ds, tmp_path / "full.dcm")
+    stripped = pydicom.dcmread(full)
+    del stripped.SOPInstanceUID, stripped.SOPClassUID  # the File Meta keeps its copies
+    stripped.save_as(tmp_path / "stripped.dcm")
+    h = inspect_file(str(tmp_path / "stripped.dcm"))
+    assert (h.sop_class_uid, h.sop_instance_uid) == uids
+
+
+def test_inspecting_leaves_no_file_open() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        inspect_file(_testfile("CT_small.dcm"))
+        with pytest.raises(NotDicomError):
+            inspect_file(__file__)
+    assert len(os.listdir("/proc/self/fd")) == before
