@@ -138,6 +138,7 @@ def _finish(result: StoreResult, settings: Settings, report: str | None, quiet: 
             "transfer_syntax": settings.transfer_syntax,
             "retries": settings.retries,
             "tls": settings.tls,
+            "dicomweb": settings.dicomweb,
         }
         from migrator.report import from_store_result, write_report
 
