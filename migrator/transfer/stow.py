@@ -213,7 +213,10 @@ class StowConnection:
                 answers = {}
                 why = f"HTTP {code} with an answer that cannot be read ({exc})"
             else:
-                why = f"HTTP {code}: the server did not name this instance in its answer"
+                why = (
+                    f"not stored: the server's answer (HTTP {code}) names this instance "
+                    "neither as stored nor as failed"
+                )
             for p in self._sent:
                 results[p.uid] = self._per_instance(p, answers.get(p.uid), why, seconds)
             return results
@@ -238,9 +241,11 @@ class StowConnection:
         p: _Pending, answer: InstanceAnswer | None, missing: str, seconds: float
     ) -> SendResult:
         if answer is None:
-            # Neither stored nor failed by the server's word: the outcome is unknown, so the
-            # file is sent again (a second copy of one instance is stored once).
-            return SendResult(st.Outcome.TRANSIENT, None, p.ts, False, missing, p.nbytes, seconds)
+            # Not stored by the server's word. Orthanc 1.10's plugin answers so for an
+            # instance its own storage refused (a Lua filter that raises): sending it again
+            # would be refused again, so it fails now, with the reason, and `migrator verify`
+            # / `retry` remain for a server that omitted it by mistake.
+            return SendResult(st.Outcome.PERMANENT, None, p.ts, False, missing, p.nbytes, seconds)
         status = answer.status
         if answer.stored and status is not None and status != 0:
             outcome = st.classify(status)
