@@ -33,7 +33,6 @@ def test_batches_sent_here_from_the_end_are_not_sent_again_by_the_workers(
         ledger = only_job(redis_server.client())
         batches = ledger.batch_ids()
         assert len(batches) == 3
-
         def stop() -> bool:
             return ledger.counts()["stored"] >= 10  # after two batches: "the workers are ready"
 
