@@ -8,6 +8,7 @@ that breaks chosen requests on the wire (tests/peers/http_relay.py).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -209,3 +210,59 @@ def test_503_and_resets_lose_nothing_and_count_nothing_twice(variant: str, tmp_p
             again = [s.at - busy.at for s in posts if s.at > busy.at and any(map(s.carries, uids))]
             p.check(bool(again) and min(again) >= 1.9, f"re-sent after {again} s (Retry-After 2)")
         p.done(result)
+
+
+def test_credentials_come_from_files_and_never_show(front_end: str, tmp_path: Path) -> None:
+    """HTTP basic auth (an Orthanc that requires it) from --dicomweb-basic-auth-file, and a
+    bearer token from --dicomweb-token-file (seen by the relay): files stored, and neither
+    secret appears in the output, the report or the command line; without credentials
+    the same Orthanc refuses every file with HTTP 401 (exit 1)."""
+    files = synth.write_corpus(tmp_path / "in", count=4, size="tiny", kind="CT", seed=1905)
+    password, token = "pw-s3cr3t-1905", "tok-s3cr3t-1905"
+    basic = tmp_path / "basic"
+    basic.write_text(f"migrator:{password}\n")
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    p = Problems()
+    with OrthancPeer(
+        tmp_path / "orthanc", verbose=False, dicomweb=True, auth=("migrator", password)
+    ) as pacs:
+        refused = send(
+            front_end, tmp_path / "in", 0, "", tmp_path, dest=dicomweb(pacs.dicomweb_url)
+        )
+        p.check(refused.rc == 1, f"without credentials: exit {refused.rc}, expected 1")
+        reasons = {f["reason"] for f in refused.report["files"]} if refused.report else set()
+        p.check(all("HTTP 401" in r for r in reasons), f"without credentials: {reasons}")
+        result = send(
+            front_end,
+            tmp_path / "in",
+            0,
+            "",
+            tmp_path,
+            "--dicomweb-basic-auth-file",
+            basic,
+            dest=dicomweb(pacs.dicomweb_url),
+        )
+        p.check(result.rc == 0, f"basic auth: exit {result.rc}")
+        p.check(pacs.count_instances() == len(files), "basic auth: not all stored")
+    with (
+        OrthancPeer(tmp_path / "orthanc2", verbose=False, dicomweb=True) as open_pacs,
+        StowFaultRelay(open_pacs.url, []) as relay,
+    ):
+        with_token = send(
+            front_end,
+            tmp_path / "in",
+            0,
+            "",
+            tmp_path,
+            "--dicomweb-token-file",
+            token_file,
+            dest=dicomweb(relay.url + "/dicom-web"),
+        )
+        p.check(with_token.rc == 0, f"token: exit {with_token.rc}")
+        seen = {s.authorization for s in relay.posts()}
+        p.check(seen == {f"Bearer {token}"}, f"Authorization sent: {seen}")
+    for r in (refused, result, with_token):
+        shown = r.output + json.dumps(r.report) + " ".join(map(str, r.command))
+        p.check(password not in shown and token not in shown, "a secret was shown")
+    p.done(with_token)

@@ -39,6 +39,7 @@ class Seen:
     at: float
     fault: str | None
     body: bytes
+    authorization: str | None = None
 
     def carries(self, sop_uid: str) -> bool:
         return sop_uid.encode() in self.body
@@ -116,12 +117,16 @@ class StowFaultRelay:
                 fault = relay._next_fault(peek.count(b"Content-Type: application/dicom\r\n") + 1)
                 if fault == "reset-mid-request":
                     with relay._lock:
-                        relay.requests.append(Seen(time.monotonic(), fault, peek))
+                        relay.requests.append(
+                            Seen(time.monotonic(), fault, peek, self.headers["Authorization"])
+                        )
                     self._reset()
                     return
                 body = peek + self.rfile.read(length - len(peek))
                 with relay._lock:
-                    relay.requests.append(Seen(time.monotonic(), fault, body))
+                    relay.requests.append(
+                        Seen(time.monotonic(), fault, body, self.headers["Authorization"])
+                    )
                 if fault == "503":
                     self._answer(503, {"Retry-After": str(relay.retry_after)}, b"busy")
                     return
