@@ -6,6 +6,9 @@ server is in tests/test_stow.py."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +86,27 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert _retry_after(None) == 0.0
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     assert _retry_after("86400") == 300.0  # capped
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "--host (DIMSE) or --dicomweb URL"),
+        (["--dicomweb", "http://user:pw@pacs/dicom-web"], "no user or password in the URL"),
+        (["--dicomweb", "ftp://pacs/dicom-web"], "expected the service's root URL"),
+        (["--dicomweb", "http://pacs/dw", "--transfer-syntax", "explicit"], "applies to DIMSE"),
+        (["--dicomweb", "http://pacs/dw", "--dicomweb-token-file", "/nonexistent"], "/nonexistent"),
+        (["--host", "pacs", "--dicomweb-token-file", "/etc/hostname"], "need --dicomweb"),
+    ],
+)
+def test_a_bad_destination_is_a_usage_error(args: list[str], message: str, tmp_path: Path) -> None:
+    """Exit 2 before anything is sent, with what to do; the password is not echoed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "migrator", "store", "--dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "pw@" not in proc.stderr
