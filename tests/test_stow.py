@@ -216,7 +216,8 @@ def test_credentials_come_from_files_and_never_show(front_end: str, tmp_path: Pa
     """HTTP basic auth (an Orthanc that requires it) from --dicomweb-basic-auth-file, and a
     bearer token from --dicomweb-token-file (seen by the relay): files stored, and neither
     secret appears in the output, the report or the command line; without credentials
-    the same Orthanc refuses every file with HTTP 401 (exit 1)."""
+    the same Orthanc refuses every file with HTTP 401 (store: exit 1), or `run`'s preflight
+    stops before planning (exit 4)."""
     files = synth.write_corpus(tmp_path / "in", count=4, size="tiny", kind="CT", seed=1905)
     password, token = "pw-s3cr3t-1905", "tok-s3cr3t-1905"
     basic = tmp_path / "basic"
@@ -230,9 +231,18 @@ def test_credentials_come_from_files_and_never_show(front_end: str, tmp_path: Pa
         refused = send(
             front_end, tmp_path / "in", 0, "", tmp_path, dest=dicomweb(pacs.dicomweb_url)
         )
-        p.check(refused.rc == 1, f"without credentials: exit {refused.rc}, expected 1")
-        reasons = {f["reason"] for f in refused.report["files"]} if refused.report else set()
-        p.check(all("HTTP 401" in r for r in reasons), f"without credentials: {reasons}")
+        if front_end == "run":
+            # run's preflight (one QIDO-RS request) stops before planning: exit 4, as a
+            # PACS that rejects the association, and says why.
+            p.check(refused.rc == 4, f"without credentials: exit {refused.rc}, expected 4")
+            p.check("refuses us (HTTP 401" in refused.output, "without credentials: no reason")
+            p.check(refused.report is None, "without credentials: a job was planned")
+        else:
+            p.check(refused.rc == 1, f"without credentials: exit {refused.rc}, expected 1")
+            files_ = refused.report["files"] if refused.report else []
+            reasons = {f["reason"] for f in files_}
+            p.check(bool(reasons), "without credentials: no file reasons")
+            p.check(all("HTTP 401" in r for r in reasons), f"without credentials: {reasons}")
         result = send(
             front_end,
             tmp_path / "in",
@@ -266,3 +276,23 @@ def test_credentials_come_from_files_and_never_show(front_end: str, tmp_path: Pa
         shown = r.output + json.dumps(r.report) + " ".join(map(str, r.command))
         p.check(password not in shown and token not in shown, "a secret was shown")
     p.done(with_token)
+
+
+def test_run_to_a_dicomweb_service_that_is_not_there_ends_at_once(tmp_path: Path) -> None:
+    """`run --dicomweb` to a port where nothing listens: the preflight (one QIDO-RS
+    request, not a C-ECHO) ends it with exit 3 in seconds, and nothing is planned."""
+    import socket
+    import time
+
+    synth.write_corpus(tmp_path / "in", count=2, size="tiny", kind="CT", seed=1906)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    t0 = time.monotonic()
+    result = send(
+        "run", tmp_path / "in", 0, "", tmp_path, dest=dicomweb(f"http://127.0.0.1:{port}/dicom-web")
+    )
+    assert result.rc == 3, result.tail()
+    assert time.monotonic() - t0 < 10, result.tail()
+    assert f"DICOMweb http://127.0.0.1:{port}/dicom-web cannot be reached" in result.output
+    assert "nothing was planned" in result.output and result.report is None
