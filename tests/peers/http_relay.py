@@ -14,7 +14,8 @@ forwarded unchanged (keep-alive towards the client, one upstream connection per 
   then the client's connection reset before it hears the answer.
 
 ``requests`` records every POST: when it came, its fault, and its body (tests look for SOP
-Instance UIDs in it to tell which files a request carried).
+Instance UIDs in it to tell which files a request carried); ``gets()`` the path and query of
+every GET (QIDO-RS), in order.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class StowFaultRelay:
         self._script = list(faults)
         self._lock = threading.Lock()
         self.requests: list[Seen] = []
+        self._gets: list[str] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -77,6 +79,10 @@ class StowFaultRelay:
     def posts(self) -> list[Seen]:
         with self._lock:
             return list(self.requests)
+
+    def gets(self) -> list[str]:
+        with self._lock:
+            return list(self._gets)
 
     def _next_fault(self, body_parts: int) -> str | None:
         with self._lock:
@@ -140,6 +146,8 @@ class StowFaultRelay:
                 self._answer(status, headers, data)
 
             def do_GET(self) -> None:
+                with relay._lock:
+                    relay._gets.append(self.path)
                 status, headers, data = self._forward(None)
                 self._answer(status, headers, data)
 
