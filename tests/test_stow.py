@@ -212,6 +212,65 @@ def test_503_and_resets_lose_nothing_and_count_nothing_twice(variant: str, tmp_p
         p.done(result)
 
 
+@pytest.mark.parametrize("variant", ["store", "run-workers"])
+def test_413_splits_into_one_file_per_request_and_stores_each_once(
+    variant: str, tmp_path: Path
+) -> None:
+    """Through a relay, the first request of several files is answered 413 Payload Too Large
+    (as a proxy or a cloud store with a request cap would): its files are sent again one per
+    request, and so is every file after it; every file ends stored exactly once and Orthanc
+    holds each instance once; exit 0. `run` with one worker process and a throttle delay,
+    so that the one sender that heard the 413 sends everything (the switch is per sending
+    process: another process learns of the limit from its own 413)."""
+    front_end = variant.split("-")[0]
+    run_extra = ["--throttle-delay", "1"] if front_end == "run" else []
+    files = synth.write_corpus(tmp_path / "in", count=16, size="tiny", studies=2, seed=1913)
+    with (
+        OrthancPeer(tmp_path / "orthanc", verbose=False, dicomweb=True) as pacs,
+        StowFaultRelay(pacs.url, ["413"]) as relay,
+    ):
+        result = send(
+            front_end,
+            tmp_path / "in",
+            0,
+            "",
+            tmp_path,
+            "-j",
+            "1",
+            "--stow-batch-files",
+            "4",
+            dest=dicomweb(relay.url + "/dicom-web"),
+            run_extra=run_extra,
+            workers=1,
+        )
+        p = Problems()
+        p.check(result.rc == 0, f"exit code {result.rc}, expected 0")
+        check_invariant(p, result, len(files))
+        if result.report is not None:
+            p.check(result.totals()["stored"] == len(files), f"totals {result.totals()}")
+            states = {f["state"] for f in result.report["files"]}
+            p.check(states == {"stored"}, f"file states {states}")
+        check_senders(p, variant, result)
+        posts = relay.posts()
+        refused = [i for i, s in enumerate(posts) if s.fault == "413"]
+        p.check(len(refused) == 1, f"413 answered to {len(refused)} requests")
+        if refused:
+            first = refused[0]
+            p.check(posts[first].parts > 1, f"413 to a request of {posts[first].parts}")
+            after = [s.parts for s in posts[first + 1 :]]
+            p.check(after and set(after) == {1}, f"requests after the 413: {after}")
+            again = {
+                sop_uid(f): sum(s.carries(sop_uid(f)) for s in posts[first + 1 :])
+                for f in files
+                if posts[first].carries(sop_uid(f))
+            }
+            p.check(set(again.values()) == {1}, f"the 413's files re-sent: {again}")
+        held = qido_instances(pacs)
+        p.check(held == {sop_uid(f) for f in files}, f"Orthanc holds {len(held)} of {len(files)}")
+        p.check(pacs.count_instances() == len(files), "Orthanc counts a duplicate")
+        p.done(result)
+
+
 def test_credentials_come_from_files_and_never_show(front_end: str, tmp_path: Path) -> None:
     """HTTP basic auth (an Orthanc that requires it) from --dicomweb-basic-auth-file, and a
     bearer token from --dicomweb-token-file (seen by the relay): files stored, and neither
