@@ -47,7 +47,6 @@ from bench.senders import migrator_command
 from tests.peers.orthanc import ORTHANC_BINARY, OrthancPeer
 
 STOW = "stow-rs"
-SIZES = ("tiny", "small")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,8 @@ def curl(folder: Path, orthanc: OrthancPeer, jobs: int, scratch: Path) -> list[s
     of the files (dealt round-robin), one POST each, on one keep-alive connection. The
     configs are written here, before the clock starts (a user's ``find`` costs as little)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    lists = [scratch / f"curl-{k}.cfg" for k in range(jobs)]
+    # No more configs than files: an empty one is a curl run without a URL (an error).
+    lists = [scratch / f"curl-{k}.cfg" for k in range(min(jobs, len(files)))]
     for k, cfg in enumerate(lists):
         # Each transfer its own block: ``next`` resets per-transfer options (headers, fail).
         blocks = [
