@@ -32,7 +32,7 @@ from pathlib import Path
 from bench.corpora import link_subset, prepare_corpus
 from bench.measure import Spawner, log, sender_env, tail
 from bench.receiver import DEFAULT_PDU, find_dcmtk_tool
-from bench.rows import Row, add_common_options, print_goals, run_main
+from bench.rows import Row, add_common_options, empty_orthanc, print_goals, run_main
 from bench.senders import (
     Sender,
     migrator_run_sender,
@@ -47,13 +47,6 @@ PEER = "storescu"
 RECEIVERS = ("stock", "tuned")
 #: Orthanc's default maximum PDU is 16 KB; senders propose the largest, Orthanc sets it.
 PDU = DEFAULT_PDU
-
-
-def _empty(orthanc: OrthancPeer) -> None:
-    """Delete every instance (by patient), so that the next run stores into an empty
-    Orthanc: a re-sent instance is not stored again and would make later runs cheaper."""
-    for patient in orthanc.get("/patients"):
-        orthanc.delete(f"/patients/{patient}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -109,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             fileset = corpus.full if row.files == args.files else peer_set
                             scratch = work / f"scratch-{rep}-{r}-{s.name}"
                             scratch.mkdir()
-                            _empty(server)
+                            empty_orthanc(server)
                             argv = s.argv(fileset.dir, server.dicom_port, scratch)
                             res = spawner.run(argv, sender_env(), args.timeout)
                             stored = server.count_instances()

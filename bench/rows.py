@@ -1,5 +1,6 @@
-"""What the smaller benches (latency_bench.py, orthanc_bench.py) share: one row of timed
-runs, the goals table, and the exit status of a bench that could not run."""
+"""What the smaller benches (latency_bench.py, orthanc_bench.py, stow_bench.py) share: one
+row of timed runs, the goals table, emptying an Orthanc between runs, and the exit status of
+a bench that could not run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from bench.measure import SetupError
 
@@ -30,6 +32,18 @@ class Row:
     def rate(self) -> float | None:
         """files/s of the median run (None: no run succeeded)."""
         return self.files / statistics.median(self.seconds) if self.seconds else None
+
+
+class _Orthanc(Protocol):
+    def get(self, path: str, **params: Any) -> Any: ...
+    def delete(self, path: str) -> None: ...
+
+
+def empty_orthanc(orthanc: _Orthanc) -> None:
+    """Delete every instance (by patient), so that the next run stores into an empty
+    Orthanc: a re-sent instance is not stored again and would make later runs cheaper."""
+    for patient in orthanc.get("/patients"):
+        orthanc.delete(f"/patients/{patient}")
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:

@@ -486,9 +486,10 @@ def plan_phase(
         before = used_memory(client)
         client.config_resetstat()
         cpu0 = redis_cpu_s(client)
-        # The destination is never contacted: no worker runs. Port 1 makes that obvious.
+        # The destination is never contacted: no worker runs, no C-ECHO preflight. Port 1
+        # makes that obvious.
         argv = plan_argv(manifest.path, server.url, PLAN_JOB)
-        argv += ["--host", HOST, "--port", "1", "--called-ae", "X"]
+        argv += ["--host", HOST, "--port", "1", "--called-ae", "X", "--no-preflight"]
         log(f"[{name}] planning {manifest.lines:,} lines (hash-max-listpack-entries {limit})")
         run = run_planner(argv, work / f"planner-{name}.log", args.timeout)
         redis_cpu = redis_cpu_s(client) - cpu0
@@ -569,7 +570,7 @@ def profile_planner(manifest: Manifest, work: Path, out: Path, args: argparse.Na
     with RedisServer(work, "profile") as server:
         argv = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "migrator"]
         argv += plan_argv(manifest.path, server.url, PLAN_JOB)[len(migrator_command()) :]
-        argv += ["--host", HOST, "--port", "1", "--called-ae", "X"]
+        argv += ["--host", HOST, "--port", "1", "--called-ae", "X", "--no-preflight"]
         log(f"[profile] planning {manifest.lines:,} lines under cProfile -> {out}")
         run = run_planner(argv, work / "planner-profile.log", args.timeout * 3)
     if run.rc != 0:

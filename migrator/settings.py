@@ -79,6 +79,16 @@ class Settings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: DICOMweb root URL (``https://host/dicom-web``): files go by STOW-RS instead of C-STORE
+    #: (migrator/transfer/stow.py); None: DIMSE to host/port
+    dicomweb: str | None = None
+    #: Files naming the DICOMweb credentials, read by each sender (never the secret itself:
+    #: settings are stored in the ledger and printed in reports)
+    dicomweb_token_file: str | None = None
+    dicomweb_basic_auth_file: str | None = None
+    #: Instances per STOW-RS request at most, and bytes per request (a larger file goes alone)
+    stow_batch_files: int = 16
+    stow_batch_bytes: int = 16_000_000
 
     def __post_init__(self) -> None:
         forced = self.transfer_syntax
@@ -90,6 +100,10 @@ class Settings:
             )
         if self.concurrency < 0:
             raise ConfigError(f"concurrency must be at least 1 (or auto), not {self.concurrency}")
+        if self.dicomweb is not None:
+            from migrator.dicomweb.url import check_dicomweb
+
+            check_dicomweb(self)
 
     @property
     def auto_concurrency(self) -> bool:
@@ -107,10 +121,14 @@ class Settings:
     @property
     def destination(self) -> str:
         """Key of the destination for fleet-wide limits: one PACS, one limit."""
+        if self.dicomweb is not None:
+            return f"dicomweb:{self.dicomweb}"
         return f"{self.host}:{self.port}:{self.called_ae}"
 
     @property
     def server(self) -> str:
+        if self.dicomweb is not None:
+            return f"{self.dicomweb} (STOW-RS)"
         return f"{self.host}:{self.port} ({self.called_ae})"
 
     @property

@@ -30,7 +30,7 @@ from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource, MemorySource
 from migrator.sources.inspect import inspect_item, refusal
 from migrator.transfer.claims import MemoryClaims
-from migrator.transfer.dimse import DimseDestination
+from migrator.transfer.destinations import make_destination
 from migrator.transfer.job import Job
 from migrator.transfer.policy import Transfer
 from migrator.transfer.pool import ConnectionPool
@@ -107,7 +107,7 @@ class StoreScu:
             self._on_started(len(jobs) + len(refused))
         for outcome in refused:
             self._record(result, outcome)
-        pool = ConnectionPool(DimseDestination(s), capacity=s.max_lanes)
+        pool = ConnectionPool(make_destination(s), capacity=s.max_lanes)
         sending = self._on_sending
         transfer = Transfer(
             s,

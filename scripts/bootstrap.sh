@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything pacs-migrator needs on a fresh Debian machine, idempotently:
-# Debian packages (DCMTK, Orthanc, redis-server; Chromium with --dev) when missing, then a
+# Debian packages (DCMTK, Orthanc, redis-server; Chromium and orthanc-dicomweb with --dev) when missing, then a
 # venv in .venv with the project installed in editable mode. Re-running it is cheap: each
 # step is skipped when done.
 #   bash scripts/bootstrap.sh          # runtime + test peers
@@ -15,6 +15,8 @@ need_apt=()
 command -v storescp >/dev/null 2>&1 || need_apt+=(dcmtk)
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || need_apt+=(orthanc)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Orthanc's DICOMweb plugin: the STOW-RS destination's tests send into it.
+[ $dev -eq 1 ] && { [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb); }
 # Headless Chromium opens the HTML report in the tests; not needed to run migrations.
 [ $dev -eq 1 ] && { command -v chromium >/dev/null 2>&1 || need_apt+=(chromium); }
 # Debian's docker-compose checks compose/ offline in the tests (`config`: no engine needed).

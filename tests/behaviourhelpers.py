@@ -72,6 +72,7 @@ def send(
     timeout: float = 240,
     prefix: Sequence[str] = (),
     sample: Callable[[str], None] | None = None,
+    dest: Sequence[str] = (),
 ) -> Result:
     """Send ``inputs`` (a folder) to 127.0.0.1:``port`` through one front end.
 
@@ -81,10 +82,12 @@ def send(
     inherits ``MIGRATOR_TEST_MARKER=marker`` (see ``enginehelpers.processes_with_env``).
     Processes still carrying the marker once the command has ended are killed here, by PID,
     so that a broken run cannot hold the machine's two cores for the tests after it.
+    ``dest`` replaces the DIMSE destination options (``["--dicomweb", URL]``).
     """
     n = next(_calls)
     report = tmp_path / f"report-{front_end}-{n}.json"
-    dest = ["--host", "127.0.0.1", "--port", str(port), "--called-ae", called_ae]
+    if not dest:
+        dest = ["--host", "127.0.0.1", "--port", str(port), "--called-ae", called_ae]
     if front_end == "store":
         args = ["store", "--dir", str(inputs), "-R", *dest]
     elif front_end == "run":

@@ -6,6 +6,7 @@ skipped because a program is missing (the test command installs Orthanc and DCMT
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ from tests.peers.dicomcompare import compare_datasets as _compare_datasets
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import redis_server  # noqa: F401  (fixture)
 from tests.peers.s3 import moto_s3  # noqa: F401  (fixture)
+
+# A shell without job control starts background commands (`bash .ci/run &`) with SIGINT
+# ignored, and every `migrator` a test starts would inherit that: the tests of Ctrl-C
+# (exit 130, nothing left running) would then watch a run that cannot be interrupted. A
+# handler (not SIG_IGN) is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -64,6 +64,12 @@ class FakeConn:
         self.sent.append(pending.sop_instance_uid)
         return SendResult(st.classify(answer), answer, pending.transfer_syntax, False)
 
+    def room(self, size: int) -> bool:
+        return False  # one request in flight, as DIMSE
+
+    def flush(self) -> None:
+        pass
+
     def fileno(self) -> int:
         return -1
 

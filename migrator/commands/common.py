@@ -239,6 +239,48 @@ def send_options(func: F) -> F:
                 help="S3-compatible endpoint URL (credentials: the standard AWS chain or env).",
             ),
             opt("--s3-region", env="S3_REGION", default=None, help="S3 region."),
+            opt(
+                "--dicomweb",
+                env="DICOMWEB",
+                metavar="URL",
+                default=None,
+                help="Send by DICOMweb STOW-RS to this root URL instead of C-STORE, e.g. "
+                "--dicomweb https://pacs.example.org/dicom-web (--host, --port and the AE "
+                "titles are then not used).",
+            ),
+            opt(
+                "--dicomweb-token-file",
+                env="DICOMWEB_TOKEN_FILE",
+                type=click.Path(dir_okay=False),
+                metavar="FILE",
+                default=None,
+                help="File holding a bearer token for --dicomweb, read at each new "
+                "connection (a token refreshed in place is used). Only the path is stored.",
+            ),
+            opt(
+                "--dicomweb-basic-auth-file",
+                env="DICOMWEB_BASIC_AUTH_FILE",
+                type=click.Path(dir_okay=False),
+                metavar="FILE",
+                default=None,
+                help="File holding user:password (HTTP basic auth) for --dicomweb.",
+            ),
+            opt(
+                "--stow-batch-files",
+                env="STOW_BATCH_FILES",
+                type=click.IntRange(1, 10000),
+                default=16,
+                show_default=True,
+                help="Instances per STOW-RS request at most.",
+            ),
+            opt(
+                "--stow-batch-mb",
+                env="STOW_BATCH_MB",
+                type=click.FloatRange(min=0, min_open=True),
+                default=16,
+                show_default=True,
+                help="MB (10^6 bytes) per STOW-RS request at most; a larger file goes alone.",
+            ),
         ]
     ):
         func = decorator(func)
@@ -251,7 +293,12 @@ def send_options(func: F) -> F:
         show_default=True,
         help="Destination DICOM port.",
     )(func)
-    func = opt("--host", env="HOST", required=True, help="Destination host name or address.")(func)
+    func = opt(
+        "--host",
+        env="HOST",
+        default=None,
+        help="Destination host name or address (required unless --dicomweb).",
+    )(func)
     return func
 
 
@@ -365,9 +412,22 @@ def settings_from_options(o: dict[str, Any], *, check_tls: bool = True, **extra:
     from migrator.syntaxes import resolve
 
     tls = tls_settings(o["tls"], o["tls_ca"], o["tls_cert"], o["tls_key"])
+    dicomweb = o["dicomweb"]
+    host = o["host"]
+    if not host and not dicomweb:
+        fail_config("give the destination: --host (DIMSE) or --dicomweb URL (STOW-RS)")
+    if dicomweb and not host:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(dicomweb).hostname or dicomweb
+    auth_files = (o["dicomweb_token_file"], o["dicomweb_basic_auth_file"])
+    if any(auth_files) and not dicomweb:
+        fail_config("--dicomweb-token-file / --dicomweb-basic-auth-file need --dicomweb")
+    if all(auth_files):
+        fail_config("give --dicomweb-token-file or --dicomweb-basic-auth-file, not both")
     try:
         settings = Settings(
-            host=o["host"],
+            host=host,
             port=o["port"],
             called_ae=o["called_ae"],
             calling_ae=o["calling_ae"],
@@ -389,12 +449,28 @@ def settings_from_options(o: dict[str, Any], *, check_tls: bool = True, **extra:
             tls_ca=os.path.abspath(o["tls_ca"]) if o["tls_ca"] else None,
             tls_cert=os.path.abspath(o["tls_cert"]) if o["tls_cert"] else None,
             tls_key=os.path.abspath(o["tls_key"]) if o["tls_key"] else None,
+            dicomweb=dicomweb.rstrip("/") if dicomweb else None,
+            dicomweb_token_file=_abspath(o["dicomweb_token_file"]),
+            dicomweb_basic_auth_file=_abspath(o["dicomweb_basic_auth_file"]),
+            stow_batch_files=o["stow_batch_files"],
+            stow_batch_bytes=int(o["stow_batch_mb"] * 1e6),
             **extra,
         )
         settings.limits  # noqa: B018 - validates the numbers now
         if check_tls and settings.tls_settings is not None:
             settings.tls_settings.client_context()  # unreadable or mismatched files
+        if check_tls and dicomweb:
+            from migrator.dicomweb.auth import authorization
+
+            authorization(*auth_files)  # unreadable or empty files: exit 2 now
     except ConfigError as exc:
         fail_config(str(exc))
         raise
     return settings
+
+
+def _abspath(path: str | None) -> str | None:
+    """Absolute: a job's workers read the file (same layout on every host)."""
+    import os
+
+    return os.path.abspath(path) if path else None

@@ -35,12 +35,17 @@ def target(host: str, port: int, called_ae: str, tls: bool) -> str:
 
 
 def preflight(settings: Settings) -> tuple[str, ExitStatus] | None:
-    """C-ECHO to a job's destination before anything is planned (`run`, `plan`, `retry`):
+    """C-ECHO to a job's destination before anything is planned (`run`, `plan`, `retry`;
+    a DICOMweb destination gets one QIDO-RS request instead, ``dicomweb_preflight``):
     None when it answers; else the line `migrator echo` prints and its exit status (3: it
     cannot be reached, 4: it rejects the association), within the connect and ACSE
     timeouts. A PACS that accepts the association but not the Verification SOP class
     passes: the association is what a C-STORE needs. TLS files that cannot be read here
     (a cluster's workers have their own) skip the check."""
+    if settings.dicomweb is not None:
+        from migrator.dicomweb.preflight import dicomweb_preflight
+
+        return dicomweb_preflight(settings)
     context: ssl.SSLContext | None = None
     if settings.tls_settings is not None:
         try:

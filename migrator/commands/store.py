@@ -142,6 +142,7 @@ def _finish(result: StoreResult, settings: Settings, reports: tuple[str, ...], q
             "transfer_syntax": settings.transfer_syntax,
             "retries": settings.retries,
             "tls": settings.tls,
+            "dicomweb": settings.dicomweb,
         }
         from migrator.commands.session import write_reports
         from migrator.report import from_store_result

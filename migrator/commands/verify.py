@@ -80,6 +80,15 @@ _LISTED = 100  # missing files printed in text mode; --json and the ledger have 
     default=None,
     help="Query this port instead of the job's destination port.",
 )
+@opt(
+    "--qido-page",
+    env="VERIFY_QIDO_PAGE",
+    type=click.IntRange(1, 100000),
+    default=1000,
+    show_default=True,
+    help="(DICOMweb destination) Results asked for per QIDO-RS request (limit); lists are "
+    "read with offset until an empty page, so a server that caps pages lower loses nothing.",
+)
 @opt("--json", "as_json", env="VERIFY_JSON", is_flag=True, help="Machine-readable output.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for protocol details).")
 def verify_command(
@@ -95,6 +104,7 @@ def verify_command(
     commitment_timeout: float,
     called_ae: str | None,
     port: int | None,
+    qido_page: int,
     as_json: bool,
     verbose: int,
 ) -> None:
@@ -104,8 +114,10 @@ def verify_command(
     duplicate or discard an instance and still say success). This queries the PACS: C-FIND
     at STUDY level for the number of instances of every study, then at IMAGE level for
     studies whose count differs (naming each missing SOP Instance UID with its source) and
-    for a sample of the others; with --commitment, also Storage Commitment. The result is
-    stored in the ledger for reports; running it again replaces it.
+    for a sample of the others; with --commitment, also Storage Commitment. A job sent to a
+    DICOMweb destination (--dicomweb) is asked the same over QIDO-RS at its root URL (studies,
+    then series and instances, paged with limit/offset), with the job's credential files.
+    The result is stored in the ledger for reports; running it again replaces it.
 
     \b
     Examples:
@@ -116,18 +128,21 @@ def verify_command(
 
     Exit codes: 0 every stored file confirmed; 1 one or more missing or unconfirmed;
     2 bad arguments; 3 the PACS (or Redis) cannot be reached or refuses to answer;
-    4 the PACS rejected the association.
+    4 the PACS rejected the association (DICOMweb: refused our credentials, 401/403).
     """
     from dataclasses import replace
 
-    from migrator.errors import AssociationRejected, ConnectError
+    from migrator.errors import AssociationRejected, ConfigError, ConnectError
     from migrator.settings import Settings
     from migrator.verify import CommitmentSettings, PacsQueryError, save_result, verify_job
+    from migrator.verify.qido import CredentialsRefused
 
     setup_logging(verbose, False)
     with job_ledger(redis_url, state_dir, job, "verify") as (ledger, _):
         job = ledger.job_id
         config = Settings.from_dict(ledger.config())
+        if config.dicomweb is not None:
+            _dicomweb_usage(job, commitment=commitment, called_ae=called_ae, port=port)
         config = replace(config, called_ae=called_ae or config.called_ae, port=port or config.port)
         settings = None
         if commitment:
@@ -138,8 +153,13 @@ def verify_command(
                 timeout=commitment_timeout,
             )
         try:
-            result = verify_job(ledger, config, sample=sample, full=full, commitment=settings)
-        except AssociationRejected as exc:
+            result = verify_job(
+                ledger, config, sample=sample, full=full, commitment=settings, qido_page=qido_page
+            )
+        except ConfigError as exc:  # an unreadable credentials file
+            click.echo(f"✗ verify {job}: {exc}", err=True)
+            raise SystemExit(int(ExitStatus.BAD_CONFIG)) from None
+        except (AssociationRejected, CredentialsRefused) as exc:
             click.echo(f"✗ verify {job}: {exc}", err=True)
             raise SystemExit(int(ExitStatus.ASSOCIATION_REJECTED)) from None
         except (ConnectError, PacsQueryError) as exc:
@@ -156,6 +176,22 @@ def verify_command(
     raise SystemExit(int(result.exit_status))
 
 
+def _dicomweb_usage(job: str, *, commitment: bool, called_ae: str | None, port: int | None) -> None:
+    """Options that only mean something for DIMSE: a usage error rather than ignored."""
+    given = [
+        name
+        for name, on in (("--commitment", commitment), ("--called-ae", called_ae), ("--port", port))
+        if on
+    ]
+    if given:
+        click.echo(
+            f"✗ verify {job}: {', '.join(given)}: DIMSE only; this job's destination is "
+            "DICOMweb (verified over QIDO-RS at its URL)",
+            err=True,
+        )
+        raise SystemExit(int(ExitStatus.BAD_CONFIG))
+
+
 def _print_text(data: dict[str, Any]) -> None:
     click.echo(
         f"{data['job']} → {data['destination']}: {data['method']}, {data['studies']} studies "
@@ -166,7 +202,7 @@ def _print_text(data: dict[str, Any]) -> None:
         f"  stored per ledger: {data['stored']} files ({data['instances']} distinct instances)"
     )
     click.echo(f"  confirmed by PACS: {data['confirmed']}")
-    if data["method"] == "c-find+commitment":
+    if data["method"].endswith("+commitment"):
         click.echo(f"  committed by PACS: {data['committed']} instances")
     if data["in_flight"]:
         click.echo(f"  ⚠ {data['in_flight']} files still in flight were not checked")

@@ -11,6 +11,12 @@ reads its answer; between the two the policy starts files on its other connectio
 waits for whichever answers first (``fileno`` / ``buffered``). A connection has at most
 ``capacity`` requests outstanding (DIMSE without an asynchronous operations window: one).
 
+Several files may go in one request (STOW-RS: a multipart body): ``start`` then only stages
+a file, while ``room`` says another fits; ``flush`` puts the staged request on the wire. The
+policy starts files on a connection only while it has none in flight, and flushes at the end
+of each round of starts, so a request is never extended once it is sent. DIMSE sends in
+``start`` and has no room for a second file: its ``flush`` does nothing.
+
 Failures that leave a file's outcome unknown raise ``AssociationLost`` (re-send it on a new
 connection); a connection that cannot be opened raises ``ConnectError`` or
 ``AssociationRejected``. Everything the destination *answered* is a ``SendResult``.
@@ -45,6 +51,8 @@ class SendResult:
     bytes_sent: int = 0
     #: Seconds from the start of the request to its answer
     seconds: float = 0.0
+    #: The destination asked for no retry before this many seconds (HTTP Retry-After)
+    retry_after: float = 0.0
 
 
 class Pending(Protocol):
@@ -73,6 +81,15 @@ class Connection(Protocol):
     def start(self, header: DicomHeader, payload: Payload) -> Pending | SendResult:
         """Send the file's request; a SendResult when nothing could be sent (no usable
         context, a conversion that failed). Raises AssociationLost, SourceError."""
+        ...
+
+    def room(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes may join the files started and not flushed yet."""
+        ...
+
+    def flush(self) -> None:
+        """Send what was staged (nothing to do when ``start`` sent). Raises
+        AssociationLost: the outcome of every staged file is then unknown."""
         ...
 
     def finish(self, pending: Pending) -> SendResult:

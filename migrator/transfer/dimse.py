@@ -132,6 +132,12 @@ class DimseConnection:
             return True
         return ts in alone or self.assoc.context_for(sop_class, ts) is not None
 
+    def room(self, size: int) -> bool:
+        return False  # one C-STORE in flight per association
+
+    def flush(self) -> None:
+        pass  # start() put the C-STORE on the wire
+
     def fileno(self) -> int:
         return self.assoc.fileno()
 

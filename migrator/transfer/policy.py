@@ -27,6 +27,7 @@ the files left (fail them, leave them to a worker, retry the batch later).
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -98,8 +99,11 @@ class Ended:
 @dataclass(eq=False, slots=True)
 class _Lane:
     conn: Connection | None = None
-    job: Job | None = None
-    pending: Pending | None = None
+    #: Files started on ``conn`` whose answers are still to be read (DIMSE: at most one;
+    #: STOW-RS: the files of one request)
+    flight: list[tuple[Job, Pending]] = field(default_factory=list)
+    #: The fetched payloads of the files staged on ``conn``, released once it flushed
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     ready_at: float = 0.0
     disabled: bool = False
 
@@ -170,7 +174,7 @@ class Transfer:
                     self._stopped = True
                 if not self._stopped:
                     self._start_ready()
-                flying = [lane for lane in self.lanes if lane.job is not None]
+                flying = [lane for lane in self.lanes if lane.flight]
                 if flying:
                     self._collect(flying)
                     continue
@@ -179,13 +183,15 @@ class Transfer:
                 self._idle_wait()
         finally:
             for lane in self.lanes:
-                if lane.conn is not None and lane.job is not None:
+                lane.held.close()
+                if lane.conn is not None and lane.flight:
                     # Only when an exception ends the transfer (a time limit, an interrupt):
-                    # the request's outcome is unknown, its file stays unsettled.
+                    # the request's outcome is unknown, its files stay unsettled.
                     self.pool.discard(lane.conn)
                 elif lane.conn is not None:
                     self.pool.checkin(lane.conn)
-                lane.conn = lane.job = lane.pending = None
+                lane.conn = None
+                lane.flight = []
         left = list(self._ready) + [j for _, _, j in sorted(self._delayed)]
         if self._waits is not None:
             left += self._waits.left()
@@ -208,18 +214,55 @@ class Transfer:
         if self._waits is not None and self._waits.parked:
             self._waits.recheck(now)
         for lane in list(self.lanes):
-            # Keep starting on this lane until a file is in flight on it: files settled at
-            # once (refused, unreadable) must not leave it idle for a round.
-            while self._ready and not self._stopped and lane.job is None and lane in self.lanes:
-                if lane.disabled or self._lane_due(lane) > now:
-                    break
-                probe = self._breaker_allows()
-                if probe is None:
-                    return
-                job = self._ready.popleft()
-                if probe:
-                    self._probe = job
-                self._start(lane, job)
+            if lane.flight:
+                continue  # its request is on the wire: nothing joins it any more
+            try:
+                # Keep starting on this lane until a file is in flight on it (files settled
+                # at once, refused or unreadable, must not leave it idle for a round), and
+                # while the next one fits in the same request (STOW-RS).
+                while self._ready and not self._stopped and lane in self.lanes:
+                    if lane.flight and not self._joins(lane, self._ready[0]):
+                        break
+                    if lane.disabled or self._lane_due(lane) > now:
+                        break
+                    probe = self._breaker_allows()
+                    if probe is None:
+                        return
+                    job = self._ready.popleft()
+                    if probe:
+                        self._probe = job
+                    self._start(lane, job)
+                    if not lane.flight:
+                        lane.held.close()  # settled at once: nothing staged needs it
+                    if probe:
+                        break  # the probe goes alone
+            finally:
+                self._flush(lane)
+
+    def _joins(self, lane: _Lane, job: Job) -> bool:
+        """Whether ``job`` may join the files staged on ``lane``'s connection."""
+        conn = lane.conn
+        return (
+            conn is not None
+            and conn.alive
+            and not job.needs_fresh
+            and job.header is not None
+            and conn.covers(job.pair)
+            and conn.room(job.item.size)
+        )
+
+    def _flush(self, lane: _Lane) -> None:
+        """Put the lane's staged request on the wire, then let its payloads go."""
+        try:
+            if lane.conn is not None and lane.flight:
+                try:
+                    lane.conn.flush()
+                except AssociationLost as exc:
+                    flight, lane.flight = lane.flight, []
+                    for job, _ in flight:
+                        self._lost(lane, job, exc)
+        finally:
+            lane.held.close()
 
     def _breaker_allows(self) -> bool | None:
         """None: send nothing now (the destination's breaker is open, or a probe is on its
@@ -257,7 +300,7 @@ class Transfer:
         surplus = len(self.lanes) - want
         if surplus <= 0:
             return
-        for lane in [la for la in self.lanes if la.job is None][:surplus]:
+        for lane in [la for la in self.lanes if not la.flight][:surplus]:
             if lane.conn is not None:
                 self.pool.retire(lane.conn)  # its slot goes back to the fleet now
             self.lanes.remove(lane)
@@ -298,8 +341,8 @@ class Transfer:
         ready = [lane for lane in flying if _conn(lane).buffered() or not _conn(lane).alive]
         if not ready:
             by_fd = {_conn(lane).fileno(): lane for lane in flying}
-            first = min(flying, key=lambda lane: _conn(lane).deadline(lane.pending))
-            due = _conn(first).deadline(first.pending)
+            first = min(flying, key=lambda lane: _conn(lane).deadline(lane.flight[0][1]))
+            due = _conn(first).deadline(first.flight[0][1])
             timeout = max(0.0, due - self._clock())
             if self._tick is not None:
                 self._tick()
@@ -327,9 +370,10 @@ class Transfer:
         if self._on_start is not None:
             self._on_start(job)
         try:
-            with job.source.fetch(job.item) as payload:
-                header, payload = self._transform(reinspect(job, payload), payload)
-                sent = conn.start(header, payload)
+            # Held until the lane flushes: a staged STOW-RS part is read when it is sent.
+            payload = lane.held.enter_context(job.source.fetch(job.item))
+            header, payload = self._transform(reinspect(job, payload), payload)
+            sent = conn.start(header, payload)
         except AssociationLost as exc:
             self._lost(lane, job, exc)
             return
@@ -350,7 +394,7 @@ class Transfer:
                 job.attempts -= 1
             self._settle(lane, job, sent)
         else:
-            lane.job, lane.pending = job, sent
+            lane.flight.append((job, sent))
 
     def _connect(self, lane: _Lane, job: Job) -> bool:
         """Make ``lane`` hold a connection covering ``job``; False (job back in line) when
@@ -450,15 +494,16 @@ class Transfer:
         return [o for o in self.lanes if o is not lane and o.conn is not None and o.conn.alive]
 
     def _finish(self, lane: _Lane) -> None:
-        job, pending, conn = lane.job, lane.pending, _conn(lane)
-        assert job is not None and pending is not None
-        lane.job = lane.pending = None
-        try:
-            sent = conn.finish(pending)
-        except AssociationLost as exc:
-            self._lost(lane, job, exc)
-            return
-        self._settle(lane, job, sent)
+        conn = _conn(lane)
+        flight, lane.flight = lane.flight, []
+        for i, (job, pending) in enumerate(flight):
+            try:
+                sent = conn.finish(pending)
+            except AssociationLost as exc:
+                for lost, _ in flight[i:]:  # one answer for all of them: all unknown
+                    self._lost(lane, lost, exc)
+                return
+            self._settle(lane, job, sent)
 
     def _lost(self, lane: _Lane, job: Job, exc: AssociationLost) -> None:
         # The file's doing only when the PACS ended an association that carried nothing
@@ -495,7 +540,9 @@ class Transfer:
             if lane.conn is not None:
                 self.pool.retire(lane.conn)
                 lane.conn = None
-            self._retry_or_fail(job, sent.error, sent.status, sent.ts_sent)
+            self._retry_or_fail(
+                job, sent.error, sent.status, sent.ts_sent, not_before=sent.retry_after
+            )
             return
         out = self._outcome(job, State.FAILED, sent.error, sent.status)
         out.ts_sent, out.transcoded, out.seconds = sent.ts_sent, sent.transcoded, sent.seconds
@@ -510,9 +557,11 @@ class Transfer:
         *,
         by_peer: bool = False,
         destination: bool = True,
+        not_before: float = 0.0,
     ) -> None:
         """``destination``: the failure was the destination's (the breaker counts it), not
-        the source's (an S3 error)."""
+        the source's (an S3 error); ``not_before``: seconds the destination asked to be
+        left alone (HTTP Retry-After), when longer than the backoff."""
         if self._breaker is not None and destination:
             self._breaker_failed(job, reason)
         if by_peer:
@@ -529,7 +578,7 @@ class Transfer:
                 return
             # One line per re-send (no file name: paths may carry patient names).
             log.warning("%s; sending the file again (attempt %d)", reason, job.attempts + 1)
-            due = self._clock() + self._backoff(job.attempts)
+            due = self._clock() + max(not_before, self._backoff(job.attempts))
             heapq.heappush(self._delayed, (due, next(self._seq), job))
             return
         out = self._outcome(

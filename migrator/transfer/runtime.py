@@ -24,7 +24,7 @@ from migrator.limits.rate_redis import make_redis_limiter
 from migrator.limits.slots import AssociationSlots
 from migrator.redis_client import connect
 from migrator.settings import Settings
-from migrator.transfer.dimse import DimseDestination
+from migrator.transfer.destinations import make_destination
 from migrator.transfer.observe import NULL_OBSERVER, Observer
 from migrator.transfer.pool import ConnectionPool, Lease
 
@@ -66,11 +66,15 @@ class Runtime:
             settings.tls_settings,
             settings.max_pdu,
             settings.allow_lossy,
+            settings.dicomweb_token_file,
+            settings.dicomweb_basic_auth_file,
+            settings.stow_batch_files,
+            settings.stow_batch_bytes,
         )
         pool = self._pools.get(key)
         if pool is None:
             pool = ConnectionPool(
-                DimseDestination(settings),
+                make_destination(settings),
                 capacity=settings.max_lanes,
                 lease_provider=self._lease_provider(settings),
                 observer=self.observer(settings),

@@ -10,9 +10,12 @@ import logging
 import random
 import time
 
+from migrator.errors import ConfigError
 from migrator.ledger import Ledger
 from migrator.settings import Settings
 from migrator.verify.commitment import CommitmentSettings, commit
+from migrator.verify.qido import PAGE as QIDO_PAGE
+from migrator.verify.qido import QidoClient
 from migrator.verify.query import QueryClient
 from migrator.verify.result import FileProblem, StudyCount, VerifyResult
 from migrator.verify.stored import files_for, stored_files
@@ -27,16 +30,24 @@ def verify_job(
     sample: int = 10,
     full: bool = False,
     commitment: CommitmentSettings | None = None,
+    qido_page: int = QIDO_PAGE,
 ) -> VerifyResult:
     """Compare the ledger's stored files with what the PACS holds; nothing is written.
 
     ``sample``: studies whose count matches that are still listed instance by instance
     (chosen at random, seeded by the job id so a re-run checks the same ones); ``full``: list
     every study. Raises ConnectError / AssociationRejected / PacsQueryError when the PACS
-    cannot be asked. Memory: the distinct SOP Instance UIDs of the job (~100 bytes each).
+    cannot be asked. A DICOMweb destination (``config.dicomweb``) is asked over QIDO-RS
+    (``qido_page`` results per request), with the same steps and the same result; storage
+    commitment is DIMSE only (ConfigError). Memory: the distinct SOP Instance UIDs of the
+    job (~100 bytes each).
     """
     started = time.monotonic()
+    dicomweb = config.dicomweb is not None
+    if dicomweb and commitment is not None:
+        raise ConfigError("storage commitment is DIMSE; a DICOMweb destination offers none")
     result = VerifyResult(ledger.job_id, config.server, checked_at=time.time())
+    result.query = "qido-rs" if dicomweb else "c-find"
     result.in_flight = max(0, ledger.counts()["in_flight"])
     by_study: dict[str, set[str]] = {}
     no_study: list[FileProblem] = []
@@ -51,7 +62,9 @@ def verify_job(
     result.instances = sum(len(s) for s in by_study.values())
 
     reasons: dict[str, str] = {}  # missing SOP Instance UID → why
-    with QueryClient(config) as pacs:
+    pacs: QidoClient | QueryClient
+    pacs = QidoClient(config, page=qido_page) if dicomweb else QueryClient(config)
+    with pacs:
         matching: list[str] = []
         to_list: list[str] = []
         for study, sops in sorted(by_study.items()):
@@ -61,7 +74,7 @@ def verify_job(
                 continue
             result.mismatched.append(StudyCount(study, len(sops), count))
             if count == 0:  # the whole study is absent: nothing to list
-                reasons.update(dict.fromkeys(sops, "study not found by C-FIND"))
+                reasons.update(dict.fromkeys(sops, f"study not found by {pacs.name}"))
             else:
                 to_list.append(study)
         if full:
@@ -71,10 +84,11 @@ def verify_job(
         for study in to_list:
             held = pacs.study_instances(study)
             for sop in by_study[study] - held:
-                reasons[sop] = "not found by C-FIND in its study"
+                reasons[sop] = f"not found by {pacs.name} in its study"
         result.studies_listed = len(to_list)
         log.info(
-            "C-FIND: %d studies counted, %d listed, %d queries",
+            "%s: %d studies counted, %d listed, %d queries",
+            pacs.name,
             len(by_study),
             len(to_list),
             pacs.queries,

@@ -25,6 +25,9 @@ from migrator.verify.reactor import ReactorGuard
 class QueryClient:
     """Study Root C-FIND on one association (a context manager)."""
 
+    #: The name of the query in reasons and logs ("not found by C-FIND in its study").
+    name = "C-FIND"
+
     def __init__(self, config: Settings) -> None:
         self.config = config
         ae = new_ae(config)

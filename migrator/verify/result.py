@@ -58,6 +58,8 @@ class VerifyResult:
     mismatched: list[StudyCount] = field(default_factory=list)
     missing: list[FileProblem] = field(default_factory=list)
     unconfirmed: list[FileProblem] = field(default_factory=list)
+    #: how the destination was asked: "c-find" (DIMSE) or "qido-rs" (DICOMweb)
+    query: str = "c-find"
     commitment: bool = False
     committed: int = 0  #: instances the PACS committed to (storage commitment only)
     checked_at: float = 0.0
@@ -69,7 +71,7 @@ class VerifyResult:
 
     @property
     def method(self) -> str:
-        return "c-find+commitment" if self.commitment else "c-find"
+        return f"{self.query}+commitment" if self.commitment else self.query
 
     @property
     def exit_status(self) -> ExitStatus:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import requests
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"  # Debian installs it outside a non-root PATH
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 HOST = "127.0.0.1"
 _INSTALL_HINT = "install it with: apt-get install -y orthanc dcmtk (see TESTING.md §0)"
 
@@ -130,7 +131,9 @@ class OrthancPeer:
     Options map onto TESTING.md §2.2: ``check_called_aet`` → DicomCheckCalledAet,
     ``compression`` "none" switches off all nine compressed groups and "no-j2k" only JPEG 2000,
     ``scp_timeout`` → DicomScpTimeout, ``overwrite`` → OverwriteInstances, ``auth`` turns on
-    HTTP basic auth, ``lua`` installs a Lua script, ``extra`` is merged last into the config.
+    HTTP basic auth, ``lua`` installs a Lua script, ``dicomweb`` loads the DICOMweb plugin
+    (Debian ``orthanc-dicomweb``; STOW-RS / QIDO-RS under ``dicomweb_url``), ``extra`` is merged
+    last into the config.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class OrthancPeer:
         unknown_sop_class_accepted: bool = False,
         auth: tuple[str, str] | None = None,
         lua: str | None = None,
+        dicomweb: bool = False,
         verbose: bool = True,
         extra: dict[str, Any] | None = None,
         startup_timeout: float = 20.0,
@@ -170,6 +174,7 @@ class OrthancPeer:
             "unknown_sop_class_accepted": unknown_sop_class_accepted,
             "auth": auth,
             "lua": lua,
+            "dicomweb": dicomweb,
             "extra": extra or {},
         }
         self._proc: subprocess.Popen[bytes] | None = None
@@ -182,6 +187,11 @@ class OrthancPeer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (with ``dicomweb=True``)."""
+        return f"{self.url}/dicom-web"
 
     @property
     def pid(self) -> int | None:
@@ -227,6 +237,14 @@ class OrthancPeer:
             cfg["Jpeg2000TransferSyntaxAccepted"] = False
         if o["lua"]:
             cfg["LuaScripts"] = [str(self.dir / "script.lua")]
+        if o["dicomweb"]:
+            if not os.path.exists(DICOMWEB_PLUGIN):
+                raise PeerMissingError(
+                    f"{DICOMWEB_PLUGIN} not found: apt-get install -y orthanc-dicomweb "
+                    "(scripts/bootstrap.sh --dev does)"
+                )
+            cfg["Plugins"] = [DICOMWEB_PLUGIN]
+            cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
         cfg.update(o["extra"])
         return cfg
 
