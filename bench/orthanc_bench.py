@@ -30,9 +30,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.corpora import link_subset, prepare_corpus
-from bench.measure import Spawner, log, sender_env, tail
+from bench.measure import Spawner
 from bench.receiver import DEFAULT_PDU, find_dcmtk_tool
-from bench.rows import Row, add_common_options, empty_orthanc, print_goals, run_main
+from bench.rows import (
+    Row,
+    add_common_options,
+    print_goals,
+    run_main,
+    timed_into_orthanc,
+)
 from bench.senders import (
     Sender,
     migrator_run_sender,
@@ -102,19 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             fileset = corpus.full if row.files == args.files else peer_set
                             scratch = work / f"scratch-{rep}-{r}-{s.name}"
                             scratch.mkdir()
-                            empty_orthanc(server)
                             argv = s.argv(fileset.dir, server.dicom_port, scratch)
-                            res = spawner.run(argv, sender_env(), args.timeout)
-                            stored = server.count_instances()
                             label = f"[{rep + 1}/{args.repeat}] {r} Orthanc {s.name}"
-                            if res.rc == 0 and stored == row.files:
-                                row.seconds.append(res.seconds)
-                                log(f"{label}: {row.files / res.seconds:,.0f} files/s")
-                            else:
+                            if not timed_into_orthanc(
+                                spawner, argv, server, row, label, args.timeout
+                            ):
                                 failed = True
-                                row.failures.append(f"rc {res.rc}, Orthanc holds {stored}")
-                                log(f"{label}: FAILED rc {res.rc}, Orthanc holds {stored}")
-                                log(tail(res.output))
         finally:
             for server in servers.values():
                 server.stop()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.measure import SetupError
+from bench.measure import SetupError, Spawner, log, sender_env, tail
 
 #: (what, measured, met)
 Goal = tuple[str, float, bool]
@@ -37,6 +37,7 @@ class Row:
 class _Orthanc(Protocol):
     def get(self, path: str, **params: Any) -> Any: ...
     def delete(self, path: str) -> None: ...
+    def count_instances(self) -> int: ...
 
 
 def empty_orthanc(orthanc: _Orthanc) -> None:
@@ -44,6 +45,29 @@ def empty_orthanc(orthanc: _Orthanc) -> None:
     Orthanc: a re-sent instance is not stored again and would make later runs cheaper."""
     for patient in orthanc.get("/patients"):
         orthanc.delete(f"/patients/{patient}")
+
+
+def timed_into_orthanc(
+    spawner: Spawner,
+    argv: Sequence[str],
+    orthanc: _Orthanc,
+    row: Row,
+    label: str,
+    timeout: float,
+) -> bool:
+    """One timed run of ``argv`` into an emptied ``orthanc``; it counts (into ``row``) only
+    with exit 0 and Orthanc holding every file afterwards. False: it failed (logged)."""
+    empty_orthanc(orthanc)
+    res = spawner.run(argv, sender_env(), timeout)
+    stored = orthanc.count_instances()
+    if res.rc == 0 and stored == row.files:
+        row.seconds.append(res.seconds)
+        log(f"{label}: {row.files / res.seconds:,.0f} files/s")
+        return True
+    row.failures.append(f"rc {res.rc}, Orthanc holds {stored}")
+    log(f"{label}: FAILED rc {res.rc}, Orthanc holds {stored}")
+    log(tail(res.output))
+    return False
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:

@@ -38,9 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.corpora import prepare_corpus
-from bench.measure import SetupError, Spawner, log, sender_env, tail
+from bench.measure import SetupError, Spawner
 from bench.receiver import AET, DEFAULT_PDU, HOST
-from bench.rows import Goal, Row, add_common_options, empty_orthanc, print_goals, run_main
+from bench.rows import (
+    Goal,
+    Row,
+    add_common_options,
+    print_goals,
+    run_main,
+    timed_into_orthanc,
+)
 from bench.senders import migrator_command
 
 # The Orthanc peer of the tests: free ports, a generated config, its identity checked.
@@ -136,19 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         row = rows[(way.name, size)]
                         scratch = work / f"scratch-{rep}-{size}-{way.name}"
                         scratch.mkdir()
-                        empty_orthanc(orthanc)
                         argv = way.command(corpus.full.dir, orthanc, args.jobs, scratch)
-                        res = spawner.run(argv, sender_env(), args.timeout)
-                        stored = orthanc.count_instances()
                         label = f"[{rep + 1}/{args.repeat}] {size} {way.label}"
-                        if res.rc == 0 and stored == row.files:
-                            row.seconds.append(res.seconds)
-                            log(f"{label}: {row.files / res.seconds:,.0f} files/s")
-                        else:
+                        if not timed_into_orthanc(spawner, argv, orthanc, row, label, args.timeout):
                             failed = True
-                            row.failures.append(f"rc {res.rc}, Orthanc holds {stored}")
-                            log(f"{label}: FAILED rc {res.rc}, Orthanc holds {stored}")
-                            log(tail(res.output))
         megabytes = {size: c.full.bytes / 1e6 for size, c in corpora.items()}
     report(rows, list(corpora), megabytes, args)
     return 1 if failed else 0
