@@ -10,22 +10,29 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
 
-from migrator.errors import ConfigError, JobGone
+from migrator.errors import ConfigError, JobGone, SourceError
 from migrator.exitcodes import ExitStatus
 from migrator.keys import limiter_key
 from migrator.ledger import IN_FLIGHT, Ledger, split_id
 from migrator.limits.rate_redis import set_limits
 from migrator.outcomes import FileOutcome, State
-from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan, plan_manifest
+from migrator.planner import (
+    MAX_STUDIES_COUNTED,
+    PlanSummary,
+    plan,
+    plan_entries,
+    plan_manifest,
+)
 from migrator.settings import Settings
 from migrator.sources import open_source
 from migrator.sources.base import Source
-from migrator.sources.manifest import BadLine
+from migrator.sources.dicomweb import DicomwebSource, StudyQuery
+from migrator.sources.manifest import BadLine, ManifestEntry
 from migrator.transfer.batch import REJECTED, UNREACHABLE
 
 Enqueue = Callable[[str], None]
@@ -37,8 +44,11 @@ def default_job_id(sources: Sequence[str], config: Settings) -> str:
     return "job-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
-def make_sources(args: Sequence[str], config: Settings) -> list[Source]:
-    return [open_source(arg, config) for arg in args]
+def make_sources(
+    args: Sequence[str], config: Settings, query: StudyQuery | None = None
+) -> list[Source]:
+    """``query``: which studies a DICOMweb source lists (--from/--to/--modality)."""
+    return [open_source(arg, config, query=query) for arg in args]
 
 
 def open_job(
@@ -92,7 +102,21 @@ def plan_job(
         enqueue = None
     if enqueue is not None and ledger is not None:
         enqueue = _unless_lost(ledger, enqueue)
-    total = plan(ledger, sources, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
+    # Services that list UIDs (DICOMweb) are planned like a manifest: no header is read.
+    listed = [s for s in sources if not isinstance(s, DicomwebSource)]
+    total = plan(ledger, listed, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
+    for source in sources:
+        if isinstance(source, DicomwebSource):
+            part = PlanSummary()
+            plan_entries(
+                ledger,
+                _counted(source, part, ledger),
+                enqueue=enqueue,
+                batch_files=batch_files,
+                batch_bytes=batch_bytes,
+                summary=part,
+            )
+            total.merge(part)
     for path in manifests:
         part = plan_manifest(
             ledger,
@@ -104,6 +128,22 @@ def plan_job(
         )
         total.merge(part)
     return total
+
+
+def _counted(
+    source: DicomwebSource, summary: PlanSummary, ledger: Ledger | None
+) -> Iterator[ManifestEntry]:
+    """The source's entries, counted as listed; a source that cannot be listed (refused,
+    not a QIDO-RS service) is one planned failure, as for a folder or a bucket."""
+    try:
+        for entry in source.iter_entries():
+            summary.listed += 1
+            yield entry
+    except SourceError as exc:
+        summary.refused += 1
+        summary.reasons[str(exc)] += 1
+        if ledger is not None:
+            ledger.add_refused([(source.uri, State.FAILED, str(exc))])
 
 
 def _unless_lost(ledger: Ledger, enqueue: Enqueue) -> Enqueue:

@@ -214,7 +214,6 @@ def plan_manifest(
     """Plan the files a manifest lists, without reading them (workers read each header
     just before sending). Bad lines are counted and passed to ``on_bad_line``."""
     summary = PlanSummary()
-    out = _Emitter(ledger, enqueue, summary, batch_files, batch_bytes)
 
     def entries() -> Iterator[ManifestEntry]:
         for row in read_manifest(path):
@@ -226,9 +225,32 @@ def plan_manifest(
             summary.listed += 1
             yield row
 
+    return plan_entries(
+        ledger,
+        entries(),
+        enqueue=enqueue,
+        batch_files=batch_files,
+        batch_bytes=batch_bytes,
+        summary=summary,
+    )
+
+
+def plan_entries(
+    ledger: Ledger | None,
+    entries: Iterable[ManifestEntry],
+    *,
+    enqueue: Enqueue | None,
+    batch_files: int = 200,
+    batch_bytes: int = 256 * 1024 * 1024,
+    summary: PlanSummary | None = None,
+) -> PlanSummary:
+    """Plan files known by their URI (and UIDs, when known) without reading them: a
+    manifest's lines, a DICOMweb source's instances (``iter_entries``)."""
+    summary = summary if summary is not None else PlanSummary()
+    out = _Emitter(ledger, enqueue, summary, batch_files, batch_bytes)
     # No "planned before?" round trip per chunk: there is no header to spare reading, and
     # writing a batch leaves out what was planned before (one Redis command per line).
-    for entry in entries():
+    for entry in entries:
         planned = PlannedFile(
             uri=entry.uri,
             size=entry.size,

@@ -73,6 +73,7 @@ def send(
     prefix: Sequence[str] = (),
     sample: Callable[[str], None] | None = None,
     dest: Sequence[str] = (),
+    sources: Sequence[str] = (),
 ) -> Result:
     """Send ``inputs`` (a folder) to 127.0.0.1:``port`` through one front end.
 
@@ -82,18 +83,20 @@ def send(
     inherits ``MIGRATOR_TEST_MARKER=marker`` (see ``enginehelpers.processes_with_env``).
     Processes still carrying the marker once the command has ended are killed here, by PID,
     so that a broken run cannot hold the machine's two cores for the tests after it.
-    ``dest`` replaces the DIMSE destination options (``["--dicomweb", URL]``).
+    ``dest`` replaces the DIMSE destination options (``["--dicomweb", URL]``); ``sources``
+    (URIs such as ``dicomweb+http://…``) replace ``inputs`` as what is sent.
     """
     n = next(_calls)
     report = tmp_path / f"report-{front_end}-{n}.json"
     if not dest:
         dest = ["--host", "127.0.0.1", "--port", str(port), "--called-ae", called_ae]
+    what = list(sources) or [str(inputs)]
     if front_end == "store":
-        args = ["store", "--dir", str(inputs), "-R", *dest]
+        args = ["store", *(sources or ["--dir", str(inputs), "-R"]), *dest]
     elif front_end == "run":
         args = [
             "run",
-            str(inputs),
+            *what,
             *dest,
             "--state-dir",
             str(tmp_path / f"state-{n}"),

@@ -25,6 +25,7 @@ from migrator.commands.common import (
 )
 from migrator.commands.jobstate import DEFAULT_STATE_DIR
 from migrator.commands.session import redis_failure
+from migrator.commands.studyquery import study_query, study_query_options
 from migrator.errors import ConfigError, MigratorError
 from migrator.exitcodes import EXIT_CODES_HELP
 from migrator.settings import Settings
@@ -71,6 +72,7 @@ def job_options(func: F) -> F:
         [
             click.argument("sources", nargs=-1, metavar="[SOURCE]..."),
             send_options,
+            study_query_options,
             tls_options,
             opt(
                 "--manifest",
@@ -239,7 +241,7 @@ def _make_sources(sources: tuple[str, ...], config: Settings, o: dict[str, Any])
     if missing:
         fail_config(f"no such file or directory: {', '.join(missing)}")
     try:
-        return engine.make_sources(sources, config)
+        return engine.make_sources(sources, config, study_query(o))
     except ConfigError as exc:
         fail_config(str(exc))
 

@@ -1,4 +1,4 @@
-"""Where files come from: local files and folders, S3 prefixes, manifests.
+"""Where files come from: local files and folders, S3 prefixes, manifests, DICOMweb services.
 
 ``open_source`` is the one place that turns what a user typed (or what a plan holds) into a
 ``Source``; `store`, the planner and the workers all go through it.
@@ -13,11 +13,28 @@ from migrator.sources.filesystem import FileSource
 
 if TYPE_CHECKING:
     from migrator.settings import Settings
+    from migrator.sources.dicomweb import StudyQuery
 
 
-def open_source(uri: str, settings: Settings | None = None, *, recursive: bool = True) -> Source:
-    """``s3://bucket/prefix`` (or one object) or a local file or folder (walked into its
-    sub-folders when ``recursive``). Raises ConfigError for an unusable S3 setup."""
+def open_source(
+    uri: str,
+    settings: Settings | None = None,
+    *,
+    recursive: bool = True,
+    query: StudyQuery | None = None,
+) -> Source:
+    """``s3://bucket/prefix`` (or one object), ``dicomweb+https://host/dicom-web`` (the
+    studies ``query`` selects), or a local file or folder (walked into its sub-folders when
+    ``recursive``). Raises ConfigError for an unusable S3 setup or DICOMweb URL."""
+    from migrator.sources.dicomweb import DicomwebSource, is_dicomweb
+
+    if is_dicomweb(uri):
+        return DicomwebSource(
+            uri,
+            query=query,
+            connect_timeout=settings.acse_timeout if settings else 30.0,
+            read_timeout=settings.dimse_timeout if settings else 60.0,
+        )
     if uri.startswith("s3://"):
         from migrator.sources.s3 import S3Settings, S3Source
 
@@ -36,10 +53,18 @@ class SourceCache:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._s3: dict[str, Source] = {}
+        self._dicomweb: dict[str, Source] = {}
         # One for every local file: a FileSource fetches an item by its own URI.
         self._files = FileSource("/")
 
     def __call__(self, uri: str) -> Source:
+        from migrator.sources.dicomweb import is_dicomweb, service_url
+
+        if is_dicomweb(uri):
+            root = service_url(uri)
+            if root not in self._dicomweb:
+                self._dicomweb[root] = open_source(f"dicomweb+{root}", self._settings)
+            return self._dicomweb[root]
         if not uri.startswith("s3://"):
             return self._files
         bucket = uri[5:].split("/", 1)[0]

@@ -1,0 +1,300 @@
+"""``DicomwebSource``: an archive's instances listed by QIDO-RS and fetched by WADO-RS.
+
+``dicomweb+https://host/dicom-web`` (or ``dicomweb+http://``) is a source like a folder or
+an ``s3://`` prefix. Listing asks QIDO-RS for the studies (optionally in a StudyDate window
+and for one modality), then each study's series, then each series' instances, page by page
+(migrator/dicomweb/qido.py); each instance becomes one item whose URI is its WADO-RS URL
+with the ``dicomweb+`` prefix:
+``dicomweb+https://host/dicom-web/studies/{study}/series/{series}/instances/{sop}``.
+
+The planner plans these like a manifest's lines (``iter_entries``: UIDs known, no header
+read), so planning costs one QIDO-RS query per series, not one download per instance.
+Sending fetches each instance once: the worker reads its header from the downloaded
+spool file, and the send that follows takes that same file (``fetch`` keeps a fetched
+file until the next fetch of the item, within ``MAX_HELD_FILES`` / ``MAX_HELD_BYTES``).
+
+Archives cap how many results a query returns. Every list is read page by page with
+``limit``/``offset``; a server that caps the total without paging is named with
+``find_limit``: a date window that returns that many studies is split in two, down to one
+day, so that no study is silently missed (a day still at the cap is an error naming it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import urllib3
+
+from migrator.dicomweb.qido import (
+    SERIES_INSTANCE_UID,
+    SOP_INSTANCE_UID,
+    STUDY_INSTANCE_UID,
+    QidoErrors,
+    QidoHttp,
+)
+from migrator.dicomweb.wado import ACCEPT, BLOCK, boundary_of, save_single_part
+from migrator.errors import ConfigError, ConnectError, SourceError, TransientError
+from migrator.sources.base import Payload, SourceItem
+from migrator.sources.manifest import ManifestEntry
+
+PREFIX = "dicomweb+"
+#: Fetched files kept for the send that follows their header's reading, at most.
+MAX_HELD_FILES = 512
+MAX_HELD_BYTES = 1 << 30
+
+_ERRORS = QidoErrors(
+    failed=SourceError,
+    refused=SourceError,
+    page_option="--qido-page",
+    auth_options="the source's credentials",
+)
+
+
+def is_dicomweb(uri: str) -> bool:
+    return uri.startswith(("dicomweb+http://", "dicomweb+https://"))
+
+
+def service_url(uri: str) -> str:
+    """The HTTP(S) root of a source or item URI (``dicomweb+`` and any ``/studies/…`` cut)."""
+    url = uri[len(PREFIX) :] if uri.startswith(PREFIX) else uri
+    at = url.find("/studies/")
+    return (url[:at] if at >= 0 else url).rstrip("/")
+
+
+@dataclass(frozen=True)
+class StudyQuery:
+    """Which studies to list: StudyDate from/to (inclusive; None: open), one modality."""
+
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    modality: str | None = None
+    #: Results the server returns per query at most, whatever the paging (None: it pages)
+    find_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ConfigError(f"--from {self.date_from} is after --to {self.date_to}")
+        if self.find_limit is not None and self.find_limit < 2:
+            raise ConfigError("--find-limit must be at least 2")
+
+
+def parse_date(text: str, option: str) -> dt.date:
+    """``YYYY-MM-DD`` or ``YYYYMMDD``."""
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    raise ConfigError(f"{option} {text!r}: expected a date as YYYY-MM-DD")
+
+
+class DicomwebSource:
+    """The instances of a DICOMweb service (see the module's docstring)."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        query: StudyQuery | None = None,
+        authorization: str | None = None,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 60.0,
+        page: int = 1000,
+    ) -> None:
+        url = service_url(uri)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"{uri!r}: expected dicomweb+https://host/dicom-web (the service's root URL)"
+            )
+        if parts.username or parts.password or parts.query:
+            raise ConfigError(f"{uri!r}: no user, password or query in a DICOMweb source URL")
+        self.url = url
+        self.uri = PREFIX + url
+        self.query = query or StudyQuery()
+        self._authorization = authorization
+        self._timeouts = (connect_timeout, read_timeout)
+        self._page = page
+        self._pool: urllib3.PoolManager | None = None
+        self._held: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._held_bytes = 0
+        # `store` reads headers in threads while its sender fetches: one lock for the files held.
+        self._lock = threading.Lock()
+        self._spool = tempfile.mkdtemp(prefix="migrator-wado-")
+        weakref.finalize(self, shutil.rmtree, self._spool, True)
+
+    def __repr__(self) -> str:
+        return f"DicomwebSource({self.uri!r})"
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def iter_items(self) -> Iterator[SourceItem]:
+        for entry in self.iter_entries():
+            yield SourceItem(entry.uri, 0)
+
+    def iter_entries(self) -> Iterator[ManifestEntry]:
+        """Every instance, study by study, with its UIDs (sizes are unknown: 0)."""
+        with self._qido() as qido:
+            for study in self._studies(qido):
+                path = f"/studies/{quote(study)}"
+                for series in qido.uids(f"{path}/series", SERIES_INSTANCE_UID):
+                    spath = f"{path}/series/{quote(series)}/instances"
+                    for sop in qido.uids(spath, SOP_INSTANCE_UID):
+                        uri = f"{self.uri}{spath}/{quote(sop)}"
+                        yield ManifestEntry(0, uri, 0, sop, study)
+
+    def _qido(self) -> QidoHttp:
+        return QidoHttp(
+            self.url,
+            authorization=self._authorization,
+            connect_timeout=self._timeouts[0],
+            read_timeout=self._timeouts[1],
+            errors=_ERRORS,
+            page=self._page,
+        )
+
+    def _studies(self, qido: QidoHttp) -> Iterator[str]:
+        q = self.query
+        if q.date_from is None and q.date_to is None:
+            found = self._window(qido, None)
+            if q.find_limit is not None and len(found) >= q.find_limit:
+                raise SourceError(
+                    f"{self.uri}: {len(found)} studies, as many as --find-limit: the listing "
+                    "may be capped; give --from and --to so it can be split into date windows"
+                )
+            yield from found
+            return
+        low = q.date_from or dt.date(1900, 1, 1)
+        high = q.date_to or dt.date.today()
+        pending = [(low, high)]
+        while pending:
+            start, end = pending.pop(0)
+            found = self._window(qido, (start, end))
+            if q.find_limit is None or len(found) < q.find_limit:
+                yield from found
+                continue
+            if start == end:
+                raise SourceError(
+                    f"{self.uri}: {start.isoformat()} alone has {len(found)} studies, as many "
+                    "as --find-limit: raise the server's limit or --find-limit"
+                )
+            # Split in two: the earlier half first, so studies come in date order.
+            mid = start + (end - start) // 2
+            pending[:0] = [(start, mid), (mid + dt.timedelta(days=1), end)]
+
+    def _window(self, qido: QidoHttp, dates: tuple[dt.date, dt.date] | None) -> list[str]:
+        params: dict[str, str] = {}
+        if dates is not None:
+            params["StudyDate"] = f"{dates[0]:%Y%m%d}-{dates[1]:%Y%m%d}"
+        if self.query.modality:
+            params["ModalitiesInStudy"] = self.query.modality
+        return qido.uids("/studies", STUDY_INSTANCE_UID, params)
+
+    # -- fetching --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def fetch(self, item: SourceItem) -> Iterator[Payload]:
+        with self._lock:
+            held = self._held.pop(item.uri, None)
+            if held is not None:
+                self._held_bytes -= held[1]
+        if held is not None:
+            try:
+                yield Payload(path=held[0])
+            finally:
+                _unlink(held[0])
+            return
+        path, size = self._download(item)
+        try:
+            yield Payload(path=path)
+        except BaseException:
+            _unlink(path)
+            raise
+        # Kept for the next fetch of the item: reading a header is followed by its send.
+        self._hold(item.uri, path, size)
+
+    def _hold(self, uri: str, path: str, size: int) -> None:
+        evicted = []
+        with self._lock:
+            replaced = self._held.pop(uri, None)
+            if replaced is not None:
+                self._held_bytes -= replaced[1]
+                evicted.append(replaced[0])
+            self._held[uri] = (path, size)
+            self._held_bytes += size
+            while len(self._held) > MAX_HELD_FILES or self._held_bytes > MAX_HELD_BYTES:
+                _, (old, old_size) = self._held.popitem(last=False)
+                self._held_bytes -= old_size
+                evicted.append(old)
+        for old in evicted:
+            _unlink(old)
+
+    def _download(self, item: SourceItem) -> tuple[str, int]:
+        if not is_dicomweb(item.uri):
+            raise SourceError(f"{item.uri}: not a DICOMweb instance URI")
+        url = item.uri[len(PREFIX) :]
+        headers = {"Accept": ACCEPT}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization
+        try:
+            resp = self._http().request(
+                "GET", url, headers=headers, preload_content=False, redirect=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise ConnectError(f"cannot reach {self.url} (WADO-RS: {exc})") from None
+        try:
+            return self._save(item, resp)
+        finally:
+            resp.release_conn()
+
+    def _save(self, item: SourceItem, resp: Any) -> tuple[str, int]:
+        where = item.uri
+        if resp.status == 404:
+            raise SourceError(f"{where}: no longer at the source (WADO-RS: HTTP 404)")
+        if resp.status in (429, 503) or resp.status >= 500:
+            raise TransientError(f"{where}: the source answered HTTP {resp.status}")
+        if resp.status != 200:
+            raise SourceError(f"{where}: the source answered HTTP {resp.status} (WADO-RS)")
+        boundary = boundary_of(resp.headers.get("Content-Type", ""))
+        if boundary is None:
+            raise SourceError(
+                f"{where}: the WADO-RS answer is {resp.headers.get('Content-Type')!r}, "
+                "not multipart/related"
+            )
+        fd, path = tempfile.mkstemp(dir=self._spool, suffix=".dcm")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size = save_single_part(resp.stream(BLOCK), boundary, out, where)
+        except urllib3.exceptions.HTTPError as exc:
+            _unlink(path)
+            raise TransientError(f"{where}: the download was interrupted ({exc})") from None
+        except BaseException:
+            _unlink(path)
+            raise
+        return path, size
+
+    def _http(self) -> urllib3.PoolManager:
+        if self._pool is None:
+            connect, read = self._timeouts
+            self._pool = urllib3.PoolManager(
+                maxsize=4,
+                timeout=urllib3.Timeout(connect=connect, read=read),
+                retries=urllib3.Retry(total=1, redirect=False),
+            )
+        return self._pool
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
