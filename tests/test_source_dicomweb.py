@@ -26,6 +26,7 @@ from migrator.synth import write_corpus
 from migrator.synth.corpora import write_mixed_corpus
 from tests.behaviourhelpers import FRONT_ENDS, send
 from tests.peers.dcmtk import StoreScpPeer
+from tests.peers.http_relay import StowFaultRelay
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import RedisPeer
 
@@ -66,10 +67,13 @@ def test_every_instance_of_a_dicomweb_source_arrives_as_the_archive_holds_it(
     compare_datasets: Callable[..., None],
 ) -> None:
     pacs, files = archive
-    result = send(
-        front_end, tmp_path, storescp.port, storescp.aet, tmp_path, sources=[_source(pacs)]
-    )
+    with StowFaultRelay(pacs.url, []) as relay:
+        source = f"dicomweb+{relay.url}/dicom-web"
+        result = send(front_end, tmp_path, storescp.port, storescp.aet, tmp_path, sources=[source])
     assert result.rc == 0, result.tail()
+    # One download per instance: the header is read from the file the send then takes.
+    wado = [g for g in relay.gets() if "/instances/" in g]
+    assert len(wado) == len(files), wado
     totals = result.totals()
     assert totals["stored"] == totals["planned"] == len(files), totals
     got = _received(storescp)
@@ -78,7 +82,7 @@ def test_every_instance_of_a_dicomweb_source_arrives_as_the_archive_holds_it(
         compare_datasets(original, got[_sop(original)])
     # The report names each instance by its WADO-RS URL (no patient data in it).
     uris = [f["uri"] for f in result.report["files"]]  # type: ignore[index]
-    assert all(u.startswith(_source(pacs) + "/studies/") for u in uris), uris[:2]
+    assert all(u.startswith(source + "/studies/") for u in uris), uris[:2]
 
 
 def test_a_second_run_sends_nothing_again_and_a_deleted_instance_fails_alone(

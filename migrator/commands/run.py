@@ -281,7 +281,10 @@ def _plan(
 def _sources_given(sources: tuple[str, ...], o: dict[str, Any]) -> list[str]:
     """What identifies the job's input (its default id): sources and manifests."""
     if not sources and not o["manifests"]:
-        fail_config("nothing to migrate: give SOURCE folders / s3:// prefixes or --manifest")
+        fail_config(
+            "nothing to migrate: give SOURCE folders / s3:// prefixes / dicomweb+https:// "
+            "services or --manifest"
+        )
     return [*sources, *(f"manifest:{os.path.abspath(m)}" for m in o["manifests"])]
 
 
@@ -340,6 +343,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
       migrator run s3://bucket/2019/ --host pacs --called-ae PACS --rate-limit 200 \\
           --redis-url redis://redis:6379/0 --max-associations 8
       migrator run /archive --host pacs --called-ae PACS --dry-run
+      migrator run dicomweb+https://old-pacs/dicom-web --from 2019-01-01 --to 2019-12-31 \\
+          --host pacs --called-ae PACS
       migrator run /archive --host far-pacs --called-ae PACS -j auto --max-associations 32
     """
     from migrator import engine
