@@ -86,6 +86,16 @@ class Settings:
     #: settings are stored in the ledger and printed in reports)
     dicomweb_token_file: str | None = None
     dicomweb_basic_auth_file: str | None = None
+    #: https to the DICOMweb destination: a CA to trust, our client certificate (and key)
+    dicomweb_ca: str | None = None
+    dicomweb_cert: str | None = None
+    dicomweb_key: str | None = None
+    #: A ``dicomweb+https://`` source: its credential files, CA and client certificate
+    source_token_file: str | None = None
+    source_basic_auth_file: str | None = None
+    source_ca: str | None = None
+    source_cert: str | None = None
+    source_key: str | None = None
     #: Instances per STOW-RS request at most, and bytes per request (a larger file goes alone)
     stow_batch_files: int = 16
     stow_batch_bytes: int = 16_000_000
@@ -104,6 +114,21 @@ class Settings:
             from migrator.dicomweb.url import check_dicomweb
 
             check_dicomweb(self)
+
+    @property
+    def dicomweb_tls(self) -> TlsSettings | None:
+        """https settings of the DICOMweb destination (None: the system's CAs, no client
+        certificate)."""
+        if not (self.dicomweb_ca or self.dicomweb_cert):
+            return None
+        return TlsSettings(self.dicomweb_ca, self.dicomweb_cert, self.dicomweb_key, "--dicomweb")
+
+    @property
+    def source_tls(self) -> TlsSettings | None:
+        """https settings of a ``dicomweb+https://`` source (as ``dicomweb_tls``)."""
+        if not (self.source_ca or self.source_cert):
+            return None
+        return TlsSettings(self.source_ca, self.source_cert, self.source_key, "--source")
 
     @property
     def auto_concurrency(self) -> bool:

@@ -25,7 +25,13 @@ from migrator.commands.common import (
 )
 from migrator.commands.jobstate import DEFAULT_STATE_DIR
 from migrator.commands.session import redis_failure
-from migrator.commands.studyquery import study_query, study_query_options
+from migrator.commands.sourceopts import (
+    check_https,
+    dicomweb_https_options,
+    https_fields,
+    source_options,
+    study_query,
+)
 from migrator.errors import ConfigError, MigratorError
 from migrator.exitcodes import EXIT_CODES_HELP
 from migrator.settings import Settings
@@ -45,13 +51,17 @@ __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_STATE_DIR", "plan_command", "run_comm
 def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
     """The job's settings from the command's options; bad values fail here (exit 2), not
     in a worker. ``check_tls``: the TLS files are read here too (local workers)."""
-    return settings_from_options(
+    config = settings_from_options(
         o,
         check_tls=check_tls,
         max_associations=o["max_associations"],
         concurrency=o["concurrency"],
         give_up_after=o["give_up_after"],
+        **https_fields(o),
     )
+    if check_tls:
+        check_https(config)
+    return config
 
 
 def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
@@ -72,7 +82,8 @@ def job_options(func: F) -> F:
         [
             click.argument("sources", nargs=-1, metavar="[SOURCE]..."),
             send_options,
-            study_query_options,
+            dicomweb_https_options,
+            source_options,
             tls_options,
             opt(
                 "--manifest",

@@ -19,6 +19,13 @@ from migrator.commands.common import (
     setup_logging,
     tls_options,
 )
+from migrator.commands.sourceopts import (
+    check_https,
+    dicomweb_https_options,
+    https_fields,
+    source_options,
+    study_query,
+)
 from migrator.errors import ConfigError, MigratorError
 from migrator.exitcodes import EXIT_CODES_HELP
 from migrator.outcomes import StoreResult
@@ -67,6 +74,8 @@ from migrator.summary import render_text
     help="At most this many simultaneous associations to the PACS (its own limit): "
     "-j auto grows up to it, -j N above it is lowered to it.",
 )
+@dicomweb_https_options
+@source_options
 @report_option
 @click.option("-v", "--verbose", count=True, help="Log each file (-vv: protocol details).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary's first line and errors.")
@@ -87,6 +96,8 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
       migrator store --host pacs --called-ae PACS --rate-limit 50 --dir /nas/ct -R
       migrator store --host pacs --called-ae PACS s3://archive/2019/ \\
           --s3-endpoint http://minio:9000 --report run.json
+      migrator store dicomweb+https://old-pacs/dicom-web --source-token-file tok \\
+          --from 2019-01-01 --to 2019-01-31 --host pacs --called-ae PACS
       migrator store --host pacs.example.org --port 2762 --called-ae PACS --tls \\
           --tls-ca ca.pem --tls-cert me.pem --tls-key me.key --dir /archive -R
     """
@@ -99,7 +110,9 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
         concurrency=o["concurrency"],
         timeout=o["timeout"],
         max_associations=o["max_associations"],
+        **https_fields(o),
     )
+    check_https(settings)
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
     scu = StoreScu(
         settings,
@@ -111,7 +124,7 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
 
     try:
         for arg in files:  # a file given by name is itself, never walked
-            scu.add_source(open_source(arg, settings, recursive=False))
+            scu.add_source(open_source(arg, settings, recursive=False, query=study_query(o)))
         for folder in dirs:
             scu.add_source(open_source(folder, settings, recursive=o["recursive"]))
     except ConfigError as exc:

@@ -13,20 +13,24 @@ import base64
 from migrator.errors import ConfigError
 
 
-def authorization(token_file: str | None, basic_auth_file: str | None) -> str | None:
+def authorization(
+    token_file: str | None,
+    basic_auth_file: str | None,
+    *,
+    options: tuple[str, str] = ("--dicomweb-token-file", "--dicomweb-basic-auth-file"),
+) -> str | None:
     """The ``Authorization`` header value, or None when no credentials are configured.
 
     ``token_file``: a bearer token (surrounding whitespace ignored). ``basic_auth_file``:
-    ``user:password`` on its first line."""
+    ``user:password`` on its first line. ``options`` name them in messages."""
     if token_file:
-        token = _read(token_file, "--dicomweb-token-file")
+        token = _read(token_file, options[0])
         return f"Bearer {token}"
     if basic_auth_file:
-        line = _read(basic_auth_file, "--dicomweb-basic-auth-file").splitlines()[0]
+        line = _read(basic_auth_file, options[1]).splitlines()[0]
         if ":" not in line:
             raise ConfigError(
-                f"--dicomweb-basic-auth-file {basic_auth_file}: expected user:password "
-                "on its first line"
+                f"{options[1]} {basic_auth_file}: expected user:password on its first line"
             )
         return "Basic " + base64.b64encode(line.encode()).decode("ascii")
     return None

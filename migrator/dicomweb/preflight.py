@@ -4,14 +4,16 @@ us in? (What the C-ECHO preflight of `run`, `plan` and `retry` does for DIMSE.)"
 from __future__ import annotations
 
 import http.client
+import ssl
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from migrator.dicomweb.auth import authorization
+from migrator.dicomweb.https import connection
 from migrator.dicomweb.url import root_path
+from migrator.dul.tls import handshake_failure
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 
@@ -30,15 +32,19 @@ def dicomweb_preflight(settings: Settings) -> tuple[str, ExitStatus] | None:
     QIDO-RS; the files' own answers will say more than a guess here. Credential files that
     cannot be read here (a cluster's workers have their own) skip the check."""
     url = settings.dicomweb or ""
-    try:
-        auth = authorization(settings.dicomweb_token_file, settings.dicomweb_basic_auth_file)
-    except ConfigError:
-        return None
     parts = urlsplit(url)
     https = parts.scheme == "https"
-    cls = HTTPSConnection if https else HTTPConnection
-    conn = cls(parts.hostname or "", parts.port or (443 if https else 80))
-    conn.timeout = settings.acse_timeout
+    try:
+        auth = authorization(settings.dicomweb_token_file, settings.dicomweb_basic_auth_file)
+        conn = connection(
+            https,
+            parts.hostname or "",
+            parts.port or (443 if https else 80),
+            settings.acse_timeout,
+            settings.dicomweb_tls,
+        )
+    except ConfigError:
+        return None
     where = f"{parts.scheme}://{parts.netloc}{root_path(url)}"
     headers = {"Accept": "application/dicom+json"}
     if auth is not None:
@@ -46,6 +52,12 @@ def dicomweb_preflight(settings: Settings) -> tuple[str, ExitStatus] | None:
     try:
         conn.request("GET", root_path(url) + "/studies?limit=1", headers=headers)
         status = conn.getresponse().status
+    except ssl.SSLError as exc:
+        return (
+            f"✗ DICOMweb {where}: the TLS handshake failed: "
+            f"{handshake_failure(exc, flag='--dicomweb')} (--dicomweb-ca trusts a private CA)",
+            ExitStatus.CANNOT_CONNECT,
+        )
     except _HTTP_ERRORS as exc:
         return f"✗ DICOMweb {where} cannot be reached: {exc}", ExitStatus.CANNOT_CONNECT
     finally:

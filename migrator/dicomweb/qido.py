@@ -20,13 +20,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
 
+from migrator.dicomweb.https import ssl_kwargs
 from migrator.dicomweb.url import root_path
 from migrator.errors import ConnectError, MigratorError
+
+if TYPE_CHECKING:
+    from migrator.dul.tls import TlsSettings
 
 STUDY_INSTANCE_UID = "0020000D"
 SERIES_INSTANCE_UID = "0020000E"
@@ -62,6 +66,7 @@ class QidoHttp:
         read_timeout: float,
         errors: QidoErrors,
         page: int = PAGE,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.page = page
         self.queries = 0
@@ -79,6 +84,7 @@ class QidoHttp:
             # A kept-alive connection the server closed between queries: ask once more
             # (GET is safe to repeat); no redirects (credentials must not follow them).
             retries=urllib3.Retry(total=1, redirect=False),
+            **ssl_kwargs(tls, parts.scheme == "https"),
         )
 
     def __enter__(self) -> QidoHttp:

@@ -35,6 +35,8 @@ class TlsSettings:
     cert: str | None = None
     #: PEM private key of ``cert`` when it is in a file of its own
     key: str | None = None
+    #: The options' prefix, for messages: ``--tls`` (DICOM TLS), ``--dicomweb`` (https)
+    flag: str = "--tls"
 
     def describe(self) -> str:
         """One line for logs and banners (paths only)."""
@@ -59,9 +61,9 @@ class TlsSettings:
         required = bool(self.ca) if require_client_cert is None else require_client_cert
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        _load_chain(ctx, self.cert, self.key)
+        _load_chain(ctx, self.cert, self.key, self.flag)
         if self.ca:
-            _load_ca(ctx, self.ca)
+            _load_ca(ctx, self.ca, self.flag)
         ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_NONE
         return ctx
 
@@ -71,13 +73,15 @@ def _client_context(settings: TlsSettings) -> ssl.SSLContext:
     import ssl
 
     if settings.key and not settings.cert:
-        raise ConfigError("--tls-key needs --tls-cert (the certificate of that key)")
+        raise ConfigError(
+            f"{settings.flag}-key needs {settings.flag}-cert (the certificate of that key)"
+        )
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if settings.ca:
-        _load_ca(ctx, settings.ca)
+        _load_ca(ctx, settings.ca, settings.flag)
     if settings.cert:
-        _load_chain(ctx, settings.cert, settings.key)
+        _load_chain(ctx, settings.cert, settings.key, settings.flag)
     return ctx
 
 
@@ -90,24 +94,24 @@ def _check_file(path: str, what: str) -> None:
         raise ConfigError(f"{what} {path} is not readable")
 
 
-def _load_ca(ctx: ssl.SSLContext, path: str) -> None:
+def _load_ca(ctx: ssl.SSLContext, path: str, flag: str) -> None:
     import ssl
 
-    _check_file(path, "TLS CA file (--tls-ca)")
+    _check_file(path, f"TLS CA file ({flag}-ca)")
     try:
         ctx.load_verify_locations(cafile=path)
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigError(
-            f"TLS CA file (--tls-ca) {path} holds no usable PEM certificate: {_reason(exc)}"
+            f"TLS CA file ({flag}-ca) {path} holds no usable PEM certificate: {_reason(exc)}"
         ) from None
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: str, key: str | None) -> None:
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str | None, flag: str) -> None:
     import ssl
 
-    _check_file(cert, "TLS certificate (--tls-cert)")
+    _check_file(cert, f"TLS certificate ({flag}-cert)")
     if key:
-        _check_file(key, "TLS private key (--tls-key)")
+        _check_file(key, f"TLS private key ({flag}-key)")
     try:
         # No password callback: an encrypted key must not make OpenSSL prompt on a terminal.
         ctx.load_cert_chain(cert, key, password=_no_password)
@@ -134,8 +138,9 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def handshake_failure(exc: BaseException, *, receiver: bool = False) -> str:
-    """A human explanation of a failed TLS handshake or TLS read (``receiver``: ours)."""
+def handshake_failure(exc: BaseException, *, receiver: bool = False, flag: str = "--tls") -> str:
+    """A human explanation of a failed TLS handshake or TLS read (``receiver``: ours);
+    ``flag`` prefixes the options named (``--tls``, ``--dicomweb``)."""
     import ssl
 
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -153,7 +158,7 @@ def handshake_failure(exc: BaseException, *, receiver: bool = False) -> str:
     )
     explanations = {
         "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate "
-        "(--tls-cert/--tls-key)",
+        f"({flag}-cert/{flag}-key)",
         "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the peer presented no client certificate",
         "SSLV3_ALERT_BAD_CERTIFICATE": "the peer refused our certificate (bad certificate)",
         "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust the CA of our certificate (unknown CA)",

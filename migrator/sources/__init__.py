@@ -32,6 +32,12 @@ def open_source(
         return DicomwebSource(
             uri,
             query=query,
+            credentials=(
+                (settings.source_token_file, settings.source_basic_auth_file)
+                if settings
+                else (None, None)
+            ),
+            tls=settings.source_tls if settings else None,
             connect_timeout=settings.acse_timeout if settings else 30.0,
             read_timeout=settings.dimse_timeout if settings else 60.0,
         )

@@ -31,11 +31,13 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import urllib3
 
+from migrator.dicomweb.auth import authorization
+from migrator.dicomweb.https import ssl_kwargs
 from migrator.dicomweb.qido import (
     SERIES_INSTANCE_UID,
     SOP_INSTANCE_UID,
@@ -48,16 +50,20 @@ from migrator.errors import ConfigError, ConnectError, SourceError, TransientErr
 from migrator.sources.base import Payload, SourceItem
 from migrator.sources.manifest import ManifestEntry
 
+if TYPE_CHECKING:
+    from migrator.dul.tls import TlsSettings
+
 PREFIX = "dicomweb+"
 #: Fetched files kept for the send that follows their header's reading, at most.
 MAX_HELD_FILES = 512
 MAX_HELD_BYTES = 1 << 30
 
+_CREDENTIAL_OPTIONS = ("--source-token-file", "--source-basic-auth-file")
 _ERRORS = QidoErrors(
     failed=SourceError,
     refused=SourceError,
-    page_option="--qido-page",
-    auth_options="the source's credentials",
+    page_option="page",
+    auth_options=" or ".join(_CREDENTIAL_OPTIONS),
 )
 
 
@@ -107,7 +113,8 @@ class DicomwebSource:
         uri: str,
         *,
         query: StudyQuery | None = None,
-        authorization: str | None = None,
+        credentials: tuple[str | None, str | None] = (None, None),
+        tls: TlsSettings | None = None,
         connect_timeout: float = 30.0,
         read_timeout: float = 60.0,
         page: int = 1000,
@@ -123,7 +130,9 @@ class DicomwebSource:
         self.url = url
         self.uri = PREFIX + url
         self.query = query or StudyQuery()
-        self._authorization = authorization
+        #: (token file, basic auth file): read again at each request (a refreshed token)
+        self._credentials = credentials
+        self._tls = tls
         self._timeouts = (connect_timeout, read_timeout)
         self._page = page
         self._pool: urllib3.PoolManager | None = None
@@ -154,10 +163,17 @@ class DicomwebSource:
                         uri = f"{self.uri}{spath}/{quote(sop)}"
                         yield ManifestEntry(0, uri, 0, sop, study)
 
+    def _authorization(self) -> str | None:
+        try:
+            return authorization(*self._credentials, options=_CREDENTIAL_OPTIONS)
+        except ConfigError as exc:
+            raise SourceError(f"{self.uri}: {exc}") from None
+
     def _qido(self) -> QidoHttp:
         return QidoHttp(
             self.url,
-            authorization=self._authorization,
+            authorization=self._authorization(),
+            tls=self._tls,
             connect_timeout=self._timeouts[0],
             read_timeout=self._timeouts[1],
             errors=_ERRORS,
@@ -245,8 +261,9 @@ class DicomwebSource:
             raise SourceError(f"{item.uri}: not a DICOMweb instance URI")
         url = item.uri[len(PREFIX) :]
         headers = {"Accept": ACCEPT}
-        if self._authorization is not None:
-            headers["Authorization"] = self._authorization
+        auth = self._authorization()
+        if auth is not None:
+            headers["Authorization"] = auth
         try:
             resp = self._http().request(
                 "GET", url, headers=headers, preload_content=False, redirect=False
@@ -260,6 +277,11 @@ class DicomwebSource:
 
     def _save(self, item: SourceItem, resp: Any) -> tuple[str, int]:
         where = item.uri
+        if resp.status in (401, 403):
+            raise SourceError(
+                f"{where}: the source refuses our credentials (HTTP {resp.status}); check "
+                "--source-token-file or --source-basic-auth-file"
+            )
         if resp.status == 404:
             raise SourceError(f"{where}: no longer at the source (WADO-RS: HTTP 404)")
         if resp.status in (429, 503) or resp.status >= 500:
@@ -291,6 +313,7 @@ class DicomwebSource:
                 maxsize=4,
                 timeout=urllib3.Timeout(connect=connect, read=read),
                 retries=urllib3.Retry(total=1, redirect=False),
+                **ssl_kwargs(self._tls, self.url.startswith("https:")),
             )
         return self._pool
 

@@ -35,11 +35,12 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connection import HTTPConnection
 
 from migrator import status as st
 from migrator.dicomfile import DicomHeader
 from migrator.dicomweb.auth import authorization
+from migrator.dicomweb.https import connection
 from migrator.dicomweb.multipart import Body, Part
 from migrator.dicomweb.response import BadAnswer, InstanceAnswer, parse
 from migrator.dicomweb.url import root_path
@@ -85,8 +86,10 @@ class StowDestination:
             auth = authorization(s.dicomweb_token_file, s.dicomweb_basic_auth_file)
         except ConfigError as exc:
             raise ConnectError(f"DICOMweb credentials on this sender: {exc}") from None
-        cls = HTTPSConnection if self.https else HTTPConnection
-        http = cls(self.host, self.port, timeout=s.network_timeout)
+        try:
+            http = connection(self.https, self.host, self.port, s.network_timeout, s.dicomweb_tls)
+        except ConfigError as exc:
+            raise ConnectError(f"DICOMweb https settings on this sender: {exc}") from None
         try:
             http.connect()
         except _HTTP_ERRORS as exc:

@@ -58,6 +58,7 @@ class QidoClient:
             read_timeout=config.dimse_timeout,
             errors=_ERRORS,
             page=page,
+            tls=config.dicomweb_tls,
         )
 
     @property

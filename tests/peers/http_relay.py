@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -58,8 +59,18 @@ class _Server(ThreadingHTTPServer):
 
 
 class StowFaultRelay:
-    def __init__(self, upstream: str, faults: Iterable[str], *, retry_after: int = 2) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        faults: Iterable[str],
+        *,
+        retry_after: int = 2,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: a server context; the relay then speaks https to its clients (a client
+        the context refuses, e.g. without a certificate, never gets a request through)."""
         parts = urlsplit(upstream)
+        self.tls = tls
         assert parts.hostname and parts.port, upstream
         self.upstream = (parts.hostname, parts.port)
         self.retry_after = retry_after
@@ -74,7 +85,7 @@ class StowFaultRelay:
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}"
 
     def posts(self) -> list[Seen]:
         with self._lock:
@@ -170,6 +181,9 @@ class StowFaultRelay:
                     conn.close()
 
         self._server = _Server(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            # Handshakes happen in accept(); a refused one is an OSError the server drops.
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -1,0 +1,200 @@
+"""Options of DICOMweb connections beyond the URL, and of query-capable sources.
+
+* ``dicomweb_https_options``: a custom CA and a client certificate (mutual TLS) for an
+  ``https://`` ``--dicomweb`` destination.
+* ``source_options``: for ``dicomweb+https://`` sources, credentials (bearer token or basic
+  auth, from files), a custom CA and a client certificate, and which studies to list (a
+  StudyDate window, a modality, the server's result cap).
+
+Only file paths go into a job's settings (they are stored in the ledger and printed in
+reports); each sender reads the files itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from migrator.commands.common import fail_config, opt
+from migrator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from migrator.settings import Settings
+    from migrator.sources.dicomweb import StudyQuery
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_FILE = click.Path(dir_okay=False)
+
+
+Decorator = Callable[[Any], Any]
+
+
+def _apply(func: F, decorators: Sequence[Decorator]) -> F:
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _tls_trio(prefix: str, env: str, what: str) -> list[Decorator]:
+    return [
+        opt(
+            f"--{prefix}-ca",
+            env=f"{env}_CA",
+            type=_FILE,
+            metavar="FILE",
+            default=None,
+            help=f"PEM bundle of the CA(s) that signed {what}'s https certificate "
+            "(default: the system's).",
+        ),
+        opt(
+            f"--{prefix}-cert",
+            env=f"{env}_CERT",
+            type=_FILE,
+            metavar="FILE",
+            default=None,
+            help=f"Our client certificate (PEM; may hold the key) for {what} (mutual TLS).",
+        ),
+        opt(
+            f"--{prefix}-key",
+            env=f"{env}_KEY",
+            type=_FILE,
+            metavar="FILE",
+            default=None,
+            help=f"Private key of --{prefix}-cert when in a file of its own.",
+        ),
+    ]
+
+
+def dicomweb_https_options(func: F) -> F:
+    return _apply(func, _tls_trio("dicomweb", "DICOMWEB", "--dicomweb"))
+
+
+def source_options(func: F) -> F:
+    return _apply(
+        func,
+        [
+            opt(
+                "--source-token-file",
+                env="SOURCE_TOKEN_FILE",
+                type=_FILE,
+                metavar="FILE",
+                default=None,
+                help="dicomweb+ sources: file holding a bearer token, read at each request "
+                "(a token refreshed in place is used). Only the path is stored.",
+            ),
+            opt(
+                "--source-basic-auth-file",
+                env="SOURCE_BASIC_AUTH_FILE",
+                type=_FILE,
+                metavar="FILE",
+                default=None,
+                help="dicomweb+ sources: file holding user:password (HTTP basic auth).",
+            ),
+            *_tls_trio("source", "SOURCE", "a dicomweb+https:// source"),
+            opt(
+                "--from",
+                "date_from",
+                env="FROM",
+                default=None,
+                metavar="DATE",
+                help="dicomweb+ sources: only studies with a StudyDate on or after DATE "
+                "(YYYY-MM-DD). Studies without a StudyDate are listed only when neither "
+                "--from nor --to is given.",
+            ),
+            opt(
+                "--to",
+                "date_to",
+                env="TO",
+                default=None,
+                metavar="DATE",
+                help="dicomweb+ sources: only studies with a StudyDate on or before DATE.",
+            ),
+            opt(
+                "--modality",
+                env="MODALITY",
+                default=None,
+                help="dicomweb+ sources: only studies with this modality (ModalitiesInStudy).",
+            ),
+            opt(
+                "--find-limit",
+                env="FIND_LIMIT",
+                type=click.IntRange(2),
+                default=None,
+                help="dicomweb+ sources: the most results the server returns for one query "
+                "whatever the paging; a date window returning that many is split in two, "
+                "down to one day, so that no study is missed.",
+            ),
+        ],
+    )
+
+
+def _abspath(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
+def https_fields(o: dict[str, Any]) -> dict[str, Any]:
+    """Settings fields from ``dicomweb_https_options`` and ``source_options`` (absent
+    options: not given), paths made absolute (a job's workers read them)."""
+    if o.get("source_token_file") and o.get("source_basic_auth_file"):
+        fail_config("give --source-token-file or --source-basic-auth-file, not both")
+    names = [
+        "dicomweb_ca",
+        "dicomweb_cert",
+        "dicomweb_key",
+        "source_token_file",
+        "source_basic_auth_file",
+        "source_ca",
+        "source_cert",
+        "source_key",
+    ]
+    return {n: _abspath(o.get(n)) for n in names}
+
+
+def check_https(settings: Settings) -> None:
+    """Unreadable certificate, key, CA or credential files: exit 2 now, not in a worker."""
+    from migrator.dicomweb.auth import authorization
+
+    s = settings
+    if (s.dicomweb_ca or s.dicomweb_cert or s.dicomweb_key) and not (s.dicomweb or "").startswith(
+        "https://"
+    ):
+        fail_config("--dicomweb-ca, --dicomweb-cert and --dicomweb-key need an https:// --dicomweb")
+    for prefix, cert, key in (
+        ("--dicomweb", s.dicomweb_cert, s.dicomweb_key),
+        ("--source", s.source_cert, s.source_key),
+    ):
+        if key and not cert:
+            fail_config(f"{prefix}-key needs {prefix}-cert (the certificate of that key)")
+    try:
+        for tls in (settings.dicomweb_tls, settings.source_tls):
+            if tls is not None:
+                tls.client_context()
+        authorization(
+            settings.source_token_file,
+            settings.source_basic_auth_file,
+            options=("--source-token-file", "--source-basic-auth-file"),
+        )
+    except ConfigError as exc:
+        fail_config(str(exc))
+
+
+def study_query(o: dict[str, Any]) -> StudyQuery | None:
+    """The StudyQuery the options give (None: every study); a usage error for bad dates."""
+    from migrator.sources.dicomweb import StudyQuery, parse_date
+
+    if not any(o.get(k) for k in ("date_from", "date_to", "modality", "find_limit")):
+        return None
+    try:
+        return StudyQuery(
+            date_from=parse_date(o["date_from"], "--from") if o.get("date_from") else None,
+            date_to=parse_date(o["date_to"], "--to") if o.get("date_to") else None,
+            modality=o.get("modality") or None,
+            find_limit=o.get("find_limit"),
+        )
+    except ConfigError as exc:
+        fail_config(str(exc))
+        raise
