@@ -10,6 +10,10 @@ interleaved within each repetition, from:
 * ``migrator store --dicomweb`` (STOW-RS, ``-j`` keep-alive connections, up to 16
   instances per request);
 * ``migrator store`` over DIMSE C-STORE (``-j`` associations);
+* Orthanc's STOW-RS driven by ``curl`` (``curl-stow``): the same 16 instances per request,
+  the multipart bodies built before the clock starts, ``-j`` keep-alive connections: what
+  the server's STOW-RS path gives to a client that costs nothing, the ceiling of any
+  STOW-RS client against this server;
 * Orthanc's REST upload ``POST /instances`` (one file per request) driven by ``curl``:
   the files dealt round-robin into ``-j`` curl config files (each a list of transfers on
   one keep-alive connection, ``Expect:`` off so no 100-continue wait), run by
@@ -97,8 +101,42 @@ def curl(folder: Path, orthanc: OrthancPeer, jobs: int, scratch: Path) -> list[s
     return ["xargs", "-a", str(index), "-P", str(jobs), "-n", "1", "curl", "-sS", "-K"]
 
 
+def curl_stow(folder: Path, orthanc: OrthancPeer, jobs: int, scratch: Path) -> list[str]:
+    """``xargs -P jobs`` of ``curl -K``: STOW-RS requests of 16 instances (bodies written
+    here, before the clock), dealt round-robin over ``jobs`` keep-alive connections."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    boundary = "bench-stow-boundary-7f3a"
+    bodies = []
+    for n in range(0, len(files), STOW_BATCH):
+        body = scratch / f"stow-{n // STOW_BATCH}.bin"
+        with open(body, "wb") as out:
+            for f in files[n : n + STOW_BATCH]:
+                out.write(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+                out.write(f.read_bytes())
+                out.write(b"\r\n")
+            out.write(f"--{boundary}--\r\n".encode())
+        bodies.append(body)
+    kind = f'multipart/related; type=\\"application/dicom\\"; boundary={boundary}'
+    lists = [scratch / f"curl-{k}.cfg" for k in range(min(jobs, len(bodies)))]
+    for k, cfg in enumerate(lists):
+        blocks = [
+            f'url = "{orthanc.dicomweb_url}/studies"\ndata-binary = "@{b}"\n'
+            f'output = "/dev/null"\nheader = "Content-Type: {kind}"\n'
+            'header = "Accept: application/dicom+json"\nheader = "Expect:"\nfail\n'
+            for b in bodies[k::jobs]
+        ]
+        cfg.write_text("next\n".join(blocks))
+    index = scratch / "curl-configs.txt"
+    index.write_text("".join(f"{cfg}\n" for cfg in lists))
+    return ["xargs", "-a", str(index), "-P", str(jobs), "-n", "1", "curl", "-sS", "-K"]
+
+
+#: Instances per STOW-RS request (migrator's default --stow-batch-files)
+STOW_BATCH = 16
+
 WAYS = (
     Way(STOW, "migrator store --dicomweb (STOW-RS)", stow),
+    Way("curl-stow", "curl POST /dicom-web/studies (STOW-RS, 16 a request)", curl_stow),
     Way("dimse", "migrator store (DIMSE C-STORE)", dimse),
     Way("curl", "curl POST /instances (Orthanc REST)", curl),
 )
@@ -190,8 +228,16 @@ def report(
                     "failures": row.failures,
                 }
             )
-            if way.name == STOW and ratio is not None:
-                goals.append((f"STOW-RS ≥ 1.0× the best of the others ({size})", ratio, ratio >= 1))
+        # The issue's goal is against DIMSE and the REST upload; curl's STOW-RS is shown
+        # as the server's own STOW-RS ceiling, not as a goal.
+        ours = rows[(STOW, size)].rate
+        issue_best = max((rows[(w, size)].rate or 0.0 for w in ("dimse", "curl")), default=0.0)
+        if ours and issue_best:
+            ratio = ours / issue_best
+            goals.append((f"STOW-RS ≥ 1.0× DIMSE and the REST upload ({size})", ratio, ratio >= 1))
+        ceiling = rows[("curl-stow", size)].rate
+        if ours and ceiling:
+            print(f"\n{size}: migrator's STOW-RS ÷ curl's STOW-RS = {ours / ceiling:.2f}")
     print_goals(goals, 19)
     if args.json:
         args.json.write_text(json.dumps({"rows": out, "goals": [list(g) for g in goals]}, indent=2))
