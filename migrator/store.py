@@ -28,7 +28,7 @@ from migrator.outcomes import FileOutcome, State, StoreResult
 from migrator.settings import Settings
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource, MemorySource
-from migrator.sources.inspect import inspect_item, refusal
+from migrator.sources.inspect import inspect_item, inspect_with_retries, refusal
 from migrator.transfer.claims import MemoryClaims
 from migrator.transfer.destinations import make_destination
 from migrator.transfer.job import Job
@@ -149,7 +149,7 @@ class StoreScu:
             except SourceError as exc:
                 refused.append(FileOutcome(_source_name(source), State.FAILED, str(exc)))
         jobs: list[Job] = []
-        for (source, item), header in zip(pending, _inspect(pending), strict=True):
+        for (source, item), header in zip(pending, _inspect(pending, self.settings), strict=True):
             problem = refusal(header)
             if problem is None:
                 assert isinstance(header, DicomHeader)
@@ -170,14 +170,18 @@ class StoreScu:
             callback(outcome)
 
 
-def _inspect(pending: list[tuple[Source, SourceItem]]) -> Iterator[DicomHeader | MigratorError]:
+def _inspect(
+    pending: list[tuple[Source, SourceItem]], settings: Settings
+) -> Iterator[DicomHeader | MigratorError]:
     """Headers in order. Remote sources cost a round trip per header: inspected 8 at a
-    time. Local headers take ~40 us each: a thread hand-off per file would double that."""
+    time (a transient error read again, as a send would be re-tried). Local headers take
+    ~40 us each: a thread hand-off per file would double that."""
     if not any(not isinstance(s, FileSource) for s, _ in pending):
         yield from (inspect_item(*p) for p in pending)
         return
+    retries, backoff = settings.retries, settings.retry_backoff
     with ThreadPoolExecutor(max_workers=8) as pool:
-        yield from pool.map(lambda p: inspect_item(*p), pending)
+        yield from pool.map(lambda p: inspect_with_retries(p[0], p[1], retries, backoff), pending)
 
 
 class _abort_after:

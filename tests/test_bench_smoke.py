@@ -343,8 +343,8 @@ def test_orthanc_bench_smoke(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_stow_bench_smoke(tmp_path: Path) -> None:
     """bench/stow_bench.py end to end on 12 tiny and 3 small files: STOW-RS, curl's
-    STOW-RS, DIMSE and curl's REST upload each left Orthanc holding every file (counted by Orthanc), and the
-    ratios and the issue's goal are printed."""
+    STOW-RS, DIMSE and curl's REST upload each left Orthanc holding every file (counted
+    by Orthanc), and the ratios and the issue's goal are printed."""
     out = tmp_path / "stow.json"
     cmd = [sys.executable, str(REPO / "bench" / "stow_bench.py"), "--tiny", "12", "--small", "3"]
     cmd += ["--repeat", "1", "-j", "2", "--json", str(out), "--timeout", "20"]

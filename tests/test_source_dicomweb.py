@@ -133,6 +133,27 @@ def test_a_second_run_sends_nothing_again_and_a_deleted_instance_fails_alone(
     assert totals["planned"] == len(files) and totals["stored"] == len(files) - 1
 
 
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_a_busy_source_and_a_download_cut_short_are_retried(
+    front_end: str,
+    archive: tuple[OrthancPeer, list[Path]],
+    storescp: StoreScpPeer,
+    tmp_path: Path,
+) -> None:
+    """The first WADO-RS GET answered 503, the second cut halfway by a reset: both files
+    are fetched again and stored whole; nothing fails, nothing is stored twice."""
+    pacs, files = archive
+    with StowFaultRelay(pacs.url, [], wado_faults=["503", "cut"]) as relay:
+        source = f"dicomweb+{relay.url}/dicom-web"
+        result = send(front_end, tmp_path, storescp.port, storescp.aet, tmp_path, sources=[source])
+        wado = [g for g in relay.gets() if "/instances/" in g]
+    assert result.rc == 0, result.tail()
+    assert result.totals()["stored"] == len(files)
+    assert len(wado) == len(files) + 2, wado
+    got = _received(storescp)
+    assert len(storescp.received_files()) == len(got) == len(files)
+
+
 def _dated_archive(pacs: OrthancPeer, tmp_path: Path, days: int, per_study: int) -> dict[str, str]:
     """``days`` studies, one a day from 2024-03-01, ``per_study`` instances each; returns
     SOP Instance UID -> StudyDate."""

@@ -7,6 +7,9 @@ only when the header is longer.
 
 from __future__ import annotations
 
+import random
+import time
+
 from migrator.dicomfile import (
     DAMAGED_INPUT_ERRORS,
     HEAD_BYTES,
@@ -45,6 +48,24 @@ def inspect_item(source: Source, item: SourceItem) -> DicomHeader | MigratorErro
         return exc
     except DAMAGED_INPUT_ERRORS as exc:  # unforeseen damage fails one file, not the job
         return SourceError(f"cannot inspect: {type(exc).__name__}: {exc}")
+
+
+def inspect_with_retries(
+    source: Source, item: SourceItem, retries: int, backoff: float
+) -> DicomHeader | MigratorError:
+    """``inspect_item``, read again after a transient error (a download cut short, a busy
+    source: S3 or WADO-RS) as a send is re-tried: up to ``retries`` more times, with the
+    same exponential, jittered backoff; the error when it persists, saying so (a source
+    error then: the file fails with it, it is not left unsettled)."""
+    read = inspect_item(source, item)
+    for attempt in range(retries):
+        if not (isinstance(read, MigratorError) and read.retryable):
+            return read
+        time.sleep(min(5.0, backoff * 2**attempt) * random.uniform(0.5, 1.5))
+        read = inspect_item(source, item)
+    if isinstance(read, MigratorError) and read.retryable and retries:
+        return SourceError(f"{read} (gave up after {retries + 1} attempts)")
+    return read
 
 
 def refusal(result: DicomHeader | MigratorError) -> tuple[State, str] | None:

@@ -38,7 +38,7 @@ from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
 from migrator.sources import SourceCache
 from migrator.sources.base import SourceItem
-from migrator.sources.inspect import inspect_item, refusal
+from migrator.sources.inspect import inspect_with_retries, refusal
 from migrator.transfer.claims import OwnerState, Remote
 from migrator.transfer.job import Job
 from migrator.transfer.observe import Observer
@@ -179,7 +179,7 @@ def _run_claimed(
         ledger.delivery_done(task_id)
         return summary
     sources = SourceCache(settings)
-    jobs = _jobs(ledger, batch_id, todo, sources, recorder, summary)
+    jobs = _jobs(ledger, batch_id, todo, sources, recorder, summary, settings)
     by_id = {job.ref.file_id: job for job in jobs}
 
     def record(job: Job, outcome: FileOutcome) -> None:
@@ -238,6 +238,7 @@ def _jobs(
     sources: SourceCache,
     recorder: _Recorder,
     summary: BatchSummary,
+    settings: Settings,
 ) -> list[Job]:
     """The batch's files as jobs. A file planned from a manifest carries no SOP class or
     syntax yet: its header is read now (the association's contexts come from it), the
@@ -263,7 +264,7 @@ def _jobs(
             )
             jobs.append(Job(item, source, header, ref=f, planned=True))
             continue
-        read = inspect_item(source, item)
+        read = inspect_with_retries(source, item, settings.retries, settings.retry_backoff)
         problem = refusal(read)
         if problem is not None:
             recorder.add(f, _failed(f, problem[1], state=problem[0]))

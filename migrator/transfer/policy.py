@@ -57,7 +57,7 @@ from migrator.limits.breaker import Breaker
 from migrator.limits.rate import RateLimiter
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
-from migrator.sources.inspect import inspect_item, refusal
+from migrator.sources.inspect import inspect_with_retries, refusal
 from migrator.transfer.claims import Claims, Waits
 from migrator.transfer.destination import Connection, Pair, Pending, SendResult
 from migrator.transfer.job import Job
@@ -663,7 +663,8 @@ class Transfer:
     def _read_header(self, job: Job) -> bool:
         """A file planned without reading it (a manifest): its header now; settled (False)
         when it cannot be sent."""
-        header = inspect_item(job.source, job.item)
+        s = self.settings
+        header = inspect_with_retries(job.source, job.item, s.retries, s.retry_backoff)
         problem = refusal(header)
         if problem is not None:
             self._settle_failed(job, problem[1], problem[0])

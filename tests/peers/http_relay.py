@@ -66,10 +66,15 @@ class StowFaultRelay:
         *,
         retry_after: int = 2,
         tls: ssl.SSLContext | None = None,
+        wado_faults: Iterable[str] = (),
     ) -> None:
         """``tls``: a server context; the relay then speaks https to its clients (a client
-        the context refuses, e.g. without a certificate, never gets a request through)."""
+        the context refuses, e.g. without a certificate, never gets a request through).
+        ``wado_faults``: the first WADO-RS instance GETs get these, one each, in order:
+        ``"503"`` (with Retry-After), ``"cut"`` (the answer's headers and half its body, then
+        a reset)."""
         parts = urlsplit(upstream)
+        self._wado_script = list(wado_faults)
         self.tls = tls
         assert parts.hostname and parts.port, upstream
         self.upstream = (parts.hostname, parts.port)
@@ -159,7 +164,22 @@ class StowFaultRelay:
             def do_GET(self) -> None:
                 with relay._lock:
                     relay._gets.append(self.path)
+                    wado = "/instances/" in self.path
+                    fault = relay._wado_script.pop(0) if wado and relay._wado_script else None
+                if fault == "503":
+                    self._answer(503, {"Retry-After": "1"}, b"busy")
+                    return
                 status, headers, data = self._forward(None)
+                if fault == "cut":
+                    self.send_response(status)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self._reset()
+                    return
                 self._answer(status, headers, data)
 
             def _forward(self, body: bytes | None) -> tuple[int, dict[str, str], bytes]:
