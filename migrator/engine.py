@@ -31,8 +31,9 @@ from migrator.planner import (
 from migrator.settings import Settings
 from migrator.sources import open_source
 from migrator.sources.base import Source
-from migrator.sources.dicomweb import DicomwebSource, StudyQuery
+from migrator.sources.dicomweb import DicomwebSource
 from migrator.sources.manifest import BadLine, ManifestEntry
+from migrator.sources.windows import StudyQuery
 from migrator.transfer.batch import REJECTED, UNREACHABLE
 
 Enqueue = Callable[[str], None]

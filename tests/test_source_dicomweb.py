@@ -21,7 +21,8 @@ from typing import Any
 import pydicom
 import pytest
 
-from migrator.sources.dicomweb import DicomwebSource, StudyQuery
+from migrator.sources.dicomweb import DicomwebSource
+from migrator.sources.windows import StudyQuery
 from migrator.synth import write_corpus
 from migrator.synth.corpora import write_mixed_corpus
 from tests.behaviourhelpers import FRONT_ENDS, send

@@ -23,7 +23,7 @@ from migrator.errors import ConfigError
 
 if TYPE_CHECKING:
     from migrator.settings import Settings
-    from migrator.sources.dicomweb import StudyQuery
+    from migrator.sources.windows import StudyQuery
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -184,7 +184,7 @@ def check_https(settings: Settings) -> None:
 
 def study_query(o: dict[str, Any]) -> StudyQuery | None:
     """The StudyQuery the options give (None: every study); a usage error for bad dates."""
-    from migrator.sources.dicomweb import StudyQuery, parse_date
+    from migrator.sources.windows import StudyQuery, parse_date
 
     if not any(o.get(k) for k in ("date_from", "date_to", "modality", "find_limit")):
         return None

@@ -13,7 +13,7 @@ from migrator.sources.filesystem import FileSource
 
 if TYPE_CHECKING:
     from migrator.settings import Settings
-    from migrator.sources.dicomweb import StudyQuery
+    from migrator.sources.windows import StudyQuery
 
 
 def open_source(

@@ -11,7 +11,7 @@ The planner plans these like a manifest's lines (``iter_entries``: UIDs known, n
 read), so planning costs one QIDO-RS query per series, not one download per instance.
 Sending fetches each instance once: the worker reads its header from the downloaded
 spool file, and the send that follows takes that same file (``fetch`` keeps a fetched
-file until the next fetch of the item, within ``MAX_HELD_FILES`` / ``MAX_HELD_BYTES``).
+file until the next fetch of the item: migrator/sources/held.py).
 
 Archives cap how many results a query returns. Every list is read page by page with
 ``limit``/``offset``; a server that caps the total without paging is named with
@@ -23,14 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
-import shutil
-import tempfile
-import threading
-import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -48,15 +41,14 @@ from migrator.dicomweb.qido import (
 from migrator.dicomweb.wado import ACCEPT, BLOCK, boundary_of, save_single_part
 from migrator.errors import ConfigError, ConnectError, SourceError, TransientError
 from migrator.sources.base import Payload, SourceItem
+from migrator.sources.held import HeldFiles, unlink
 from migrator.sources.manifest import ManifestEntry
+from migrator.sources.windows import StudyQuery, dicom_range, studies
 
 if TYPE_CHECKING:
     from migrator.dul.tls import TlsSettings
 
 PREFIX = "dicomweb+"
-#: Fetched files kept for the send that follows their header's reading, at most.
-MAX_HELD_FILES = 512
-MAX_HELD_BYTES = 1 << 30
 
 _CREDENTIAL_OPTIONS = ("--source-token-file", "--source-basic-auth-file")
 _ERRORS = QidoErrors(
@@ -76,33 +68,6 @@ def service_url(uri: str) -> str:
     url = uri[len(PREFIX) :] if uri.startswith(PREFIX) else uri
     at = url.find("/studies/")
     return (url[:at] if at >= 0 else url).rstrip("/")
-
-
-@dataclass(frozen=True)
-class StudyQuery:
-    """Which studies to list: StudyDate from/to (inclusive; None: open), one modality."""
-
-    date_from: dt.date | None = None
-    date_to: dt.date | None = None
-    modality: str | None = None
-    #: Results the server returns per query at most, whatever the paging (None: it pages)
-    find_limit: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.date_from and self.date_to and self.date_from > self.date_to:
-            raise ConfigError(f"--from {self.date_from} is after --to {self.date_to}")
-        if self.find_limit is not None and self.find_limit < 2:
-            raise ConfigError("--find-limit must be at least 2")
-
-
-def parse_date(text: str, option: str) -> dt.date:
-    """``YYYY-MM-DD`` or ``YYYYMMDD``."""
-    for fmt in ("%Y-%m-%d", "%Y%m%d"):
-        try:
-            return dt.datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
-    raise ConfigError(f"{option} {text!r}: expected a date as YYYY-MM-DD")
 
 
 class DicomwebSource:
@@ -136,12 +101,7 @@ class DicomwebSource:
         self._timeouts = (connect_timeout, read_timeout)
         self._page = page
         self._pool: urllib3.PoolManager | None = None
-        self._held: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._held_bytes = 0
-        # `store` reads headers in threads while its sender fetches: one lock for the files held.
-        self._lock = threading.Lock()
-        self._spool = tempfile.mkdtemp(prefix="migrator-wado-")
-        weakref.finalize(self, shutil.rmtree, self._spool, True)
+        self._held = HeldFiles("migrator-wado-")
 
     def __repr__(self) -> str:
         return f"DicomwebSource({self.uri!r})"
@@ -155,7 +115,7 @@ class DicomwebSource:
     def iter_entries(self) -> Iterator[ManifestEntry]:
         """Every instance, study by study, with its UIDs (sizes are unknown: 0)."""
         with self._qido() as qido:
-            for study in self._studies(qido):
+            for study in studies(self.query, lambda d: self._window(qido, d), self.uri):
                 path = f"/studies/{quote(study)}"
                 for series in qido.uids(f"{path}/series", SERIES_INSTANCE_UID):
                     spath = f"{path}/series/{quote(series)}/instances"
@@ -180,81 +140,18 @@ class DicomwebSource:
             page=self._page,
         )
 
-    def _studies(self, qido: QidoHttp) -> Iterator[str]:
-        q = self.query
-        if q.date_from is None and q.date_to is None:
-            found = self._window(qido, None)
-            if q.find_limit is not None and len(found) >= q.find_limit:
-                raise SourceError(
-                    f"{self.uri}: {len(found)} studies, as many as --find-limit: the listing "
-                    "may be capped; give --from and --to so it can be split into date windows"
-                )
-            yield from found
-            return
-        low = q.date_from or dt.date(1900, 1, 1)
-        high = q.date_to or dt.date.today()
-        pending = [(low, high)]
-        while pending:
-            start, end = pending.pop(0)
-            found = self._window(qido, (start, end))
-            if q.find_limit is None or len(found) < q.find_limit:
-                yield from found
-                continue
-            if start == end:
-                raise SourceError(
-                    f"{self.uri}: {start.isoformat()} alone has {len(found)} studies, as many "
-                    "as --find-limit: raise the server's limit or --find-limit"
-                )
-            # Split in two: the earlier half first, so studies come in date order.
-            mid = start + (end - start) // 2
-            pending[:0] = [(start, mid), (mid + dt.timedelta(days=1), end)]
-
     def _window(self, qido: QidoHttp, dates: tuple[dt.date, dt.date] | None) -> list[str]:
         params: dict[str, str] = {}
         if dates is not None:
-            params["StudyDate"] = f"{dates[0]:%Y%m%d}-{dates[1]:%Y%m%d}"
+            params["StudyDate"] = dicom_range(dates)
         if self.query.modality:
             params["ModalitiesInStudy"] = self.query.modality
         return qido.uids("/studies", STUDY_INSTANCE_UID, params)
 
     # -- fetching --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def fetch(self, item: SourceItem) -> Iterator[Payload]:
-        with self._lock:
-            held = self._held.pop(item.uri, None)
-            if held is not None:
-                self._held_bytes -= held[1]
-        if held is not None:
-            try:
-                yield Payload(path=held[0])
-            finally:
-                _unlink(held[0])
-            return
-        path, size = self._download(item)
-        try:
-            yield Payload(path=path)
-        except BaseException:
-            _unlink(path)
-            raise
-        # Kept for the next fetch of the item: reading a header is followed by its send.
-        self._hold(item.uri, path, size)
-
-    def _hold(self, uri: str, path: str, size: int) -> None:
-        evicted = []
-        with self._lock:
-            replaced = self._held.pop(uri, None)
-            if replaced is not None:
-                self._held_bytes -= replaced[1]
-                evicted.append(replaced[0])
-            self._held[uri] = (path, size)
-            self._held_bytes += size
-            while len(self._held) > MAX_HELD_FILES or self._held_bytes > MAX_HELD_BYTES:
-                _, (old, old_size) = self._held.popitem(last=False)
-                self._held_bytes -= old_size
-                evicted.append(old)
-        for old in evicted:
-            _unlink(old)
+    def fetch(self, item: SourceItem) -> contextlib.AbstractContextManager[Payload]:
+        return self._held.fetch(item.uri, lambda: self._download(item))
 
     def _download(self, item: SourceItem) -> tuple[str, int]:
         if not is_dicomweb(item.uri):
@@ -294,15 +191,15 @@ class DicomwebSource:
                 f"{where}: the WADO-RS answer is {resp.headers.get('Content-Type')!r}, "
                 "not multipart/related"
             )
-        fd, path = tempfile.mkstemp(dir=self._spool, suffix=".dcm")
+        path = self._held.new_path()
         try:
-            with os.fdopen(fd, "wb") as out:
+            with open(path, "wb") as out:
                 size = save_single_part(resp.stream(BLOCK), boundary, out, where)
         except urllib3.exceptions.HTTPError as exc:
-            _unlink(path)
+            unlink(path)
             raise TransientError(f"{where}: the download was interrupted ({exc})") from None
         except BaseException:
-            _unlink(path)
+            unlink(path)
             raise
         return path, size
 
@@ -316,8 +213,3 @@ class DicomwebSource:
                 **ssl_kwargs(self._tls, self.url.startswith("https:")),
             )
         return self._pool
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
