@@ -32,11 +32,14 @@ from migrator.settings import Settings
 from migrator.sources import open_source
 from migrator.sources.base import Source
 from migrator.sources.dicomweb import DicomwebSource
+from migrator.sources.dimse import DimseSource
 from migrator.sources.manifest import BadLine, ManifestEntry
 from migrator.sources.windows import StudyQuery
 from migrator.transfer.batch import REJECTED, UNREACHABLE
 
 Enqueue = Callable[[str], None]
+#: Sources planned from the UIDs their listing gives, without reading headers
+QUERY_SOURCES = (DicomwebSource, DimseSource)
 
 
 def default_job_id(sources: Sequence[str], config: Settings) -> str:
@@ -103,11 +106,12 @@ def plan_job(
         enqueue = None
     if enqueue is not None and ledger is not None:
         enqueue = _unless_lost(ledger, enqueue)
-    # Services that list UIDs (DICOMweb) are planned like a manifest: no header is read.
-    listed = [s for s in sources if not isinstance(s, DicomwebSource)]
+    # Services that list UIDs (DICOMweb, an old PACS) are planned like a manifest: no
+    # header is read (it would take a download per instance).
+    listed = [s for s in sources if not isinstance(s, QUERY_SOURCES)]
     total = plan(ledger, listed, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
     for source in sources:
-        if isinstance(source, DicomwebSource):
+        if isinstance(source, QUERY_SOURCES):
             part = PlanSummary()
             plan_entries(
                 ledger,
@@ -132,7 +136,7 @@ def plan_job(
 
 
 def _counted(
-    source: DicomwebSource, summary: PlanSummary, ledger: Ledger | None
+    source: DicomwebSource | DimseSource, summary: PlanSummary, ledger: Ledger | None
 ) -> Iterator[ManifestEntry]:
     """The source's entries, counted as listed; a source that cannot be listed (refused,
     not a QIDO-RS service) is one planned failure, as for a folder or a bucket."""

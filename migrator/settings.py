@@ -96,6 +96,9 @@ class Settings:
     source_ca: str | None = None
     source_cert: str | None = None
     source_key: str | None = None
+    #: Our AE title towards a ``dimse://`` source (None: ``calling_ae``); the old PACS must
+    #: know it to answer C-GET
+    source_calling_ae: str | None = None
     #: Instances per STOW-RS request at most, and bytes per request (a larger file goes alone)
     stow_batch_files: int = 16
     stow_batch_bytes: int = 16_000_000

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from migrator.commands.common import fail_config, opt
+from migrator.commands.common import AETitle, fail_config, opt
 from migrator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -96,13 +96,21 @@ def source_options(func: F) -> F:
             ),
             *_tls_trio("source", "SOURCE", "a dicomweb+https:// source"),
             opt(
+                "--source-calling-ae",
+                env="SOURCE_CALLING_AE",
+                type=AETitle(),
+                default=None,
+                help="dimse:// sources: our AE title towards the old PACS (default: "
+                "--calling-ae); it must know it (and allow it C-GET) to send instances.",
+            ),
+            opt(
                 "--from",
                 "date_from",
                 env="FROM",
                 default=None,
                 metavar="DATE",
-                help="dicomweb+ sources: only studies with a StudyDate on or after DATE "
-                "(YYYY-MM-DD). Studies without a StudyDate are listed only when neither "
+                help="Query sources (dicomweb+, dimse://): only studies with a StudyDate on or "
+                "after DATE (YYYY-MM-DD). Studies without a StudyDate are listed only when neither "
                 "--from nor --to is given.",
             ),
             opt(
@@ -111,21 +119,21 @@ def source_options(func: F) -> F:
                 env="TO",
                 default=None,
                 metavar="DATE",
-                help="dicomweb+ sources: only studies with a StudyDate on or before DATE.",
+                help="Query sources: only studies with a StudyDate on or before DATE.",
             ),
             opt(
                 "--modality",
                 env="MODALITY",
                 default=None,
-                help="dicomweb+ sources: only studies with this modality (ModalitiesInStudy).",
+                help="Query sources: only studies with this modality (ModalitiesInStudy).",
             ),
             opt(
                 "--find-limit",
                 env="FIND_LIMIT",
                 type=click.IntRange(2),
                 default=None,
-                help="dicomweb+ sources: the most results the server returns for one query "
-                "whatever the paging; a date window returning that many is split in two, "
+                help="Query sources: the most results the server returns for one query whatever "
+                "the paging; a date window returning that many is split in two, "
                 "down to one day, so that no study is missed.",
             ),
         ],
@@ -151,7 +159,9 @@ def https_fields(o: dict[str, Any]) -> dict[str, Any]:
         "source_cert",
         "source_key",
     ]
-    return {n: _abspath(o.get(n)) for n in names}
+    fields: dict[str, Any] = {n: _abspath(o.get(n)) for n in names}
+    fields["source_calling_ae"] = o.get("source_calling_ae")
+    return fields
 
 
 def check_https(settings: Settings) -> None:

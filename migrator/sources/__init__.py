@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from migrator.errors import ConfigError
 from migrator.sources.base import Source
 from migrator.sources.filesystem import FileSource
 
@@ -27,7 +28,12 @@ def open_source(
     studies ``query`` selects), or a local file or folder (walked into its sub-folders when
     ``recursive``). Raises ConfigError for an unusable S3 setup or DICOMweb URL."""
     from migrator.sources.dicomweb import DicomwebSource, is_dicomweb
+    from migrator.sources.dimse import DimseSource, is_dimse
 
+    if is_dimse(uri):
+        if settings is None:
+            raise ConfigError(f"{uri}: a dimse:// source needs the job's settings")
+        return DimseSource(uri, settings, query=query, calling_ae=settings.source_calling_ae)
     if is_dicomweb(uri):
         return DicomwebSource(
             uri,
@@ -65,7 +71,13 @@ class SourceCache:
 
     def __call__(self, uri: str) -> Source:
         from migrator.sources.dicomweb import is_dicomweb, service_url
+        from migrator.sources.dimse import is_dimse, source_root
 
+        if is_dimse(uri):
+            root = source_root(uri)
+            if root not in self._dicomweb:
+                self._dicomweb[root] = open_source(root, self._settings)
+            return self._dicomweb[root]
         if is_dicomweb(uri):
             root = service_url(uri)
             if root not in self._dicomweb:

@@ -140,13 +140,16 @@ class DicomwebSource:
             page=self._page,
         )
 
-    def _window(self, qido: QidoHttp, dates: tuple[dt.date, dt.date] | None) -> list[str]:
+    def _window(
+        self, qido: QidoHttp, dates: tuple[dt.date, dt.date] | None
+    ) -> tuple[list[str], bool]:
         params: dict[str, str] = {}
         if dates is not None:
             params["StudyDate"] = dicom_range(dates)
         if self.query.modality:
             params["ModalitiesInStudy"] = self.query.modality
-        return qido.uids("/studies", STUDY_INSTANCE_UID, params)
+        # QIDO-RS has no "cut short" signal: only --find-limit tells a capped answer.
+        return qido.uids("/studies", STUDY_INSTANCE_UID, params), False
 
     # -- fetching --------------------------------------------------------------------------
 

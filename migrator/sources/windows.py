@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from migrator.errors import ConfigError, SourceError
 
-#: One query for the studies of a StudyDate window (None: no date condition); their UIDs.
-Window = Callable[[tuple[dt.date, dt.date] | None], list[str]]
+#: One query for the studies of a StudyDate window (None: no date condition): their UIDs,
+#: and whether the server said it cut the answer short (C-FIND's 0xFE00 after the matches).
+Window = Callable[[tuple[dt.date, dt.date] | None], tuple[list[str], bool]]
 
 
 @dataclass(frozen=True)
@@ -53,30 +54,35 @@ def dicom_range(dates: tuple[dt.date, dt.date]) -> str:
 def studies(query: StudyQuery, window: Window, where: str) -> Iterator[str]:
     """Every study UID the query selects, window by window in date order.
 
-    With ``find_limit``, a window that returns that many studies is split in two, down to
-    one day; a day still at the cap, or a listing without dates at the cap, is a
-    SourceError naming it (never a silent loss)."""
+    A window that the server says it cut short, or (with ``find_limit``) that returns that
+    many studies, is split in two, down to one day; a day still capped, or a listing
+    without dates that is capped, is a SourceError naming it (never a silent loss)."""
     q = query
+
+    def capped(found: list[str], cut: bool) -> bool:
+        return cut or (q.find_limit is not None and len(found) >= q.find_limit)
+
     if q.date_from is None and q.date_to is None:
-        found = window(None)
-        if q.find_limit is not None and len(found) >= q.find_limit:
+        found, cut = window(None)
+        if capped(found, cut):
             raise SourceError(
-                f"{where}: {len(found)} studies, as many as --find-limit: the listing "
-                "may be capped; give --from and --to so it can be split into date windows"
+                f"{where}: {len(found)} studies and the listing is capped (the server cut "
+                "it short, or --find-limit); give --from and --to so it can be split into "
+                "date windows"
             )
         yield from found
         return
     pending = [(q.date_from or dt.date(1900, 1, 1), q.date_to or dt.date.today())]
     while pending:
         start, end = pending.pop(0)
-        found = window((start, end))
-        if q.find_limit is None or len(found) < q.find_limit:
+        found, cut = window((start, end))
+        if not capped(found, cut):
             yield from found
             continue
         if start == end:
             raise SourceError(
-                f"{where}: {start.isoformat()} alone has {len(found)} studies, as many as "
-                "--find-limit: raise the server's limit or --find-limit"
+                f"{where}: {start.isoformat()} alone has {len(found)} studies and its "
+                "listing is capped: raise the server's limit (or --find-limit)"
             )
         # Split in two, the earlier half first: studies come in date order.
         mid = start + (end - start) // 2

@@ -43,7 +43,17 @@ class QueryClient:
         if self._assoc.is_established:
             self._assoc.release()
 
-    def _find(self, level: str, keys: Mapping[str, str], returned: Iterable[str]) -> list[Dataset]:
+    def find(
+        self,
+        level: str,
+        keys: Mapping[str, str],
+        returned: Iterable[str],
+        *,
+        cut: list[bool] | None = None,
+    ) -> list[Dataset]:
+        """The matches. ``cut``: a list the answer's "cut short" flag is appended to (a
+        final 0xFE00 Cancel after matches: Orthanc's ``LimitFindResults`` answers so);
+        without it, that answer is an error like any other failure status."""
         query = Dataset()
         query.QueryRetrieveLevel = level
         for name, value in keys.items():
@@ -73,13 +83,15 @@ class QueryClient:
             if code in (0xFF00, 0xFF01):  # pending: one match each
                 if identifier is not None:
                     matches.append(identifier)
+            elif code == 0xFE00 and cut is not None:
+                cut.append(True)
             elif code != 0x0000:
                 raise PacsQueryError(f"C-FIND at {level} level failed: {fmt(code)} {meaning(code)}")
         return matches
 
     def study_count(self, study_uid: str) -> int:
         """NumberOfStudyRelatedInstances at the PACS; 0 when it has no such study."""
-        found = self._find(
+        found = self.find(
             "STUDY", {"StudyInstanceUID": study_uid}, ["NumberOfStudyRelatedInstances"]
         )
         return sum(int(m.get("NumberOfStudyRelatedInstances", 0) or 0) for m in found)
@@ -87,8 +99,8 @@ class QueryClient:
     def study_instances(self, study_uid: str) -> set[str]:
         """Every SOP Instance UID the PACS holds in the study (SERIES, then IMAGE level)."""
         uids: set[str] = set()
-        for series in self._find("SERIES", {"StudyInstanceUID": study_uid}, ["SeriesInstanceUID"]):
+        for series in self.find("SERIES", {"StudyInstanceUID": study_uid}, ["SeriesInstanceUID"]):
             keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series.SeriesInstanceUID}
-            for image in self._find("IMAGE", keys, ["SOPInstanceUID"]):
+            for image in self.find("IMAGE", keys, ["SOPInstanceUID"]):
                 uids.add(str(image.SOPInstanceUID))
         return uids

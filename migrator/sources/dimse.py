@@ -1,0 +1,243 @@
+"""``DimseSource``: the old PACS itself, listed by C-FIND and fetched by C-GET.
+
+``dimse://AE@host:port`` is a source like a folder: Study Root C-FIND lists the studies
+(optionally in a StudyDate window and for one modality, split in date windows under a
+result cap: migrator/sources/windows.py), then each study's series, then each series'
+instances at IMAGE level with their SOP Class UID. Each instance is one item:
+``dimse://AE@host:port/studies/{study}/series/{series}/instances/{sop}?class={sop class}``.
+Planned like a manifest's lines (UIDs known, nothing downloaded).
+
+Fetching an instance is a C-GET at IMAGE level on an association that offers its SOP class
+in every transfer syntax this tool knows, one presentation context each, so that the
+archive sends the instance in the syntax it holds it in (not re-encoded); the C-STORE
+sub-operation is written as it comes to a spool file (File Meta + the dataset's bytes as
+received) that the sender then reads and sends (migrator/sources/held.py: one download
+per instance). The archive must know our calling AE (``--source-calling-ae``) for C-GET.
+
+First version (issue 17): one association per fetch (pynetdicom); retrieval per series
+on a pooled association on our own upper layer, C-MOVE, and the source's own rate limit
+are next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from migrator.errors import ConfigError, ConnectError, SourceError, TransientError
+from migrator.sources.base import Payload, SourceItem
+from migrator.sources.held import HeldFiles, unlink
+from migrator.sources.manifest import ManifestEntry
+from migrator.sources.windows import StudyQuery, dicom_range, studies
+from migrator.syntaxes import ALIASES
+from migrator.validation import is_valid_uid
+
+if TYPE_CHECKING:
+    from migrator.settings import Settings
+
+PREFIX = "dimse://"
+_URI = re.compile(r"^dimse://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})(?P<rest>/.*)?$")
+#: Every transfer syntax offered for a sub-operation, one presentation context each.
+SYNTAXES = tuple(dict.fromkeys([*ALIASES.values(), "1.2.840.10008.1.2.4.51"]))
+
+
+def is_dimse(uri: str) -> bool:
+    return uri.startswith(PREFIX)
+
+
+def source_root(uri: str) -> str:
+    """``dimse://AE@host:port`` of a source or item URI."""
+    m = _URI.match(uri.split("?", 1)[0])
+    if m is None:
+        raise ConfigError(f"{uri!r}: expected dimse://AE@host:port (the old PACS's AE title)")
+    return f"{PREFIX}{m['ae']}@{m['host']}:{m['port']}"
+
+
+class DimseSource:
+    """The instances of a Query/Retrieve SCP (see the module's docstring)."""
+
+    def __init__(
+        self,
+        uri: str,
+        settings: Settings,
+        *,
+        query: StudyQuery | None = None,
+        calling_ae: str | None = None,
+    ) -> None:
+        m = _URI.match(uri)
+        if m is None or (m["rest"] or "/") != "/":
+            raise ConfigError(f"{uri!r}: expected dimse://AE@host:port (the old PACS's AE title)")
+        port = int(m["port"])
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"{uri!r}: port {port} out of range")
+        self.uri = f"{PREFIX}{m['ae']}@{m['host']}:{port}"
+        # The old PACS as a "destination" of our queries: its address, our calling AE.
+        self.config = dataclasses.replace(
+            settings,
+            host=m["host"],
+            port=port,
+            called_ae=m["ae"],
+            calling_ae=calling_ae or settings.calling_ae,
+            dicomweb=None,
+            tls=False,
+        )
+        self.query = query or StudyQuery()
+        self._held = HeldFiles("migrator-cget-")
+
+    def __repr__(self) -> str:
+        return f"DimseSource({self.uri!r})"
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def iter_items(self) -> Iterator[SourceItem]:
+        for entry in self.iter_entries():
+            yield SourceItem(entry.uri, 0)
+
+    def iter_entries(self) -> Iterator[ManifestEntry]:
+        """Every instance, study by study, with its UIDs (sizes are unknown: 0)."""
+        from migrator.verify.pacs import PacsQueryError
+        from migrator.verify.query import QueryClient
+
+        try:
+            with QueryClient(self.config) as q:
+                for study in studies(self.query, lambda d: self._window(q, d), self.uri):
+                    keys = {"StudyInstanceUID": study}
+                    for series in self._all(q, "SERIES", keys, ["SeriesInstanceUID"]):
+                        se = str(series.get("SeriesInstanceUID", ""))
+                        if not se:
+                            continue
+                        image_keys = {**keys, "SeriesInstanceUID": se}
+                        returned = ["SOPInstanceUID", "SOPClassUID"]
+                        for image in self._all(q, "IMAGE", image_keys, returned):
+                            sop = str(image.get("SOPInstanceUID", ""))
+                            cls = str(image.get("SOPClassUID", ""))
+                            path = f"/studies/{study}/series/{se}/instances/{sop}"
+                            uri = f"{self.uri}{path}?class={quote(cls)}"
+                            yield ManifestEntry(0, uri, 0, sop, study)
+        except PacsQueryError as exc:
+            raise SourceError(f"{self.uri}: {exc}") from None
+
+    def _all(self, q: Any, level: str, keys: dict[str, str], returned: list[str]) -> list[Any]:
+        """Every match below the study level; an answer the source cut short is an error
+        (no date window splits a study's series or a series' instances)."""
+        cut: list[bool] = []
+        found: list[Any] = q.find(level, keys, returned, cut=cut)
+        if cut:
+            raise SourceError(
+                f"{self.uri}: the source cut its {level}-level answer for study "
+                f"{keys['StudyInstanceUID']} short after {len(found)} results (a result cap "
+                "such as Orthanc's LimitFindInstances): raise it there"
+            )
+        return found
+
+    def _window(self, q: Any, dates: tuple[dt.date, dt.date] | None) -> tuple[list[str], bool]:
+        keys = {}
+        if dates is not None:
+            keys["StudyDate"] = dicom_range(dates)
+        if self.query.modality:
+            keys["ModalitiesInStudy"] = self.query.modality
+        cut: list[bool] = []
+        found = q.find("STUDY", keys, ["StudyInstanceUID"], cut=cut)
+        return [u for u in (str(m.get("StudyInstanceUID", "")) for m in found) if u], bool(cut)
+
+    # -- fetching --------------------------------------------------------------------------
+
+    def fetch(self, item: SourceItem) -> contextlib.AbstractContextManager[Payload]:
+        return self._held.fetch(item.uri, lambda: self._get(item))
+
+    def _get(self, item: SourceItem) -> tuple[str, int]:
+        study, series, sop, sop_class = _parse_item(item.uri)
+        path = self._held.new_path()
+        try:
+            return path, self._c_get(study, series, sop, sop_class, path, item.uri)
+        except BaseException:
+            unlink(path)
+            raise
+
+    def _c_get(
+        self, study: str, series: str, sop: str, sop_class: str, path: str, where: str
+    ) -> int:
+        from pydicom.dataset import Dataset
+        from pynetdicom import build_role, evt
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelGet,
+        )
+
+        from migrator.verify.pacs import associate, new_ae
+
+        received: list[int] = []
+
+        def on_store(event: Any) -> int:
+            if str(event.request.AffectedSOPInstanceUID) != sop:
+                return 0xA900  # not what was asked for: refused, never written as ours
+            from pydicom.filebase import DicomBytesIO
+            from pydicom.filewriter import write_file_meta_info
+
+            meta = DicomBytesIO()
+            write_file_meta_info(meta, event.file_meta)
+            with open(path, "wb") as out:
+                out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+                # The dataset's bytes as the archive sent them: no decoding, no re-encoding.
+                out.write(event.request.DataSet.getvalue())
+                received.append(out.tell())
+            return 0x0000
+
+        ae = new_ae(self.config)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        for syntax in SYNTAXES:
+            ae.add_requested_context(sop_class, [syntax])
+        try:
+            assoc = associate(
+                ae,
+                self.config,
+                ext_neg=[build_role(sop_class, scp_role=True)],
+                evt_handlers=[(evt.EVT_C_STORE, on_store)],
+            )
+        except ConnectError:
+            raise
+        except Exception as exc:  # rejected, no context: the archive's answer, said as is
+            raise SourceError(f"{where}: C-GET association: {exc}") from None
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study
+        query.SeriesInstanceUID = series
+        query.SOPInstanceUID = sop
+        last = None
+        try:
+            for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+                code = cast(int | None, getattr(status, "Status", None))
+                if code is None:
+                    raise TransientError(
+                        f"{where}: no C-GET answer (aborted or timed out); does the source "
+                        f"know AE {self.config.calling_ae} and allow it C-GET? (register it "
+                        "there, or give --source-calling-ae)"
+                    )
+                last = code
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if received:
+            return received[0]
+        if last in (0x0000, 0xB000) or last is None:
+            raise SourceError(f"{where}: no longer at the source (C-GET sent no instance)")
+        if last is not None and (last & 0xFF00) == 0xA700:
+            raise TransientError(f"{where}: the source is out of resources (C-GET 0x{last:04X})")
+        raise SourceError(f"{where}: the source refused the C-GET (0x{last:04X})")
+
+
+def _parse_item(uri: str) -> tuple[str, str, str, str]:
+    parts = urlsplit(uri)
+    segments = [unquote(p) for p in parts.path.strip("/").split("/")]
+    sop_class = parse_qs(parts.query).get("class", [""])[0]
+    if (
+        len(segments) != 6
+        or segments[0::2] != ["studies", "series", "instances"]
+        or not all(is_valid_uid(u) for u in (*segments[1::2], sop_class))
+    ):
+        raise SourceError(f"{uri}: not a dimse:// instance URI")
+    return segments[1], segments[3], segments[5], sop_class
