@@ -89,6 +89,10 @@ class Settings:
     #: Instances per STOW-RS request at most, and bytes per request (a larger file goes alone)
     stow_batch_files: int = 16
     stow_batch_bytes: int = 16_000_000
+    #: ``--coerce``: the rules file (absolute path; each sender reads it and its tables) and
+    #: the sha256 the command checked it with (a sender whose copy differs fails the files)
+    coerce: str | None = None
+    coerce_digest: str = ""
 
     def __post_init__(self) -> None:
         forced = self.transfer_syntax

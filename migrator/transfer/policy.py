@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from migrator import status as st
+from migrator.coerce import CoercionError, CoercionSkipped
 from migrator.contexts import plan_profiles
 from migrator.dicomfile import DicomHeader
 from migrator.errors import (
@@ -376,6 +377,10 @@ class Transfer:
             sent = conn.start(header, payload)
         except AssociationLost as exc:
             self._lost(lane, job, exc)
+            return
+        except CoercionError as exc:  # --coerce: the file named, then element and rule
+            state = State.SKIPPED if isinstance(exc, CoercionSkipped) else State.FAILED
+            self._settle_failed(job, f"{job.uri}: {exc}", state)
             return
         except SourceError as exc:
             self._settle_failed(job, str(exc))
