@@ -30,6 +30,7 @@ def write_rules(folder: Path, yaml_text: str, **tables: str) -> Path:
 
 def dicom_file(path: Path, **elements: object) -> Path:
     """A small synthetic CT file with ``elements`` set (keyword=value; None deletes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     ds = make_dataset("CT", rows=16, cols=16, seed=len(str(path)))
     for keyword, value in elements.items():
         if value is None:
