@@ -76,7 +76,7 @@ class Coercer:
             head = encode(ds, enc)
         except CoercionError as exc:
             raise CoercionError(f"not sent: {exc}") from None
-        spliced = dataclasses.replace(payload, head=head, resume=header.dataset_offset + length)
+        spliced = Payload(payload.path, payload.data, head, header.dataset_offset + length)
         note = applied.note()
         changes: dict[str, Any] = {"note": f"{header.note}; {note}" if header.note else note}
         if self.uids:

@@ -15,8 +15,9 @@ past the region.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from migrator.coerce.dictionary import vr_of
 from migrator.coerce.errors import CoercionError
 from migrator.dicomfile.encoding import (
     DEFLATED_LE,
@@ -66,41 +67,56 @@ class Element:
     raw: bytes | None = None
 
 
-@dataclass(slots=True)
 class Dataset:
-    elements: dict[int, Element] = field(default_factory=dict)
-    #: Groups whose length changed (their Group Length element is dropped)
-    changed_groups: set[int] = field(default_factory=set)
+    """Elements by tag. Short elements of the header region stay *spans* of its bytes (tag
+    -> start, value start, end, VR) until a rule reads one: building an object per element
+    of every file costs more than the rules themselves."""
+
+    __slots__ = ("changed_groups", "data", "elements", "spans")
+
+    def __init__(
+        self,
+        elements: dict[int, Element] | None = None,
+        data: bytes = b"",
+        spans: dict[int, tuple[int, int, int, bytes]] | None = None,
+    ) -> None:
+        self.elements: dict[int, Element] = elements if elements is not None else {}
+        self.data = data
+        self.spans: dict[int, tuple[int, int, int, bytes]] = spans if spans is not None else {}
+        #: Groups whose length changed (their Group Length element is dropped)
+        self.changed_groups: set[int] = set()
 
     def get(self, tag: int) -> Element | None:
-        return self.elements.get(tag)
+        found = self.elements.get(tag)
+        if found is None:
+            span = self.spans.pop(tag, None)
+            if span is not None:
+                start, value, end, vr = span
+                data = self.data
+                found = Element(tag, vr.decode(), data[value:end], raw=data[start:end])
+                self.elements[tag] = found
+        return found
 
     def put(self, element: Element) -> None:
         element.raw = None
+        self.spans.pop(element.tag, None)
         self.elements[element.tag] = element
         self.changed_groups.add(element.tag >> 16)
 
     def delete(self, tag: int) -> bool:
-        if self.elements.pop(tag, None) is None:
+        if self.get(tag) is None:
             return False
+        del self.elements[tag]
         self.changed_groups.add(tag >> 16)
         return True
 
-    @property
-    def dirty(self) -> bool:
-        return bool(self.changed_groups)
+    def tags(self) -> list[int]:
+        return sorted([*self.elements, *self.spans])
 
 
 def dictionary_vr(tag: int) -> str:
     """The VR of ``tag`` in the data dictionary ("UN" when unknown: private, or retired)."""
-    from pydicom.datadict import dictionary_VR
-
-    try:
-        vr = str(dictionary_VR(tag))
-    except KeyError:
-        return "UN"
-    # Ambiguous entries ("US or SS", "OB or OW"): the first; text VRs are never ambiguous.
-    return vr.split(" ")[0]
+    return vr_of(tag)
 
 
 def parse_region(
@@ -111,21 +127,40 @@ def parse_region(
 
     Raises ``NeedMoreBytes`` when ``data`` ends inside the region (``at_end``: the file
     itself ends there, which is the end of the region when it falls between elements)."""
-    ds = Dataset()
+    elements: dict[int, Element] = {}
+    spans: dict[int, tuple[int, int, int, bytes]] = {}
     pos = 0
-    while pos < len(data):
-        if pos + 8 > len(data):
-            if at_end:
-                raise CoercionError("truncated dataset")
-            raise NeedMoreBytes
-        tag = _tag(data, pos, enc)
-        if tag > stop_after or tag >= PIXEL_DATA:
-            return ds, pos
-        element, pos = _element(data, pos, enc, at_end=at_end)
-        ds.elements[element.tag] = element
+    size = len(data)
+    stop = min(stop_after, PIXEL_DATA - 1)
+    short = _SHORT[enc.endian]
+    try:
+        while pos < size:
+            if pos + 8 > size:
+                raise NeedMoreBytes
+            group, elem, vr_b, length = short.unpack_from(data, pos)
+            tag = (group << 16) | elem
+            if tag > stop:
+                return Dataset(elements, data, spans), pos
+            if enc.explicit and vr_b not in LONG_VRS and vr_b in VALID_VRS:
+                # The common case inline: a short explicit-VR element (~1 us, not ~5).
+                end = pos + 8 + length
+                if end > size:
+                    raise NeedMoreBytes
+                spans[tag] = (pos, pos + 8, end, vr_b)
+                pos = end
+                continue
+            element, pos = _element(data, pos, enc)
+            elements[tag] = element
+    except NeedMoreBytes:
+        if at_end:
+            raise CoercionError("truncated dataset") from None
+        raise
     if not at_end:
         raise NeedMoreBytes
-    return ds, pos
+    return Dataset(elements, data, spans), pos
+
+
+_SHORT = {"<": struct.Struct("<HH2sH"), ">": struct.Struct(">HH2sH")}
 
 
 def _tag(data: bytes, pos: int, enc: Encoding) -> int:
@@ -133,7 +168,7 @@ def _tag(data: bytes, pos: int, enc: Encoding) -> int:
     return int((group << 16) | elem)
 
 
-def _element(data: bytes, pos: int, enc: Encoding, *, at_end: bool) -> tuple[Element, int]:
+def _element(data: bytes, pos: int, enc: Encoding) -> tuple[Element, int]:
     start = pos
     tag = _tag(data, pos, enc)
     if enc.explicit:
@@ -153,8 +188,8 @@ def _element(data: bytes, pos: int, enc: Encoding, *, at_end: bool) -> tuple[Ele
         (length,) = struct.unpack_from(enc.endian + "I", data, pos + 4)
         pos += 8
         vr = dictionary_vr(tag)
-        if length == UNDEFINED and vr != "SQ":
-            vr = "SQ" if vr == "UN" else vr
+        if length == UNDEFINED and vr == "UN":
+            vr = "SQ"  # an implicit-VR element of undefined length is a sequence
     if vr == "SQ":
         if length == UNDEFINED:
             end = skip_undefined(data, pos, enc.endian, enc.explicit)
@@ -172,8 +207,6 @@ def _element(data: bytes, pos: int, enc: Encoding, *, at_end: bool) -> tuple[Ele
         return Element(tag, vr, data[pos:end], raw=data[start:end]), end
     end = pos + length
     if end > len(data):
-        if at_end:
-            raise CoercionError(f"truncated in element {tag >> 16:04X},{tag & 0xFFFF:04X}")
         raise NeedMoreBytes
     return Element(tag, vr, data[pos:end], raw=data[start:end]), end
 
@@ -206,7 +239,7 @@ def _item_end(data: bytes, pos: int, enc: Encoding) -> int:
         tag = _tag(data, pos, enc)
         if tag == ITEM_END:
             return pos
-        _, pos = _element(data, pos, enc, at_end=True)
+        _, pos = _element(data, pos, enc)
     raise CoercionError("corrupt sequence: an item without its delimiter")
 
 
@@ -214,7 +247,7 @@ def _item(data: bytes, enc: Encoding) -> Dataset:
     ds = Dataset()
     pos = 0
     while pos + 8 <= len(data):
-        element, pos = _element(data, pos, enc, at_end=True)
+        element, pos = _element(data, pos, enc)
         ds.elements[element.tag] = element
     return ds
 
@@ -225,10 +258,15 @@ def _item(data: bytes, enc: Encoding) -> Dataset:
 def encode(ds: Dataset, enc: Encoding) -> bytes:
     """The dataset's elements in tag order: original bytes where unchanged."""
     out = bytearray()
-    for tag in sorted(ds.elements):
+    data, spans, elements = ds.data, ds.spans, ds.elements
+    for tag in ds.tags():
         if tag & 0xFFFF == 0 and tag >> 16 >= 0x0008 and tag >> 16 in ds.changed_groups:
             continue  # a retired Group Length that no longer holds (PS3.5 7.2)
-        element = ds.elements[tag]
+        span = spans.get(tag)
+        if span is not None:
+            out += data[span[0] : span[2]]
+            continue
+        element = elements[tag]
         out += element.raw if element.raw is not None else _encode_element(element, enc)
     return bytes(out)
 

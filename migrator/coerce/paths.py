@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from migrator.coerce.dictionary import tag_for_keyword
 from migrator.coerce.elements import PIXEL_DATA, Dataset, Element, dictionary_vr
 
 _STEP = re.compile(
@@ -46,7 +47,9 @@ class ElementPath:
 
     def holders(self, ds: Dataset) -> Iterator[Holder]:
         """The datasets that hold (or would hold) the final element."""
-        yield from _holders(ds, self.steps, ())
+        if not self.steps:
+            return iter((Holder(ds, ()),))  # top level: the common case, no generator
+        return _holders(ds, self.steps, ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +82,6 @@ def _holders(
 
 def tag_of(word: str) -> int:
     """A keyword's tag, or ValueError."""
-    from pydicom.datadict import tag_for_keyword
-
     tag = tag_for_keyword(word)
     if tag is None:
         raise ValueError(f"{word!r} is not a DICOM keyword (give a tag as (gggg,eeee))")
