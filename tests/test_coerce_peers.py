@@ -10,10 +10,12 @@ the file, the element and the rule, and the totals add up.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from migrator.synth.dataset import derived_uid, make_dataset, write_dataset
 from tests.behaviourhelpers import FRONT_ENDS, Problems, send
@@ -160,4 +162,44 @@ def test_files_the_rules_refuse_are_failed_or_skipped_naming_file_element_and_ru
             p.check(word in reason, f"{name}: {word!r} not in {reason!r}")
         p.check("STRANGER" not in reason, f"{name}: the reason carries the value")
     p.check(orthanc.count_instances() == 1, "only the good file may arrive")
+    p.done(result)
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+@pytest.mark.parametrize("way", ["stow-rs", "re-encoded"])
+def test_a_coerced_file_sent_by_stow_rs_or_re_encoded_keeps_its_new_values(
+    front_end: str, way: str, orthanc_factory: Callable[..., OrthancPeer], tmp_path: Path
+) -> None:
+    """The two ways a coerced file is not streamed by DIMSE as stored: STOW-RS (a new File
+    Meta in front of the spliced dataset) and re-encoding, when the PACS does not take the
+    file's syntax (here JPEG 2000 into an Orthanc without compressed syntaxes)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    syntax = JPEG2000Lossless if way == "re-encoded" else ExplicitVRLittleEndian
+    ds = make_dataset("CT", rows=32, cols=32, transfer_syntax=syntax, patient_id="OLD-1")
+    write_dataset(ds, folder / "a.dcm")
+    rules = write_rules(tmp_path / "rules", RULES, patients=TABLE)
+    if way == "stow-rs":
+        pacs = orthanc_factory(dicomweb=True)
+        dest = ["--dicomweb", pacs.dicomweb_url]
+    else:
+        pacs = orthanc_factory(compression="none")
+        dest = []
+    result = send(
+        front_end, folder, pacs.dicom_port, "ORTHANC", tmp_path, "--coerce", rules, dest=dest
+    )
+    p = Problems()
+    p.check(result.rc == 0 and result.totals()["stored"] == 1, f"exit {result.rc}")
+    oid = pacs.find_instance(ds.SOPInstanceUID)
+    if p.check(oid, "not in Orthanc") and oid is not None:
+        stored = pydicom.dcmread(io.BytesIO(pacs.get_file(oid)))
+        p.check(
+            (stored.PatientID, stored.IssuerOfPatientID) == ("NEW-1", "HOSP-B"),
+            f"{stored.PatientID} / {stored.get('IssuerOfPatientID')}",
+        )
+        if way == "re-encoded":
+            ds.decompress()
+        else:
+            p.check(stored.file_meta.TransferSyntaxUID == syntax, "sent in another syntax")
+        p.check(stored.PixelData == ds.PixelData, "pixel data differs")
     p.done(result)
