@@ -115,7 +115,14 @@ def load_rules(path: str) -> RuleSet:
                 tags.add(p.top)
         if rule.table is not None:
             tags.update(p.top for p in (*rule.table.match, *rule.table.write))
-    return RuleSet(os.path.abspath(path), tuple(rules), digest.hexdigest(), max(tags))
+    ruleset = RuleSet(os.path.abspath(path), tuple(rules), digest.hexdigest(), max(tags))
+    CHECKED[(ruleset.path, ruleset.digest)] = ruleset
+    return ruleset
+
+
+#: Rules this process has checked, by (absolute path, digest): `store` sends with the rules
+#: its command checked instead of reading (and importing PyYAML for) them a second time.
+CHECKED: dict[tuple[str, str], RuleSet] = {}
 
 
 class _Reader:

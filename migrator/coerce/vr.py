@@ -66,6 +66,8 @@ _PATTERNS = {
 }
 #: Control characters allowed in the long text VRs (PS3.5 6.1.3: LF, FF, CR; and TAB).
 _TEXT_CONTROLS = "\t\n\f\r"
+#: Control characters other than ESC (which ISO 2022 escape sequences use)
+_CONTROLS = re.compile("[\x00-\x1a\x1c-\x1f]")
 
 #: Specific Character Set defined terms with one Python codec (no ISO 2022 code extensions)
 CODECS = {
@@ -139,9 +141,10 @@ def check(text: str, vr: str) -> None:
     limit = MAX_CHARS.get(vr)
     pattern = _PATTERNS.get(vr)
     for value in values:
-        bad = [c for c in value if ord(c) < 0x20 and c != "\x1b"]
-        if bad and not (vr in ("LT", "ST", "UT") and all(c in _TEXT_CONTROLS for c in bad)):
-            raise ValueProblem(f"a control character is not allowed in {vr}")
+        if _CONTROLS.search(value):
+            bad = set(_CONTROLS.findall(value))
+            if not (vr in ("LT", "ST", "UT") and bad <= set(_TEXT_CONTROLS)):
+                raise ValueProblem(f"a control character is not allowed in {vr}")
         if vr == "PN":
             groups = value.split("=")
             if len(groups) > 3:

@@ -46,10 +46,10 @@ def make_transform(settings: Settings) -> Transform:
 def _load(path: str, digest: str) -> Transform:
     from migrator.coerce import CoercionError
     from migrator.coerce.coercer import Coercer
-    from migrator.coerce.rules import RulesError, load_rules
+    from migrator.coerce.rules import CHECKED, RulesError, load_rules
 
     try:
-        rules = load_rules(path)
+        rules = CHECKED.get((path, digest)) or load_rules(path)
         problem = ""
         if digest and rules.digest != digest:
             problem = f"not sent: {path} (or a table) changed since the command checked it"
