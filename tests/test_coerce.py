@@ -331,3 +331,23 @@ def test_the_commands_exit_2_on_a_bad_rules_file_before_anything_is_sent(
     proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert f"{rules}: line 4: set: unknown key 'to'" in proc.stderr
+
+
+def test_a_sender_whose_rules_differ_from_the_checked_ones_fails_each_file(tmp_path: Path) -> None:
+    """A worker reads the rules named in the job's settings; a copy changed since the
+    command checked it would send other values, so each file fails with the reason."""
+    from migrator.settings import Settings
+    from migrator.sources.base import Payload
+    from migrator.transfer.transform import identity, make_transform
+
+    rules = write_rules(tmp_path / "r", MAP_RULES.format(policy="fail"), patients=PATIENTS)
+    checked = load_rules(str(rules))
+    assert make_transform(Settings(host="h")) is identity
+    f = dicom_file(tmp_path / "a.dcm", PatientID="OLD1")
+    header = inspect_file(str(f))
+    same = make_transform(Settings(host="h", coerce=checked.path, coerce_digest=checked.digest))
+    assert same(header, Payload(path=str(f)))[1].head is not None
+    (rules.parent / "patients.csv").write_text(PATIENTS.replace("NEW1", "OTHER1").lstrip())
+    changed = make_transform(Settings(host="h", coerce=checked.path, coerce_digest="0" * 64))
+    with pytest.raises(CoercionError, match="changed since the command checked it"):
+        changed(header, Payload(path=str(f)))

@@ -48,6 +48,7 @@ _FIELDS = {
 _OPTIONAL = {"missing"}
 MISSING_POLICIES = ("keep", "fail", "skip")
 SPECIFIC_CHARACTER_SET = 0x00080005
+SOP_CLASS_UID = 0x00080016
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +249,12 @@ class _Reader:
         return rule
 
     def check_target(self, node: object, op: str, target: ElementPath, allow_uid: bool) -> None:
+        if target.tag == SOP_CLASS_UID and not target.nested:
+            raise self.error(
+                node,
+                "SOP Class UID cannot be coerced (the association is "
+                "negotiated for the file's own)",
+            )
         if target.tag == SPECIFIC_CHARACTER_SET:
             raise self.error(
                 node,
