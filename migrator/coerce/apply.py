@@ -76,6 +76,9 @@ class _Context:
             raise self.fail(path, str(exc)) from None
 
     def values(self, path: ElementPath, ds: Dataset) -> list[str]:
+        if not path.nested:  # the common case, without a holder
+            element = ds.get(path.tag)
+            return [self.text(path, element)] if element is not None else []
         out = []
         for holder in path.holders(ds):
             element = holder.ds.get(path.tag)

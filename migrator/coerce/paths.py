@@ -52,12 +52,15 @@ class ElementPath:
         return _holders(ds, self.steps, ())
 
 
-@dataclass(frozen=True, slots=True)
 class Holder:
-    """A dataset the path reaches, and the sequences above it (to mark them changed)."""
+    """A dataset the path reaches, and the sequences above it (to mark them changed).
+    (A plain class: a frozen dataclass costs microseconds per file to build.)"""
 
-    ds: Dataset
-    chain: tuple[tuple[Dataset, Element], ...]
+    __slots__ = ("chain", "ds")
+
+    def __init__(self, ds: Dataset, chain: tuple[tuple[Dataset, Element], ...]) -> None:
+        self.ds = ds
+        self.chain = chain
 
     def changed(self) -> None:
         for parent, sequence in self.chain:
