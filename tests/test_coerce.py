@@ -242,14 +242,34 @@ def test_copy_delete_and_group_length_after_a_change(tmp_path: Path) -> None:
     )
     ds = make_dataset("CT", rows=16, cols=16, patient_id="P77")
     ds.InstitutionName = "Old"
-    f = tmp_path / "a.dcm"
-    ds.save_as(f, enforce_file_format=True)
-    raw = f.read_bytes()
+    # Group Length elements (retired, PS3.5 7.2) of a changed group (0008, 0010) would be
+    # wrong after the change: dropped; one of a group no rule touches (0018) stays.
+    f = with_group_lengths(write_dataset(ds, tmp_path / "a.dcm"), (0x0008, 0x0010, 0x0018))
     header, payload = coerce(rules, f)
     after = received(header, payload)
     assert after.OtherPatientIDs == "P77" and "InstitutionName" not in after
     assert after.PixelData == ds.PixelData
-    assert len(raw) > 0
+    assert 0x00080000 not in after and 0x00100000 not in after
+    assert 0x00180000 in after
+
+
+def with_group_lengths(path: Path, groups: tuple[int, ...]) -> Path:
+    """``path`` with Group Length elements added (pydicom drops them when writing)."""
+    import struct
+
+    from migrator.coerce.elements import Element, Encoding, encode, parse_region
+
+    header = inspect_file(str(path))
+    raw = path.read_bytes()
+    enc = Encoding.of(header.transfer_syntax)
+    ds, end = parse_region(raw[header.dataset_offset :], enc, 0x7FE00000, at_end=True)
+    for group in groups:
+        element = struct.pack("<HH2sHI", group, 0, b"UL", 4, 0)
+        ds.elements[group << 16] = Element(group << 16, "UL", element[8:], raw=element)
+    head = encode(ds, enc)
+    path.write_bytes(raw[: header.dataset_offset] + head + raw[header.dataset_offset + end :])
+    assert all(group << 16 in pydicom.dcmread(path) for group in groups)
+    return path
 
 
 def test_uids_change_only_when_a_rule_says_so(tmp_path: Path) -> None:
