@@ -10,6 +10,8 @@ the file, the element and the rule, and the totals add up.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from migrator.synth.dataset import derived_uid, make_dataset, write_dataset
 from tests.behaviourhelpers import FRONT_ENDS, Problems, send
 from tests.coercehelpers import write_rules
 from tests.peers.orthanc import OrthancPeer
+from tests.peers.redis import RedisPeer
 
 RULES = """
 rules:
@@ -203,3 +206,40 @@ def test_a_coerced_file_sent_by_stow_rs_or_re_encoded_keeps_its_new_values(
             p.check(stored.file_meta.TransferSyntaxUID == syntax, "sent in another syntax")
         p.check(stored.PixelData == ds.PixelData, "pixel data differs")
     p.done(result)
+
+
+def test_a_job_is_resumed_only_with_the_rules_it_was_created_with(
+    redis_server: RedisPeer, tmp_path: Path
+) -> None:
+    """Its workers apply the rules stored with the job: `plan` (and `run`) again without
+    them, or after they changed, is refused (exit 2) rather than silently sending with
+    others."""
+    corpus(tmp_path / "in", patients=1, studies=1, per_study=1)
+    rules = write_rules(tmp_path / "rules", RULES, patients=TABLE)
+
+    def plan(*extra: str | Path) -> subprocess.CompletedProcess[str]:
+        args = [
+            sys.executable,
+            "-m",
+            "migrator",
+            "plan",
+            str(tmp_path / "in"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "9",
+            "--no-preflight",
+            "--redis-url",
+            redis_server.url,
+            *map(str, extra),
+        ]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+    assert plan("--coerce", rules).returncode == 0
+    assert plan("--coerce", rules).returncode == 0  # the same rules: resumed
+    refused = plan()
+    assert refused.returncode == 2, refused.stderr
+    assert f"was created with --coerce {rules}" in refused.stderr
+    (rules.parent / "patients.csv").write_text(TABLE.replace("NEW-3", "NEW-9").lstrip())
+    changed = plan("--coerce", rules)
+    assert changed.returncode == 2 and "those rules, unchanged" in changed.stderr
