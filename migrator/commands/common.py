@@ -276,6 +276,16 @@ def send_options(func: F) -> F:
                 "See docs/coercion.md.",
             ),
             opt(
+                "--on-conflict",
+                env="ON_CONFLICT",
+                type=click.Choice(["fail", "first-good", "skip"]),
+                default="fail",
+                show_default=True,
+                help="Files with the SOP Instance UID of another but other content: fail "
+                "them, skip them once a copy is stored (first-good: copies are tried in "
+                "order until one stores), or skip (only the first copy is ever sent).",
+            ),
+            opt(
                 "--stow-batch-files",
                 env="STOW_BATCH_FILES",
                 type=click.IntRange(1, 10000),
@@ -465,6 +475,7 @@ def settings_from_options(o: dict[str, Any], *, check_tls: bool = True, **extra:
             stow_batch_files=o["stow_batch_files"],
             stow_batch_bytes=int(o["stow_batch_mb"] * 1e6),
             **_coerce_fields(o["coerce"]),
+            on_conflict=o["on_conflict"],
             **extra,
         )
         settings.limits  # noqa: B018 - validates the numbers now

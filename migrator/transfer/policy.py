@@ -134,7 +134,13 @@ class Transfer:
         self._leases = Leases(limiter, settings.limits)
         self._record_sink = record
         self._waits = (
-            Waits(claims, enqueue=self._ready_append, settle=self._settle_as, clock=clock)
+            Waits(
+                claims,
+                enqueue=self._ready_append,
+                settle=self._settle_as,
+                clock=clock,
+                on_conflict=settings.on_conflict,
+            )
             if claims is not None
             else None
         )
