@@ -10,6 +10,10 @@ for the owner's outcome (migrator/duplicates.py has the comparison and the reaso
   the UID over and is sent in its place. A conflict is only ever declared against a copy
   that was actually stored.
 
+``--on-conflict`` (Settings.on_conflict) changes the two "different" cases: ``first-good``
+skips a copy that differs from a stored one instead of failing it; ``skip`` also skips one
+that differs from a first copy that failed, instead of sending it in its place.
+
 Who owns a UID is the business of a ``Claims``: ``MemoryClaims`` here for `store` (one
 process sees every file), the ledger's UID index for a job (``migrator.transfer.batch``),
 where the owner may be a file of another batch, sent by another worker.
