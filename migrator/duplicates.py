@@ -64,6 +64,23 @@ def conflict_reason(uid: str, other_uri: str) -> str:
     )
 
 
+#: ``--on-conflict``: what becomes of a later copy whose content differs (README, issue 18)
+ON_CONFLICT = ("fail", "first-good", "skip")
+
+
+def conflict_skipped_reason(uid: str, other_uri: str, policy: str, *, stored: bool) -> str:
+    """A differing later copy settled as skipped by ``--on-conflict first-good`` / ``skip``."""
+    if stored:
+        return (
+            f"{CONFLICT}: SOP Instance UID {uid} was stored from {other_uri}, whose content "
+            f"differs; skipped (--on-conflict {policy})"
+        )
+    return (
+        f"{CONFLICT}: SOP Instance UID {uid} is also in {other_uri}, which was not stored and "
+        f"differs; skipped, no other copy is sent (--on-conflict {policy})"
+    )
+
+
 def unreadable_owner_reason(uid: str, other_uri: str, error: str) -> str:
     """The first file with the UID cannot be read any more: the contents cannot be told
     equal, so this one is held back like a conflict."""
@@ -96,7 +113,7 @@ class OwnerUnreadable(MigratorError):
     """The first file with the UID could not be read for the comparison."""
 
 
-def settle(candidate: Copy, owner: Copy) -> tuple[State, str] | None:
+def settle(candidate: Copy, owner: Copy, on_conflict: str = "fail") -> tuple[State, str] | None:
     """The outcome of ``candidate``, a later file with the UID ``owner`` has; None when the
     candidate is to be sent after all: the owner's UID turned out to be another one (the
     engine's index matched a hash, not the UID).
@@ -121,6 +138,9 @@ def settle(candidate: Copy, owner: Copy) -> tuple[State, str] | None:
             return State.FAILED, unreadable_owner_reason(uid, owner.item.uri, str(header))
         if header.sop_instance_uid != uid:
             return None
+    if on_conflict != "fail":
+        # The stored copy is the instance; this other version is not sent and not an error.
+        return State.SKIPPED, conflict_skipped_reason(uid, owner.item.uri, on_conflict, stored=True)
     return State.FAILED, conflict_reason(uid, owner.item.uri)
 
 

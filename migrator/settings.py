@@ -102,6 +102,14 @@ class Settings:
     #: Instances per STOW-RS request at most, and bytes per request (a larger file goes alone)
     stow_batch_files: int = 16
     stow_batch_bytes: int = 16_000_000
+    #: ``--coerce``: the rules file (absolute path; each sender reads it and its tables) and
+    #: the sha256 the command checked it with (a sender whose copy differs fails the files)
+    coerce: str | None = None
+    coerce_digest: str = ""
+    #: ``--on-conflict``: a later file with a stored file's SOP Instance UID and other
+    #: content fails ("fail"), is skipped ("first-good"), or, with "skip", so is one whose
+    #: first copy failed instead of being sent in its place (migrator/transfer/claims.py)
+    on_conflict: str = "fail"
 
     def __post_init__(self) -> None:
         forced = self.transfer_syntax
@@ -111,6 +119,8 @@ class Settings:
                 f"--transfer-syntax {forced}: this tool cannot encode that syntax, so files in "
                 f"other syntaxes could not be converted to it; it can force: {can}"
             )
+        if self.on_conflict not in ("fail", "first-good", "skip"):
+            raise ConfigError(f"--on-conflict: fail, first-good or skip, not {self.on_conflict}")
         if self.concurrency < 0:
             raise ConfigError(f"concurrency must be at least 1 (or auto), not {self.concurrency}")
         if self.dicomweb is not None:

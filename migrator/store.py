@@ -34,6 +34,7 @@ from migrator.transfer.destinations import make_destination
 from migrator.transfer.job import Job
 from migrator.transfer.policy import Transfer
 from migrator.transfer.pool import ConnectionPool
+from migrator.transfer.transform import make_transform
 
 if TYPE_CHECKING:
     from migrator.sources.s3 import S3Settings
@@ -115,6 +116,7 @@ class StoreScu:
             self._limiter,
             lambda _job, outcome: self._record(result, outcome),
             claims=MemoryClaims(),
+            transform=make_transform(s),
             autotune=Autotune(s.max_lanes) if s.auto_concurrency else None,
             stop=(lambda: time.monotonic() > deadline) if deadline is not None else None,
             on_start=(lambda job: sending(job.uri)) if sending is not None else None,

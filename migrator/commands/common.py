@@ -266,6 +266,26 @@ def send_options(func: F) -> F:
                 help="File holding user:password (HTTP basic auth) for --dicomweb.",
             ),
             opt(
+                "--coerce",
+                env="COERCE",
+                type=click.Path(dir_okay=False),
+                metavar="RULES.yaml",
+                default=None,
+                help="Change elements on the way (set, replace, prefix, map through a CSV "
+                "table...), e.g. --coerce new-ids.yaml; checked before anything is sent. "
+                "See docs/coercion.md.",
+            ),
+            opt(
+                "--on-conflict",
+                env="ON_CONFLICT",
+                type=click.Choice(["fail", "first-good", "skip"]),
+                default="fail",
+                show_default=True,
+                help="Files with the SOP Instance UID of another but other content: fail "
+                "them, skip them once a copy is stored (first-good: copies are tried in "
+                "order until one stores), or skip (only the first copy is ever sent).",
+            ),
+            opt(
                 "--stow-batch-files",
                 env="STOW_BATCH_FILES",
                 type=click.IntRange(1, 10000),
@@ -454,6 +474,8 @@ def settings_from_options(o: dict[str, Any], *, check_tls: bool = True, **extra:
             dicomweb_basic_auth_file=_abspath(o["dicomweb_basic_auth_file"]),
             stow_batch_files=o["stow_batch_files"],
             stow_batch_bytes=int(o["stow_batch_mb"] * 1e6),
+            **_coerce_fields(o["coerce"]),
+            on_conflict=o["on_conflict"],
             **extra,
         )
         settings.limits  # noqa: B018 - validates the numbers now
@@ -474,3 +496,14 @@ def _abspath(path: str | None) -> str | None:
     import os
 
     return os.path.abspath(path) if path else None
+
+
+def _coerce_fields(path: str | None) -> dict[str, Any]:
+    """``--coerce``: the rules checked now (a bad file: exit 2 with its line), and carried to
+    every sender by path and digest."""
+    if not path:
+        return {}
+    from migrator.coerce.rules import load_rules
+
+    rules = load_rules(path)  # RulesError is a ConfigError
+    return {"coerce": rules.path, "coerce_digest": rules.digest}

@@ -67,11 +67,19 @@ def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
 def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
     """A resumed job keeps the config it was created with: refuse to resume it with other
     TLS settings rather than silently send in plain TCP (or with other certificates)."""
-    created = Settings.from_dict(ledger.config()).tls_settings
+    job = Settings.from_dict(ledger.config())
+    created = job.tls_settings
     if created != config.tls_settings:
         how = f"with TLS ({created.describe()})" if created else "without TLS"
         raise ConfigError(
             f"job {ledger.job_id} was created {how}; give the same --tls options or another --job"
+        )
+    # The same for --coerce: its workers apply the rules the job was created with.
+    if (job.coerce, job.coerce_digest) != (config.coerce, config.coerce_digest):
+        how = f"with --coerce {job.coerce}" if job.coerce else "without --coerce"
+        raise ConfigError(
+            f"job {ledger.job_id} was created {how} (those rules, unchanged); give the same "
+            "--coerce or another --job"
         )
     return ledger
 

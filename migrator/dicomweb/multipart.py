@@ -35,7 +35,11 @@ class Part:
 
     @classmethod
     def of(cls, header: DicomHeader, payload: Payload) -> Part:
-        if header.has_meta:
+        if payload.head is not None:
+            # Coerced: a File Meta of the header as sent (its UIDs may have changed), the
+            # rewritten elements, then the file's own bytes from where they stop.
+            offset, prefix = payload.resume, file_meta(header) + payload.head
+        elif header.has_meta:
             offset, prefix = 0, b""  # the file as stored, File Meta included
         else:
             offset, prefix = header.dataset_offset, file_meta(header)

@@ -99,11 +99,13 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class FileSlice:
-    """Dataset bytes to stream from a file: ``length`` bytes starting at ``offset``."""
+    """Dataset bytes to stream from a file: ``head`` (from memory: a coerced file's rewritten
+    elements), then ``length`` bytes of the file starting at ``offset``."""
 
     path: str
     offset: int
     length: int
+    head: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,13 +420,16 @@ class Association:
         fd = open_source(src.path)
         try:
             offset, remaining = src.offset, src.length
+            head = src.head
             if remaining == 0:
-                append_fragments(bufs, ctx, memoryview(b""), frag, command=False, final=True)
+                append_fragments(bufs, ctx, memoryview(head), frag, command=False, final=True)
             while remaining > 0:
                 want = min(block, remaining)
                 chunk = os.pread(fd, want, offset)
                 if len(chunk) != want:
                     raise SourceError(f"{src.path} shrank while it was being sent")
+                if head:
+                    chunk, head = head + chunk, b""
                 offset += want
                 remaining -= want
                 if remaining == 0 and src.length % 2:
@@ -451,8 +456,9 @@ class Association:
         try:
             # DICOM data is even-length; a deflated stream stored with an odd length must be
             # padded with one NUL (PS3.5 A.5), and peers refuse odd PDVs.
-            pad = src.length % 2
-            total = src.length + pad
+            head = memoryview(src.head)
+            pad = (len(head) + src.length) % 2
+            total = len(head) + src.length + pad
             offset = src.offset
             start = 0
             while True:
@@ -464,6 +470,14 @@ class Association:
                     )
                 )
                 data = size - pad if final else size
+                if start < len(head):
+                    # A coerced file's rewritten elements go from memory before the file's
+                    # own bytes, in the same fragments.
+                    part = head[start : start + data]
+                    bufs.append(part)
+                    start += len(part)
+                    size -= len(part)
+                    data -= len(part)
                 if final and pad and data == 0:
                     bufs.append(b"\x00")
                 sendmsg_all(sock, bufs, socket.MSG_MORE if data else 0)

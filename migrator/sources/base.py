@@ -23,10 +23,16 @@ class SourceItem:
 
 @dataclass(frozen=True, slots=True)
 class Payload:
-    """A fetched item: exactly one of ``path`` (a local file) or ``data`` is set."""
+    """A fetched item: exactly one of ``path`` (a local file) or ``data`` is set.
+
+    A coerced file (migrator/coerce) is *spliced*: its dataset is ``head`` (the rewritten
+    elements) followed by the item's bytes from ``resume`` to the end, which are streamed
+    as stored (the File Meta, before the dataset, is unchanged)."""
 
     path: str | None = None
     data: bytes | None = None
+    head: bytes | None = None
+    resume: int = 0
 
 
 class Source(Protocol):

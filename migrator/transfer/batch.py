@@ -44,6 +44,7 @@ from migrator.transfer.job import Job
 from migrator.transfer.observe import Observer
 from migrator.transfer.policy import Transfer
 from migrator.transfer.runtime import Runtime
+from migrator.transfer.transform import make_transform
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def _run_claimed(
         runtime.limiter(settings),
         record,
         claims=_LedgerClaims(ledger, sources, by_id),
+        transform=make_transform(settings),
         observer=runtime.observer(settings),
         breaker=breaker,
         autotune=runtime.autotune(settings),

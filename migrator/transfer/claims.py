@@ -10,6 +10,10 @@ for the owner's outcome (migrator/duplicates.py has the comparison and the reaso
   the UID over and is sent in its place. A conflict is only ever declared against a copy
   that was actually stored.
 
+``--on-conflict`` (Settings.on_conflict) changes the two "different" cases: ``first-good``
+skips a copy that differs from a stored one instead of failing it; ``skip`` also skips one
+that differs from a first copy that failed, instead of sending it in its place.
+
 Who owns a UID is the business of a ``Claims``: ``MemoryClaims`` here for `store` (one
 process sees every file), the ledger's UID index for a job (``migrator.transfer.batch``),
 where the owner may be a file of another batch, sent by another worker.
@@ -91,8 +95,12 @@ class Waits:
         enqueue: Callable[[Job], None],
         settle: Callable[[Job, State, str], None],
         clock: Callable[[], float],
+        on_conflict: str = "fail",
     ) -> None:
         self.claims = claims
+        #: --on-conflict: "fail" / "first-good" (a differing copy of a stored one is
+        #: skipped) / "skip" (and one of a copy that failed is not sent in its place)
+        self.on_conflict = on_conflict
         self._enqueue = enqueue
         self._settle = settle
         self._clock = clock
@@ -137,6 +145,8 @@ class Waits:
             # The very same file listed twice: it was tried once, that is its outcome.
             self._settle(job, State.SKIPPED, duplicates.LISTED_TWICE)
         rest = [j for j in waiting if j.uri != owner.uri]
+        if self.on_conflict == "skip":
+            rest = [j for j in rest if not self._skipped_against(j, _copy(owner))]
         if not rest:
             return
         first, rest = rest[0], rest[1:]
@@ -162,6 +172,8 @@ class Waits:
             if state == "stored":
                 self._compare(job, owner.copy())
             elif state == "failed":
+                if self.on_conflict == "skip" and self._skipped_against(job, owner.copy()):
+                    continue
                 if self.claims.take_over(job, owner):
                     job.owner = None
                     self._enqueue(job)
@@ -186,10 +198,24 @@ class Waits:
         else:
             self._wait_for(job, owner)
 
+    def _skipped_against(self, job: Job, failed: duplicates.Copy) -> bool:
+        """``--on-conflict skip``: settle ``job`` as skipped when it differs from the copy
+        that came first and failed (only that first version is ever offered)."""
+        uid = job.header.sop_instance_uid if job.header else failed.sop_instance_uid
+        try:
+            same = duplicates.same_content(_copy(job), failed)
+        except MigratorError:  # either cannot be read: not known to be the same version
+            same = False
+        if same:
+            return False
+        reason = duplicates.conflict_skipped_reason(uid, failed.item.uri, "skip", stored=False)
+        self._settle(job, State.SKIPPED, reason)
+        return True
+
     def _compare(self, job: Job, owner: duplicates.Copy) -> None:
         mine = _copy(job)
         try:
-            verdict = duplicates.settle(mine, owner)
+            verdict = duplicates.settle(mine, owner, self.on_conflict)
         except MigratorError as exc:  # this file cannot be read: as sending would have failed
             self._settle(job, State.FAILED, str(exc))
             return

@@ -161,13 +161,19 @@ class DimseConnection:
         target = forced or file_ts
         ctx = assoc.context_for(sop_class, target) if target == file_ts else None
         if ctx is not None:
-            dataset: FileSlice | memoryview
+            dataset: FileSlice | memoryview | bytes
+            head, start = payload.head, header.dataset_offset
+            if head is not None:
+                start = payload.resume  # coerced: new elements, then the file from there on
             if payload.path is not None:
-                length = header.size - header.dataset_offset
-                dataset = FileSlice(payload.path, header.dataset_offset, length)
+                length = header.size - start
+                dataset = FileSlice(payload.path, start, length, head or b"")
+                length += len(head or b"")
             else:
                 assert payload.data is not None
-                dataset = memoryview(payload.data)[header.dataset_offset :]
+                dataset = memoryview(payload.data)[start:]
+                if head is not None:
+                    dataset = head + dataset
                 length = len(dataset)
             t0 = time.perf_counter()
             msg_id = assoc.send_c_store(ctx, sop_class, header.sop_instance_uid, dataset)
@@ -186,7 +192,13 @@ class DimseConnection:
         from migrator import transcode
 
         try:
-            if payload.path is not None:
+            if payload.head is not None:
+                from migrator.coerce.splice import spliced
+
+                data = transcode.transcode_bytes(
+                    spliced(header, payload), target, allow_lossy=self._allow_lossy
+                )
+            elif payload.path is not None:
                 data = transcode.transcode_file(payload.path, target, allow_lossy=self._allow_lossy)
             else:
                 assert payload.data is not None

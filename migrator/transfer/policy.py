@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from migrator import status as st
+from migrator.coerce import CoercionError, CoercionSkipped
 from migrator.contexts import plan_profiles
 from migrator.dicomfile import DicomHeader
 from migrator.errors import (
@@ -133,7 +134,13 @@ class Transfer:
         self._leases = Leases(limiter, settings.limits)
         self._record_sink = record
         self._waits = (
-            Waits(claims, enqueue=self._ready_append, settle=self._settle_as, clock=clock)
+            Waits(
+                claims,
+                enqueue=self._ready_append,
+                settle=self._settle_as,
+                clock=clock,
+                on_conflict=settings.on_conflict,
+            )
             if claims is not None
             else None
         )
@@ -376,6 +383,10 @@ class Transfer:
             sent = conn.start(header, payload)
         except AssociationLost as exc:
             self._lost(lane, job, exc)
+            return
+        except CoercionError as exc:  # --coerce: the file named, then element and rule
+            state = State.SKIPPED if isinstance(exc, CoercionSkipped) else State.FAILED
+            self._settle_failed(job, f"{job.uri}: {exc}", state)
             return
         except SourceError as exc:
             self._settle_failed(job, str(exc))
