@@ -53,7 +53,8 @@ class UnsafeUIDError(ValueError):
     """A UID from the peer cannot be used as a path component (the instance is refused)."""
 
 
-def _checked(value: str, what: str) -> str:
+def checked_uid(value: str, what: str) -> str:
+    """``value`` when it is a valid UID; raises UnsafeUIDError naming ``what`` otherwise."""
     if not value:
         raise UnsafeUIDError(f"{what} is missing")
     if not is_valid_uid(value):
@@ -67,12 +68,12 @@ def relative_path(study_uid: str, series_uid: str, sop_uid: str, organize: bool)
 
     Raises UnsafeUIDError when a UID that the layout needs is missing or invalid.
     """
-    name = _checked(sop_uid, "SOP Instance UID") + ".dcm"
+    name = checked_uid(sop_uid, "SOP Instance UID") + ".dcm"
     if not organize:
         return PurePosixPath(name)
     return PurePosixPath(
-        _checked(study_uid, "Study Instance UID"),
-        _checked(series_uid, "Series Instance UID"),
+        checked_uid(study_uid, "Study Instance UID"),
+        checked_uid(series_uid, "Series Instance UID"),
         name,
     )
 
