@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,11 +151,37 @@ class MigratorScp(Receiver):
 def senders(storescu: str) -> dict[str, list[str]]:
     """name -> argv with ``{port}`` and ``{dir}`` to fill in."""
     return {
-        "DCMTK storescu": [storescu, "-aec", AET, "+sd", "+r", "-pdu", str(PDU)]
-        + [HOST, "{port}", "{dir}"],
-        "migrator store -j4": [sys.executable, "-m", "migrator", "store", "--host", HOST]
-        + ["--port", "{port}", "--called-ae", AET, "--dir", "{dir}", "-R", "-j", "4"]
-        + ["--max-pdu", str(PDU)],
+        "DCMTK storescu": [
+            storescu,
+            "-aec",
+            AET,
+            "+sd",
+            "+r",
+            "-pdu",
+            str(PDU),
+            HOST,
+            "{port}",
+            "{dir}",
+        ],
+        "migrator store -j4": [
+            sys.executable,
+            "-m",
+            "migrator",
+            "store",
+            "--host",
+            HOST,
+            "--port",
+            "{port}",
+            "--called-ae",
+            AET,
+            "--dir",
+            "{dir}",
+            "-R",
+            "-j",
+            "4",
+            "--max-pdu",
+            str(PDU),
+        ],
     }
 
 
@@ -219,7 +244,9 @@ def timed(
     args: argparse.Namespace,
 ) -> None:
     receiver.empty()
-    argv = [a.replace("{port}", str(receiver.port)).replace("{dir}", str(directory)) for a in template]
+    argv = [
+        a.replace("{port}", str(receiver.port)).replace("{dir}", str(directory)) for a in template
+    ]
     res = spawner.run(argv, repo_env(), args.timeout)
     stored = receiver.count()
     label = f"rep {rep + 1}: {row.sender} -> {receiver.name}, {row.files} files"
@@ -231,7 +258,9 @@ def timed(
         log(f"{label}: FAILED rc {res.rc}, {stored} files written\n{tail(res.output)}")
 
 
-def report(corpora: list[Any], rows: dict[tuple[str, str, str], Row], args: argparse.Namespace) -> int:
+def report(
+    corpora: list[Any], rows: dict[tuple[str, str, str], Row], args: argparse.Namespace
+) -> int:
     print(
         f"\nreceivers: DCMTK storescp --fork -od and migrator scp --no-organize, both writing "
         f"every file, max PDU {PDU}, TCP_NODELAY=1; {args.repeat} repetitions, median\n"
@@ -249,9 +278,13 @@ def report(corpora: list[Any], rows: dict[tuple[str, str, str], Row], args: argp
                 failed |= bool(row.failures)
                 rate = f"{row.rate:,.0f}" if row.rate else "failed"
                 shown = f"{ratio:.2f}" if row is ours and ratio is not None else "–"
-                print(f"| {corpus.name} | {sender} | {row.where} | {row.files} | {rate} | {shown} |")
+                print(
+                    f"| {corpus.name} | {sender} | {row.where} | {row.files} | {rate} | {shown} |"
+                )
             if ratio is not None:
-                goals.append((f"migrator scp ≥ 1.0× storescp, {sender}, {corpus.size}", ratio, ratio >= 1.0))
+                goals.append(
+                    (f"migrator scp ≥ 1.0× storescp, {sender}, {corpus.size}", ratio, ratio >= 1.0)
+                )
     print_goals(goals, 17)
     if args.json:
         import json

@@ -83,9 +83,7 @@ def test_a_store_response_decodes_with_its_status_and_comment() -> None:
     assert fields[dimse.ERROR_COMMENT] == "bad UID"
     assert fields[dimse.AFFECTED_SOP_INSTANCE] == "1.2.3"
     # An unusable UID is left out rather than echoed.
-    assert dimse.AFFECTED_SOP_INSTANCE not in dimse.decode_command(
-        dimse.c_store_rsp(7, CT, "", 0)
-    )
+    assert dimse.AFFECTED_SOP_INSTANCE not in dimse.decode_command(dimse.c_store_rsp(7, CT, "", 0))
 
 
 # -- a receiver in this process -----------------------------------------------------------

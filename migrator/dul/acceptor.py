@@ -62,6 +62,8 @@ MAX_COMMAND = 64 * 1024
 #: How long a peer gets to read our last PDU (A-ASSOCIATE-RJ, A-ABORT) and close first.
 LINGER = 1.0
 _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+#: ``ended``'s text for a rejection the handler's ``admit`` decided (and logged)
+BY_HANDLER = "rejected by the handler"
 
 
 class End(enum.Enum):
@@ -327,9 +329,13 @@ class _Association:
         assoc.calling_ae = rq.calling_ae if is_valid_ae(rq.calling_ae) else ""
         assoc.called_ae = rq.called_ae
         assoc.peer_max_pdu = rq.user.max_pdu
-        reject = self._check(rq) or self.handler.admit(assoc, rq)
-        if reject is not None:
-            raise _Drop(End.REJECTED, "rejected", encode_associate_rj(*reject), linger=True)
+        checked = self._check(rq)
+        if checked is not None:  # the handler never sees an unusable request
+            reject, why = checked
+            raise _Drop(End.REJECTED, why, encode_associate_rj(*reject), linger=True)
+        refusal = self.handler.admit(assoc, rq)
+        if refusal is not None:
+            raise _Drop(End.REJECTED, BY_HANDLER, encode_associate_rj(*refusal), linger=True)
         assoc.contexts, assoc.results = negotiate(rq, self.cfg.policy)
         limit = rq.user.max_pdu - PDV_OVERHEAD if rq.user.max_pdu else UNLIMITED_FRAGMENT
         # Even: see Association.__init__ (a peer with an odd maximum must get even PDVs)
@@ -338,13 +344,14 @@ class _Association:
         assoc.established = True
         self.handler.established(assoc)
 
-    def _check(self, rq: AssociateRQ) -> tuple[int, int, int] | None:
+    def _check(self, rq: AssociateRQ) -> tuple[tuple[int, int, int], str] | None:
+        """A request we refuse before the handler sees it: (A-ASSOCIATE-RJ, why)."""
         if not rq.protocol_version & 1:  # bit 0: version 1 (PS3.8 §9.3.2)
-            return REJECT_PROTOCOL_VERSION
+            return REJECT_PROTOCOL_VERSION, "protocol version not supported"
         if rq.application_context != APPLICATION_CONTEXT:
-            return REJECT_APPLICATION_CONTEXT
+            return REJECT_APPLICATION_CONTEXT, "application context name not supported"
         if not self.assoc.calling_ae:
-            return REJECT_CALLING_AE
+            return REJECT_CALLING_AE, "calling AE title is not a valid AE title"
         return None
 
     # -- P-DATA ---------------------------------------------------------------------------

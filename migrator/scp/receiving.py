@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from pydicom.uid import UID
 
 from migrator.dul.acceptor import (
+    BY_HANDLER,
     AbortAssociation,
     Accepted,
     End,
@@ -145,6 +146,9 @@ class ScpHandler:
             log.info("association from %s aborted", assoc.peer)
         elif how is End.CLOSED and assoc.established:
             log.warning("association from %s dropped: %s", assoc.peer, why[:300])
+        elif how is End.REJECTED and why != BY_HANDLER:  # by the upper layer itself
+            self.stats.association_rejected()
+            log.warning("rejected association from %s: %s", assoc.peer, why)
         elif how is End.RELEASED:
             log.debug("association from %s released", assoc.peer)
 
