@@ -108,21 +108,10 @@ class StoreScp(Receiver):
         from migrator.netutil import free_port
 
         self.port = free_port(HOST)
-        return [self.storescp, "--fork", "-od", str(self.out), "-pdu", str(PDU), "-aet", AET]
-
-    def start(self) -> None:
-        argv = self.argv()
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*argv, str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=repo_env(),
-                start_new_session=True,
-            )
-        self.wait_ready()
+        return [
+            *(self.storescp, "--fork", "-od", str(self.out), "-pdu", str(PDU), "-aet", AET),
+            str(self.port),
+        ]
 
 
 class MigratorScp(Receiver):

@@ -18,8 +18,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from pydicom.uid import UID
-
 from migrator.dul.acceptor import (
     BY_HANDLER,
     AbortAssociation,
@@ -58,6 +56,8 @@ _CONTEXT_RESULTS = {
 @functools.lru_cache(maxsize=512)
 def sop_name(uid: str) -> str:
     """``CT Image Storage`` for a known UID, the UID itself otherwise."""
+    from pydicom.uid import UID  # at the first C-STORE, not at start-up
+
     return UID(uid).name if uid else "(no SOP class)"
 
 

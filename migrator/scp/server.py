@@ -132,7 +132,7 @@ class StorageSCP:
             )
         )
         self.handler = ScpHandler(config, self.guard, self.stats, self.faults)
-        self._policy = context_policy(config)
+        self._policy: ContextPolicy | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -146,6 +146,8 @@ class StorageSCP:
             listener = Listener(cfg.bind, cfg.port, self._connection, self._screen)
         except OSError as exc:
             raise ListenError(listen_message(cfg.bind, cfg.port, exc)) from exc
+        # After the bind: a port in use is said without waiting for pynetdicom's import.
+        self._policy = context_policy(cfg)
         listener.start()
         self._listener = listener
         return listener.address
@@ -228,6 +230,7 @@ class StorageSCP:
             if tls is None:
                 return
             assoc.sock = tls
+        assert self._policy is not None  # set before the listener starts
         settings = acceptor.Settings(
             policy=self._policy,
             max_pdu=cfg.max_pdu,

@@ -23,15 +23,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from typing import TYPE_CHECKING
 
 from migrator.dul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from migrator.errors import ConfigError
 from migrator.validation import ae_title, is_valid_uid
+
+# pydicom (~0.3 s of imports) only where the pydicom-built meta is asked for: the receiver
+# itself writes its meta without it (migrator.scp.incoming.meta_bytes).
+if TYPE_CHECKING:
+    from pydicom.dataset import FileMetaDataset
 
 
 def _file_mode() -> int:
@@ -95,6 +96,9 @@ def file_meta(
     sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str | None
 ) -> FileMetaDataset:
     """The File Meta group for a received instance (PS3.10 §7.1, Table 7.1-1)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = UID(sop_class_uid)
@@ -111,6 +115,9 @@ def file_meta(
 
 def encode_meta(meta: FileMetaDataset) -> bytes:
     """Preamble, prefix and the encoded File Meta group (with its group length)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
     buf = DicomBytesIO()
     buf.is_little_endian = True
     buf.is_implicit_VR = False
