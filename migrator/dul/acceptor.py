@@ -20,6 +20,7 @@ import contextlib
 import enum
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -97,6 +98,8 @@ class StoreRequest:
 class StoreOutcome:
     status: int
     comment: str = ""
+    #: Run after the C-STORE-RSP is sent: what the peer need not wait for (the log line)
+    then: Callable[[], None] | None = None
 
 
 class StoreSink(Protocol):
@@ -437,16 +440,20 @@ class _Association:
             outcome = sink.finish()
         except AbortAssociation as exc:
             raise _Drop(End.ABORTED, str(exc), encode_abort(0, 0), linger=True) from None
-        self._respond(
-            context,
-            dimse.c_store_rsp(
-                request.message_id,
-                _echoed(request.sop_class),
-                _echoed(request.sop_instance),
-                outcome.status,
-                outcome.comment,
-            ),
-        )
+        try:
+            self._respond(
+                context,
+                dimse.c_store_rsp(
+                    request.message_id,
+                    _echoed(request.sop_class),
+                    _echoed(request.sop_instance),
+                    outcome.status,
+                    outcome.comment,
+                ),
+            )
+        finally:  # also when the peer is gone: the instance is stored all the same
+            if outcome.then is not None:
+                outcome.then()
 
     def _respond(self, context: AcceptedContext, command: bytes) -> None:
         bufs: list[bytes | memoryview] = []

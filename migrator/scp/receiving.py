@@ -294,7 +294,11 @@ class _Store:
             file.discard()
             return self._write_failed(number, who, name, exc)
         scp.stats.store_succeeded()
-        if log.isEnabledFor(logging.INFO):
+        if not log.isEnabledFor(logging.INFO):
+            return StoreOutcome(STATUS_SUCCESS)
+        elapsed = time.perf_counter() - self.started
+
+        def said() -> None:  # after the response: the sender does not wait for our log
             log.info(
                 "C-STORE #%d from %s: %s stored as %s%s (%.1f MB, %s, %.1f ms)",
                 number,
@@ -304,9 +308,10 @@ class _Store:
                 " (replaced an existing file)" if replaced else "",
                 header.size / 1e6,
                 sop_name(request.context.transfer_syntax),
-                (time.perf_counter() - self.started) * 1000,
+                elapsed * 1000,
             )
-        return StoreOutcome(STATUS_SUCCESS)
+
+        return StoreOutcome(STATUS_SUCCESS, then=said)
 
     def _write_failed(self, number: int, who: str, name: str, exc: OSError) -> StoreOutcome:
         self.scp.stats.store_failed(fault=False)
