@@ -279,8 +279,19 @@ def report(
         import json
 
         data = {
-            f"{c}|{s}|{r}": {"files": row.files, "seconds": row.seconds, "failures": row.failures}
-            for (c, s, r), row in rows.items()
+            "rows": [
+                {
+                    "corpus": c,
+                    "sender": sender,
+                    "receiver": r,
+                    "files": row.files,
+                    "seconds": row.seconds,
+                    "files_per_s": row.rate,
+                    "failures": row.failures,
+                }
+                for (c, sender, r), row in rows.items()
+            ],
+            "goals": goals,
         }
         args.json.write_text(json.dumps(data, indent=2))
     return 1 if failed else 0
