@@ -29,6 +29,12 @@ def ae_title(value: str, what: str = "AE title") -> str:
     return stripped
 
 
+def is_valid_ae(value: str) -> bool:
+    """True when ``value`` (stripped of its padding) is a valid AE title: a peer's calling
+    AE title is checked with this before it reaches a log or a file's meta."""
+    return bool(_AE_RE.match(value)) and bool(value.strip(" "))
+
+
 def is_valid_uid(value: str) -> bool:
     """True when ``value`` is a syntactically valid UID (safe to use as a file name)."""
     return len(value) <= 64 and bool(_UID_RE.match(value))

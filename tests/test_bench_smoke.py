@@ -362,3 +362,23 @@ def test_stow_bench_smoke(tmp_path: Path) -> None:
     ]
     assert "migrator's STOW-RS ÷ curl's STOW-RS" in proc.stdout
     assert "× best other" in proc.stdout and "goal (issue 19)" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_scp_bench_smoke(tmp_path: Path) -> None:
+    """bench/scp_bench.py end to end on 20 tiny and 3 small files: both senders filled both
+    receivers' output directories with every file, and the ratios and goals are printed."""
+    if find_dcmtk_tool("storescp") is None:
+        pytest.skip("DCMTK storescp is not on PATH")
+    out = tmp_path / "scp.json"
+    cmd = [sys.executable, str(REPO / "bench" / "scp_bench.py"), "--tiny", "20", "--small", "3"]
+    cmd += ["--repeat", "1", "--json", str(out), "--timeout", "60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {(r["corpus"], r["sender"], r["receiver"]): r for r in data["rows"]}
+    assert len(rows) == 8
+    assert all(r["files_per_s"] and not r["failures"] for r in rows.values()), rows
+    assert rows[("tiny-20", "DCMTK storescu", "migrator scp")]["files"] == 20
+    assert len(data["goals"]) == 4
+    assert "migrator scp ÷ storescp" in proc.stdout and "goal (issue 17)" in proc.stdout

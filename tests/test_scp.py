@@ -27,7 +27,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
     generate_uid,
 )
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from migrator.netutil import patch_pynetdicom_nodelay
@@ -421,13 +421,8 @@ def test_aet_from_environment_reaches_the_ready_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_tcp_nodelay_is_set_on_the_accepted_socket(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tcp_nodelay_is_set_on_the_accepted_socket(tmp_path: Path) -> None:
     """getsockopt(TCP_NODELAY) on the receiver's live association socket reads back 1."""
-    # StorageSCP.start() turns on pynetdicom's process-wide chunked receive: restore it
-    # afterwards so other in-process pynetdicom SCPs in this test run are unaffected.
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
     scp = StorageSCP(ScpConfig(output_dir=tmp_path, port=0, bind="127.0.0.1"))
     _, port = scp.start()
     try:
@@ -437,9 +432,8 @@ def test_tcp_nodelay_is_set_on_the_accepted_socket(
         while not scp.active_associations() and time.monotonic() < deadline:
             time.sleep(0.01)
         (acceptor,) = scp.active_associations()
-        sock = acceptor.dul.socket.socket
-        assert sock is not None
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert acceptor.established
+        assert acceptor.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         assoc.release()
     finally:
         scp.stop()

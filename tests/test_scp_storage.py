@@ -152,3 +152,33 @@ def test_output_dir_is_created_and_checked(tmp_path: Path) -> None:
         check_output_dir(tmp_path / "file" / "sub")
     with pytest.raises(ConfigError, match="not a directory"):
         check_output_dir(tmp_path / "file")
+
+
+@pytest.mark.parametrize("source_ae", ["SENDER", "ODD", None, "BAD\\AE\x01"])
+def test_the_receivers_own_meta_is_the_bytes_pydicom_writes(source_ae: str | None) -> None:
+    """migrator scp writes its File Meta without pydicom (incoming.meta_bytes): the same
+    bytes as pydicom's, for even and odd values, with and without a (valid) source AE."""
+    from migrator.scp.incoming import meta_bytes
+
+    for sop in ("1.2.3.4.5", "1.2.3.4"):
+        mine = meta_bytes(CT, sop, EXPLICIT_LE, source_ae or "")
+        assert mine == encode_meta(file_meta(CT, sop, EXPLICIT_LE, source_ae))
+
+
+def test_an_output_directory_removed_while_receiving_is_made_again(tmp_path: Path) -> None:
+    """Someone clears OUTPUT while the receiver runs: the next instance for a study
+    whose directory was checked before still lands (the directory is made again)."""
+    import shutil
+
+    from migrator.scp.incoming import IncomingFile, Placer
+
+    placer = Placer(tmp_path)
+    rel = PurePosixPath("1.2/1.3/1.2.3.dcm")
+    for _ in range(2):
+        incoming = IncomingFile(str(placer.root), "1.2.3", b"meta")
+        incoming.write(memoryview(b"dataset"))
+        incoming.close()
+        final, _ = placer.place(incoming.path, rel)
+        assert Path(final).read_bytes() == b"metadataset"
+        shutil.rmtree(tmp_path / "1.2")
+    assert os.listdir(tmp_path) == []  # no .part left behind

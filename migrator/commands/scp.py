@@ -245,7 +245,7 @@ def resolve_sop_class(text: str) -> str:
     "--verbose",
     env="SCP_VERBOSE",
     count=True,
-    help="Debug logging; pynetdicom's own log at -vv (INFO) and -vvv (DEBUG).",
+    help="Debug logging (each association's end, and the upper layer's details).",
 )
 def scp_command(
     port: int,
@@ -297,8 +297,9 @@ def scp_command(
 
     PORT defaults to 11112 (env MIGRATOR_SCP_PORT); 0 lets the kernel choose a free
     port (read it from that line). A re-sent instance replaces the earlier file (the
-    log says so). pynetdicom first spools each incoming dataset to $TMPDIR, so put
-    TMPDIR on a disk with room for the largest instance.
+    log says so). Each dataset is written as it arrives to a hidden .part file in the
+    output directory, renamed into place once complete and checked: nothing is spooled
+    elsewhere, and no instance is ever held whole in memory.
 
     \b
     Examples:

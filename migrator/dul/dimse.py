@@ -16,6 +16,8 @@ _ELEM = struct.Struct("<HHI")
 
 
 def _ui(tag_elem: int, uid: str) -> bytes:
+    if not uid:
+        return b""  # optional and unknown: left out
     raw = uid.encode("ascii")
     if len(raw) % 2:
         raw += b"\x00"  # UI values are padded with NUL to even length (PS3.5 §9.1)
@@ -50,7 +52,7 @@ def c_echo_rq(message_id: int) -> bytes:
     )
 
 
-_US_TAGS = {0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900}
+_US_TAGS = {0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x1031}
 
 
 def decode_command(data: bytes) -> dict[int, int | str]:
@@ -73,7 +75,47 @@ def decode_command(data: bytes) -> dict[int, int | str]:
     return out
 
 
+AFFECTED_SOP_CLASS = 0x0002
 COMMAND_FIELD = 0x0100
+MESSAGE_ID = 0x0110
 MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
+COMMAND_DATA_SET_TYPE = 0x0800
 STATUS = 0x0900
 ERROR_COMMENT = 0x0902
+AFFECTED_SOP_INSTANCE = 0x1000
+MOVE_ORIGINATOR_AE = 0x1030
+MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
+
+
+def _lo(tag_elem: int, text: str) -> bytes:
+    raw = text.encode("ascii", "replace")[:64]  # LO: at most 64 characters (PS3.5 §6.2)
+    if len(raw) % 2:
+        raw += b" "
+    return _ELEM.pack(0, tag_elem, len(raw)) + raw
+
+
+def c_store_rsp(
+    message_id: int, sop_class: str, sop_instance: str, status: int, comment: str = ""
+) -> bytes:
+    """C-STORE-RSP (PS3.7 §9.3.1.2). The affected UIDs echo the request's; pass "" for one
+    that is no valid UID (it is optional in the response, and must not carry junk back)."""
+    return _with_group_length(
+        _ui(0x0002, sop_class)
+        + _us(0x0100, C_STORE_RSP)
+        + _us(0x0120, message_id)
+        + _us(0x0800, NO_DATASET)
+        + _us(0x0900, status)
+        + (_lo(0x0902, comment) if comment and status & 0xF000 else b"")
+        + _ui(0x1000, sop_instance)
+    )
+
+
+def c_echo_rsp(message_id: int, status: int = 0) -> bytes:
+    """C-ECHO-RSP (PS3.7 §9.3.5.2)."""
+    return _with_group_length(
+        _ui(0x0002, VERIFICATION_SOP_CLASS)
+        + _us(0x0100, C_ECHO_RSP)
+        + _us(0x0120, message_id)
+        + _us(0x0800, NO_DATASET)
+        + _us(0x0900, status)
+    )

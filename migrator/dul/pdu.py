@@ -1,8 +1,10 @@
-"""PDU encoding and decoding (PS3.8 §9.3). Only what a requestor needs."""
+"""PDU encoding and decoding (PS3.8 §9.3): the requestor's PDUs, and the item helpers that
+the acceptor's (``migrator.dul.acse``) share."""
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -70,11 +72,12 @@ def abort_text(source: int, reason: int) -> str:
     return f"A-ABORT from {src}: {why}"
 
 
-def _item(item_type: int, payload: bytes) -> bytes:
+def item(item_type: int, payload: bytes) -> bytes:
+    """One item of an A-ASSOCIATE PDU: type, reserved, 16-bit length, payload."""
     return struct.pack(">BxH", item_type, len(payload)) + payload
 
 
-def _ae(title: str) -> bytes:
+def ae_field(title: str) -> bytes:
     return title.encode("ascii").ljust(16, b" ")
 
 
@@ -93,18 +96,18 @@ def encode_associate_rq(
 ) -> bytes:
     body = bytearray()
     body += struct.pack(">HH", 1, 0)
-    body += _ae(called_ae) + _ae(calling_ae) + bytes(32)
-    body += _item(0x10, APPLICATION_CONTEXT.encode())
+    body += ae_field(called_ae) + ae_field(calling_ae) + bytes(32)
+    body += item(0x10, APPLICATION_CONTEXT.encode())
     for ctx in contexts:
         sub = bytearray(struct.pack(">BBBB", ctx.context_id, 0, 0, 0))
-        sub += _item(0x30, ctx.abstract_syntax.encode())
+        sub += item(0x30, ctx.abstract_syntax.encode())
         for ts in ctx.transfer_syntaxes:
-            sub += _item(0x40, ts.encode())
-        body += _item(0x20, bytes(sub))
-    user = _item(0x51, struct.pack(">I", max_pdu))
-    user += _item(0x52, IMPLEMENTATION_CLASS_UID.encode())
-    user += _item(0x55, IMPLEMENTATION_VERSION.encode())
-    body += _item(0x50, user)
+            sub += item(0x40, ts.encode())
+        body += item(0x20, bytes(sub))
+    user = item(0x51, struct.pack(">I", max_pdu))
+    user += item(0x52, IMPLEMENTATION_CLASS_UID.encode())
+    user += item(0x55, IMPLEMENTATION_VERSION.encode())
+    body += item(0x50, user)
     return PDU_HEADER.pack(A_ASSOCIATE_RQ, len(body)) + bytes(body)
 
 
@@ -118,42 +121,69 @@ class AssociateAC:
     implementation_version: str = ""
 
 
-def _uid(raw: bytes) -> str:
+def uid_text(raw: bytes) -> str:
     # Some implementations pad UIDs in PDU items with NUL or space.
     return raw.rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def iter_items(body: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(item type, start of its value, end of its value) for each item in body[pos:end].
+
+    An item that claims more than is left is cut at ``end``: a broken peer's lengths never
+    make us read past the PDU (both sides decode untrusted bytes with this).
+    """
+    while pos + 4 <= end:
+        item_type, length = struct.unpack_from(">BxH", body, pos)
+        start, pos = pos + 4, min(pos + 4 + length, end)
+        yield item_type, start, pos
 
 
 def decode_associate_ac(body: bytes) -> AssociateAC:
     """Decode the variable part of an A-ASSOCIATE-AC (after the 6-byte PDU header)."""
     ac = AssociateAC()
-    pos = 68  # protocol version, reserved, called/calling AE echo, 32 reserved
-    end = len(body)
-    while pos + 4 <= end:
-        item_type, length = struct.unpack_from(">BxH", body, pos)
-        start, pos = pos + 4, pos + 4 + length
-        if item_type == 0x21:
+    # protocol version, reserved, called/calling AE echo, 32 reserved: 68 bytes
+    for item_type, start, end in iter_items(body, 68, len(body)):
+        if item_type == 0x21 and end - start >= 4:
             ctx_id, result = body[start], body[start + 2]
             ts = ""
-            sub = start + 4
-            while sub + 4 <= pos:
-                st, sl = struct.unpack_from(">BxH", body, sub)
+            for st, ss, se in iter_items(body, start + 4, end):
                 if st == 0x40:
-                    ts = _uid(body[sub + 4 : sub + 4 + sl])
-                sub += 4 + sl
+                    ts = uid_text(body[ss:se])
             ac.contexts[ctx_id] = (result, ts)
         elif item_type == 0x50:
-            sub = start
-            while sub + 4 <= pos:
-                st, sl = struct.unpack_from(">BxH", body, sub)
-                value = body[sub + 4 : sub + 4 + sl]
-                if st == 0x51 and sl == 4:
-                    (ac.peer_max_pdu,) = struct.unpack(">I", value)
-                elif st == 0x52:
-                    ac.implementation_class_uid = _uid(value)
-                elif st == 0x55:
-                    ac.implementation_version = value.decode("ascii", "replace").strip()
-                sub += 4 + sl
+            user = decode_user_info(body, start, end)
+            ac.peer_max_pdu = user.max_pdu
+            ac.implementation_class_uid = user.implementation_class_uid
+            ac.implementation_version = user.implementation_version
     return ac
+
+
+@dataclass(slots=True)
+class UserInfo:
+    """The user information item (PS3.8 §9.3.2.3, PS3.7 Annex D.3.3)."""
+
+    max_pdu: int = 0
+    implementation_class_uid: str = ""
+    implementation_version: str = ""
+    #: SCP/SCU role selection (PS3.7 D.3.3.4): abstract syntax -> (SCU role, SCP role)
+    roles: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def decode_user_info(body: bytes, start: int, end: int) -> UserInfo:
+    user = UserInfo()
+    for st, ss, se in iter_items(body, start, end):
+        value = body[ss:se]
+        if st == 0x51 and len(value) == 4:
+            (user.max_pdu,) = struct.unpack(">I", value)
+        elif st == 0x52:
+            user.implementation_class_uid = uid_text(value)
+        elif st == 0x55:
+            user.implementation_version = value.decode("ascii", "replace").strip()
+        elif st == 0x54 and len(value) >= 4:
+            (n,) = struct.unpack_from(">H", value, 0)
+            if 2 + n + 2 <= len(value):
+                user.roles[uid_text(value[2 : 2 + n])] = (value[2 + n], value[3 + n])
+    return user
 
 
 RELEASE_RQ = PDU_HEADER.pack(A_RELEASE_RQ, 4) + bytes(4)

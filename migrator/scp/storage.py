@@ -23,15 +23,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from typing import TYPE_CHECKING
 
 from migrator.dul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from migrator.errors import ConfigError
 from migrator.validation import ae_title, is_valid_uid
+
+# pydicom (~0.3 s of imports) only where the pydicom-built meta is asked for: the receiver
+# itself writes its meta without it (migrator.scp.incoming.meta_bytes).
+if TYPE_CHECKING:
+    from pydicom.dataset import FileMetaDataset
 
 
 def _file_mode() -> int:
@@ -53,7 +54,8 @@ class UnsafeUIDError(ValueError):
     """A UID from the peer cannot be used as a path component (the instance is refused)."""
 
 
-def _checked(value: str, what: str) -> str:
+def checked_uid(value: str, what: str) -> str:
+    """``value`` when it is a valid UID; raises UnsafeUIDError naming ``what`` otherwise."""
     if not value:
         raise UnsafeUIDError(f"{what} is missing")
     if not is_valid_uid(value):
@@ -67,12 +69,12 @@ def relative_path(study_uid: str, series_uid: str, sop_uid: str, organize: bool)
 
     Raises UnsafeUIDError when a UID that the layout needs is missing or invalid.
     """
-    name = _checked(sop_uid, "SOP Instance UID") + ".dcm"
+    name = checked_uid(sop_uid, "SOP Instance UID") + ".dcm"
     if not organize:
         return PurePosixPath(name)
     return PurePosixPath(
-        _checked(study_uid, "Study Instance UID"),
-        _checked(series_uid, "Series Instance UID"),
+        checked_uid(study_uid, "Study Instance UID"),
+        checked_uid(series_uid, "Series Instance UID"),
         name,
     )
 
@@ -94,6 +96,9 @@ def file_meta(
     sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str | None
 ) -> FileMetaDataset:
     """The File Meta group for a received instance (PS3.10 §7.1, Table 7.1-1)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = UID(sop_class_uid)
@@ -110,6 +115,9 @@ def file_meta(
 
 def encode_meta(meta: FileMetaDataset) -> bytes:
     """Preamble, prefix and the encoded File Meta group (with its group length)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
     buf = DicomBytesIO()
     buf.is_little_endian = True
     buf.is_implicit_VR = False

@@ -1,0 +1,111 @@
+"""Reading PDUs from an untrusted peer, in bounded pieces (the receiving side).
+
+The requestor reads whole answers (``wire.recv_pdu_raw``: they are small and come from the
+PACS it chose). A receiver reads what anyone sends: a PDU header is checked before its body
+is read, a P-DATA-TF is walked PDV by PDV and its data handed on in pieces of at most
+``CHUNK`` bytes as they arrive, so neither a big dataset nor a lying length puts more than a
+receive buffer in memory.
+
+Three clocks (PS3.8 §9.1.5 ARTIM and the idle timer of a real acceptor):
+
+* ``deadline``: an absolute time by which the whole A-ASSOCIATE-RQ must be in (set by the
+  acceptor until it is): a peer trickling a byte a second cannot extend it;
+* ``idle``: how long to wait for the first byte of the next PDU;
+* ``stall``: how long any later read inside a PDU may wait.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+from migrator.netutil import quick_ack
+
+#: Bytes asked of the kernel per read.
+RECV = 256 * 1024
+#: The largest piece of dataset handed on at once.
+CHUNK = 1024 * 1024
+
+
+class PeerClosed(ConnectionError):
+    """The peer closed the connection (end of file)."""
+
+
+class HandshakeExpired(TimeoutError):
+    """The association request was not complete by its deadline."""
+
+
+class Idle(TimeoutError):
+    """No PDU began within the idle time."""
+
+
+class Stalled(TimeoutError):
+    """The peer stopped in the middle of a PDU."""
+
+
+class PduReader:
+    def __init__(self, sock: socket.socket, *, idle: float, stall: float) -> None:
+        self.sock = sock
+        self.idle = idle
+        self.stall = stall
+        self.deadline: float | None = None
+        self._data = b""
+        self._pos = 0
+        self._timeout: float | None = None
+
+    def buffered(self) -> int:
+        return len(self._data) - self._pos
+
+    def _fill(self, wait: float, idle: bool) -> None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise HandshakeExpired()
+            wait = min(wait, left)
+        if wait != self._timeout:  # settimeout costs syscalls: only when it changes
+            self.sock.settimeout(wait)
+            self._timeout = wait
+        # A sender with Nagle on holds the dataset PDU until its command PDU is ACKed:
+        # ACK at once, not after the kernel's ~40 ms delay (migrator/netutil.py).
+        quick_ack(self.sock)
+        try:
+            chunk = self.sock.recv(RECV)
+        except TimeoutError:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise HandshakeExpired() from None
+            raise (Idle() if idle else Stalled()) from None
+        if not chunk:
+            raise PeerClosed("the peer closed the connection")
+        self._data = self._data[self._pos :] + chunk if self._pos < len(self._data) else chunk
+        self._pos = 0
+
+    def take(self, n: int) -> memoryview:
+        """The next ``n`` bytes (``n`` small: headers, commands, bounded PDUs)."""
+        while len(self._data) - self._pos < n:
+            self._fill(self.stall, False)
+        start = self._pos
+        self._pos += n
+        return memoryview(self._data)[start : start + n]
+
+    def header(self) -> tuple[int, int]:
+        """The next PDU's (type, length): waits ``idle`` for its first byte."""
+        if self._pos >= len(self._data):
+            self._fill(self.idle, True)
+        head = self.take(6)
+        return head[0], int.from_bytes(head[2:6], "big")
+
+    def pieces(self, n: int) -> Iterator[memoryview]:
+        """The next ``n`` bytes in pieces of at most ``CHUNK``, each as soon as it is in."""
+        while n > 0:
+            if self._pos >= len(self._data):
+                self._fill(self.stall, False)
+            size = min(n, len(self._data) - self._pos, CHUNK)
+            start = self._pos
+            self._pos += size
+            n -= size
+            yield memoryview(self._data)[start : start + size]
+
+    def skip(self, n: int) -> None:
+        for _ in self.pieces(n):
+            pass
