@@ -94,6 +94,7 @@ def status_command(
       migrator status job-3f2a9c01de --watch
       migrator status job-3f2a9c01de --redis-url redis://redis:6379/0
     """
+    from migrator import control
     from migrator.engine import recent_rate
     from migrator.progress import JobProgress
 
@@ -103,8 +104,10 @@ def status_command(
         while True:
             counts = ledger.counts()
             finished = counts["in_flight"] <= 0 and ledger.finished()
+            held = control.state(ledger.client, job)  # paused / cancelled
             if as_json:
                 row: dict[str, Any] = {"job": job, **counts, "finished": finished}
+                row["control"] = held or "running"
                 if finished:
                     seconds, files_s, bytes_s = job_figures(ledger, counts)
                     row["duration_s"] = round(seconds, 3)
@@ -114,12 +117,13 @@ def status_command(
                 click.echo(json.dumps(row))
             elif finished:
                 bar.close()
-                click.echo(f"{job}: {finished_line(ledger, counts)}")
+                click.echo(f"{job}: {held + ', ' if held else ''}{finished_line(ledger, counts)}")
             elif watch:
                 bar.update(counts, force=True)  # one line per --interval
             else:
                 files_s, bytes_s = recent_rate(ledger)
-                click.echo(f"{job}: {status_line(counts, files_s, bytes_s)}")
+                line = status_line(counts, files_s, bytes_s)
+                click.echo(f"{job}: {held.upper() + ': ' if held else ''}{line}")
             if not watch or counts["in_flight"] <= 0:
                 break
             time.sleep(interval)

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from migrator import duplicates
+from migrator import control, duplicates
 from migrator.childproc import pid_alive
 from migrator.dicomfile import DicomHeader
 from migrator.errors import (
@@ -30,6 +30,7 @@ from migrator.errors import (
     DestinationUnavailable,
     DestinationUnhealthy,
     JobGone,
+    JobPaused,
 )
 from migrator.keys import PREFIX, slots_wanted_key
 from migrator.ledger import Ledger, PlannedFile, Recorded
@@ -114,6 +115,11 @@ def run_batch(
     created = ledger.meta().get("created")
     if created is None:
         raise JobGone(ledger.job_id)
+    # Paused or cancelled (migrator/control.py): looked at before the batch and while it
+    # is sent; a cancelled batch settles what it did not send as skipped.
+    watch = control.Watch(ledger.client, ledger.job_id)
+    if watch() and watch.state == control.PAUSED:
+        raise JobPaused(ledger.job_id, control.PAUSE_RECHECK)
     if not _claim(ledger, batch_id, token):
         holder = ledger.batch_holder(batch_id) or ""
         wait = INLINE_RECHECK if INLINE_TAG in holder else ledger.batch_lease_ttl(batch_id)
@@ -125,11 +131,16 @@ def run_batch(
         raise JobGone(ledger.job_id) from None
     recorder = _Recorder(ledger, batch_id, token, worker, created, runtime.observer(settings))
     try:
-        return _run_claimed(ledger, settings, batch_id, recorder, runtime, task_id, may_wait, stop)
+        with runtime.sending(settings, ledger.job_id):
+            return _run_claimed(
+                ledger, settings, batch_id, recorder, runtime, task_id, may_wait, stop, watch
+            )
     finally:
         ledger.release_batch(batch_id, token)
         dest = settings.destination
-        if ledger.client.exists(busy_key(dest)) or (
+        if watch.state is not None:
+            runtime.pool(settings).close_all()  # a paused job holds no association
+        elif ledger.client.exists(busy_key(dest)) or (
             settings.max_associations and ledger.client.exists(slots_wanted_key(dest))
         ):
             # With a PACS that limits associations itself, or under a fleet-wide cap that
@@ -148,11 +159,17 @@ def _run_claimed(
     task_id: str | None,
     may_wait: bool,
     stop: Callable[[], bool] | None,
+    watch: control.Watch,
 ) -> BatchSummary:
     task_id = task_id or batch_id
     summary = BatchSummary(batch_id)
     files = ledger.batch(batch_id)
     recorder.plan = files
+    if watch.state == control.CANCELLED:
+        for file_id, outcome, _ in control.cancelled_entries(ledger.batch_states(batch_id), files):
+            recorder.pending.append((file_id, outcome, time.time()))
+        recorder.flush()
+        return summary
     stored = ledger.stored_ids([f.file_id for f in files])
     todo = [f for f in files if f.file_id not in stored]
     summary.skipped_already_stored = len(files) - len(todo)
@@ -196,13 +213,18 @@ def _run_claimed(
         breaker=breaker,
         autotune=runtime.autotune(settings),
         may_wait=may_wait,
-        stop=stop,
+        stop=(lambda: watch() or stop()) if stop is not None else watch,
         tick=recorder.flush_if_due,
     )
     try:
         ended = transfer.run(jobs)
         error = ended.error
-        if isinstance(error, AssociationRejected) and not error.transient:
+        if ended.left and watch.state == control.CANCELLED:
+            for job in ended.left:
+                recorder.add(job.ref, control.skipped_cancelled(job.ref))
+        elif ended.left and watch.state == control.PAUSED:
+            raise JobPaused(ledger.job_id, control.PAUSE_RECHECK)  # the rest stays in flight
+        elif isinstance(error, AssociationRejected) and not error.transient:
             # Rejected for good (wrong AE title...): what is left of the batch fails.
             for job in ended.left:
                 recorder.add(job.ref, _failed(job.ref, str(error), REJECTED))

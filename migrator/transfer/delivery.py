@@ -11,7 +11,8 @@ failures become retries here, decided by the error tree (``migrator.errors``):
   retried with jittered backoff (5, 10, 20, 40 s), then the batch's unsettled files fail
   with the reason;
 * a permanent failure: the unsettled files fail at once;
-* the job left Redis: nothing to record into; the batch is dropped, loudly.
+* the job left Redis: nothing to record into; the batch is dropped, loudly;
+* the job is paused: the batch is parked (acked) until `migrator resume` enqueues it again.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from migrator import control
 from migrator.errors import (
     BatchBusy,
     Deferred,
     DestinationUnavailable,
     JobGone,
+    JobPaused,
     MigratorError,
     is_retryable,
 )
@@ -80,6 +83,11 @@ def deliver(
         # Not a failure: the same batch runs elsewhere. Look again; if that worker dies,
         # its lease expires and this copy sends the rest.
         return Delivery(retry_in=min(BUSY_RECHECK, exc.retry_in + 0.5), failures=failures)
+    except JobPaused:
+        if control.park(ledger, batch_id):
+            log.info("batch %s: job %s is paused; parked until `migrator resume`", batch_id, job_id)
+            return Delivery({"batch_id": batch_id, "paused": True})
+        return Delivery(retry_in=0.0, failures=failures)  # resumed meanwhile: go on
     except Deferred as exc:
         log.info("batch %s: %s; back in %g s", batch_id, exc, exc.retry_in)
         return Delivery(retry_in=exc.retry_in, failures=failures)

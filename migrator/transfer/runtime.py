@@ -9,13 +9,17 @@ start: the first batch that needs a resource makes it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from migrator import control
+from migrator.errors import MigratorError
 from migrator.keys import breaker_key, concurrency_key, limiter_key, slots_key, slots_wanted_key
 from migrator.limits.adaptive import Autotune, RedisSignal
 from migrator.limits.breaker import RedisBreaker
@@ -45,6 +49,11 @@ def _no_metrics(destination: str) -> Observer:
     return NULL_OBSERVER
 
 
+#: A process idle between batches looks this often whether the job it last sent for was
+#: paused or cancelled meanwhile, and then closes the associations it kept for it.
+IDLE_CHECK = 0.5
+
+
 @dataclass
 class Runtime:
     client: redis.Redis
@@ -55,6 +64,39 @@ class Runtime:
     _limiters: dict[str, RateLimiter] = field(default_factory=dict)
     _breakers: dict[str, RedisBreaker] = field(default_factory=dict)
     _autotunes: dict[str, Autotune] = field(default_factory=dict)
+    #: Held while a batch is sent (the idle closer never touches a pool in use)
+    _busy: threading.RLock = field(default_factory=threading.RLock)
+    #: Pool -> the job it last sent for
+    _served: dict[int, tuple[ConnectionPool, str]] = field(default_factory=dict)
+    _closer: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def sending(self, settings: Settings, job_id: str) -> Iterator[None]:
+        """Around one batch of ``job_id``: afterwards, the associations kept for the next
+        batch are closed as soon as the job is paused or cancelled."""
+        with self._busy:
+            pool = self.pool(settings)
+            self._served[id(pool)] = (pool, job_id)
+            if self._closer is None:
+                self._closer = threading.Thread(
+                    target=self._close_when_paused, name="idle-closer", daemon=True
+                )
+                self._closer.start()
+            yield
+
+    def _close_when_paused(self) -> None:
+        while True:
+            time.sleep(IDLE_CHECK)
+            if not self._busy.acquire(blocking=False):
+                continue  # a batch is being sent: it watches the job itself
+            try:
+                for pool, job_id in list(self._served.values()):
+                    if len(pool) and control.state(self.client, job_id) is not None:
+                        pool.close_all()
+            except (redis.RedisError, MigratorError):
+                pass  # looked at again in IDLE_CHECK
+            finally:
+                self._busy.release()
 
     def pool(self, settings: Settings) -> ConnectionPool:
         """This process's connections to the job's destination (as negotiated for it:
