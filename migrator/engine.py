@@ -20,6 +20,8 @@ from migrator.exitcodes import ExitStatus
 from migrator.keys import limiter_key
 from migrator.ledger import IN_FLIGHT, Ledger, split_id
 from migrator.limits.rate_redis import set_limits
+from migrator.limits.schedule import parse as parse_schedule
+from migrator.limits.schedule_redis import clear_schedule, set_schedule
 from migrator.outcomes import FileOutcome, State
 from migrator.planner import MAX_STUDIES_COUNTED, PlanSummary, plan, plan_manifest
 from migrator.settings import Settings
@@ -53,6 +55,11 @@ def open_job(
     # The command's rate limits apply from now on, for every worker (they read them from
     # Redis at each reservation).
     set_limits(client, limiter_key(config.destination), config.limits)
+    # ...and its schedule, whose relative windows start now (Redis's clock).
+    if config.schedule:
+        set_schedule(client, limiter_key(config.destination), parse_schedule(config.schedule))
+    else:
+        clear_schedule(client, limiter_key(config.destination))
     return ledger
 
 

@@ -109,6 +109,14 @@ class JobPaused(Deferred):
         self.job_id = job_id
 
 
+class ScheduledPause(Deferred):
+    """The schedule's window now has ``rate=0`` (migrator/limits/schedule.py): nothing is
+    sent until it ends; the batch stops and comes back then."""
+
+    def __init__(self, retry_in: float) -> None:
+        super().__init__(f"a paused window of the schedule (for {retry_in:.0f} s more)", retry_in)
+
+
 class DestinationUnhealthy(Deferred):
     """The destination's circuit breaker is open (migrator/limits/breaker.py): nothing is
     sent to it until a probe succeeds; the batch comes back when the next probe is due."""

@@ -72,6 +72,9 @@ class Settings:
     #: A job whose destination stays unhealthy (its circuit breaker open) this long ends:
     #: its unsent files fail with the reason (None: wait for it to recover)
     give_up_after: float | None = None
+    #: A job's schedule (migrator/limits/schedule.py, canonical inline text): the limits by
+    #: time window, applied by the fleet-wide limiter; None: the limits above all the time
+    schedule: str | None = None
     s3_endpoint: str | None = None
     s3_region: str | None = None
     #: DICOM TLS to the PACS; the paths are read by each sender (absolute paths advised)

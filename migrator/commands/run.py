@@ -50,7 +50,20 @@ def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
         max_associations=o["max_associations"],
         concurrency=o["concurrency"],
         give_up_after=o["give_up_after"],
+        schedule=_schedule(o["schedule"]),
     )
+
+
+def _schedule(value: str | None) -> str | None:
+    """``--schedule``: a YAML file or the inline syntax, checked now (exit 2), kept as text."""
+    if not value:
+        return None
+    from migrator.limits.schedule import load
+
+    try:
+        return load(value).text()
+    except ConfigError as exc:
+        fail_config(str(exc))
 
 
 def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
@@ -134,6 +147,18 @@ def job_options(func: F) -> F:
                 "open: out of resources, no answers, refused) for this long, end the job: "
                 "its unsent files fail with the reason (e.g. 30m). Default: wait for it "
                 "to recover, probing it with growing pauses (up to 30 s).",
+            ),
+            opt(
+                "--schedule",
+                env="SCHEDULE",
+                default=None,
+                metavar="FILE|WINDOWS",
+                help="Limits by time window, applied by every worker at the same instant "
+                "(Redis's clock): a YAML file, or inline: "
+                "'tz=Europe/Berlin; Mon-Fri 07:00-19:00 rate=20 assoc=2; * rate=400 assoc=16'. "
+                "The first window that matches applies; rate=0 sends nothing; +0s-2h is a "
+                "span after the start. `migrator limit` overrides it until the next window. "
+                "See docs/weeks-long.md.",
             ),
             opt(
                 "--dry-run",

@@ -364,7 +364,13 @@ class Transfer:
             return
         conn = _conn(lane)
         job.attempts += 1
-        waited = self._leases.take(job, itertools.islice(self._ready, 0, 16))
+        try:
+            waited = self._leases.take(job, itertools.islice(self._ready, 0, 16))
+        except Deferred as exc:  # a paused window of the schedule: stop, send nothing
+            job.attempts -= 1
+            self._ready.appendleft(job)
+            self._stop(exc)
+            return
         if waited:
             self._observer.limiter_waited(waited)
         if self._on_start is not None:

@@ -1,0 +1,140 @@
+"""Schedules (migrator/limits/schedule.py): parsing and compiling the windows, and a real
+fleet (redis-server, 2 Celery worker processes, `run`'s own inline sender) following windows
+that change every few seconds, seen at the receiver."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from migrator import synth
+from migrator.errors import ConfigError
+from migrator.keys import limiter_key
+from migrator.limits import schedule, schedule_redis
+from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
+from tests.peers.redis import RedisPeer
+from tests.storehelpers import run_migrator
+from tests.test_pause import timed_scp
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def _at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=BERLIN).timestamp()
+
+
+def test_first_matching_window_applies_in_its_time_zone() -> None:
+    s = schedule.parse("tz=Europe/Berlin; Mon-Fri 07:00-19:00 rate=20 assoc=2; * rate=400 assoc=16")
+    assert s.windows[0].rate == 20 and s.windows[0].assoc == 2
+    assert s.at(_at("2026-12-07T06:59:59"), 0) == 1  # a Monday, before the window
+    assert s.at(_at("2026-12-07T07:00:00"), 0) == 0
+    assert s.at(_at("2026-12-07T18:59:59"), 0) == 0
+    assert s.at(_at("2026-12-07T19:00:00"), 0) == 1
+    assert s.at(_at("2026-12-05T12:00:00"), 0) == 1  # Saturday
+    changes = s.compile(_at("2026-12-05T12:00:00"), horizon_days=3)
+    when = [datetime.fromtimestamp(t, BERLIN).strftime("%a %H:%M") for t, _ in changes]
+    assert when == ["Sat 12:00", "Mon 07:00", "Mon 19:00", "Tue 07:00"]
+
+
+def test_changes_follow_daylight_saving_time() -> None:
+    s = schedule.parse("tz=Europe/Berlin; 07:00-19:00 rate=1; *")
+    changes = s.compile(_at("2026-03-28T06:00:00"), horizon_days=2)  # DST starts on the 29th
+    starts = [t for t, index in changes if index == 0]
+    assert starts[1] - starts[0] == 23 * 3600  # 07:00 to 07:00 over the short night
+
+
+def test_relative_and_second_granular_windows() -> None:
+    s = schedule.parse("+0s-6s rate=20; +6s-9s rate=0; 10:00:05-10:00:07 rate=3; *")
+    # 1000 s after the epoch is 00:16:40 UTC, the default zone.
+    assert s.compile(1000.0, horizon_days=1) == [
+        (1000.0, 0), (1006.0, 1), (1009.0, 3), (36005.0, 2), (36007.0, 3)
+    ]  # fmt: skip
+    assert s.windows[1].rate == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("Mon-Fri 07:00-19:00 speed=3", "unknown 'speed'"),
+        ("Mon-Fir rate=3", "'Mon-Fir'"),
+        ("25:00-26:00 rate=1", "not a time of day"),
+        ("tz=Mars/Olympus; * rate=1", "unknown time zone"),
+        ("* assoc=1.5", "whole number"),
+        ("+10s-5s rate=1", "ends before it starts"),
+        ("  ;  ", "no window"),
+    ],
+)
+def test_bad_schedules_say_what_is_wrong(text: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=said):
+        schedule.parse(text)
+
+
+def test_a_yaml_schedule_is_the_same_as_inline(tmp_path: Path) -> None:
+    path = tmp_path / "schedule.yaml"
+    path.write_text(
+        "timezone: Europe/Berlin\n"
+        "windows:\n"
+        "  - days: Mon-Fri\n    hours: '07:00-19:00'\n    rate: 20\n    assoc: 2\n"
+        "  - '* rate=400 assoc=16'\n"
+    )
+    inline = "tz=Europe/Berlin; Mon-Fri 07:00-19:00 rate=20 assoc=2; * rate=400 assoc=16"
+    assert schedule.load(str(path)).text() == schedule.parse(inline).text()
+    bad = run_migrator("run", tmp_path, "--host", "x", "--schedule", "Mon rate=x", "--dry-run")
+    assert bad.returncode == 2 and "'rate=x'" in bad.stderr, bad.stderr
+
+
+#: Windows of a few seconds: (start, end, files/s); 0 = a paused window.
+WINDOWS = [(0, 8, 20), (8, 11, 0), (11, 16, 40), (16, 19, 0)]
+
+
+@pytest.mark.timeout(240)
+def test_a_fleet_follows_windows_that_change_every_few_seconds(
+    tmp_path: Path, redis_server: RedisPeer
+) -> None:
+    synth.write_corpus(tmp_path / "in", count=400, size="tiny", seed=22)
+    text = "; ".join(
+        [f"+{a}s-{b}s rate={r}" for a, b, r in WINDOWS] + ["*"]  # then no limit: the rest
+    )
+    url = redis_server.url
+    with timed_scp() as scp:
+        dest = common_args(("127.0.0.1", scp.port), "COUNTING")
+        proc = start_run(
+            tmp_path / "in", *dest, "--redis-url", url, "--workers", "2",  # + inline sending
+            "--schedule", text, "--burst", "2", "--batch-files", "10", "--no-preflight",
+        )  # fmt: skip
+        ledger = only_job(redis_server.client())
+        key = limiter_key(f"127.0.0.1:{scp.port}:COUNTING")
+        while not ledger.client.exists(schedule_redis.info_key(key)):
+            time.sleep(0.01)
+        time.sleep(2)
+        status = run_migrator("status", ledger.job_id, "--redis-url", url, "--json")
+        window = json.loads(status.stdout)["window"]
+        assert window.startswith('window "+0s-8s rate=20" (20 files/s); next change'), window
+        code, out = finish(proc, timeout=120)
+    assert code == 0, out
+    assert scp.distinct == 400
+    assert_invariant(ledger)
+    senders = Counter(
+        extra.get("worker", "").split(":")[1] for _, _, extra in ledger.iter_outcomes()
+    )
+    assert str(proc.pid) in senders and len(senders) >= 3, senders  # inline + 2 workers
+    origin = json.loads(ledger.client.get(schedule_redis.info_key(key)) or b"{}")["origin"]
+    per_second = Counter(int(t - origin) for t in scp.arrivals)
+    timeline = [per_second.get(s, 0) for s in range(20)]
+    for start, end, rate in WINDOWS:
+        if rate == 0:
+            # A request on the wire at the change may land a few ms into the window.
+            late = [t - origin for t in scp.arrivals if start + 0.2 <= t - origin < end]
+            assert not late, (start, late, timeline)
+            continue
+        # The last 4 seconds: the first ones see the workers boot and take over from
+        # `run`'s own sender (a second without files, made up by the burst after it).
+        inner = range(end - 4, end)
+        got = sum(per_second.get(s, 0) for s in inner) / len(inner)
+        assert abs(got - rate) <= 0.1 * rate, (rate, got, timeline)
