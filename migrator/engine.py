@@ -90,8 +90,10 @@ def plan_job(
     batch_files: int,
     batch_bytes: int,
     on_bad_line: Callable[[BadLine], None] | None = None,
+    order: str = "listing",
 ) -> PlanSummary:
-    """Plan listed sources, then manifests; ``ledger=None`` is a dry run.
+    """Plan listed sources (in ``order``: migrator/ordering.py), then manifests (in their
+    own order); ``ledger=None`` is a dry run.
 
     Raises JobGone when the job vanishes from Redis while it is planned.
     """
@@ -99,7 +101,14 @@ def plan_job(
         enqueue = None
     if enqueue is not None and ledger is not None:
         enqueue = _unless_lost(ledger, enqueue)
-    total = plan(ledger, sources, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
+    total = plan(
+        ledger,
+        sources,
+        enqueue=enqueue,
+        batch_files=batch_files,
+        batch_bytes=batch_bytes,
+        order=order,
+    )
     for path in manifests:
         part = plan_manifest(
             ledger,

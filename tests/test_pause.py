@@ -44,15 +44,19 @@ class TimedScp(CountingScp):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.arrivals: list[float] = []
+        #: (wall-clock time, associations open) at each C-STORE request
+        self.open_at: list[tuple[float, int]] = []
 
     def _on_store(self, event: Any) -> int:
-        self.arrivals.append(time.time())
+        now = time.time()
+        self.arrivals.append(now)
+        self.open_at.append((now, self.open_now))
         return super()._on_store(event)
 
 
 @contextmanager
-def timed_scp() -> Iterator[TimedScp]:
-    scp = TimedScp(response_delay=DELAY).start()
+def timed_scp(delay: float = DELAY) -> Iterator[TimedScp]:
+    scp = TimedScp(response_delay=delay).start()
     try:
         yield scp
     finally:

@@ -51,6 +51,7 @@ def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
         concurrency=o["concurrency"],
         give_up_after=o["give_up_after"],
         schedule=_schedule(o["schedule"]),
+        order=o["order"],
     )
 
 
@@ -159,6 +160,16 @@ def job_options(func: F) -> F:
                 "The first window that matches applies; rate=0 sends nothing; +0s-2h is a "
                 "span after the start. `migrator limit` overrides it until the next window. "
                 "See docs/weeks-long.md.",
+            ),
+            opt(
+                "--order",
+                env="ORDER",
+                type=click.Choice(["newest-study-first", "oldest-first", "listing"]),
+                default="listing",
+                show_default=True,
+                help="Which files go first: the newest studies (by Study Date; clinicians "
+                "ask for recent ones), the oldest, or as the sources list them (streamed: "
+                "sending starts while listing goes on; the others list everything first).",
             ),
             opt(
                 "--dry-run",
@@ -295,6 +306,7 @@ def _plan(
         batch_files=o["batch_files"],
         batch_bytes=o["batch_mb"] * 1024 * 1024,
         on_bad_line=on_bad_line,
+        order=o["order"],
     )
     if len(bad) > 20:
         click.echo(f"migrator: ... {len(bad) - 20} more bad manifest lines", err=True)

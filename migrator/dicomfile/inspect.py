@@ -56,6 +56,8 @@ _MAX_HEAD = 4 * 1024 * 1024
 _WANTED = {
     0x00080016: "sop_class_uid",
     0x00080018: "sop_instance_uid",
+    # For the planner's --order (newest-study-first); on the way to the UIDs.
+    0x00080020: "study_date",
     # For the report's per-study table; read on the way to the UIDs (same group order).
     0x00080050: "accession",
     0x00080060: "modality",

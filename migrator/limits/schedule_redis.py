@@ -66,6 +66,17 @@ def set_schedule(client: redis.Redis, key: str, schedule: Schedule) -> float:
     return origin
 
 
+def window_assoc(client: redis.Redis, key: str) -> int | None:
+    """The association cap of the window in force (None: the window sets none, or there
+    is no schedule). Read when an association is to be opened or its slot refreshed."""
+    now = redis_now(client)
+    win = cast(list[bytes], client.zrevrangebyscore(schedule_key(key), now, "-inf", start=0, num=1))
+    if not win:
+        return None
+    assoc = win[0].decode().split("|")[5]
+    return int(float(assoc)) if assoc else None
+
+
 def clear_schedule(client: redis.Redis, key: str) -> None:
     client.delete(schedule_key(key), info_key(key))
 

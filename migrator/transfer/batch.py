@@ -141,7 +141,8 @@ def run_batch(
         if watch.state is not None:
             runtime.pool(settings).close_all()  # a paused job holds no association
         elif ledger.client.exists(busy_key(dest)) or (
-            settings.max_associations and ledger.client.exists(slots_wanted_key(dest))
+            (settings.max_associations or settings.schedule)
+            and ledger.client.exists(slots_wanted_key(dest))
         ):
             # With a PACS that limits associations itself, or under a fleet-wide cap that
             # another sender found full, an idle association holds a slot that a sender

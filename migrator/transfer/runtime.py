@@ -25,6 +25,7 @@ from migrator.limits.adaptive import Autotune, RedisSignal
 from migrator.limits.breaker import RedisBreaker
 from migrator.limits.rate import RateLimiter
 from migrator.limits.rate_redis import make_redis_limiter
+from migrator.limits.schedule_redis import window_assoc
 from migrator.limits.slots import AssociationSlots
 from migrator.redis_client import connect
 from migrator.settings import Settings
@@ -34,11 +35,21 @@ from migrator.transfer.pool import ConnectionPool, Lease
 
 
 class _SlotLease:
-    def __init__(self, slots: AssociationSlots, token: str) -> None:
+    def __init__(
+        self, slots: AssociationSlots, token: str, cap: Callable[[], int | None] | None = None
+    ) -> None:
         self._slots = slots
         self._token = token
+        self._cap = cap
 
     def refresh(self) -> bool:
+        """False (the connection is closed) when the lease expired, or when a schedule's
+        new window allows fewer associations than the fleet holds: every holder gives its
+        slot back and asks again, so the fleet is down to the new cap within seconds."""
+        cap = self._cap() if self._cap is not None else None
+        if cap is not None and self._slots.held() > cap:
+            self._slots.release(self._token)
+            return False
         return self._slots.refresh(self._token)
 
     def release(self) -> None:
@@ -155,19 +166,27 @@ class Runtime:
             pool.close_all()
 
     def _lease_provider(self, settings: Settings) -> Any:
-        if not settings.max_associations:
+        if not settings.max_associations and not settings.schedule:
             return None
-        slots = AssociationSlots(
-            self.client,
-            slots_key(settings.destination),
-            settings.max_associations,
-            wanted_key=slots_wanted_key(settings.destination),
-        )
+        dest = settings.destination
         # Waiting for a slot is bounded by the DIMSE timeout so a batch never hangs.
         wait = max(60.0, settings.dimse_timeout)
 
-        def lease(block: bool) -> Lease:
-            return _SlotLease(slots, slots.acquire(timeout=wait if block else 0.0))
+        def cap() -> int | None:
+            """The schedule's window's assoc=, else --max-associations."""
+            if settings.schedule:
+                return window_assoc(self.client, limiter_key(dest)) or settings.max_associations
+            return settings.max_associations
+
+        def lease(block: bool) -> Lease | None:
+            limit = cap()
+            if not limit:
+                return None
+            slots = AssociationSlots(
+                self.client, slots_key(dest), limit, wanted_key=slots_wanted_key(dest)
+            )
+            token = slots.acquire(timeout=wait if block else 0.0)
+            return _SlotLease(slots, token, cap if settings.schedule else None)
 
         return lease
 

@@ -1,0 +1,95 @@
+"""`--order`: the planner puts the newest (or oldest) studies first, and a real worker sends
+them in that order to a receiver that notes the order C-STOREs arrive in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from migrator import synth
+from migrator.ledger import PlannedFile
+from migrator.ordering import StudyOrder
+from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
+from tests.peers.counting_scp import CountingScp
+from tests.peers.redis import RedisPeer
+from workers.local import LocalWorkers
+
+#: Studies as the listing gives them (file names sort in this order), and their dates.
+DATES = ["20190612", "20240105", "20110930"]
+
+
+class OrderScp(CountingScp):
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def _on_store(self, event: Any) -> int:
+        self.order.append(str(event.request.AffectedSOPInstanceUID))
+        return super()._on_store(event)
+
+
+def _three_studies(folder: Path) -> dict[str, str]:
+    """5 files in each of 3 studies, dated DATES in listing order; SOP UID -> its date."""
+    synth.write_corpus(folder, count=15, size="tiny", studies=3, seed=31)
+    paths = sorted(folder.iterdir())
+    dates: dict[str, str] = {}
+    studies: dict[str, str] = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if ds.StudyInstanceUID not in studies:
+            studies[ds.StudyInstanceUID] = DATES[len(studies)]
+        date = studies[ds.StudyInstanceUID]
+        ds.StudyDate = date
+        ds.save_as(path, enforce_file_format=True)
+        dates[ds.SOPInstanceUID] = date
+    assert sorted(set(dates.values())) == sorted(DATES)
+    return dates
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        ("newest-study-first", sorted(DATES, reverse=True)),
+        ("oldest-first", sorted(DATES)),
+        ("listing", DATES),
+    ],
+)
+def test_the_receiver_gets_the_studies_in_the_order_asked(
+    tmp_path: Path, redis_server: RedisPeer, order: str, expected: list[str]
+) -> None:
+    dates = _three_studies(tmp_path / "in")
+    url = redis_server.url
+    scp = OrderScp().start()
+    try:
+        # One worker process, one association: batches in the order they were enqueued.
+        with LocalWorkers(url, 1, logfile=str(tmp_path / "w.log")):
+            dest = common_args(("127.0.0.1", scp.port), scp.ae_title)
+            proc = start_run(
+                tmp_path / "in", *dest, "--redis-url", url, "--order", order, "-j", "1",
+                "--batch-files", "5", "--no-preflight",
+            )  # fmt: skip
+            code, out = finish(proc, timeout=120)
+    finally:
+        scp.stop()
+    assert code == 0, out
+    assert_invariant(only_job(redis_server.client()))
+    arrived = [dates[uid] for uid in scp.order]
+    assert len(arrived) == 15
+    seen = list(dict.fromkeys(arrived))  # each study's first arrival, in order
+    assert seen == expected, arrived
+    assert arrived == sorted(arrived, key=expected.index), arrived  # never interleaved
+
+
+def test_files_without_a_study_date_go_last_and_a_study_stays_together() -> None:
+    held = StudyOrder("newest-study-first")
+    try:
+        rows = [("a", "20200101"), ("b", ""), ("c", "20230101"), ("a", "20200101")]
+        for n, (study, date) in enumerate(rows):
+            held.add(PlannedFile(f"/f{n}", 1, "", "", f"1.{n}", "", study), date, "", "")
+        assert [f.uri for f, _, _ in held] == ["/f2", "/f0", "/f3", "/f1"]
+    finally:
+        held.close()
