@@ -161,3 +161,44 @@ def test_the_association_cap_follows_the_window(tmp_path: Path, redis_server: Re
     later = [n for t, n in scp.open_at if t - origin >= 6]
     assert first and max(first) == 1, first  # 3 senders of 2 lanes each, 1 association
     assert later and 2 <= max(later) <= 3, (Counter(first), Counter(later))
+
+
+def test_limit_overrides_the_window_until_the_next_one_or_until_cleared(
+    tmp_path: Path, redis_server: RedisPeer
+) -> None:
+    from migrator.errors import ScheduledPause
+    from migrator.limits.rate import Limits
+    from migrator.limits.rate_redis import RedisLimiter
+
+    synth.write_corpus(tmp_path / "in", count=3, size="tiny", seed=24)
+    url = redis_server.url
+    plan = run_migrator(
+        "plan", tmp_path / "in", "--host", "127.0.0.1", "--port", "9", "--called-ae", "X",
+        "--redis-url", url, "--no-preflight", "--schedule", "+0s-10s rate=0; +10s-60s rate=5; *",
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    ledger = only_job(redis_server.client())
+    key = limiter_key("127.0.0.1:9:X")
+    limiter = RedisLimiter(ledger.client, key, Limits())
+    with pytest.raises(ScheduledPause):
+        limiter.reserve()  # the paused window
+    lifted = run_migrator("limit", ledger.job_id, "--redis-url", url, "--rate-limit", "0")
+    assert lifted.returncode == 0 and "next window" in lifted.stdout, lifted.stdout
+    assert limiter.reserve() == 0.0  # overridden: no limit
+    status = run_migrator("status", ledger.job_id, "--redis-url", url, "--json")
+    assert "overridden by `migrator limit` until the next change" in status.stdout
+    origin = json.loads(ledger.client.get(schedule_redis.info_key(key)) or b"{}")["origin"]
+    assert time.time() < origin + 10, "too slow to test the override in the first window"
+    time.sleep(origin + 10.2 - time.time())  # the next window ends it: 5 files/s, burst 10
+    waits = [limiter.reserve() for _ in range(12)]
+    assert waits[:10] == [0.0] * 10 and 0.1 < waits[11] <= 0.45, waits
+    held = run_migrator("limit", ledger.job_id, "--redis-url", url, "--rate-limit", "0", "--hold")
+    assert held.returncode == 0, held.stderr
+    assert "--hold" in run_migrator("status", ledger.job_id, "--redis-url", url).stdout
+    time.sleep(1.1)
+    assert limiter.reserve() == 0.0
+    cleared = run_migrator("limit", ledger.job_id, "--redis-url", url, "--clear")
+    assert cleared.returncode == 0 and 'window "+10s-60s rate=5"' in cleared.stdout, cleared.stdout
+    time.sleep(1.0)  # (a process trusts "no limit" for up to a second)
+    waits = [limiter.reserve() for _ in range(12)]
+    assert waits[:10] == [0.0] * 10 and waits[11] > 0.1, waits  # the window's 5 files/s
