@@ -61,6 +61,9 @@ def main() -> None:
       migrator plan s3://bucket/2019/ --host pacs --called-ae PACS --redis-url redis://r:6379/0
       migrator worker --redis-url redis://r:6379/0
       migrator status JOB --redis-url redis://r:6379/0 --watch
+      migrator pause JOB --redis-url redis://r:6379/0 --wait   (resume JOB, cancel JOB)
+      migrator run /archive --host pacs --called-ae PACS --order newest-study-first \\
+          --schedule "tz=Europe/Berlin; Mon-Fri 07:00-19:00 rate=20 assoc=2; * rate=400"
 
     \b
     Single-machine tools:

@@ -376,6 +376,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
           --redis-url redis://redis:6379/0 --max-associations 8
       migrator run /archive --host pacs --called-ae PACS --dry-run
       migrator run /archive --host far-pacs --called-ae PACS -j auto --max-associations 32
+      migrator run /archive --host pacs --called-ae PACS --order newest-study-first \\
+          --schedule schedule.yaml      # docs/weeks-long.md
     """
     from migrator import engine
     from migrator.commands.session import Session, send_session
