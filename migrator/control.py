@@ -85,7 +85,7 @@ def pause(ledger: Ledger) -> str:
     k = ledger.keys
     was = _text(ledger.client.eval(_SET, 1, k.control, PAUSED, CANCELLED))
     if was == "running":
-        ledger.add_history("pause", at=time.time())
+        ledger.add_history("pause")
     return was
 
 
@@ -96,7 +96,7 @@ def resume(ledger: Ledger) -> tuple[str, list[str]]:
     raw = cast(list[object], ledger.client.eval(_RESUME, 2, k.control, k.parked, PAUSED))
     head, parked = _text(raw[0]), sorted(_text(b) for b in raw[1:])
     if head == "ok":
-        ledger.add_history("resume", at=time.time(), parked=len(parked))
+        ledger.add_history("resume", parked=len(parked))
     return head, parked
 
 
@@ -115,7 +115,7 @@ def cancel(ledger: Ledger, *, wait: float = 60.0, poll: float = 0.2) -> tuple[in
     was = _text(ledger.client.eval(_SET, 1, k.control, CANCELLED, CANCELLED))
     ledger.client.delete(k.parked)  # settled below, with every other batch
     if was != CANCELLED:
-        ledger.add_history("cancel", at=time.time())
+        ledger.add_history("cancel")
     token = f"cancel:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + wait
     settled = 0

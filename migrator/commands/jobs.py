@@ -323,7 +323,7 @@ def limit_command(
         key = limiter_key(config.destination)
         if clear:
             schedule_redis.clear_override(ledger.client, key)
-            ledger.add_history("limit", cleared=True)
+            ledger.add_history("limit-cleared")
             now = schedule_redis.current(ledger.client, key)
             click.echo(
                 f"{config.server}: " + (schedule_redis.describe(now) if now else "no schedule")

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from migrator import control, duplicates
@@ -40,8 +40,8 @@ from migrator.settings import Settings
 from migrator.sources import SourceCache
 from migrator.sources.base import SourceItem
 from migrator.sources.inspect import inspect_item, refusal
-from migrator.transfer.claims import OwnerState, Remote
 from migrator.transfer.job import Job
+from migrator.transfer.ledgerclaims import LedgerClaims
 from migrator.transfer.observe import Observer
 from migrator.transfer.policy import Transfer
 from migrator.transfer.runtime import Runtime
@@ -209,7 +209,7 @@ def _run_claimed(
         runtime.pool(settings),
         runtime.limiter(settings),
         record,
-        claims=_LedgerClaims(ledger, sources, by_id),
+        claims=LedgerClaims(ledger, sources, by_id),
         observer=runtime.observer(settings),
         breaker=breaker,
         autotune=runtime.autotune(settings),
@@ -336,60 +336,6 @@ def _count(summary: BatchSummary, outcome: FileOutcome) -> None:
         summary.stored += 1
     else:
         summary.failed += 1
-
-
-class _RemoteOwner:
-    """The owner of a UID planned in another batch."""
-
-    def __init__(self, planned: PlannedFile, sources: SourceCache) -> None:
-        self.planned = planned
-        self._sources = sources
-
-    def copy(self) -> duplicates.Copy:
-        p = self.planned
-        return duplicates.Copy(
-            self._sources(p.uri), SourceItem(p.uri, p.size, p.version), p.sop_instance_uid
-        )
-
-
-class _LedgerClaims:
-    """UID ownership in the job's ledger (``Ledger.claim_uids``): across batches, workers,
-    redeliveries, re-runs and `retry`."""
-
-    def __init__(self, ledger: Ledger, sources: SourceCache, by_id: dict[str, Job]) -> None:
-        self._ledger = ledger
-        self._sources = sources
-        self._by_id = by_id
-
-    def owners(self, jobs: Sequence[Job]) -> list[Job | Remote | None]:
-        ids = self._ledger.claim_uids([job.ref for job in jobs])
-        away = sorted({o for o in ids if o and o not in self._by_id})
-        elsewhere = {p.file_id: p for p in self._ledger.files(away)} if away else {}
-        out: list[Job | Remote | None] = []
-        for job, owner_id in zip(jobs, ids, strict=True):
-            if not owner_id:
-                out.append(None)
-            elif owner_id in self._by_id:
-                out.append(self._by_id[owner_id])
-            elif owner_id in elsewhere:
-                out.append(_RemoteOwner(elsewhere[owner_id], self._sources))
-            else:
-                log.warning("file %s: its UID's owner %s is not planned", job.ref.file_id, owner_id)
-                out.append(None)
-        return out
-
-    def state(self, owner: Remote) -> OwnerState:
-        assert isinstance(owner, _RemoteOwner)
-        state = self._ledger.states([owner.planned.file_id])[owner.planned.file_id]
-        if state is None:
-            return "pending"
-        return "stored" if state == "stored" else "failed"
-
-    def take_over(self, job: Job, owner: Job | Remote) -> bool:
-        old = owner.ref if isinstance(owner, Job) else owner
-        assert isinstance(old, PlannedFile | _RemoteOwner)
-        old_id = old.file_id if isinstance(old, PlannedFile) else old.planned.file_id
-        return self._ledger.take_over_uid(job.ref, old_id)
 
 
 class _Recorder:
