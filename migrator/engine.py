@@ -91,6 +91,7 @@ def plan_job(
     batch_bytes: int,
     on_bad_line: Callable[[BadLine], None] | None = None,
     order: str = "listing",
+    first: frozenset[str] = frozenset(),
 ) -> PlanSummary:
     """Plan listed sources (in ``order``: migrator/ordering.py), then manifests (in their
     own order); ``ledger=None`` is a dry run.
@@ -108,6 +109,7 @@ def plan_job(
         batch_files=batch_files,
         batch_bytes=batch_bytes,
         order=order,
+        first=first,
     )
     for path in manifests:
         part = plan_manifest(

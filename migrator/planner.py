@@ -157,13 +157,14 @@ def plan(
     batch_bytes: int = 256 * 1024 * 1024,
     threads: int | None = None,
     order: str = LISTING,
+    first: frozenset[str] = frozenset(),
 ) -> PlanSummary:
     """Plan every item of ``sources`` into ``ledger``; ``enqueue=None`` is a dry run.
     ``order``: migrator/ordering.py (anything but the listing's holds the batches back
     until the whole listing is read)."""
     summary = PlanSummary()
     out = _Emitter(ledger, enqueue, summary, batch_files, batch_bytes)
-    held = StudyOrder(order) if order != LISTING else None
+    held = StudyOrder(order, first) if order != LISTING or first else None
     try:
         _plan_into(out, summary, sources, threads, held)
         if held is not None:
@@ -220,9 +221,8 @@ def _plan_into(
                     modality=header.modality,
                 )
                 if held is not None:
-                    held.add(
-                        planned, header.study_date, header.sop_class_uid, header.transfer_syntax
-                    )
+                    sop, syntax = header.sop_class_uid, header.transfer_syntax
+                    held.add(planned, header.study_date, sop, syntax, header.patient_id)
                 else:
                     out.add(planned, header.sop_class_uid, header.transfer_syntax)
             if out.ledger is not None:

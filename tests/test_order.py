@@ -15,6 +15,7 @@ from migrator.ordering import StudyOrder
 from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
 from tests.peers.counting_scp import CountingScp
 from tests.peers.redis import RedisPeer
+from tests.storehelpers import run_migrator
 from workers.local import LocalWorkers
 
 #: Studies as the listing gives them (file names sort in this order), and their dates.
@@ -33,7 +34,7 @@ class OrderScp(CountingScp):
 
 def _three_studies(folder: Path) -> dict[str, str]:
     """5 files in each of 3 studies, dated DATES in listing order; SOP UID -> its date."""
-    synth.write_corpus(folder, count=15, size="tiny", studies=3, seed=31)
+    synth.write_corpus(folder, count=15, size="tiny", studies=3, seed=31, accessions=True)
     paths = sorted(folder.iterdir())
     dates: dict[str, str] = {}
     studies: dict[str, str] = {}
@@ -82,6 +83,38 @@ def test_the_receiver_gets_the_studies_in_the_order_asked(
     seen = list(dict.fromkeys(arrived))  # each study's first arrival, in order
     assert seen == expected, arrived
     assert arrived == sorted(arrived, key=expected.index), arrived  # never interleaved
+
+
+@pytest.mark.timeout(180)
+def test_a_priority_list_puts_the_studies_it_names_first(
+    tmp_path: Path, redis_server: RedisPeer
+) -> None:
+    """Named by Accession Number (the last study listed) and by Patient ID (the second):
+    those two first, in listing order, then the first study."""
+    dates = _three_studies(tmp_path / "in")
+    by_date = {}
+    for path in sorted((tmp_path / "in").iterdir()):
+        ds = pydicom.dcmread(path)
+        by_date[ds.StudyDate] = (str(ds.AccessionNumber), str(ds.PatientID))
+    urgent = tmp_path / "urgent.txt"
+    urgent.write_text(f"# wanted today\n{by_date[DATES[2]][0]}\n\n{by_date[DATES[1]][1]}\n")
+    url = redis_server.url
+    scp = OrderScp().start()
+    try:
+        with LocalWorkers(url, 1, logfile=str(tmp_path / "w.log")):
+            dest = common_args(("127.0.0.1", scp.port), scp.ae_title)
+            proc = start_run(
+                tmp_path / "in", *dest, "--redis-url", url, "--priority-list", urgent,
+                "-j", "1", "--batch-files", "5", "--no-preflight",
+            )  # fmt: skip
+            code, out = finish(proc, timeout=120)
+    finally:
+        scp.stop()
+    assert code == 0, out
+    arrived = [dates[uid] for uid in scp.order]
+    assert list(dict.fromkeys(arrived)) == [DATES[1], DATES[2], DATES[0]], arrived
+    missing = run_migrator("run", tmp_path / "in", *dest, "--priority-list", tmp_path / "nope")
+    assert missing.returncode == 2 and "--priority-list" in missing.stderr
 
 
 def test_files_without_a_study_date_go_last_and_a_study_stays_together() -> None:

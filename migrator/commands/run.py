@@ -44,6 +44,7 @@ __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_STATE_DIR", "plan_command", "run_comm
 def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
     """The job's settings from the command's options; bad values fail here (exit 2), not
     in a worker. ``check_tls``: the TLS files are read here too (local workers)."""
+    _priority_list(o["priority_list"])  # a missing file: exit 2 before anything starts
     return settings_from_options(
         o,
         check_tls=check_tls,
@@ -51,8 +52,20 @@ def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
         concurrency=o["concurrency"],
         give_up_after=o["give_up_after"],
         schedule=_schedule(o["schedule"]),
-        order=o["order"],
+        # (a priority list orders a listing too: run's own sender then starts at the head)
+        order="priority-list" if o["priority_list"] and o["order"] == "listing" else o["order"],
     )
+
+
+def _priority_list(path: str | None) -> frozenset[str]:
+    if not path:
+        return frozenset()
+    from migrator.ordering import read_priority_list
+
+    try:
+        return read_priority_list(path)
+    except ConfigError as exc:
+        fail_config(str(exc))
 
 
 def _schedule(value: str | None) -> str | None:
@@ -170,6 +183,14 @@ def job_options(func: F) -> F:
                 help="Which files go first: the newest studies (by Study Date; clinicians "
                 "ask for recent ones), the oldest, or as the sources list them (streamed: "
                 "sending starts while listing goes on; the others list everything first).",
+            ),
+            opt(
+                "--priority-list",
+                env="PRIORITY_LIST",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="A file of StudyInstanceUIDs, AccessionNumbers or PatientIDs (one a "
+                "line, # comments): their files go before all others (then --order).",
             ),
             opt(
                 "--dry-run",
@@ -307,6 +328,7 @@ def _plan(
         batch_bytes=o["batch_mb"] * 1024 * 1024,
         on_bad_line=on_bad_line,
         order=o["order"],
+        first=_priority_list(o["priority_list"]),
     )
     if len(bad) > 20:
         click.echo(f"migrator: ... {len(bad) - 20} more bad manifest lines", err=True)

@@ -67,6 +67,8 @@ class DicomHeader:
     modality: str = ""
     #: Study Date (YYYYMMDD) when the header has it: the planner's --order key
     study_date: str = ""
+    #: Patient ID when the header has it: only matched against --priority-list
+    patient_id: str = ""
 
 
 def build_header(
@@ -106,4 +108,5 @@ def build_header(
         accession=found.get("accession", ""),
         modality=found.get("modality", ""),
         study_date=found.get("study_date", ""),
+        patient_id=found.get("patient_id", ""),
     )

@@ -61,6 +61,8 @@ _WANTED = {
     # For the report's per-study table; read on the way to the UIDs (same group order).
     0x00080050: "accession",
     0x00080060: "modality",
+    # For the planner's --priority-list (never stored in the plan nor logged).
+    0x00100020: "patient_id",
     0x0020000D: "study_uid",
     0x0020000E: "series_uid",
 }
