@@ -119,6 +119,9 @@ def test_a_fleet_follows_windows_that_change_every_few_seconds(
         status = run_migrator("status", ledger.job_id, "--redis-url", url, "--json")
         window = json.loads(status.stdout)["window"]
         assert window.startswith('window "+0s-6s rate=20" (20 files/s); next change'), window
+        origin = json.loads(ledger.client.get(schedule_redis.info_key(key)) or b"{}")["origin"]
+        time.sleep(max(0.0, origin + 8.0 - time.time()))
+        assert scp.open_now == 0  # a rate=0 window: the PACS is left alone
         code, out = finish(proc, timeout=120)
     assert code == 0, out
     assert scp.distinct == 500
@@ -127,7 +130,6 @@ def test_a_fleet_follows_windows_that_change_every_few_seconds(
         extra.get("worker", "").split(":")[1] for _, _, extra in ledger.iter_outcomes()
     )
     assert str(proc.pid) in senders and len(senders) >= 3, senders  # inline + 2 workers
-    origin = json.loads(ledger.client.get(schedule_redis.info_key(key)) or b"{}")["origin"]
     per_second = Counter(int(t - origin) for t in scp.arrivals)
     timeline = [per_second.get(s, 0) for s in range(25)]
     for start, end, rate in WINDOWS:

@@ -66,15 +66,24 @@ def set_schedule(client: redis.Redis, key: str, schedule: Schedule) -> float:
     return origin
 
 
+def _window_fields(client: redis.Redis, key: str) -> list[str] | None:
+    """index, epoch, files/s, bytes/s, burst, assoc of the window in force (Redis TIME)."""
+    now = redis_now(client)
+    win = cast(list[bytes], client.zrevrangebyscore(schedule_key(key), now, "-inf", start=0, num=1))
+    return win[0].decode().split("|") if win else None
+
+
 def window_assoc(client: redis.Redis, key: str) -> int | None:
     """The association cap of the window in force (None: the window sets none, or there
     is no schedule). Read when an association is to be opened or its slot refreshed."""
-    now = redis_now(client)
-    win = cast(list[bytes], client.zrevrangebyscore(schedule_key(key), now, "-inf", start=0, num=1))
-    if not win:
-        return None
-    assoc = win[0].decode().split("|")[5]
-    return int(float(assoc)) if assoc else None
+    fields = _window_fields(client, key)
+    return int(float(fields[5])) if fields and fields[5] else None
+
+
+def window_paused(client: redis.Redis, key: str) -> bool:
+    """Whether the window in force is ``rate=0`` (an override by `migrator limit` aside)."""
+    fields = _window_fields(client, key)
+    return bool(fields and fields[2] and float(fields[2]) == 0)
 
 
 def clear_schedule(client: redis.Redis, key: str) -> None:

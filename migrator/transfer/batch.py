@@ -31,6 +31,7 @@ from migrator.errors import (
     DestinationUnhealthy,
     JobGone,
     JobPaused,
+    ScheduledPause,
 )
 from migrator.keys import PREFIX, slots_wanted_key
 from migrator.ledger import Ledger, PlannedFile, Recorded
@@ -131,10 +132,16 @@ def run_batch(
         raise JobGone(ledger.job_id) from None
     recorder = _Recorder(ledger, batch_id, token, worker, created, runtime.observer(settings))
     try:
+        if settings.schedule:
+            # In a rate=0 window (ScheduledPause): back when it ends, no association opened.
+            runtime.limiter(settings).reserve(0, 0)
         with runtime.sending(settings, ledger.job_id):
             return _run_claimed(
                 ledger, settings, batch_id, recorder, runtime, task_id, may_wait, stop, watch
             )
+    except ScheduledPause:
+        runtime.pool(settings).close_all()  # the PACS is left alone during a rate=0 window
+        raise
     finally:
         ledger.release_batch(batch_id, token)
         dest = settings.destination

@@ -25,7 +25,7 @@ from migrator.limits.adaptive import Autotune, RedisSignal
 from migrator.limits.breaker import RedisBreaker
 from migrator.limits.rate import RateLimiter
 from migrator.limits.rate_redis import make_redis_limiter
-from migrator.limits.schedule_redis import window_assoc
+from migrator.limits.schedule_redis import window_assoc, window_paused
 from migrator.limits.slots import AssociationSlots
 from migrator.redis_client import connect
 from migrator.settings import Settings
@@ -61,7 +61,8 @@ def _no_metrics(destination: str) -> Observer:
 
 
 #: A process idle between batches looks this often whether the job it last sent for was
-#: paused or cancelled meanwhile, and then closes the associations it kept for it.
+#: paused or cancelled meanwhile (or its schedule is in a rate=0 window), and then closes
+#: the associations it kept for it.
 IDLE_CHECK = 0.5
 
 
@@ -78,7 +79,7 @@ class Runtime:
     #: Held while a batch is sent (the idle closer never touches a pool in use)
     _busy: threading.RLock = field(default_factory=threading.RLock)
     #: Pool -> the job it last sent for
-    _served: dict[int, tuple[ConnectionPool, str]] = field(default_factory=dict)
+    _served: dict[int, tuple[ConnectionPool, str, str | None]] = field(default_factory=dict)
     _closer: threading.Thread | None = None
 
     @contextlib.contextmanager
@@ -87,7 +88,9 @@ class Runtime:
         batch are closed as soon as the job is paused or cancelled."""
         with self._busy:
             pool = self.pool(settings)
-            self._served[id(pool)] = (pool, job_id)
+            # (the limiter key when the destination has a schedule: its rate=0 windows)
+            key = limiter_key(settings.destination) if settings.schedule else None
+            self._served[id(pool)] = (pool, job_id, key)
             if self._closer is None:
                 self._closer = threading.Thread(
                     target=self._close_when_paused, name="idle-closer", daemon=True
@@ -101,8 +104,11 @@ class Runtime:
             if not self._busy.acquire(blocking=False):
                 continue  # a batch is being sent: it watches the job itself
             try:
-                for pool, job_id in list(self._served.values()):
-                    if len(pool) and control.state(self.client, job_id) is not None:
+                for pool, job_id, key in list(self._served.values()):
+                    if len(pool) and (
+                        control.state(self.client, job_id) is not None
+                        or (key is not None and window_paused(self.client, key))
+                    ):
                         pool.close_all()
             except (redis.RedisError, MigratorError):
                 pass  # looked at again in IDLE_CHECK
