@@ -130,6 +130,14 @@ def test_a_fleet_follows_windows_that_change_every_few_seconds(
         extra.get("worker", "").split(":")[1] for _, _, extra in ledger.iter_outcomes()
     )
     assert str(proc.pid) in senders and len(senders) >= 3, senders  # inline + 2 workers
+    # The report: the time the job spent in each window and what it stored in it.
+    made = run_migrator("report", ledger.job_id, "--redis-url", url, "--format", "json")
+    rows = json.loads(made.stdout)["schedule"]
+    spans = {f"+{a}s-{b}s rate={r}": b - a for a, b, r in [WARM_UP, *WINDOWS]}
+    assert [r["window"] for r in rows] == [*spans, "*"], rows
+    for row in rows[:-1]:
+        assert abs(row["seconds"] - spans[row["window"]]) <= 0.2, rows
+    assert sum(r["files"] for r in rows) == 500, rows
     per_second = Counter(int(t - origin) for t in scp.arrivals)
     timeline = [per_second.get(s, 0) for s in range(25)]
     for start, end, rate in WINDOWS:

@@ -122,8 +122,14 @@ class Now:
 
 def _parse(member: bytes | str, labels: list[str]) -> tuple[str, str, int | None]:
     text = member.decode() if isinstance(member, bytes) else member
-    index, _, fps, bps, burst, assoc = text.split("|")
+    index, _, _, _, _, assoc = text.split("|")
     label = labels[int(index)] if int(index) >= 0 else "(no window: the job's limits)"
+    return label, limits_of(text), int(float(assoc)) if assoc else None
+
+
+def limits_of(member: str) -> str:
+    """``20 files/s, 2 associations`` (``paused``, ``no limit``) of a window change."""
+    index, _, fps, bps, burst, assoc = member.split("|")
     parts = []
     if fps:
         parts.append("paused" if float(fps) == 0 else f"{float(fps):g} files/s")
@@ -133,8 +139,7 @@ def _parse(member: bytes | str, labels: list[str]) -> tuple[str, str, int | None
         parts.append(f"burst {int(float(burst))}")
     if assoc:
         parts.append(f"{int(float(assoc))} associations")
-    limits = ", ".join(parts) or ("no limit" if int(index) >= 0 else "")
-    return label, limits, int(float(assoc)) if assoc else None
+    return ", ".join(parts) or ("no limit" if int(index) >= 0 else "")
 
 
 def current(client: redis.Redis, key: str) -> Now | None:
