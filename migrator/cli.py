@@ -24,6 +24,7 @@ COMMANDS = {
     "pause": "migrator.commands.control:pause_command",
     "resume": "migrator.commands.control:resume_command",
     "cancel": "migrator.commands.control:cancel_command",
+    "urgent": "migrator.commands.control:urgent_command",
     "report": "migrator.commands.report:report_command",
     "verify": "migrator.commands.verify:verify_command",
     "flower": "migrator.commands.flower:flower_command",

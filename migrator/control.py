@@ -160,6 +160,31 @@ def skipped_cancelled(f: PlannedFile) -> FileOutcome:
     )
 
 
+def mark_urgent(ledger: Ledger, named: frozenset[str]) -> tuple[int, list[str]]:
+    """Have the batches holding unsent files of the studies ``named`` (Study Instance UIDs
+    or Accession Numbers) sent before any other: (files, batch ids) found."""
+    files, batches = 0, []
+    for batch_id, planned, states, _ in ledger.iter_batches():
+        hits = sum(
+            1
+            for i, f in enumerate(planned)
+            if (f.study_uid in named or (f.accession and f.accession in named))
+            and (i >= len(states) or states[i] == ".")
+        )
+        if hits:
+            files += hits
+            batches.append(batch_id)
+    if batches:
+        ledger.client.rpush(ledger.keys.urgent, *batches)
+        ledger.add_history("urgent", batches=len(batches), files=files)
+    return files, batches
+
+
+def next_urgent(ledger: Ledger) -> str | None:
+    raw = ledger.client.lpop(ledger.keys.urgent)
+    return None if raw is None else _text(raw)
+
+
 def senders(ledger: Ledger) -> int:
     """How many of the job's batches a sender holds right now (their leases)."""
     ids = ledger.batch_ids()

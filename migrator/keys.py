@@ -129,6 +129,12 @@ class JobKeys:
         `migrator resume` enqueues them again."""
         return self._k("parked")
 
+    @property
+    def urgent(self) -> str:
+        """List of batch ids to send before any other (`migrator urgent`): every delivery
+        takes them first (migrator/transfer/delivery.py)."""
+        return self._k("urgent")
+
     def plan_bucket(self, prefix: str) -> str:
         """Small hashes URI-hash suffix -> batch id, by URI-hash prefix (planning dedup)."""
         return self._k(f"pl:{prefix}")

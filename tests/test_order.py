@@ -12,7 +12,14 @@ import pytest
 from migrator import synth
 from migrator.ledger import PlannedFile
 from migrator.ordering import StudyOrder
-from tests.enginehelpers import assert_invariant, common_args, finish, only_job, start_run
+from tests.enginehelpers import (
+    assert_invariant,
+    common_args,
+    finish,
+    only_job,
+    start_run,
+    wait_until,
+)
 from tests.peers.counting_scp import CountingScp
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import run_migrator
@@ -115,6 +122,45 @@ def test_a_priority_list_puts_the_studies_it_names_first(
     assert list(dict.fromkeys(arrived)) == [DATES[1], DATES[2], DATES[0]], arrived
     missing = run_migrator("run", tmp_path / "in", *dest, "--priority-list", tmp_path / "nope")
     assert missing.returncode == 2 and "--priority-list" in missing.stderr
+
+
+@pytest.mark.timeout(180)
+def test_an_urgent_list_added_mid_job_is_served_next(
+    tmp_path: Path, redis_server: RedisPeer
+) -> None:
+    synth.write_corpus(tmp_path / "in", count=30, size="tiny", studies=6, seed=32, accessions=True)
+    study_of: dict[str, int] = {}
+    accession_of: dict[int, str] = {}
+    for path in sorted((tmp_path / "in").iterdir()):
+        ds = pydicom.dcmread(path)
+        n = int(str(ds.AccessionNumber)[-6:])  # 1..6, in listing order
+        study_of[str(ds.SOPInstanceUID)] = n
+        accession_of[n] = str(ds.AccessionNumber)
+    urgent = tmp_path / "urgent.txt"
+    urgent.write_text(accession_of[6] + "\n")
+    url = redis_server.url
+    scp = OrderScp().start()
+    try:
+        with LocalWorkers(url, 1, logfile=str(tmp_path / "w.log")):
+            dest = common_args(("127.0.0.1", scp.port), scp.ae_title)
+            proc = start_run(
+                tmp_path / "in", *dest, "--redis-url", url, "-j", "1", "--batch-files", "5",
+                "--rate-limit", "5", "--burst", "1", "--no-preflight",
+            )  # fmt: skip
+            ledger = only_job(redis_server.client())
+            wait_until(lambda: ledger.counts()["stored"] >= 3, 60, "the first files")
+            said = run_migrator("urgent", ledger.job_id, "--redis-url", url, "--list", urgent)
+            at = len(scp.order)
+            assert said.returncode == 0 and "5 unsent files in 1 batches" in said.stdout, said
+            code, out = finish(proc, timeout=120)
+    finally:
+        scp.stop()
+    assert code == 0, out
+    arrived = [study_of[uid] for uid in scp.order]
+    first = arrived.index(6)
+    # Next: after at most the batch being sent when the list came (5 files).
+    assert first <= at + 5 and arrived[first : first + 5] == [6] * 5, (at, arrived)
+    assert arrived.index(5) > first, arrived  # before the studies listed ahead of it
 
 
 def test_files_without_a_study_date_go_last_and_a_study_stays_together() -> None:

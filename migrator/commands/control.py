@@ -136,3 +136,40 @@ def cancel_command(job: str | None, redis_url: str | None, state_dir: str, timeo
         )
         raise SystemExit(int(ExitStatus.INCOMPLETE))
     raise SystemExit(int(ExitStatus.OK))
+
+
+@click.command("urgent")
+@click.argument("job", required=False)
+@redis_option
+@state_dir_option
+@opt(
+    "--list",
+    "path",
+    env="URGENT_LIST",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="StudyInstanceUIDs or AccessionNumbers, one a line (# comments).",
+)
+def urgent_command(job: str | None, redis_url: str | None, state_dir: str, path: str) -> None:
+    """Send the studies of a list next, in a job that is running: every worker takes their
+    batches before any other at its next batch (those being sent finish first).
+
+    \b
+    Examples:
+      migrator urgent job-3f2a9c01de --list tumour-board.txt --redis-url redis://redis:6379/0
+      migrator urgent --list wanted-today.txt     # the last job of the default state dir
+    """
+    from migrator import control
+    from migrator.ordering import read_priority_list
+
+    try:
+        named = read_priority_list(path)
+    except MigratorError as exc:
+        fail_config(str(exc))
+    with job_ledger(redis_url, state_dir, job, "urgent") as (ledger, _):
+        try:
+            files, batches = control.mark_urgent(ledger, named)
+        except (MigratorError, redis.RedisError) as exc:
+            fail(exc)
+    click.echo(f"{ledger.job_id}: {files} unsent files in {len(batches)} batches go next")
+    raise SystemExit(int(ExitStatus.OK))

@@ -45,6 +45,8 @@ log = logging.getLogger("workers.tasks")
 MAX_BATCH_RETRIES = 4
 #: A batch held by another live delivery is looked at again after at most this long.
 BUSY_RECHECK = 10.0
+#: A delivery sends urgent batches (`migrator urgent`) first for at most this long.
+URGENT_SECONDS = 120.0
 #: How the files of a batch that could not reach the PACS at all are said to have failed.
 CANNOT_REACH = "cannot reach the PACS"
 
@@ -71,6 +73,7 @@ def deliver(
     """``passthrough``: exceptions to let through to the caller (Celery's soft time limit:
     the task continues the batch in a fresh delivery)."""
     ledger = Ledger(runtime.client, job_id)
+    _serve_urgent(runtime, ledger)
     t0 = time.monotonic()
     try:
         summary = run_batch(ledger, batch_id, runtime, task_id=task_id)
@@ -112,6 +115,26 @@ def deliver(
         },
     )
     return Delivery(asdict(summary))
+
+
+def _serve_urgent(runtime: Runtime, ledger: Ledger) -> None:
+    """Batches `migrator urgent` named go before this one (each worker takes them at its
+    next delivery, so the whole fleet serves them next). Their own task, still queued,
+    later finds their files stored. Whatever stops one here (busy, paused, an error) is
+    left to that task."""
+    deadline = time.monotonic() + URGENT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            urgent = control.next_urgent(ledger)
+            if urgent is None:
+                return
+            run_batch(ledger, urgent, runtime, task_id=f"urgent:{urgent}")
+            log.info("urgent batch %s of %s sent first", urgent, ledger.job_id)
+        except BatchBusy:
+            continue  # another worker sends it
+        except Exception as exc:
+            log.info("urgent batch left to its own task: %s", exc)
+            return
 
 
 def _failed_delivery(ledger: Ledger, batch_id: str, failures: int, exc: Exception) -> Delivery:
