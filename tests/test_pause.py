@@ -229,3 +229,30 @@ def test_pause_stops_runs_own_inline_sender_and_closes_its_associations(
             wait_until(lambda: ledger.counts()["in_flight"] == 0, 90, "the job to end")
     assert scp.distinct == 400
     assert_invariant(ledger)
+
+
+def test_pause_holds_back_a_file_the_rate_limit_was_holding(
+    tmp_path: Path, redis_server: RedisPeer, corpus: Path
+) -> None:
+    """At 8 files/s a sender waits up to a second and more for its next lease of files: a
+    pause that comes meanwhile keeps them from starting."""
+    url = redis_server.url
+    with timed_scp() as scp, _workers(url, tmp_path):
+        dest = common_args(("127.0.0.1", scp.port), "COUNTING")
+        proc = start_run(
+            corpus, *dest, "--redis-url", url, "--batch-files", "20", "--no-preflight",
+            "--rate-limit", "8",
+        )  # fmt: skip
+        ledger = only_job(redis_server.client())
+        wait_until(lambda: ledger.counts()["stored"] >= 30, 60, "the first files")
+        control.pause(ledger)
+        paused_at = time.time()
+        time.sleep(3)
+        late = [t - paused_at for t in scp.arrivals if t > paused_at + 1.0]
+        assert not late, f"files started {late} s after the pause"
+        cancelled = run_migrator("cancel", ledger.job_id, "--redis-url", url)
+        assert cancelled.returncode == 0, cancelled.stderr
+        code, out = finish(proc, timeout=60)
+    assert code == 0, out
+    counts = assert_invariant(ledger)
+    assert counts["stored"] == scp.distinct and counts["skipped"] == 400 - scp.distinct
