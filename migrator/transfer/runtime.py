@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +80,8 @@ class Runtime:
     #: Pool -> the job it last sent for
     _served: dict[int, tuple[ConnectionPool, str, str | None]] = field(default_factory=dict)
     _closer: threading.Thread | None = None
+    #: Set to end the closer thread (close_all: the process is done with its pools)
+    _closer_done: threading.Event = field(default_factory=threading.Event)
 
     @contextlib.contextmanager
     def sending(self, settings: Settings, job_id: str) -> Iterator[None]:
@@ -92,15 +93,18 @@ class Runtime:
             key = limiter_key(settings.destination) if settings.schedule else None
             self._served[id(pool)] = (pool, job_id, key)
             if self._closer is None:
+                self._closer_done = threading.Event()
                 self._closer = threading.Thread(
-                    target=self._close_when_paused, name="idle-closer", daemon=True
+                    target=self._close_when_paused,
+                    args=(self._closer_done,),
+                    name="idle-closer",
+                    daemon=True,
                 )
                 self._closer.start()
             yield
 
-    def _close_when_paused(self) -> None:
-        while True:
-            time.sleep(IDLE_CHECK)
+    def _close_when_paused(self, done: threading.Event) -> None:
+        while not done.wait(IDLE_CHECK):
             if not self._busy.acquire(blocking=False):
                 continue  # a batch is being sent: it watches the job itself
             try:
@@ -168,6 +172,8 @@ class Runtime:
         return self._autotunes[key]
 
     def close_all(self) -> None:
+        self._closer_done.set()
+        self._closer = None
         for pool in self._pools.values():
             pool.close_all()
 
