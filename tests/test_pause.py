@@ -256,3 +256,25 @@ def test_pause_holds_back_a_file_the_rate_limit_was_holding(
     assert code == 0, out
     counts = assert_invariant(ledger)
     assert counts["stored"] == scp.distinct and counts["skipped"] == 400 - scp.distinct
+
+
+def test_cancel_settles_a_planned_job_without_any_worker(
+    tmp_path: Path, redis_server: RedisPeer, corpus: Path
+) -> None:
+    url = redis_server.url
+    plan = run_migrator(
+        "plan", corpus, "--host", "127.0.0.1", "--port", "9", "--called-ae", "X",
+        "--redis-url", url, "--batch-files", "50", "--no-preflight",
+    )  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    ledger = only_job(redis_server.client())
+    paused = run_migrator("pause", ledger.job_id, "--redis-url", url)
+    assert paused.returncode == 0 and "400 files not sent yet" in paused.stdout, paused.stdout
+    cancelled = run_migrator("cancel", ledger.job_id, "--redis-url", url)
+    assert cancelled.returncode == 0 and "400 skipped" in cancelled.stdout, cancelled.stdout
+    counts = assert_invariant(ledger)
+    assert counts["skipped"] == 400
+    status = run_migrator("status", ledger.job_id, "--redis-url", url)
+    assert "CANCELLED" in status.stdout and "400 skipped" in status.stdout, status.stdout
+    again = run_migrator("pause", ledger.job_id, "--redis-url", url)
+    assert again.returncode == 2 and "cancelled" in again.stderr
