@@ -44,10 +44,13 @@ def schedule_windows(ledger: Ledger, start: float, end: float) -> list[dict[str,
         row["seconds"] += hi - lo
         edges.append(lo)
         owners.append(index)
+    if not owners:
+        return None
     for second, (files, _) in ledger.timeline().items():
-        i = bisect.bisect_right(edges, second) - 1
-        if i >= 0:
-            rows[owners[i]]["files"] += files
+        # The timeline counts whole seconds: each goes to the window in force at its middle
+        # (the first second of the job, begun before the schedule was set, to the first).
+        i = max(0, bisect.bisect_right(edges, second + 0.5) - 1)
+        rows[owners[i]]["files"] += files
     for row in rows.values():
         row["seconds"] = round(row["seconds"], 1)
         row["files_per_s"] = round(row["files"] / row["seconds"], 2) if row["seconds"] else 0.0
