@@ -276,5 +276,7 @@ def test_cancel_settles_a_planned_job_without_any_worker(
     assert counts["skipped"] == 400
     status = run_migrator("status", ledger.job_id, "--redis-url", url)
     assert "CANCELLED" in status.stdout and "400 skipped" in status.stdout, status.stdout
+    listed = run_migrator("jobs", "--redis-url", url)
+    assert "[cancelled, created" in listed.stdout, listed.stdout
     again = run_migrator("pause", ledger.job_id, "--redis-url", url)
     assert again.returncode == 2 and "cancelled" in again.stderr

@@ -224,7 +224,8 @@ def jobs_command(redis_url: str | None, state_dir: str) -> None:
     """List the jobs (of the state directory, or of --redis-url) with their counts.
 
     Each line: the job id, its destination, its counts and its state (finished, sending,
-    interrupted, created). A state directory nothing was run with is a usage error (exit 2).
+    interrupted, created; paused or cancelled first when it is). A state directory nothing
+    was run with is a usage error (exit 2).
 
     \b
     Examples:
@@ -234,6 +235,7 @@ def jobs_command(redis_url: str | None, state_dir: str) -> None:
     """
     import redis
 
+    from migrator import control
     from migrator.ledger import Ledger, list_jobs
     from migrator.units import local_time
 
@@ -251,6 +253,9 @@ def jobs_command(redis_url: str | None, state_dir: str) -> None:
                     state = "sending" if jobs.attached_to else "interrupted"
                 else:
                     state = f"created {local_time(meta.get('created'))}"
+                held = control.state(jobs.client, job)  # paused / cancelled
+                if held:
+                    state = f"{held}, {state}"
                 line = status_line(counts, 0.0, 0.0).split(";")[0]
                 click.echo(f"{job}  → {dest}  {line}  [{state}]")
         except redis.RedisError as exc:
