@@ -21,6 +21,10 @@ COMMANDS = {
     "jobs": "migrator.commands.jobs:jobs_command",
     "retry": "migrator.commands.jobs:retry_command",
     "limit": "migrator.commands.jobs:limit_command",
+    "pause": "migrator.commands.control:pause_command",
+    "resume": "migrator.commands.control:resume_command",
+    "cancel": "migrator.commands.control:cancel_command",
+    "urgent": "migrator.commands.control:urgent_command",
     "report": "migrator.commands.report:report_command",
     "verify": "migrator.commands.verify:verify_command",
     "flower": "migrator.commands.flower:flower_command",
@@ -58,6 +62,9 @@ def main() -> None:
       migrator plan s3://bucket/2019/ --host pacs --called-ae PACS --redis-url redis://r:6379/0
       migrator worker --redis-url redis://r:6379/0
       migrator status JOB --redis-url redis://r:6379/0 --watch
+      migrator pause JOB --redis-url redis://r:6379/0 --wait   (resume JOB, cancel JOB)
+      migrator run /archive --host pacs --called-ae PACS --order newest-study-first \\
+          --schedule "tz=Europe/Berlin; Mon-Fri 07:00-19:00 rate=20 assoc=2; * rate=400"
 
     \b
     Single-machine tools:

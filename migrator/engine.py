@@ -20,6 +20,8 @@ from migrator.exitcodes import ExitStatus
 from migrator.keys import limiter_key
 from migrator.ledger import IN_FLIGHT, Ledger, split_id
 from migrator.limits.rate_redis import set_limits
+from migrator.limits.schedule import parse as parse_schedule
+from migrator.limits.schedule_redis import clear_schedule, set_schedule
 from migrator.outcomes import FileOutcome, State
 from migrator.planner import (
     MAX_STUDIES_COUNTED,
@@ -67,6 +69,11 @@ def open_job(
     # The command's rate limits apply from now on, for every worker (they read them from
     # Redis at each reservation).
     set_limits(client, limiter_key(config.destination), config.limits)
+    # ...and its schedule, whose relative windows start now (Redis's clock).
+    if config.schedule:
+        set_schedule(client, limiter_key(config.destination), parse_schedule(config.schedule))
+    else:
+        clear_schedule(client, limiter_key(config.destination))
     return ledger
 
 
@@ -97,8 +104,11 @@ def plan_job(
     batch_files: int,
     batch_bytes: int,
     on_bad_line: Callable[[BadLine], None] | None = None,
+    order: str = "listing",
+    first: frozenset[str] = frozenset(),
 ) -> PlanSummary:
-    """Plan listed sources, then manifests; ``ledger=None`` is a dry run.
+    """Plan listed sources (in ``order``: migrator/ordering.py), then manifests (in their
+    own order); ``ledger=None`` is a dry run.
 
     Raises JobGone when the job vanishes from Redis while it is planned.
     """
@@ -109,7 +119,15 @@ def plan_job(
     # Services that list UIDs (DICOMweb, an old PACS) are planned like a manifest: no
     # header is read (it would take a download per instance).
     listed = [s for s in sources if not isinstance(s, QUERY_SOURCES)]
-    total = plan(ledger, listed, enqueue=enqueue, batch_files=batch_files, batch_bytes=batch_bytes)
+    total = plan(
+        ledger,
+        listed,
+        enqueue=enqueue,
+        batch_files=batch_files,
+        batch_bytes=batch_bytes,
+        order=order,
+        first=first,
+    )
     for source in sources:
         if isinstance(source, QUERY_SOURCES):
             part = PlanSummary()

@@ -100,6 +100,23 @@ class Deferred(TransientError):
         self.retry_in = retry_in
 
 
+class JobPaused(Deferred):
+    """The job is paused (`migrator pause`): a batch stops taking files, what it sent is
+    recorded, the rest waits; a worker's task is put aside until `migrator resume`."""
+
+    def __init__(self, job_id: str, retry_in: float = 5.0) -> None:
+        super().__init__(f"job {job_id} is paused", retry_in)
+        self.job_id = job_id
+
+
+class ScheduledPause(Deferred):
+    """The schedule's window now has ``rate=0`` (migrator/limits/schedule.py): nothing is
+    sent until it ends; the batch stops and comes back then."""
+
+    def __init__(self, retry_in: float) -> None:
+        super().__init__(f"a paused window of the schedule (for {retry_in:.0f} s more)", retry_in)
+
+
 class DestinationUnhealthy(Deferred):
     """The destination's circuit breaker is open (migrator/limits/breaker.py): nothing is
     sent to it until a probe succeeds; the batch comes back when the next probe is due."""

@@ -117,6 +117,24 @@ class JobKeys:
         """Hash file id -> reason, for stored files `verify` could confirm neither way."""
         return self._k("verify_unconfirmed")
 
+    @property
+    def control(self) -> str:
+        """String: ``paused`` or ``cancelled`` while the job is so (absent: it runs);
+        migrator/control.py."""
+        return self._k("control")
+
+    @property
+    def parked(self) -> str:
+        """Set of batch ids whose task found the job paused and was put aside (acked):
+        `migrator resume` enqueues them again."""
+        return self._k("parked")
+
+    @property
+    def urgent(self) -> str:
+        """List of batch ids to send before any other (`migrator urgent`): every delivery
+        takes them first (migrator/transfer/delivery.py)."""
+        return self._k("urgent")
+
     def plan_bucket(self, prefix: str) -> str:
         """Small hashes URI-hash suffix -> batch id, by URI-hash prefix (planning dedup)."""
         return self._k(f"pl:{prefix}")

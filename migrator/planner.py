@@ -19,6 +19,7 @@ from typing import TypeVar
 from migrator.dicomfile import DicomHeader
 from migrator.errors import SourceError
 from migrator.ledger import Ledger, PlannedFile
+from migrator.ordering import LISTING, StudyOrder
 from migrator.outcomes import State
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource
@@ -155,10 +156,34 @@ def plan(
     batch_files: int = 200,
     batch_bytes: int = 256 * 1024 * 1024,
     threads: int | None = None,
+    order: str = LISTING,
+    first: frozenset[str] = frozenset(),
 ) -> PlanSummary:
-    """Plan every item of ``sources`` into ``ledger``; ``enqueue=None`` is a dry run."""
+    """Plan every item of ``sources`` into ``ledger``; ``enqueue=None`` is a dry run.
+    ``order``: migrator/ordering.py (anything but the listing's holds the batches back
+    until the whole listing is read)."""
     summary = PlanSummary()
     out = _Emitter(ledger, enqueue, summary, batch_files, batch_bytes)
+    held = StudyOrder(order, first) if order != LISTING or first else None
+    try:
+        _plan_into(out, summary, sources, threads, held)
+        if held is not None:
+            for planned, sop_class, syntax in held:
+                out.add(planned, sop_class, syntax)
+    finally:
+        if held is not None:
+            held.close()
+    out.finish()
+    return summary
+
+
+def _plan_into(
+    out: _Emitter,
+    summary: PlanSummary,
+    sources: Iterable[Source],
+    threads: int | None,
+    held: StudyOrder | None,
+) -> None:
     sources = list(sources)
     remote = any(not isinstance(s, FileSource) for s in sources)
     # Remote headers cost a round trip each: read them in parallel. Local ones take ~40 µs:
@@ -195,11 +220,13 @@ def plan(
                     accession=header.accession,
                     modality=header.modality,
                 )
-                out.add(planned, header.sop_class_uid, header.transfer_syntax)
+                if held is not None:
+                    sop, syntax = header.sop_class_uid, header.transfer_syntax
+                    held.add(planned, header.study_date, sop, syntax, header.patient_id)
+                else:
+                    out.add(planned, header.sop_class_uid, header.transfer_syntax)
             if out.ledger is not None:
                 out.ledger.add_refused(refused)
-    out.finish()
-    return summary
 
 
 def plan_manifest(

@@ -72,6 +72,12 @@ class Settings:
     #: A job whose destination stays unhealthy (its circuit breaker open) this long ends:
     #: its unsent files fail with the reason (None: wait for it to recover)
     give_up_after: float | None = None
+    #: A job's schedule (migrator/limits/schedule.py, canonical inline text): the limits by
+    #: time window, applied by the fleet-wide limiter; None: the limits above all the time
+    schedule: str | None = None
+    #: The order the job's files were planned in (migrator/ordering.py); `run`'s own sender
+    #: then takes batches from the head of the plan, as the workers do
+    order: str = "listing"
     s3_endpoint: str | None = None
     s3_region: str | None = None
     #: DICOM TLS to the PACS; the paths are read by each sender (absolute paths advised)

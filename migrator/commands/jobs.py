@@ -20,7 +20,7 @@ from migrator.commands.jobstate import (
 )
 from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
-from migrator.units import human_bytes
+from migrator.units import human_bytes, local_time
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,6 +94,7 @@ def status_command(
       migrator status job-3f2a9c01de --watch
       migrator status job-3f2a9c01de --redis-url redis://redis:6379/0
     """
+    from migrator import control
     from migrator.engine import recent_rate
     from migrator.progress import JobProgress
 
@@ -103,8 +104,12 @@ def status_command(
         while True:
             counts = ledger.counts()
             finished = counts["in_flight"] <= 0 and ledger.finished()
+            held = control.state(ledger.client, job)  # paused / cancelled
+            window = _window(ledger)
             if as_json:
                 row: dict[str, Any] = {"job": job, **counts, "finished": finished}
+                row["control"] = held or "running"
+                row["window"] = window
                 if finished:
                     seconds, files_s, bytes_s = job_figures(ledger, counts)
                     row["duration_s"] = round(seconds, 3)
@@ -114,17 +119,31 @@ def status_command(
                 click.echo(json.dumps(row))
             elif finished:
                 bar.close()
-                click.echo(f"{job}: {finished_line(ledger, counts)}")
+                click.echo(f"{job}: {held + ', ' if held else ''}{finished_line(ledger, counts)}")
             elif watch:
                 bar.update(counts, force=True)  # one line per --interval
             else:
                 files_s, bytes_s = recent_rate(ledger)
-                click.echo(f"{job}: {status_line(counts, files_s, bytes_s)}")
+                line = status_line(counts, files_s, bytes_s)
+                click.echo(f"{job}: {held.upper() + ': ' if held else ''}{line}")
+                if window:
+                    click.echo(f"  {window}")
             if not watch or counts["in_flight"] <= 0:
                 break
             time.sleep(interval)
         bar.close()
     raise SystemExit(int(ExitStatus.PARTIAL_FAILURE if counts["failed"] else ExitStatus.OK))
+
+
+def _window(ledger: Any) -> str | None:
+    """The schedule's window in force and its next change (None: no schedule)."""
+    from migrator.keys import limiter_key
+    from migrator.limits import schedule_redis
+    from migrator.settings import Settings
+
+    key = limiter_key(Settings.from_dict(ledger.config()).destination)
+    now = schedule_redis.current(ledger.client, key)
+    return schedule_redis.describe(now) if now is not None else None
 
 
 @click.command("retry")
@@ -205,7 +224,8 @@ def jobs_command(redis_url: str | None, state_dir: str) -> None:
     """List the jobs (of the state directory, or of --redis-url) with their counts.
 
     Each line: the job id, its destination, its counts and its state (finished, sending,
-    interrupted, created). A state directory nothing was run with is a usage error (exit 2).
+    interrupted, created; paused or cancelled first when it is). A state directory nothing
+    was run with is a usage error (exit 2).
 
     \b
     Examples:
@@ -215,6 +235,7 @@ def jobs_command(redis_url: str | None, state_dir: str) -> None:
     """
     import redis
 
+    from migrator import control
     from migrator.ledger import Ledger, list_jobs
     from migrator.units import local_time
 
@@ -232,6 +253,9 @@ def jobs_command(redis_url: str | None, state_dir: str) -> None:
                     state = "sending" if jobs.attached_to else "interrupted"
                 else:
                     state = f"created {local_time(meta.get('created'))}"
+                held = control.state(jobs.client, job)  # paused / cancelled
+                if held:
+                    state = f"{held}, {state}"
                 line = status_line(counts, 0.0, 0.0).split(";")[0]
                 click.echo(f"{job}  → {dest}  {line}  [{state}]")
         except redis.RedisError as exc:
@@ -257,6 +281,18 @@ def jobs_command(redis_url: str | None, state_dir: str) -> None:
     help="MB per second (0: no limit).",
 )
 @opt("--burst", env="BURST", type=click.IntRange(1), default=None)
+@opt(
+    "--hold",
+    env="LIMIT_HOLD",
+    is_flag=True,
+    help="With a --schedule: keep these limits past the next window, until --clear.",
+)
+@opt(
+    "--clear",
+    env="LIMIT_CLEAR",
+    is_flag=True,
+    help="With a --schedule: drop the override; the schedule's window applies again.",
+)
 def limit_command(
     job: str | None,
     redis_url: str | None,
@@ -264,18 +300,25 @@ def limit_command(
     rate_limit: float | None,
     rate_limit_bytes: float | None,
     burst: int | None,
+    hold: bool,
+    clear: bool,
 ) -> None:
     """Change a running job's rate limits; every worker applies them to its next file.
 
     The limits belong to the destination, so they also apply to other jobs sending to the
-    same PACS. Options not given keep their current value.
+    same PACS. Options not given keep their current value. A job with a --schedule: the
+    new limits override the current window until the next one starts (--hold: until
+    --clear).
 
     \b
     Examples:
       migrator limit job-3f2a9c01de --rate-limit 50        # slow down during the day
       migrator limit job-3f2a9c01de --rate-limit 0         # no limit at night
+      migrator limit job-3f2a9c01de --rate-limit 5 --hold  # scheduled job: until --clear
+      migrator limit job-3f2a9c01de --clear                # back to the schedule
     """
     from migrator.keys import limiter_key
+    from migrator.limits import schedule_redis
     from migrator.limits.rate import Limits
     from migrator.limits.rate_redis import get_limits, set_limits
     from migrator.settings import Settings
@@ -283,6 +326,14 @@ def limit_command(
     with job_ledger(redis_url, state_dir, job, "limit") as (ledger, _):
         config = Settings.from_dict(ledger.config())
         key = limiter_key(config.destination)
+        if clear:
+            schedule_redis.clear_override(ledger.client, key)
+            ledger.add_history("limit-cleared")
+            now = schedule_redis.current(ledger.client, key)
+            click.echo(
+                f"{config.server}: " + (schedule_redis.describe(now) if now else "no schedule")
+            )
+            raise SystemExit(int(ExitStatus.OK))
         current = get_limits(ledger.client, key) or config.limits
         files = current.files_per_s if rate_limit is None else (rate_limit or None)
         nbytes = (
@@ -293,6 +344,7 @@ def limit_command(
         except ConfigError as exc:
             fail_config(str(exc))
         set_limits(ledger.client, key, limits)
+        until = schedule_redis.override(ledger.client, key, hold=hold)
         # Kept with the job: its report draws the limit as it was at each moment.
         ledger.add_history("limit", files_per_s=files, bytes_per_s=nbytes, burst=limits.burst_files)
     click.echo(
@@ -300,4 +352,5 @@ def limit_command(
         f"{'no file limit' if files is None else f'{files:g} files/s'}, "
         f"{'no byte limit' if nbytes is None else f'{nbytes / 1e6:g} MB/s'}, "
         f"burst {limits.burst_files}"
+        + ("" if until is None else f"; the schedule's next window at {local_time(until)} ends it")
     )

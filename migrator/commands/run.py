@@ -51,6 +51,7 @@ __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_STATE_DIR", "plan_command", "run_comm
 def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
     """The job's settings from the command's options; bad values fail here (exit 2), not
     in a worker. ``check_tls``: the TLS files are read here too (local workers)."""
+    _priority_list(o["priority_list"])  # a missing file: exit 2 before anything starts
     config = settings_from_options(
         o,
         check_tls=check_tls,
@@ -58,10 +59,36 @@ def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
         concurrency=o["concurrency"],
         give_up_after=o["give_up_after"],
         **https_fields(o),
+        schedule=_schedule(o["schedule"]),
+        # (a priority list orders a listing too: run's own sender then starts at the head)
+        order="priority-list" if o["priority_list"] and o["order"] == "listing" else o["order"],
     )
     if check_tls:
         check_https(config)
     return config
+
+
+def _priority_list(path: str | None) -> frozenset[str]:
+    if not path:
+        return frozenset()
+    from migrator.ordering import read_priority_list
+
+    try:
+        return read_priority_list(path)
+    except ConfigError as exc:
+        fail_config(str(exc))
+
+
+def _schedule(value: str | None) -> str | None:
+    """``--schedule``: a YAML file or the inline syntax, checked now (exit 2), kept as text."""
+    if not value:
+        return None
+    from migrator.limits.schedule import load
+
+    try:
+        return load(value).text()
+    except ConfigError as exc:
+        fail_config(str(exc))
 
 
 def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
@@ -155,6 +182,36 @@ def job_options(func: F) -> F:
                 "open: out of resources, no answers, refused) for this long, end the job: "
                 "its unsent files fail with the reason (e.g. 30m). Default: wait for it "
                 "to recover, probing it with growing pauses (up to 30 s).",
+            ),
+            opt(
+                "--schedule",
+                env="SCHEDULE",
+                default=None,
+                metavar="FILE|WINDOWS",
+                help="Limits by time window, applied by every worker at the same instant "
+                "(Redis's clock): a YAML file, or inline: "
+                "'tz=Europe/Berlin; Mon-Fri 07:00-19:00 rate=20 assoc=2; * rate=400 assoc=16'. "
+                "The first window that matches applies; rate=0 sends nothing; +0s-2h is a "
+                "span after the start. `migrator limit` overrides it until the next window. "
+                "See docs/weeks-long.md.",
+            ),
+            opt(
+                "--order",
+                env="ORDER",
+                type=click.Choice(["newest-study-first", "oldest-first", "listing"]),
+                default="listing",
+                show_default=True,
+                help="Which files go first: the newest studies (by Study Date; clinicians "
+                "ask for recent ones), the oldest, or as the sources list them (streamed: "
+                "sending starts while listing goes on; the others list everything first).",
+            ),
+            opt(
+                "--priority-list",
+                env="PRIORITY_LIST",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="A file of StudyInstanceUIDs, AccessionNumbers or PatientIDs (one a "
+                "line, # comments): their files go before all others (then --order).",
             ),
             opt(
                 "--dry-run",
@@ -291,6 +348,8 @@ def _plan(
         batch_files=o["batch_files"],
         batch_bytes=o["batch_mb"] * 1024 * 1024,
         on_bad_line=on_bad_line,
+        order=o["order"],
+        first=_priority_list(o["priority_list"]),
     )
     if len(bad) > 20:
         click.echo(f"migrator: ... {len(bad) - 20} more bad manifest lines", err=True)
@@ -365,6 +424,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
       migrator run dicomweb+https://old-pacs/dicom-web --from 2019-01-01 --to 2019-12-31 \\
           --host pacs --called-ae PACS
       migrator run /archive --host far-pacs --called-ae PACS -j auto --max-associations 32
+      migrator run /archive --host pacs --called-ae PACS --order newest-study-first \\
+          --schedule schedule.yaml      # docs/weeks-long.md
     """
     from migrator import engine
     from migrator.commands.session import Session, send_session

@@ -39,6 +39,8 @@ def inspect_with_pydicom(src: object, size: int, name: str = "") -> DicomHeader:
             "series_uid": ds.get("SeriesInstanceUID", ""),
             "accession": ds.get("AccessionNumber", ""),
             "modality": ds.get("Modality", ""),
+            "study_date": ds.get("StudyDate", ""),
+            "patient_id": ds.get("PatientID", ""),
         }
         found = {k: str(v) for k, v in values.items() if v}
         offset = _meta_end(src) if meta else 0

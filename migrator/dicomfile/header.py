@@ -65,6 +65,10 @@ class DicomHeader:
     #: Accession Number and Modality when the header has them (the report's study table)
     accession: str = ""
     modality: str = ""
+    #: Study Date (YYYYMMDD) when the header has it: the planner's --order key
+    study_date: str = ""
+    #: Patient ID when the header has it: only matched against --priority-list
+    patient_id: str = ""
 
 
 def build_header(
@@ -103,4 +107,6 @@ def build_header(
         note=note,
         accession=found.get("accession", ""),
         modality=found.get("modality", ""),
+        study_date=found.get("study_date", ""),
+        patient_id=found.get("patient_id", ""),
     )

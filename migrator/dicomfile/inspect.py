@@ -56,9 +56,13 @@ _MAX_HEAD = 4 * 1024 * 1024
 _WANTED = {
     0x00080016: "sop_class_uid",
     0x00080018: "sop_instance_uid",
+    # For the planner's --order (newest-study-first); on the way to the UIDs.
+    0x00080020: "study_date",
     # For the report's per-study table; read on the way to the UIDs (same group order).
     0x00080050: "accession",
     0x00080060: "modality",
+    # For the planner's --priority-list (never stored in the plan nor logged).
+    0x00100020: "patient_id",
     0x0020000D: "study_uid",
     0x0020000E: "series_uid",
 }

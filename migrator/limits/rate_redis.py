@@ -48,7 +48,7 @@ from typing import Any, Final, TypeVar
 
 import redis
 
-from migrator.errors import ConfigError
+from migrator.errors import ConfigError, ScheduledPause
 from migrator.limits.rate import Limits, RateLimiter
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "get_limits",
     "make_redis_limiter",
     "retry_redis",
+    "schedule_key",
     "set_limits",
     "state_key",
 ]
@@ -85,6 +86,11 @@ T = TypeVar("T")
 def conf_key(key: str) -> str:
     """The hash holding the limits set by :func:`set_limits`."""
     return f"{key}:conf"
+
+
+def schedule_key(key: str) -> str:
+    """The sorted set of the schedule's window changes (migrator/limits/schedule_redis.py)."""
+    return f"{key}:sched"
 
 
 def state_key(key: str) -> str:
@@ -185,10 +191,12 @@ def retry_redis(
         return result
 
 
-# KEYS[1] conf hash, KEYS[2] state string.
+# KEYS[1] conf hash, KEYS[2] state string, KEYS[3] schedule (sorted set, schedule_redis.py).
 # ARGV[1] files, ARGV[2] nbytes, ARGV[3] now override ('' = redis TIME),
 # ARGV[4..7] fallback files_per_s, bytes_per_s, burst_files, burst_bytes ('' = unlimited).
-# Returns {wait as '%.17g' (a Lua number reply would be truncated to an integer), unlimited}.
+# Returns {wait as '%.17g' (a Lua number reply would be truncated to an integer), flag,
+# seconds to the schedule's next change ('' = none)}; flag 1: unlimited, 2: a paused window
+# (the wait is the time left in it; nothing is charged).
 # The arithmetic mirrors gcra_reserve operation for operation, in IEEE doubles as in Python,
 # so the property test can demand exact equality.
 _RESERVE_LUA: Final = """
@@ -197,21 +205,6 @@ local function opt(v)
   return tonumber(v)
 end
 
-local conf = redis.call('HMGET', KEYS[1], 'files_per_s', 'bytes_per_s', 'burst_files',
-                        'burst_bytes')
-local fps, bps, bf, bb
-if conf[1] or conf[2] or conf[3] or conf[4] then
-  fps, bps, bf, bb = opt(conf[1]), opt(conf[2]), opt(conf[3]), opt(conf[4])
-else
-  fps, bps, bf, bb = opt(ARGV[4]), opt(ARGV[5]), opt(ARGV[6]), opt(ARGV[7])
-end
-if fps == nil and bps == nil then
-  return {'0', 1}
-end
-bf = bf or 10  -- Limits.burst_files default
-
-local cost_f = tonumber(ARGV[1])
-local cost_b = tonumber(ARGV[2])
 local now
 if ARGV[3] ~= '' then
   now = tonumber(ARGV[3])
@@ -219,6 +212,41 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
+
+local conf = redis.call('HMGET', KEYS[1], 'files_per_s', 'bytes_per_s', 'burst_files',
+                        'burst_bytes', 'override_until')
+local fps, bps, bf, bb
+if conf[1] or conf[2] or conf[3] or conf[4] then
+  fps, bps, bf, bb = opt(conf[1]), opt(conf[2]), opt(conf[3]), opt(conf[4])
+else
+  fps, bps, bf, bb = opt(ARGV[4]), opt(ARGV[5]), opt(ARGV[6]), opt(ARGV[7])
+end
+-- The schedule's window at `now` (members "index|epoch|files/s|bytes/s|burst|assoc"),
+-- unless `migrator limit` overrides it (until an instant, or 'hold' until cleared).
+local left = ''
+local win = redis.call('ZREVRANGEBYSCORE', KEYS[3], now, '-inf', 'LIMIT', 0, 1)
+if win[1] then
+  local nxt = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. string.format('%.17g', now), '+inf',
+                         'WITHSCORES', 'LIMIT', 0, 1)
+  if nxt[2] then left = string.format('%.17g', tonumber(nxt[2]) - now) end
+  local ov = conf[5]
+  local held = ov == 'hold' or (opt(ov) ~= nil and opt(ov) > now)
+  local idx, wf, wb, wburst = string.match(win[1], '^([^|]*)|[^|]*|([^|]*)|([^|]*)|([^|]*)|')
+  if not held and idx ~= '-1' then
+    fps, bps, bb = opt(wf), opt(wb), nil
+    bf = opt(wburst) or bf
+    if fps == 0 then
+      return {left ~= '' and left or '60', 2, left}
+    end
+  end
+end
+if fps == nil and bps == nil then
+  return {'0', 1, left}
+end
+bf = bf or 10  -- Limits.burst_files default
+
+local cost_f = tonumber(ARGV[1])
+local cost_b = tonumber(ARGV[2])
 
 -- absent TAT = -inf = bucket full, as in LocalLimiter; the state is "<files> <bytes>"
 -- ('' for a bucket never charged)
@@ -261,7 +289,7 @@ if tat_b > latest then latest = tat_b end
 -- the state and its expiry in one command (a hash needed HSET + PEXPIRE).
 local ttl_ms = math.min(math.ceil((latest - now) * 1000) + 10000, 1e12)
 redis.call('SET', KEYS[2], raw_f .. ' ' .. raw_b, 'PX', string.format('%d', ttl_ms))
-return {string.format('%.17g', send - now), 0}
+return {string.format('%.17g', send - now), 0, left}
 """
 
 
@@ -275,7 +303,7 @@ class RedisLimiter:
     def __init__(self, client: redis.Redis, key: str, fallback: Limits) -> None:
         self._client = client
         self._key = key
-        self._keys = [conf_key(key), state_key(key)]
+        self._keys = [conf_key(key), state_key(key), schedule_key(key)]
         self._fallback = fallback
         self._fallback_args = _encode(fallback)
         # register_script: EVALSHA, and on NOSCRIPT (flush, restart, failover) SCRIPT LOAD
@@ -317,9 +345,13 @@ class RedisLimiter:
         def call() -> Any:
             return self._script(keys=self._keys, args=args)
 
-        wait_text, unlimited = retry_redis(call, f"rate limiter {self._key}")
-        if int(unlimited):
-            self._unlimited_until = time.monotonic() + UNLIMITED_CACHE_S
+        wait_text, flag, left = retry_redis(call, f"rate limiter {self._key}")
+        if int(flag) == 2:
+            raise ScheduledPause(float(wait_text))
+        if int(flag):
+            # Trusted until the schedule's next change at most: every worker switches then.
+            cache = min(UNLIMITED_CACHE_S, float(left)) if left else UNLIMITED_CACHE_S
+            self._unlimited_until = time.monotonic() + cache
             return 0.0
         return max(0.0, float(wait_text))
 

@@ -286,6 +286,7 @@ def from_ledger(
     ``verify_limit`` of its missing (and of its unconfirmed) files (None: all of them).
     """
     from migrator.ledger.sessions import active_seconds
+    from migrator.report.windows import schedule_windows
     from migrator.settings import Settings
 
     config = ledger.config()
@@ -324,6 +325,7 @@ def from_ledger(
             verification.see(planned.file_id, outcome)
     data.ledger_counts = counts
     builder.finish(ledger.timeline())
+    data.windows = schedule_windows(ledger, data.started, data.finished)
     if verification is not None:
         data.verification = verification.resolve(ledger, stored_now=data.stored)
     return data

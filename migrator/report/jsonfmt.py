@@ -246,6 +246,7 @@ def to_dict(data: ReportData) -> dict[str, Any]:
         "verification": verification_dict(data.verification),
         "studies": studies_dict(data),
         "history": data.history,
+        "schedule": data.windows,
         "fatal": data.fatal or None,
         "exit_status": int(data.exit_status),
         # Masked when the data was built, and again here for data built by other code.

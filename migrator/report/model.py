@@ -177,6 +177,8 @@ class ReportData:
     studies: dict[str, StudyRow] = field(default_factory=dict)
     #: Files without a Study Instance UID (not DICOM, refused at planning, not read yet)
     no_study: int = 0
+    #: A scheduled job: per window, seconds spent in it and files stored (report/windows.py)
+    windows: list[dict[str, Any]] | None = None
 
     # -- totals ----------------------------------------------------------------------------
     @property

@@ -94,6 +94,14 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
                 f"{len(data.studies)}: {data.studies_complete} complete, {incomplete} incomplete",
             )
         )
+    for w in data.windows or []:
+        rows.append(
+            (
+                "Window:",
+                f"{w['window']} ({w['limits']}): {w['seconds']:g} s, {w['files']} files, "
+                f"{w['files_per_s']:g} files/s",
+            )
+        )
     sessions = [h for h in data.history if h.get("kind") == "session"]
     if len(sessions) > 1:
         rows.append(("Sessions:", ", ".join(_session(h) for h in sessions)))

@@ -19,10 +19,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from migrator import duplicates
+from migrator import control, duplicates
 from migrator.childproc import pid_alive
 from migrator.dicomfile import DicomHeader
 from migrator.errors import (
@@ -30,6 +30,8 @@ from migrator.errors import (
     DestinationUnavailable,
     DestinationUnhealthy,
     JobGone,
+    JobPaused,
+    ScheduledPause,
 )
 from migrator.keys import PREFIX, slots_wanted_key
 from migrator.ledger import Ledger, PlannedFile, Recorded
@@ -39,8 +41,8 @@ from migrator.settings import Settings
 from migrator.sources import SourceCache
 from migrator.sources.base import SourceItem
 from migrator.sources.inspect import inspect_with_retries, refusal
-from migrator.transfer.claims import OwnerState, Remote
 from migrator.transfer.job import Job
+from migrator.transfer.ledgerclaims import LedgerClaims
 from migrator.transfer.observe import Observer
 from migrator.transfer.policy import Transfer
 from migrator.transfer.runtime import Runtime
@@ -115,6 +117,11 @@ def run_batch(
     created = ledger.meta().get("created")
     if created is None:
         raise JobGone(ledger.job_id)
+    # Paused or cancelled (migrator/control.py): looked at before the batch and while it
+    # is sent; a cancelled batch settles what it did not send as skipped.
+    watch = control.Watch(ledger.client, ledger.job_id)
+    if watch() and watch.state == control.PAUSED:
+        raise JobPaused(ledger.job_id, control.PAUSE_RECHECK)
     if not _claim(ledger, batch_id, token):
         holder = ledger.batch_holder(batch_id) or ""
         wait = INLINE_RECHECK if INLINE_TAG in holder else ledger.batch_lease_ttl(batch_id)
@@ -126,12 +133,24 @@ def run_batch(
         raise JobGone(ledger.job_id) from None
     recorder = _Recorder(ledger, batch_id, token, worker, created, runtime.observer(settings))
     try:
-        return _run_claimed(ledger, settings, batch_id, recorder, runtime, task_id, may_wait, stop)
+        if settings.schedule:
+            # In a rate=0 window (ScheduledPause): back when it ends, no association opened.
+            runtime.limiter(settings).reserve(0, 0)
+        with runtime.sending(settings, ledger.job_id):
+            return _run_claimed(
+                ledger, settings, batch_id, recorder, runtime, task_id, may_wait, stop, watch
+            )
+    except ScheduledPause:
+        runtime.pool(settings).close_all()  # the PACS is left alone during a rate=0 window
+        raise
     finally:
         ledger.release_batch(batch_id, token)
         dest = settings.destination
-        if ledger.client.exists(busy_key(dest)) or (
-            settings.max_associations and ledger.client.exists(slots_wanted_key(dest))
+        if watch.state is not None:
+            runtime.pool(settings).close_all()  # a paused job holds no association
+        elif ledger.client.exists(busy_key(dest)) or (
+            (settings.max_associations or settings.schedule)
+            and ledger.client.exists(slots_wanted_key(dest))
         ):
             # With a PACS that limits associations itself, or under a fleet-wide cap that
             # another sender found full, an idle association holds a slot that a sender
@@ -149,11 +168,17 @@ def _run_claimed(
     task_id: str | None,
     may_wait: bool,
     stop: Callable[[], bool] | None,
+    watch: control.Watch,
 ) -> BatchSummary:
     task_id = task_id or batch_id
     summary = BatchSummary(batch_id)
     files = ledger.batch(batch_id)
     recorder.plan = files
+    if watch.state == control.CANCELLED:
+        for file_id, outcome, _ in control.cancelled_entries(ledger.batch_states(batch_id), files):
+            recorder.pending.append((file_id, outcome, time.time()))
+        recorder.flush()
+        return summary
     stored = ledger.stored_ids([f.file_id for f in files])
     todo = [f for f in files if f.file_id not in stored]
     summary.skipped_already_stored = len(files) - len(todo)
@@ -192,19 +217,24 @@ def _run_claimed(
         runtime.pool(settings),
         runtime.limiter(settings),
         record,
-        claims=_LedgerClaims(ledger, sources, by_id),
+        claims=LedgerClaims(ledger, sources, by_id),
         transform=make_transform(settings),
         observer=runtime.observer(settings),
         breaker=breaker,
         autotune=runtime.autotune(settings),
         may_wait=may_wait,
-        stop=stop,
+        stop=(lambda: watch() or stop()) if stop is not None else watch,
         tick=recorder.flush_if_due,
     )
     try:
         ended = transfer.run(jobs)
         error = ended.error
-        if isinstance(error, AssociationRejected) and not error.transient:
+        if ended.left and watch.state == control.CANCELLED:
+            for job in ended.left:
+                recorder.add(job.ref, control.skipped_cancelled(job.ref))
+        elif ended.left and watch.state == control.PAUSED:
+            raise JobPaused(ledger.job_id, control.PAUSE_RECHECK)  # the rest stays in flight
+        elif isinstance(error, AssociationRejected) and not error.transient:
             # Rejected for good (wrong AE title...): what is left of the batch fails.
             for job in ended.left:
                 recorder.add(job.ref, _failed(job.ref, str(error), REJECTED))
@@ -316,60 +346,6 @@ def _count(summary: BatchSummary, outcome: FileOutcome) -> None:
         summary.stored += 1
     else:
         summary.failed += 1
-
-
-class _RemoteOwner:
-    """The owner of a UID planned in another batch."""
-
-    def __init__(self, planned: PlannedFile, sources: SourceCache) -> None:
-        self.planned = planned
-        self._sources = sources
-
-    def copy(self) -> duplicates.Copy:
-        p = self.planned
-        return duplicates.Copy(
-            self._sources(p.uri), SourceItem(p.uri, p.size, p.version), p.sop_instance_uid
-        )
-
-
-class _LedgerClaims:
-    """UID ownership in the job's ledger (``Ledger.claim_uids``): across batches, workers,
-    redeliveries, re-runs and `retry`."""
-
-    def __init__(self, ledger: Ledger, sources: SourceCache, by_id: dict[str, Job]) -> None:
-        self._ledger = ledger
-        self._sources = sources
-        self._by_id = by_id
-
-    def owners(self, jobs: Sequence[Job]) -> list[Job | Remote | None]:
-        ids = self._ledger.claim_uids([job.ref for job in jobs])
-        away = sorted({o for o in ids if o and o not in self._by_id})
-        elsewhere = {p.file_id: p for p in self._ledger.files(away)} if away else {}
-        out: list[Job | Remote | None] = []
-        for job, owner_id in zip(jobs, ids, strict=True):
-            if not owner_id:
-                out.append(None)
-            elif owner_id in self._by_id:
-                out.append(self._by_id[owner_id])
-            elif owner_id in elsewhere:
-                out.append(_RemoteOwner(elsewhere[owner_id], self._sources))
-            else:
-                log.warning("file %s: its UID's owner %s is not planned", job.ref.file_id, owner_id)
-                out.append(None)
-        return out
-
-    def state(self, owner: Remote) -> OwnerState:
-        assert isinstance(owner, _RemoteOwner)
-        state = self._ledger.states([owner.planned.file_id])[owner.planned.file_id]
-        if state is None:
-            return "pending"
-        return "stored" if state == "stored" else "failed"
-
-    def take_over(self, job: Job, owner: Job | Remote) -> bool:
-        old = owner.ref if isinstance(owner, Job) else owner
-        assert isinstance(old, PlannedFile | _RemoteOwner)
-        old_id = old.file_id if isinstance(old, PlannedFile) else old.planned.file_id
-        return self._ledger.take_over_uid(job.ref, old_id)
 
 
 class _Recorder:

@@ -11,7 +11,8 @@ failures become retries here, decided by the error tree (``migrator.errors``):
   retried with jittered backoff (5, 10, 20, 40 s), then the batch's unsettled files fail
   with the reason;
 * a permanent failure: the unsettled files fail at once;
-* the job left Redis: nothing to record into; the batch is dropped, loudly.
+* the job left Redis: nothing to record into; the batch is dropped, loudly;
+* the job is paused: the batch is parked (acked) until `migrator resume` enqueues it again.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from migrator import control
 from migrator.errors import (
     BatchBusy,
     Deferred,
     DestinationUnavailable,
     JobGone,
+    JobPaused,
     MigratorError,
     is_retryable,
 )
@@ -42,6 +45,8 @@ log = logging.getLogger("workers.tasks")
 MAX_BATCH_RETRIES = 4
 #: A batch held by another live delivery is looked at again after at most this long.
 BUSY_RECHECK = 10.0
+#: A delivery sends urgent batches (`migrator urgent`) first for at most this long.
+URGENT_SECONDS = 120.0
 #: How the files of a batch that could not reach the PACS at all are said to have failed.
 CANNOT_REACH = "cannot reach the PACS"
 
@@ -68,6 +73,7 @@ def deliver(
     """``passthrough``: exceptions to let through to the caller (Celery's soft time limit:
     the task continues the batch in a fresh delivery)."""
     ledger = Ledger(runtime.client, job_id)
+    _serve_urgent(runtime, ledger)
     t0 = time.monotonic()
     try:
         summary = run_batch(ledger, batch_id, runtime, task_id=task_id)
@@ -80,6 +86,11 @@ def deliver(
         # Not a failure: the same batch runs elsewhere. Look again; if that worker dies,
         # its lease expires and this copy sends the rest.
         return Delivery(retry_in=min(BUSY_RECHECK, exc.retry_in + 0.5), failures=failures)
+    except JobPaused:
+        if control.park(ledger, batch_id):
+            log.info("batch %s: job %s is paused; parked until `migrator resume`", batch_id, job_id)
+            return Delivery({"batch_id": batch_id, "paused": True})
+        return Delivery(retry_in=0.0, failures=failures)  # resumed meanwhile: go on
     except Deferred as exc:
         log.info("batch %s: %s; back in %g s", batch_id, exc, exc.retry_in)
         return Delivery(retry_in=exc.retry_in, failures=failures)
@@ -104,6 +115,26 @@ def deliver(
         },
     )
     return Delivery(asdict(summary))
+
+
+def _serve_urgent(runtime: Runtime, ledger: Ledger) -> None:
+    """Batches `migrator urgent` named go before this one (each worker takes them at its
+    next delivery, so the whole fleet serves them next). Their own task, still queued,
+    later finds their files stored. Whatever stops one here (busy, paused, an error) is
+    left to that task."""
+    deadline = time.monotonic() + URGENT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            urgent = control.next_urgent(ledger)
+            if urgent is None:
+                return
+            run_batch(ledger, urgent, runtime, task_id=f"urgent:{urgent}")
+            log.info("urgent batch %s of %s sent first", urgent, ledger.job_id)
+        except BatchBusy:
+            continue  # another worker sends it
+        except Exception as exc:
+            log.info("urgent batch left to its own task: %s", exc)
+            return
 
 
 def _failed_delivery(ledger: Ledger, batch_id: str, failures: int, exc: Exception) -> Delivery:

@@ -71,7 +71,10 @@ def send_until_ready(
     worker = f"{socket.gethostname()}:{os.getpid()}"
     done = 0
     try:
-        for batch_id in reversed(ledger.batch_ids()):
+        ids = ledger.batch_ids()
+        # From the end, where the workers are not (they start at the head); an ordered plan
+        # (--order) from its head: what goes first is what was asked for first.
+        for batch_id in ids if settings.order != "listing" else reversed(ids):
             if stop() or (abandon is not None and abandon()):
                 break
             if "." not in ledger.batch_states(batch_id):

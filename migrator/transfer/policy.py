@@ -371,9 +371,22 @@ class Transfer:
             return
         conn = _conn(lane)
         job.attempts += 1
-        waited = self._leases.take(job, itertools.islice(self._ready, 0, 16))
+        try:
+            waited = self._leases.take(job, itertools.islice(self._ready, 0, 16))
+        except Deferred as exc:  # a paused window of the schedule: stop, send nothing
+            job.attempts -= 1
+            self._ready.appendleft(job)
+            self._stop(exc)
+            return
         if waited:
             self._observer.limiter_waited(waited)
+            if self._stop_requested is not None and self._stop_requested():
+                # Asked to stop while the rate limit held the file back (a pause): it
+                # does not start (its reservation is lost: the limit errs on the slow side).
+                job.attempts -= 1
+                self._ready.appendleft(job)
+                self._stopped = True
+                return
         if self._on_start is not None:
             self._on_start(job)
         try:

@@ -9,18 +9,22 @@ start: the first batch that needs a resource makes it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from migrator import control
+from migrator.errors import MigratorError
 from migrator.keys import breaker_key, concurrency_key, limiter_key, slots_key, slots_wanted_key
 from migrator.limits.adaptive import Autotune, RedisSignal
 from migrator.limits.breaker import RedisBreaker
 from migrator.limits.rate import RateLimiter
 from migrator.limits.rate_redis import make_redis_limiter
+from migrator.limits.schedule_redis import window_assoc, window_paused
 from migrator.limits.slots import AssociationSlots
 from migrator.redis_client import connect
 from migrator.settings import Settings
@@ -30,11 +34,21 @@ from migrator.transfer.pool import ConnectionPool, Lease
 
 
 class _SlotLease:
-    def __init__(self, slots: AssociationSlots, token: str) -> None:
+    def __init__(
+        self, slots: AssociationSlots, token: str, cap: Callable[[], int | None] | None = None
+    ) -> None:
         self._slots = slots
         self._token = token
+        self._cap = cap
 
     def refresh(self) -> bool:
+        """False (the connection is closed) when the lease expired, or when a schedule's
+        new window allows fewer associations than the fleet holds: every holder gives its
+        slot back and asks again, so the fleet is down to the new cap within seconds."""
+        cap = self._cap() if self._cap is not None else None
+        if cap is not None and self._slots.held() > cap:
+            self._slots.release(self._token)
+            return False
         return self._slots.refresh(self._token)
 
     def release(self) -> None:
@@ -43,6 +57,12 @@ class _SlotLease:
 
 def _no_metrics(destination: str) -> Observer:
     return NULL_OBSERVER
+
+
+#: A process idle between batches looks this often whether the job it last sent for was
+#: paused or cancelled meanwhile (or its schedule is in a rate=0 window), and then closes
+#: the associations it kept for it.
+IDLE_CHECK = 0.5
 
 
 @dataclass
@@ -55,6 +75,49 @@ class Runtime:
     _limiters: dict[str, RateLimiter] = field(default_factory=dict)
     _breakers: dict[str, RedisBreaker] = field(default_factory=dict)
     _autotunes: dict[str, Autotune] = field(default_factory=dict)
+    #: Held while a batch is sent (the idle closer never touches a pool in use)
+    _busy: threading.RLock = field(default_factory=threading.RLock)
+    #: Pool -> the job it last sent for
+    _served: dict[int, tuple[ConnectionPool, str, str | None]] = field(default_factory=dict)
+    _closer: threading.Thread | None = None
+    #: Set to end the closer thread (close_all: the process is done with its pools)
+    _closer_done: threading.Event = field(default_factory=threading.Event)
+
+    @contextlib.contextmanager
+    def sending(self, settings: Settings, job_id: str) -> Iterator[None]:
+        """Around one batch of ``job_id``: afterwards, the associations kept for the next
+        batch are closed as soon as the job is paused or cancelled."""
+        with self._busy:
+            pool = self.pool(settings)
+            # (the limiter key when the destination has a schedule: its rate=0 windows)
+            key = limiter_key(settings.destination) if settings.schedule else None
+            self._served[id(pool)] = (pool, job_id, key)
+            if self._closer is None:
+                self._closer_done = threading.Event()
+                self._closer = threading.Thread(
+                    target=self._close_when_paused,
+                    args=(self._closer_done,),
+                    name="idle-closer",
+                    daemon=True,
+                )
+                self._closer.start()
+            yield
+
+    def _close_when_paused(self, done: threading.Event) -> None:
+        while not done.wait(IDLE_CHECK):
+            if not self._busy.acquire(blocking=False):
+                continue  # a batch is being sent: it watches the job itself
+            try:
+                for pool, job_id, key in list(self._served.values()):
+                    if len(pool) and (
+                        control.state(self.client, job_id) is not None
+                        or (key is not None and window_paused(self.client, key))
+                    ):
+                        pool.close_all()
+            except (redis.RedisError, MigratorError):
+                pass  # looked at again in IDLE_CHECK
+            finally:
+                self._busy.release()
 
     def pool(self, settings: Settings) -> ConnectionPool:
         """This process's connections to the job's destination (as negotiated for it:
@@ -109,23 +172,33 @@ class Runtime:
         return self._autotunes[key]
 
     def close_all(self) -> None:
+        self._closer_done.set()
+        self._closer = None
         for pool in self._pools.values():
             pool.close_all()
 
     def _lease_provider(self, settings: Settings) -> Any:
-        if not settings.max_associations:
+        if not settings.max_associations and not settings.schedule:
             return None
-        slots = AssociationSlots(
-            self.client,
-            slots_key(settings.destination),
-            settings.max_associations,
-            wanted_key=slots_wanted_key(settings.destination),
-        )
+        dest = settings.destination
         # Waiting for a slot is bounded by the DIMSE timeout so a batch never hangs.
         wait = max(60.0, settings.dimse_timeout)
 
-        def lease(block: bool) -> Lease:
-            return _SlotLease(slots, slots.acquire(timeout=wait if block else 0.0))
+        def cap() -> int | None:
+            """The schedule's window's assoc=, else --max-associations."""
+            if settings.schedule:
+                return window_assoc(self.client, limiter_key(dest)) or settings.max_associations
+            return settings.max_associations
+
+        def lease(block: bool) -> Lease | None:
+            limit = cap()
+            if not limit:
+                return None
+            slots = AssociationSlots(
+                self.client, slots_key(dest), limit, wanted_key=slots_wanted_key(dest)
+            )
+            token = slots.acquire(timeout=wait if block else 0.0)
+            return _SlotLease(slots, token, cap if settings.schedule else None)
 
         return lease
 

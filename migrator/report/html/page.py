@@ -22,6 +22,7 @@ from migrator.report.html.tables import (
     studies_section,
     uid_table,
     verification_section,
+    windows_table,
     worker_table,
 )
 from migrator.report.jsonfmt import to_dict, verification_dict
@@ -70,6 +71,7 @@ def render(data: ReportData) -> str:
         worker_table(data),
         config_table(data),
         history_table(data),
+        windows_table(data),
         "</div></section>",
         problems_section(data),
         f"<footer>Generated {esc(local_time(data.generated))} by pacs-migrator. Counts come from "

@@ -297,6 +297,23 @@ def studies_section(data: ReportData) -> str:
     )
 
 
+def windows_table(data: ReportData) -> str:
+    """A scheduled job: the time it spent in each window, and what it stored then."""
+    if not data.windows:
+        return ""
+    rows = "".join(
+        f"<tr><td>{esc(w['window'])}</td><td>{esc(w['limits'])}</td>"
+        f"<td>{num(round(w['seconds']))} s</td><td>{num(w['files'])}</td>"
+        f"<td>{w['files_per_s']:g}</td></tr>"
+        for w in data.windows
+    )
+    return _card(
+        "Schedule (time in each window)",
+        '<table id="schedule"><thead><tr><th>Window</th><th>Limits</th><th>Time</th>'
+        f"<th>Files stored</th><th>Files/s</th></tr></thead><tbody>{rows}</tbody></table>",
+    )
+
+
 def history_table(data: ReportData) -> str:
     """The job's sending sessions and the changes made to it, in order."""
     if not data.history:
