@@ -75,10 +75,12 @@ class Target:
     lua: bool = False
 
 
-#: dicomfile's header checks: its own tests and the in-process ones of the bad-input
-#: corpus (not those that run store/run against Orthanc: minutes per mutant)
+#: dicomfile's header checks: its own tests (test_inspect_fast.py: files built byte by byte
+#: at the fast parser's boundaries) and the in-process ones of the bad-input corpus (not
+#: those that run store/run against Orthanc: minutes per mutant)
 DICOMFILE_TESTS: tuple[str, ...] = (
     "tests/test_dicomfile.py",
+    "tests/test_inspect_fast.py",
     *(
         f"tests/test_bad_inputs.py::{name}"
         for name in (
