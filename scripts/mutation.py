@@ -163,7 +163,7 @@ TARGETS: list[Target] = [
     Target(
         "policy",
         "migrator/transfer/policy.py",
-        ("tests/test_transfer_unit.py", "tests/test_pool_peers.py"),
+        ("tests/test_transfer_unit.py", "tests/test_policy_unit.py", "tests/test_pool_peers.py"),
     ),
     Target(
         "pool",
