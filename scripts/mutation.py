@@ -163,7 +163,12 @@ TARGETS: list[Target] = [
     Target(
         "policy",
         "migrator/transfer/policy.py",
-        ("tests/test_transfer_unit.py", "tests/test_policy_unit.py", "tests/test_pool_peers.py"),
+        (
+            "tests/test_transfer_unit.py",
+            "tests/test_policy_unit.py",
+            "tests/test_policy_waits.py",
+            "tests/test_pool_peers.py",
+        ),
     ),
     Target(
         "pool",
