@@ -167,6 +167,7 @@ TARGETS: list[Target] = [
             "tests/test_transfer_unit.py",
             "tests/test_policy_unit.py",
             "tests/test_policy_waits.py",
+            "tests/test_policy_lanes.py",
             "tests/test_pool_peers.py",
         ),
     ),

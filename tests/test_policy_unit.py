@@ -8,7 +8,6 @@ migrator/transfer/policy.py (docs/testing.md)."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 
@@ -25,7 +24,6 @@ from migrator.errors import (
     TransientError,
     WouldWait,
 )
-from migrator.limits.adaptive import Autotune
 from migrator.limits.breaker import THRESHOLD, LocalBreaker
 from migrator.limits.rate import NullLimiter
 from migrator.outcomes import FileOutcome, State
@@ -286,38 +284,6 @@ def test_the_probe_goes_alone_and_its_success_lets_the_rest_flow(batch: bool) ->
         assert starts[:3] == ["start 1.2.3.0", "answer 1.2.3.0", "start 1.2.3.1"]
 
 
-# -- -j auto: the lanes follow the controller ---------------------------------------------
-
-
-def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
-    """Idle lanes leave at once and give their association back; the last lane stays."""
-    clock = Clock()
-    auto = Autotune(8, clock=clock)
-    plan = {5: 6, 25: 3, 40: 1}  # after n answers, the controller wants this many lanes
-    answered = 0
-    widths: list[int] = []
-
-    def script(conn: FakeConn, h: DicomHeader) -> int:
-        nonlocal answered
-        answered += 1
-        auto.target = plan.get(answered, auto.target)
-        return 0
-
-    dest = FakeDestination(script)
-    source = Source()
-    t, got = make(
-        dest, clock, pool_capacity=8, autotune=auto, on_start=lambda j: widths.append(len(t.lanes))
-    )
-    assert len(t.lanes) == 2  # Autotune starts at START
-    t.run(jobs(source, 60))
-    assert [o.state for o in got] == [State.STORED] * 60
-    assert max(widths) == 6 and widths[-1] == 1
-    assert 3 in widths
-    retired = [c for c in dest.opened if c.released]
-    assert len(retired) >= 5  # the lanes that left gave their associations back
-    assert len(t.pool) <= 1
-
-
 # -- stopping, lanes, the pool ------------------------------------------------------------
 
 
@@ -476,26 +442,3 @@ def test_while_waiting_out_a_backoff_the_caller_is_ticked() -> None:
     t.run(jobs(Source(), 1))
     assert got[0].state is State.STORED and got[0].attempts == 2
     assert ticks, "no tick while the retry's backoff was waited out"
-
-
-class ThreadDestination(FakeDestination):
-    """Records which connections were opened by the sending thread itself."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sender = threading.get_ident()  # made by the thread that runs the transfer
-        self.by_sender: list[bool] = []
-
-    def connect(self, needed: Pair, wanted: Set[Pair]) -> FakeConn:
-        self.by_sender.append(threading.get_ident() == self.sender)
-        return super().connect(needed, wanted)
-
-
-def test_the_first_association_opens_alone_and_the_other_lanes_open_side_by_side() -> None:
-    """One connect first (an unreachable PACS costs one timeout, not one per lane), then
-    the associations the other lanes lack, in threads at once (each costs round trips)."""
-    dest = ThreadDestination()
-    t, got = make(dest, Clock(), concurrency=4)
-    t.run(jobs(Source(), 12))
-    assert len(got) == 12 and len(dest.opened) == 4
-    assert dest.by_sender == [True, False, False, False]

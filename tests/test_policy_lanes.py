@@ -1,0 +1,99 @@
+"""How many lanes (associations) the per-file policy keeps: -j auto following its
+controller, a PACS or the fleet-wide cap turning associations away, and the associations
+opened side by side. Scripted connections on a controllable clock (real peers:
+test_adaptive.py); written for the mutation survivors of migrator/transfer/policy.py
+(docs/testing.md)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Set
+
+import pytest
+
+from migrator.dicomfile import DicomHeader
+from migrator.errors import AssociationRejected, MigratorError, SlotTimeout
+from migrator.limits.adaptive import Autotune
+from migrator.outcomes import State
+from migrator.transfer.destination import Pair
+from tests.test_policy_unit import Source, jobs, make
+from tests.test_transfer_unit import Clock, FakeConn, FakeDestination
+
+# -- -j auto: the lanes follow the controller ---------------------------------------------
+
+
+def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
+    """Idle lanes leave at once and give their association back; the last lane stays."""
+    clock = Clock()
+    auto = Autotune(8, clock=clock)
+    plan = {5: 6, 25: 3, 40: 1}  # after n answers, the controller wants this many lanes
+    answered = 0
+    widths: list[int] = []
+
+    def script(conn: FakeConn, h: DicomHeader) -> int:
+        nonlocal answered
+        answered += 1
+        auto.target = plan.get(answered, auto.target)
+        return 0
+
+    dest = FakeDestination(script)
+    source = Source()
+    t, got = make(
+        dest, clock, pool_capacity=8, autotune=auto, on_start=lambda j: widths.append(len(t.lanes))
+    )
+    assert len(t.lanes) == 2  # Autotune starts at START
+    t.run(jobs(source, 60))
+    assert [o.state for o in got] == [State.STORED] * 60
+    assert max(widths) == 6 and widths[-1] == 1
+    assert 3 in widths
+    retired = [c for c in dest.opened if c.released]
+    assert len(retired) >= 5  # the lanes that left gave their associations back
+    assert len(t.pool) <= 1
+
+
+class ThreadDestination(FakeDestination):
+    """Records which connections were opened by the sending thread itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sender = threading.get_ident()  # made by the thread that runs the transfer
+        self.by_sender: list[bool] = []
+
+    def connect(self, needed: Pair, wanted: Set[Pair]) -> FakeConn:
+        self.by_sender.append(threading.get_ident() == self.sender)
+        return super().connect(needed, wanted)
+
+
+def test_the_first_association_opens_alone_and_the_other_lanes_open_side_by_side() -> None:
+    """One connect first (an unreachable PACS costs one timeout, not one per lane), then
+    the associations the other lanes lack, in threads at once (each costs round trips)."""
+    dest = ThreadDestination()
+    t, got = make(dest, Clock(), concurrency=4)
+    t.run(jobs(Source(), 12))
+    assert len(got) == 12 and len(dest.opened) == 4
+    assert dest.by_sender == [True, False, False, False]
+
+
+@pytest.mark.parametrize(
+    ("refusal", "why"),
+    [
+        (AssociationRejected("busy", result=2, source=3, reason=2), "busy"),
+        (SlotTimeout("no free slot under --max-associations"), "fleet-wide cap"),
+    ],
+)
+def test_associations_turned_away_under_j_auto_take_lanes_away(
+    refusal: MigratorError, why: str
+) -> None:
+    """The PACS (busy) or the fleet-wide cap (no free slot) allows 3 of the 6 lanes the
+    controller wants: it is told (congestion: fewer; the cap: as many as there are), the
+    lanes that got none leave, and every file goes on the 3 associations there are."""
+    clock = Clock()
+    auto = Autotune(8, clock=clock)
+    auto.target = 6
+    dest = FakeDestination(refuse=lambda n: refusal if n > 3 else None)
+    t, got = make(dest, clock, pool_capacity=8, autotune=auto)
+    ended = t.run(jobs(Source(), 30))
+    assert ended.error is None and [o.state for o in got] == [State.STORED] * 30
+    assert len(dest.opened) == 3
+    assert any(why in reason for _, _, reason in auto.history), auto.history
+    assert auto.target <= 4 and len(t.lanes) <= 4
