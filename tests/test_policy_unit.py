@@ -24,7 +24,7 @@ from migrator.errors import (
     TransientError,
     WouldWait,
 )
-from migrator.limits.breaker import THRESHOLD, LocalBreaker
+from migrator.limits.breaker import FIRST_PROBE, THRESHOLD, LocalBreaker
 from migrator.limits.rate import NullLimiter
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
@@ -282,6 +282,30 @@ def test_the_probe_goes_alone_and_its_success_lets_the_rest_flow(batch: bool) ->
         assert isinstance(conn, BatchConn) and [len(r) for r in conn.sent_requests] == [1, 3, 3]
     else:
         assert starts[:3] == ["start 1.2.3.0", "answer 1.2.3.0", "start 1.2.3.1"]
+
+
+def test_transient_failures_in_a_row_open_the_breaker_and_stop_the_transfer() -> None:
+    clock = Sleeps()
+    breaker = LocalBreaker(clock)
+    dest = FakeDestination(lambda c, h: 0xA700)
+    t, got = make(dest, clock, concurrency=1, retries=50, breaker=breaker)
+    ended = t.run(jobs(Source(), 3))
+    assert isinstance(ended.error, DestinationUnhealthy) and breaker.state() is not None
+    assert got == [] and len(ended.left) == 3
+
+
+def test_a_failed_probe_waits_longer_for_the_next_and_stops_the_transfer() -> None:
+    clock = Sleeps()
+    breaker = _open_breaker(clock)
+    clock.now += 60  # the probe is due
+    dest = FakeDestination(lambda c, h: 0xA701)
+    t, got = make(dest, clock, concurrency=2, retries=5, breaker=breaker)
+    ended = t.run(jobs(Source(), 3))
+    assert isinstance(ended.error, DestinationUnhealthy)
+    assert f"probing every {2 * FIRST_PROBE:g} s" in str(ended.error)
+    state = breaker.state()
+    assert state is not None and state.interval == 2 * FIRST_PROBE
+    assert len(dest.opened[0].sent) == 1 and got == [] and len(ended.left) == 3
 
 
 # -- stopping, lanes, the pool ------------------------------------------------------------
