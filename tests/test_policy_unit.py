@@ -8,6 +8,7 @@ migrator/transfer/policy.py (docs/testing.md)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 
@@ -306,6 +307,22 @@ def test_a_failed_probe_waits_longer_for_the_next_and_stops_the_transfer() -> No
     state = breaker.state()
     assert state is not None and state.interval == 2 * FIRST_PROBE
     assert len(dest.opened[0].sent) == 1 and got == [] and len(ended.left) == 3
+
+
+def test_retries_back_off_exponentially_with_jitter() -> None:
+    """retry_backoff 0.5 s: the n-th re-send waits 0.5 x 2^(n-1) s, +-50 % jitter."""
+    clock = Sleeps()
+    starts: list[float] = []
+    dest = FakeDestination(lambda c, h: 0xA700)
+    t, got = make(
+        dest, clock, concurrency=1, retries=4, on_start=lambda j: starts.append(clock.now)
+    )
+    t.run(jobs(Source(), 1))
+    assert got[0].attempts == 5
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    for n, gap in enumerate(gaps, start=1):
+        base = 0.5 * 2 ** (n - 1)
+        assert 0.5 * base <= gap <= 1.5 * base, (n, gaps)
 
 
 # -- stopping, lanes, the pool ------------------------------------------------------------

@@ -6,6 +6,7 @@ for the mutation survivors of migrator/transfer/policy.py (docs/testing.md)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,7 +80,7 @@ def test_a_file_whose_uid_another_batch_holds_waits_and_is_skipped_once_that_cop
     assert by["mem://1"].state is State.SKIPPED and "mem://remote" in by["mem://1"].reason
     assert sorted(dest.opened[0].sent) == ["1.2.3.0", "1.2.3.2"]
     # looked at again every OWNER_RECHECK seconds, not in a busy loop nor less often
-    gaps = [b - a for a, b in zip(claims.asked, claims.asked[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(claims.asked)]
     assert len(claims.asked) == 4 and all(abs(g - OWNER_RECHECK) < 0.01 for g in gaps)
 
 
