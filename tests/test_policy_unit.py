@@ -134,7 +134,11 @@ def make(
 ) -> tuple[Transfer, list[FileOutcome]]:
     """A Transfer with the options given (``concurrency`` etc. go to Settings)."""
     got: list[FileOutcome] = []
-    settings = {k: options.pop(k) for k in ("concurrency", "retries") if k in options}
+    settings = {
+        k: options.pop(k)
+        for k in ("concurrency", "retries", "throttle_delay", "max_associations")
+        if k in options
+    }
     s = Settings("fake", retry_backoff=0.5, **settings)  # type: ignore[arg-type]
     pool = ConnectionPool(dest, capacity=pool_capacity or s.concurrency or 1, clock=clock)
     t = Transfer(
