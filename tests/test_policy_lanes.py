@@ -64,11 +64,15 @@ class ThreadDestination(FakeDestination):
         return super().connect(needed, wanted)
 
 
-def test_the_first_association_opens_alone_and_the_other_lanes_open_side_by_side() -> None:
+@pytest.mark.parametrize("pool_capacity", [None, 1])
+def test_the_first_association_opens_alone_and_the_other_lanes_open_side_by_side(
+    pool_capacity: int | None,
+) -> None:
     """One connect first (an unreachable PACS costs one timeout, not one per lane), then
-    the associations the other lanes lack, in threads at once (each costs round trips)."""
+    the associations the other lanes lack, in threads at once (each costs round trips);
+    also from a pool made for fewer connections (the transfer widens it to its lanes)."""
     dest = ThreadDestination()
-    t, got = make(dest, Clock(), concurrency=4)
+    t, got = make(dest, Clock(), concurrency=4, pool_capacity=pool_capacity)
     t.run(jobs(Source(), 12))
     assert len(got) == 12 and len(dest.opened) == 4
     assert dest.by_sender == [True, False, False, False]
