@@ -184,3 +184,10 @@ def test_the_caller_is_ticked_while_an_answer_is_awaited() -> None:
     got, _ = run(dest, 1, lanes=1, tick=lambda: ticks.append(time.monotonic()))
     assert got[0][1].state is State.STORED
     assert len(ticks) >= 0.35 // TICK + 1, ticks
+
+
+def test_idle_lanes_go_on_while_another_waits_for_a_slow_answer() -> None:
+    """File 0's answer takes 0.5 s; the other lane sends files 1-4 meanwhile."""
+    dest = SocketDestination(lambda n: {"1.2.3.0": 0.5})
+    got, _ = run(dest, 5, lanes=2)
+    assert [o.sop_instance_uid for _, o in got][-1] == "1.2.3.0", got
