@@ -187,7 +187,9 @@ def test_the_caller_is_ticked_while_an_answer_is_awaited() -> None:
 
 
 def test_idle_lanes_go_on_while_another_waits_for_a_slow_answer() -> None:
-    """File 0's answer takes 0.5 s; the other lane sends files 1-4 meanwhile."""
-    dest = SocketDestination(lambda n: {"1.2.3.0": 0.5})
+    """File 0's answer takes 0.5 s (within its deadline); the other lane sends files 1-4
+    meanwhile."""
+    dest = SocketDestination(lambda n: {"1.2.3.0": 0.5}, lambda n: {"1.2.3.0": 5.0})
     got, _ = run(dest, 5, lanes=2)
     assert [o.sop_instance_uid for _, o in got][-1] == "1.2.3.0", got
+    assert all(o.attempts == 1 for _, o in got)
