@@ -7,7 +7,7 @@ test_adaptive.py); written for the mutation survivors of migrator/transfer/polic
 from __future__ import annotations
 
 import threading
-from collections.abc import Set
+from collections.abc import Callable, Set
 
 import pytest
 
@@ -23,10 +23,11 @@ from tests.test_transfer_unit import Clock, FakeConn, FakeDestination
 
 
 def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
-    """Idle lanes leave at once and give their association back; the last lane stays."""
+    """New lanes open their associations side by side; idle lanes leave at once (one at a
+    time too) and give their association back; the last lane stays."""
     clock = Clock()
     auto = Autotune(8, clock=clock)
-    plan = {5: 6, 25: 3, 40: 1}  # after n answers, the controller wants this many lanes
+    plan = {5: 6, 25: 3, 35: 2, 45: 1}  # after n answers, the controller wants this many
     answered = 0
     widths: list[int] = []
 
@@ -36,7 +37,7 @@ def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
         auto.target = plan.get(answered, auto.target)
         return 0
 
-    dest = FakeDestination(script)
+    dest = ThreadDestination(script)
     source = Source()
     t, got = make(
         dest, clock, pool_capacity=8, autotune=auto, on_start=lambda j: widths.append(len(t.lanes))
@@ -45,7 +46,8 @@ def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
     t.run(jobs(source, 60))
     assert [o.state for o in got] == [State.STORED] * 60
     assert max(widths) == 6 and widths[-1] == 1
-    assert 3 in widths
+    assert 3 in widths and 2 in widths
+    assert dest.by_sender.count(False) >= 4  # the 4 new lanes' associations, in threads
     retired = [c for c in dest.opened if c.released]
     assert len(retired) >= 5  # the lanes that left gave their associations back
     assert len(t.pool) <= 1
@@ -54,8 +56,8 @@ def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
 class ThreadDestination(FakeDestination):
     """Records which connections were opened by the sending thread itself."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, script: Callable[[FakeConn, DicomHeader], int] = lambda c, h: 0) -> None:
+        super().__init__(script)
         self.sender = threading.get_ident()  # made by the thread that runs the transfer
         self.by_sender: list[bool] = []
 

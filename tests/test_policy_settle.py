@@ -14,7 +14,13 @@ import pytest
 
 from migrator import status as st
 from migrator.dicomfile import DicomHeader
-from migrator.errors import AssociationLost, AssociationRejected, DestinationUnavailable
+from migrator.errors import (
+    AssociationLost,
+    AssociationRejected,
+    ConnectError,
+    DestinationUnavailable,
+    WouldWait,
+)
 from migrator.limits.adaptive import START, Autotune
 from migrator.limits.breaker import THRESHOLD, LocalBreaker
 from migrator.outcomes import FileOutcome, State
@@ -161,3 +167,23 @@ def test_an_unhealthy_destination_says_when_to_try_again(probe_in: float, retry_
     error = unhealthy("PACS", time.time() - 60, "0xA700", time.time() + probe_in, 4.0)
     assert error.retry_in == pytest.approx(retry_in, abs=0.5)
     assert "probing every 4 s" in str(error) and "(0xA700)" in str(error)
+
+
+def test_a_connection_refused_is_tried_again_after_a_backoff() -> None:
+    """Refused twice, then accepted: the files are stored, and the reconnects waited
+    0.5 x 2^(n-1) s (+-50 %) each, not at once."""
+    clock = Sleeps()
+    dest = FakeDestination(refuse=lambda n: ConnectError("connection refused") if n <= 2 else None)
+    t, got = make(dest, clock, concurrency=1, retries=3)
+    t.run(jobs(Source(), 2))
+    assert [o.state for o in got] == [State.STORED] * 2 and dest.attempts == 3
+    assert clock.now - 1000 >= 0.25 + 0.5
+
+
+def test_a_sender_that_may_not_wait_leaves_a_throttle_pause_to_its_caller() -> None:
+    """run's inline sender never sleeps: the pause between two files of a lane is a wait."""
+    clock = Sleeps()
+    t, got = make(FakeDestination(), clock, concurrency=1, throttle_delay=0.2, may_wait=False)
+    ended = t.run(jobs(Source(), 3))
+    assert isinstance(ended.error, WouldWait)
+    assert len(got) == 1 and len(ended.left) == 2 and clock.now == 1000
