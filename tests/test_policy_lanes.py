@@ -66,18 +66,18 @@ class ThreadDestination(FakeDestination):
         return super().connect(needed, wanted)
 
 
-@pytest.mark.parametrize("pool_capacity", [None, 1])
+@pytest.mark.parametrize(("lanes", "pool_capacity"), [(4, None), (4, 1), (3, None)])
 def test_the_first_association_opens_alone_and_the_other_lanes_open_side_by_side(
-    pool_capacity: int | None,
+    lanes: int, pool_capacity: int | None
 ) -> None:
     """One connect first (an unreachable PACS costs one timeout, not one per lane), then
     the associations the other lanes lack, in threads at once (each costs round trips);
     also from a pool made for fewer connections (the transfer widens it to its lanes)."""
     dest = ThreadDestination()
-    t, got = make(dest, Clock(), concurrency=4, pool_capacity=pool_capacity)
+    t, got = make(dest, Clock(), concurrency=lanes, pool_capacity=pool_capacity)
     t.run(jobs(Source(), 12))
-    assert len(got) == 12 and len(dest.opened) == 4
-    assert dest.by_sender == [True, False, False, False]
+    assert len(got) == 12 and len(dest.opened) == lanes
+    assert dest.by_sender == [True] + [False] * (lanes - 1)
 
 
 @pytest.mark.parametrize(
@@ -103,3 +103,12 @@ def test_associations_turned_away_under_j_auto_take_lanes_away(
     assert len(dest.opened) == 3
     assert any(why in reason for _, _, reason in auto.history), auto.history
     assert auto.target <= 4 and len(t.lanes) <= 4
+
+
+def test_the_fleet_wide_cap_without_j_auto_only_shrinks_the_lanes() -> None:
+    """-j 4 and no free slot in the fleet-wide cap beyond 2: going on with 2 lanes."""
+    dest = FakeDestination(refuse=lambda n: SlotTimeout("no free slot") if n > 2 else None)
+    t, got = make(dest, Clock(), concurrency=4)
+    ended = t.run(jobs(Source(), 20))
+    assert ended.error is None and [o.state for o in got] == [State.STORED] * 20
+    assert len(dest.opened) == 2

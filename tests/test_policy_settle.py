@@ -19,6 +19,7 @@ from migrator.errors import (
     AssociationRejected,
     ConnectError,
     DestinationUnavailable,
+    DestinationUnhealthy,
     WouldWait,
 )
 from migrator.limits.adaptive import START, Autotune
@@ -187,3 +188,61 @@ def test_a_sender_that_may_not_wait_leaves_a_throttle_pause_to_its_caller() -> N
     ended = t.run(jobs(Source(), 3))
     assert isinstance(ended.error, WouldWait)
     assert len(got) == 1 and len(ended.left) == 2 and clock.now == 1000
+
+
+def test_a_success_gives_the_connection_retries_back() -> None:
+    """--retries 2: refused once, then accepted; after a lost association refused twice
+    more: never three refusals in a row, so the transfer goes on."""
+    refused = {1, 3, 4}
+    dest = FakeDestination(
+        script=lambda c, h: (
+            AssociationLost("reset", by_peer=False)
+            if h.sop_instance_uid == "1.2.3.1" and c is dest.opened[0]
+            else 0
+        ),
+        refuse=lambda n: ConnectError("no answer to A-ASSOCIATE-RQ") if n in refused else None,
+    )
+    t, got = make(dest, Sleeps(), concurrency=1, retries=2)
+    ended = t.run(jobs(Source(), 3))
+    assert ended.error is None and [o.state for o in got] == [State.STORED] * 3
+    assert dest.attempts == 5
+
+
+@pytest.mark.parametrize(
+    ("refusal", "counted"),
+    [
+        (ConnectError("no answer to A-ASSOCIATE-RQ"), True),
+        (AssociationRejected("rejected: busy", result=2, source=3, reason=2), True),
+        (ConnectError("connection refused", unreachable=True), False),
+    ],
+)
+def test_the_breaker_counts_a_pacs_that_answers_and_misbehaves_not_one_that_is_down(
+    refusal: Exception, counted: bool
+) -> None:
+    """A PACS that answers and will not associate is unhealthy (the breaker opens: exit 6,
+    retried later); one that cannot be reached at all is left to the connection retries
+    (DestinationUnavailable: exit 3)."""
+    clock = Sleeps()
+    breaker = LocalBreaker(clock)
+    dest = FakeDestination(refuse=lambda n: refusal)
+    t, got = make(dest, clock, concurrency=1, retries=THRESHOLD + 2, breaker=breaker)
+    ended = t.run(jobs(Source(), 2))
+    assert got == [] and len(ended.left) == 2
+    if counted:
+        # THRESHOLD refusals open it; after the backoff its probe is due and refused too
+        assert isinstance(ended.error, DestinationUnhealthy) and dest.attempts == THRESHOLD + 1
+    else:
+        assert isinstance(ended.error, DestinationUnavailable)
+        assert not isinstance(ended.error, DestinationUnhealthy)
+        assert breaker.state() is None and dest.attempts == THRESHOLD + 3
+
+
+def test_a_file_whose_association_was_lost_is_resent_after_the_first_backoff() -> None:
+    clock = Sleeps()
+    starts: list[float] = []
+    lost = [AssociationLost("reset", by_peer=False)]
+    dest = FakeDestination(lambda c, h: lost.pop() if lost else 0)
+    t, got = make(dest, clock, concurrency=1, on_start=lambda j: starts.append(clock.now))
+    t.run(jobs(Source(), 1))
+    assert got[0].state is State.STORED and got[0].attempts == 2
+    assert 0.25 <= starts[1] - starts[0] <= 0.75  # retry_backoff 0.5, +-50 %
