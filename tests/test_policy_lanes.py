@@ -29,7 +29,7 @@ def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
     auto = Autotune(8, clock=clock)
     plan = {5: 6, 25: 3, 35: 2, 45: 1}  # after n answers, the controller wants this many
     answered = 0
-    widths: list[int] = []
+    widths: list[tuple[int, int]] = []  # (the target, the lanes) at each file's start
 
     def script(conn: FakeConn, h: DicomHeader) -> int:
         nonlocal answered
@@ -40,13 +40,18 @@ def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
     dest = ThreadDestination(script)
     source = Source()
     t, got = make(
-        dest, clock, pool_capacity=8, autotune=auto, on_start=lambda j: widths.append(len(t.lanes))
+        dest,
+        clock,
+        pool_capacity=8,
+        autotune=auto,
+        on_start=lambda j: widths.append((auto.target, len(t.lanes))),
     )
     assert len(t.lanes) == 2  # Autotune starts at START
     t.run(jobs(source, 60))
     assert [o.state for o in got] == [State.STORED] * 60
-    assert max(widths) == 6 and widths[-1] == 1
-    assert 3 in widths and 2 in widths
+    # every answer is in before the next round: the lanes are exactly the target
+    assert all(lanes == target for target, lanes in widths), widths
+    assert {lanes for _, lanes in widths} == {1, 2, 3, 6}  # START, grown, 3 steps down
     assert dest.by_sender.count(False) >= 4  # the 4 new lanes' associations, in threads
     retired = [c for c in dest.opened if c.released]
     assert len(retired) >= 5  # the lanes that left gave their associations back
