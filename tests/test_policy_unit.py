@@ -348,16 +348,6 @@ def test_one_lane_means_one_association_at_a_time() -> None:
     assert len(got) == 10 and len(dest.opened) == 1 and source.most_held == 1
 
 
-def test_the_pool_keeps_an_association_per_lane_even_when_made_smaller() -> None:
-    """A pool made for fewer connections than the transfer has lanes is widened: every
-    lane keeps its association from file to file instead of reopening one."""
-    source = Source()
-    dest = FakeDestination()
-    t, got = make(dest, Clock(), concurrency=3, pool_capacity=1)
-    t.run(jobs(source, 30))
-    assert len(got) == 30 and len(dest.opened) == 3
-
-
 def test_a_copy_identical_to_a_stored_one_is_skipped_as_a_duplicate() -> None:
     source = Source()
     dest = FakeDestination()
