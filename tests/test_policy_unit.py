@@ -154,11 +154,19 @@ def make(
 
 
 class Sleeps(Clock):
-    """A clock whose ``sleep`` gives up when the transfer would wait for ever."""
+    """A clock that gives up when the transfer would wait for ever: asleep, or looking at
+    the time in a loop that never sleeps."""
 
     def __init__(self) -> None:
         super().__init__()
         self.slept = 0
+        self.read = 0
+
+    def __call__(self) -> float:
+        self.read += 1
+        if self.read > 200_000:
+            raise AssertionError("the transfer loops without waiting and never ends")
+        return super().__call__()
 
     def sleep(self, seconds: float) -> None:
         self.slept += 1
