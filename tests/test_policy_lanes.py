@@ -16,8 +16,8 @@ from migrator.errors import AssociationRejected, MigratorError, SlotTimeout
 from migrator.limits.adaptive import Autotune
 from migrator.outcomes import State
 from migrator.transfer.destination import Pair
-from tests.test_policy_unit import Source, jobs, make
-from tests.test_transfer_unit import Clock, FakeConn, FakeDestination
+from tests.test_policy_unit import Sleeps, Source, jobs, make
+from tests.test_transfer_unit import FakeConn, FakeDestination
 
 # -- -j auto: the lanes follow the controller ---------------------------------------------
 
@@ -25,7 +25,7 @@ from tests.test_transfer_unit import Clock, FakeConn, FakeDestination
 def test_lanes_grow_and_shrink_with_the_controllers_target() -> None:
     """New lanes open their associations side by side; idle lanes leave at once (one at a
     time too) and give their association back; the last lane stays."""
-    clock = Clock()
+    clock = Sleeps()
     auto = Autotune(8, clock=clock)
     plan = {5: 6, 25: 3, 35: 2, 45: 1}  # after n answers, the controller wants this many
     answered = 0
@@ -79,7 +79,7 @@ def test_the_first_association_opens_alone_and_the_other_lanes_open_side_by_side
     the associations the other lanes lack, in threads at once (each costs round trips);
     also from a pool made for fewer connections (the transfer widens it to its lanes)."""
     dest = ThreadDestination()
-    t, got = make(dest, Clock(), concurrency=lanes, pool_capacity=pool_capacity)
+    t, got = make(dest, Sleeps(), concurrency=lanes, pool_capacity=pool_capacity)
     t.run(jobs(Source(), 12))
     assert len(got) == 12 and len(dest.opened) == lanes
     assert dest.by_sender == [True] + [False] * (lanes - 1)
@@ -98,7 +98,7 @@ def test_associations_turned_away_under_j_auto_take_lanes_away(
     """The PACS (busy) or the fleet-wide cap (no free slot) allows 3 of the 6 lanes the
     controller wants: it is told (congestion: fewer; the cap: as many as there are), the
     lanes that got none leave, and every file goes on the 3 associations there are."""
-    clock = Clock()
+    clock = Sleeps()
     auto = Autotune(8, clock=clock)
     auto.target = 6
     dest = FakeDestination(refuse=lambda n: refusal if n > 3 else None)
@@ -113,7 +113,7 @@ def test_associations_turned_away_under_j_auto_take_lanes_away(
 def test_the_fleet_wide_cap_without_j_auto_only_shrinks_the_lanes() -> None:
     """-j 4 and no free slot in the fleet-wide cap beyond 2: going on with 2 lanes."""
     dest = FakeDestination(refuse=lambda n: SlotTimeout("no free slot") if n > 2 else None)
-    t, got = make(dest, Clock(), concurrency=4)
+    t, got = make(dest, Sleeps(), concurrency=4)
     ended = t.run(jobs(Source(), 20))
     assert ended.error is None and [o.state for o in got] == [State.STORED] * 20
     assert len(dest.opened) == 2

@@ -28,7 +28,7 @@ from migrator.outcomes import FileOutcome, State
 from migrator.transfer.destination import SendResult
 from migrator.transfer.policy import ABORTED_TWICE, unhealthy
 from tests.test_policy_unit import Sleeps, Source, StartDestination, jobs, make
-from tests.test_transfer_unit import Clock, FakeConn, FakeDestination
+from tests.test_transfer_unit import FakeConn, FakeDestination
 
 
 def test_an_answer_in_between_resets_the_breakers_count() -> None:
@@ -48,7 +48,7 @@ def test_an_answer_in_between_resets_the_breakers_count() -> None:
 def test_the_controller_hears_each_answer_and_each_out_of_resources() -> None:
     """-j auto grows while answers come as fast as with fewer lanes, and backs off at
     0xA700 (out of resources)."""
-    clock = Clock()
+    clock = Sleeps()
     auto = Autotune(16, clock=clock)
 
     def script(conn: FakeConn, h: DicomHeader) -> int:
@@ -142,7 +142,7 @@ def test_every_outcome_reaches_the_observer_and_the_file_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     observer = Recorder()
-    t, got = make(FakeDestination(), Clock(), concurrency=1, observer=observer)
+    t, got = make(FakeDestination(), Sleeps(), concurrency=1, observer=observer)
     with caplog.at_level(logging.INFO, logger="migrator.files"):
         t.run(jobs(Source(), 3))
     assert observer.done == got and len(got) == 3

@@ -181,7 +181,7 @@ class Sleeps(Clock):
 def test_files_join_one_request_up_to_its_room_and_each_request_is_sent_once() -> None:
     source = Source()
     dest = BatchDestination(source, per_request=3)
-    t, got = make(dest, Clock(), concurrency=1)
+    t, got = make(dest, Sleeps(), concurrency=1)
     ended = t.run(jobs(source, 7))
     assert ended.error is None and not ended.left
     assert [o.state for o in got] == [State.STORED] * 7
@@ -194,7 +194,7 @@ def test_files_join_one_request_up_to_its_room_and_each_request_is_sent_once() -
 def test_a_request_lost_while_it_was_sent_sends_its_files_again_on_a_new_connection() -> None:
     source = Source()
     dest = BatchDestination(source, per_request=3, lose=[True])
-    t, got = make(dest, Clock(), concurrency=1)
+    t, got = make(dest, Sleeps(), concurrency=1)
     ended = t.run(jobs(source, 3))
     assert ended.error is None and not ended.left
     assert [o.state for o in got] == [State.STORED] * 3
@@ -214,7 +214,7 @@ def test_a_file_that_needs_a_fresh_connection_does_not_join_a_used_one() -> None
     first on a fresh one, so that a second abort can be told to be its doing."""
     source = Source()
     dest = BatchDestination(source, per_request=5)
-    t, got = make(dest, Clock(), concurrency=1)
+    t, got = make(dest, Sleeps(), concurrency=1)
     batch = jobs(source, 4)
     batch[2].needs_fresh = True
     t.run(batch)
@@ -229,7 +229,7 @@ def test_a_lane_holds_only_the_payloads_of_its_request_on_the_wire() -> None:
     """DIMSE: one file per lane; once its request is sent, its payload is let go."""
     source = Source()
     dest = FakeDestination()
-    t, got = make(dest, Clock(), concurrency=2)
+    t, got = make(dest, Sleeps(), concurrency=2)
     t.run(jobs(source, 20))
     assert len(got) == 20 and source.held == set()
     assert source.most_held <= 2
@@ -248,7 +248,7 @@ def _open_breaker(clock: Clock) -> LocalBreaker:
 
 def test_a_closed_breaker_lets_files_join_requests() -> None:
     source = Source()
-    clock = Clock()
+    clock = Sleeps()
     dest = BatchDestination(source, per_request=3)
     t, _ = make(dest, clock, concurrency=1, breaker=LocalBreaker(clock))
     t.run(jobs(source, 6))
@@ -342,7 +342,7 @@ def test_retries_back_off_exponentially_with_jitter() -> None:
 
 def test_a_stop_request_ends_the_transfer_and_returns_the_files_not_started() -> None:
     source = Source()
-    t, got = make(FakeDestination(), Clock(), concurrency=1, stop=lambda: len(got) >= 3)
+    t, got = make(FakeDestination(), Sleeps(), concurrency=1, stop=lambda: len(got) >= 3)
     ended = t.run(jobs(source, 10))
     assert ended.error is None
     assert len(got) == 3 and len(ended.left) == 7
@@ -351,7 +351,7 @@ def test_a_stop_request_ends_the_transfer_and_returns_the_files_not_started() ->
 def test_one_lane_means_one_association_at_a_time() -> None:
     source = Source()
     dest = FakeDestination()
-    t, got = make(dest, Clock(), concurrency=1)
+    t, got = make(dest, Sleeps(), concurrency=1)
     t.run(jobs(source, 10))
     assert len(got) == 10 and len(dest.opened) == 1 and source.most_held == 1
 
@@ -359,7 +359,7 @@ def test_one_lane_means_one_association_at_a_time() -> None:
 def test_a_copy_identical_to_a_stored_one_is_skipped_as_a_duplicate() -> None:
     source = Source()
     dest = FakeDestination()
-    t, got = make(dest, Clock(), concurrency=1, claims=MemoryClaims())
+    t, got = make(dest, Sleeps(), concurrency=1, claims=MemoryClaims())
     t.run(jobs(source, 3, uid=lambda i: "9.9"))
     assert [o.state for o in got] == [State.STORED, State.SKIPPED, State.SKIPPED]
     assert len(dest.opened[0].sent) == 1
