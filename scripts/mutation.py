@@ -6,6 +6,9 @@ tests notice them. Not part of the CI test command (minutes per module: docs/tes
     .venv/bin/python scripts/mutation.py -t status -t duplicates -j 1
     .venv/bin/python scripts/mutation.py --list -t rate_redis   # the mutants, not run
     .venv/bin/python scripts/mutation.py --show m-1a2b3c4d      # one mutant: diff + test output
+    .venv/bin/python scripts/mutation.py -t policy --json run1.json   # every outcome to a file
+    .venv/bin/python scripts/mutation.py -t policy --survivors-of run1.json --tests tests/x.py
+        # after tests were added: only run1's survivors, against the new tests
 
 Run it from the repository (a fresh clone after ``bash scripts/bootstrap.sh --dev``); the
 real peers the tests use (redis-server) must be installed. The tree is copied once per
@@ -75,10 +78,12 @@ class Target:
     lua: bool = False
 
 
-#: dicomfile's header checks: its own tests and the in-process ones of the bad-input
-#: corpus (not those that run store/run against Orthanc: minutes per mutant)
+#: dicomfile's header checks: its own tests (test_inspect_fast.py: files built byte by byte
+#: at the fast parser's boundaries) and the in-process ones of the bad-input corpus (not
+#: those that run store/run against Orthanc: minutes per mutant)
 DICOMFILE_TESTS: tuple[str, ...] = (
     "tests/test_dicomfile.py",
+    "tests/test_inspect_fast.py",
     *(
         f"tests/test_bad_inputs.py::{name}"
         for name in (
@@ -161,7 +166,15 @@ TARGETS: list[Target] = [
     Target(
         "policy",
         "migrator/transfer/policy.py",
-        ("tests/test_transfer_unit.py", "tests/test_pool_peers.py"),
+        (
+            "tests/test_transfer_unit.py",
+            "tests/test_policy_unit.py",
+            "tests/test_policy_waits.py",
+            "tests/test_policy_lanes.py",
+            "tests/test_policy_collect.py",
+            "tests/test_policy_settle.py",
+            "tests/test_pool_peers.py",
+        ),
     ),
     Target(
         "pool",
@@ -974,7 +987,12 @@ class Outcome:
 
 
 def run_targets(
-    targets: list[Target], jobs: int, uncovered: str, show: str | None, keep: bool
+    targets: list[Target],
+    jobs: int,
+    uncovered: str,
+    show: str | None,
+    keep: bool,
+    only: set[str] | None = None,
 ) -> list[Outcome]:
     scratch = Path(tempfile.mkdtemp(prefix="mutation-"))
     trees = [scratch / f"w{i}" for i in range(jobs)]
@@ -984,7 +1002,7 @@ def run_targets(
     outcomes: list[Outcome] = []
     try:
         for target in targets:
-            outcomes += _run_target(target, trees, uncovered, show, documented)
+            outcomes += _run_target(target, trees, uncovered, show, documented, only)
     finally:
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -994,11 +1012,18 @@ def run_targets(
 
 
 def _run_target(
-    target: Target, trees: list[Path], uncovered: str, show: str | None, documented: set[str]
+    target: Target,
+    trees: list[Path],
+    uncovered: str,
+    show: str | None,
+    documented: set[str],
+    only: set[str] | None = None,
 ) -> list[Outcome]:
     t_start = time.monotonic()
     source = (ROOT / target.path).read_text()
     mutants = find_mutants(target)
+    if only is not None:
+        mutants = [m for m in mutants if m.id in only]
     if show is not None:
         mutants = [m for m in mutants if m.id == show]
         if not mutants:
@@ -1137,6 +1162,12 @@ def main() -> None:
     parser.add_argument(
         "--tests", action="append", metavar="PATH", help="test files for the targets instead"
     )
+    parser.add_argument(
+        "--survivors-of",
+        metavar="JSON",
+        help="run only the mutants that survived in an earlier run's --json FILE (after "
+        "tests were added: the others were killed already)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every outcome to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the scratch trees")
     parser.add_argument("--serve", metavar="TREE", help=argparse.SUPPRESS)
@@ -1159,7 +1190,11 @@ def main() -> None:
     if args.show:
         args.jobs = 1
     t0 = time.monotonic()
-    outcomes = run_targets(targets, max(1, args.jobs), args.uncovered, args.show, args.keep)
+    only = None
+    if args.survivors_of:
+        earlier = json.loads(Path(args.survivors_of).read_text())
+        only = {o["id"] for o in earlier if o["status"] == "survived"}
+    outcomes = run_targets(targets, max(1, args.jobs), args.uncovered, args.show, args.keep, only)
     if args.json:
         Path(args.json).write_text(
             json.dumps(

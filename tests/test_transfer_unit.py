@@ -463,3 +463,27 @@ def test_files_of_several_association_profiles_each_go_on_an_association_that_co
 def sop_in(conn: FakeConn, uid: str) -> bool:
     n = int(uid.rsplit(".", 1)[1])
     return (f"1.2.826.0.1.3680043.8.498.{n % 140}", EXPLICIT) in conn.pairs
+
+
+class BytesSource(MemSource):
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    @contextlib.contextmanager
+    def fetch(self, item: SourceItem) -> Iterator[Payload]:
+        yield Payload(data=self.files[item.uri])
+
+
+def test_files_planned_without_their_header_are_read_first_and_refused_or_sent() -> None:
+    """A manifest plans files unread: the transfer reads each header before sending it;
+    what is not DICOM is skipped there, without an attempt."""
+    from tests.test_inspect_fast import SOP, meta, uids
+
+    source = BytesSource({"mem://dcm": meta() + uids(), "mem://txt": b"not a DICOM file\n" * 9})
+    clock, dest = Clock(), FakeDestination()
+    t, got = transfer(dest, clock)
+    t.run([Job(SourceItem(uri, 100), source, None) for uri in ("mem://txt", "mem://dcm")])
+    by = {o.uri: o for o in got}
+    assert (by["mem://dcm"].state, by["mem://dcm"].sop_instance_uid) == (State.STORED, SOP)
+    assert by["mem://txt"].state is State.SKIPPED and by["mem://txt"].attempts == 0
+    assert "not a DICOM file" in by["mem://txt"].reason and dest.opened[0].sent == [SOP]
