@@ -78,12 +78,39 @@ def done(fleet: Fleet, ledger: Ledger, planned: int) -> None:
     assert f"all {planned} stored files confirmed by the PACS" in proc.stdout, proc.stdout
 
 
+def reachable(fleet: Fleet, role: str, peer: str, port: int) -> bool:
+    try:
+        netns.connect_in(fleet.hosts[role].ns, fleet.hosts[peer].address, port, 0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_faults(fleet: Fleet) -> None:
+    """A per-peer cut leaves the host's other links up; a link down cuts it from everyone."""
+    from tests.fleet.fleet import REDIS_PORT
+
+    assert reachable(fleet, "h1", "redis", REDIS_PORT)
+    fleet.partition("h1", "redis")
+    assert not reachable(fleet, "h1", "redis", REDIS_PORT)
+    assert reachable(fleet, "h1", "pacs", PACS_PORT)
+    assert reachable(fleet, "h2", "redis", REDIS_PORT)
+    fleet.heal("h1")
+    assert reachable(fleet, "h1", "redis", REDIS_PORT)
+    fleet.link("h1", up=False)
+    assert not reachable(fleet, "h1", "redis", REDIS_PORT)
+    assert not reachable(fleet, "h1", "pacs", PACS_PORT)
+    fleet.link("h1", up=True)
+    netns.wait_reachable(fleet.hosts["h1"].ns, fleet.hosts["pacs"].address, PACS_PORT)
+
+
 def test_the_fleet_is_torn_down_even_when_the_test_fails(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path / "fleet")
     with pytest.raises(RuntimeError, match="the test failed"), fleet:
         fleet.start_workers("h1", concurrency=1)
         assert len(netns.names_with(fleet.prefix)) == 7  # switch, redis, pacs, planner, h1-h3
         assert netns.pids(fleet.hosts["h1"].ns)
+        check_faults(fleet)
         raise RuntimeError("the test failed")
     assert fleet.leftovers() == []
     for host in fleet.hosts.values():
@@ -97,7 +124,7 @@ def test_three_hosts_migrate_5000_files_under_the_fleet_wide_limits(
     source = corpus(tmp_path, 5000, seed=22)
     fleet = start(make_fleet, tmp_path)
     fleet.start_workers(concurrency=2)
-    rate, burst, cap = 250, 20, 4
+    rate, burst, cap = 150, 20, 4
     t0 = time.time()
     job = fleet.plan(source, "--rate-limit", str(rate), "--burst", str(burst),
                      "--max-associations", str(cap), "--batch-files", "100")  # fmt: skip
@@ -187,3 +214,102 @@ def test_a_host_lost_mid_job_its_leases_are_taken_over_and_the_job_completes(
           f"batches {sorted(lost_batches)} taken over after "
           f"{', '.join(f'{v:.1f}' for v in sorted(taken.values()))} s; "
           f"{len(log.twice())} instances received twice")
+
+
+#: Production's ordering of the timings, test-sized: the visibility timeout (120 s) is longer
+#: than the partition, so a batch whose host lost Redis is not handed to another host while
+#: that host may still send it.
+LONG_VT = {
+    "MIGRATOR_VISIBILITY_TIMEOUT": "120",
+    "MIGRATOR_SOFT_TIME_LIMIT": "50",
+    "MIGRATOR_TIME_LIMIT": "60",
+    "MIGRATOR_MAX_LIMITER_WAIT": "10",
+}
+REDIS_CUT_S = float(os.environ.get("FLEET_REDIS_CUT_S", "20"))
+
+
+def test_a_host_cut_from_redis_stops_sending_and_records_its_files_once_after(
+    tmp_path: Path, make_fleet: list[Fleet]
+) -> None:
+    source = corpus(tmp_path, 1500, seed=24)
+    fleet = start(make_fleet, tmp_path, **LONG_VT)
+    fleet.start_workers(concurrency=2)
+    job = fleet.plan(source, "--rate-limit", "100", "--batch-files", "50")
+    ledger = fleet.ledger(job)
+    state: dict[str, set[str]] = {}
+
+    def h1_busy() -> bool:
+        state["batches"] = held_by(fleet, ledger, "h1")[0]
+        return ledger.counts()["stored"] >= 200 and bool(state["batches"])
+
+    wait_until(h1_busy, 60, "h1 sending")
+    fleet.partition("h1", "redis")
+    cut = time.time()
+    time.sleep(REDIS_CUT_S)
+    healed = time.time()
+    fleet.heal("h1")
+    fleet.wait_done(ledger, 90)
+    finished = time.time()
+    done(fleet, ledger, 1500)
+    log = fleet.pacs_log()
+    h1 = fleet.hosts["h1"].address
+    h1_times = [t for t, peer in log.stored_at if peer == h1]
+    during = [t - cut for t in h1_times if cut <= t <= healed]
+    after = [t - healed for t in h1_times if t > healed]
+    # Stops taking work: what h1 stores after the cut is what its limiter lease (≤ 10 files
+    # per process) had granted and was on the wire, within the first second; then nothing
+    # until the partition heals (every further file needs Redis: a lease, an outcome write).
+    assert len(during) <= 2 * (10 + 2), during
+    assert all(t < 1.5 for t in during), during
+    # Resumes: its held batches finish after the heal, each file recorded once; no other
+    # host sent them meanwhile (the visibility timeout outlasts the cut), so no double send.
+    assert after and after[0] < 10, after[:3]
+    assert log.twice() == {}, log.twice()
+    print(f"redis cut {REDIS_CUT_S:.0f} s: h1 held batches {sorted(state['batches'])}; it stored "
+          f"{len(during)} files in the first {max(during, default=0):.2f} s of the cut, none "
+          f"after; first store {after[0]:.2f} s after the heal; job done "
+          f"{finished - healed:.1f} s after the heal; 0 instances twice")
+
+PACS_CUT_S = 30.0
+
+
+def test_a_host_cut_from_the_pacs_its_files_are_sent_later_and_verify_finds_them(
+    tmp_path: Path, make_fleet: list[Fleet]
+) -> None:
+    source = corpus(tmp_path, 1000, seed=25)
+    fleet = start(make_fleet, tmp_path, **LONG_VT)
+    fleet.start_workers(concurrency=2)
+    job = fleet.plan(source, "--rate-limit", "60", "--batch-files", "50",
+                     "--dimse-timeout", "5", "--acse-timeout", "5", "--network-timeout", "5")
+    ledger = fleet.ledger(job)
+
+    def h1_busy() -> bool:
+        return ledger.counts()["stored"] >= 150 and bool(held_by(fleet, ledger, "h1")[0])
+
+    wait_until(h1_busy, 60, "h1 sending")
+    fleet.partition("h1", "pacs")
+    cut = time.time()
+    time.sleep(PACS_CUT_S)
+    healed = time.time()
+    fleet.heal("h1")
+    fleet.wait_done(ledger, 120)
+    finished = time.time()
+    done(fleet, ledger, 1000)  # nothing failed; verify: everything stored is at the PACS
+    log = fleet.pacs_log()
+    h1 = fleet.hosts["h1"].address
+    h1_during = [t - cut for t, peer in log.stored_at if peer == h1 and cut + 1 < t <= healed]
+    others = [t for t, peer in log.stored_at if peer != h1 and cut + 1 < t <= healed]
+    h1_after = [t - healed for t, peer in log.stored_at if peer == h1 and t > healed]
+    # h1's files wait (DIMSE timeout, then the association retried with backoff, the batch
+    # kept) while the other hosts go on at the fleet's rate; once the link is back h1 sends
+    # them. A C-STORE lost with the link is sent again; the PACS never got it (dropped on
+    # the way), so nothing arrives twice.
+    assert h1_during == [], h1_during
+    others_rate = len(others) / (others[-1] - cut - 1)
+    assert others_rate >= 0.8 * 60, others_rate
+    assert h1_after and h1_after[0] < 15, h1_after[:3]
+    assert len(log.twice()) <= 2 * 2, log.twice()
+    print(f"pacs cut {PACS_CUT_S:.0f} s: the others stored {len(others)} files during it at "
+          f"{others_rate:.0f} files/s (limit 60); h1 "
+          f"resumed {h1_after[0]:.2f} s after the heal; job done {finished - healed:.1f} s "
+          f"after the heal; {len(log.twice())} instances twice")

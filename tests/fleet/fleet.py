@@ -225,10 +225,13 @@ class Fleet:
 
     def partition(self, role: str, peer: str) -> None:
         """Drop everything between host ``role`` and host ``peer`` (both ways)."""
-        netns.drop_peer(self.hosts[role].ns, self.hosts[peer].address)
+        netns.drop_between(
+            self.switch, f"cut_{role}_{peer}", self.hosts[role].address, self.hosts[peer].address
+        )
 
     def heal(self, role: str) -> None:
-        netns.heal(self.hosts[role].ns)
+        """Undo every partition of host ``role`` made by :meth:`partition`."""
+        netns.undo(self.switch, f"cut_{role}_")
 
     def link(self, role: str, *, up: bool) -> None:
         """The host's bridge port down (the host is cut from everyone) or up."""

@@ -9,8 +9,8 @@ addresses (10.231.0.0/24) exist only inside the fleet, and two fleets may use th
 Faults:
 - a link down/up: the switch side of a host's veth (the host keeps its address; its packets
   go nowhere, as when a cable is pulled or a switch port dies);
-- a partition between two hosts only: nftables drop rules inside one host's namespace for
-  the other's address (input and output), so that host ↔ Redis can break while host ↔ PACS
+- a partition between two hosts only: nftables drop rules on the bridge (in the switch
+  namespace) for the pair of addresses, so that host ↔ Redis can break while host ↔ PACS
   stays up. Drop, not reject: a real partition answers nothing, TCP keeps retransmitting.
 
 The test process reaches the fleet's addresses through :func:`connect_in`: a socket created
@@ -115,23 +115,28 @@ def set_port(switch: str, port: str, up: bool) -> None:
     sh("ip", "-n", switch, "link", "set", port, "up" if up else "down")
 
 
-def _nft(host: str, *words: str) -> None:
-    sh("ip", "netns", "exec", host, "nft", *words)
+def _nft(ns: str, *words: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", ns, "nft", *words, check=check)
 
 
-def drop_peer(host: str, peer_address: str) -> None:
-    """Drop every packet between ``host`` and ``peer_address`` (both directions), in the
-    host's own namespace; the host's other links stay up."""
-    _nft(host, "add", "table", "inet", "fleet")
-    for chain, hook, field in (("in", "input", "saddr"), ("out", "output", "daddr")):
-        _nft(host, "add", "chain", "inet", "fleet", chain,
-             f"{{ type filter hook {hook} priority 0; policy accept; }}")
-        _nft(host, "add", "rule", "inet", "fleet", chain, "ip", field, peer_address, "drop")
+def drop_between(switch: str, name: str, a: str, b: str) -> None:
+    """Drop every frame between addresses ``a`` and ``b`` (both ways) on the bridge: the
+    packets are lost on the wire, as in a real partition, so TCP sees loss and backs off
+    (a drop on a host's own output would be reported to its TCP at once). Other traffic of
+    both hosts passes. ``name`` identifies the cut for :func:`undo`."""
+    _nft(switch, "add", "table", "bridge", name)
+    _nft(switch, "add", "chain", "bridge", name, "cut",
+         "{ type filter hook forward priority 0; policy accept; }")
+    _nft(switch, "add", "rule", "bridge", name, "cut", "ip", "saddr", a, "ip", "daddr", b, "drop")
+    _nft(switch, "add", "rule", "bridge", name, "cut", "ip", "saddr", b, "ip", "daddr", a, "drop")
 
 
-def heal(host: str) -> None:
-    """Remove every drop rule of :func:`drop_peer` in ``host``."""
-    sh("ip", "netns", "exec", host, "nft", "delete", "table", "inet", "fleet", check=False)
+def undo(switch: str, prefix: str) -> None:
+    """Remove every cut whose name starts with ``prefix``."""
+    for line in _nft(switch, "list", "tables").stdout.splitlines():
+        words = line.split()  # "table bridge NAME"
+        if len(words) == 3 and words[1] == "bridge" and words[2].startswith(prefix):
+            _nft(switch, "delete", "table", "bridge", words[2])
 
 
 def wait_reachable(host: str, address: str, port: int, timeout: float = 10.0) -> None:
