@@ -127,7 +127,7 @@ def test_three_hosts_migrate_5000_files_under_the_fleet_wide_limits(
     source = corpus(tmp_path, 5000, seed=22)
     fleet = start(make_fleet, tmp_path)
     fleet.start_workers(concurrency=2)
-    rate, burst, cap = 150, 20, 4
+    rate, burst, cap = 200, 20, 4
     t0 = time.time()
     job = fleet.plan(source, "--rate-limit", str(rate), "--burst", str(burst),
                      "--max-associations", str(cap), "--batch-files", "100")  # fmt: skip

@@ -80,6 +80,7 @@ class Fleet:
         }
         self.events = self.dir / "pacs-events.txt"
         self._logs: list[Any] = []
+        self._clients: list[redis.Redis] = []
 
     # --- addresses -----------------------------------------------------------------------
 
@@ -132,6 +133,10 @@ class Fleet:
     def stop(self) -> None:
         """Kill every process of every namespace, delete them all (links go with them)."""
         errors = []
+        for client in self._clients:
+            # A socket made in a namespace keeps the (then nameless) namespace alive.
+            client.connection_pool.disconnect()
+        self._clients = []
         for name in [*(h.ns for h in self.hosts.values()), self.switch]:
             try:
                 netns.delete_namespace(name)
@@ -257,7 +262,9 @@ class Fleet:
             port=REDIS_PORT,
             socket_connect_timeout=5,
         )
-        return redis.Redis(connection_pool=pool)
+        client = redis.Redis(connection_pool=pool)
+        self._clients.append(client)
+        return client
 
     def ledger(self, job: str) -> Ledger:
         return Ledger(self.client(), job)
