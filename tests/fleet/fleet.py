@@ -35,10 +35,13 @@ import redis
 from redis.connection import Connection
 
 from migrator.ledger import Ledger
+from tests.enginehelpers import processes_with_env
 from tests.fleet import netns
 from tests.fleet.pacs import AE_TITLE
 from tests.fleet.pacslog import PacsLog
 
+#: Environment variable naming the fleet in each of its processes: leftovers are found by it.
+FLEET_MARK: Final = "MIGRATOR_TEST_FLEET"
 REDIS_PORT: Final = 16379  # in a namespace of its own: no other server can hold it
 PACS_PORT: Final = 11104
 _REPO: Final = Path(__file__).resolve().parents[2]
@@ -73,6 +76,7 @@ class Fleet:
         #: environment of every migrator process the fleet starts (MIGRATOR_* timings)
         self.env = {
             **os.environ,
+            FLEET_MARK: self.prefix,  # every process the fleet starts inherits it
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p
             ),
@@ -109,6 +113,7 @@ class Fleet:
         self.stop()
 
     def start(self) -> None:
+        netns.remove_stale()
         netns.add_switch(self.switch)
         for host in self.hosts.values():
             netns.add_namespace(host.ns)
@@ -158,6 +163,7 @@ class Fleet:
         left = netns.names_with(self.prefix)
         for host in self.hosts.values():
             left += [f"{host.name} pid {p.pid}" for p in host.procs if p.poll() is None]
+        left += [f"pid {pid}" for pid in processes_with_env(f"{FLEET_MARK}={self.prefix}\0")]
         return left
 
     # --- processes -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,6 +59,16 @@ def names_with(prefix: str) -> list[str]:
     """The namespaces whose name starts with ``prefix`` (what a clean-up must leave none of)."""
     out = sh("ip", "netns", "list").stdout
     return [line.split()[0] for line in out.splitlines() if line.split()[0].startswith(prefix)]
+
+
+def remove_stale() -> None:
+    """Delete the namespaces of fleets whose test process is gone (killed before its
+    teardown): named ``fl<pid>x<n>-…``, their pid no longer running. A live session's
+    fleets are never touched."""
+    for name in names_with("fl"):
+        match = re.match(r"fl(\d+)x\d+-", name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            delete_namespace(name)
 
 
 def pids(name: str) -> list[int]:
