@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,7 @@ def test_a_host_lost_mid_job_its_leases_are_taken_over_and_the_job_completes(
 
     def h2_busy() -> bool:
         batches, slots = held_by(fleet, ledger, "h2")
+        batches = {b for b in batches if "." in ledger.batch_states(b)}  # files still to send
         state.update(batches=batches, slots=slots)
         return ledger.counts()["stored"] >= 300 and bool(batches) and bool(slots)
 
@@ -246,14 +248,37 @@ LONG_VT = {
     "MIGRATOR_TIME_LIMIT": "60",
     "MIGRATOR_MAX_LIMITER_WAIT": "10",
 }
-REDIS_CUT_S = float(os.environ.get("FLEET_REDIS_CUT_S", "20"))
+#: Longer than the batch lease (30 s): the cut host's leases expire while it waits.
+REDIS_CUT_S = float(os.environ.get("FLEET_REDIS_CUT_S", "35"))
 
 
-def test_a_host_cut_from_redis_stops_sending_and_records_its_files_once_after(
-    tmp_path: Path, make_fleet: list[Fleet]
-) -> None:
+@dataclass
+class RedisCut:
+    fleet: Fleet
+    ledger: Ledger
+    batches: set[str]  # h1's batches at the cut
+    cut: float
+    healed: float
+    finished: float
+
+    def h1_stores(self) -> list[tuple[float, str]]:
+        """(seconds after the cut, SOP Instance UID) of what h1 stored."""
+        h1 = self.fleet.hosts["h1"].address
+        out = []
+        for line in self.fleet.events.read_text().splitlines():
+            parts = line.split()
+            if parts[0] == "S" and len(parts) == 5 and parts[2] == h1:
+                out.append((float(parts[1]) - self.cut, parts[4]))
+        return out
+
+
+def cut_h1_from_redis(
+    tmp_path: Path, made: list[Fleet], *, retry_in_flight: bool = False
+) -> RedisCut:
+    """1,500 files over 3 hosts; h1 cut from Redis (not from the PACS) for REDIS_CUT_S once
+    it sends; optionally `migrator retry --in-flight` from the planner 3 s before the heal."""
     source = corpus(tmp_path, 1500, seed=24)
-    fleet = start(make_fleet, tmp_path, **LONG_VT)
+    fleet = start(made, tmp_path, **LONG_VT)
     fleet.start_workers(concurrency=2)
     job = fleet.plan(source, "--rate-limit", "100", "--batch-files", "50")
     ledger = fleet.ledger(job)
@@ -266,30 +291,67 @@ def test_a_host_cut_from_redis_stops_sending_and_records_its_files_once_after(
     wait_until(h1_busy, 60, "h1 sending")
     fleet.partition("h1", "redis")
     cut = time.time()
-    time.sleep(REDIS_CUT_S)
+    time.sleep(max(0.0, REDIS_CUT_S - 3 - (time.time() - cut)))
+    # The batch lease (30 s) of each of h1's batches has run out while h1 waits.
+    assert [ledger.batch_holder(b) for b in state["batches"]] == [None] * len(state["batches"])
+    if retry_in_flight:
+        # The lost-node recovery of docs/deploy.md, run while h1 is alive but cut off: its
+        # batches hold no lease any more, so they are handed to the other hosts.
+        proc = fleet.migrator("retry", job, "--redis-url", fleet.redis_url, "--in-flight")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    time.sleep(max(0.0, REDIS_CUT_S - (time.time() - cut)))
     healed = time.time()
     fleet.heal("h1")
     fleet.wait_done(ledger, 90)
     finished = time.time()
     done(fleet, ledger, 1500)
-    log = fleet.pacs_log()
-    h1 = fleet.hosts["h1"].address
-    h1_times = [t for t, peer in log.stored_at if peer == h1]
-    during = [t - cut for t in h1_times if cut <= t <= healed]
-    after = [t - healed for t in h1_times if t > healed]
+    return RedisCut(fleet, ledger, state["batches"], cut, healed, finished)
+
+
+def test_a_host_cut_from_redis_stops_sending_and_records_its_files_once_after(
+    tmp_path: Path, make_fleet: list[Fleet]
+) -> None:
+    run = cut_h1_from_redis(tmp_path, make_fleet)
+    span = run.healed - run.cut
+    during = [t for t, _ in run.h1_stores() if 0 <= t <= span]
+    after = [t - span for t, _ in run.h1_stores() if t > span]
     # Stops taking work: what h1 stores after the cut is what its limiter lease (≤ 10 files
     # per process) had granted and was on the wire, within the first second; then nothing
     # until the partition heals (every further file needs Redis: a lease, an outcome write).
     assert len(during) <= 2 * (10 + 2), during
     assert all(t < 1.5 for t in during), during
-    # Resumes: its held batches finish after the heal, each file recorded once; no other
-    # host sent them meanwhile (the visibility timeout outlasts the cut), so no double send.
+    # Resumes: its batch leases expired during the cut, but nobody else ran the batches (the
+    # visibility timeout outlasts the cut): h1 takes them back, records what it had sent,
+    # sends the rest. Each file recorded once; none sent twice.
     assert after and after[0] < 10, after[:3]
-    assert log.twice() == {}, log.twice()
-    print(f"redis cut {REDIS_CUT_S:.0f} s: h1 held batches {sorted(state['batches'])}; it stored "
+    assert run.fleet.pacs_log().twice() == {}, run.fleet.pacs_log().twice()
+    print(f"redis cut {span:.0f} s: h1 held batches {sorted(run.batches)}; it stored "
           f"{len(during)} files in the first {max(during, default=0):.2f} s of the cut, none "
           f"after; first store {after[0]:.2f} s after the heal; job done "
-          f"{finished - healed:.1f} s after the heal; 0 instances twice")
+          f"{run.finished - run.healed:.1f} s after the heal; 0 instances twice")
+
+
+def test_a_batch_handed_on_during_a_redis_cut_is_not_sent_again_by_the_cut_host(
+    tmp_path: Path, make_fleet: list[Fleet]
+) -> None:
+    """The product bug this found: after the heal, the cut host went on sending the batch
+    that `retry --in-flight` had handed to another host, which had stored it meanwhile (38
+    instances twice). Now it sees its lease lost and the batch settled by others, and stops."""
+    run = cut_h1_from_redis(tmp_path, make_fleet, retry_in_flight=True)
+    span = run.healed - run.cut
+    log = run.fleet.pacs_log()
+    twice = set(log.twice())
+    first_by_h1 = {uid: t for t, uid in reversed(run.h1_stores())}
+    # Sent twice only what h1 had sent before it could record it (stored at the PACS in the
+    # cut's first second, no outcome in Redis): the documented re-send window, ≤ 64 + 2 per
+    # process. Nothing that h1 sent after the heal.
+    assert all(first_by_h1.get(uid, 99) < 1.5 for uid in twice), twice
+    assert [t for t, uid in run.h1_stores() if t > span and uid in twice] == []
+    assert len(twice) <= 2 * 66, len(twice)
+    assert "lease lost" in run.fleet.log("h1")
+    print(f"redis cut {span:.0f} s with retry --in-flight: {len(twice)} instances twice (sent "
+          f"by h1 before the cut, unrecorded); none after the heal")
+
 
 PACS_CUT_S = 30.0
 
