@@ -154,9 +154,12 @@ def test_three_hosts_migrate_5000_files_under_the_fleet_wide_limits(
     # The fleet-wide caps, counted at the receiver across the three hosts.
     assert max(log.open_at_store) <= cap, max(log.open_at_store)
     assert log.max_open <= cap, log.max_open
-    # GCRA: at most the burst plus one second's worth in any second, and a lease (10 files)
-    # granted in one second but sent in the next.
-    assert log.most_in_window(1.0) <= burst + rate + 10, log.most_in_window(1.0)
+    # GCRA grants at most the burst plus T seconds' worth in any T seconds; at the receiver
+    # add what each of the 6 processes may have been granted (a lease, ≤ 10 files) and sent
+    # late, or had answered late by a receiver short of CPU.
+    for seconds in (1.0, 5.0):
+        most = log.most_in_window(seconds)
+        assert most <= burst + rate * seconds + 6 * 10, (seconds, most)
     # While slowed (leases granted before the change are sent within its first second):
     # the three hosts together at the slow rate, plus a burst and a lease.
     window = [(t, peer) for t, peer in log.stored_at if slowed + 1 <= t <= fast_again]
