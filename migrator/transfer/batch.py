@@ -197,6 +197,7 @@ def _run_claimed(
         may_wait=may_wait,
         stop=stop,
         tick=recorder.flush_if_due,
+        on_start=recorder.before_send,
     )
     try:
         ended = transfer.run(jobs)
@@ -410,6 +411,12 @@ class _Recorder:
         if self.pending and time.monotonic() - self.last > FLUSH_SECONDS:
             self.flush()
 
+    def before_send(self, job: Job) -> None:
+        """Not a file more once the lease may be lost: this process waited longer than the
+        lease lasts (Redis unreachable, a long limiter wait); another delivery may hold it."""
+        if time.monotonic() - self.refreshed > LEASE_TTL:
+            self.flush()
+
     def flush(self) -> None:
         # Outcomes are written only into the job this batch belongs to: the script checks
         # the job's creation stamp (a job lost and planned anew has another, and its files
@@ -449,9 +456,12 @@ class _Recorder:
                 self.refreshed = now
                 return True
             self.ledger.release_batch(self.batch_id, self.token)
-        log.warning("batch %s: lease lost for %.0f s and the batch sent by another worker "
-                    "meanwhile; stopping (its next delivery skips what is stored)",
-                    self.batch_id, now - self.refreshed)  # fmt: skip
+        log.warning(
+            "batch %s: lease lost for %.0f s and the batch sent by another worker "
+            "meanwhile; stopping (its next delivery skips what is stored)",
+            self.batch_id,
+            now - self.refreshed,
+        )
         return False
 
     def _settled_by_others(self) -> bool:

@@ -94,8 +94,14 @@ class Fleet:
 
     def destination(self) -> list[str]:
         """`--host/--port/--called-ae` of the fleet's PACS."""
-        return ["--host", self.hosts["pacs"].address, "--port", str(PACS_PORT),
-                "--called-ae", AE_TITLE]
+        return [
+            "--host",
+            self.hosts["pacs"].address,
+            "--port",
+            str(PACS_PORT),
+            "--called-ae",
+            AE_TITLE,
+        ]
 
     # --- building and tearing down -------------------------------------------------------
 
@@ -122,14 +128,34 @@ class Fleet:
         redis_dir.mkdir(exist_ok=True)
         self._spawn(
             "redis",
-            ["redis-server", "--bind", self.hosts["redis"].address, "--port", str(REDIS_PORT),
-             "--save", "", "--appendonly", "no", "--protected-mode", "no",
-             "--maxmemory-policy", "noeviction", "--dir", str(redis_dir)],
+            [
+                "redis-server",
+                "--bind",
+                self.hosts["redis"].address,
+                "--port",
+                str(REDIS_PORT),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                str(redis_dir),
+            ],
         )
         self._spawn(
             "pacs",
-            [sys.executable, "-m", "tests.fleet.pacs", self.hosts["pacs"].address,
-             str(PACS_PORT), str(self.events)],
+            [
+                sys.executable,
+                "-m",
+                "tests.fleet.pacs",
+                self.hosts["pacs"].address,
+                str(PACS_PORT),
+                str(self.events),
+            ],
         )
         planner = self.hosts["planner"].ns
         netns.wait_reachable(planner, self.hosts["redis"].address, REDIS_PORT)
@@ -173,8 +199,18 @@ class Fleet:
         prefix = ["ip", "netns", "exec", host.ns]
         if uts:
             # Its own hostname and PID namespace: a host, as far as its processes can tell.
-            prefix += ["unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
-                       "sh", "-c", 'hostname "$0" && exec "$@"', f"fleet-{role}"]
+            prefix += [
+                "unshare",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "sh",
+                "-c",
+                'hostname "$0" && exec "$@"',
+                f"fleet-{role}",
+            ]
         log = open(self.dir / f"{role}.log", "ab")  # noqa: SIM115 - closed by stop()
         self._logs.append(log)
         proc = subprocess.Popen(
@@ -191,8 +227,16 @@ class Fleet:
     def start_workers(self, *hosts: str, concurrency: int = 2, verbose: bool = False) -> None:
         """`migrator worker -c N` on each host (all worker hosts when none is named)."""
         for role in hosts or self.workers:
-            argv = [sys.executable, "-m", "migrator", "worker", "--redis-url", self.redis_url,
-                    "-c", str(concurrency)]
+            argv = [
+                sys.executable,
+                "-m",
+                "migrator",
+                "worker",
+                "--redis-url",
+                self.redis_url,
+                "-c",
+                str(concurrency),
+            ]
             self._spawn(role, [*argv, "-v"] if verbose else argv, uts=True)
 
     def log(self, role: str) -> str:
@@ -204,8 +248,16 @@ class Fleet:
     ) -> subprocess.CompletedProcess[str]:
         """`migrator ARGS` on the planner host (or ``role``), to its end."""
         return subprocess.run(
-            ["ip", "netns", "exec", self.hosts[role].ns, sys.executable, "-m", "migrator",
-             *map(str, args)],
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.hosts[role].ns,
+                sys.executable,
+                "-m",
+                "migrator",
+                *map(str, args),
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -114,8 +114,21 @@ def add_switch(switch: str) -> None:
 
 def plug(switch: str, host: str, port: str, address: str) -> None:
     """A veth from the bridge (``port`` in the switch) to ``eth0`` in ``host``, addressed."""
-    sh("ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-       "netns", host)
+    sh(
+        "ip",
+        "-n",
+        switch,
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        host,
+    )
     sh("ip", "-n", switch, "link", "set", port, "master", BRIDGE)
     sh("ip", "-n", switch, "link", "set", port, "up")
     sh("ip", "-n", host, "addr", "add", f"{address}/24", "dev", "eth0")
@@ -136,8 +149,15 @@ def drop_between(switch: str, name: str, a: str, b: str) -> None:
     (a drop on a host's own output would be reported to its TCP at once). Other traffic of
     both hosts passes. ``name`` identifies the cut for :func:`undo`."""
     _nft(switch, "add", "table", "bridge", name)
-    _nft(switch, "add", "chain", "bridge", name, "cut",
-         "{ type filter hook forward priority 0; policy accept; }")
+    _nft(
+        switch,
+        "add",
+        "chain",
+        "bridge",
+        name,
+        "cut",
+        "{ type filter hook forward priority 0; policy accept; }",
+    )
     _nft(switch, "add", "rule", "bridge", name, "cut", "ip", "saddr", a, "ip", "daddr", b, "drop")
     _nft(switch, "add", "rule", "bridge", name, "cut", "ip", "saddr", b, "ip", "daddr", a, "drop")
 

@@ -92,9 +92,14 @@ def serve(address: str, port: int, events: Path) -> None:
                     )
                     continue
                 for sop in sorted(instances):
-                    yield 0xFF00, _match(
-                        level, StudyInstanceUID=study, SeriesInstanceUID=series_uid,
-                        SOPInstanceUID=sop,
+                    yield (
+                        0xFF00,
+                        _match(
+                            level,
+                            StudyInstanceUID=study,
+                            SeriesInstanceUID=series_uid,
+                            SOPInstanceUID=sop,
+                        ),
                     )
         yield 0x0000, None
 
