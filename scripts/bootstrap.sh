@@ -15,6 +15,10 @@ need_apt=()
 command -v storescp >/dev/null 2>&1 || need_apt+=(dcmtk)
 { command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } || need_apt+=(orthanc)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The fleet tests (tests/fleet/) build hosts from network namespaces: `ip netns` and a bridge
+# (iproute2), partitions as drop rules inside a namespace (nftables).
+[ $dev -eq 1 ] && { command -v ip >/dev/null 2>&1 || need_apt+=(iproute2); }
+[ $dev -eq 1 ] && { command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_apt+=(nftables); }
 # Orthanc's DICOMweb plugin: the STOW-RS destination's tests send into it.
 [ $dev -eq 1 ] && { [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb); }
 # Headless Chromium opens the HTML report in the tests; not needed to run migrations.

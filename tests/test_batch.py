@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from migrator import synth
 from migrator.dicomfile import inspect_file
 from migrator.errors import BatchBusy
 from migrator.ledger import Ledger, PlannedFile
-from migrator.outcomes import State
+from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
 from migrator.transfer.batch import POISON_DELIVERIES, run_batch
 from migrator.transfer.runtime import Runtime
@@ -113,3 +114,63 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(
     summary = run_batch(ledger, "b1", runtime)
     runtime.close_all()
     assert summary.stored == 10 and time.monotonic() - t0 < 10
+
+
+def _lose_lease_mid_batch(
+    ledger: Ledger, scp: CountingScp, monkeypatch: pytest.MonkeyPatch, *, others_store: bool
+) -> tuple[threading.Thread, list[str]]:
+    """While the batch is being sent (after 5 of its 20 files): its lease vanishes, as after
+    a Redis partition longer than the lease; with ``others_store``, another delivery then
+    stores the last 5 files (as after `retry --in-flight` handed the batch on) and ends."""
+    from migrator.transfer import batch as batch_module
+
+    monkeypatch.setattr(batch_module, "LEASE_REFRESH", 0.05)  # refresh at every flush
+    taken: list[str] = []
+
+    def meanwhile() -> None:
+        while scp.total < 5:
+            time.sleep(0.01)
+        ledger.client.delete(ledger.keys.running("b1"))
+        if others_store:
+            files = ledger.batch("b1")[15:]
+            taken.extend(f.sop_instance_uid for f in files)
+            ledger.record_many(
+                [(f.file_id, FileOutcome(f.uri, State.STORED), time.time()) for f in files]
+            )
+
+    thread = threading.Thread(target=meanwhile)
+    thread.start()
+    return thread, taken
+
+
+def test_a_batch_whose_lease_went_to_another_delivery_stops_and_sends_nothing_twice(
+    shared_redis: RedisPeer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with counting_scp(response_delay=0.05) as scp:
+        ledger = make_job(shared_redis.client(), scp, tmp_path, n=20)
+        thread, taken = _lose_lease_mid_batch(ledger, scp, monkeypatch, others_store=True)
+        runtime = Runtime(ledger.client)
+        with pytest.raises(BatchBusy):
+            run_batch(ledger, "b1", runtime, task_id="t1")
+        thread.join()
+        assert [scp.stores[uid] for uid in taken] == [0] * 5  # the other delivery's files
+        # The next delivery sends what neither sent; nothing reaches the PACS twice.
+        again = run_batch(ledger, "b1", runtime, task_id="t2")
+        runtime.close_all()
+    assert again.skipped_already_stored >= 5
+    assert ledger.counts()["in_flight"] == 0
+    assert scp.total == scp.distinct == 15
+
+
+def test_a_batch_whose_lease_merely_expired_takes_it_back_and_goes_on(
+    shared_redis: RedisPeer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with counting_scp(response_delay=0.05) as scp:
+        ledger = make_job(shared_redis.client(), scp, tmp_path, n=20)
+        thread, _ = _lose_lease_mid_batch(ledger, scp, monkeypatch, others_store=False)
+        runtime = Runtime(ledger.client)
+        summary = run_batch(ledger, "b1", runtime, task_id="t1")
+        thread.join()
+        runtime.close_all()
+    assert summary.stored == 20
+    assert scp.total == scp.distinct == 20

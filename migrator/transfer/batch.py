@@ -27,6 +27,7 @@ from migrator.childproc import pid_alive
 from migrator.dicomfile import DicomHeader
 from migrator.errors import (
     AssociationRejected,
+    BatchBusy,
     DestinationUnavailable,
     DestinationUnhealthy,
     JobGone,
@@ -34,7 +35,7 @@ from migrator.errors import (
     ScheduledPause,
 )
 from migrator.keys import PREFIX, slots_wanted_key
-from migrator.ledger import Ledger, PlannedFile, Recorded
+from migrator.ledger import Ledger, PlannedFile, Recorded, split_id
 from migrator.limits.breaker import Open
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
@@ -106,8 +107,6 @@ def run_batch(
     Raises BatchBusy while another delivery runs it, JobGone when the job left Redis,
     DestinationUnavailable / Deferred / WouldWait when it stopped early (what was sent is
     recorded; the rest stays in flight for the next delivery)."""
-    from migrator.errors import BatchBusy
-
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     # `run`'s own sender marks its leases: it gives a batch up at the first retry it would
     # need, so a worker finding one held by it looks again soon.
@@ -225,6 +224,7 @@ def _run_claimed(
         may_wait=may_wait,
         stop=(lambda: watch() or stop()) if stop is not None else watch,
         tick=recorder.flush_if_due,
+        on_start=recorder.before_send,
     )
     try:
         ended = transfer.run(jobs)
@@ -370,6 +370,10 @@ class _Recorder:
         self.pending: list[Recorded] = []
         self.last = time.monotonic()
         self.refreshed = time.monotonic()
+        self.lost = False  # the lease went to another delivery: only write what is pending
+        #: the batch's file states when this delivery began, and the files it wrote since
+        self.states = ledger.batch_states(batch_id)
+        self.written: set[int] = set()
 
     def add(self, planned: PlannedFile, outcome: FileOutcome, *, observed: bool = False) -> None:
         """``observed``: the transfer core told the observer already (metrics count each
@@ -386,24 +390,66 @@ class _Recorder:
         if self.pending and time.monotonic() - self.last > FLUSH_SECONDS:
             self.flush()
 
+    def before_send(self, job: Job) -> None:
+        """Not a file more once the lease may be lost: this process waited longer than the
+        lease lasts (Redis unreachable, a long limiter wait); another delivery may hold it."""
+        if time.monotonic() - self.refreshed > LEASE_TTL:
+            self.flush()
+
     def flush(self) -> None:
         # Outcomes are written only into the job this batch belongs to: the script checks
         # the job's creation stamp (a job lost and planned anew has another, and its files
         # are not these), so a lost job shows here as JobGone and nothing is written.
         now = time.monotonic()
-        if now - self.refreshed > LEASE_REFRESH or not self.pending:
-            if (
-                not self.ledger.refresh_batch(self.batch_id, self.token, LEASE_TTL)
-                and self.ledger.meta().get("created") != self.created
-            ):
-                raise JobGone(self.ledger.job_id)
-            self.refreshed = now
+        lost = self.lost
+        if not lost and (now - self.refreshed > LEASE_REFRESH or not self.pending):
+            lost = not self._refresh(now)
         if self.pending:
             self.ledger.record_many(
                 self.pending, worker=self.worker, plan=self.plan, created=self.created
             )
+            self.written.update(split_id(fid)[1] for fid, _, _ in self.pending)
             self.pending = []
+        if not lost and time.monotonic() - now > LEASE_REFRESH:
+            lost = not self._refresh(time.monotonic())  # the write waited for Redis
+        if lost and not self.lost:  # what was sent is recorded (idempotent); a delivery
+            self.lost = True  # sends the rest. Raised once: the final flush only writes.
+            raise BatchBusy(self.batch_id, self.ledger.batch_lease_ttl(self.batch_id))
         self.last = now
+
+    def _refresh(self, now: float) -> bool:
+        """Extend the batch lease; False when another delivery may have run the batch.
+
+        Why (issue 22): a process cut from Redis longer than LEASE_TTL loses its lease;
+        `retry --in-flight` or the visibility timeout hands the batch to another worker;
+        going on after the partition re-sent what that one had stored (38 files twice in
+        tests/test_fleet.py). A lease that merely expired (a long limiter wait, a partition
+        nobody acted on) is taken back when the batch's outcomes are still only ours."""
+        if self.ledger.refresh_batch(self.batch_id, self.token, LEASE_TTL):
+            self.refreshed = now
+            return True
+        if self.ledger.meta().get("created") != self.created:
+            raise JobGone(self.ledger.job_id)
+        if self.ledger.claim_batch(self.batch_id, self.token, LEASE_TTL):
+            if not self._settled_by_others():
+                self.refreshed = now
+                return True
+            self.ledger.release_batch(self.batch_id, self.token)
+        log.warning(
+            "batch %s: lease lost for %.0f s and the batch sent by another worker "
+            "meanwhile; stopping (its next delivery skips what is stored)",
+            self.batch_id,
+            now - self.refreshed,
+        )
+        return False
+
+    def _settled_by_others(self) -> bool:
+        """A file in flight when this delivery started has an outcome it did not write."""
+        now = self.ledger.batch_states(self.batch_id)
+        return any(
+            was == "." and i < len(now) and now[i] != "." and i not in self.written
+            for i, was in enumerate(self.states)
+        )
 
 
 def fail_unsettled(
