@@ -141,9 +141,11 @@ def test_global_file_rate_holds_across_four_worker_processes(
     timeline = ledger.timeline()
     assert sum(n for n, _ in timeline.values()) == 400
     # The limiter grants at most rate + burst in any second (test_ratelimit_redis proves
-    # that exactly); the timeline counts answers, and a worker granted a lease of up to a
-    # burst of files may be scheduled late, so one more burst can land in a window.
-    assert max(n for n, _ in timeline.values()) <= 40 + 2 * 10, timeline
+    # that exactly); the timeline counts answers, and each of the 4 worker processes may
+    # hold a lease (at most a burst: 10 files) granted in one second and answered in the
+    # next, so up to 4 late leases can land in one window. Without the limit the 400 files
+    # arrive within about a second; the elapsed time above proves the average rate.
+    assert max(n for n, _ in timeline.values()) <= 40 + 10 + 4 * 10, timeline
 
 
 def test_global_byte_rate_holds_across_four_worker_processes(
@@ -173,9 +175,10 @@ def test_global_byte_rate_holds_across_four_worker_processes(
     assert_invariant(ledger)
     per_second = [nbytes for _, nbytes in ledger.timeline().values()]
     # The byte burst is one second of the rate: no second is granted more than two seconds'
-    # worth plus one file; a lease (at most 10 files) sent late by a busy worker may add its
-    # files to a window, as for the file rate above.
-    assert max(per_second) <= 2 * mb_per_s * 1e6 + 10 * size, per_second
+    # worth; each of the 4 worker processes may add a lease (at most 10 files) granted in
+    # the second before, as for the file rate above (once seen in CI: 92 files' worth in
+    # a second against 80 + 10). Unlimited, the whole 3.7 MB lands in about a second.
+    assert max(per_second) <= 2 * mb_per_s * 1e6 + 4 * 10 * size, per_second
 
 
 def test_max_associations_is_a_fleet_wide_cap_seen_at_the_receiver(
