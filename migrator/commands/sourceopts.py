@@ -12,13 +12,12 @@ reports); each sender reads the files itself.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from migrator.commands.common import AETitle, fail_config, opt
+from migrator.commands.common import AETitle, _abspath, fail_config, opt
 from migrator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -138,10 +137,6 @@ def source_options(func: F) -> F:
             ),
         ],
     )
-
-
-def _abspath(path: str | None) -> str | None:
-    return os.path.abspath(path) if path else None
 
 
 def https_fields(o: dict[str, Any]) -> dict[str, Any]:

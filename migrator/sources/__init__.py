@@ -65,7 +65,8 @@ class SourceCache:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._s3: dict[str, Source] = {}
-        self._dicomweb: dict[str, Source] = {}
+        #: DICOMweb and DIMSE services by root: one per service (a spool and connections)
+        self._services: dict[str, Source] = {}
         # One for every local file: a FileSource fetches an item by its own URI.
         self._files = FileSource("/")
 
@@ -75,14 +76,14 @@ class SourceCache:
 
         if is_dimse(uri):
             root = source_root(uri)
-            if root not in self._dicomweb:
-                self._dicomweb[root] = open_source(root, self._settings)
-            return self._dicomweb[root]
+            if root not in self._services:
+                self._services[root] = open_source(root, self._settings)
+            return self._services[root]
         if is_dicomweb(uri):
             root = service_url(uri)
-            if root not in self._dicomweb:
-                self._dicomweb[root] = open_source(f"dicomweb+{root}", self._settings)
-            return self._dicomweb[root]
+            if root not in self._services:
+                self._services[root] = open_source(f"dicomweb+{root}", self._settings)
+            return self._services[root]
         if not uri.startswith("s3://"):
             return self._files
         bucket = uri[5:].split("/", 1)[0]

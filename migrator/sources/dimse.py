@@ -199,7 +199,7 @@ class DimseSource:
                 evt_handlers=[(evt.EVT_C_STORE, on_store)],
             )
         except ConnectError:
-            raise
+            raise  # unreachable: retried like any connection
         except Exception as exc:  # rejected, no context: the archive's answer, said as is
             raise SourceError(f"{where}: C-GET association: {exc}") from None
         query = Dataset()

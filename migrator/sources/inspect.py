@@ -7,9 +7,9 @@ only when the header is longer.
 
 from __future__ import annotations
 
-import random
 import time
 
+from migrator.backoff import backoff as backoff_delay
 from migrator.dicomfile import (
     DAMAGED_INPUT_ERRORS,
     HEAD_BYTES,
@@ -61,7 +61,7 @@ def inspect_with_retries(
     for attempt in range(retries):
         if not (isinstance(read, MigratorError) and read.retryable):
             return read
-        time.sleep(min(5.0, backoff * 2**attempt) * random.uniform(0.5, 1.5))
+        time.sleep(backoff_delay(backoff, attempt + 1))
         read = inspect_item(source, item)
     if isinstance(read, MigratorError) and read.retryable and retries:
         return SourceError(f"{read} (gave up after {retries + 1} attempts)")

@@ -31,13 +31,13 @@ import contextlib
 import heapq
 import itertools
 import logging
-import random
 import select
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from migrator import status as st
+from migrator.backoff import backoff
 from migrator.coerce import CoercionError, CoercionSkipped
 from migrator.contexts import plan_profiles
 from migrator.dicomfile import DicomHeader
@@ -70,7 +70,6 @@ from migrator.transfer.transform import Transform, identity
 
 log = logging.getLogger(__name__)
 
-_MAX_BACKOFF = 30.0
 #: A batch whose files waited too long for another batch's copy comes back after this long.
 DEFER_RETRY = 5.0
 #: While waiting (for answers, a backoff), ``tick`` is called at least this often: a batch
@@ -626,8 +625,7 @@ class Transfer:
     def _backoff(self, attempt: int) -> float:
         """Exponential, with jitter: senders turned away together (a busy PACS, a PACS
         coming back) must not all come back at the same instant."""
-        delay = min(_MAX_BACKOFF, self.settings.retry_backoff * 2 ** (attempt - 1))
-        return float(delay * random.uniform(0.5, 1.5))
+        return backoff(self.settings.retry_backoff, attempt)
 
     def _release_delayed(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
