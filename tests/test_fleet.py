@@ -199,6 +199,18 @@ def held_by(fleet: Fleet, ledger: Ledger, host: str) -> tuple[set[str], set[str]
     return batches, {t.decode() for t in live if t.decode().startswith(mark)}
 
 
+def unrecorded_by(fleet: Fleet, ledger: Ledger, host: str) -> set[str]:
+    """Instances the PACS received from ``host`` that no worker of ``host`` recorded."""
+    sent = fleet.pacs_log().uids_from.get(fleet.hosts[host].address, set())
+    mark = f"fleet-{host}:"
+    recorded = {
+        o.sop_instance_uid
+        for _, o, extra in ledger.iter_outcomes()
+        if str(extra.get("worker", "")).startswith(mark)
+    }
+    return sent - recorded
+
+
 def test_a_host_lost_mid_job_its_leases_are_taken_over_and_the_job_completes(
     tmp_path: Path, make_fleet: list[Fleet]
 ) -> None:
@@ -215,7 +227,13 @@ def test_a_host_lost_mid_job_its_leases_are_taken_over_and_the_job_completes(
         batches, slots = held_by(fleet, ledger, "h2")
         batches = {b for b in batches if "." in ledger.batch_states(b)}  # files still to send
         state.update(batches=batches, slots=slots)
-        return ledger.counts()["stored"] >= 300 and bool(batches) and bool(slots)
+        return (
+            ledger.counts()["stored"] >= 300
+            and bool(batches)
+            and bool(slots)
+            # and files at the PACS it has not recorded yet: the case the takeover looks up
+            and bool(unrecorded_by(fleet, ledger, "h2"))
+        )
 
     wait_until(h2_busy, 60, "h2 sending")
     fleet.kill_host("h2")
@@ -247,7 +265,10 @@ def test_a_host_lost_mid_job_its_leases_are_taken_over_and_the_job_completes(
     # PACS by the delivery taking its batch over (C-FIND by SOP Instance UID) and recorded,
     # not sent again (before that lookup: 0-20 instances twice, within 2 x (64 + 2)).
     assert log.twice() == {}, log.twice()
-    found = [o for _, o, _ in ledger.iter_outcomes() if o.reason == FOUND_AFTER_LOSS]
+    found = {
+        o.sop_instance_uid for _, o, _ in ledger.iter_outcomes() if o.reason == FOUND_AFTER_LOSS
+    }
+    assert found == unrecorded_by(fleet, ledger, "h2")  # exactly those, none sent again
     # Documented lease lengths: slots 30 s after their last refresh (every 5 s); a batch comes
     # back after the visibility timeout (12 s here) and waits out the dead holder's 30 s lease.
     assert slots_back <= SLOT_LEASE_S + 5, slots_back  # + polling on a loaded machine
