@@ -7,16 +7,20 @@ instances at IMAGE level with their SOP Class UID. Each instance is one item:
 ``dimse://AE@host:port/studies/{study}/series/{series}/instances/{sop}?class={sop class}``.
 Planned like a manifest's lines (UIDs known, nothing downloaded).
 
-Fetching an instance is a C-GET at IMAGE level on an association that offers its SOP class
-in every transfer syntax this tool knows, one presentation context each, so that the
-archive sends the instance in the syntax it holds it in (not re-encoded); the C-STORE
-sub-operation is written as it comes to a spool file (File Meta + the dataset's bytes as
-received) that the sender then reads and sends (migrator/sources/held.py: one download
-per instance). The archive must know our calling AE (``--source-calling-ae``) for C-GET.
-
-First version (issue 17): one association per fetch (pynetdicom); retrieval per series
-on a pooled association on our own upper layer, C-MOVE, and the source's own rate limit
-are next.
+Fetching is a C-GET at IMAGE level on an association that offers the SOP classes the
+listing gave, each in every transfer syntax this tool knows, one presentation context each,
+so that the archive sends each instance in the syntax it holds it in (not re-encoded).
+A batch tells the source its items first (``expect``): they are fetched series by series,
+one C-GET with the series' SOP Instance UIDs as a list, on one association
+(migrator/sources/retrieve.py: at most 128 instances and 11 SOP classes per request, within
+the 128 presentation contexts of an association). Each C-STORE sub-operation is written as
+it arrives to its own spool file (File Meta + the dataset's bytes as received) that the
+sender then reads and sends (migrator/sources/held.py: one download per instance, the
+spool bounded by the batch). What C-FIND promised and did not come is asked for once more,
+then fails with the reason: ``the source sent 9 of 10 instances of series X; this one did
+not come after a retry``. An archive that refuses a whole list for one UID it no longer
+holds (Orthanc: 0xC000) is asked for halves of it, down to that instance.
+The archive must know our calling AE (``--source-calling-ae``) and allow it C-GET.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -33,6 +37,7 @@ from migrator.errors import ConfigError, ConnectError, SourceError, TransientErr
 from migrator.sources.base import Payload, SourceItem
 from migrator.sources.held import HeldFiles, unlink
 from migrator.sources.manifest import ManifestEntry
+from migrator.sources.retrieve import Counts, Groups, Received
 from migrator.sources.windows import StudyQuery, dicom_range, studies
 from migrator.syntaxes import ALIASES
 from migrator.validation import is_valid_uid
@@ -88,6 +93,7 @@ class DimseSource:
         )
         self.query = query or StudyQuery()
         self._held = HeldFiles("migrator-cget-")
+        self._groups = Groups()
 
     def __repr__(self) -> str:
         return f"DimseSource({self.uri!r})"
@@ -147,21 +153,26 @@ class DimseSource:
 
     # -- fetching --------------------------------------------------------------------------
 
+    def expect(self, items: Iterable[SourceItem]) -> None:
+        """The items about to be fetched (a batch): fetched series by series, one request
+        per series on one association (migrator/sources/retrieve.py)."""
+        parsed = []
+        for item in items:
+            with contextlib.suppress(SourceError):  # a bad URI fails at its own fetch
+                parsed.append((item.uri, *_parse_item(item.uri)))
+        self._groups.expect(parsed)
+
     def fetch(self, item: SourceItem) -> contextlib.AbstractContextManager[Payload]:
         return self._held.fetch(item.uri, lambda: self._get(item))
 
     def _get(self, item: SourceItem) -> tuple[str, int]:
-        study, series, sop, sop_class = _parse_item(item.uri)
-        path = self._held.new_path()
-        try:
-            return path, self._c_get(study, series, sop, sop_class, path, item.uri)
-        except BaseException:
-            unlink(path)
-            raise
+        group, sop = self._groups.group_of(item.uri, lambda: _parse_item(item.uri))
+        return group.take(sop, self._c_get)
 
-    def _c_get(
-        self, study: str, series: str, sop: str, sop_class: str, path: str, where: str
-    ) -> int:
+    def _c_get(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """One C-GET at IMAGE level for ``wanted`` (a UID list) on one association that
+        offers each of their SOP classes in every syntax we know, as Storage SCP; each
+        C-STORE sub-operation written to its own spool file as it arrives."""
         from pydicom.dataset import Dataset
         from pynetdicom import build_role, evt
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -170,32 +181,41 @@ class DimseSource:
 
         from migrator.verify.pacs import associate, new_ae
 
-        received: list[int] = []
+        where = f"{self.uri}/studies/{study}/series/{series}"
+        received = Received()
 
         def on_store(event: Any) -> int:
-            if str(event.request.AffectedSOPInstanceUID) != sop:
+            sop = str(event.request.AffectedSOPInstanceUID)
+            if sop not in wanted or sop in received.files:
                 return 0xA900  # not what was asked for: refused, never written as ours
             from pydicom.filebase import DicomBytesIO
             from pydicom.filewriter import write_file_meta_info
 
             meta = DicomBytesIO()
             write_file_meta_info(meta, event.file_meta)
-            with open(path, "wb") as out:
-                out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
-                # The dataset's bytes as the archive sent them: no decoding, no re-encoding.
-                out.write(event.request.DataSet.getvalue())
-                received.append(out.tell())
+            path = self._held.new_path()
+            try:
+                with open(path, "wb") as out:
+                    out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+                    # The dataset's bytes as the archive sent them: not decoded, not re-encoded.
+                    out.write(event.request.DataSet.getvalue())
+                    received.files[sop] = (path, out.tell())
+            except OSError:
+                unlink(path)
+                return 0xA700  # out of resources (our disk): the sub-operation failed
             return 0x0000
 
+        classes = sorted(set(wanted.values()))
         ae = new_ae(self.config)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        for syntax in SYNTAXES:
-            ae.add_requested_context(sop_class, [syntax])
+        for sop_class in classes:
+            for syntax in SYNTAXES:
+                ae.add_requested_context(sop_class, [syntax])
         try:
             assoc = associate(
                 ae,
                 self.config,
-                ext_neg=[build_role(sop_class, scp_role=True)],
+                ext_neg=[build_role(c, scp_role=True) for c in classes],
                 evt_handlers=[(evt.EVT_C_STORE, on_store)],
             )
         except ConnectError:
@@ -206,8 +226,7 @@ class DimseSource:
         query.QueryRetrieveLevel = "IMAGE"
         query.StudyInstanceUID = study
         query.SeriesInstanceUID = series
-        query.SOPInstanceUID = sop
-        last = None
+        query.SOPInstanceUID = list(wanted) if len(wanted) > 1 else next(iter(wanted))
         try:
             for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
                 code = cast(int | None, getattr(status, "Status", None))
@@ -217,17 +236,34 @@ class DimseSource:
                         f"know AE {self.config.calling_ae} and allow it C-GET? (register it "
                         "there, or give --source-calling-ae)"
                     )
-                last = code
+                received.counts = _counts(status, code)
+        except BaseException:
+            for path, _ in received.files.values():
+                unlink(path)
+            raise
         finally:
             if assoc.is_established:
                 assoc.release()
-        if received:
-            return received[0]
-        if last in (0x0000, 0xB000) or last is None:
-            raise SourceError(f"{where}: no longer at the source (C-GET sent no instance)")
-        if last is not None and (last & 0xFF00) == 0xA700:
+        last = received.counts.status
+        if not received.files and last is not None and (last & 0xFF00) == 0xA700:
             raise TransientError(f"{where}: the source is out of resources (C-GET 0x{last:04X})")
-        raise SourceError(f"{where}: the source refused the C-GET (0x{last:04X})")
+        if not received.files and last not in (None, 0x0000, 0xB000, 0xFE00):
+            raise SourceError(f"{where}: the source refused the C-GET (0x{last:04X})")
+        return received
+
+
+def _counts(status: Any, code: int) -> Counts:
+    def n(name: str) -> int | None:
+        value = getattr(status, name, None)
+        return int(value) if isinstance(value, int) else None
+
+    return Counts(
+        completed=n("NumberOfCompletedSuboperations"),
+        failed=n("NumberOfFailedSuboperations"),
+        warning=n("NumberOfWarningSuboperations"),
+        remaining=n("NumberOfRemainingSuboperations"),
+        status=code,
+    )
 
 
 def _parse_item(uri: str) -> tuple[str, str, str, str]:
