@@ -25,7 +25,7 @@ from migrator.sources.inspect import inspect_item
 from migrator.synth.corpora import write_corpus
 from tests.behaviourhelpers import send
 from tests.peers.dcmtk import StoreScpPeer
-from tests.peers.orthanc import OrthancPeer
+from tests.peers.orthanc import OrthancPeer, free_port_all_interfaces
 from tests.test_source_dimse import OUR_AE, _old_pacs, _source
 
 pytestmark = pytest.mark.timeout(300)
@@ -132,3 +132,111 @@ def test_the_destination_gets_the_sources_instance_set(
         for p in storescp.received_files()
     }
     assert got == set(by_sop) == pacs.all_sop_instance_uids()
+
+
+MOVE_AE = "MIGRATOR-MOVE"
+
+
+def _moving_pacs(factory: Callable[..., OrthancPeer], move_port: int) -> OrthancPeer:
+    """The old PACS knowing our calling AE and our Storage SCP as move destination."""
+    return factory(
+        aet="OLDPACS",
+        extra={
+            "DicomModalities": {
+                OUR_AE: [OUR_AE, "127.0.0.1", 1],
+                MOVE_AE: [MOVE_AE, "127.0.0.1", move_port],
+            },
+            "DicomAlwaysAllowGet": True,
+        },
+    )
+
+
+def test_c_move_to_our_own_storage_scp_brings_the_sources_instance_set(
+    orthanc_factory: Callable[..., OrthancPeer], storescp: StoreScpPeer, tmp_path: Path
+) -> None:
+    """`run` with two worker processes sharing --move-port (one move at a time per host
+    and port): every instance comes by C-MOVE and is stored; the invariant holds."""
+    move_port = free_port_all_interfaces()
+    pacs = _moving_pacs(orthanc_factory, move_port)
+    by_sop = _archive(pacs, tmp_path, count=30, series=5)
+    result = send(
+        "run",
+        tmp_path,
+        storescp.port,
+        storescp.aet,
+        tmp_path,
+        "--source-calling-ae",
+        OUR_AE,
+        "--retrieve",
+        "move",
+        "--move-ae",
+        MOVE_AE,
+        "--move-port",
+        str(move_port),
+        "--batch-files",
+        "10",
+        sources=[_source(pacs)],
+    )
+    assert result.rc == 0, result.tail()
+    totals = result.totals()
+    assert totals["planned"] == totals["stored"] == 30, totals
+    got = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+        for p in storescp.received_files()
+    }
+    assert got == set(by_sop) == pacs.all_sop_instance_uids()
+
+
+def test_a_move_destination_the_source_does_not_know_is_said(
+    orthanc_factory: Callable[..., OrthancPeer], storescp: StoreScpPeer, tmp_path: Path
+) -> None:
+    """Every instance fails with what to do, the move asked for once per series (not per
+    instance, not again); exit 1, the invariant holds."""
+    move_port = free_port_all_interfaces()
+    pacs = _moving_pacs(orthanc_factory, move_port)
+    _archive(pacs, tmp_path, count=6, series=2)
+    result = send(
+        "store",
+        tmp_path,
+        storescp.port,
+        storescp.aet,
+        tmp_path,
+        "--source-calling-ae",
+        OUR_AE,
+        "--retrieve",
+        "move",
+        "--move-ae",
+        "STRANGER",
+        "--move-port",
+        str(move_port),
+        sources=[_source(pacs)],
+    )
+    assert result.rc == 1, result.tail()
+    totals = result.totals()
+    assert totals["planned"] == totals["failed"] == 6, totals
+    assert not storescp.received_files()
+    reasons = {f["reason"] for f in result.report["files"]}  # type: ignore[index]
+    # Orthanc 1.10 answers 0xC000 (not 0xA801): told apart from a missing instance by a
+    # C-FIND saying the source holds them all. One reason for all: no instance retried.
+    assert len(reasons) == 1, reasons
+    (reason,) = reasons
+    assert reason.startswith(
+        "the source refused the move destination AE STRANGER: register it there (with this "
+        f"host and port {move_port}; C-MOVE 0x"
+    ), reason
+    assert pacs.log_path.read_text().count('Move-SCU request received for AET "STRANGER"') == 2
+
+
+def test_retrieve_move_without_a_port_is_a_usage_error(tmp_path: Path) -> None:
+    result = send(
+        "store",
+        tmp_path,
+        1,
+        "ANY",
+        tmp_path,
+        "--retrieve",
+        "move",
+        sources=["dimse://OLDPACS@127.0.0.1:1"],
+    )
+    assert result.rc == 2, result.tail()
+    assert "--retrieve move needs --move-port" in result.output, result.tail()

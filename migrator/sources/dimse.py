@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
@@ -37,13 +38,16 @@ from migrator.errors import ConfigError, ConnectError, SourceError, TransientErr
 from migrator.sources.base import Payload, SourceItem
 from migrator.sources.held import HeldFiles, unlink
 from migrator.sources.manifest import ManifestEntry
-from migrator.sources.retrieve import Counts, Groups, Received
+from migrator.sources.movescp import MoveReceiver
+from migrator.sources.retrieve import Counts, Groups, Received, RefusedAll
 from migrator.sources.windows import StudyQuery, dicom_range, studies
 from migrator.syntaxes import ALIASES
 from migrator.validation import is_valid_uid
 
 if TYPE_CHECKING:
     from migrator.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PREFIX = "dimse://"
 _URI = re.compile(r"^dimse://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})(?P<rest>/.*)?$")
@@ -94,6 +98,20 @@ class DimseSource:
         self.query = query or StudyQuery()
         self._held = HeldFiles("migrator-cget-")
         self._groups = Groups()
+        self.retrieve_mode = settings.source_retrieve
+        #: the move destination: our own AE title towards the source by default
+        self.move_ae = settings.move_ae or self.config.calling_ae
+        self._mover = (
+            MoveReceiver(
+                settings.move_port,
+                SYNTAXES,
+                self._held.new_path,
+                max_pdu=settings.max_pdu,
+                timeout=settings.dimse_timeout,
+            )
+            if settings.move_port
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"DimseSource({self.uri!r})"
@@ -167,19 +185,111 @@ class DimseSource:
 
     def _get(self, item: SourceItem) -> tuple[str, int]:
         group, sop = self._groups.group_of(item.uri, lambda: _parse_item(item.uri))
-        return group.take(sop, self._c_get)
+        return group.take(sop, self._retrieve)
+
+    def _retrieve(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """C-GET or C-MOVE, as ``--retrieve`` says; auto: C-GET until the source refuses
+        its context, then C-MOVE (remembered for the source's life)."""
+        if self.retrieve_mode == "move":
+            return self._c_move(study, series, wanted)
+        try:
+            return self._c_get(study, series, wanted)
+        except NoGet as exc:
+            if self.retrieve_mode == "auto" and self._mover is not None:
+                log.info("%s: %s; fetching by C-MOVE to AE %s", self.uri, exc, self.move_ae)
+                self.retrieve_mode = "move"
+                return self._c_move(study, series, wanted)
+            hint = (
+                "give --move-port (and --move-ae, registered at the source) to fetch by C-MOVE"
+                if self.retrieve_mode == "auto"
+                else "give --retrieve move (or auto) with --move-port and --move-ae"
+            )
+            raise RefusedAll(f"{exc}; {hint}") from None
+
+    def _c_move(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """One C-MOVE at IMAGE level for ``wanted`` (a UID list) to our own Storage SCP
+        (migrator/sources/movescp.py), listening while the move runs."""
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelMove,
+        )
+
+        from migrator.verify.pacs import associate, new_ae
+
+        if self._mover is None:
+            raise RefusedAll(f"{self.uri}: --retrieve move needs --move-port")
+        where = f"{self.uri}/studies/{study}/series/{series}"
+        ae = new_ae(self.config)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        received = Received()
+        with self._mover.receiving(set(wanted)) as scp:
+            files = scp.files
+            try:
+                assoc = associate(ae, self.config)
+            except ConnectError:
+                raise
+            except Exception as exc:
+                raise SourceError(f"{where}: C-MOVE association: {exc}") from None
+            try:
+                answers = assoc.send_c_move(
+                    _query(study, series, wanted),
+                    self.move_ae,
+                    StudyRootQueryRetrieveInformationModelMove,
+                )
+                for status, _ in answers:
+                    code = cast(int | None, getattr(status, "Status", None))
+                    if code is None:
+                        raise TransientError(
+                            f"{where}: no C-MOVE answer (aborted or timed out); does the "
+                            f"source know AE {self.config.calling_ae} and allow it C-MOVE? "
+                            "(register it there, or give --source-calling-ae)"
+                        )
+                    received.counts = _counts(status, code)
+            except BaseException:
+                for path, _ in files.values():
+                    unlink(path)
+                raise
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        received.files = dict(files)
+        last = received.counts.status
+        why = ""
+        if last == 0xA801:
+            why = "C-MOVE 0xA801 Move destination unknown"
+        elif (
+            not received.files
+            and not scp.connections
+            and last not in (None, 0x0000, 0xB000, 0xFE00)
+            and (last & 0xFF00) != 0xA700  # busy: retried as such
+            # Some archives (Orthanc 1.10) answer an unknown destination with 0xC000, as
+            # they answer a list holding a UID they do not have: tell the two apart by
+            # asking whether it holds every instance asked for.
+            and self._holds(study, series, set(wanted), where)
+        ):
+            why = (
+                f"C-MOVE 0x{last:04X} for instances it holds, without opening an "
+                "association to our Storage SCP"
+            )
+        if why:
+            for path, _ in received.files.values():
+                unlink(path)
+            raise RefusedAll(
+                f"the source refused the move destination AE {self.move_ae}: register it "
+                f"there (with this host and port {self._mover.port}; {why})"
+            )
+        _check_final(received, "C-MOVE", where)
+        return received
 
     def _c_get(self, study: str, series: str, wanted: dict[str, str]) -> Received:
         """One C-GET at IMAGE level for ``wanted`` (a UID list) on one association that
         offers each of their SOP classes in every syntax we know, as Storage SCP; each
         C-STORE sub-operation written to its own spool file as it arrives."""
-        from pydicom.dataset import Dataset
         from pynetdicom import build_role, evt
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
             StudyRootQueryRetrieveInformationModelGet,
         )
 
-        from migrator.verify.pacs import associate, new_ae
+        from migrator.verify.pacs import PacsQueryError, associate, new_ae
 
         where = f"{self.uri}/studies/{study}/series/{series}"
         received = Received()
@@ -220,15 +330,17 @@ class DimseSource:
             )
         except ConnectError:
             raise  # unreachable: retried like any connection
-        except Exception as exc:  # rejected, no context: the archive's answer, said as is
+        except PacsQueryError as exc:  # accepted, but none of our contexts
+            raise NoGet(f"{self.uri}: the source refused C-GET ({exc})") from None
+        except Exception as exc:  # rejected: the archive's answer, said as is
             raise SourceError(f"{where}: C-GET association: {exc}") from None
-        query = Dataset()
-        query.QueryRetrieveLevel = "IMAGE"
-        query.StudyInstanceUID = study
-        query.SeriesInstanceUID = series
-        query.SOPInstanceUID = list(wanted) if len(wanted) > 1 else next(iter(wanted))
+        get_uid = StudyRootQueryRetrieveInformationModelGet
+        if not any(cx.abstract_syntax == get_uid for cx in assoc.accepted_contexts):
+            assoc.release()
+            raise NoGet(f"{self.uri}: the source refused C-GET (its presentation context)")
         try:
-            for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+            query = _query(study, series, wanted)
+            for status, _ in assoc.send_c_get(query, get_uid):
                 code = cast(int | None, getattr(status, "Status", None))
                 if code is None:
                     raise TransientError(
@@ -244,12 +356,49 @@ class DimseSource:
         finally:
             if assoc.is_established:
                 assoc.release()
-        last = received.counts.status
-        if not received.files and last is not None and (last & 0xFF00) == 0xA700:
-            raise TransientError(f"{where}: the source is out of resources (C-GET 0x{last:04X})")
-        if not received.files and last not in (None, 0x0000, 0xB000, 0xFE00):
-            raise SourceError(f"{where}: the source refused the C-GET (0x{last:04X})")
+        _check_final(received, "C-GET", where)
         return received
+
+    def _holds(self, study: str, series: str, sops: set[str], where: str) -> bool:
+        """Whether the source lists every one of ``sops`` in the series (C-FIND)."""
+        from migrator.verify.pacs import PacsQueryError
+        from migrator.verify.query import QueryClient
+
+        keys = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        try:
+            with QueryClient(self.config) as q:
+                found = q.find("IMAGE", keys, ["SOPInstanceUID"])
+        except PacsQueryError as exc:
+            raise SourceError(f"{where}: {exc}") from None
+        return sops <= {str(m.get("SOPInstanceUID", "")) for m in found}
+
+
+class NoGet(SourceError):
+    """The source does not take C-GET from us (its context refused)."""
+
+
+def _query(study: str, series: str, wanted: dict[str, str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = study
+    query.SeriesInstanceUID = series
+    # A list of UIDs (PS3.4 C.4.2.2.1: the unique key of the level may hold several).
+    query.SOPInstanceUID = list(wanted) if len(wanted) > 1 else next(iter(wanted))
+    return query
+
+
+def _check_final(received: Received, what: str, where: str) -> None:
+    """Nothing came and the final status says why: a busy source is retried later, any
+    other failure refuses the request (split by the caller down to the instance)."""
+    last = received.counts.status
+    if received.files or last is None:
+        return
+    if (last & 0xFF00) == 0xA700:
+        raise TransientError(f"{where}: the source is out of resources ({what} 0x{last:04X})")
+    if last not in (0x0000, 0xB000, 0xFE00):
+        raise SourceError(f"{where}: the source refused the {what} (0x{last:04X})")
 
 
 def _counts(status: Any, code: int) -> Counts:

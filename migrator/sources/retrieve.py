@@ -59,6 +59,11 @@ class Received:
     counts: Counts = field(default_factory=Counts)
 
 
+class RefusedAll(SourceError):
+    """The source refused the request for a reason that holds for every instance of it (an
+    unknown move destination, no C-GET at all): not asked again, not split."""
+
+
 class Retriever(Protocol):
     def __call__(self, study: str, series: str, wanted: dict[str, str]) -> Received:
         """Ask the source for ``wanted`` (SOP Instance UID -> SOP Class UID) of one series;
@@ -100,19 +105,32 @@ class SeriesGroup:
         else:
             done = self.arrived.keys() | self.failed.keys() | self.taken
             pending = {s: c for s, c in self.classes.items() if s not in done}
-        first = self._ask(retrieve, pending)
+        try:
+            first = self._ask(retrieve, pending)
+        except RefusedAll as exc:
+            self._fail(pending, str(exc))
+            return
         missing = {s: c for s, c in pending.items() if s not in self.arrived}
         if not missing:
             return
         # Once more for what did not come (an archive that dropped a sub-operation under
         # load often sends it when asked again); what still does not come fails.
-        second = self._ask(retrieve, missing)
+        try:
+            second = self._ask(retrieve, missing)
+        except RefusedAll as exc:
+            self._fail(missing, str(exc))
+            return
         came = len(pending) - len(missing)
         for sop in missing:
             if sop not in self.arrived:
                 self.failed[sop] = missing_reason(
                     self.series, len(pending), came, first[sop], second[sop]
                 )
+
+    def _fail(self, sops: dict[str, str], reason: str) -> None:
+        for sop in sops:
+            if sop not in self.arrived:
+                self.failed[sop] = reason
 
     def _ask(self, retrieve: Retriever, wanted: dict[str, str]) -> dict[str, str]:
         """Ask for ``wanted``; how the source answered the request that asked for each."""
@@ -122,6 +140,8 @@ class SeriesGroup:
             part = queue.pop(0)
             try:
                 got = retrieve(self.study, self.series, part)
+            except RefusedAll:
+                raise
             except SourceError as exc:
                 if len(part) > 1:
                     # Some archives refuse a whole list for one UID they no longer hold
