@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "dimse://"
 _URI = re.compile(r"^dimse://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})(?P<rest>/.*)?$")
+#: Study Root C-FIND, proposed with each retrieve (dcmqrscp --require-find wants it).
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 #: Every transfer syntax offered for a sub-operation, one presentation context each.
 SYNTAXES = tuple(dict.fromkeys([*ALIASES.values(), "1.2.840.10008.1.2.4.51"]))
 
@@ -190,18 +192,20 @@ class DimseSource:
     def _retrieve(self, study: str, series: str, wanted: dict[str, str]) -> Received:
         """C-GET or C-MOVE, as ``--retrieve`` says; auto: C-GET until the source refuses
         its context, then C-MOVE (remembered for the source's life)."""
-        if self.retrieve_mode == "move":
+        mode = self.retrieve_mode  # read once: another thread may switch it meanwhile
+        if mode == "move":
             return self._c_move(study, series, wanted)
         try:
             return self._c_get(study, series, wanted)
         except NoGet as exc:
-            if self.retrieve_mode == "auto" and self._mover is not None:
-                log.info("%s: %s; fetching by C-MOVE to AE %s", self.uri, exc, self.move_ae)
+            if mode == "auto" and self._mover is not None:
+                if self.retrieve_mode == "auto":
+                    log.info("%s: %s; fetching by C-MOVE to AE %s", self.uri, exc, self.move_ae)
                 self.retrieve_mode = "move"
                 return self._c_move(study, series, wanted)
             hint = (
                 "give --move-port (and --move-ae, registered at the source) to fetch by C-MOVE"
-                if self.retrieve_mode == "auto"
+                if mode == "auto"
                 else "give --retrieve move (or auto) with --move-port and --move-ae"
             )
             raise RefusedAll(f"{exc}; {hint}") from None
@@ -220,6 +224,7 @@ class DimseSource:
         where = f"{self.uri}/studies/{study}/series/{series}"
         ae = new_ae(self.config)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
         received = Received()
         with self._mover.receiving(set(wanted)) as scp:
             files = scp.files
@@ -315,12 +320,21 @@ class DimseSource:
                 return 0xA700  # out of resources (our disk): the sub-operation failed
             return 0x0000
 
-        classes = sorted(set(wanted.values()))
         ae = new_ae(self.config)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        for sop_class in classes:
-            for syntax in SYNTAXES:
-                ae.add_requested_context(sop_class, [syntax])
+        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
+        classes = sorted(set(wanted.values()) - {""})
+        if "" in wanted.values():
+            # The listing gave no SOP Class UID (dcmqrscp returns none at IMAGE level): the
+            # common storage classes, each in one context listing every syntax (the source
+            # picks one and may have to convert), within the 128 contexts.
+            classes = list(dict.fromkeys([*classes, *_common_storage_classes()]))[:126]
+            for sop_class in classes:
+                ae.add_requested_context(sop_class, list(SYNTAXES))
+        else:
+            for sop_class in classes:
+                for syntax in SYNTAXES:
+                    ae.add_requested_context(sop_class, [syntax])
         try:
             assoc = associate(
                 ae,
@@ -415,6 +429,12 @@ def _counts(status: Any, code: int) -> Counts:
     )
 
 
+def _common_storage_classes() -> list[str]:
+    from pynetdicom import StoragePresentationContexts
+
+    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+
+
 def _parse_item(uri: str) -> tuple[str, str, str, str]:
     parts = urlsplit(uri)
     segments = [unquote(p) for p in parts.path.strip("/").split("/")]
@@ -422,7 +442,8 @@ def _parse_item(uri: str) -> tuple[str, str, str, str]:
     if (
         len(segments) != 6
         or segments[0::2] != ["studies", "series", "instances"]
-        or not all(is_valid_uid(u) for u in (*segments[1::2], sop_class))
+        or not all(is_valid_uid(u) for u in segments[1::2])
+        or (sop_class and not is_valid_uid(sop_class))
     ):
         raise SourceError(f"{uri}: not a dimse:// instance URI")
     return segments[1], segments[3], segments[5], sop_class

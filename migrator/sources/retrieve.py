@@ -10,7 +10,7 @@ come are asked for once more, then fail with the reason (``missing_reason``).
 
 One request asks for at most ``CHUNK`` instances and offers the contexts of at most
 ``MAX_CLASSES`` SOP classes (each in every transfer syntax we know: 11 x 11 + the
-retrieve context stay within the 128 presentation contexts an association may propose):
+retrieve and C-FIND contexts stay within the 128 presentation contexts an association may propose):
 a series with more classes is asked for class group by class group.
 """
 
@@ -26,7 +26,8 @@ from migrator.errors import SourceError
 #: Instances asked for by one C-GET/C-MOVE: a UID list of ~8 KB, and the files they give
 #: are a bounded part of the spool (a batch is 200 files by default).
 CHUNK = 128
-#: SOP classes per association: each in SYNTAXES (11) contexts, + 1 retrieve context <= 128.
+#: SOP classes per association: each in SYNTAXES (11) contexts, + the retrieve and C-FIND
+#: contexts <= 128.
 MAX_CLASSES = 11
 
 
