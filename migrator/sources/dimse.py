@@ -1,4 +1,4 @@
-"""``DimseSource``: the old PACS itself, listed by C-FIND and fetched by C-GET.
+"""``DimseSource``: the old PACS itself, listed by C-FIND, fetched by C-GET or C-MOVE.
 
 ``dimse://AE@host:port`` is a source like a folder: Study Root C-FIND lists the studies
 (optionally in a StudyDate window and for one modality, split in date windows under a
@@ -21,6 +21,16 @@ then fails with the reason: ``the source sent 9 of 10 instances of series X; thi
 not come after a retry``. An archive that refuses a whole list for one UID it no longer
 holds (Orthanc: 0xC000) is asked for halves of it, down to that instance.
 The archive must know our calling AE (``--source-calling-ae``) and allow it C-GET.
+A listing without SOP Class UIDs (dcmqrscp gives none at IMAGE level) offers the common
+storage classes instead, one context each listing every syntax (the archive picks).
+
+``--retrieve move`` asks for the same lists by C-MOVE to our own Storage SCP
+(migrator/sources/movescp.py: ``--move-ae`` on ``--move-port``, which the archive must
+know), listening while the move runs; instances are matched by SOP Instance UID into the
+same spool. ``--retrieve auto`` (the default) uses C-GET until the archive refuses its
+context, then C-MOVE. An unknown move destination fails each instance once with ``the
+source refused the move destination AE X: register it there`` (0xA801, or Orthanc 1.10's
+0xC000 for instances a C-FIND shows it holds, with no association opened to us).
 """
 
 from __future__ import annotations
