@@ -12,7 +12,7 @@ listing gave, each in every transfer syntax this tool knows, one presentation co
 so that the archive sends each instance in the syntax it holds it in (not re-encoded).
 A batch tells the source its items first (``expect``): they are fetched series by series,
 one C-GET with the series' SOP Instance UIDs as a list, on one association
-(migrator/sources/retrieve.py: at most 128 instances and 11 SOP classes per request, within
+(migrator/sources/retrieve.py: at most 64 instances and 11 SOP classes per request, within
 the 128 presentation contexts of an association). Each C-STORE sub-operation is written as
 it arrives to its own spool file (File Meta + the dataset's bytes as received) that the
 sender then reads and sends (migrator/sources/held.py: one download per instance, the

@@ -1,16 +1,16 @@
 """Retrieving a batch's instances from the old PACS series by series, not one by one.
 
 A batch names its instances before it reads any of them (``DimseSource.expect``): they are
-grouped by series (``SeriesGroup``). The first fetch of a member retrieves every member of
-its group that is not in yet with one request on one association (a C-GET, or a C-MOVE to
-our own Storage SCP: ``Retriever``); each instance is written to its own spool file as it
-arrives, and later fetches of the group's members take their file from the group. The
-sub-operation counts are compared with what the listing promised: members that did not
-come are asked for once more, then fail with the reason (``missing_reason``).
+grouped by series (``SeriesGroup``). The first fetch of a member retrieves the members of
+its group not in yet (up to ``CHUNK``) with one request on one association (a C-GET, or a
+C-MOVE to our own Storage SCP: ``Retriever``); each instance is written to its own spool
+file as it arrives, and later fetches of the group's members take their file from the
+group. The sub-operation counts are compared with what the listing promised: members that
+did not come are asked for once more, then fail with the reason (``missing_reason``).
 
 One request asks for at most ``CHUNK`` instances and offers the contexts of at most
-``MAX_CLASSES`` SOP classes (each in every transfer syntax we know: 11 x 11 + the
-retrieve and C-FIND contexts stay within the 128 presentation contexts an association may propose):
+``MAX_CLASSES`` SOP classes (each in every transfer syntax we know: 11 x 11 + the retrieve
+and C-FIND contexts stay within the 128 presentation contexts an association may propose):
 a series with more classes is asked for class group by class group.
 """
 
@@ -23,9 +23,10 @@ from typing import Protocol
 
 from migrator.errors import SourceError
 
-#: Instances asked for by one C-GET/C-MOVE: a UID list of ~8 KB, and the files they give
-#: are a bounded part of the spool (a batch is 200 files by default).
-CHUNK = 128
+#: Instances asked for by one C-GET/C-MOVE (a UID list of ~4 KB): what waits in the spool
+#: for its header's reading is at most this many files per series being read (the sizes of
+#: instances listed by C-FIND are not known before they come).
+CHUNK = 64
 #: SOP classes per association: each in SYNTAXES (11) contexts, + the retrieve and C-FIND
 #: contexts <= 128.
 MAX_CLASSES = 11
@@ -92,20 +93,22 @@ class SeriesGroup:
         """``sop``'s spool file, retrieving the group's missing members first if needed."""
         with self.lock:
             if sop not in self.arrived and sop not in self.failed:
-                # Fetched again after being taken (its held file was evicted): only it.
-                again = {sop} if sop in self.taken else None
-                self._retrieve(retrieve, again)
+                self._retrieve(retrieve, sop)
             if sop in self.failed:
                 raise SourceError(self.failed[sop])
             self.taken.add(sop)
             return self.arrived.pop(sop)
 
-    def _retrieve(self, retrieve: Retriever, only: set[str] | None) -> None:
-        if only is not None:
-            pending = {s: self.classes[s] for s in only}
+    def _retrieve(self, retrieve: Retriever, sop: str) -> None:
+        """Ask for the part of the group that holds ``sop``: one request of at most
+        CHUNK instances, so that what waits in the spool stays bounded; ``sop`` alone when
+        fetched again after being taken (its held file was evicted)."""
+        if sop in self.taken:
+            pending = {sop: self.classes[sop]}
         else:
             done = self.arrived.keys() | self.failed.keys() | self.taken
-            pending = {s: c for s, c in self.classes.items() if s not in done}
+            rest = {s: c for s, c in self.classes.items() if s not in done}
+            pending = next(part for part in chunks(rest) if sop in part)
         try:
             first = self._ask(retrieve, pending)
         except RefusedAll as exc:
@@ -160,8 +163,8 @@ class SeriesGroup:
 
 def missing_reason(series: str, asked: int, came: int, first: str, second: str) -> str:
     return (
-        f"the source sent {came} of {asked} instances of series {series}; this one did not "
-        f"come after a retry (first request: {first}; retry: {second})"
+        f"the source sent {came} of {asked} instances of series {series} asked for; this one "
+        f"did not come after a retry (first request: {first}; retry: {second})"
     )
 
 
