@@ -187,8 +187,12 @@ def test_c_move_to_our_own_storage_scp_brings_the_sources_instance_set(
     assert got == set(by_sop) == pacs.all_sop_instance_uids()
 
 
+@pytest.mark.parametrize("front_end", ["store", "run"])
 def test_a_move_destination_the_source_does_not_know_is_said(
-    orthanc_factory: Callable[..., OrthancPeer], storescp: StoreScpPeer, tmp_path: Path
+    front_end: str,
+    orthanc_factory: Callable[..., OrthancPeer],
+    storescp: StoreScpPeer,
+    tmp_path: Path,
 ) -> None:
     """Every instance fails with what to do, the move asked for once per series (not per
     instance, not again); exit 1, the invariant holds."""
@@ -196,7 +200,7 @@ def test_a_move_destination_the_source_does_not_know_is_said(
     pacs = _moving_pacs(orthanc_factory, move_port)
     _archive(pacs, tmp_path, count=6, series=2)
     result = send(
-        "store",
+        front_end,
         tmp_path,
         storescp.port,
         storescp.aet,
