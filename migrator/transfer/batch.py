@@ -39,7 +39,7 @@ from migrator.ledger import Ledger, PlannedFile, Recorded, split_id
 from migrator.limits.breaker import Open
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
-from migrator.sources import SourceCache
+from migrator.sources import SourceCache, expect
 from migrator.sources.base import SourceItem
 from migrator.sources.inspect import inspect_with_retries, refusal
 from migrator.transfer.job import Job
@@ -362,6 +362,8 @@ def _jobs(
     plan is updated with what was learnt, and a file that cannot be sent is settled."""
     jobs = []
     learnt = False
+    # The old PACS fetches the batch's instances series by series (one request each).
+    expect((sources(f.uri), SourceItem(f.uri, f.size, f.version)) for f in todo)
     for f in todo:
         item = SourceItem(f.uri, f.size, f.version)
         source = sources(f.uri)
