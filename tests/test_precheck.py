@@ -178,3 +178,23 @@ def test_rules_that_change_sop_instance_uids_cannot_be_prechecked(tmp_path: Path
     with pytest.raises(ConfigError, match=re.escape("rule re-uid (line 2) changes SOPInstanceUID")):
         check_rules(Settings(host="x", coerce=str(rules), precheck=True))
     check_rules(Settings(host="x", coerce=None, precheck=True))  # no rules: fine
+
+
+def test_a_destination_that_refuses_the_query_gets_nothing_unchecked(
+    orthanc: OrthancPeer, tmp_path: Path
+) -> None:
+    """Orthanc as shipped aborts a C-FIND from an AE it does not know: every file fails
+    with the reason, none is sent unchecked. (`store` only: `run` treats the abort as it
+    treats a PACS that aborts sends, retrying the batch for ~75 s before the same end.)"""
+    (tmp_path / "in").mkdir()
+    for name in "ab":
+        write_dataset(instance(name, "OLD-1"), tmp_path / "in" / f"{name}.dcm")
+    result = send("store", tmp_path / "in", orthanc.dicom_port, "ORTHANC", tmp_path, "--precheck")
+    p = Problems()
+    reasons = {n: result.files()[f"{n}.dcm"]["reason"] for n in "ab"}
+    states = {n: result.files()[f"{n}.dcm"]["state"] for n in "ab"}
+    p.check(states == {"a": "failed", "b": "failed"}, f"states {states}")
+    p.check(all("--precheck" in r for r in reasons.values()), f"reasons {reasons}")
+    p.check(result.rc == 3, f"exit {result.rc} (3: the destination did not answer)")
+    p.check(orthanc.count_instances() == 0, "a file was sent unchecked")
+    p.done(result)
