@@ -19,6 +19,8 @@ rules that change SOP Instance UIDs, without peers.
 from __future__ import annotations
 
 import re
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -35,6 +37,8 @@ from migrator.verify.held import Held
 from tests.behaviourhelpers import FRONT_ENDS, Problems, send
 from tests.coercehelpers import write_rules
 from tests.peers.orthanc import OrthancPeer
+from tests.peers.redis import RedisPeer
+from tests.storehelpers import run_migrator
 
 RULES = """
 rules:
@@ -78,11 +82,15 @@ def held_copies(orthanc: OrthancPeer, tmp_path: Path) -> None:
         assert orthanc.upload(f.read_bytes())["Status"] == "Success"
 
 
-@pytest.mark.parametrize("front_end", FRONT_ENDS)
+@pytest.mark.parametrize(
+    ("front_end", "protocol"), [*((f, "dimse") for f in FRONT_ENDS), ("store", "dicomweb")]
+)
 def test_an_instance_held_under_another_patient_or_study_is_a_conflict_not_a_send(
-    front_end: str, orthanc_factory: type[OrthancPeer], tmp_path: Path
+    front_end: str, protocol: str, orthanc_factory: Callable[..., OrthancPeer], tmp_path: Path
 ) -> None:
-    orthanc = orthanc_factory(extra={"DicomAlwaysAllowFind": True})
+    """DIMSE through both front ends; DICOMweb (QIDO-RS asked, STOW-RS sent) once."""
+    web = protocol == "dicomweb"
+    orthanc = orthanc_factory(extra={"DicomAlwaysAllowFind": True}, dicomweb=web)
     held_copies(orthanc, tmp_path)
     (tmp_path / "in").mkdir()
     for name in "abcd":
@@ -97,6 +105,7 @@ def test_an_instance_held_under_another_patient_or_study_is_a_conflict_not_a_sen
         "--coerce",
         rules,
         "--precheck",
+        dest=["--dicomweb", orthanc.dicomweb_url] if web else [],
     )
     p = Problems()
     files = result.files()
@@ -198,3 +207,23 @@ def test_a_destination_that_refuses_the_query_gets_nothing_unchecked(
     p.check(result.rc == 3, f"exit {result.rc} (3: the destination did not answer)")
     p.check(orthanc.count_instances() == 0, "a file was sent unchecked")
     p.done(result)
+
+
+def test_a_job_is_resumed_only_with_its_own_precheck(
+    redis_server: RedisPeer, tmp_path: Path
+) -> None:
+    """Workers check (or not) as the job was created: `plan` again with the other choice
+    is refused (exit 2) rather than silently ignored."""
+    (tmp_path / "in").mkdir()
+    write_dataset(instance("a", "OLD-1"), tmp_path / "in" / "a.dcm")
+    where = ["--host", "127.0.0.1", "--port", "9", "--no-preflight"]
+
+    def plan(*extra: str) -> subprocess.CompletedProcess[str]:
+        return run_migrator(
+            "plan", tmp_path / "in", *where, "--redis-url", redis_server.url, *extra
+        )
+
+    assert plan().returncode == 0
+    refused = plan("--precheck")
+    assert refused.returncode == 2, refused.stderr
+    assert "was created without --precheck" in refused.stderr

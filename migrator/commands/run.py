@@ -109,6 +109,12 @@ def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
             f"job {ledger.job_id} was created {how} (those rules, unchanged); give the same "
             "--coerce or another --job"
         )
+    # And --precheck: a worker checks (or not) as the job says, whatever this command says.
+    if job.precheck != config.precheck:
+        how = "with" if job.precheck else "without"
+        raise ConfigError(
+            f"job {ledger.job_id} was created {how} --precheck; give the same or another --job"
+        )
     return ledger
 
 
