@@ -20,17 +20,22 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from migrator.dicomfile import inspect_file
-from migrator.errors import ConfigError
+from migrator.dicomfile import DicomHeader, inspect_file
+from migrator.errors import ConfigError, ConnectError, DestinationUnavailable
+from migrator.limits.rate import NullLimiter
+from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
-from migrator.sources.base import Payload
+from migrator.sources.base import Payload, SourceItem
 from migrator.synth.dataset import derived_uid, make_dataset, write_dataset
+from migrator.transfer.job import Job
+from migrator.transfer.policy import Transfer
+from migrator.transfer.pool import ConnectionPool
 from migrator.transfer.precheck import Checked, DestinationConflict, check_rules, masked
 from migrator.transfer.transform import make_transform
 from migrator.verify.held import Held
@@ -39,6 +44,7 @@ from tests.coercehelpers import write_rules
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import run_migrator
+from tests.test_transfer_unit import CT, EXPLICIT, Clock, FakeDestination, MemSource
 
 RULES = """
 rules:
@@ -227,3 +233,59 @@ def test_a_job_is_resumed_only_with_its_own_precheck(
     refused = plan("--precheck")
     assert refused.returncode == 2, refused.stderr
     assert "was created without --precheck" in refused.stderr
+
+
+# -- in the transfer core, on scripted connections -----------------------------------------
+
+
+def _transfer(n: int) -> tuple[Transfer, list[FileOutcome], FakeDestination, list[Job]]:
+    got: list[FileOutcome] = []
+    dest = FakeDestination()
+    clock = Clock()
+    settings = Settings("fake", precheck=True)
+    pool = ConnectionPool(dest, capacity=1, clock=clock)
+    t = Transfer(
+        settings, pool, NullLimiter(), lambda j, o: got.append(o), sleep=clock.sleep, clock=clock
+    )
+    todo = [
+        Job(
+            SourceItem(f"mem://{i}", 100),
+            MemSource(),
+            DicomHeader(CT, f"1.2.3.{i}", EXPLICIT, "1.2", "1.3", 0, 100, False),
+        )
+        for i in range(n)
+    ]
+    return t, got, dest, todo
+
+
+def test_one_query_for_every_file_of_a_transfer_before_the_first_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[list[tuple[str, str]]] = []
+
+    def held_instances(settings: Settings, wanted: Iterable[tuple[str, str]]) -> dict[str, Held]:
+        asked.append(list(wanted))
+        # (the payloads are empty: no PatientID, as the held copies)
+        return {"1.2.3.7": Held("9.9", ""), "1.2.3.8": Held("1.2", "")}
+
+    monkeypatch.setattr("migrator.verify.held.held_instances", held_instances)
+    t, got, dest, todo = _transfer(250)
+    ended = t.run(todo)
+    assert ended.error is None and not ended.left
+    assert asked == [[("1.2", f"1.2.3.{i}") for i in range(250)]]  # once, all of them
+    states = {o.sop_instance_uid: o.state for o in got}
+    assert states["1.2.3.7"] is State.FAILED and states["1.2.3.8"] is State.STORED
+    assert sum(s is State.STORED for s in states.values()) == 249
+    assert "1.2.3.7" not in dest.opened[0].sent
+
+
+def test_a_destination_that_cannot_be_asked_gets_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    def held_instances(settings: Settings, wanted: Iterable[tuple[str, str]]) -> dict[str, Held]:
+        raise ConnectError("connection refused", unreachable=True)
+
+    monkeypatch.setattr("migrator.verify.held.held_instances", held_instances)
+    t, got, dest, todo = _transfer(3)
+    ended = t.run(todo)
+    assert isinstance(ended.error, DestinationUnavailable) and ended.error.retryable
+    assert "--precheck: cannot ask the destination" in str(ended.error)
+    assert len(ended.left) == 3 and not got and not dest.opened
