@@ -34,7 +34,8 @@ def preview_options(func: F) -> F:
                 is_flag=True,
                 help="With --dry-run: show the values in clear. By default every value but "
                 "the equipment's (Modality, Manufacturer...) is masked as its length and a "
-                "digest keyed anew by each command: <6 chars #3f2a91>.",
+                "digest keyed anew by each command: <6 chars #3f2a91>. E.g. --dry-run --sample 5 "
+                "--show-phi.",
             ),
             opt(
                 "--format",
