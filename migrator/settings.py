@@ -122,6 +122,10 @@ class Settings:
     #: content fails ("fail"), is skipped ("first-good"), or, with "skip", so is one whose
     #: first copy failed instead of being sent in its place (migrator/transfer/claims.py)
     on_conflict: str = "fail"
+    #: ``--precheck``: before sending, ask the destination which of the files' instances it
+    #: holds; one held under another PatientID or study is a conflict, not a send
+    #: (migrator/transfer/precheck.py)
+    precheck: bool = False
 
     def __post_init__(self) -> None:
         forced = self.transfer_syntax
