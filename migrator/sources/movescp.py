@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -176,12 +175,19 @@ class MoveReceiver:
                 listener.join(1.0)
 
 
+#: Where the move port's lock files are: one directory for every process on the host.
+LOCK_DIR = "/tmp"
+
+
 @contextlib.contextmanager
 def _port_lock(port: int) -> Iterator[None]:
     with _process_locks_guard:
         local = _process_locks.setdefault(port, threading.Lock())
     with local:
-        path = os.path.join(tempfile.gettempdir(), f"migrator-move-{port}.lock")
+        # Not tempfile.gettempdir(): `run` gives its local workers a private TMPDIR, and
+        # its own sender and the workers must find the same lock (seen: the port already
+        # in use for every instance when they moved at the same time).
+        path = os.path.join(LOCK_DIR, f"migrator-move-{port}.lock")
         with open(path, "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
