@@ -133,8 +133,9 @@ def _logging(loglevel: int | str | None = None, **_: Any) -> None:
     if verbose:  # -j auto's changes of the number of associations
         logging.getLogger("migrator.concurrency").setLevel(logging.INFO)
     logging.getLogger("migrator.dul").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
-    # pynetdicom logs every PDU at INFO: noise at our volume.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom logs every PDU at INFO: noise at our volume; and a lost connection as an
+    # ERROR with a traceback, which the batch's own log line says in our terms.
+    logging.getLogger("pynetdicom").setLevel(logging.INFO if verbose > 1 else logging.CRITICAL)
 
 
 setup_logging.connect(_logging, weak=False)

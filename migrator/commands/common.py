@@ -137,8 +137,11 @@ def setup_logging(verbose: int, quiet: bool = False, *, base: int = logging.WARN
     elif verbose:
         level = logging.INFO if base > logging.INFO and verbose == 1 else logging.DEBUG
     logfmt.configure(level)
-    # pynetdicom logs a line per message at INFO: noise at our volume (STYLE.md).
-    pynetdicom_level = {0: logging.WARNING, 1: logging.WARNING, 2: logging.INFO}
+    # pynetdicom logs a line per message at INFO: noise at our volume (STYLE.md). And a
+    # connection the peer lost is an ERROR with a traceback there (an old PACS that
+    # aborted a C-GET, a receiver that reset), which our own message then says in the
+    # user's terms, with what was done about it: its lines only from -vv on.
+    pynetdicom_level = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.INFO}
     logging.getLogger("pynetdicom").setLevel(pynetdicom_level.get(verbose, logging.DEBUG))
 
 

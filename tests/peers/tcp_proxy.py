@@ -5,6 +5,7 @@
         proxy.blackhole()   # stop forwarding, both ways, on every connection (old and new)
         ...                 # nothing is closed: senders wait for answers that never come
         proxy.resume()      # forward again, including what was held back
+        proxy.reset()       # abort every connection now (RST both ways): a peer that died
 
 While blackholed, new connections are still accepted (the kernel completes the handshake
 anyway) and connected upstream, but no byte moves: what a firewall that lost its state, a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -33,8 +35,11 @@ class TcpProxy:
         *,
         poll: float = 0.1,
         tap: Callable[[bytes], None] | None = None,
+        down_tap: Callable[[bytes], None] | None = None,
     ) -> None:
         self.target = (target_host, target_port)
+        #: Called with every chunk the server sends back (to act at a point of a transfer)
+        self.down_tap = down_tap
         self.poll = poll
         #: Called with every chunk a client sends upstream (to check what is on the wire)
         self.tap = tap
@@ -67,6 +72,17 @@ class TcpProxy:
 
     def resume(self) -> None:
         self._forwarding.set()
+
+    def reset(self) -> None:
+        """Abort every open connection, both sides, with a RST (SO_LINGER 0): what a peer
+        that crashed or was restarted looks like. New connections are accepted as before,
+        to ``target`` (which a test may change meanwhile: a peer back on another port)."""
+        with self._lock:
+            sockets, self._sockets = list(self._sockets), []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
 
     @property
     def forwarding(self) -> bool:
@@ -131,7 +147,7 @@ class TcpProxy:
             n = self.accepted
             done = _Pair(client, upstream)
             self._spawn(self._pump, f"tcp-proxy-{n}-up", client, upstream, done, self.tap)
-            self._spawn(self._pump, f"tcp-proxy-{n}-down", upstream, client, done)
+            self._spawn(self._pump, f"tcp-proxy-{n}-down", upstream, client, done, self.down_tap)
 
     def _wait_forwarding(self) -> bool:
         """Block while blackholed; False once stopped."""
