@@ -17,7 +17,8 @@ from migrator.settings import Settings
 
 def schedule_windows(ledger: Ledger, start: float, end: float) -> list[dict[str, Any]] | None:
     """Per window (in the schedule's order): seconds of [start, end) spent in it, files
-    stored then and their rate. None when the job's destination has no schedule."""
+    stored then and their rate, and the spans [from, to) (epoch seconds) it was in force.
+    None when the job's destination has no schedule."""
     key = limiter_key(Settings.from_dict(ledger.config()).destination)
     raw = ledger.client.get(info_key(key))
     if raw is None or end <= start:
@@ -39,9 +40,12 @@ def schedule_windows(ledger: Ledger, start: float, end: float) -> list[dict[str,
         index = int(text.split("|", 1)[0])
         label = labels[index] if index >= 0 else "(no window: the job's limits)"
         row = rows.setdefault(
-            index, {"window": label, "limits": limits_of(text), "seconds": 0.0, "files": 0}
+            index,
+            {"window": label, "limits": limits_of(text), "seconds": 0.0, "files": 0, "spans": []},
         )
         row["seconds"] += hi - lo
+        # When (epoch seconds) the job was in the window: the HTML charts shade them.
+        row["spans"].append([round(lo, 3), round(hi, 3)])
         edges.append(lo)
         owners.append(index)
     if not owners:
