@@ -16,6 +16,7 @@ from tests.enginehelpers import assert_invariant, common_args, wait_until
 from tests.peers.counting_scp import CountingScp
 from tests.peers.redis import RedisPeer
 from tests.storehelpers import run_migrator, sop_uid
+from workers.app import QUEUES
 from workers.local import LocalWorkers
 
 #: Worker processes, and files per batch: a process holds only the batch it sends
@@ -77,3 +78,28 @@ def test_a_high_job_planned_later_is_sent_before_the_rest_of_a_low_one(
     # low job still had most of its files to send (else this would prove nothing).
     assert between <= PROCESSES * BATCH, (at, between, arrived)
     assert arrived[last_high:].count("low") >= 60, (at, arrived)
+
+
+def test_each_class_has_its_queue_and_recovery_looks_in_all_of_them(
+    tmp_path: Path, redis_server: RedisPeer
+) -> None:
+    """No worker: the batches stay where the planner put them. `retry --in-flight` (a
+    cluster's recovery) finds them queued in their class's queue and enqueues nothing twice."""
+    synth.write_corpus(tmp_path / "in", count=12, size="tiny", seed=43)
+    url = redis_server.url
+    dest = common_args(("127.0.0.1", 9), "NOBODY")
+    client = redis_server.client()
+    for job, priority in [("h", "high"), ("n", "normal"), ("l", "low")]:
+        planned = run_migrator(
+            "plan", tmp_path / "in", *dest, "--redis-url", url, "--job", job,
+            "--priority", priority, "--batch-files", "4", "--no-preflight",
+        )  # fmt: skip
+        assert planned.returncode == 0, planned.stderr
+    lengths = {q: client.llen(q) for q in QUEUES.values()}
+    assert lengths == {QUEUES["high"]: 3, QUEUES["normal"]: 3, QUEUES["low"]: 3}, lengths
+    again = run_migrator("retry", "l", "--redis-url", url, "--in-flight")
+    assert again.returncode == 0, again.stderr
+    assert "0 batches with files in flight enqueued again" in again.stdout, again.stdout
+    assert client.llen(QUEUES["low"]) == 3
+    bad = run_migrator("plan", tmp_path / "in", *dest, "--redis-url", url, "--priority", "urgent")
+    assert bad.returncode == 2 and "--priority" in bad.stderr
