@@ -132,7 +132,7 @@ def _bands(bands: Sequence[Band], span: float, x: Callable[[float], float], bott
         x0, x1 = x(start), x(end)
         shade = "#9e9e9e" if b.paused else ("#90caf9" if n % 2 == 0 else "#ffe082")
         parts.append(
-            f'<rect class="window" data-from="{start:g}" data-to="{end:g}" '
+            f'<rect class="window" data-from="{start:.3f}" data-to="{end:.3f}" '
             f'data-label="{_a(b.label)}" x="{_num(x0)}" y="{TOP}" width="{_num(x1 - x0)}" '
             f'height="{_num(bottom - TOP)}" fill="{shade}" fill-opacity="0.25">'
             f"<title>{escape(b.label)}: {fmt_elapsed(start)}–{fmt_elapsed(end)}</title></rect>"
