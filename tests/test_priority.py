@@ -5,6 +5,7 @@ C-STOREs arrive in."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -101,5 +102,9 @@ def test_each_class_has_its_queue_and_recovery_looks_in_all_of_them(
     assert again.returncode == 0, again.stderr
     assert "0 batches with files in flight enqueued again" in again.stdout, again.stdout
     assert client.llen(QUEUES["low"]) == 3
+    listed = run_migrator("jobs", "--redis-url", url).stdout
+    assert "[high priority, created" in listed and "[low priority, created" in listed, listed
+    status = run_migrator("status", "h", "--redis-url", url, "--json")
+    assert json.loads(status.stdout)["priority"] == "high", status.stdout
     bad = run_migrator("plan", tmp_path / "in", *dest, "--redis-url", url, "--priority", "urgent")
     assert bad.returncode == 2 and "--priority" in bad.stderr
