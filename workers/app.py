@@ -32,7 +32,7 @@ from migrator.errors import ConfigError
 from workers import heartbeat, metrics
 
 QUEUE = "migrator.batches"
-#: The queue of each job priority (migrator.ordering.PRIORITIES); normal is the queue every
+#: The queue of each job priority (`run`/`plan --priority`); normal is the queue every
 #: deployment already knows.
 QUEUES = {"high": QUEUE + ".high", "normal": QUEUE, "low": QUEUE + ".low"}
 #: The batch task's name (workers/tasks.py); the control plane sends it by name.
@@ -165,6 +165,8 @@ def enqueuer(broker_url: str, job_id: str, priority: str | None = None) -> Calla
 
 
 def job_priority(broker_url: str, job_id: str) -> str:
+    """The job's ``--priority`` as kept with its settings (one GET); normal for a job not
+    created yet, made before priorities, or with a class this version does not know."""
     from migrator.ledger import Ledger
     from migrator.redis_client import connect
 
