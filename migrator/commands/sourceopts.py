@@ -103,6 +103,35 @@ def source_options(func: F) -> F:
                 "--calling-ae); it must know it (and allow it C-GET) to send instances.",
             ),
             opt(
+                "--retrieve",
+                "source_retrieve",
+                env="RETRIEVE",
+                type=click.Choice(["get", "move", "auto"]),
+                default="auto",
+                show_default=True,
+                help="dimse:// sources: fetch by C-GET, by C-MOVE to our own Storage SCP "
+                "(--move-ae, --move-port), or auto: C-GET, and C-MOVE when the source "
+                "refuses C-GET. Example: --retrieve move --move-ae MIGRATOR-MOVE "
+                "--move-port 11113",
+            ),
+            opt(
+                "--move-ae",
+                env="MOVE_AE",
+                type=AETitle(),
+                default=None,
+                help="dimse:// sources, C-MOVE: the AE title of our Storage SCP; the source "
+                "must know it with this host and --move-port (Orthanc: DicomModalities). "
+                "Default: --source-calling-ae.",
+            ),
+            opt(
+                "--move-port",
+                env="MOVE_PORT",
+                type=click.IntRange(1, 65535),
+                default=None,
+                help="dimse:// sources, C-MOVE: the TCP port our Storage SCP listens on while "
+                "a move runs (one move at a time per host and port). Example: 11113",
+            ),
+            opt(
                 "--from",
                 "date_from",
                 env="FROM",
@@ -156,6 +185,11 @@ def https_fields(o: dict[str, Any]) -> dict[str, Any]:
     ]
     fields: dict[str, Any] = {n: _abspath(o.get(n)) for n in names}
     fields["source_calling_ae"] = o.get("source_calling_ae")
+    fields["source_retrieve"] = o.get("source_retrieve") or "auto"
+    fields["move_ae"] = o.get("move_ae")
+    fields["move_port"] = o.get("move_port")
+    if fields["source_retrieve"] == "move" and not fields["move_port"]:
+        fail_config("--retrieve move needs --move-port (where the source sends the instances)")
     return fields
 
 
