@@ -31,6 +31,8 @@ from migrator.outcomes import FileOutcome, State
 
 PAUSED = "paused"
 CANCELLED = "cancelled"
+#: The priority class of the files `migrator urgent` named (the report's per-class table).
+URGENT = "urgent"
 #: The reason of a file a cancel left unsent (state skipped).
 CANCELLED_REASON = "cancelled"
 #: A sending process reads the control key at most this often (one GET): a pause is seen
@@ -165,15 +167,16 @@ def mark_urgent(ledger: Ledger, named: frozenset[str]) -> tuple[int, list[str]]:
     or Accession Numbers) sent before any other: (files, batch ids) found."""
     files, batches = 0, []
     for batch_id, planned, states, _ in ledger.iter_batches():
-        hits = sum(
-            1
+        hits = [
+            f.file_id
             for i, f in enumerate(planned)
             if (f.study_uid in named or (f.accession and f.accession in named))
             and (i >= len(states) or states[i] == ".")
-        )
+        ]
         if hits:
-            files += hits
+            files += len(hits)
             batches.append(batch_id)
+            ledger.mark_priority(hits, URGENT)
     if batches:
         ledger.client.rpush(ledger.keys.urgent, *batches)
         ledger.add_history("urgent", batches=len(batches), files=files)

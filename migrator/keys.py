@@ -135,6 +135,13 @@ class JobKeys:
         takes them first (migrator/transfer/delivery.py)."""
         return self._k("urgent")
 
+    @property
+    def priority_files(self) -> str:
+        """Hash file id -> priority class: ``priority-list`` (named by ``--priority-list``
+        when planned) or ``urgent`` (named by `migrator urgent` while unsent); the others
+        are "the rest". The report's per-class table (report/classes.py)."""
+        return self._k("priority_files")
+
     def plan_bucket(self, prefix: str) -> str:
         """Small hashes URI-hash suffix -> batch id, by URI-hash prefix (planning dedup)."""
         return self._k(f"pl:{prefix}")

@@ -27,6 +27,8 @@ LISTING = "listing"
 NEWEST = "newest-study-first"
 OLDEST = "oldest-first"
 ORDERS = (NEWEST, OLDEST, LISTING)
+#: The priority class of the files a priority list named (the report's per-class table).
+PRIORITY_LIST = "priority-list"
 
 
 def read_priority_list(path: str) -> frozenset[str]:
@@ -87,13 +89,19 @@ class StudyOrder:
         )
 
     def __iter__(self) -> Iterator[tuple[PlannedFile, str, str]]:
+        for f, sop, ts, _ in self.ranked():
+            yield f, sop, ts
+
+    def ranked(self) -> Iterator[tuple[PlannedFile, str, str, bool]]:
+        """(file, SOP class, transfer syntax, named by the priority list), in order."""
         direction = "DESC" if self.order == NEWEST else "ASC"
         # A study's files together (its date is the same on each of them), in listing order.
         cursor = self._db.execute(
-            f"SELECT row, sop, ts FROM f ORDER BY rank, dated DESC, date {direction}, study, seq"
+            "SELECT row, sop, ts, rank FROM f "
+            f"ORDER BY rank, dated DESC, date {direction}, study, seq"
         )
-        for row, sop, ts in cursor:
-            yield PlannedFile(**json.loads(row)), sop, ts
+        for row, sop, ts, rank in cursor:
+            yield PlannedFile(**json.loads(row)), sop, ts, rank == 0
 
     def close(self) -> None:
         self._db.close()

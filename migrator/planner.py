@@ -19,7 +19,7 @@ from typing import TypeVar
 from migrator.dicomfile import DicomHeader
 from migrator.errors import SourceError
 from migrator.ledger import Ledger, PlannedFile
-from migrator.ordering import LISTING, StudyOrder
+from migrator.ordering import LISTING, PRIORITY_LIST, StudyOrder
 from migrator.outcomes import State
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource
@@ -101,6 +101,8 @@ class _Emitter:
         self.enqueue = enqueue
         self.summary = summary
         self.batcher = _Batcher(batch_files, batch_bytes)
+        #: URIs of the batch being filled that a priority list named
+        self.named: set[str] = set()
         # A job planned for the first time has nothing planned to leave out: no "planned
         # before?" round trip per chunk (writing a batch still leaves out a URI planned
         # twice, e.g. by overlapping sources, atomically).
@@ -115,8 +117,10 @@ class _Emitter:
     def dry(self) -> bool:
         return self.ledger is None
 
-    def add(self, f: PlannedFile, sop_class: str, syntax: str) -> None:
+    def add(self, f: PlannedFile, sop_class: str, syntax: str, named: bool = False) -> None:
         summary = self.summary
+        if named:
+            self.named.add(f.uri)
         if self.dry:
             summary.planned_new += 1
             summary.bytes += f.size
@@ -141,6 +145,10 @@ class _Emitter:
         self.summary.planned_new += len(written)
         self.summary.bytes += sum(f.size for f in written)
         self.summary.already_planned += len(files) - len(written)
+        if self.named:
+            first = [w.file_id for w in written if w.uri in self.named]
+            self.ledger.mark_priority(first, PRIORITY_LIST)
+            self.named.difference_update(f.uri for f in files)
         if not written:
             return  # all planned before (a manifest repeating lines): no empty batch
         self.enqueue(batch_id)
@@ -168,8 +176,8 @@ def plan(
     try:
         _plan_into(out, summary, sources, threads, held)
         if held is not None:
-            for planned, sop_class, syntax in held:
-                out.add(planned, sop_class, syntax)
+            for planned, sop_class, syntax, named in held.ranked():
+                out.add(planned, sop_class, syntax, named)
     finally:
         if held is not None:
             held.close()

@@ -78,6 +78,9 @@ class Settings:
     #: The order the job's files were planned in (migrator/ordering.py); `run`'s own sender
     #: then takes batches from the head of the plan, as the workers do
     order: str = "listing"
+    #: The job's class among the jobs on one fleet (``--priority``: high, normal, low): its
+    #: batches go to that class's queue, and every worker takes the high queue first
+    priority: str = "normal"
     s3_endpoint: str | None = None
     s3_region: str | None = None
     #: DICOM TLS to the PACS; the paths are read by each sender (absolute paths advised)

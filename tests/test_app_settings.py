@@ -83,11 +83,16 @@ finally:
 def test_one_definition_of_the_worker_options() -> None:
     from celery.concurrency import get_implementation
 
-    from workers.app import QUEUE
+    from workers.app import QUEUE, QUEUES, settings
     from workers.launch import QUEUE as LAUNCH_QUEUE
+    from workers.launch import QUEUES as LAUNCH_QUEUES
     from workers.launch import WORKER_OPTIONS
 
     assert LAUNCH_QUEUE == QUEUE
+    # --priority's queues, looked in high first (the order matters: kombu's "priority"
+    # strategy BRPOPs them in the worker's order)
+    assert [QUEUES["high"], QUEUES["normal"], QUEUES["low"]] == LAUNCH_QUEUES
+    assert settings()["broker_transport_options"]["queue_order_strategy"] == "priority"
     proc = subprocess.run(
         [sys.executable, "-c", _PARSE_ARGV], capture_output=True, text=True, timeout=60
     )

@@ -3,6 +3,7 @@ them in that order to a receiver that notes the order C-STOREs arrive in."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,18 @@ def test_a_priority_list_puts_the_studies_it_names_first(
     assert code == 0, out
     arrived = [dates[uid] for uid in scp.order]
     assert list(dict.fromkeys(arrived)) == [DATES[1], DATES[2], DATES[0]], arrived
+    # The report: the two named studies against the rest, in every format.
+    job = only_job(redis_server.client()).job_id
+    made = run_migrator("report", job, "--redis-url", url, "--format", "json")
+    rows = {r["class"]: r for r in json.loads(made.stdout)["priority_classes"]}
+    assert rows.keys() == {"priority-list", "rest"}, rows
+    first, rest = rows["priority-list"], rows["rest"]
+    assert (first["planned"], first["stored"], rest["planned"], rest["stored"]) == (10, 10, 5, 5)
+    assert first["finished"] < rest["finished"], rows  # the named studies were done first
+    text = run_migrator("report", job, "--redis-url", url).stdout
+    assert "priority-list: 10 files: 10 stored, 0 failed, 0 skipped, 0 in flight" in text, text
+    html = run_migrator("report", job, "--redis-url", url, "--format", "html").stdout
+    assert '<table id="priority-classes">' in html and ">priority-list</td>" in html
     missing = run_migrator("run", tmp_path / "in", *dest, "--priority-list", tmp_path / "nope")
     assert missing.returncode == 2 and "--priority-list" in missing.stderr
 
@@ -161,6 +174,10 @@ def test_an_urgent_list_added_mid_job_is_served_next(
     # Next: after at most the batch being sent when the list came (5 files).
     assert first <= at + 5 and arrived[first : first + 5] == [6] * 5, (at, arrived)
     assert arrived.index(5) > first, arrived  # before the studies listed ahead of it
+    made = run_migrator("report", ledger.job_id, "--redis-url", url, "--format", "json")
+    rows = {r["class"]: r for r in json.loads(made.stdout)["priority_classes"]}
+    assert (rows["urgent"]["stored"], rows["rest"]["stored"]) == (5, 25), rows
+    assert rows["urgent"]["finished"] < rows["rest"]["finished"], rows
 
 
 def test_files_without_a_study_date_go_last_and_a_study_stays_together() -> None:

@@ -5,6 +5,7 @@ that change every few seconds, seen at the receiver."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from datetime import datetime
@@ -90,10 +91,15 @@ def test_a_yaml_schedule_is_the_same_as_inline(tmp_path: Path) -> None:
 
 
 #: Windows of a few seconds: (start, end, files/s); 0 = a paused window.
-#: The first one sees the workers boot and take over from `run`'s own sender (a second
-#: without files under load, made up by the burst after it): it is not measured.
-WARM_UP = (0, 6, 20)
-WINDOWS = [(6, 9, 0), (9, 14, 40), (14, 17, 0), (17, 22, 20)]
+#: The first one sees the job start: `run` plans (~1 s under load), sends from its own
+#: process while the workers boot, and hands over to them, whose first files come ~0.5-1 s
+#: after they report ready (their processes' first batch); the limiter does not bank the
+#: idle time (GCRA: at most the burst). Measured (docs/weeks-long.md): 0, 14, 7, 7 files in
+#: the first seconds, then 22, 20 once the workers send: start-up, not the limiter. So the
+#: first window is checked for its cap, and measured from the second after a worker's first
+#: file; it is long because under a CI stress test that came up to 7 s after the start.
+WARM_UP = (0, 10, 20)
+WINDOWS = [(10, 13, 0), (13, 18, 40), (18, 21, 0), (21, 26, 20)]
 
 
 @pytest.mark.timeout(240)
@@ -118,9 +124,9 @@ def test_a_fleet_follows_windows_that_change_every_few_seconds(
         time.sleep(2)
         status = run_migrator("status", ledger.job_id, "--redis-url", url, "--json")
         window = json.loads(status.stdout)["window"]
-        assert window.startswith('window "+0s-6s rate=20" (20 files/s); next change'), window
+        assert window.startswith('window "+0s-10s rate=20" (20 files/s); next change'), window
         origin = json.loads(ledger.client.get(schedule_redis.info_key(key)) or b"{}")["origin"]
-        time.sleep(max(0.0, origin + 8.0 - time.time()))
+        time.sleep(max(0.0, origin + 12.0 - time.time()))
         assert scp.open_now == 0  # a rate=0 window: the PACS is left alone
         code, out = finish(proc, timeout=120)
     assert code == 0, out
@@ -138,17 +144,43 @@ def test_a_fleet_follows_windows_that_change_every_few_seconds(
     for row in rows[:-1]:
         assert abs(row["seconds"] - spans[row["window"]]) <= 0.2, rows
     assert sum(r["files"] for r in rows) == 500, rows
+    # Each file counts in the window its answer came in: a paused window holds at most
+    # the answers on the wire at the change (one per association: 3 senders x 2 lanes).
+    for row in rows:
+        if row["limits"] == "paused":
+            assert row["files"] <= 6, rows
+    # ...and on the HTML throughput chart: each window's span shaded, labelled with its limits.
+    html = run_migrator("report", ledger.job_id, "--redis-url", url, "--format", "html").stdout
+    bands = re.findall(r'<rect class="window" data-from="([\d.]+)" data-to="([\d.]+)" '
+                       r'data-label="([^"]*)"', html)  # fmt: skip
+    assert [label.split(" (")[0] for _, _, label in bands] == [*spans, "*"], bands
+    for (lo, hi, label), row in zip(bands, rows, strict=True):
+        assert row["limits"] in label, (label, row)
+        # The chart starts at the first stored file's second, after the first window began
+        # (and ends at the last's): the windows between are drawn whole.
+        if row is not rows[0] and row is not rows[-1]:
+            assert abs(float(hi) - float(lo) - row["seconds"]) <= 0.11, (bands, rows)
     per_second = Counter(int(t - origin) for t in scp.arrivals)
-    timeline = [per_second.get(s, 0) for s in range(25)]
-    for start, end, rate in WINDOWS:
+    timeline = [per_second.get(s, 0) for s in range(29)]
+    # The first window: never above its rate (the second the sending began holds the
+    # burst), and at it once the workers send (from the second after their first file;
+    # on a machine so loaded that they began less than 2 s before its end, not measured).
+    pid = str(proc.pid)
+    first = min(e["at"] for _, _, e in ledger.iter_outcomes() if pid not in e.get("worker", ""))
+    begun = int(min(scp.arrivals) - origin) + 1
+    capped = sum(per_second.get(s, 0) for s in range(begun, WARM_UP[1])) / (WARM_UP[1] - begun)
+    assert capped <= 1.1 * WARM_UP[2], (capped, timeline)
+    warm = (int(first - origin) + 1, WARM_UP[1], WARM_UP[2])
+    measured = [warm, *WINDOWS] if warm[1] - warm[0] >= 2 else WINDOWS
+    for start, end, rate in measured:
         if rate == 0:
             # A request on the wire at the change may land a few ms into the window.
             late = [t - origin for t in scp.arrivals if start + 0.2 <= t - origin < end]
             assert not late, (start, late, timeline)
             continue
-        inner = range(start + 1, end)  # the first second also holds the burst
+        inner = range(start + 1, end) if start != warm[0] else range(start, end)
         got = sum(per_second.get(s, 0) for s in inner) / len(inner)
-        assert abs(got - rate) <= 0.1 * rate, (rate, got, timeline)
+        assert abs(got - rate) <= 0.1 * rate, (rate, got, start, timeline)
 
 
 @pytest.mark.timeout(240)

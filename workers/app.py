@@ -10,6 +10,10 @@ Why each setting (ARCHITECTURE.md §3, TESTING.md §5):
 - soft shutdown: on SIGTERM (remapped to SIGQUIT) running batches get a few seconds, then
   their messages go back to the queue at once instead of after a VT.
 - events on, for Flower; results ignored (completion is read from the ledger).
+- one queue per job priority (``--priority``), polled high first (``queue_order_strategy``
+  ``priority``; kombu's default round robin would alternate between them): measured against
+  Celery's message priorities on one queue in bench/priority_probe.py, both keep the order
+  (docs/weeks-long.md); queues are plain lists that `LLEN`, KEDA and Flower show by name.
 
 Creating the app connects to nothing; workers and the planner connect on first use.
 """
@@ -28,6 +32,9 @@ from migrator.errors import ConfigError
 from workers import channelclose, heartbeat, metrics
 
 QUEUE = "migrator.batches"
+#: The queue of each job priority (`run`/`plan --priority`); normal is the queue every
+#: deployment already knows.
+QUEUES = {"high": QUEUE + ".high", "normal": QUEUE, "low": QUEUE + ".low"}
 #: The batch task's name (workers/tasks.py); the control plane sends it by name.
 TASK = "migrator.store_batch"
 
@@ -76,6 +83,9 @@ def settings() -> dict[str, Any]:
     transport: dict[str, Any] = {
         "visibility_timeout": vt,
         "unacked_restore_interval": restore,
+        # The worker's queues (workers/launch.py: high, normal, low) in that order, every
+        # time: a free worker process takes a high job's batch before any other.
+        "queue_order_strategy": "priority",
     }
     if vt < 60:
         transport["unacked_restore_throttle"] = 1
@@ -141,12 +151,32 @@ def _logging(loglevel: int | str | None = None, **_: Any) -> None:
 setup_logging.connect(_logging, weak=False)
 
 
-def enqueuer(broker_url: str, job_id: str) -> Callable[[str], None]:
+def enqueuer(broker_url: str, job_id: str, priority: str | None = None) -> Callable[[str], None]:
     """A function that enqueues one batch of ``job_id`` (task id ``<job>:<batch>``, so a
-    batch enqueued twice is visible)."""
+    batch enqueued twice is visible) into the queue of the job's priority (``None``: as
+    the job was created with, read from its settings in Redis; a job not created yet or
+    made by an older version: normal). A retry keeps the queue (Celery sends it to the
+    routing key it came from)."""
     celery = make_app(broker_url)
+    queue = QUEUES[priority or job_priority(broker_url, job_id)]
 
     def enqueue(batch_id: str) -> None:
-        celery.send_task(TASK, args=[job_id, batch_id], task_id=f"{job_id}:{batch_id}", queue=QUEUE)
+        celery.send_task(TASK, args=[job_id, batch_id], task_id=f"{job_id}:{batch_id}", queue=queue)
 
     return enqueue
+
+
+def job_priority(broker_url: str, job_id: str) -> str:
+    """The job's ``--priority`` as kept with its settings (one GET); normal for a job not
+    created yet, made before priorities, or with a class this version does not know."""
+    from migrator.ledger import Ledger
+    from migrator.redis_client import connect
+
+    ledger = Ledger(connect(broker_url), job_id)
+    try:
+        priority = str(ledger.config().get("priority") or "normal")
+    except KeyError:
+        return "normal"
+    finally:
+        ledger.client.close()
+    return priority if priority in QUEUES else "normal"

@@ -28,11 +28,14 @@ from typing import Final
 
 #: The queue our workers consume: ``workers.app.QUEUE`` (not imported: that builds the app).
 QUEUE: Final = "migrator.batches"
+#: ...with those of the other job priorities, high first (``workers.app.QUEUES``): the
+#: order a free worker process looks in (``queue_order_strategy=priority``).
+QUEUES: Final = [QUEUE + ".high", QUEUE, QUEUE + ".low"]
 
 #: ``app.Worker`` keyword arguments; ``pool`` by name (turned into its class as Celery's command
 #: line does). The concurrency, node name and log level are given per start.
 WORKER_OPTIONS: Final[dict[str, str | bool | list[str]]] = {
-    "queues": [QUEUE],
+    "queues": QUEUES,
     "pool": "prefork",
     "task_events": True,
     "without_mingle": True,

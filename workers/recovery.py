@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from migrator.ledger import IN_FLIGHT, Ledger
-from workers.app import QUEUE, celery_url
+from workers.app import QUEUES, celery_url
 
 #: kombu's Redis transport keys (kombu.transport.redis.Channel: no global key prefix)
 UNACKED = "unacked"
@@ -101,18 +101,20 @@ def _split(task_id: Any) -> tuple[str, str] | None:
 
 
 def _queued_batches(client: Any, job_id: str, chunk: int = 1000) -> set[str]:
-    """The job's batches with a message waiting in the queue."""
+    """The job's batches with a message waiting in a queue (any priority's)."""
     found: set[str] = set()
-    start = 0
-    while True:
-        raws = cast(list[bytes], client.lrange(QUEUE, start, start + chunk - 1))
-        for raw in raws:
-            try:
-                task = _split(json.loads(raw)["headers"]["id"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if task is not None and task[0] == job_id:
-                found.add(task[1])
-        if len(raws) < chunk:
-            return found
-        start += chunk
+    for queue in QUEUES.values():
+        start = 0
+        while True:
+            raws = cast(list[bytes], client.lrange(queue, start, start + chunk - 1))
+            for raw in raws:
+                try:
+                    task = _split(json.loads(raw)["headers"]["id"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if task is not None and task[0] == job_id:
+                    found.add(task[1])
+            if len(raws) < chunk:
+                break
+            start += chunk
+    return found

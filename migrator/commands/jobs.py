@@ -110,6 +110,7 @@ def status_command(
                 row: dict[str, Any] = {"job": job, **counts, "finished": finished}
                 row["control"] = held or "running"
                 row["window"] = window
+                row["priority"] = ledger.config().get("priority") or "normal"
                 if finished:
                     seconds, files_s, bytes_s = job_figures(ledger, counts)
                     row["duration_s"] = round(seconds, 3)
@@ -256,6 +257,9 @@ def jobs_command(redis_url: str | None, state_dir: str) -> None:
                 held = control.state(jobs.client, job)  # paused / cancelled
                 if held:
                     state = f"{held}, {state}"
+                priority = config.get("priority") or "normal"  # --priority among jobs
+                if priority != "normal":
+                    state = f"{priority} priority, {state}"
                 line = status_line(counts, 0.0, 0.0).split(";")[0]
                 click.echo(f"{job}  → {dest}  {line}  [{state}]")
         except redis.RedisError as exc:

@@ -63,6 +63,7 @@ def _config(o: dict[str, Any], *, check_tls: bool) -> Settings:
         schedule=_schedule(o["schedule"]),
         # (a priority list orders a listing too: run's own sender then starts at the head)
         order="priority-list" if o["priority_list"] and o["order"] == "listing" else o["order"],
+        priority=o["priority"],
     )
     if check_tls:
         check_https(config)
@@ -219,6 +220,18 @@ def job_options(func: F) -> F:
                 default=None,
                 help="A file of StudyInstanceUIDs, AccessionNumbers or PatientIDs (one a "
                 "line, # comments): their files go before all others (then --order).",
+            ),
+            opt(
+                "--priority",
+                env="PRIORITY",
+                type=click.Choice(["high", "normal", "low"]),
+                default="normal",
+                show_default=True,
+                help="The job's class among jobs sharing one fleet: every worker takes the "
+                "batches of a high job before a normal one's, a normal before a low (the "
+                "batches being sent finish first), e.g. --priority high for a ward's "
+                "studies while the archive migrates at --priority low. Set when the job "
+                "is created.",
             ),
             opt(
                 "--dry-run",

@@ -109,6 +109,16 @@ class Ledger(Sessions):
             todo = [f for f, new in zip(todo, known, strict=True) if new]
         return []
 
+    def mark_priority(self, file_ids: Sequence[str], name: str) -> None:
+        """Note ``file_ids`` as files of the priority class ``name`` (for the report)."""
+        if file_ids:
+            self.client.hset(self.keys.priority_files, mapping=dict.fromkeys(file_ids, name))
+
+    def priority_files(self) -> dict[str, str]:
+        """File id -> priority class, of the files a priority list or `urgent` named."""
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.priority_files))
+        return {_s(k): _s(v) for k, v in raw.items()}
+
     def add_refused(self, refused: Sequence[tuple[str, State, str]]) -> int:
         """Files refused at planning (not DICOM, unreadable): planned and settled at once,
         as one batch that is never enqueued. ``refused``: (uri, state, reason). Returns how

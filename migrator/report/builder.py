@@ -286,7 +286,8 @@ def from_ledger(
     ``verify_limit`` of its missing (and of its unconfirmed) files (None: all of them).
     """
     from migrator.ledger.sessions import active_seconds
-    from migrator.report.windows import schedule_windows
+    from migrator.report.classes import PriorityClasses
+    from migrator.report.windows import ScheduleWindows
     from migrator.settings import Settings
 
     config = ledger.config()
@@ -312,20 +313,27 @@ def from_ledger(
     counts = ledger.counts()
     verification = load_verification(ledger, limit=verify_limit)
     builder = _Builder(data, keep_files=keep_files, default_worker=PLANNER)
+    classes = PriorityClasses(ledger.priority_files())
+    windows = ScheduleWindows(ledger, data.started, data.finished)
     # One pass: with workers still sending, a file settled between two passes would be
     # counted in neither.
     for planned, outcome, extra in ledger.iter_files():
         if outcome is None:
             builder.add_in_flight(planned)
+            classes.see(planned.file_id, IN_FLIGHT)
             continue
         builder.add(outcome, extra)
+        classes.see(planned.file_id, str(outcome.state), extra.get("at"))
+        if outcome.state is State.STORED and isinstance(extra.get("at"), (int, float)):
+            windows.see(extra["at"])
         if outcomes is not None:
             outcomes.append(outcome)
         if verification is not None:
             verification.see(planned.file_id, outcome)
     data.ledger_counts = counts
     builder.finish(ledger.timeline())
-    data.windows = schedule_windows(ledger, data.started, data.finished)
+    data.windows = windows.rows()
+    data.priority_classes = classes.rows(data.started)
     if verification is not None:
         data.verification = verification.resolve(ledger, stored_now=data.stored)
     return data

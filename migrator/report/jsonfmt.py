@@ -247,6 +247,7 @@ def to_dict(data: ReportData) -> dict[str, Any]:
         "studies": studies_dict(data),
         "history": data.history,
         "schedule": data.windows,
+        "priority_classes": data.priority_classes,
         "fatal": data.fatal or None,
         "exit_status": int(data.exit_status),
         # Masked when the data was built, and again here for data built by other code.

@@ -179,6 +179,9 @@ class ReportData:
     no_study: int = 0
     #: A scheduled job: per window, seconds spent in it and files stored (report/windows.py)
     windows: list[dict[str, Any]] | None = None
+    #: A job with files named by a priority list or `urgent`: per class, files by state and
+    #: when the class finished (report/classes.py)
+    priority_classes: list[dict[str, Any]] | None = None
 
     # -- totals ----------------------------------------------------------------------------
     @property

@@ -109,6 +109,42 @@ def _x_time_axis(span: float, x: Callable[[float], float], bottom: float) -> str
     return f'<g class="x-axis">{"".join(parts)}</g>'
 
 
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A span of the time axis shaded behind the bars: a schedule window in force."""
+
+    start: float
+    end: float
+    label: str
+    #: paused (``rate=0``): drawn darker
+    paused: bool = False
+
+
+def _bands(bands: Sequence[Band], span: float, x: Callable[[float], float], bottom: float) -> str:
+    """Shaded spans with the window's label (its limits) at the top when there is room;
+    consecutive windows alternate two shades, so a change is visible even between two
+    spans of one window."""
+    parts = []
+    for n, b in enumerate(bands):
+        start, end = max(0.0, b.start), min(b.end, span)
+        if end <= start:
+            continue
+        x0, x1 = x(start), x(end)
+        shade = "#9e9e9e" if b.paused else ("#90caf9" if n % 2 == 0 else "#ffe082")
+        parts.append(
+            f'<rect class="window" data-from="{start:.3f}" data-to="{end:.3f}" '
+            f'data-label="{_a(b.label)}" x="{_num(x0)}" y="{TOP}" width="{_num(x1 - x0)}" '
+            f'height="{_num(bottom - TOP)}" fill="{shade}" fill-opacity="0.25">'
+            f"<title>{escape(b.label)}: {fmt_elapsed(start)}–{fmt_elapsed(end)}</title></rect>"
+        )
+        if x1 - x0 >= 6 * len(b.label) / 1.6:  # roughly: the label fits
+            parts.append(
+                f'<text class="window-label" x="{_num(x0 + 2)}" y="{TOP + 10}" '
+                f'font-size="9">{escape(b.label)}</text>'
+            )
+    return f'<g class="windows" data-count="{len(bands)}">{"".join(parts)}</g>'
+
+
 def time_bars(
     name: str,
     title: str,
@@ -125,8 +161,10 @@ def time_bars(
     limit: Sequence[tuple[float, float | None]] = (),
     smoothed: Sequence[float] = (),
     smooth_label: str = "",
+    bands: Sequence[Band] = (),
 ) -> str:
     """Bars over elapsed time, one per timeline bucket (``offset`` .. ``offset + width``).
+    ``bands``: spans shaded behind the bars (a schedule's windows, with their limits).
 
     ``limit``: the rate limit as steps (offset from which it holds, value or None for no
     limit), drawn as a dashed red line; ``smoothed``: one value per bar (a moving average),
@@ -158,7 +196,8 @@ def time_bars(
             f'height="{_num(bottom - y(v))}" fill="{color}"><title>{escape(tip)}</title></rect>'
         )
     inner = (
-        _y_grid(ticks, y, fmt_count)
+        (_bands(bands, span, x, bottom) if bands else "")
+        + _y_grid(ticks, y, fmt_count)
         + _x_time_axis(span, x, bottom)
         + f'<g class="series" data-series="{_a(name)}" data-count="{len(bars)}">'
         + "".join(bars)
@@ -183,6 +222,11 @@ def time_bars(
             '<span class="key"><i style="background:#c62828"></i>rate limit'
             + ("" if shown_limit else " (above the chart)")
             + "</span>"
+        )
+    if bands:
+        legend.append(
+            '<span class="key"><i style="background:#90caf9"></i>schedule windows '
+            "(shaded; hover for each window's limits)</span>"
         )
     body = _svg(height, title, inner)
     if legend:

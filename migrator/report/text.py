@@ -102,6 +102,19 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
                 f"{w['files_per_s']:g} files/s",
             )
         )
+    for c in data.priority_classes or []:
+        done = (
+            f"finished {c['finished_after_s']:g} s after the start"
+            if c["finished"] is not None
+            else "not finished"
+        )
+        rows.append(
+            (
+                "Priority:",
+                f"{c['class']}: {c['planned']} files: {c['stored']} stored, {c['failed']} "
+                f"failed, {c['skipped']} skipped, {c['in_flight']} in flight; {done}",
+            )
+        )
     sessions = [h for h in data.history if h.get("kind") == "session"]
     if len(sessions) > 1:
         rows.append(("Sessions:", ", ".join(_session(h) for h in sessions)))

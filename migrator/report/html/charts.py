@@ -76,6 +76,7 @@ def all_charts(data: ReportData) -> list[str]:
             limit=files_limit,
             smoothed=moving_average([p.files for p in pts], widths, window),
             smooth_label=smooth,
+            bands=window_bands(data),
         ),
         svg.time_bars(
             "throughput-mb",
@@ -130,6 +131,23 @@ def all_charts(data: ReportData) -> list[str]:
         _worker_chart(data),
     ]
     return charts
+
+
+def window_bands(data: ReportData) -> list[svg.Band]:
+    """A scheduled job's windows as spans of the timeline (the Schedule table's data):
+    each labelled with the window and its limits, in time order."""
+    start = float(data.timeline.start or data.started)
+    bands = [
+        svg.Band(
+            lo - start,
+            hi - start,
+            f"{w['window']} ({w['limits']})" if w["limits"] else str(w["window"]),
+            paused=str(w["limits"]).startswith("paused"),
+        )
+        for w in data.windows or []
+        for lo, hi in w.get("spans", [])
+    ]
+    return sorted(bands, key=lambda b: b.start)
 
 
 def limit_steps(

@@ -14,6 +14,7 @@ from migrator.report.html.assets import CSS, JS
 from migrator.report.html.charts import all_charts
 from migrator.report.html.formatting import esc, local_time, num, pct
 from migrator.report.html.tables import (
+    classes_table,
     config_table,
     failures_section,
     history_table,
@@ -72,6 +73,7 @@ def render(data: ReportData) -> str:
         config_table(data),
         history_table(data),
         windows_table(data),
+        classes_table(data),
         "</div></section>",
         problems_section(data),
         f"<footer>Generated {esc(local_time(data.generated))} by pacs-migrator. Counts come from "

@@ -314,6 +314,31 @@ def windows_table(data: ReportData) -> str:
     )
 
 
+def classes_table(data: ReportData) -> str:
+    """Files named by a priority list or `urgent` against the rest, and when each finished."""
+    if not data.priority_classes:
+        return ""
+    rows = "".join(
+        f'<tr><td>{esc(c["class"])}</td><td class="n">{num(c["planned"])}</td>'
+        f'<td class="n">{num(c["stored"])}</td><td class="n">{num(c["failed"])}</td>'
+        f'<td class="n">{num(c["skipped"])}</td><td class="n">{num(c["in_flight"])}</td>'
+        f"<td>{esc(_finished(c))}</td></tr>"
+        for c in data.priority_classes
+    )
+    return _card(
+        "Priority classes",
+        '<table id="priority-classes"><thead><tr><th>Class</th><th class="n">Planned</th>'
+        '<th class="n">Stored</th><th class="n">Failed</th><th class="n">Skipped</th>'
+        f'<th class="n">In flight</th><th>Finished</th></tr></thead><tbody>{rows}</tbody></table>',
+    )
+
+
+def _finished(c: dict[str, Any]) -> str:
+    if c["finished"] is None:
+        return "not yet"
+    return f"{local_time(c['finished'])} (+{c['finished_after_s']:g} s)"
+
+
 def history_table(data: ReportData) -> str:
     """The job's sending sessions and the changes made to it, in order."""
     if not data.history:
