@@ -22,8 +22,9 @@ from migrator.errors import BatchBusy
 from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
-from migrator.transfer.batch import FOUND_AFTER_LOSS, POISON_DELIVERIES, run_batch
+from migrator.transfer.batch import POISON_DELIVERIES, run_batch
 from migrator.transfer.runtime import Runtime
+from migrator.transfer.takeover import FOUND_AFTER_LOSS
 from tests.peers.counting_scp import CountingScp, counting_scp
 from tests.peers.redis import RedisPeer, redis_peer
 
@@ -242,3 +243,25 @@ def test_a_pacs_that_cannot_be_asked_gets_the_lost_deliverys_files_again(
         runtime.close_all()
     assert summary.stored == 20 and ledger.counts()["in_flight"] == 0
     assert scp.distinct == 20 and scp.total == 20 + lost
+
+
+def test_an_instance_held_under_another_study_is_not_taken_for_the_lost_deliverys_file(
+    shared_redis: RedisPeer, tmp_path: Path
+) -> None:
+    """The PACS holds the file's SOP Instance UID, but in another study (a UID reused in the
+    archive, an earlier load): that is not this file. It is sent, not recorded as found."""
+    with counting_scp(find=True) as scp:
+        ledger = make_job(shared_redis.client(), scp, tmp_path, n=4)
+        files = ledger.batch("b1")
+        scp.held[files[0].sop_instance_uid] = ("1.2.3.999", "OTHER-PATIENT")  # not ours
+        scp.held[files[1].sop_instance_uid] = (files[1].study_uid, "P")  # ours, sent by it
+        ledger.open_delivery("b1", "deadhost:1:abcd")  # a delivery that never ended
+        runtime = Runtime(ledger.client)
+        summary = run_batch(ledger, "b1", runtime, task_id="t1")
+        runtime.close_all()
+    assert summary.stored == 4 and scp.finds == 1
+    assert scp.stores[files[0].sop_instance_uid] == 1  # sent
+    assert scp.stores[files[1].sop_instance_uid] == 0  # found, not sent again
+    reasons = {o.sop_instance_uid: o.reason for _, o, _ in ledger.iter_outcomes()}
+    assert reasons[files[0].sop_instance_uid] != FOUND_AFTER_LOSS
+    assert reasons[files[1].sop_instance_uid] == FOUND_AFTER_LOSS

@@ -21,7 +21,7 @@ import pytest
 from migrator import synth
 from migrator.keys import slots_key
 from migrator.ledger import Ledger
-from migrator.transfer.batch import FOUND_AFTER_LOSS
+from migrator.transfer.takeover import FOUND_AFTER_LOSS
 from tests.enginehelpers import assert_invariant, wait_until
 from tests.fleet import Fleet, netns
 from tests.fleet.fleet import PACS_PORT

@@ -14,7 +14,10 @@ the job stalled at 120 of 300 files).
 kombu already ignores ``AttributeError`` when it closes the connection itself
 (``Connection._do_close_self``); closing a channel gets the same tolerance here. Nothing is
 lost by it: the unacknowledged messages stay in Redis's unacked index and are restored by
-the transport's visibility-timeout sweep, and our batches skip what is stored.
+the transport's visibility-timeout sweep, and our batches skip what is stored. (A batch
+running across the restart acknowledges through the old channel when it ends; that ack fails
+the same way, billiard logs "Pool callback raised exception", and the message is delivered
+again after the visibility timeout: its files are stored, the delivery sends nothing.)
 """
 
 from __future__ import annotations
