@@ -105,6 +105,10 @@ class Settings:
     #: Our AE title towards a ``dimse://`` source (None: ``calling_ae``); the old PACS must
     #: know it to answer C-GET
     source_calling_ae: str | None = None
+    #: A ``dimse://`` source's own fleet-wide limits (the old archive, not the destination):
+    #: instances fetched per second, and associations open to it at once (None: no limit)
+    source_rate_limit: float | None = None
+    source_max_associations: int | None = None
     #: Instances per STOW-RS request at most, and bytes per request (a larger file goes alone)
     stow_batch_files: int = 16
     stow_batch_bytes: int = 16_000_000

@@ -245,6 +245,7 @@ def to_dict(data: ReportData) -> dict[str, Any]:
         },
         "verification": verification_dict(data.verification),
         "studies": studies_dict(data),
+        "completeness": data.completeness.to_json() if data.completeness else None,
         "history": data.history,
         "schedule": data.windows,
         "fatal": data.fatal or None,
