@@ -205,7 +205,11 @@ def test_an_instance_lost_by_the_destination_is_reported_and_restored_by_retry_m
         assert counts[0] == counts[1] + 1 == counts[2] + 2, counts  # source, stored, dest
         # The ledger-only check sees the lost one too (it was stored per ledger).
         assert [f["sop_instance_uid"] for f in data["missing_files"]] == [lost_uid]
-        code, text = migrated.cli("report", migrated.ledger.job_id)
+        job = migrated.ledger.job_id
+        code, text = migrated.cli("verify", job, "--sample", "0")
+        assert code == 1 and "missing at the destination: 2" in text, text
+        assert f"`migrator retry {job} --missing` sends them" in text, text
+        code, text = migrated.cli("report", job)
         assert f"✗ {study}" in text, text
 
         code, out = migrated.cli("retry", migrated.ledger.job_id, "--missing")
@@ -217,6 +221,8 @@ def test_an_instance_lost_by_the_destination_is_reported_and_restored_by_retry_m
         assert after["stored"] == before["stored"] + 1
         assert migrated.new.find_instance(lost_uid) is not None
         assert migrated.new.find_instance(str(ds.SOPInstanceUID)) is not None
+        code, html = migrated.cli("report", job, "--format", "html")
+        assert "missing sent again" in html and "1 new at the source" in html
         # Twice sends nothing more: what was handled left the reconciliation's list.
         code, out = migrated.cli("retry", migrated.ledger.job_id, "--missing")
         assert code == 0 and "0 missing instances sent again" in out, out
@@ -237,16 +243,18 @@ def test_an_instance_lost_by_the_destination_is_reported_and_restored_by_retry_m
 def test_an_instance_only_at_the_destination_is_extra_and_not_a_failure(
     migrated: Migrated, tmp_path: Path
 ) -> None:
-    """Extra instances are named, but nothing is missing: exit 0."""
+    """Extra instances are named, but nothing is missing: exit 0. (Asked with
+    --against-source, which reconciles every file of a job with the archive given.)"""
     ds = pydicom.dcmread(migrated.files[0], force=True)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     out = io.BytesIO()
     ds.save_as(out)
     stored = migrated.new.upload(out.getvalue())
     try:
-        code, data = migrated.verify("--sample", "0")
+        code, data = migrated.verify("--sample", "0", "--against-source", _source(migrated.old))
         assert code == 0, json.dumps(data, indent=1)
         rec = data["reconciliation"]
+        assert rec["source"] == _source(migrated.old)
         assert rec["extra_instances"] == [
             {"study_uid": str(ds.StudyInstanceUID), "sop_instance_uid": str(ds.SOPInstanceUID)}
         ]
@@ -258,6 +266,7 @@ def test_an_instance_only_at_the_destination_is_extra_and_not_a_failure(
 def test_retry_missing_needs_a_reconciliation_and_ledger_only_skips_the_source(
     migrated: Migrated,
 ) -> None:
+    """Usage errors (exit 2) name what to do; --ledger-only is verify as before."""
     code, data = migrated.verify("--ledger-only")
     assert code == 0 and "reconciliation" not in data, data
     code, out = migrated.cli(
@@ -266,6 +275,17 @@ def test_retry_missing_needs_a_reconciliation_and_ledger_only_skips_the_source(
     assert code == 2 and "exclude each other" in out, out
     code, out = migrated.cli("verify", migrated.ledger.job_id, "--against-source", "nope")
     assert code == 2 and "dimse://AE@host:port" in out, out
+    never = Ledger(migrated.redis.client(), "never-verified")
+    never.create(migrated.ledger.config())
+    code, out = migrated.cli("retry", "never-verified", "--missing")
+    assert code == 2 and "run `migrator verify never-verified` first" in out, out
+    # The archive's limits live in the fleet's Redis, which `store` has not.
+    result = CliRunner().invoke(
+        main,
+        ["store", _source(migrated.old), "--host", "127.0.0.1", "--source-rate-limit", "5"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--source-rate-limit is for jobs" in result.output
 
 
 def test_the_old_pacs_sees_the_fleet_wide_association_cap_and_rate(

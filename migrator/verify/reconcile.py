@@ -154,14 +154,18 @@ class _Study:
     roots: set[str] = field(default_factory=set)
 
 
-def _ledger_studies(ledger: Ledger) -> dict[str, _Study]:
+def _ledger_studies(ledger: Ledger, *, every_file: bool) -> dict[str, _Study]:
     """Per study: the SOP Instance UIDs planned (with a file id, a stored one first), those
-    stored, and the dimse:// sources their files were planned from."""
+    stored, and the dimse:// sources their files were planned from. Only the files planned
+    from a dimse:// source unless ``every_file`` (--against-source): a job from folders
+    costs one pass over its ledger and no memory."""
     from migrator.sources.dimse import is_dimse, source_root
 
     studies: dict[str, _Study] = {}
     for planned, outcome, _ in ledger.iter_files():
         if not planned.study_uid or not planned.sop_instance_uid:
+            continue
+        if not every_file and not is_dimse(planned.uri):
             continue
         s = studies.setdefault(planned.study_uid, _Study())
         sop = planned.sop_instance_uid
@@ -173,14 +177,6 @@ def _ledger_studies(ledger: Ledger) -> dict[str, _Study]:
         if is_dimse(planned.uri):
             s.roots.add(source_root(planned.uri))
     return studies
-
-
-def job_sources(ledger: Ledger) -> list[str]:
-    """The ``dimse://AE@host:port`` sources the job's files were planned from."""
-    roots: set[str] = set()
-    for s in _ledger_studies(ledger).values():
-        roots |= s.roots
-    return sorted(roots)
 
 
 # -- the source's side ---------------------------------------------------------------------
@@ -225,7 +221,7 @@ def reconcile_job(
     planned from), in the ledger and at the destination ``config``; None when the job has
     no such source. Nothing is written. Raises ConnectError / AssociationRejected /
     PacsQueryError when either side cannot be asked."""
-    studies = _ledger_studies(ledger)
+    studies = _ledger_studies(ledger, every_file=source is not None)
     by_root: dict[str, list[str]] = {}
     for uid, s in sorted(studies.items()):
         for root in [source] if source else sorted(s.roots):

@@ -381,6 +381,13 @@ def history_table(data: ReportData) -> str:
                 f"{'no file limit' if not files else f'{files:g} files/s'}, "
                 f"{'no byte limit' if not nbytes else f'{nbytes / 1e6:g} MB/s'} (migrator limit)"
             )
+        elif kind == "missing":
+            what, when = "missing sent again", local_time(h.get("at"))
+            detail = (
+                f"{h.get('stored', 0)} stored per the ledger but not at the destination, "
+                f"{h.get('failed', 0)} failed, {h.get('new', 0)} new at the source "
+                "(migrator retry --missing)"
+            )
         else:
             what, when, detail = str(kind), local_time(h.get("at")), json.dumps(h)
         rows.append(f"<tr><td>{esc(when)}</td><td>{esc(what)}</td><td>{esc(detail)}</td></tr>")
