@@ -223,9 +223,11 @@ def test_an_instance_lost_by_the_destination_is_reported_and_restored_by_retry_m
         assert migrated.new.find_instance(str(ds.SOPInstanceUID)) is not None
         code, html = migrated.cli("report", job, "--format", "html")
         assert "missing sent again" in html and "1 new at the source" in html
-        # Twice sends nothing more: what was handled left the reconciliation's list.
-        code, out = migrated.cli("retry", migrated.ledger.job_id, "--missing")
+        # Twice sends nothing more: what was handled left the reconciliation's list. (As a
+        # sending session this time, with a local worker: `retry`'s default path.)
+        code, out = migrated.cli("retry", job, "--missing", "--workers", "1")
         assert code == 0 and "0 missing instances sent again" in out, out
+        assert migrated.ledger.counts() == after
 
         code, data = migrated.verify("--sample", "0")
         assert code == 0, data

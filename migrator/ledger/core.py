@@ -397,7 +397,10 @@ class Ledger(Sessions):
         (`retry --missing`). Their stored count, bytes and timeline second are taken back,
         so that sending them again counts them once. Returns how many were stored."""
         wanted = set(ids)
+        if not wanted:
+            return 0
         by_batch: dict[str, list[str]] = defaultdict(list)
+        # One pass over the job for the outcomes' seconds and bytes (a few files a time).
         for fid, outcome, extra in self.iter_outcomes():
             if fid in wanted and outcome.state is State.STORED:
                 batch_id, index = split_id(fid)

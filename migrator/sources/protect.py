@@ -19,6 +19,7 @@ a cap of 1 into time-outs).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     import redis
 
     from migrator.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: A source association's lease; refreshed every third of it while the fetch lasts, so a
 #: killed worker's slot comes back within this time.
@@ -61,7 +64,11 @@ class HeldSlot:
 
     def _refresh(self) -> None:
         while not self._done.wait(LEASE_S / 3):
-            self._slots.refresh(self._token)
+            try:
+                self._slots.refresh(self._token)
+            except Exception as exc:  # Redis gone for long: the lease expires, the fetch goes on
+                log.warning("source slot %r not refreshed: %s", self._slots, exc)
+                return
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
