@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from migrator import synth
 from migrator.cli import main
 from migrator.ledger import Ledger
+from migrator.netutil import free_port
 from tests.enginehelpers import assert_invariant, common_args, finish, start_run, wait_until
 from tests.peers.assoc_counter import AssociationCounter
 from tests.peers.dcmtk import StoreScpPeer
@@ -268,7 +269,8 @@ def test_an_instance_only_at_the_destination_is_extra_and_not_a_failure(
 def test_retry_missing_needs_a_reconciliation_and_ledger_only_skips_the_source(
     migrated: Migrated,
 ) -> None:
-    """Usage errors (exit 2) name what to do; --ledger-only is verify as before."""
+    """Usage errors (exit 2) name what to do; an old PACS that cannot be reached exits 3
+    naming it; --ledger-only is verify as before."""
     code, data = migrated.verify("--ledger-only")
     assert code == 0 and "reconciliation" not in data, data
     code, out = migrated.cli(
@@ -277,6 +279,11 @@ def test_retry_missing_needs_a_reconciliation_and_ledger_only_skips_the_source(
     assert code == 2 and "exclude each other" in out, out
     code, out = migrated.cli("verify", migrated.ledger.job_id, "--against-source", "nope")
     assert code == 2 and "dimse://AE@host:port" in out, out
+    gone = free_port()
+    code, out = migrated.cli(
+        "verify", migrated.ledger.job_id, "--against-source", f"dimse://OLDPACS@127.0.0.1:{gone}"
+    )
+    assert code == 3 and f"cannot reach 127.0.0.1:{gone} (OLDPACS)" in out, out
     never = Ledger(migrated.redis.client(), "never-verified")
     never.create(migrated.ledger.config())
     code, out = migrated.cli("retry", "never-verified", "--missing")
