@@ -170,6 +170,7 @@ def test_a_complete_migration_reconciles_with_the_source_and_names_no_patient(
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 3
     assert all(r["at_source"] == r["at_destination"] == r["stored"] for r in rows), rows
+    assert all(r["accession_number"].startswith("ACC") for r in rows), rows
     for out in outputs:
         assert "Secret" not in out  # PATIENT's family name is "Reconcile": too common a word
 

@@ -146,7 +146,8 @@ def _send(job: str | None, redis_url: str | None, o: dict[str, Any]) -> NoReturn
         move(ledger, old, new)
         s.job_id, s.config = ledger.job_id, new
         moved = f" (was {old.server})" if new.destination != old.destination else ""
-        s.describe = f"job {ledger.job_id}: failed files → {new.server}{moved}"
+        what = "missing instances" if o.get("missing") else "failed files"
+        s.describe = f"job {ledger.job_id}: {what} → {new.server}{moved}"
         s.note = {"destination": new.server}
         s.again = f"`migrator retry {ledger.job_id}`"
         return ledger

@@ -314,9 +314,10 @@ def _print_reconciliation(data: dict[str, Any], job: str) -> None:
         for e in extra[:_LISTED]:
             click.echo(f"    {e['sop_instance_uid']}  study {e['study_uid']}")
     if missing:
+        n = len(missing)
         click.echo(
-            f"✗ {len(missing)} instances at the source missing at the destination "
-            f"(`migrator retry {job} --missing` sends them)"
+            f"✗ {n} instance{'s' if n > 1 else ''} at the source missing at the destination "
+            f"(`migrator retry {job} --missing` sends {'them' if n > 1 else 'it'})"
         )
     else:
         click.echo(f"✓ every instance at the source is at the destination ({data['source']})")

@@ -74,7 +74,8 @@ def render_studies(data: ReportData) -> str:
         writer.writerow(
             (
                 r.study_uid,
-                r.accession,
+                # A plan from an old PACS has no accession; its reconciliation asked for it.
+                r.accession or (counted.accession if counted else ""),
                 r.modality,
                 r.planned,
                 s["stored"],

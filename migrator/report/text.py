@@ -122,7 +122,7 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
         lines += ["", f"  Verified against the PACS: {not_verified(data.job)}"]
 
     if data.completeness is not None:
-        lines += ["", *completeness_lines(data.completeness, max_rows=max_failures)]
+        lines += ["", *completeness_lines(data.completeness, data.job, max_rows=max_failures)]
 
     bad = [r for r in data.study_rows() if not r.complete]
     if bad:
@@ -215,7 +215,7 @@ def verification_lines(v: Verification, *, max_files: int = 50) -> list[str]:
     return lines
 
 
-def completeness_lines(c: Completeness, *, max_rows: int = 50) -> list[str]:
+def completeness_lines(c: Completeness, job: str | None, *, max_rows: int = 50) -> list[str]:
     """The last reconciliation with the source: its totals, then the per-study table
     (differing studies first), at most ``max_rows`` rows."""
     lines = [
@@ -234,5 +234,5 @@ def completeness_lines(c: Completeness, *, max_rows: int = 50) -> list[str]:
         more = len(c.rows) - max_rows
         lines.append(f"    … and {more} more (`migrator report --format csv --by study`)")
     if c.missing:
-        lines.append("    `migrator retry JOB --missing` sends the missing instances again")
+        lines.append(f"    `migrator retry {job or 'JOB'} --missing` sends the missing ones again")
     return lines
