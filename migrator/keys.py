@@ -190,6 +190,11 @@ class JobKeys:
         """Starts of a task that did not finish (poison detection)."""
         return self._k(f"deliveries:{task_id}")
 
+    def opened(self, batch_id: str) -> str:
+        """Tokens of the deliveries of a batch that began and did not end in good order (a
+        set): a token left here by a lost delivery means files it may have sent unrecorded."""
+        return self._k(f"opened:{batch_id}")
+
     def running(self, batch_id: str) -> str:
         """Lease of the worker running a batch (refuses a concurrent second delivery)."""
         return self._k(f"running:{batch_id}")

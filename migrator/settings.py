@@ -109,6 +109,12 @@ class Settings:
     #: instances fetched per second, and associations open to it at once (None: no limit)
     source_rate_limit: float | None = None
     source_max_associations: int | None = None
+    #: How a ``dimse://`` source's instances are fetched: "get" (C-GET), "move" (C-MOVE to
+    #: our own Storage SCP, ``move_ae`` on ``move_port``), "auto" (C-GET; C-MOVE when the
+    #: source refuses C-GET's context)
+    source_retrieve: str = "auto"
+    move_ae: str | None = None
+    move_port: int | None = None
     #: Instances per STOW-RS request at most, and bytes per request (a larger file goes alone)
     stow_batch_files: int = 16
     stow_batch_bytes: int = 16_000_000
@@ -120,6 +126,10 @@ class Settings:
     #: content fails ("fail"), is skipped ("first-good"), or, with "skip", so is one whose
     #: first copy failed instead of being sent in its place (migrator/transfer/claims.py)
     on_conflict: str = "fail"
+    #: ``--precheck``: before sending, ask the destination which of the files' instances it
+    #: holds; one held under another PatientID or study is a conflict, not a send
+    #: (migrator/transfer/precheck.py)
+    precheck: bool = False
 
     def __post_init__(self) -> None:
         forced = self.transfer_syntax

@@ -26,6 +26,7 @@ from migrator.limits.adaptive import Autotune
 from migrator.limits.rate import RateLimiter, make_limiter
 from migrator.outcomes import FileOutcome, State, StoreResult
 from migrator.settings import Settings
+from migrator.sources import expect
 from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource, MemorySource
 from migrator.sources.inspect import inspect_item, inspect_with_retries, refusal
@@ -150,6 +151,7 @@ class StoreScu:
                     pending.append((source, item))
             except SourceError as exc:
                 refused.append(FileOutcome(_source_name(source), State.FAILED, str(exc)))
+        expect(pending)  # the old PACS fetches them series by series
         jobs: list[Job] = []
         for (source, item), header in zip(pending, _inspect(pending, self.settings), strict=True):
             problem = refusal(header)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from migrator.errors import BatchBusy
 from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
-from migrator.transfer.batch import POISON_DELIVERIES, run_batch
+from migrator.transfer.batch import FOUND_AFTER_LOSS, POISON_DELIVERIES, run_batch
 from migrator.transfer.runtime import Runtime
 from tests.peers.counting_scp import CountingScp, counting_scp
 from tests.peers.redis import RedisPeer, redis_peer
@@ -174,3 +175,70 @@ def test_a_batch_whose_lease_merely_expired_takes_it_back_and_goes_on(
         runtime.close_all()
     assert summary.stored == 20
     assert scp.total == scp.distinct == 20
+
+
+#: A delivery in its own process that writes no outcome before it dies (flushes pushed out
+#: of reach): every file it sends is sent and unrecorded when it is killed.
+_LOST_DELIVERY = """
+import sys, redis
+from migrator.ledger import Ledger
+from migrator.transfer import batch
+from migrator.transfer.runtime import Runtime
+batch.FLUSH_FILES, batch.FLUSH_SECONDS = 10**6, 10**6
+ledger = Ledger(redis.Redis.from_url(sys.argv[1]), sys.argv[2])
+batch.run_batch(ledger, "b1", Runtime(ledger.client), task_id="t1")
+"""
+
+
+def _lose_a_delivery_after(ledger: Ledger, url: str, scp: CountingScp, sent: int) -> None:
+    """Start the batch in another process and SIGKILL it once ``sent`` files arrived."""
+    proc = subprocess.Popen([sys.executable, "-c", _LOST_DELIVERY, url, ledger.job_id])
+    try:
+        deadline = time.monotonic() + 60
+        while scp.total < sent:
+            assert proc.poll() is None and time.monotonic() < deadline, scp.total
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    # A C-STORE on the wire at the kill is still stored (the PACS had all of it), once its
+    # handler's 0.05 s delay is over.
+    time.sleep(0.5)
+    ledger.client.delete(ledger.keys.running("b1"))  # its lease, as when it expires
+
+
+def test_a_lost_deliverys_files_found_at_the_pacs_are_recorded_not_sent_again(
+    shared_redis: RedisPeer, tmp_path: Path
+) -> None:
+    with counting_scp(response_delay=0.05, find=True) as scp:
+        ledger = make_job(shared_redis.client(), scp, tmp_path, n=20)
+        _lose_a_delivery_after(ledger, shared_redis.url, scp, 6)
+        lost = scp.distinct
+        assert ledger.counts()["stored"] == 0  # nothing recorded: the case at hand
+        runtime = Runtime(ledger.client)
+        summary = run_batch(ledger, "b1", runtime, task_id="t1")
+        runtime.close_all()
+    # Every instance once at the PACS; the lost delivery's files stored by the ledger too.
+    assert scp.total == scp.distinct == 20
+    assert summary.stored == 20 and scp.finds == 1
+    outcomes = [o for _, o, _ in ledger.iter_outcomes()]
+    found = [o for o in outcomes if o.reason == FOUND_AFTER_LOSS]
+    assert len(found) == lost and all(o.state is State.STORED for o in found)
+    assert ledger.counts() == {**ledger.counts(), "stored": 20, "in_flight": 0}
+    assert ledger.client.smembers(ledger.keys.opened("b1")) == set()
+
+
+def test_a_pacs_that_cannot_be_asked_gets_the_lost_deliverys_files_again(
+    shared_redis: RedisPeer, tmp_path: Path
+) -> None:
+    """No C-FIND at the PACS: the files are sent again (a PACS keeps an instance once; a file
+    never sent would be lost), and every file ends stored."""
+    with counting_scp(response_delay=0.05) as scp:
+        ledger = make_job(shared_redis.client(), scp, tmp_path, n=20)
+        _lose_a_delivery_after(ledger, shared_redis.url, scp, 6)
+        lost = scp.distinct
+        runtime = Runtime(ledger.client)
+        summary = run_batch(ledger, "b1", runtime, task_id="t1")
+        runtime.close_all()
+    assert summary.stored == 20 and ledger.counts()["in_flight"] == 0
+    assert scp.distinct == 20 and scp.total == 20 + lost

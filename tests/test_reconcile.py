@@ -98,7 +98,11 @@ def _named(path: Path, n: int) -> bytes:
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Migrated]:
     tmp = tmp_path_factory.mktemp("reconcile")
-    files = synth.write_corpus(tmp / "src", count=FILES, size="tiny", studies=3, seed=1717)
+    # One instance per series: the workers ask for a batch's instances series by series, so
+    # each fetch is one association, which the relay test counts.
+    files = synth.write_corpus(
+        tmp / "src", count=FILES, size="tiny", studies=3, series_per_study=4, seed=1717
+    )
     with redis_peer(tmp / "redis") as redis_server:
         old = _old_pacs(tmp / "old")
         new = OrthancPeer(tmp / "new", aet="NEWPACS", extra={"DicomAlwaysAllowFind": True})

@@ -25,7 +25,7 @@ from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 from migrator import env, logfmt
 from migrator.errors import ConfigError
-from workers import heartbeat, metrics
+from workers import channelclose, heartbeat, metrics
 
 QUEUE = "migrator.batches"
 #: The batch task's name (workers/tasks.py); the control plane sends it by name.
@@ -106,6 +106,7 @@ def settings() -> dict[str, Any]:
 
 
 def make_app(broker_url: str | None = None) -> Celery:
+    channelclose.install()  # Celery 5.7.0 crashes a worker on a Redis restart without it
     url = celery_url(broker_url or env.redis_url())
     celery = Celery("migrator", broker=url, include=["workers.tasks"])
     celery.conf.update(settings())

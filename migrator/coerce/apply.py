@@ -23,6 +23,20 @@ from migrator.coerce.vr import TEXT_VRS, ValueProblem, decode, encode
 _NewOf = Callable[[str], "str | None"]
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One element a rule changed, as text (``--dry-run``'s before/after; never reported
+    or logged by a sender). ``None``: absent before (or not text: ``before_note`` says what
+    it was, a sequence or a binary value) / deleted after."""
+
+    rule: str
+    line: int
+    element: str
+    before: str | None
+    after: str | None
+    before_note: str = ""
+
+
 @dataclass(slots=True)
 class Applied:
     """What the rules did to one file."""
@@ -31,6 +45,8 @@ class Applied:
     fired: list[str] = field(default_factory=list)
     changed: int = 0
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    #: Each change with its values, when asked for (a dry run); None when sending
+    trace: list[Change] | None = None
 
     @property
     def digest(self) -> str:
@@ -43,10 +59,10 @@ class Applied:
         )
 
 
-def apply_rules(rules: RuleSet, ds: Dataset, codec: str) -> Applied:
+def apply_rules(rules: RuleSet, ds: Dataset, codec: str, *, trace: bool = False) -> Applied:
     """Change ``ds`` in place as ``rules`` say. Raises ``CoercionError`` (naming element and
-    rule) or ``CoercionSkipped``."""
-    done = Applied()
+    rule) or ``CoercionSkipped``. ``trace``: keep each change's values (``Applied.trace``)."""
+    done = Applied(trace=[] if trace else None)
     for rule in rules.rules:
         ctx = _Context(rule, codec, done)
         if all(ctx.holds(c, ds) for c in rule.when) and ctx.run(ds):
@@ -101,6 +117,8 @@ class _Context:
         if new is None:
             if not ds.delete(path.tag):
                 return False
+            if self.done.trace is not None:
+                self.trace(path, old, None)
             self.record(path, old.raw if old is not None else None, None)
             holder.changed()
             return True
@@ -112,9 +130,24 @@ class _Context:
         except ValueProblem as exc:
             raise self.fail(path, str(exc)) from None
         ds.put(Element(path.tag, vr, value))
+        if self.done.trace is not None:
+            self.trace(path, old, new)
         self.record(path, old.raw if old is not None else None, value)
         holder.changed()
         return True
+
+    def trace(self, path: ElementPath, old: Element | None, new: str | None) -> None:
+        before, note = None, ""
+        if old is not None and old.items is not None:
+            note = f"(sequence of {len(old.items)} item(s))"
+        elif old is not None:
+            try:
+                before = self.text(path, old)
+            except CoercionError:  # delete works on any VR: its size, not its value
+                note = f"({len(old.value)} bytes of {old.vr})"
+        assert self.done.trace is not None
+        rule = self.rule
+        self.done.trace.append(Change(rule.name, rule.line, path.text, before, new, note))
 
     def record(self, path: ElementPath, old: bytes | None, new: bytes | None) -> None:
         h = self.done._hash

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from migrator.coerce.apply import apply_rules
+from migrator.coerce.apply import Applied, apply_rules
 from migrator.coerce.elements import Dataset, Encoding, encode, parse_region
 from migrator.coerce.errors import CoercionError
 from migrator.coerce.rules import SPECIFIC_CHARACTER_SET, RuleSet
@@ -43,6 +43,18 @@ class Coercer:
             self.stop = max(self.stop, _UID_STOP)
 
     def __call__(self, header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        return self._coerce(header, payload, trace=False)[:2]
+
+    def preview(
+        self, header: DicomHeader, payload: Payload
+    ) -> tuple[DicomHeader, Payload, Applied]:
+        """As a sender would coerce the file (same checks, same errors), with each change's
+        values in ``Applied.trace``: ``--dry-run``."""
+        return self._coerce(header, payload, trace=True)
+
+    def _coerce(
+        self, header: DicomHeader, payload: Payload, *, trace: bool
+    ) -> tuple[DicomHeader, Payload, Applied]:
         try:
             enc = Encoding.of(header.transfer_syntax)
         except CoercionError as exc:
@@ -65,13 +77,13 @@ class Coercer:
         except ValueProblem as exc:
             raise CoercionError(f"not sent: {exc}") from None
         try:
-            applied = apply_rules(self.rules, ds, codec)
+            applied = apply_rules(self.rules, ds, codec, trace=trace)
         except CoercionError as exc:
             if type(exc) is CoercionError:
                 raise CoercionError(f"not sent: {exc}") from None
             raise
         if not applied.fired:
-            return header, payload
+            return header, payload, applied
         try:
             head = encode(ds, enc)
         except CoercionError as exc:
@@ -84,7 +96,7 @@ class Coercer:
                 element = ds.get(tag)
                 if element is not None:
                     changes[field] = element.value.rstrip(b"\0 ").decode("ascii", "replace")
-        return dataclasses.replace(header, **changes), spliced
+        return dataclasses.replace(header, **changes), spliced, applied
 
 
 def _charset(ds: Dataset) -> str:

@@ -286,6 +286,17 @@ def send_options(func: F) -> F:
                 "order until one stores), or skip (only the first copy is ever sent).",
             ),
             opt(
+                "--precheck",
+                env="PRECHECK",
+                is_flag=True,
+                help="Before sending, ask the destination (C-FIND at IMAGE level, QIDO-RS "
+                "with --dicomweb; batched) which files' SOP Instance UIDs it already holds: "
+                "one held under another PatientID or StudyInstanceUID (after --coerce) is a "
+                "conflict, failed (skipped with --on-conflict first-good/skip) instead of "
+                "sent; an identical identity is sent as usual. E.g. --coerce ids.yaml "
+                "--precheck. The PACS must allow our AE C-FIND.",
+            ),
+            opt(
                 "--stow-batch-files",
                 env="STOW_BATCH_FILES",
                 type=click.IntRange(1, 10000),
@@ -476,8 +487,13 @@ def settings_from_options(o: dict[str, Any], *, check_tls: bool = True, **extra:
             stow_batch_bytes=int(o["stow_batch_mb"] * 1e6),
             **_coerce_fields(o["coerce"]),
             on_conflict=o["on_conflict"],
+            precheck=o["precheck"],
             **extra,
         )
+        if settings.precheck:
+            from migrator.transfer.precheck import check_rules
+
+            check_rules(settings)
         settings.limits  # noqa: B018 - validates the numbers now
         if check_tls and settings.tls_settings is not None:
             settings.tls_settings.client_context()  # unreadable or mismatched files

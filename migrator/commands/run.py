@@ -23,6 +23,7 @@ from migrator.commands.common import (
     setup_logging,
     tls_options,
 )
+from migrator.commands.dryrun import check_preview_options, coerce_preview, preview_options
 from migrator.commands.jobstate import DEFAULT_STATE_DIR
 from migrator.commands.session import redis_failure
 from migrator.commands.sourceopts import (
@@ -107,6 +108,12 @@ def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
         raise ConfigError(
             f"job {ledger.job_id} was created {how} (those rules, unchanged); give the same "
             "--coerce or another --job"
+        )
+    # And --precheck: a worker checks (or not) as the job says, whatever this command says.
+    if job.precheck != config.precheck:
+        how = "with" if job.precheck else "without"
+        raise ConfigError(
+            f"job {ledger.job_id} was created {how} --precheck; give the same or another --job"
         )
     return ledger
 
@@ -217,8 +224,11 @@ def job_options(func: F) -> F:
                 "--dry-run",
                 env="DRY_RUN",
                 is_flag=True,
-                help="Only list and inspect: print an inventory, send nothing.",
+                help="Only list and inspect: print an inventory, send and plan nothing; "
+                "with --coerce also what the rules do to a sample of the files (--sample, "
+                "values masked unless --show-phi), exit 1 if they fail on one.",
             ),
+            preview_options,
             opt(
                 "--no-preflight",
                 env="NO_PREFLIGHT",
@@ -276,9 +286,10 @@ def plan_command(sources: tuple[str, ...], **o: Any) -> None:
 
     setup_logging(o["verbose"], o["quiet"])
     config = _config(o, check_tls=False)  # the cluster's workers read the TLS files
+    check_preview_options(o)
     srcs = _make_sources(sources, config, o)
     if o["dry_run"]:
-        _dry_run(srcs, o)
+        _dry_run(srcs, config, o)
     if not o["redis_url"]:
         fail_config("plan needs --redis-url (or MIGRATOR_REDIS_URL), unless --dry-run")
     job_id = o["job"] or engine.default_job_id(_sources_given(sources, o), config)
@@ -421,6 +432,8 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
       migrator run s3://bucket/2019/ --host pacs --called-ae PACS --rate-limit 200 \\
           --redis-url redis://redis:6379/0 --max-associations 8
       migrator run /archive --host pacs --called-ae PACS --dry-run
+      migrator run /archive --host pacs --called-ae PACS --coerce rules.yaml --dry-run \\
+          --sample 50 --format json
       migrator run dicomweb+https://old-pacs/dicom-web --from 2019-01-01 --to 2019-12-31 \\
           --host pacs --called-ae PACS
       migrator run /archive --host far-pacs --called-ae PACS -j auto --max-associations 32
@@ -433,10 +446,11 @@ def run_command(sources: tuple[str, ...], **o: Any) -> None:
     setup_logging(o["verbose"], o["quiet"])
     # Local workers read the TLS files here: check them before starting anything.
     config = _config(o, check_tls=o["redis_url"] is None or bool(o["workers"]))
+    check_preview_options(o)
     job_id = o["job"] or engine.default_job_id(_sources_given(sources, o), config)
     srcs = _make_sources(sources, config, o)
     if o["dry_run"]:
-        _dry_run(srcs, o)
+        _dry_run(srcs, config, o)
     inputs = ", ".join([*sources, *o["manifests"]])
     record = {"broker": _broker_name(o)}
 
@@ -513,15 +527,27 @@ def _preflight(config: Settings) -> None:
         )
 
 
-def _dry_run(sources: list[Any], o: dict[str, Any]) -> None:
+def _dry_run(sources: list[Any], config: Settings, o: dict[str, Any]) -> None:
+    import json
+
     from migrator import engine
+    from migrator.coerce import preview as pv
 
     try:
         summary = _plan(None, sources, None, o)
+        found = coerce_preview(sources, config, o) if config.coerce else None
     except MigratorError as exc:  # a source that cannot be listed (S3 credentials...)
         fail(exc)
-    click.echo(engine.inventory_text(summary))
-    raise SystemExit(0)
+    if o["output_format"] == "json":
+        doc: dict[str, Any] = {"inventory": engine.summary_dict(summary)}
+        if found is not None:
+            doc["coercion"] = pv.as_dict(found)
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(engine.inventory_text(summary))
+        if found is not None:
+            click.echo("\n" + pv.render_text(found))
+    raise SystemExit(found.exit_status if found is not None else 0)
 
 
 @click.command("worker")

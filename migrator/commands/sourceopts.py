@@ -118,9 +118,39 @@ def source_options(func: F) -> F:
                 type=click.IntRange(1),
                 default=None,
                 metavar="N",
-                help="dimse:// sources (jobs: run, plan): at most N fetching (C-GET) "
-                "associations open to the old PACS at once, fleet-wide; the planner's and "
-                "verify's one C-FIND association come on top. E.g. --source-max-associations 2",
+                help="dimse:// sources (jobs: run, plan): at most N retrieving (C-GET or "
+                "C-MOVE) associations open to the old PACS at once, fleet-wide; the planner's "
+                "and verify's one C-FIND association come on top. "
+                "E.g. --source-max-associations 2",
+            ),
+            opt(
+                "--retrieve",
+                "source_retrieve",
+                env="RETRIEVE",
+                type=click.Choice(["get", "move", "auto"]),
+                default="auto",
+                show_default=True,
+                help="dimse:// sources: fetch by C-GET, by C-MOVE to our own Storage SCP "
+                "(--move-ae, --move-port), or auto: C-GET, and C-MOVE when the source "
+                "refuses C-GET. Example: --retrieve move --move-ae MIGRATOR-MOVE "
+                "--move-port 11113",
+            ),
+            opt(
+                "--move-ae",
+                env="MOVE_AE",
+                type=AETitle(),
+                default=None,
+                help="dimse:// sources, C-MOVE: the AE title of our Storage SCP; the source "
+                "must know it with this host and --move-port (Orthanc: DicomModalities). "
+                "Default: --source-calling-ae.",
+            ),
+            opt(
+                "--move-port",
+                env="MOVE_PORT",
+                type=click.IntRange(1, 65535),
+                default=None,
+                help="dimse:// sources, C-MOVE: the TCP port our Storage SCP listens on while "
+                "a move runs (one move at a time per host and port). Example: 11113",
             ),
             opt(
                 "--from",
@@ -178,6 +208,11 @@ def https_fields(o: dict[str, Any]) -> dict[str, Any]:
     fields["source_calling_ae"] = o.get("source_calling_ae")
     fields["source_rate_limit"] = o.get("source_rate_limit")
     fields["source_max_associations"] = o.get("source_max_associations")
+    fields["source_retrieve"] = o.get("source_retrieve") or "auto"
+    fields["move_ae"] = o.get("move_ae")
+    fields["move_port"] = o.get("move_port")
+    if fields["source_retrieve"] == "move" and not fields["move_port"]:
+        fail_config("--retrieve move needs --move-port (where the source sends the instances)")
     return fields
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -19,6 +20,7 @@ from migrator.commands.common import (
     setup_logging,
     tls_options,
 )
+from migrator.commands.dryrun import check_preview_options, coerce_preview, preview_options
 from migrator.commands.sourceopts import (
     check_https,
     dicomweb_https_options,
@@ -77,6 +79,15 @@ from migrator.summary import render_text
 @dicomweb_https_options
 @source_options
 @report_option
+@opt(
+    "--dry-run",
+    env="DRY_RUN",
+    is_flag=True,
+    help="Send nothing: with --coerce, show what the rules do to a sample of the files "
+    "(--sample, values masked unless --show-phi); exit 1 if they fail on one, e.g. "
+    "--dir /archive -R --coerce rules.yaml --dry-run.",
+)
+@preview_options
 @click.option("-v", "--verbose", count=True, help="Log each file (-vv: protocol details).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary's first line and errors.")
 def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> None:
@@ -100,6 +111,8 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
           --from 2019-01-01 --to 2019-01-31 --host pacs --called-ae PACS
       migrator store --host pacs.example.org --port 2762 --called-ae PACS --tls \\
           --tls-ca ca.pem --tls-cert me.pem --tls-key me.key --dir /archive -R
+      migrator store --host pacs --called-ae PACS --dir /archive -R \\
+          --coerce rules.yaml --dry-run --sample 50
     """
     verbose, quiet = o["verbose"], o["quiet"]
     setup_logging(verbose, quiet)
@@ -117,6 +130,19 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
         **https_fields(o),
     )
     check_https(settings)
+    check_preview_options(o)
+    from migrator.sources import open_source
+
+    try:
+        # a file given by name is itself, never walked
+        sources = [
+            open_source(arg, settings, recursive=False, query=study_query(o)) for arg in files
+        ]
+        sources += [open_source(d, settings, recursive=o["recursive"]) for d in dirs]
+    except ConfigError as exc:
+        fail_config(str(exc))
+    if o["dry_run"]:
+        _dry_run(sources, settings, o)
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
     scu = StoreScu(
         settings,
@@ -124,15 +150,8 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
         on_file_sent=progress.add,
         on_file_error=progress.add,
     )
-    from migrator.sources import open_source
-
-    try:
-        for arg in files:  # a file given by name is itself, never walked
-            scu.add_source(open_source(arg, settings, recursive=False, query=study_query(o)))
-        for folder in dirs:
-            scu.add_source(open_source(folder, settings, recursive=o["recursive"]))
-    except ConfigError as exc:
-        fail_config(str(exc))
+    for source in sources:
+        scu.add_source(source)
     try:
         result = scu.send()
     except KeyboardInterrupt:
@@ -144,6 +163,20 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
     finally:
         progress.stop()
     _finish(result, settings, tuple(o["report"]), quiet)
+
+
+def _dry_run(sources: list[Any], settings: Settings, o: dict[str, Any]) -> None:
+    from migrator.coerce import preview as pv
+
+    try:
+        found = coerce_preview(sources, settings, o)
+    except MigratorError as exc:
+        fail(exc)
+    if o["output_format"] == "json":
+        click.echo(json.dumps({"coercion": pv.as_dict(found)}, indent=2))
+    else:
+        click.echo(pv.render_text(found))
+    raise SystemExit(found.exit_status)
 
 
 def _finish(result: StoreResult, settings: Settings, reports: tuple[str, ...], quiet: bool) -> None:

@@ -519,6 +519,23 @@ class Ledger(Sessions):
         """Take the batch's running lease; False while another live delivery holds it."""
         return bool(self.client.set(self.keys.running(batch_id), token, nx=True, px=int(ttl * 1e3)))
 
+    def open_delivery(self, batch_id: str, token: str) -> list[str]:
+        """Note that delivery ``token`` of the batch began; returns the tokens of earlier
+        deliveries that began and never ended in good order (lost with their process, or
+        cut from Redis): what they sent and did not record is unknown."""
+        key = self.keys.opened(batch_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.smembers(key)
+        pipe.sadd(key, token)
+        pipe.expire(key, _DELIVERY_TTL)
+        before = cast(set[bytes], pipe.execute()[0])
+        return sorted(t for t in map(_s, before) if t != token)
+
+    def close_deliveries(self, batch_id: str, tokens: Sequence[str]) -> None:
+        """These deliveries ended, or what they left unknown was looked up."""
+        if tokens:
+            self.client.srem(self.keys.opened(batch_id), *tokens)
+
     def refresh_batch(self, batch_id: str, token: str, ttl: float) -> bool:
         key = self.keys.running(batch_id)
         return bool(self._refresh(keys=[key], args=[token, int(ttl * 1e3)]))

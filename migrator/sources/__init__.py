@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from migrator.errors import ConfigError
-from migrator.sources.base import Source
+from migrator.sources.base import Source, SourceItem
 from migrator.sources.filesystem import FileSource
 
 if TYPE_CHECKING:
@@ -96,3 +97,15 @@ class SourceCache:
         if bucket not in self._s3:
             self._s3[bucket] = open_source(f"s3://{bucket}/", self._settings)
         return self._s3[bucket]
+
+
+def expect(pairs: Iterable[tuple[Source, SourceItem]]) -> None:
+    """Tell each source that has ``expect`` (the old PACS: migrator/sources/dimse.py) the
+    items about to be fetched from it, before the first fetch: it can then fetch them
+    series by series instead of one by one."""
+    by_source: dict[int, tuple[Source, list[SourceItem]]] = {}
+    for source, item in pairs:
+        if hasattr(source, "expect"):
+            by_source.setdefault(id(source), (source, []))[1].append(item)
+    for source, items in by_source.values():
+        source.expect(items)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""``DimseSource``: the old PACS itself, listed by C-FIND and fetched by C-GET.
+"""``DimseSource``: the old PACS itself, listed by C-FIND, fetched by C-GET or C-MOVE.
 
 ``dimse://AE@host:port`` is a source like a folder: Study Root C-FIND lists the studies
 (optionally in a StudyDate window and for one modality, split in date windows under a
@@ -7,16 +7,30 @@ instances at IMAGE level with their SOP Class UID. Each instance is one item:
 ``dimse://AE@host:port/studies/{study}/series/{series}/instances/{sop}?class={sop class}``.
 Planned like a manifest's lines (UIDs known, nothing downloaded).
 
-Fetching an instance is a C-GET at IMAGE level on an association that offers its SOP class
-in every transfer syntax this tool knows, one presentation context each, so that the
-archive sends the instance in the syntax it holds it in (not re-encoded); the C-STORE
-sub-operation is written as it comes to a spool file (File Meta + the dataset's bytes as
-received) that the sender then reads and sends (migrator/sources/held.py: one download
-per instance). The archive must know our calling AE (``--source-calling-ae``) for C-GET.
+Fetching is a C-GET at IMAGE level on an association that offers the SOP classes the
+listing gave, each in every transfer syntax this tool knows, one presentation context each,
+so that the archive sends each instance in the syntax it holds it in (not re-encoded).
+A batch tells the source its items first (``expect``): they are fetched series by series,
+one C-GET with the series' SOP Instance UIDs as a list, on one association
+(migrator/sources/retrieve.py: at most 64 instances and 11 SOP classes per request, within
+the 128 presentation contexts of an association). Each C-STORE sub-operation is written as
+it arrives to its own spool file (File Meta + the dataset's bytes as received) that the
+sender then reads and sends (migrator/sources/held.py: one download per instance, the
+spool bounded by the batch). What C-FIND promised and did not come is asked for once more,
+then fails with the reason: ``the source sent 9 of 10 instances of series X; this one did
+not come after a retry``. An archive that refuses a whole list for one UID it no longer
+holds (Orthanc: 0xC000) is asked for halves of it, down to that instance.
+The archive must know our calling AE (``--source-calling-ae``) and allow it C-GET.
+A listing without SOP Class UIDs (dcmqrscp gives none at IMAGE level) offers the common
+storage classes instead, one context each listing every syntax (the archive picks).
 
-First version (issue 17): one association per fetch (pynetdicom); retrieval per series
-on a pooled association on our own upper layer, C-MOVE, and the source's own rate limit
-are next.
+``--retrieve move`` asks for the same lists by C-MOVE to our own Storage SCP
+(migrator/sources/movescp.py: ``--move-ae`` on ``--move-port``, which the archive must
+know), listening while the move runs; instances are matched by SOP Instance UID into the
+same spool. ``--retrieve auto`` (the default) uses C-GET until the archive refuses its
+context, then C-MOVE. An unknown move destination fails each instance once with ``the
+source refused the move destination AE X: register it there`` (0xA801, or Orthanc 1.10's
+0xC000 for instances a C-FIND shows it holds, with no association opened to us).
 """
 
 from __future__ import annotations
@@ -24,8 +38,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -33,6 +48,8 @@ from migrator.errors import ConfigError, ConnectError, SourceError, TransientErr
 from migrator.sources.base import Payload, SourceItem
 from migrator.sources.held import HeldFiles, unlink
 from migrator.sources.manifest import ManifestEntry
+from migrator.sources.movescp import MoveReceiver
+from migrator.sources.retrieve import Counts, Groups, Received, RefusedAll
 from migrator.sources.windows import StudyQuery, dicom_range, studies
 from migrator.syntaxes import ALIASES
 from migrator.validation import is_valid_uid
@@ -40,8 +57,12 @@ from migrator.validation import is_valid_uid
 if TYPE_CHECKING:
     from migrator.settings import Settings
 
+log = logging.getLogger(__name__)
+
 PREFIX = "dimse://"
 _URI = re.compile(r"^dimse://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})(?P<rest>/.*)?$")
+#: Study Root C-FIND, proposed with each retrieve (dcmqrscp --require-find wants it).
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 #: Every transfer syntax offered for a sub-operation, one presentation context each.
 SYNTAXES = tuple(dict.fromkeys([*ALIASES.values(), "1.2.840.10008.1.2.4.51"]))
 
@@ -88,6 +109,21 @@ class DimseSource:
         )
         self.query = query or StudyQuery()
         self._held = HeldFiles("migrator-cget-")
+        self._groups = Groups()
+        self.retrieve_mode = settings.source_retrieve
+        #: the move destination: our own AE title towards the source by default
+        self.move_ae = settings.move_ae or self.config.calling_ae
+        self._mover = (
+            MoveReceiver(
+                settings.move_port,
+                SYNTAXES,
+                self._held.new_path,
+                max_pdu=settings.max_pdu,
+                timeout=settings.dimse_timeout,
+            )
+            if settings.move_port
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"DimseSource({self.uri!r})"
@@ -147,69 +183,188 @@ class DimseSource:
 
     # -- fetching --------------------------------------------------------------------------
 
+    def expect(self, items: Iterable[SourceItem]) -> None:
+        """The items about to be fetched (a batch): fetched series by series, one request
+        per series on one association (migrator/sources/retrieve.py)."""
+        parsed = []
+        for item in items:
+            with contextlib.suppress(SourceError):  # a bad URI fails at its own fetch
+                parsed.append((item.uri, *_parse_item(item.uri)))
+        self._groups.expect(parsed)
+
     def fetch(self, item: SourceItem) -> contextlib.AbstractContextManager[Payload]:
         return self._held.fetch(item.uri, lambda: self._get(item))
 
     def _get(self, item: SourceItem) -> tuple[str, int]:
-        study, series, sop, sop_class = _parse_item(item.uri)
-        path = self._held.new_path()
-        try:
-            return path, self._c_get(study, series, sop, sop_class, path, item.uri)
-        except BaseException:
-            unlink(path)
-            raise
+        group, sop = self._groups.group_of(item.uri, lambda: _parse_item(item.uri))
+        return group.take(sop, self._retrieve)
 
-    def _c_get(
-        self, study: str, series: str, sop: str, sop_class: str, path: str, where: str
-    ) -> int:
-        from pydicom.dataset import Dataset
+    def _retrieve(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """C-GET or C-MOVE, as ``--retrieve`` says; auto: C-GET until the source refuses
+        its context, then C-MOVE (remembered for the source's life)."""
+        mode = self.retrieve_mode  # read once: another thread may switch it meanwhile
+        if mode == "move":
+            return self._c_move(study, series, wanted)
+        try:
+            return self._c_get(study, series, wanted)
+        except NoGet as exc:
+            if mode == "auto" and self._mover is not None:
+                if self.retrieve_mode == "auto":
+                    log.info("%s: %s; fetching by C-MOVE to AE %s", self.uri, exc, self.move_ae)
+                self.retrieve_mode = "move"
+                return self._c_move(study, series, wanted)
+            hint = (
+                "give --move-port (and --move-ae, registered at the source) to fetch by C-MOVE"
+                if mode == "auto"
+                else "give --retrieve move (or auto) with --move-port and --move-ae"
+            )
+            raise RefusedAll(f"{exc}; {hint}") from None
+
+    def _c_move(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """One C-MOVE at IMAGE level for ``wanted`` (a UID list) to our own Storage SCP
+        (migrator/sources/movescp.py), listening while the move runs."""
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelMove,
+        )
+
+        from migrator.verify.pacs import associate, new_ae
+
+        if self._mover is None:
+            raise RefusedAll(f"{self.uri}: --retrieve move needs --move-port")
+        where = f"{self.uri}/studies/{study}/series/{series}"
+        ae = new_ae(self.config)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
+        received = Received()
+        with self._mover.receiving(set(wanted)) as scp:
+            files = scp.files
+            try:
+                assoc = associate(ae, self.config)
+            except ConnectError:
+                raise
+            except Exception as exc:
+                raise SourceError(f"{where}: C-MOVE association: {exc}") from None
+            try:
+                answers = assoc.send_c_move(
+                    _query(study, series, wanted),
+                    self.move_ae,
+                    StudyRootQueryRetrieveInformationModelMove,
+                )
+                for status, _ in answers:
+                    code = cast(int | None, getattr(status, "Status", None))
+                    if code is None:
+                        raise TransientError(
+                            f"{where}: no C-MOVE answer (aborted or timed out); does the "
+                            f"source know AE {self.config.calling_ae} and allow it C-MOVE? "
+                            "(register it there, or give --source-calling-ae)"
+                        )
+                    received.counts = _counts(status, code)
+            except BaseException:
+                for path, _ in files.values():
+                    unlink(path)
+                raise
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+        received.files = dict(files)
+        last = received.counts.status
+        why = ""
+        if last == 0xA801:
+            why = "C-MOVE 0xA801 Move destination unknown"
+        elif (
+            not received.files
+            and not scp.connections
+            and last not in (None, 0x0000, 0xB000, 0xFE00)
+            and (last & 0xFF00) != 0xA700  # busy: retried as such
+            # Some archives (Orthanc 1.10) answer an unknown destination with 0xC000, as
+            # they answer a list holding a UID they do not have: tell the two apart by
+            # asking whether it holds every instance asked for.
+            and self._holds(study, series, set(wanted), where)
+        ):
+            why = (
+                f"C-MOVE 0x{last:04X} for instances it holds, without opening an "
+                "association to our Storage SCP"
+            )
+        if why:
+            for path, _ in received.files.values():
+                unlink(path)
+            raise RefusedAll(
+                f"the source refused the move destination AE {self.move_ae}: register it "
+                f"there (with this host and port {self._mover.port}; {why})"
+            )
+        _check_final(received, "C-MOVE", where)
+        return received
+
+    def _c_get(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """One C-GET at IMAGE level for ``wanted`` (a UID list) on one association that
+        offers each of their SOP classes in every syntax we know, as Storage SCP; each
+        C-STORE sub-operation written to its own spool file as it arrives."""
         from pynetdicom import build_role, evt
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
             StudyRootQueryRetrieveInformationModelGet,
         )
 
-        from migrator.verify.pacs import associate, new_ae
+        from migrator.verify.pacs import PacsQueryError, associate, new_ae
 
-        received: list[int] = []
+        where = f"{self.uri}/studies/{study}/series/{series}"
+        received = Received()
 
         def on_store(event: Any) -> int:
-            if str(event.request.AffectedSOPInstanceUID) != sop:
+            sop = str(event.request.AffectedSOPInstanceUID)
+            if sop not in wanted or sop in received.files:
                 return 0xA900  # not what was asked for: refused, never written as ours
             from pydicom.filebase import DicomBytesIO
             from pydicom.filewriter import write_file_meta_info
 
             meta = DicomBytesIO()
             write_file_meta_info(meta, event.file_meta)
-            with open(path, "wb") as out:
-                out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
-                # The dataset's bytes as the archive sent them: no decoding, no re-encoding.
-                out.write(event.request.DataSet.getvalue())
-                received.append(out.tell())
+            path = self._held.new_path()
+            try:
+                with open(path, "wb") as out:
+                    out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+                    # The dataset's bytes as the archive sent them: not decoded, not re-encoded.
+                    out.write(event.request.DataSet.getvalue())
+                    received.files[sop] = (path, out.tell())
+            except OSError:
+                unlink(path)
+                return 0xA700  # out of resources (our disk): the sub-operation failed
             return 0x0000
 
         ae = new_ae(self.config)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        for syntax in SYNTAXES:
-            ae.add_requested_context(sop_class, [syntax])
+        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
+        classes = sorted(set(wanted.values()) - {""})
+        if "" in wanted.values():
+            # The listing gave no SOP Class UID (dcmqrscp returns none at IMAGE level): the
+            # common storage classes, each in one context listing every syntax (the source
+            # picks one and may have to convert), within the 128 contexts.
+            classes = list(dict.fromkeys([*classes, *_common_storage_classes()]))[:126]
+            for sop_class in classes:
+                ae.add_requested_context(sop_class, list(SYNTAXES))
+        else:
+            for sop_class in classes:
+                for syntax in SYNTAXES:
+                    ae.add_requested_context(sop_class, [syntax])
         try:
             assoc = associate(
                 ae,
                 self.config,
-                ext_neg=[build_role(sop_class, scp_role=True)],
+                ext_neg=[build_role(c, scp_role=True) for c in classes],
                 evt_handlers=[(evt.EVT_C_STORE, on_store)],
             )
         except ConnectError:
             raise  # unreachable: retried like any connection
-        except Exception as exc:  # rejected, no context: the archive's answer, said as is
+        except PacsQueryError as exc:  # accepted, but none of our contexts
+            raise NoGet(f"{self.uri}: the source refused C-GET ({exc})") from None
+        except Exception as exc:  # rejected: the archive's answer, said as is
             raise SourceError(f"{where}: C-GET association: {exc}") from None
-        query = Dataset()
-        query.QueryRetrieveLevel = "IMAGE"
-        query.StudyInstanceUID = study
-        query.SeriesInstanceUID = series
-        query.SOPInstanceUID = sop
-        last = None
+        get_uid = StudyRootQueryRetrieveInformationModelGet
+        if not any(cx.abstract_syntax == get_uid for cx in assoc.accepted_contexts):
+            assoc.release()
+            raise NoGet(f"{self.uri}: the source refused C-GET (its presentation context)")
         try:
-            for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+            query = _query(study, series, wanted)
+            for status, _ in assoc.send_c_get(query, get_uid):
                 code = cast(int | None, getattr(status, "Status", None))
                 if code is None:
                     raise TransientError(
@@ -217,17 +372,77 @@ class DimseSource:
                         f"know AE {self.config.calling_ae} and allow it C-GET? (register it "
                         "there, or give --source-calling-ae)"
                     )
-                last = code
+                received.counts = _counts(status, code)
+        except BaseException:
+            for path, _ in received.files.values():
+                unlink(path)
+            raise
         finally:
             if assoc.is_established:
                 assoc.release()
-        if received:
-            return received[0]
-        if last in (0x0000, 0xB000) or last is None:
-            raise SourceError(f"{where}: no longer at the source (C-GET sent no instance)")
-        if last is not None and (last & 0xFF00) == 0xA700:
-            raise TransientError(f"{where}: the source is out of resources (C-GET 0x{last:04X})")
-        raise SourceError(f"{where}: the source refused the C-GET (0x{last:04X})")
+        _check_final(received, "C-GET", where)
+        return received
+
+    def _holds(self, study: str, series: str, sops: set[str], where: str) -> bool:
+        """Whether the source lists every one of ``sops`` in the series (C-FIND)."""
+        from migrator.verify.pacs import PacsQueryError
+        from migrator.verify.query import QueryClient
+
+        keys = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        try:
+            with QueryClient(self.config) as q:
+                found = q.find("IMAGE", keys, ["SOPInstanceUID"])
+        except PacsQueryError as exc:
+            raise SourceError(f"{where}: {exc}") from None
+        return sops <= {str(m.get("SOPInstanceUID", "")) for m in found}
+
+
+class NoGet(SourceError):
+    """The source does not take C-GET from us (its context refused)."""
+
+
+def _query(study: str, series: str, wanted: dict[str, str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = study
+    query.SeriesInstanceUID = series
+    # A list of UIDs (PS3.4 C.4.2.2.1: the unique key of the level may hold several).
+    query.SOPInstanceUID = list(wanted) if len(wanted) > 1 else next(iter(wanted))
+    return query
+
+
+def _check_final(received: Received, what: str, where: str) -> None:
+    """Nothing came and the final status says why: a busy source is retried later, any
+    other failure refuses the request (split by the caller down to the instance)."""
+    last = received.counts.status
+    if received.files or last is None:
+        return
+    if (last & 0xFF00) == 0xA700:
+        raise TransientError(f"{where}: the source is out of resources ({what} 0x{last:04X})")
+    if last not in (0x0000, 0xB000, 0xFE00):
+        raise SourceError(f"{where}: the source refused the {what} (0x{last:04X})")
+
+
+def _counts(status: Any, code: int) -> Counts:
+    def n(name: str) -> int | None:
+        value = getattr(status, name, None)
+        return int(value) if isinstance(value, int) else None
+
+    return Counts(
+        completed=n("NumberOfCompletedSuboperations"),
+        failed=n("NumberOfFailedSuboperations"),
+        warning=n("NumberOfWarningSuboperations"),
+        remaining=n("NumberOfRemainingSuboperations"),
+        status=code,
+    )
+
+
+def _common_storage_classes() -> list[str]:
+    from pynetdicom import StoragePresentationContexts
+
+    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
 
 
 def _parse_item(uri: str) -> tuple[str, str, str, str]:
@@ -237,7 +452,8 @@ def _parse_item(uri: str) -> tuple[str, str, str, str]:
     if (
         len(segments) != 6
         or segments[0::2] != ["studies", "series", "instances"]
-        or not all(is_valid_uid(u) for u in (*segments[1::2], sop_class))
+        or not all(is_valid_uid(u) for u in segments[1::2])
+        or (sop_class and not is_valid_uid(sop_class))
     ):
         raise SourceError(f"{uri}: not a dimse:// instance URI")
     return segments[1], segments[3], segments[5], sop_class

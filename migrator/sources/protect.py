@@ -8,13 +8,14 @@ same GCRA script (:mod:`migrator.limits.rate_redis`, key
 (:mod:`migrator.limits.slots`, key :func:`migrator.keys.source_slots_key`), per source, so
 that every worker process of every host (and `run`'s own sender) shares one budget.
 
-:class:`ProtectedDimseSource` wraps each download of :class:`DimseSource` (one C-GET, one
-association): first the rate (waiting holds no association), then a slot held until the
-association is released. A fetch served from the held spool (the header was read from the
-same download) costs neither. The cap is on the fetching associations, the ones a fleet
-multiplies: the planner's listing and `verify`'s reconciliation each hold one C-FIND
-association on top (a listing that held a slot for its minutes would starve the fetches of
-a cap of 1 into time-outs).
+:class:`ProtectedDimseSource` wraps each request of :class:`DimseSource` to the archive
+(one C-GET or C-MOVE for a series' instances of a batch, up to 64, on one association):
+first the rate, charged as that many instances (waiting holds no association), then a slot
+held until the association is released. A fetch served from the spool (the instances of a
+series come together, the header is read from the same download) costs neither. The cap
+is on the retrieving associations, the ones a fleet multiplies: the planner's listing and
+`verify`'s reconciliation each hold one C-FIND association on top (a listing that held a
+slot for its minutes would starve the fetches of a cap of 1 into time-outs).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from migrator.keys import source_limiter_key, source_slots_key
 from migrator.limits.rate import Limits, RateLimiter
 from migrator.limits.rate_redis import make_redis_limiter
 from migrator.limits.slots import AssociationSlots
-from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
+from migrator.sources.retrieve import Received
 
 if TYPE_CHECKING:
     import redis
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A source association's lease; refreshed every third of it while the fetch lasts, so a
+#: A source association's lease; refreshed every third of it while the request lasts, so a
 #: killed worker's slot comes back within this time.
 LEASE_S = 30.0
 
@@ -103,12 +104,14 @@ class ProtectedDimseSource(DimseSource):
                     self._slots = source_slots(client, self.uri, self._max)
             return self._limiter, self._slots
 
-    def _get(self, item: SourceItem) -> tuple[str, int]:
+    def _retrieve(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """One request to the source (C-GET, or C-MOVE to our SCP) for ``wanted``, a
+        series' instances (up to 64): charged as that many instances, on one slot."""
         limiter, slots = self._protection()
         if limiter is not None:
-            limiter.acquire(1)
+            limiter.acquire(len(wanted))  # more than the burst: admitted, paid as debt
         if slots is None:
-            return super()._get(item)
-        # SlotTimeout (all slots busy that long) is a transient error: the file is retried.
+            return super()._retrieve(study, series, wanted)
+        # SlotTimeout (all slots busy that long) is a transient error: the files are retried.
         with HeldSlot(slots, self.config.acse_timeout):
-            return super()._get(item)
+            return super()._retrieve(study, series, wanted)

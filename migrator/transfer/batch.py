@@ -39,7 +39,7 @@ from migrator.ledger import Ledger, PlannedFile, Recorded, split_id
 from migrator.limits.breaker import Open
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
-from migrator.sources import SourceCache
+from migrator.sources import SourceCache, expect
 from migrator.sources.base import SourceItem
 from migrator.sources.inspect import inspect_with_retries, refusal
 from migrator.transfer.job import Job
@@ -48,6 +48,7 @@ from migrator.transfer.observe import Observer
 from migrator.transfer.policy import Transfer
 from migrator.transfer.runtime import Runtime
 from migrator.transfer.transform import make_transform
+from migrator.verify.held import held_instances
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ BUSY_MEMORY = 600.0
 #: In the lease token of `run`'s own sender; a batch it holds is looked at again this soon.
 INLINE_TAG = "inline-"
 INLINE_RECHECK = 1.0
+
+#: The note on a file a lost delivery had sent and not recorded, found at the destination.
+FOUND_AFTER_LOSS = (
+    "found at the destination after the worker sending its batch was lost; not sent again"
+)
 
 #: How a file fails when its batch could not use the PACS at all (``FileOutcome.cause``).
 UNREACHABLE = "unreachable"
@@ -144,6 +150,8 @@ def run_batch(
         raise
     finally:
         ledger.release_batch(batch_id, token)
+        if not recorder.pending:  # every outcome it holds is written: nothing unknown left
+            ledger.close_deliveries(batch_id, [token])
         dest = settings.destination
         if watch.state is not None:
             runtime.pool(settings).close_all()  # a paused job holds no association
@@ -181,6 +189,12 @@ def _run_claimed(
     stored = ledger.stored_ids([f.file_id for f in files])
     todo = [f for f in files if f.file_id not in stored]
     summary.skipped_already_stored = len(files) - len(todo)
+    lost = ledger.open_delivery(batch_id, recorder.token)
+    if lost and todo:
+        todo = _found_at_destination(ledger, settings, todo, recorder, summary)
+    if recorder.pending:  # before the poison and give-up paths read the ledger
+        recorder.flush()
+    ledger.close_deliveries(batch_id, lost)
     if not todo:
         ledger.delivery_done(task_id)
         return summary
@@ -263,6 +277,77 @@ def _run_claimed(
     return summary
 
 
+def _found_at_destination(
+    ledger: Ledger,
+    settings: Settings,
+    todo: list[PlannedFile],
+    recorder: _Recorder,
+    summary: BatchSummary,
+) -> list[PlannedFile]:
+    """A delivery of this batch was lost (its process died, or it was cut from Redis and
+    the batch handed on) after sending files it could not record: the files it may have
+    sent are looked up at the destination (verify/held.py, C-FIND or QIDO-RS by SOP
+    Instance UID, batched) and those there are recorded stored instead of being sent a
+    second time. Returns the files still to send.
+
+    Only files without an outcome that own their SOP Instance UID in the job are looked
+    up: a duplicate of an instance stored by another file goes through the transfer core's
+    duplicate check as usual. A destination that cannot answer (no C-FIND for our AE, a
+    strictly hierarchical PACS) gets the files again: a second copy of an instance is
+    what a PACS keeps once; a file never sent is data lost."""
+    unsettled = [
+        f for f in todo if _state(recorder.states, f.file_id) == "." and f.sop_instance_uid
+    ]
+    if not unsettled:
+        return todo
+    owners = ledger.claim_uids(unsettled)
+    mine = [f for f, owner in zip(unsettled, owners, strict=True) if not owner]
+    try:
+        held = held_instances(settings, [(f.study_uid, f.sop_instance_uid) for f in mine])
+    except Exception as exc:  # whatever went wrong: send again, never lose a file
+        log.warning(
+            "batch %s: its previous delivery was lost and %s could not say what it holds "
+            "(%s); its %d unsettled files are sent again",
+            recorder.batch_id,
+            settings.server,
+            exc,
+            len(mine),
+        )
+        return todo
+    found = {f.file_id for f in mine if f.sop_instance_uid in held}
+    for f in mine:
+        if f.file_id in found:
+            recorder.add(f, _found(f))
+            summary.stored += 1
+    if found:
+        log.warning(
+            "batch %s: its previous delivery was lost; %d of its %d unsettled files were "
+            "found at %s and are not sent again",
+            recorder.batch_id,
+            len(found),
+            len(unsettled),
+            settings.server,
+        )
+    return [f for f in todo if f.file_id not in found]
+
+
+def _state(states: str, file_id: str) -> str:
+    index = split_id(file_id)[1]
+    return states[index] if index < len(states) else "."
+
+
+def _found(planned: PlannedFile) -> FileOutcome:
+    return FileOutcome(
+        planned.uri,
+        State.STORED,
+        FOUND_AFTER_LOSS,
+        sop_class_uid=planned.sop_class_uid,
+        sop_instance_uid=planned.sop_instance_uid,
+        ts_original=planned.transfer_syntax,
+        bytes=planned.size,
+    )
+
+
 def _jobs(
     ledger: Ledger,
     batch_id: str,
@@ -277,6 +362,8 @@ def _jobs(
     plan is updated with what was learnt, and a file that cannot be sent is settled."""
     jobs = []
     learnt = False
+    # The old PACS fetches the batch's instances series by series (one request each).
+    expect((sources(f.uri), SourceItem(f.uri, f.size, f.version)) for f in todo)
     for f in todo:
         item = SourceItem(f.uri, f.size, f.version)
         source = sources(f.uri)

@@ -59,12 +59,14 @@ from migrator.limits.rate import RateLimiter
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
 from migrator.sources.inspect import inspect_with_retries, refusal
+from migrator.transfer import precheck
 from migrator.transfer.claims import Claims, Waits
 from migrator.transfer.destination import Connection, Pair, Pending, SendResult
 from migrator.transfer.job import Job
 from migrator.transfer.leases import Leases
 from migrator.transfer.observe import NULL_OBSERVER, Observer, log_outcome
 from migrator.transfer.pool import ConnectionPool
+from migrator.transfer.precheck import DestinationConflict
 from migrator.transfer.reinspect import reinspect
 from migrator.transfer.transform import Transform, identity
 
@@ -144,6 +146,8 @@ class Transfer:
             else None
         )
         self._transform = transform
+        #: The transform without --precheck's check (each run wraps it with its answer)
+        self._base_transform = transform
         self._observer = observer
         self._breaker = breaker
         #: The file sent as the breaker's probe, while it is on its way
@@ -395,6 +399,10 @@ class Transfer:
             sent = conn.start(header, payload)
         except AssociationLost as exc:
             self._lost(lane, job, exc)
+            return
+        except DestinationConflict as exc:  # --precheck: held under another patient/study
+            state = State.SKIPPED if exc.skip else State.FAILED
+            self._settle_failed(job, f"{job.uri}: {exc}", state)
             return
         except CoercionError as exc:  # --coerce: the file named, then element and rule
             state = State.SKIPPED if isinstance(exc, CoercionSkipped) else State.FAILED
@@ -674,6 +682,8 @@ class Transfer:
                 continue
             ready.append(job)
         self._wanted = {job.pair for job in ready}
+        if self.settings.precheck and ready and not self._precheck(ready):
+            return
         if self._waits is not None and ready:
             ready = self._waits.split(ready)
         profiles = plan_profiles(self._wanted, forced_syntax=self.settings.transfer_syntax)
@@ -681,6 +691,21 @@ class Transfer:
             index = {sop: p.index for p in profiles for sop in p.sop_classes}
             ready.sort(key=lambda job: index.get(job.pair[0], 0))
         self._ready.extend(ready)
+
+    def _precheck(self, jobs: list[Job]) -> bool:
+        """--precheck: ask the destination, for all of ``jobs`` at once, which instances it
+        holds; each file is then checked against the answer as it is sent. False (the
+        transfer stopped, every file left unsettled) when the destination cannot be asked:
+        nothing goes unchecked."""
+        try:
+            found = precheck.held(self.settings, (job.header for job in jobs if job.header))
+        except MigratorError as exc:
+            self._ready.extend(jobs)
+            self._stop(exc)
+            return False
+        on_conflict = self.settings.on_conflict
+        self._transform = precheck.Checked(self._base_transform, found, on_conflict)
+        return True
 
     def _read_header(self, job: Job) -> bool:
         """A file planned without reading it (a manifest): its header now; settled (False)

@@ -10,7 +10,8 @@ receiver's SIGKILL at teardown:
     S <time> <peer ip> <open now> <SOP Instance UID>     a C-STORE answered 0x0000
 
 It also answers Study Root C-FIND (study, series, image level) from what it holds, so that
-`migrator verify` can check a job against it.
+`migrator verify` can check a job against it, and a worker taking over a lost host's batch
+can ask which of its files arrived (IMAGE level with a list of SOP Instance UIDs).
 
 Times are ``time.time()`` (one clock: every namespace shares the machine's). What a user
 checks — each instance arrived once, the association cap and the rate limit held — is
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 AE_TITLE = "FLEETPACS"
 
@@ -75,6 +77,10 @@ def serve(address: str, port: int, events: Path) -> None:
             studies = {k: {s: set(i) for s, i in v.items()} for k, v in held.items()}
         want_study = str(query.get("StudyInstanceUID", "") or "")
         want_series = str(query.get("SeriesInstanceUID", "") or "")
+        # A list of SOP Instance UIDs (UID list matching): the lookup of a lost host's files.
+        sops = query.get("SOPInstanceUID", "") or ""
+        want_sops = {str(u) for u in sops} if isinstance(sops, MultiValue) else {str(sops)}
+        want_sops.discard("")
         for study, series in studies.items():
             if want_study and study != want_study:
                 continue
@@ -92,6 +98,8 @@ def serve(address: str, port: int, events: Path) -> None:
                     )
                     continue
                 for sop in sorted(instances):
+                    if want_sops and sop not in want_sops:
+                        continue
                     yield (
                         0xFF00,
                         _match(

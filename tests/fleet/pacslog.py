@@ -20,6 +20,8 @@ class PacsLog:
     max_open: int = 0
     #: connections opened per peer ip
     opened_by: Counter[str] = field(default_factory=Counter)
+    #: SOP Instance UIDs stored, per peer ip
+    uids_from: dict[str, set[str]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, events: Path) -> PacsLog:
@@ -40,6 +42,7 @@ class PacsLog:
             elif kind == "S" and len(parts) == 5:
                 log.stores[parts[4]] += 1
                 log.stored_at.append((when, peer))
+                log.uids_from.setdefault(peer, set()).add(parts[4])
                 log.open_at_store.append(int(parts[3]))
         return log
 

@@ -4,6 +4,9 @@ It keeps nothing on disk; it records, per SOP Instance UID, how many C-STOREs ar
 the largest number of connections (associations) open at the same time: the fleet-wide
 association cap is checked here, at the receiver, not in the sender's own bookkeeping.
 ``fail_uids`` answers a chosen status for chosen instances, to make `retry` tests possible.
+With ``find=True`` it also answers Study Root C-FIND at IMAGE level for a list of SOP
+Instance UIDs (what it stored; ``finds`` counts the queries), as a PACS answers the lookup
+of a lost delivery's files (migrator/verify/held.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
 from migrator.netutil import free_port
 
@@ -27,7 +35,12 @@ class CountingScp:
         response_delay: float = 0.0,
         ae_title: str = "COUNTING",
         a700_above: int | None = None,
+        find: bool = False,
     ) -> None:
+        self.find = find
+        self.finds = 0
+        #: SOP Instance UID -> (StudyInstanceUID, PatientID) of what was stored
+        self.held: dict[str, tuple[str, str]] = {}
         self.ae_title = ae_title
         self.response_delay = response_delay
         #: A PACS with room for this many associations: a C-STORE that arrives while more
@@ -67,7 +80,28 @@ class CountingScp:
             status = self.fail_uids.get(uid)
             if status is None:
                 self.stores[uid] += 1
+                ds = event.dataset
+                self.held[uid] = (str(ds.StudyInstanceUID), str(ds.get("PatientID", "")))
         return 0x0000 if status is None else status
+
+    def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        query = event.identifier
+        with self._lock:
+            self.finds += 1
+            held = dict(self.held)
+        if str(query.QueryRetrieveLevel) != "IMAGE":
+            yield 0xA900, None  # "identifier does not match SOP class": only what we need
+            return
+        wanted = query.SOPInstanceUID
+        wanted = [str(u) for u in wanted] if isinstance(wanted, MultiValue) else [str(wanted)]
+        for uid in wanted:
+            if uid in held:
+                match = Dataset()
+                match.QueryRetrieveLevel = "IMAGE"
+                match.SOPInstanceUID = uid
+                match.StudyInstanceUID, match.PatientID = held[uid]
+                yield 0xFF00, match
+        yield 0x0000, None
 
     def start(self) -> CountingScp:
         ae = AE(self.ae_title)
@@ -81,6 +115,9 @@ class CountingScp:
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_STORE, self._on_store),
         ]
+        if self.find:
+            ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+            handlers.append((evt.EVT_C_FIND, self._on_find))
         self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         return self
 

@@ -1,0 +1,215 @@
+"""Retrieving a batch's instances from the old PACS series by series, not one by one.
+
+A batch names its instances before it reads any of them (``DimseSource.expect``): they are
+grouped by series (``SeriesGroup``). The first fetch of a member retrieves the members of
+its group not in yet (up to ``CHUNK``) with one request on one association (a C-GET, or a
+C-MOVE to our own Storage SCP: ``Retriever``); each instance is written to its own spool
+file as it arrives, and later fetches of the group's members take their file from the
+group. The sub-operation counts are compared with what the listing promised: members that
+did not come are asked for once more, then fail with the reason (``missing_reason``).
+
+One request asks for at most ``CHUNK`` instances and offers the contexts of at most
+``MAX_CLASSES`` SOP classes (each in every transfer syntax we know: 11 x 11 + the retrieve
+and C-FIND contexts stay within the 128 presentation contexts an association may propose):
+a series with more classes is asked for class group by class group.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from migrator.errors import SourceError
+
+#: Instances asked for by one C-GET/C-MOVE (a UID list of ~4 KB): what waits in the spool
+#: for its header's reading is at most this many files per series being read (the sizes of
+#: instances listed by C-FIND are not known before they come).
+CHUNK = 64
+#: SOP classes per association: each in SYNTAXES (11) contexts, + the retrieve and C-FIND
+#: contexts <= 128.
+MAX_CLASSES = 11
+
+
+@dataclass
+class Counts:
+    """The final C-GET/C-MOVE response's sub-operation counts (None: not given)."""
+
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    remaining: int | None = None
+    status: int | None = None
+
+    def __str__(self) -> str:
+        def n(v: int | None) -> str:
+            return "?" if v is None else str(v)
+
+        status = "no final status" if self.status is None else f"status 0x{self.status:04X}"
+        return (
+            f"{status}, completed {n(self.completed)}, failed {n(self.failed)}, "
+            f"warning {n(self.warning)}, remaining {n(self.remaining)}"
+        )
+
+
+@dataclass
+class Received:
+    """What one request brought: each arrived instance's spool file and size."""
+
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)
+    counts: Counts = field(default_factory=Counts)
+
+
+class RefusedAll(SourceError):
+    """The source refused the request for a reason that holds for every instance of it (an
+    unknown move destination, no C-GET at all): not asked again, not split."""
+
+
+class Retriever(Protocol):
+    def __call__(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """Ask the source for ``wanted`` (SOP Instance UID -> SOP Class UID) of one series;
+        raise (TransientError, SourceError) when the request itself failed."""
+        ...
+
+
+@dataclass(eq=False)
+class SeriesGroup:
+    """A batch's instances of one series, and what became of them."""
+
+    study: str
+    series: str
+    #: SOP Instance UID -> SOP Class UID (from the listing)
+    classes: dict[str, str] = field(default_factory=dict)
+    #: arrived, not yet taken by a fetch: SOP Instance UID -> (spool file, size)
+    arrived: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: asked for twice and still not come: SOP Instance UID -> reason
+    failed: dict[str, str] = field(default_factory=dict)
+    #: taken by a fetch (asked again only when fetched again: an evicted spool file)
+    taken: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, sop: str, retrieve: Retriever) -> tuple[str, int]:
+        """``sop``'s spool file, retrieving the group's missing members first if needed."""
+        with self.lock:
+            if sop not in self.arrived and sop not in self.failed:
+                self._retrieve(retrieve, sop)
+            if sop in self.failed:
+                raise SourceError(self.failed[sop])
+            self.taken.add(sop)
+            return self.arrived.pop(sop)
+
+    def _retrieve(self, retrieve: Retriever, sop: str) -> None:
+        """Ask for the part of the group that holds ``sop``: one request of at most
+        CHUNK instances, so that what waits in the spool stays bounded; ``sop`` alone when
+        fetched again after being taken (its held file was evicted)."""
+        if sop in self.taken:
+            pending = {sop: self.classes[sop]}
+        else:
+            done = self.arrived.keys() | self.failed.keys() | self.taken
+            rest = {s: c for s, c in self.classes.items() if s not in done}
+            pending = next(part for part in chunks(rest) if sop in part)
+        try:
+            first = self._ask(retrieve, pending)
+        except RefusedAll as exc:
+            self._fail(pending, str(exc))
+            return
+        missing = {s: c for s, c in pending.items() if s not in self.arrived}
+        if not missing:
+            return
+        # Once more for what did not come (an archive that dropped a sub-operation under
+        # load often sends it when asked again); what still does not come fails.
+        try:
+            second = self._ask(retrieve, missing)
+        except RefusedAll as exc:
+            self._fail(missing, str(exc))
+            return
+        came = len(pending) - len(missing)
+        for sop in missing:
+            if sop not in self.arrived:
+                self.failed[sop] = missing_reason(
+                    self.series, len(pending), came, first[sop], second[sop]
+                )
+
+    def _fail(self, sops: dict[str, str], reason: str) -> None:
+        for sop in sops:
+            if sop not in self.arrived:
+                self.failed[sop] = reason
+
+    def _ask(self, retrieve: Retriever, wanted: dict[str, str]) -> dict[str, str]:
+        """Ask for ``wanted``; how the source answered the request that asked for each."""
+        answers: dict[str, str] = {}
+        queue = list(chunks(wanted))
+        while queue:
+            part = queue.pop(0)
+            try:
+                got = retrieve(self.study, self.series, part)
+            except RefusedAll:
+                raise
+            except SourceError as exc:
+                if len(part) > 1:
+                    # Some archives refuse a whole list for one UID they no longer hold
+                    # (Orthanc: 0xC000): ask for each half, down to the instance refused.
+                    pairs = list(part.items())
+                    half = len(pairs) // 2
+                    queue[:0] = [dict(pairs[:half]), dict(pairs[half:])]
+                    continue
+                answers.update(dict.fromkeys(part, f"refused: {exc}"))
+                continue
+            self.arrived.update({s: f for s, f in got.files.items() if s in part})
+            answers.update(dict.fromkeys(part, str(got.counts)))
+        return answers
+
+
+def missing_reason(series: str, asked: int, came: int, first: str, second: str) -> str:
+    return (
+        f"the source sent {came} of {asked} instances of series {series} asked for; this one "
+        f"did not come after a retry (first request: {first}; retry: {second})"
+    )
+
+
+def chunks(wanted: dict[str, str]) -> Iterable[dict[str, str]]:
+    """``wanted`` in requests of at most CHUNK instances and MAX_CLASSES SOP classes."""
+    by_class: dict[str, list[str]] = {}
+    for sop, cls in wanted.items():
+        by_class.setdefault(cls, []).append(sop)
+    classes = list(by_class)
+    for at in range(0, len(classes), MAX_CLASSES):
+        sops = [(s, c) for c in classes[at : at + MAX_CLASSES] for s in by_class[c]]
+        for start in range(0, len(sops), CHUNK):
+            yield dict(sops[start : start + CHUNK])
+
+
+class Groups:
+    """The series groups of the items a source was told to expect, by item URI."""
+
+    def __init__(self) -> None:
+        self._by_uri: dict[str, tuple[SeriesGroup, str]] = {}
+        self._lock = threading.Lock()
+
+    def expect(self, items: Iterable[tuple[str, str, str, str, str]]) -> None:
+        """(uri, study, series, sop, class) of each item; an item already expected keeps
+        its group."""
+        with self._lock:
+            fresh: dict[tuple[str, str], SeriesGroup] = {}
+            for uri, study, series, sop, cls in items:
+                if uri in self._by_uri:
+                    continue
+                group = fresh.get((study, series))
+                if group is None:
+                    group = fresh[(study, series)] = SeriesGroup(study, series)
+                group.classes[sop] = cls
+                self._by_uri[uri] = (group, sop)
+
+    def group_of(
+        self, uri: str, make: Callable[[], tuple[str, str, str, str]]
+    ) -> tuple[SeriesGroup, str]:
+        """The item's group; an item not expected is a group of its own (``make``: its
+        study, series, sop, class)."""
+        with self._lock:
+            found = self._by_uri.get(uri)
+            if found is None:
+                study, series, sop, cls = make()
+                group = SeriesGroup(study, series, {sop: cls})
+                found = self._by_uri[uri] = (group, sop)
+            return found
