@@ -311,7 +311,7 @@ def test_the_old_pacs_sees_the_fleet_wide_association_cap_and_rate(
     a second (see below) and the n spread over at least (n - 1) / 4 s, less a 10 % margin.
     (Both are upper bounds on the rate: a slow machine only spreads the fetches more.)
     Without the options the same job had two C-GET associations open at once and fetched
-    the 12 within 0.4 s (checked by hand, not here: it would double the time)."""
+    the 12 within 0.2–0.35 s (checked by hand, not here: it would double the time)."""
     n = migrated.old.count_instances()  # FILES, or one more after the retry test
     counter = AssociationCounter(C_GET_MODEL)
     with TcpProxy("127.0.0.1", migrated.old.dicom_port, tap_each=counter.feed) as relay:
