@@ -20,6 +20,7 @@ when planned). Each :func:`save_reconciliation` replaces the previous one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -183,10 +184,21 @@ def _ledger_studies(ledger: Ledger, *, every_file: bool) -> dict[str, _Study]:
 
 
 def source_config(source: str, settings: Settings) -> Settings:
-    """The settings to query ``source`` with (its address; our --source-calling-ae)."""
-    from migrator.sources.dimse import DimseSource
+    """The settings to query ``source`` (``dimse://AE@host:port``) with: its address, our
+    --source-calling-ae, as the source's own listing asks it."""
+    from migrator.sources.dimse import PREFIX, source_root
 
-    return DimseSource(source, settings, calling_ae=settings.source_calling_ae).config
+    ae, _, address = source_root(source)[len(PREFIX) :].partition("@")
+    host, _, port = address.rpartition(":")
+    return dataclasses.replace(
+        settings,
+        host=host,
+        port=int(port),
+        called_ae=ae,
+        calling_ae=settings.source_calling_ae or settings.calling_ae,
+        dicomweb=None,
+        tls=False,
+    )
 
 
 def _source_study(q: QueryClient, study: str) -> tuple[int, str]:
@@ -258,11 +270,16 @@ def reconcile_job(
             else:
                 pick = random.Random(ledger.job_id).sample(matching, min(sample, len(matching)))
                 listed += pick
-            result.rows += counted
             result.studies_listed += len(listed)
+            rows = {r.study_uid: r for r in counted}
             for uid in listed:
                 at_dest = dest.study_instances(uid)
                 at_src = {sop: (se, cls) for se, sop, cls in _source_instances(q, uid) if sop}
+                # The lists are the figures (NumberOfStudyRelatedInstances is optional: an
+                # archive that does not give it would show 0 at the source).
+                rows[uid] = dataclasses.replace(
+                    rows[uid], source=len(at_src), destination=len(at_dest)
+                )
                 planned = studies[uid].planned
                 for sop in sorted(set(at_src) - at_dest - missing_sops):
                     se, cls = at_src[sop]
@@ -271,6 +288,7 @@ def reconcile_job(
                     )
                     missing_sops.add(sop)
                 result.extra += [(uid, sop) for sop in sorted(at_dest - set(at_src))]
+            result.rows += rows.values()
             log.info("reconciled %d studies with %s, %d listed", len(uids), root, len(listed))
     result.seconds = time.monotonic() - started
     return result
