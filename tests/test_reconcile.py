@@ -220,7 +220,7 @@ def test_an_instance_lost_by_the_destination_is_reported_and_restored_by_retry_m
 
         code, out = migrated.cli("retry", migrated.ledger.job_id, "--missing")
         assert code == 0, out
-        assert "2 missing instances sent again" in out, out
+        assert "2 missing instances enqueued again" in out, out
         migrated.wait_settled()
         after = assert_invariant(migrated.ledger)
         assert after["planned"] == before["planned"] + 1  # the new one planned, not the lost

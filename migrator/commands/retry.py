@@ -74,9 +74,9 @@ def _check(new: Settings, o: dict[str, Any], changed: bool) -> None:
         raise PreflightFailed(f"{message}\nmigrator: {what} (--no-preflight: send anyway)", status)
 
 
-def _again(ledger: Ledger, enqueue: Callable[[str], None], o: dict[str, Any]) -> str:
+def _again(ledger: Ledger, enqueue: Callable[[str], None], o: dict[str, Any], verb: str) -> str:
     """Put back in flight what is to be sent again (the failed files, or with --missing
-    what the last reconciliation found missing); says what."""
+    what the last reconciliation found missing); says what ("3 failed files {verb}")."""
     from migrator import engine
 
     if o.get("missing"):
@@ -89,8 +89,8 @@ def _again(ledger: Ledger, enqueue: Callable[[str], None], o: dict[str, Any]) ->
                 "the destination; this job has not been reconciled with its source yet "
                 f"(run `migrator verify {ledger.job_id}` first)"
             )
-        return str(refetch_missing(ledger, enqueue))
-    return f"{engine.retry_failed(ledger, enqueue)} failed files sent again"
+        return refetch_missing(ledger, enqueue).describe(verb)
+    return f"{engine.retry_failed(ledger, enqueue)} failed files {verb}"
 
 
 def _enqueue_only(job: str | None, redis_url: str, o: dict[str, Any]) -> NoReturn:
@@ -108,7 +108,7 @@ def _enqueue_only(job: str | None, redis_url: str, o: dict[str, Any]) -> NoRetur
                 move(ledger, old, new)
                 click.echo(f"{job_id}: destination changed from {old.server} to {new.server}")
             enqueue = enqueuer(redis_url, job_id)
-            click.echo(f"{job_id}: {_again(ledger, enqueue, o)} enqueued")
+            click.echo(f"{job_id}: {_again(ledger, enqueue, o, 'enqueued again')}")
             if o["in_flight"]:
                 from workers.recovery import recover
 
@@ -155,7 +155,9 @@ def _send(job: str | None, redis_url: str | None, o: dict[str, Any]) -> NoReturn
     def prepare(ledger: Ledger, url: str) -> str | None:
         from workers.app import enqueuer
 
-        return f"job {ledger.job_id}: {_again(ledger, enqueuer(url, ledger.job_id), o)}"
+        return (
+            f"job {ledger.job_id}: {_again(ledger, enqueuer(url, ledger.job_id), o, 'sent again')}"
+        )
 
     s = Session(
         command="retry",

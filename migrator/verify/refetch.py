@@ -43,7 +43,7 @@ class Refetched:
     def sent(self) -> int:
         return self.stored + self.failed + self.in_flight + self.new
 
-    def __str__(self) -> str:
+    def describe(self, verb: str = "sent again") -> str:
         parts = [
             f"{n} {what}"
             for n, what in (
@@ -55,9 +55,7 @@ class Refetched:
             )
             if n
         ]
-        return f"{self.sent} missing instances sent again" + (
-            f" ({', '.join(parts)})" if parts else ""
-        )
+        return f"{self.sent} missing instances {verb}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def refetch_missing(ledger: Ledger, enqueue: Enqueue) -> Refetched:
