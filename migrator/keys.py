@@ -45,6 +45,17 @@ def slots_wanted_key(destination: str) -> str:
     return f"{PREFIX}:slots-wanted:{{{destination}}}"
 
 
+def source_limiter_key(source: str) -> str:
+    """GCRA state of a ``dimse://`` source's own rate limit (``--source-rate-limit``):
+    instances fetched from the old PACS, fleet-wide, apart from any destination's."""
+    return f"{PREFIX}:source-limit:{{{source}}}"
+
+
+def source_slots_key(source: str) -> str:
+    """Fleet-wide association leases to a ``dimse://`` source (``--source-max-associations``)."""
+    return f"{PREFIX}:source-slots:{{{source}}}"
+
+
 @dataclass(frozen=True, slots=True)
 class JobKeys:
     job_id: str
@@ -116,6 +127,24 @@ class JobKeys:
     def verify_unconfirmed(self) -> str:
         """Hash file id -> reason, for stored files `verify` could confirm neither way."""
         return self._k("verify_unconfirmed")
+
+    @property
+    def reconcile(self) -> str:
+        """Hash: the last reconciliation against the source's inventory (`verify` of a
+        ``dimse://`` job): counts, source, destination, time (migrator/verify/reconcile.py)."""
+        return self._k("reconcile")
+
+    @property
+    def reconcile_studies(self) -> str:
+        """Hash study UID -> JSON [accession, at source, stored, at destination] (last
+        reconciliation; the report's per-study completeness table)."""
+        return self._k("reconcile_studies")
+
+    @property
+    def reconcile_missing(self) -> str:
+        """Hash SOP Instance UID -> JSON {study, series, class, file}: at the source, not at
+        the destination (last reconciliation; what `retry --missing` sends)."""
+        return self._k("reconcile_missing")
 
     @property
     def control(self) -> str:

@@ -63,3 +63,22 @@ def connect(url: str | None = None, *, ride_out: bool = True) -> redis.Redis:
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
     )
+
+
+#: The Redis of the job this process sends for (set by each sending runtime:
+#: migrator/transfer/runtime.py), for what the sources need fleet-wide (a ``dimse://``
+#: source's own rate limit and association slots: migrator/sources/protect.py).
+_sending: redis.Redis | None = None
+
+
+def set_sending_client(client: redis.Redis) -> None:
+    global _sending
+    _sending = client
+
+
+def sending_client() -> redis.Redis:
+    """The sending runtime's client; else one to MIGRATOR_REDIS_URL (a worker's)."""
+    global _sending
+    if _sending is None:
+        _sending = connect()
+    return _sending

@@ -108,6 +108,10 @@ class Settings:
     #: Our AE title towards a ``dimse://`` source (None: ``calling_ae``); the old PACS must
     #: know it to answer C-GET
     source_calling_ae: str | None = None
+    #: A ``dimse://`` source's own fleet-wide limits (the old archive, not the destination):
+    #: instances fetched per second, and associations open to it at once (None: no limit)
+    source_rate_limit: float | None = None
+    source_max_associations: int | None = None
     #: How a ``dimse://`` source's instances are fetched: "get" (C-GET), "move" (C-MOVE to
     #: our own Storage SCP, ``move_ae`` on ``move_port``), "auto" (C-GET; C-MOVE when the
     #: source refuses C-GET's context)

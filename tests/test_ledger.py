@@ -142,6 +142,32 @@ def test_failed_then_stored_moves_counters(ledger: Ledger) -> None:
     assert (counts["planned"], counts["stored"], counts["failed"]) == (1, 1, 0)
 
 
+def test_a_stored_file_reopened_for_retry_missing_is_counted_once_when_stored_again(
+    ledger: Ledger,
+) -> None:
+    """`retry --missing`: a stored file the destination lost goes back in flight with its
+    count, bytes, warning flag and timeline second taken back (also when its time rounds up
+    to the next second in the outcome line), and only stored files are reopened."""
+    f, g, h = ledger.add_batch("b1", [planned(1), planned(2), planned(3)])
+    first = outcome(f, State.STORED)
+    first.warning = True
+    ledger.record_many([(f.file_id, first, 1_000_000.996)])  # the line says 1000001.0
+    ledger.record_many([(g.file_id, outcome(g, State.STORED), 1_000_002.5)])
+    ledger.record_many([(h.file_id, outcome(h, State.FAILED, "x"), 1_000_002.5)])
+    assert ledger.reopen_stored([f.file_id, h.file_id]) == 1  # the failed one is not stored
+    counts = ledger.counts()
+    assert (counts["stored"], counts["in_flight"], counts["warnings"]) == (1, 1, 0)
+    assert counts["bytes_stored"] == g.size
+    assert ledger.timeline() == {1_000_002: (1, g.size)}
+    assert ledger.batch_states("b1") == ".sf"
+    assert ledger.reopen_stored([f.file_id]) == 0  # in flight now: nothing to take back
+    ledger.record_many([(f.file_id, outcome(f, State.STORED), 1_000_010.0)])
+    counts = ledger.counts()
+    assert (counts["planned"], counts["stored"], counts["failed"]) == (3, 2, 1)
+    assert counts["bytes_stored"] == f.size + g.size
+    assert ledger.timeline() == {1_000_002: (1, g.size), 1_000_010: (1, f.size)}
+
+
 def test_a_redelivered_batch_that_stores_a_failed_file_moves_it_between_counters(
     ledger: Ledger,
 ) -> None:

@@ -159,6 +159,15 @@ def _window(ledger: Any) -> str | None:
     "lost, e.g. Redis ran without persistence). Stored files are never sent twice.",
 )
 @opt(
+    "--missing",
+    env="RETRY_MISSING",
+    is_flag=True,
+    help="Send what the last `verify` found at the source but not at the destination (a "
+    "dimse:// job's reconciliation): stored files the destination lost, failed ones, and "
+    "instances added to the job's studies at the source since planning. Instead of the "
+    "failed files. E.g. migrator verify && migrator retry --missing && migrator verify",
+)
+@opt(
     "--host",
     "new_host",
     env="RETRY_HOST",
@@ -211,6 +220,12 @@ def retry_command(job: str | None, redis_url: str | None, **o: Any) -> None:
       migrator retry                                   # the last job, embedded default
       migrator retry job-3f2a9c01de --port 104 --called-ae PACS
       migrator retry job-3f2a9c01de --redis-url redis://redis:6379/0 --in-flight
+      migrator retry job-3f2a9c01de --missing          # after `migrator verify`
+
+    --missing sends, instead of the failed files, what the last `verify` of a job planned
+    from an old PACS (dimse://) found at the source and not at the destination, through the
+    job's own batches (a stored file the destination lost is put back in flight and counted
+    once); run `verify` again to see the destination complete.
     """
     from migrator.commands.retry import retry
 

@@ -8,6 +8,7 @@ back in flight and their batches enqueued for the running workers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -15,6 +16,7 @@ import click
 import redis
 
 from migrator.commands.common import fail, fail_config
+from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.settings import Settings
 
@@ -72,8 +74,26 @@ def _check(new: Settings, o: dict[str, Any], changed: bool) -> None:
         raise PreflightFailed(f"{message}\nmigrator: {what} (--no-preflight: send anyway)", status)
 
 
-def _enqueue_only(job: str | None, redis_url: str, o: dict[str, Any]) -> NoReturn:
+def _again(ledger: Ledger, enqueue: Callable[[str], None], o: dict[str, Any], verb: str) -> str:
+    """Put back in flight what is to be sent again (the failed files, or with --missing
+    what the last reconciliation found missing); says what ("3 failed files {verb}")."""
     from migrator import engine
+
+    if o.get("missing"):
+        from migrator.verify.reconcile import load_reconciliation
+        from migrator.verify.refetch import refetch_missing
+
+        if load_reconciliation(ledger) is None:
+            raise ConfigError(
+                f"{ledger.job_id}: --missing sends what `migrator verify` found missing at "
+                "the destination; this job has not been reconciled with its source yet "
+                f"(run `migrator verify {ledger.job_id}` first)"
+            )
+        return refetch_missing(ledger, enqueue).describe(verb)
+    return f"{engine.retry_failed(ledger, enqueue)} failed files {verb}"
+
+
+def _enqueue_only(job: str | None, redis_url: str, o: dict[str, Any]) -> NoReturn:
     from migrator.commands.jobstate import job_ledger
     from migrator.commands.session import PreflightFailed
     from migrator.errors import MigratorError
@@ -88,8 +108,7 @@ def _enqueue_only(job: str | None, redis_url: str, o: dict[str, Any]) -> NoRetur
                 move(ledger, old, new)
                 click.echo(f"{job_id}: destination changed from {old.server} to {new.server}")
             enqueue = enqueuer(redis_url, job_id)
-            n = engine.retry_failed(ledger, enqueue)
-            click.echo(f"{job_id}: {n} failed files enqueued again")
+            click.echo(f"{job_id}: {_again(ledger, enqueue, o, 'enqueued again')}")
             if o["in_flight"]:
                 from workers.recovery import recover
 
@@ -105,7 +124,6 @@ def _enqueue_only(job: str | None, redis_url: str, o: dict[str, Any]) -> NoRetur
 
 
 def _send(job: str | None, redis_url: str | None, o: dict[str, Any]) -> NoReturn:
-    from migrator import engine
     from migrator.commands.jobstate import find_job_in, safe_url
     from migrator.commands.session import Session, send_session
 
@@ -128,7 +146,8 @@ def _send(job: str | None, redis_url: str | None, o: dict[str, Any]) -> NoReturn
         move(ledger, old, new)
         s.job_id, s.config = ledger.job_id, new
         moved = f" (was {old.server})" if new.destination != old.destination else ""
-        s.describe = f"job {ledger.job_id}: failed files → {new.server}{moved}"
+        what = "missing instances" if o.get("missing") else "failed files"
+        s.describe = f"job {ledger.job_id}: {what} → {new.server}{moved}"
         s.note = {"destination": new.server}
         s.again = f"`migrator retry {ledger.job_id}`"
         return ledger
@@ -136,8 +155,9 @@ def _send(job: str | None, redis_url: str | None, o: dict[str, Any]) -> NoReturn
     def prepare(ledger: Ledger, url: str) -> str | None:
         from workers.app import enqueuer
 
-        n = engine.retry_failed(ledger, enqueuer(url, ledger.job_id))
-        return f"job {ledger.job_id}: {n} failed files sent again"
+        return (
+            f"job {ledger.job_id}: {_again(ledger, enqueuer(url, ledger.job_id), o, 'sent again')}"
+        )
 
     s = Session(
         command="retry",

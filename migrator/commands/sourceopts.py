@@ -103,6 +103,27 @@ def source_options(func: F) -> F:
                 "--calling-ae); it must know it (and allow it C-GET) to send instances.",
             ),
             opt(
+                "--source-rate-limit",
+                env="SOURCE_RATE_LIMIT",
+                type=click.FloatRange(min=0.001),
+                default=None,
+                metavar="N",
+                help="dimse:// sources (jobs: run, plan): at most N instances fetched per "
+                "second from the old PACS, all workers of the fleet together (its own limit, "
+                "apart from the destination's --rate-limit). E.g. --source-rate-limit 20",
+            ),
+            opt(
+                "--source-max-associations",
+                env="SOURCE_MAX_ASSOCIATIONS",
+                type=click.IntRange(1),
+                default=None,
+                metavar="N",
+                help="dimse:// sources (jobs: run, plan): at most N retrieving (C-GET or "
+                "C-MOVE) associations open to the old PACS at once, fleet-wide; the planner's "
+                "and verify's one C-FIND association come on top. "
+                "E.g. --source-max-associations 2",
+            ),
+            opt(
                 "--retrieve",
                 "source_retrieve",
                 env="RETRIEVE",
@@ -185,6 +206,8 @@ def https_fields(o: dict[str, Any]) -> dict[str, Any]:
     ]
     fields: dict[str, Any] = {n: _abspath(o.get(n)) for n in names}
     fields["source_calling_ae"] = o.get("source_calling_ae")
+    fields["source_rate_limit"] = o.get("source_rate_limit")
+    fields["source_max_associations"] = o.get("source_max_associations")
     fields["source_retrieve"] = o.get("source_retrieve") or "auto"
     fields["move_ae"] = o.get("move_ae")
     fields["move_port"] = o.get("move_port")

@@ -118,6 +118,10 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
     setup_logging(verbose, quiet)
     if not files and not dirs:
         fail_config("nothing to send: give FILES, s3://bucket/prefix or --dir DIR")
+    for name in ("source_rate_limit", "source_max_associations"):
+        if o.get(name) is not None:  # their state is the fleet's Redis, which store has not
+            flag = "--" + name.replace("_", "-")
+            fail_config(f"{flag} is for jobs (run, plan: shared through Redis), not store")
     settings = settings_from_options(
         o,
         concurrency=o["concurrency"],

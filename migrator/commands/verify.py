@@ -89,6 +89,22 @@ _LISTED = 100  # missing files printed in text mode; --json and the ledger have 
     help="(DICOMweb destination) Results asked for per QIDO-RS request (limit); lists are "
     "read with offset until an empty page, so a server that caps pages lower loses nothing.",
 )
+@opt(
+    "--against-source",
+    env="VERIFY_AGAINST_SOURCE",
+    default=None,
+    metavar="dimse://AE@HOST:PORT",
+    help="Reconcile with this old PACS's inventory (C-FIND, our --source-calling-ae) instead "
+    "of the dimse:// source the job was planned from; e.g. a job planned from an export "
+    "of that archive. E.g. --against-source dimse://OLDPACS@old-pacs:104",
+)
+@opt(
+    "--ledger-only",
+    env="VERIFY_LEDGER_ONLY",
+    is_flag=True,
+    help="Compare the destination with the ledger only: do not ask the job's dimse:// "
+    "source what it holds.",
+)
 @opt("--json", "as_json", env="VERIFY_JSON", is_flag=True, help="Machine-readable output.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for protocol details).")
 def verify_command(
@@ -105,6 +121,8 @@ def verify_command(
     called_ae: str | None,
     port: int | None,
     qido_page: int,
+    against_source: str | None,
+    ledger_only: bool,
     as_json: bool,
     verbose: int,
 ) -> None:
@@ -119,14 +137,22 @@ def verify_command(
     then series and instances, paged with limit/offset), with the job's credential files.
     The result is stored in the ledger for reports; running it again replaces it.
 
+    A job planned from an old PACS (dimse://) is also reconciled with the source's
+    inventory: per study, the instances at the source (C-FIND), stored per the ledger and
+    at the destination; instances at the source missing at the destination (`migrator
+    retry JOB --missing` sends them) and extra ones are named by UID. --against-source
+    reconciles any job with a given old PACS; --ledger-only skips the source.
+
     \b
     Examples:
       migrator verify                              # the last job of the state directory
       migrator verify job-3f2a9c01de --redis-url redis://redis:6379/0
       migrator verify job-3f2a9c01de --full --json > verify.json
       migrator verify job-3f2a9c01de --commitment --commitment-port 11113
+      migrator verify job-3f2a9c01de --against-source dimse://OLDPACS@old-pacs:104
 
-    Exit codes: 0 every stored file confirmed; 1 one or more missing or unconfirmed;
+    Exit codes: 0 every stored file confirmed (and nothing at the source missing at the
+    destination); 1 one or more missing or unconfirmed;
     2 bad arguments; 3 the PACS (or Redis) cannot be reached or refuses to answer;
     4 the PACS rejected the association (DICOMweb: refused our credentials, 401/403).
     """
@@ -136,8 +162,21 @@ def verify_command(
     from migrator.settings import Settings
     from migrator.verify import CommitmentSettings, PacsQueryError, save_result, verify_job
     from migrator.verify.qido import CredentialsRefused
+    from migrator.verify.reconcile import reconcile_job, save_reconciliation
 
     setup_logging(verbose, False)
+    if against_source and ledger_only:
+        click.echo("✗ verify: --against-source and --ledger-only exclude each other", err=True)
+        raise SystemExit(int(ExitStatus.BAD_CONFIG))
+    if against_source:
+        from migrator.sources.dimse import source_root
+
+        try:
+            against_source = source_root(against_source)
+        except ConfigError as exc:
+            click.echo(f"✗ verify: --against-source {exc}", err=True)
+            raise SystemExit(int(ExitStatus.BAD_CONFIG)) from None
+    reconciled = None
     with job_ledger(redis_url, state_dir, job, "verify") as (ledger, _):
         job = ledger.job_id
         config = Settings.from_dict(ledger.config())
@@ -156,6 +195,10 @@ def verify_command(
             result = verify_job(
                 ledger, config, sample=sample, full=full, commitment=settings, qido_page=qido_page
             )
+            if not ledger_only:
+                reconciled = reconcile_job(
+                    ledger, config, source=against_source, sample=sample, full=full
+                )
         except ConfigError as exc:  # an unreadable credentials file
             click.echo(f"✗ verify {job}: {exc}", err=True)
             raise SystemExit(int(ExitStatus.BAD_CONFIG)) from None
@@ -169,11 +212,21 @@ def verify_command(
             click.echo(f"✗ verify {job}: cannot listen for storage commitment: {exc}", err=True)
             raise SystemExit(int(ExitStatus.BAD_CONFIG)) from None
         save_result(ledger, result)
+        if reconciled is not None:
+            save_reconciliation(ledger, reconciled)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        data = result.to_json()
+        if reconciled is not None:
+            data["reconciliation"] = reconciled.to_json()
+        click.echo(json.dumps(data, indent=2))
     else:
         _print_text(result.to_json())
-    raise SystemExit(int(result.exit_status))
+        if reconciled is not None:
+            _print_reconciliation(reconciled.to_json(), job)
+    status = result.exit_status
+    if reconciled is not None:
+        status = max(status, reconciled.exit_status)
+    raise SystemExit(int(status))
 
 
 def _dicomweb_usage(job: str, *, commitment: bool, called_ae: str | None, port: int | None) -> None:
@@ -226,3 +279,45 @@ def _print_text(data: dict[str, Any]) -> None:
         )
     else:
         click.echo(f"✓ all {data['stored']} stored files confirmed by the PACS")
+
+
+def _print_reconciliation(data: dict[str, Any], job: str) -> None:
+    """The source's inventory against the destination: UIDs, accessions and counts only."""
+    click.echo(
+        f"reconciled with {data['source']}: {data['studies']} studies, "
+        f"{data['studies_differing']} differing, {data['studies_listed']} listed instance by "
+        f"instance ({data['seconds']:.1f} s)"
+    )
+    click.echo(
+        f"  instances at source: {data['at_source']}, stored per ledger: {data['stored']}, "
+        f"at destination: {data['at_destination']}"
+    )
+    for row in data["studies_table"]:
+        if row["at_source"] == row["stored"] == row["at_destination"]:
+            continue
+        accession = f" (accession {row['accession']})" if row["accession"] else ""
+        click.echo(
+            f"  study {row['study_uid']}{accession}: {row['at_source']} at source, "
+            f"{row['stored']} stored, {row['at_destination']} at destination"
+        )
+    missing = data["missing_instances"]
+    if missing:
+        click.echo(f"  missing at the destination: {len(missing)}")
+        for m in missing[:_LISTED]:
+            planned = f"file {m['file_id']}" if m["file_id"] else "not planned: new at the source"
+            click.echo(f"    {m['sop_instance_uid']}  study {m['study_uid']}  ({planned})")
+        if len(missing) > _LISTED:
+            click.echo(f"    … and {len(missing) - _LISTED} more (--json lists them all)")
+    extra = data["extra_instances"]
+    if extra:
+        click.echo(f"  extra at the destination (not at the source): {len(extra)}")
+        for e in extra[:_LISTED]:
+            click.echo(f"    {e['sop_instance_uid']}  study {e['study_uid']}")
+    if missing:
+        n = len(missing)
+        click.echo(
+            f"✗ {n} instance{'s' if n > 1 else ''} at the source missing at the destination "
+            f"(`migrator retry {job} --missing` sends {'them' if n > 1 else 'it'})"
+        )
+    else:
+        click.echo(f"✓ every instance at the source is at the destination ({data['source']})")

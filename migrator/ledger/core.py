@@ -56,6 +56,7 @@ class Ledger(Sessions):
         self.keys = JobKeys(job_id)
         self._record = client.register_script(scripts.RECORD)
         self._reopen = client.register_script(scripts.REOPEN)
+        self._reopen_stored = client.register_script(scripts.REOPEN_STORED)
         self._unplanned = client.register_script(scripts.UNPLANNED)
         self._add = client.register_script(scripts.ADD)
         self._claim = client.register_script(scripts.CLAIM)
@@ -399,6 +400,32 @@ class Ledger(Sessions):
                     ),
                 )
             )
+        return n
+
+    def reopen_stored(self, ids: Sequence[str]) -> int:
+        """Put stored files back in flight: the destination does not hold them after all
+        (`retry --missing`). Their stored count, bytes and timeline second are taken back,
+        so that sending them again counts them once. Returns how many were stored."""
+        wanted = set(ids)
+        if not wanted:
+            return 0
+        by_batch: dict[str, list[str]] = defaultdict(list)
+        # One pass over the job for the outcomes' seconds and bytes (a few files a time).
+        for fid, outcome, extra in self.iter_outcomes():
+            if fid in wanted and outcome.state is State.STORED:
+                batch_id, index = split_id(fid)
+                by_batch[batch_id] += [
+                    str(index),
+                    str(int(extra["at"])),  # the second RECORD counted it in
+                    str(outcome.bytes),
+                    str(int(outcome.warning)),
+                    str(int(outcome.transcoded)),
+                ]
+        k = self.keys
+        n = 0
+        for batch_id, args in by_batch.items():
+            keys = [k.counts, k.states(batch_id), k.timeline, k.timeline_bytes]
+            n += int(cast(int, self._reopen_stored(keys=keys, args=args)))
         return n
 
     def iter_batches(

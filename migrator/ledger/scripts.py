@@ -86,6 +86,37 @@ if n > 0 then redis.call('HINCRBY', KEYS[1], 'failed', -n) end
 return n
 """
 
+# Put stored files of one batch back in flight: `retry --missing`, for files the ledger
+# says are stored but the destination does not hold (verify's reconciliation). Their
+# counts are taken back where RECORD added them, so that a second store counts once.
+# KEYS: counts, state string, timeline, timeline_bytes.
+# ARGV: groups of 5: index, epoch second it was stored, bytes, warning flag, transcoded flag.
+REOPEN_STORED = """
+local n, nbytes, warnings, transcoded = 0, 0, 0, 0
+for i = 1, #ARGV, 5 do
+  local idx = tonumber(ARGV[i])
+  if redis.call('GETRANGE', KEYS[2], idx, idx) == 's' then
+    redis.call('SETRANGE', KEYS[2], idx, '.')
+    local sec, size = ARGV[i + 1], tonumber(ARGV[i + 2])
+    -- The outcome line keeps its time to 1/100 s: 12.996 is "13.0", counted in second 12.
+    if redis.call('HEXISTS', KEYS[3], sec) == 0 then sec = tostring(tonumber(sec) - 1) end
+    if redis.call('HINCRBY', KEYS[3], sec, -1) <= 0 then redis.call('HDEL', KEYS[3], sec) end
+    if redis.call('HINCRBY', KEYS[4], sec, -size) <= 0 then redis.call('HDEL', KEYS[4], sec) end
+    n = n + 1
+    nbytes = nbytes + size
+    warnings = warnings + tonumber(ARGV[i + 3])
+    transcoded = transcoded + tonumber(ARGV[i + 4])
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[1], 'stored', -n)
+  redis.call('HINCRBY', KEYS[1], 'bytes_stored', -nbytes)
+  if warnings > 0 then redis.call('HINCRBY', KEYS[1], 'warnings', -warnings) end
+  if transcoded > 0 then redis.call('HINCRBY', KEYS[1], 'transcoded', -transcoded) end
+end
+return n
+"""
+
 # Which URI hashes are not planned yet. KEYS: none (bucket keys are built from ARGV[1], a
 # prefix sharing the job's hash tag). ARGV: prefix, then hashes. Returns 1 = new, 0 = known.
 UNPLANNED = """

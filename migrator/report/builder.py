@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from migrator import duplicates
 from migrator.exitcodes import ExitStatus
 from migrator.outcomes import FileOutcome, State, StoreResult
+from migrator.report.completeness import load as load_completeness
 from migrator.report.masking import mask_secrets
 from migrator.report.model import (
     IN_FLIGHT,
@@ -336,4 +337,5 @@ def from_ledger(
     data.priority_classes = classes.rows(data.started)
     if verification is not None:
         data.verification = verification.resolve(ledger, stored_now=data.stored)
+    data.completeness = load_completeness(ledger)
     return data

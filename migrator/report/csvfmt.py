@@ -53,17 +53,29 @@ STUDY_COLUMNS = (
 )
 
 
+#: Added to ``STUDY_COLUMNS`` when the job was reconciled with its source (`verify` of a
+#: dimse:// job): instances at the source and at the destination as it counted them (the
+#: ``stored`` column is the ledger's now).
+COMPLETENESS_COLUMNS = ("at_source", "at_destination")
+
+
 def render_studies(data: ReportData) -> str:
     """One row per study: incomplete studies first; ``complete`` is ``yes`` or ``no``."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(STUDY_COLUMNS)
+    reconciled = data.completeness.by_study() if data.completeness is not None else None
+    writer.writerow(STUDY_COLUMNS + (COMPLETENESS_COLUMNS if reconciled is not None else ()))
     for r in data.study_rows():
         s = r.states
+        counted = reconciled.get(r.study_uid) if reconciled is not None else None
+        extra: tuple[object, ...] = ()
+        if reconciled is not None:
+            extra = (counted.at_source, counted.at_destination) if counted else ("", "")
         writer.writerow(
             (
                 r.study_uid,
-                r.accession,
+                # A plan from an old PACS has no accession; its reconciliation asked for it.
+                r.accession or (counted.accession if counted else ""),
                 r.modality,
                 r.planned,
                 s["stored"],
@@ -71,6 +83,7 @@ def render_studies(data: ReportData) -> str:
                 s["skipped"],
                 s[IN_FLIGHT],
                 "yes" if r.complete else "no",
+                *extra,
             )
         )
     return out.getvalue()

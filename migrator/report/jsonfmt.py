@@ -13,6 +13,10 @@ the changes made to it; ``*_at`` the times in ISO 8601 with their UTC offset.
 ``verification`` is the job's last `migrator verify` (null when it was never verified, and
 for `store` reports): its counts, and the files the PACS lacks or did not confirm (at most
 ``verification.MAX_FILES`` of each, with ``*_omitted`` counting the rest).
+
+``completeness`` is the job's last reconciliation with its old PACS (`verify` of a
+``dimse://`` job; null when never reconciled): per study its accession and the instances at
+the source, stored and at the destination (report/completeness.py).
 """
 
 from __future__ import annotations
@@ -245,6 +249,7 @@ def to_dict(data: ReportData) -> dict[str, Any]:
         },
         "verification": verification_dict(data.verification),
         "studies": studies_dict(data),
+        "completeness": data.completeness.to_json() if data.completeness else None,
         "history": data.history,
         "schedule": data.windows,
         "priority_classes": data.priority_classes,

@@ -14,6 +14,7 @@ from typing import Any
 from migrator import status as st
 from migrator.exitcodes import ExitStatus
 from migrator.outcomes import State
+from migrator.report.completeness import Completeness
 from migrator.report.latency import Latency
 from migrator.report.timeline import Timeline
 from migrator.report.verification import Verification
@@ -169,6 +170,9 @@ class ReportData:
     ledger_counts: dict[str, int] | None = None
     #: The job's last `migrator verify` (ledger reports of a verified job only)
     verification: Verification | None = None
+    #: The job's last reconciliation with its source (`verify` of a dimse:// job): the
+    #: per-study completeness table (report/completeness.py); None when never reconciled
+    completeness: Completeness | None = None
     #: A job's time spent sending over its sessions (None: ``finished - started``)
     active_s: float | None = None
     #: A job's sessions and the changes made to it (Ledger.history)

@@ -12,6 +12,7 @@ A job's report ends its totals with what the PACS confirmed at the last `migrato
 from __future__ import annotations
 
 from migrator import status as st
+from migrator.report.completeness import Completeness
 from migrator.report.model import IN_FLIGHT, PLANNER, ReasonGroup, ReportData
 from migrator.report.verification import MISSING_AT_PACS, Verification
 from migrator.units import human_bytes, local_time
@@ -133,6 +134,9 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
     elif data.has_ledger:
         lines += ["", f"  Verified against the PACS: {not_verified(data.job)}"]
 
+    if data.completeness is not None:
+        lines += ["", *completeness_lines(data.completeness, data.job, max_rows=max_failures)]
+
     bad = [r for r in data.study_rows() if not r.complete]
     if bad:
         lines += ["", "  Incomplete studies (Study Instance UID, accession, stored/planned):"]
@@ -221,4 +225,27 @@ def verification_lines(v: Verification, *, max_files: int = 50) -> list[str]:
     more = max(0, len(files) - max_files) + v.omitted
     if more > 0:
         lines.append(f"  … and {more} more: see {v.where_the_rest_are()}")
+    return lines
+
+
+def completeness_lines(c: Completeness, job: str | None, *, max_rows: int = 50) -> list[str]:
+    """The last reconciliation with the source: its totals, then the per-study table
+    (differing studies first), at most ``max_rows`` rows."""
+    lines = [
+        f"  Reconciled with the source {c.source} ({local_time(c.checked_at)}): "
+        f"{len(c.rows)} studies, {c.differing} differing; {c.missing} instances missing at "
+        f"the destination, {c.extra} extra",
+        "  Study Instance UID, accession: at source / stored / at destination",
+    ]
+    for r in c.rows[:max_rows]:
+        mark = "✓" if r.complete else "✗"
+        lines.append(
+            f"    {mark} {r.study_uid}  {r.accession or '-'}  "
+            f"{r.at_source} / {r.stored} / {r.at_destination}"
+        )
+    if len(c.rows) > max_rows:
+        more = len(c.rows) - max_rows
+        lines.append(f"    … and {more} more (`migrator report --format csv --by study`)")
+    if c.missing:
+        lines.append(f"    `migrator retry {job or 'JOB'} --missing` sends the missing ones again")
     return lines

@@ -34,6 +34,12 @@ def open_source(
     if is_dimse(uri):
         if settings is None:
             raise ConfigError(f"{uri}: a dimse:// source needs the job's settings")
+        if settings.source_rate_limit or settings.source_max_associations:
+            from migrator.sources.protect import ProtectedDimseSource
+
+            return ProtectedDimseSource(
+                uri, settings, query=query, calling_ae=settings.source_calling_ae
+            )
         return DimseSource(uri, settings, query=query, calling_ae=settings.source_calling_ae)
     if is_dicomweb(uri):
         return DicomwebSource(

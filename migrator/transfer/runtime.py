@@ -26,7 +26,7 @@ from migrator.limits.rate import RateLimiter
 from migrator.limits.rate_redis import make_redis_limiter
 from migrator.limits.schedule_redis import window_assoc, window_paused
 from migrator.limits.slots import AssociationSlots
-from migrator.redis_client import connect
+from migrator.redis_client import connect, set_sending_client
 from migrator.settings import Settings
 from migrator.transfer.destinations import make_destination
 from migrator.transfer.observe import NULL_OBSERVER, Observer
@@ -82,6 +82,10 @@ class Runtime:
     _closer: threading.Thread | None = None
     #: Set to end the closer thread (close_all: the process is done with its pools)
     _closer_done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        # The sources' fleet-wide limits (a dimse:// source's) live in the same Redis.
+        set_sending_client(self.client)
 
     @contextlib.contextmanager
     def sending(self, settings: Settings, job_id: str) -> Iterator[None]:

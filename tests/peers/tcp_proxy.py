@@ -20,6 +20,7 @@ Threads only: one accept loop, two pumps per connection. Each pump waits at most
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import struct
 import threading
@@ -36,6 +37,7 @@ class TcpProxy:
         poll: float = 0.1,
         tap: Callable[[bytes], None] | None = None,
         down_tap: Callable[[bytes], None] | None = None,
+        tap_each: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self.target = (target_host, target_port)
         #: Called with every chunk the server sends back (to act at a point of a transfer)
@@ -43,6 +45,9 @@ class TcpProxy:
         self.poll = poll
         #: Called with every chunk a client sends upstream (to check what is on the wire)
         self.tap = tap
+        #: Called with the connection's number (1, 2...) and every chunk its client sends
+        #: upstream, before it is forwarded (tests/peers/assoc_counter.py reads PDUs so)
+        self.tap_each = tap_each
         self.port = 0
         #: Connections accepted so far
         self.accepted = 0
@@ -146,8 +151,15 @@ class TcpProxy:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             n = self.accepted
             done = _Pair(client, upstream)
-            self._spawn(self._pump, f"tcp-proxy-{n}-up", client, upstream, done, self.tap)
+            tap = self.tap if self.tap_each is None else functools.partial(self._tap_both, n)
+            self._spawn(self._pump, f"tcp-proxy-{n}-up", client, upstream, done, tap)
             self._spawn(self._pump, f"tcp-proxy-{n}-down", upstream, client, done, self.down_tap)
+
+    def _tap_both(self, n: int, data: bytes) -> None:
+        if self.tap is not None:
+            self.tap(data)
+        if self.tap_each is not None:
+            self.tap_each(n, data)
 
     def _wait_forwarding(self) -> bool:
         """Block while blackholed; False once stopped."""

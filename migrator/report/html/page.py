@@ -15,6 +15,7 @@ from migrator.report.html.charts import all_charts
 from migrator.report.html.formatting import esc, local_time, num, pct
 from migrator.report.html.tables import (
     classes_table,
+    completeness_section,
     config_table,
     failures_section,
     history_table,
@@ -63,6 +64,7 @@ def render(data: ReportData) -> str:
         "</div></section>",
         failures_section(data),
         studies_section(data),
+        completeness_section(data),
         verification_section(data),
         '<section><h2>Details</h2><div class="tables">',
         status_table(data),

@@ -297,6 +297,47 @@ def studies_section(data: ReportData) -> str:
     )
 
 
+def completeness_section(data: ReportData) -> str:
+    """The last reconciliation with the source: per study, instances at the source, stored
+    per the ledger and at the destination (differing studies first); nothing when the job
+    was never reconciled. UIDs and accessions only."""
+    c = data.completeness
+    if c is None:
+        return ""
+    rows = []
+    for r in c.rows[:MAX_STUDY_ROWS]:
+        mark = "✓" if r.complete else "✗"
+        rows.append(
+            f'<tr class="{"complete" if r.complete else "incomplete"}">'
+            f'<td class="mono">{esc(r.study_uid)}</td><td>{esc(r.accession or "-")}</td>'
+            f'<td class="n" data-v="{r.at_source}">{num(r.at_source)}</td>'
+            f'<td class="n" data-v="{r.stored}">{num(r.stored)}</td>'
+            f'<td class="n" data-v="{r.at_destination}">{num(r.at_destination)}</td>'
+            f'<td class="{"state-stored" if r.complete else "state-failed"}">{mark}</td></tr>'
+        )
+    notes = [
+        f"Reconciled with {esc(c.source)} at {esc(local_time(c.checked_at))}: "
+        f"{num(c.missing)} instances at the source missing at the destination, "
+        f"{num(c.extra)} at the destination not at the source."
+    ]
+    if c.missing:
+        notes.append(f"`migrator retry {esc(data.job)} --missing` sends the missing ones again.")
+    if len(c.rows) > MAX_STUDY_ROWS:
+        notes.append(
+            f"{num(len(c.rows) - MAX_STUDY_ROWS)} more studies are in "
+            f"`migrator report {esc(data.job)} --format csv --by study`."
+        )
+    note = "".join(f'<p class="note">{n}</p>' for n in notes)
+    return (
+        f'<section id="completeness"><h2>Completeness against the source '
+        f"({num(len(c.rows))} studies: {num(c.differing)} differing)</h2>"
+        '<div class="card"><table class="sortable" id="completeness-table"><thead><tr>'
+        '<th>Study Instance UID</th><th>Accession</th><th class="n">At source</th>'
+        '<th class="n">Stored</th><th class="n">At destination</th><th>Complete</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>{note}</div></section>"
+    )
+
+
 def windows_table(data: ReportData) -> str:
     """A scheduled job: the time it spent in each window, and what it stored then."""
     if not data.windows:
@@ -364,6 +405,13 @@ def history_table(data: ReportData) -> str:
             detail = (
                 f"{'no file limit' if not files else f'{files:g} files/s'}, "
                 f"{'no byte limit' if not nbytes else f'{nbytes / 1e6:g} MB/s'} (migrator limit)"
+            )
+        elif kind == "missing":
+            what, when = "missing sent again", local_time(h.get("at"))
+            detail = (
+                f"{h.get('stored', 0)} stored per the ledger but not at the destination, "
+                f"{h.get('failed', 0)} failed, {h.get('new', 0)} new at the source "
+                "(migrator retry --missing)"
             )
         else:
             what, when, detail = str(kind), local_time(h.get("at")), json.dumps(h)
