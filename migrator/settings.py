@@ -2,20 +2,23 @@
 transfer core behind both.
 
 A job's settings are stored in the ledger (``to_dict``) and read back by every worker, so
-they hold no secrets: S3 credentials come from each worker's own environment (the standard
-AWS chain), and DICOM TLS is configured by file *paths* (CA, certificate, key) that must exist
-on every worker, never by their contents. A job's settings can therefore be printed in
-reports as they are.
+they hold no credentials: S3 credentials come from each worker's own environment (the
+standard AWS chain), and DICOM TLS is configured by file *paths* (CA, certificate, key)
+that must exist on every worker, never by their contents. The one secret is
+``precheck_secret``, a random key (it keys the digests of PatientIDs in ``--precheck``'s
+conflicts), masked in reports by its name as any configuration key naming a secret.
 
-Every field has a command-line option (``--host`` ... ``--concurrency``) and an environment
-variable ``MIGRATOR_<FIELD>`` (``migrator/commands/common.py``). Variables that configure the
+Every field but ``precheck_secret`` has a command-line option (``--host`` ...
+``--concurrency``) and an environment variable ``MIGRATOR_<FIELD>``
+(``migrator/commands/common.py``). Variables that configure the
 processes rather than a transfer (the Redis URL, worker time limits, metrics, log format) are
 read in ``migrator/env.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import secrets
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from migrator.dul.association import Timeouts
@@ -133,8 +136,17 @@ class Settings:
     #: holds; one held under another PatientID or study is a conflict, not a send
     #: (migrator/transfer/precheck.py)
     precheck: bool = False
+    #: ``--precheck``'s key (hex): a conflict's PatientIDs are reported as an HMAC under it,
+    #: so that equal IDs show equal tokens in one job's report and no token can be looked
+    #: up in a table of every possible ID. Drawn when the settings are made with
+    #: ``precheck`` (a `run` job's once, at its creation, then read from Redis by every
+    #: sender; each `store` command its own). The one secret here: never shown (reports
+    #: mask it by its name, ``repr`` leaves it out), and it has no option.
+    precheck_secret: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        if self.precheck and not self.precheck_secret:
+            object.__setattr__(self, "precheck_secret", secrets.token_hex(16))
         forced = self.transfer_syntax
         if forced and forced not in FORCEABLE_SYNTAXES:
             can = ", ".join(FORCEABLE_SYNTAXES.values())

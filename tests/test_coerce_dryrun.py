@@ -200,4 +200,60 @@ def test_masking_keeps_no_value_and_tells_equal_values_apart_from_others() -> No
     assert mask("PatientID", "12345") == a
     assert mask("Modality", "CT") == "'CT'"  # the equipment's values are not the patient's
     assert mask("OtherPatientIDsSequence[*].PatientID", "9") != "'9'"
+    # ...unless they came from the patient's (a copy of PatientName into Manufacturer)
+    assert mask("Manufacturer", "Doe^J", read=("Manufacturer", "PatientName")) != "'Doe^J'"
+    assert mask("Manufacturer", "ACME", read=("Manufacturer", "Modality")) == "'ACME'"
     assert Masker(show_phi=False)("PatientID", "12345") != a  # keyed anew by each command
+
+
+#: Rules that write patient values into elements shown in clear (issue 18 review, P2)
+INTO_CLEAR = """
+rules:
+  - name: name-as-maker
+    copy: PatientName
+    to: Manufacturer
+  - name: maker-upper
+    regex: Manufacturer
+    pattern: '^Zeb'
+    replacement: 'ZEB'
+  - name: model-if-patient
+    set: ManufacturerModelName
+    value: Model-Z
+    when: {PatientID: [PID-7731]}
+  - name: conversion
+    set: ConversionType
+    value: WSD
+"""
+
+
+def test_a_patient_value_written_into_an_element_shown_in_clear_stays_masked(
+    listener: socket.socket, tmp_path: Path
+) -> None:
+    """Manufacturer is shown in clear, but not a PatientName copied into it, nor what a
+    later rule makes of that, nor a value written because of a PatientID: whether a value
+    is masked follows where it came from, not only the element written."""
+    dicom_file(
+        tmp_path / "in" / "f.dcm",
+        PatientID="PID-7731",
+        PatientName="Zebulon^Quartermain",
+        Manufacturer="ACME Imaging",
+    )
+    write_rules(tmp_path / "rules", INTO_CLEAR)
+    port = listener.getsockname()[1]
+    rc, out = dry_run("store", tmp_path / "in", port, tmp_path)
+    assert rc == 0, out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if "(rule " in ln}
+    assert not [v for v in ("Zebulon", "Quartermain", "ulon^Q") if v in out], out
+    maker = [ln for ln in out.splitlines() if ln.strip().startswith("Manufacturer ")]
+    assert len(maker) == 2, out  # the copy, then the regex on what it wrote
+    copy, regex = maker
+    # The copy's old value is the equipment's own (in clear); the new one is the name.
+    assert "'ACME Imaging' -> <19 chars #" in copy and "(rule name-as-maker" in copy, out
+    before, after = regex.split("(rule")[0].split("->")
+    assert before.split(None, 1)[1].startswith("<19 chars #") and after.startswith(" <19 chars #")
+    model = lines["ManufacturerModelName"]
+    assert "Model-Z" not in model and "-> <7 chars #" in model, out  # says what PatientID was
+    assert "-> 'WSD'" in lines["ConversionType"], out  # nothing of the patient: in clear
+    rc, shown = dry_run("store", tmp_path / "in", port, tmp_path, "--show-phi")
+    assert rc == 0 and "-> 'Zebulon^Quartermain'" in shown and "'ZEBulon^Quartermain'" in shown
+    assert nothing_reached(listener)

@@ -6,8 +6,10 @@ the comparison must be made after coercion:
 
 * ``a``: Orthanc holds it as NEW-1 in the same study: the identity is the same: sent
   (stored), as documented;
-* ``b``: Orthanc holds it under another PatientID: a conflict, failed, the reason naming
-  the SOP Instance UID and the PatientIDs as digests (no value); Orthanc's copy untouched;
+* ``b``, ``e``: Orthanc holds them under another PatientID (the same one): conflicts,
+  failed, the reasons naming the SOP Instance UID and the PatientIDs as keyed tokens (no
+  value; the same token for the same ID in both, though `run` sends them in other
+  batches; another `store` command shows another token); Orthanc's copies untouched;
 * ``d``: Orthanc holds it under another study: a conflict naming both StudyInstanceUIDs;
 * ``c``: not at the destination: stored.
 
@@ -18,6 +20,8 @@ rules that change SOP Instance UIDs, without peers.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 from collections.abc import Callable, Iterable
@@ -36,10 +40,10 @@ from migrator.synth.dataset import derived_uid, make_dataset, write_dataset
 from migrator.transfer.job import Job
 from migrator.transfer.policy import Transfer
 from migrator.transfer.pool import ConnectionPool
-from migrator.transfer.precheck import Checked, DestinationConflict, check_rules, masked
+from migrator.transfer.precheck import Checked, DestinationConflict, check_rules
 from migrator.transfer.transform import make_transform
 from migrator.verify.held import Held
-from tests.behaviourhelpers import FRONT_ENDS, Problems, send
+from tests.behaviourhelpers import FRONT_ENDS, Problems, Result, send
 from tests.coercehelpers import write_rules
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.redis import RedisPeer
@@ -81,7 +85,11 @@ def instance(name: str, patient_id: str, study: str = STUDY, seed: int = 1) -> p
 def held_copies(orthanc: OrthancPeer, tmp_path: Path) -> None:
     """What the destination holds before the migration."""
     (tmp_path / "held").mkdir()
-    for name, pid, study in [("a", "NEW-1", STUDY), ("b", "OTHER-9", STUDY)]:
+    for name, pid, study in [
+        ("a", "NEW-1", STUDY),
+        ("b", "OTHER-9", STUDY),
+        ("e", "OTHER-9", STUDY),
+    ]:
         write_dataset(instance(name, pid, study, seed=2), tmp_path / "held" / f"{name}.dcm")
     write_dataset(instance("d", "NEW-1", OTHER_STUDY, seed=2), tmp_path / "held" / "d.dcm")
     for f in sorted((tmp_path / "held").iterdir()):
@@ -99,39 +107,55 @@ def test_an_instance_held_under_another_patient_or_study_is_a_conflict_not_a_sen
     orthanc = orthanc_factory(extra={"DicomAlwaysAllowFind": True}, dicomweb=web)
     held_copies(orthanc, tmp_path)
     (tmp_path / "in").mkdir()
-    for name in "abcd":
+    for name in "abcde":
         write_dataset(instance(name, "OLD-1"), tmp_path / "in" / f"{name}.dcm")
     rules = write_rules(tmp_path / "rules", RULES, patients=TABLE)
-    result = send(
-        front_end,
-        tmp_path / "in",
-        orthanc.dicom_port,
-        "ORTHANC",
-        tmp_path,
-        "--coerce",
-        rules,
-        "--precheck",
-        dest=["--dicomweb", orthanc.dicomweb_url] if web else [],
-    )
+
+    def precheck(folder: Path) -> Result:
+        return send(
+            front_end,
+            folder,
+            orthanc.dicom_port,
+            "ORTHANC",
+            tmp_path,
+            "--coerce",
+            rules,
+            "--precheck",
+            # b and e in batches of their own (each reads the job's settings, its key,
+            # from Redis): the same token from every sender of the job
+            run_extra=["--batch-files", "2"],
+            dest=["--dicomweb", orthanc.dicomweb_url] if web else [],
+        )
+
+    result = precheck(tmp_path / "in")
     p = Problems()
     files = result.files()
-    states = {n: files[f"{n}.dcm"]["state"] for n in "abcd"}
-    want = {"a": "stored", "b": "failed", "c": "stored", "d": "failed"}
+    states = {n: files[f"{n}.dcm"]["state"] for n in "abcde"}
+    want = {"a": "stored", "b": "failed", "c": "stored", "d": "failed", "e": "failed"}
     p.check(states == want, f"states {states}, expected {want}")
-    p.check(result.rc == 1, f"exit {result.rc} (two conflicts)")
-    b, d = files["b.dcm"]["reason"], files["d.dcm"]["reason"]
-    p.check(
-        f"conflict: the destination already holds SOP Instance UID {sop('b')} under PatientID "
-        f"{masked(sop('b'), 'OTHER-9')} (this file's: {masked(sop('b'), 'NEW-1')})" in b,
-        f"b: {b!r}",
-    )
-    p.check("b.dcm" in b and "not sent (--precheck)" in b, f"b: {b!r}")
+    p.check(result.rc == 1, f"exit {result.rc} (three conflicts)")
+    b, d, e = (files[f"{n}.dcm"]["reason"] for n in "bde")
+    tokens = {}
+    for name, reason in [("b", b), ("e", e)]:
+        found = re.search(
+            f"conflict: the destination already holds SOP Instance UID {sop(name)} under "
+            r"PatientID (<7 chars #[0-9a-f]{8}>) \(this file's: (<5 chars #[0-9a-f]{8}>)\)",
+            reason,
+        )
+        p.check(found is not None, f"{name}: {reason!r}")
+        tokens[name] = found.groups() if found else ("", "")
+        p.check(f"{name}.dcm" in reason and "not sent (--precheck)" in reason, reason)
+    theirs, mine = tokens["b"]
+    p.check(tokens["e"] == tokens["b"], f"one ID, two tokens in one job: {tokens}")
+    p.check(theirs != mine, f"two IDs, one token: {tokens}")
+    guessable = unkeyed_digests(sop("b"), "OTHER-9") | unkeyed_digests(sop("e"), "OTHER-9")
+    p.check(theirs[-9:-1] not in guessable, f"{theirs}: an unkeyed hash of the PatientID")
     p.check(
         f"under StudyInstanceUID {OTHER_STUDY} (this file's: {STUDY})" in d and "d.dcm" in d,
         f"d: {d!r}",
     )
     p.check("PatientID" not in d, f"d's PatientID is the same after coercion: {d!r}")
-    leaked = [v for v in ("OTHER-9", "NEW-1", "OLD-1") if v in b + d]
+    leaked = [v for v in ("OTHER-9", "NEW-1", "OLD-1") if v in b + d + e]
     p.check(not leaked, f"PatientIDs in the report: {leaked}")
     # The destination's copies are as they were; c arrived.
     oid = orthanc.find_instance(sop("b"))
@@ -140,17 +164,75 @@ def test_an_instance_held_under_another_patient_or_study_is_a_conflict_not_a_sen
     p.check(oid and orthanc.simplified_tags(oid)["StudyInstanceUID"] == OTHER_STUDY, "d moved")
     oid = orthanc.find_instance(sop("c"))
     p.check(oid and orthanc.simplified_tags(oid)["PatientID"] == "NEW-1", "c not stored")
-    p.check(orthanc.count_instances() == 4, f"{orthanc.count_instances()} instances")
+    p.check(orthanc.count_instances() == 5, f"{orthanc.count_instances()} instances")
+    if front_end == "store" and not web:
+        # Another command, the same data: another token (its key is its own).
+        (tmp_path / "again").mkdir()
+        write_dataset(instance("b", "OLD-1"), tmp_path / "again" / "b.dcm")
+        again = precheck(tmp_path / "again").files()["b.dcm"]["reason"]
+        other = re.search(r"under PatientID (<7 chars #[0-9a-f]{8}>)", again)
+        p.check(other is not None and other.group(1) != theirs, f"{tokens} / {again!r}")
     p.done(result)
+
+
+def unkeyed_digests(sop_uid: str, value: str) -> set[str]:
+    """What a report's token must not be: the first 8 hex digits of an unkeyed sha256 of
+    the value, alone or with the SOP Instance UID (anyone could try every MRN)."""
+    texts = [value, sop_uid + value, f"{sop_uid}\0{value}", value + sop_uid]
+    return {hashlib.sha256(t.encode()).hexdigest()[:8] for t in texts}
 
 
 # -- the comparison, without peers ---------------------------------------------------------
 
 
-def _checked(tmp_path: Path, held: dict[str, Held], on_conflict: str = "fail") -> Checked:
+def _checked(
+    tmp_path: Path, held: dict[str, Held], on_conflict: str = "fail", secret: str = ""
+) -> Checked:
     rules = write_rules(tmp_path / "rules", RULES, patients=TABLE)
     settings = Settings(host="x", coerce=str(rules))
-    return Checked(make_transform(settings), held, on_conflict)
+    return Checked(make_transform(settings), held, on_conflict, secret)
+
+
+def _conflict(check: Checked, f: Path) -> str:
+    with pytest.raises(DestinationConflict) as exc:
+        check(inspect_file(str(f)), Payload(path=str(f)))
+    return str(exc.value)
+
+
+def test_patient_id_tokens_are_keyed_by_the_job_equal_within_it_and_unguessable(
+    tmp_path: Path,
+) -> None:
+    """Two files whose copies at the destination have the same other PatientID: the same
+    token in both reasons, from any sender of the job (the key comes with its settings);
+    another job (another key) shows another token for the same data; no token is an
+    unkeyed hash of the ID that one could compute for every MRN."""
+    files = [write_dataset(instance(n, "OLD-1"), tmp_path / f"{n}.dcm") for n in "ab"]
+    held = {sop(n): Held(STUDY, "1234567") for n in "ab"}
+    job = Settings("x", precheck=True)
+    pattern = r"under PatientID (<7 chars #[0-9a-f]{8}>) \(this file's: (<5 chars #[0-9a-f]{8}>)"
+
+    def tokens(secret: str, f: Path) -> tuple[str, ...]:
+        found = re.search(pattern, _conflict(_checked(tmp_path, held, secret=secret), f))
+        assert found is not None
+        return found.groups()
+
+    a, b = (tokens(job.precheck_secret, f) for f in files)  # two batches of one job
+    assert a == b and a[0] != a[1]
+    other_job = Settings("x", precheck=True)
+    assert tokens(other_job.precheck_secret, files[0]) != a
+    for n in "ab":
+        assert a[0][-9:-1] not in unkeyed_digests(sop(n), "1234567")
+        assert a[1][-9:-1] not in unkeyed_digests(sop(n), "NEW-1")
+    assert "1234567" not in _conflict(_checked(tmp_path, held), files[0])
+
+
+def test_the_precheck_secret_is_drawn_per_job_kept_with_it_and_never_shown() -> None:
+    one, two = Settings("x", precheck=True), Settings("x", precheck=True)
+    assert re.fullmatch("[0-9a-f]{32}", one.precheck_secret)
+    assert one.precheck_secret != two.precheck_secret
+    assert Settings.from_dict(one.to_dict()).precheck_secret == one.precheck_secret
+    assert one.precheck_secret not in repr(one)
+    assert Settings("x").precheck_secret == ""  # no --precheck, no key
 
 
 def test_the_patient_id_compared_is_the_coerced_one(tmp_path: Path) -> None:
@@ -233,6 +315,29 @@ def test_a_job_is_resumed_only_with_its_own_precheck(
     refused = plan("--precheck")
     assert refused.returncode == 2, refused.stderr
     assert "was created without --precheck" in refused.stderr
+
+
+def test_a_run_jobs_precheck_key_is_its_own_kept_in_redis_and_masked_in_its_report(
+    redis_server: RedisPeer, tmp_path: Path
+) -> None:
+    """Every sender of a job reads the key from the job's settings in Redis; `plan` draws
+    one per job, and `migrator report` shows the job's settings without it."""
+    from migrator.ledger import Ledger
+
+    (tmp_path / "in").mkdir()
+    write_dataset(instance("a", "OLD-1"), tmp_path / "in" / "a.dcm")
+    where = ["--host", "127.0.0.1", "--port", "9", "--no-preflight", "--precheck"]
+    jobs = [f"precheck-key-{tmp_path.name}-{n}" for n in (1, 2)]
+    url = ["--redis-url", redis_server.url]
+    for job in jobs:
+        planned = run_migrator("plan", tmp_path / "in", *where, *url, "--job", job)
+        assert planned.returncode == 0, planned.stderr
+    keys = [Ledger(redis_server.client(), j).config()["precheck_secret"] for j in jobs]
+    assert all(re.fullmatch("[0-9a-f]{32}", k) for k in keys) and keys[0] != keys[1], keys
+    report = run_migrator("report", jobs[0], *url, "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert keys[0] not in report.stdout + report.stderr
+    assert json.loads(report.stdout)["settings"]["precheck_secret"] == "***"
 
 
 # -- in the transfer core, on scripted connections -----------------------------------------

@@ -35,6 +35,11 @@ class Change:
     before: str | None
     after: str | None
     before_note: str = ""
+    #: The elements each value was read from, this one included (a ``copy``'s source, a
+    #: ``map``'s match, the rule's conditions, and what earlier rules made of them): a
+    #: dry run shows a value in clear only when every one of them may be shown
+    before_from: tuple[str, ...] = ()
+    after_from: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -47,6 +52,9 @@ class Applied:
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
     #: Each change with its values, when asked for (a dry run); None when sending
     trace: list[Change] | None = None
+    #: With ``trace``: element -> the elements its value now comes from, for the elements
+    #: a rule wrote (the others come from themselves)
+    origins: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -147,7 +155,42 @@ class _Context:
                 note = f"({len(old.value)} bytes of {old.vr})"
         assert self.done.trace is not None
         rule = self.rule
-        self.done.trace.append(Change(rule.name, rule.line, path.text, before, new, note))
+        was = self.origin(path.text)
+        now = self.reads(path) | {path.text}
+        self.done.origins[path.text] = now
+        self.done.trace.append(
+            Change(
+                rule.name,
+                rule.line,
+                path.text,
+                before,
+                new,
+                note,
+                tuple(sorted(was)),
+                tuple(sorted(now)),
+            )
+        )
+
+    def origin(self, element: str) -> frozenset[str]:
+        return self.done.origins.get(element, frozenset({element}))
+
+    def reads(self, target: ElementPath) -> frozenset[str]:
+        """The elements (as earlier rules left them) the rule's new value for ``target``
+        depends on: its conditions, a copy's source, a map's match, and for the rules that
+        edit the value in place the target itself. (``set``'s value is the rule's own, but
+        whether it is written says what its conditions found.)"""
+        rule = self.rule
+        paths = [c.path.text for c in rule.when]
+        if rule.source is not None:
+            paths.append(rule.source.text)
+        if rule.table is not None:
+            paths += [p.text for p in rule.table.match]
+        if rule.op in ("replace", "prefix", "suffix", "regex"):
+            paths.append(target.text)
+        out: frozenset[str] = frozenset()
+        for p in paths:
+            out |= self.origin(p)
+        return out
 
     def record(self, path: ElementPath, old: bytes | None, new: bytes | None) -> None:
         h = self.done._hash

@@ -13,8 +13,11 @@ whole listing is walked (as a dry run's inventory is); only the sampled files ar
 keyed digest, ``<6 chars #3f2a91>``. The digest's key is drawn anew by each command, so the
 same value has the same digest within one output (a mapping that sends two IDs to one
 shows it) but cannot be looked up in a table of digests of every possible 6-digit ID. Only
-the elements in ``CLEAR`` (equipment and kind of acquisition, never about the patient) are
-shown as they are; every other element, a private one included, is masked.
+values that come from elements in ``CLEAR`` alone (equipment and kind of acquisition, never
+about the patient) are shown as they are: a value written into a ``CLEAR`` element is masked
+when the rule read another element for it (a ``copy`` of PatientName into Manufacturer, a
+``map`` matched on PatientID, a rule with a condition on one; ``Change.after_from``). Every
+other element, a private one included, is masked.
 """
 
 from __future__ import annotations
@@ -172,16 +175,35 @@ class Masker:
         self.key = key if key is not None else secrets.token_bytes(16)
 
     def __call__(
-        self, element: str, value: str | None, *, deleted: bool = False, note: str = ""
+        self,
+        element: str,
+        value: str | None,
+        *,
+        deleted: bool = False,
+        note: str = "",
+        read: Iterable[str] = (),
     ) -> str:
+        """``read``: the elements the value came from besides ``element`` (a copy's source,
+        a condition's element...): it is in clear only if they all are."""
         if value is None:
             return note or ("(deleted)" if deleted else "(absent)")
-        if self.show_phi or element.split(".")[-1] in CLEAR:
+        if self.show_phi or all(_keyword(e) in CLEAR for e in (element, *read)):
             return repr(value)
         if not value:
             return "<empty>"
         digest = hmac.new(self.key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:6]
         return f"<{len(value)} chars #{digest}>"
+
+    def before(self, c: Change) -> str:
+        return self(c.element, c.before, note=c.before_note, read=c.before_from)
+
+    def after(self, c: Change) -> str:
+        return self(c.element, c.after, deleted=True, read=c.after_from)
+
+
+def _keyword(element: str) -> str:
+    """``Seq[*].Manufacturer`` -> ``Manufacturer``."""
+    return element.split(".")[-1]
 
 
 def render_text(p: Preview, masker: Masker | None = None) -> str:
@@ -199,8 +221,7 @@ def render_text(p: Preview, masker: Masker | None = None) -> str:
             lines.append(f"{f.uri}: coerced by {rules_fired}")
             width = max(len(c.element) for c in f.changes)
             for c in f.changes:
-                before = mask(c.element, c.before, note=c.before_note)
-                after = mask(c.element, c.after, deleted=True)
+                before, after = mask.before(c), mask.after(c)
                 lines.append(
                     f"  {c.element:<{width}}  {before} -> {after}  (rule {c.rule}, line {c.line})"
                 )
@@ -241,8 +262,8 @@ def as_dict(p: Preview, masker: Masker | None = None) -> dict[str, Any]:
                         "element": c.element,
                         "rule": c.rule,
                         "line": c.line,
-                        "before": mask(c.element, c.before, note=c.before_note),
-                        "after": mask(c.element, c.after, deleted=True),
+                        "before": mask.before(c),
+                        "after": mask.after(c),
                     }
                     for c in f.changes
                 ],

@@ -703,8 +703,10 @@ class Transfer:
             self._ready.extend(jobs)
             self._stop(exc)
             return False
-        on_conflict = self.settings.on_conflict
-        self._transform = precheck.Checked(self._base_transform, found, on_conflict)
+        s = self.settings
+        self._transform = precheck.Checked(
+            self._base_transform, found, s.on_conflict, s.precheck_secret
+        )
         return True
 
     def _read_header(self, job: Job) -> bool:

@@ -13,7 +13,16 @@ what the destination holds under the same SOP Instance UID:
 * held under another PatientID or study: a **conflict**, not sent (into a rejection, or
   an overwrite of another patient's instance): failed, or skipped with ``--on-conflict
   first-good`` / ``skip`` (the copy at the destination counts as the one stored first).
-  The reason names the SOP Instance UID, the studies and, for PatientIDs, a digest.
+  The reason names the SOP Instance UID, the studies and, for PatientIDs, their length and
+  a token (``masked``).
+
+**The PatientID tokens** are an HMAC-SHA256 under the job's ``precheck_secret`` (a random
+key drawn when the job is created, kept in its settings in Redis, read by every sender;
+each `store` command draws its own), never an unkeyed hash: a 6-8 digit MRN hashed without
+a key (even salted with the SOP Instance UID printed beside it) is found by trying every
+number in a minute. Equal IDs show equal tokens within one job's report (the IDs of two
+conflicts can be compared), tokens of another job or command differ, and without the key,
+which no report, log or output holds, a token cannot be checked against a guess.
 
 The check wraps the transform (migrator/transfer/transform.py): it sees exactly what the
 sender would send, and works the same in `store`, `run`'s own sender and every worker.
@@ -22,8 +31,10 @@ sender would send, and works the same in `store`, `run`'s own sender and every w
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import os
+import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -98,10 +109,15 @@ def held(settings: Settings, headers: Iterable[DicomHeader]) -> dict[str, Held]:
 class Checked:
     """``transform``, then the file's identity against what the destination holds."""
 
-    def __init__(self, transform: Transform, found: dict[str, Held], on_conflict: str) -> None:
+    def __init__(
+        self, transform: Transform, found: dict[str, Held], on_conflict: str, secret: str = ""
+    ) -> None:
+        """``secret``: the job's ``Settings.precheck_secret`` (hex; empty: this process's
+        own key, as for settings made without ``precheck``)."""
         self.transform = transform
         self.found = found
         self.on_conflict = on_conflict
+        self.key = bytes.fromhex(secret) if secret else _PROCESS_KEY
 
     def __call__(self, header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
         header, payload = self.transform(header, payload)
@@ -115,8 +131,8 @@ class Checked:
         mine = patient_id(header, payload)
         if theirs.patient_id.strip() != mine:
             differs.append(
-                f"PatientID {masked(sop, theirs.patient_id.strip())} "
-                f"(this file's: {masked(sop, mine)})"
+                f"PatientID {masked(self.key, theirs.patient_id.strip())} "
+                f"(this file's: {masked(self.key, mine)})"
             )
         if not differs:
             return header, payload
@@ -129,14 +145,18 @@ class Checked:
         )
 
 
-def masked(sop_uid: str, value: str) -> str:
-    """A PatientID as its length and a digest salted with the SOP Instance UID: two
-    values told apart, the value itself not in the report. To check a guess:
-    ``printf '%s\\0%s' SOP_UID ID | sha256sum`` (the first 8 characters)."""
+#: The key of Checked made without a job's secret: never shown, gone with the process
+_PROCESS_KEY = secrets.token_bytes(16)
+
+
+def masked(key: bytes, value: str) -> str:
+    """A PatientID as its length and an 8-hex-digit HMAC-SHA256 under ``key``: two values
+    told apart, equal values shown alike, the value itself neither in the report nor
+    recoverable from it without the key."""
     if not value:
         return "(empty)"
-    digest = hashlib.sha256(f"{sop_uid}\0{value}".encode()).hexdigest()[:8]
-    return f"<{len(value)} chars, sha256 {digest}>"
+    digest = hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:8]
+    return f"<{len(value)} chars #{digest}>"
 
 
 def patient_id(header: DicomHeader, payload: Payload) -> str:
