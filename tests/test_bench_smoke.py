@@ -388,3 +388,91 @@ def test_scp_bench_smoke(tmp_path: Path) -> None:
     assert rows[("tiny-20", "DCMTK storescu", "migrator scp")]["files"] == 20
     assert len(data["goals"]) == 4
     assert "migrator scp ÷ storescp" in proc.stdout and "goal (issue 17)" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_pacs_bench_smoke(tmp_path: Path) -> None:
+    """bench/pacs_bench.py end to end on 5 studies / 20 instances (one per kind and transfer
+    syntax of the corpus): migrator run by C-GET and by C-MOVE and both DCMTK pipelines
+    each left the destination Orthanc holding exactly the old PACS's instance set, and the
+    JSON holds every row with its proof."""
+    if find_dcmtk_tool("getscu") is None:
+        pytest.skip("DCMTK getscu is not on PATH")
+    out = tmp_path / "pacs.json"
+    cmd = [sys.executable, str(REPO / "bench" / "pacs_bench.py"), "--studies", "5"]
+    cmd += ["--instances", "20", "--repeat", "1", "--workers", "1", "--timeout", "60"]
+    cmd += ["--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True and doc["corpus"]["files"] == 20 and doc["corpus"]["studies"] == 5
+    rows = {r["row"]: r for r in doc["rows"]}
+    assert set(rows) == {"migrator-get", "migrator-move", "dcmtk-get", "dcmtk-move"}
+    for name, row in rows.items():
+        assert row["complete"] and _positive(row["files_per_s"]), (name, row)
+        (run,) = row["runs"]
+        assert (run["at_destination"], run["missing"], run["extra"]) == (20, 0, 0), run
+        if name.startswith("migrator"):
+            totals = run["totals"]
+            assert totals["planned"] == totals["stored"] == 20, totals
+            assert totals["failed"] == totals["skipped"] == 0, totals
+        else:
+            steps = {s["step"]: s for s in run["steps"]}
+            assert steps["findscu"]["studies"] == 5, steps
+            retrieve = steps["getscu" if name == "dcmtk-get" else "movescu"]
+            assert retrieve["files"] == 20, steps
+    assert doc["best_dcmtk"] in ("dcmtk-get", "dcmtk-move")
+    assert "× best DCMTK" in proc.stdout and "goal (issue 17)" in proc.stdout
+
+
+class _FakeSpawner:
+    """Runs nothing: each command "exits 0" after writing the report ``report`` gives."""
+
+    def __init__(self, report: dict[str, object]) -> None:
+        self.report = report
+
+    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> ProcResult:
+        path = Path(argv[argv.index("--report") + 1])
+        path.write_text(json.dumps({**self.report, "started": 2000.0, "exit_status": 0}))
+        return ProcResult(0, 0.5, "", 1999.0)
+
+
+def test_pacs_bench_counts_a_row_complete_only_with_every_instance(tmp_path: Path) -> None:
+    """A ``migrator run`` that exits 0 does not count when an instance is missing at the
+    destination, nor when its report breaks planned = stored + failed + skipped."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from bench.pacs_bench import Context, Corpus, Destination, run_row
+
+    uids = {"1.2.3.1", "1.2.3.2", "1.2.3.3"}
+
+    class Dest(Destination):
+        def __init__(self) -> None:
+            self.held: set[str] = set()
+
+        def sop_uids(self) -> set[str]:
+            return self.held
+
+    dest = Dest()
+    args = Namespace(workers=1, timeout=10)
+    good = {"totals": {"planned": 3, "stored": 3, "failed": 0, "skipped": 0}}
+
+    def row(report: dict[str, object], held: set[str], n: int) -> list[str]:
+        dest.held = held
+        spawner = _FakeSpawner(report)
+        pacs = SimpleNamespace(dicom_port=1)  # never called: the spawner runs nothing
+        corpus = Corpus([], 1, uids, 0)
+        ctx = Context(spawner, {}, pacs, dest, corpus, args, 1, 2)  # type: ignore[arg-type]
+        run = run_row(ctx, "migrator-get", 0, tmp_path / f"s{n}")
+        assert run.ok is not bool(run.problems)
+        return run.problems
+
+    assert row(good, uids, 0) == []
+    problems = row(good, uids - {"1.2.3.2"}, 1)
+    assert problems == [
+        "the destination holds 2 instances: 1 of the source's missing, 0 not the source's"
+    ]
+    broken = {"totals": {"planned": 4, "stored": 3, "failed": 0, "skipped": 0}}
+    problems = row(broken, uids, 2)
+    assert "invariant broken: planned 4 != 3" in problems, problems
