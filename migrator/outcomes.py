@@ -8,6 +8,12 @@ from typing import Any
 
 from migrator.exitcodes import ExitStatus
 
+#: The reason on a stored file that a lost worker had sent and not recorded, found at the
+#: destination by the delivery that took its batch over (migrator/transfer/takeover.py).
+FOUND_AFTER_LOSS = (
+    "found at the destination after the worker sending its batch was lost; not sent again"
+)
+
 
 class State(enum.StrEnum):
     STORED = "stored"

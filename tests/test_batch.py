@@ -6,6 +6,7 @@ lead here are covered end to end in test_engine.py.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from migrator.dicomfile import inspect_file
 from migrator.errors import BatchBusy
 from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FileOutcome, State
+from migrator.report.builder import from_ledger
+from migrator.report.text import render as render_text
 from migrator.settings import Settings
 from migrator.transfer.batch import POISON_DELIVERIES, run_batch
 from migrator.transfer.runtime import Runtime
@@ -225,6 +228,9 @@ def test_a_lost_deliverys_files_found_at_the_pacs_are_recorded_not_sent_again(
     outcomes = [o for _, o, _ in ledger.iter_outcomes()]
     found = [o for o in outcomes if o.reason == FOUND_AFTER_LOSS]
     assert len(found) == lost and all(o.state is State.STORED for o in found)
+    report = from_ledger(ledger)  # what the report says of them
+    assert report.found_after_loss == lost and report.stored == 20
+    assert re.search(rf"Found stored: +{lost} \(sent by a lost worker", render_text(report))
     assert ledger.counts() == {**ledger.counts(), "stored": 20, "in_flight": 0}
     assert ledger.client.smembers(ledger.keys.opened("b1")) == set()
 

@@ -190,6 +190,7 @@ def test_json_agrees_with_the_receiver_and_the_ledger(migration: Migration) -> N
         "in_flight": 0,
         "warnings": 0,
         "transcoded": 0,
+        "found_after_loss": 0,
         "bytes_stored": totals["bytes_stored"],
     }
     assert data["invariant_holds"] is True and data["invariant"]["holds"] is True

@@ -171,6 +171,7 @@ def test_report_dict_keeps_the_first_report_shape() -> None:
         "in_flight": 0,
         "warnings": 1,
         "transcoded": 0,
+        "found_after_loss": 0,
         "bytes_stored": 11000,
     }
     assert data["throughput"]["files_per_s"] == 1.1

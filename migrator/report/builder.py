@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from migrator import duplicates
 from migrator.exitcodes import ExitStatus
-from migrator.outcomes import FileOutcome, State, StoreResult
+from migrator.outcomes import FOUND_AFTER_LOSS, FileOutcome, State, StoreResult
 from migrator.report.completeness import load as load_completeness
 from migrator.report.masking import mask_secrets
 from migrator.report.model import (
@@ -87,6 +87,8 @@ class _Builder:
             d.ts_sent[outcome.ts_sent or outcome.ts_original].bytes_stored += outcome.bytes
             d.ts_original[outcome.ts_original].bytes_stored += outcome.bytes
             d.transcoded += int(outcome.transcoded)
+            if outcome.reason and outcome.reason == FOUND_AFTER_LOSS:
+                d.found_after_loss += 1
             if outcome.warning:
                 d.warnings += 1
                 d.warned.append((outcome.uri, outcome.status, outcome.reason))

@@ -145,6 +145,7 @@ def to_dict(data: ReportData) -> dict[str, Any]:
             IN_FLIGHT: data.in_flight,
             "warnings": data.warnings,
             "transcoded": data.transcoded,
+            "found_after_loss": data.found_after_loss,
             "bytes_stored": data.bytes_stored,
         },
         "invariant_holds": data.invariant_holds,

@@ -152,6 +152,9 @@ class ReportData:
     states: Counter[str] = field(default_factory=Counter)
     warnings: int = 0
     transcoded: int = 0
+    #: Stored files a lost worker had sent unrecorded, found at the destination by the
+    #: delivery that took their batch over (migrator/transfer/takeover.py)
+    found_after_loss: int = 0
     bytes_stored: int = 0
     statuses: dict[int, StatusCount] = field(default_factory=dict)
     groups: dict[tuple[int | None, bool, str], ReasonGroup] = field(default_factory=dict)

@@ -62,6 +62,10 @@ def render(data: ReportData, *, max_failures: int = 50) -> str:
     rows.append(("Warnings:", str(data.warnings)))
     if data.transcoded:
         rows.append(("Re-encoded:", f"{data.transcoded} (PACS refused their transfer syntax)"))
+    if data.found_after_loss:
+        rows.append(
+            ("Found stored:", f"{data.found_after_loss} (sent by a lost worker, not sent again)")
+        )
     rows += [
         ("Data:", human_bytes(data.bytes_stored)),
         ("Duration:", f"{data.duration:.2f}s"),

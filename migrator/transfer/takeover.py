@@ -28,16 +28,13 @@ from __future__ import annotations
 import logging
 
 from migrator.ledger import Ledger, PlannedFile, split_id
-from migrator.outcomes import FileOutcome, State
+from migrator.outcomes import FOUND_AFTER_LOSS, FileOutcome, State
 from migrator.settings import Settings
 from migrator.verify.held import held_instances
 
 log = logging.getLogger("migrator.transfer.batch")
 
-#: The note on a file a lost delivery had sent and not recorded, found at the destination.
-FOUND_AFTER_LOSS = (
-    "found at the destination after the worker sending its batch was lost; not sent again"
-)
+__all__ = ["FOUND_AFTER_LOSS", "found_at_destination"]
 
 
 def found_at_destination(
