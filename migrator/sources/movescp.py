@@ -11,9 +11,9 @@ An instance is matched to the move by its SOP Instance UID: what the move did no
 or what already came (or is coming on another association), is refused (0xA900) and not
 kept; one that cannot be written to our spool (a full disk) is answered 0xA700 and said as
 our own disk's fault. What finishes after the move ended (a sink the abort did not stop
-in time) is unlinked, not left in the spool. Several senders on one host (a job's worker processes,
-`store`'s threads) share the port one move at a time: a lock file per port (``flock``)
-and a lock per process.
+in time) is unlinked, not left in the spool. Several senders on one host (a job's worker
+processes, `store`'s threads) share the port one move at a time: a lock file per user and
+port (``flock``) and a lock per process.
 """
 
 from __future__ import annotations
