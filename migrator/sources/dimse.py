@@ -19,7 +19,10 @@ sender then reads and sends (migrator/sources/held.py: one download per instance
 spool bounded by the batch). What C-FIND promised and did not come is asked for once more,
 then fails with the reason: ``the source sent 9 of 10 instances of series X; this one did
 not come after a retry``. An archive that refuses a whole list for one UID it no longer
-holds (Orthanc: 0xC000) is asked for halves of it, down to that instance.
+holds (Orthanc: 0xC000) is asked for halves of it, down to that instance; an association
+it will not open is not split: busy (rejected-transient), the fetch fails transiently and
+is retried as a send is; otherwise the request's instances fail at once. An instance that
+came but could not be written here fails transiently naming our own disk.
 The archive must know our calling AE (``--source-calling-ae``) and allow it C-GET.
 A listing without SOP Class UIDs (dcmqrscp gives none at IMAGE level) offers the common
 storage classes instead, one context each listing every syntax (the archive picks).
@@ -39,17 +42,32 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from migrator.errors import ConfigError, ConnectError, SourceError, TransientError
+from migrator.errors import (
+    AssociationRejected,
+    ConfigError,
+    ConnectError,
+    MigratorError,
+    SourceError,
+    TransientError,
+)
 from migrator.sources.base import Payload, SourceItem
 from migrator.sources.held import HeldFiles, unlink
 from migrator.sources.manifest import ManifestEntry
 from migrator.sources.movescp import MoveReceiver
-from migrator.sources.retrieve import Counts, Groups, Received, RefusedAll
+from migrator.sources.retrieve import (
+    Counts,
+    Groups,
+    Received,
+    Refused,
+    RefusedAll,
+    unwritable,
+)
 from migrator.sources.windows import StudyQuery, dicom_range, studies
 from migrator.syntaxes import ALIASES
 from migrator.validation import is_valid_uid
@@ -236,37 +254,42 @@ class DimseSource:
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
         received = Received()
-        with self._mover.receiving(set(wanted)) as scp:
-            files = scp.files
-            try:
-                assoc = associate(ae, self.config)
-            except ConnectError:
-                raise
-            except Exception as exc:
-                raise SourceError(f"{where}: C-MOVE association: {exc}") from None
-            try:
-                answers = assoc.send_c_move(
-                    _query(study, series, wanted),
-                    self.move_ae,
-                    StudyRootQueryRetrieveInformationModelMove,
-                )
-                for status, _ in answers:
-                    code = cast(int | None, getattr(status, "Status", None))
-                    if code is None:
-                        raise TransientError(
-                            f"{where}: no C-MOVE answer (aborted or timed out); does the "
-                            f"source know AE {self.config.calling_ae} and allow it C-MOVE? "
-                            "(register it there, or give --source-calling-ae)"
-                        )
-                    received.counts = _counts(status, code)
-            except BaseException:
-                for path, _ in files.values():
+        scp = None
+        try:
+            with self._mover.receiving(set(wanted)) as scp:
+                try:
+                    assoc = associate(ae, self.config)
+                except ConnectError:
+                    raise
+                except Exception as exc:
+                    raise _association_error(exc, "C-MOVE", where) from None
+                try:
+                    answers = assoc.send_c_move(
+                        _query(study, series, wanted),
+                        self.move_ae,
+                        StudyRootQueryRetrieveInformationModelMove,
+                    )
+                    for status, _ in answers:
+                        code = cast(int | None, getattr(status, "Status", None))
+                        if code is None:
+                            raise TransientError(
+                                f"{where}: no C-MOVE answer (aborted or timed out); does the "
+                                f"source know AE {self.config.calling_ae} and allow it "
+                                "C-MOVE? (register it there, or give --source-calling-ae)"
+                            )
+                        received.counts = _counts(status, code)
+                finally:
+                    if assoc.is_established:
+                        assoc.release()
+        except BaseException:
+            # After the listener stopped: no sink adds a file any more (a late one unlinks
+            # its own), so none is left behind in the spool.
+            if scp is not None:
+                for path, _ in scp.received_files().values():
                     unlink(path)
-                raise
-            finally:
-                if assoc.is_established:
-                    assoc.release()
-        received.files = dict(files)
+            raise
+        received.files = scp.received_files()
+        received.local_error = scp.local_error
         last = received.counts.status
         why = ""
         if last == 0xA801:
@@ -309,7 +332,7 @@ class DimseSource:
         where = f"{self.uri}/studies/{study}/series/{series}"
         received = Received()
 
-        def on_store(event: Any) -> int:
+        def keep(event: Any) -> int:
             sop = str(event.request.AffectedSOPInstanceUID)
             if sop not in wanted or sop in received.files:
                 return 0xA900  # not what was asked for: refused, never written as ours
@@ -318,17 +341,40 @@ class DimseSource:
 
             meta = DicomBytesIO()
             write_file_meta_info(meta, event.file_meta)
-            path = self._held.new_path()
+            path = ""
             try:
+                path = self._held.new_path()
                 with open(path, "wb") as out:
                     out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
                     # The dataset's bytes as the archive sent them: not decoded, not re-encoded.
                     out.write(event.request.DataSet.getvalue())
                     received.files[sop] = (path, out.tell())
-            except OSError:
-                unlink(path)
-                return 0xA700  # out of resources (our disk): the sub-operation failed
+            except OSError as exc:
+                if path:
+                    unlink(path)
+                    received.files.pop(sop, None)
+                # Our disk, not the source: said so, and asked again by the send's retries.
+                received.local_error = unwritable(os.path.dirname(path) or self._held.spool, exc)
+                return 0xA700  # out of resources: the sub-operation failed
             return 0x0000
+
+        def on_store(event: Any) -> int:
+            try:
+                return keep(event)
+            except Exception as exc:
+                # pynetdicom would log it (hidden: its logger is at CRITICAL unless -vv) and
+                # answer 0xC211: say why here, else the user sees only "did not come".
+                log.warning(
+                    "%s: a C-GET sub-operation could not be kept: %s: %s",
+                    where,
+                    type(exc).__name__,
+                    exc,
+                )
+                # Not the source's fault either: the fetch fails (transiently) saying so.
+                received.local_error = (
+                    f"cannot keep the retrieved instance here: {type(exc).__name__}: {exc}"
+                )
+                return 0xC211  # unable to process
 
         ae = new_ae(self.config)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
@@ -357,29 +403,32 @@ class DimseSource:
         except PacsQueryError as exc:  # accepted, but none of our contexts
             raise NoGet(f"{self.uri}: the source refused C-GET ({exc})") from None
         except Exception as exc:  # rejected: the archive's answer, said as is
-            raise SourceError(f"{where}: C-GET association: {exc}") from None
+            raise _association_error(exc, "C-GET", where) from None
         get_uid = StudyRootQueryRetrieveInformationModelGet
         if not any(cx.abstract_syntax == get_uid for cx in assoc.accepted_contexts):
             assoc.release()
             raise NoGet(f"{self.uri}: the source refused C-GET (its presentation context)")
         try:
-            query = _query(study, series, wanted)
-            for status, _ in assoc.send_c_get(query, get_uid):
-                code = cast(int | None, getattr(status, "Status", None))
-                if code is None:
-                    raise TransientError(
-                        f"{where}: no C-GET answer (aborted or timed out); does the source "
-                        f"know AE {self.config.calling_ae} and allow it C-GET? (register it "
-                        "there, or give --source-calling-ae)"
-                    )
-                received.counts = _counts(status, code)
+            try:
+                query = _query(study, series, wanted)
+                for status, _ in assoc.send_c_get(query, get_uid):
+                    code = cast(int | None, getattr(status, "Status", None))
+                    if code is None:
+                        raise TransientError(
+                            f"{where}: no C-GET answer (aborted or timed out); does the "
+                            f"source know AE {self.config.calling_ae} and allow it C-GET? "
+                            "(register it there, or give --source-calling-ae)"
+                        )
+                    received.counts = _counts(status, code)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
         except BaseException:
-            for path, _ in received.files.values():
+            # After the release (on_store runs on the association's own thread): a copy,
+            # so that a late sub-operation cannot change the dict while it is read.
+            for path, _ in list(received.files.values()):
                 unlink(path)
             raise
-        finally:
-            if assoc.is_established:
-                assoc.release()
         _check_final(received, "C-GET", where)
         return received
 
@@ -419,10 +468,22 @@ def _check_final(received: Received, what: str, where: str) -> None:
     last = received.counts.status
     if received.files or last is None:
         return
+    if received.local_error:
+        return  # what came could not be kept here: said as such by the caller
     if (last & 0xFF00) == 0xA700:
         raise TransientError(f"{where}: the source is out of resources ({what} 0x{last:04X})")
     if last not in (0x0000, 0xB000, 0xFE00):
-        raise SourceError(f"{where}: the source refused the {what} (0x{last:04X})")
+        raise Refused(f"{where}: the source refused the {what} (0x{last:04X})")
+
+
+def _association_error(exc: Exception, what: str, where: str) -> MigratorError:
+    """No association for the request: a source that says it is busy (A-ASSOCIATE-RJ
+    rejected-transient) is asked again later, as any transient error of a source; any other
+    refusal fails the request's instances at once (asking for halves of it would open an
+    association per half and get the same answer)."""
+    if isinstance(exc, AssociationRejected) and exc.transient:
+        return TransientError(f"{where}: {what} association: {exc} (busy: asked again later)")
+    return SourceError(f"{where}: {what} association: {exc}")
 
 
 def _counts(status: Any, code: int) -> Counts:

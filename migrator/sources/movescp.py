@@ -7,10 +7,13 @@ project's own upper layer (migrator/dul/acceptor.py, as `migrator scp`), only wh
 runs, and writes each C-STORE's dataset as it arrives (in pieces, never whole in memory)
 to its own spool file behind a File Meta group, as a C-GET's sub-operation is written.
 
-An instance is matched to the move by its SOP Instance UID: what the move did not ask for
-is refused (0xA900) and not kept. Several senders on one host (a job's worker processes,
-`store`'s threads) share the port one move at a time: a lock file per port (``flock``)
-and a lock per process.
+An instance is matched to the move by its SOP Instance UID: what the move did not ask for,
+or what already came (or is coming on another association), is refused (0xA900) and not
+kept; one that cannot be written to our spool (a full disk) is answered 0xA700 and said as
+our own disk's fault. What finishes after the move ended (a sink the abort did not stop
+in time) is unlinked, not left in the spool. Several senders on one host (a job's worker
+processes, `store`'s threads) share the port one move at a time: a lock file per user and
+port (``flock``) and a lock per process.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from migrator.dul import acceptor
 from migrator.dul.acse import AssociateRQ, ContextPolicy
 from migrator.errors import ConfigError
 from migrator.scp.incoming import meta_bytes
+from migrator.sources.retrieve import unwritable
 
 #: How long the associations of a finished move get to release before they are aborted.
 LINGER = 5.0
@@ -37,45 +41,67 @@ _process_locks_guard = threading.Lock()
 
 
 class _Sink:
-    def __init__(self, request: acceptor.StoreRequest, path: str, source_ae: str, done: _Done):
+    """One instance of the move, written to its spool file as it arrives."""
+
+    def __init__(self, request: acceptor.StoreRequest, path: str, source_ae: str, to: _Handler):
         self._request = request
         self._path = path
-        self._done = done
+        self._to = to
         self._out: IO[bytes] | None = open(path, "wb")  # noqa: SIM115 (closed in finish/discard)
+        self._error: OSError | None = None
         ts = request.context.transfer_syntax
-        self._out.write(meta_bytes(request.sop_class, request.sop_instance, ts, source_ae))
+        self.write(memoryview(meta_bytes(request.sop_class, request.sop_instance, ts, source_ae)))
 
     def write(self, data: memoryview) -> None:
-        assert self._out is not None
-        self._out.write(data)
+        if self._out is None:
+            return  # a write failed: the rest is read and dropped
+        try:
+            self._out.write(data)
+        except OSError as exc:  # our disk (full): the instance is answered 0xA700
+            self._error = exc
+            self._close()
 
     def finish(self) -> acceptor.StoreOutcome:
-        assert self._out is not None
-        size = self._out.tell()
-        self._out.close()
-        self._out = None
-        self._done(self._request.sop_instance, self._path, size)
+        sop = self._request.sop_instance
+        size = 0
+        if self._out is not None:
+            try:
+                size = self._out.tell()
+                self._out.close()
+            except OSError as exc:  # the last buffered bytes could not be written
+                self._error = exc
+            self._out = None
+        if self._error is not None:
+            self._close()
+            self._to.unwritten(sop, self._path, self._error)
+            return acceptor.StoreOutcome(0xA700, "cannot write it here (out of resources)")
+        self._to.done(sop, self._path, size)
         return acceptor.StoreOutcome(0x0000)
 
     def discard(self) -> None:
+        self._close()
+        self._to.gone(self._request.sop_instance)
+
+    def _close(self) -> None:
         if self._out is not None:
-            self._out.close()
+            with contextlib.suppress(OSError):
+                self._out.close()
             self._out = None
         with contextlib.suppress(OSError):
             os.unlink(self._path)
 
 
-_Done = Callable[[str, str, int], None]
-
-
 class _Refused:
-    """The sink of an instance the move did not ask for: read and dropped."""
+    """The sink of an instance not kept: read and dropped."""
+
+    def __init__(self, status: int = 0xA900, why: str = "not asked for by this move") -> None:
+        self._outcome = acceptor.StoreOutcome(status, why)
 
     def write(self, data: memoryview) -> None:
         pass
 
     def finish(self) -> acceptor.StoreOutcome:
-        return acceptor.StoreOutcome(0xA900, "not asked for by this move")
+        return self._outcome
 
     def discard(self) -> None:
         pass
@@ -85,9 +111,15 @@ class _Handler:
     def __init__(self, wanted: set[str], new_path: Callable[[], str]) -> None:
         self.wanted = wanted
         self.files: dict[str, tuple[str, int]] = {}
+        #: being written, on whichever association: a second copy of one is refused
+        self.in_flight: set[str] = set()
         self.active: set[acceptor.Accepted] = set()
         #: associations the source opened to us during the move
         self.connections = 0
+        #: why an instance that came could not be written to our spool (our disk)
+        self.local_error: str | None = None
+        #: the move ended: what finishes now is unlinked, not kept
+        self.closed = False
         self._new_path = new_path
         self._lock = threading.Lock()
 
@@ -103,14 +135,48 @@ class _Handler:
         return 0x0000
 
     def store(self, assoc: acceptor.Accepted, request: acceptor.StoreRequest) -> acceptor.StoreSink:
+        sop = request.sop_instance
         with self._lock:
-            if request.sop_instance not in self.wanted or request.sop_instance in self.files:
+            if sop not in self.wanted or sop in self.files or sop in self.in_flight or self.closed:
                 return _Refused()
-        return _Sink(request, self._new_path(), assoc.calling_ae, self._done)
+            self.in_flight.add(sop)
+        path = ""
+        try:
+            path = self._new_path()
+            return _Sink(request, path, assoc.calling_ae, self)
+        except OSError as exc:
+            self.unwritten(sop, path, exc)
+            return _Refused(0xA700, "cannot write it here (out of resources)")
 
-    def _done(self, sop: str, path: str, size: int) -> None:
+    def done(self, sop: str, path: str, size: int) -> None:
         with self._lock:
-            self.files[sop] = (path, size)
+            self.in_flight.discard(sop)
+            if not self.closed:
+                self.files[sop] = (path, size)
+                return
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # after the move: nobody will take it
+
+    def unwritten(self, sop: str, path: str, exc: OSError) -> None:
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        with self._lock:
+            self.in_flight.discard(sop)
+            self.local_error = unwritable(os.path.dirname(path) or "the spool", exc)
+
+    def gone(self, sop: str) -> None:
+        with self._lock:
+            self.in_flight.discard(sop)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+
+    def received_files(self) -> dict[str, tuple[str, int]]:
+        """What came, copied under the lock (a sink may still be finishing)."""
+        with self._lock:
+            return dict(self.files)
 
     def ended(self, assoc: acceptor.Accepted, how: acceptor.End, why: str) -> None:
         with self._lock:
@@ -173,6 +239,7 @@ class MoveReceiver:
                 for assoc in list(handler.active):
                     assoc.abort()
                 listener.join(1.0)
+                handler.close()
 
 
 #: Where the move port's lock files are: one directory for every process on the host.
@@ -187,8 +254,19 @@ def _port_lock(port: int) -> Iterator[None]:
         # Not tempfile.gettempdir(): `run` gives its local workers a private TMPDIR, and
         # its own sender and the workers must find the same lock (seen: the port already
         # in use for every instance when they moved at the same time).
-        path = os.path.join(LOCK_DIR, f"migrator-move-{port}.lock")
-        with open(path, "a+b") as f:
+        # Per user: a lock file another OS user created first cannot be opened here (Debian's
+        # fs.protected_regular refuses it even at mode 0666). Two users' processes then do
+        # not exclude each other on one port, but they could not both listen on it anyway:
+        # the second's bind fails (EADDRINUSE), said as a busy --move-port.
+        path = os.path.join(LOCK_DIR, f"migrator-move-{os.getuid()}-{port}.lock")
+        try:
+            f = open(path, "a+b")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise ConfigError(
+                f"--move-port {port}: cannot open the lock file {path} "
+                f"({exc.strerror or exc}); remove it, or give another port"
+            ) from None
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

@@ -8,6 +8,13 @@ file as it arrives, and later fetches of the group's members take their file fro
 group. The sub-operation counts are compared with what the listing promised: members that
 did not come are asked for once more, then fail with the reason (``missing_reason``).
 
+Only a request the source refused by its final status is split (``Refused``: some archives
+refuse a whole list for one UID they no longer hold); an association the source would not
+open fails the request's instances at once (``SourceError``) or, busy, is retried later
+(``TransientError``, from the fetch: the send's retries and backoff). An instance that came
+but could not be written to our own spool (a full disk) is neither failed nor asked again
+here: its fetch fails transiently with that reason, and the send's retries ask again.
+
 One request asks for at most ``CHUNK`` instances and offers the contexts of at most
 ``MAX_CLASSES`` SOP classes (each in every transfer syntax we know: 11 x 11 + the retrieve
 and C-FIND contexts stay within the 128 presentation contexts an association may propose):
@@ -21,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from migrator.errors import SourceError
+from migrator.errors import SourceError, TransientError
 
 #: Instances asked for by one C-GET/C-MOVE (a UID list of ~4 KB): what waits in the spool
 #: for its header's reading is at most this many files per series being read (the sizes of
@@ -59,6 +66,9 @@ class Received:
 
     files: dict[str, tuple[str, int]] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
+    #: an instance came but could not be kept here: "cannot write ... to DIR: No space left
+    #: on device" (our disk, not the source's fault), or our handler's own error
+    local_error: str | None = None
 
 
 class RefusedAll(SourceError):
@@ -66,10 +76,16 @@ class RefusedAll(SourceError):
     unknown move destination, no C-GET at all): not asked again, not split."""
 
 
+class Refused(SourceError):
+    """The source refused the request by its final C-GET/C-MOVE status: asked for again in
+    halves, down to the instance (Orthanc refuses a whole list for one UID it lacks)."""
+
+
 class Retriever(Protocol):
     def __call__(self, study: str, series: str, wanted: dict[str, str]) -> Received:
         """Ask the source for ``wanted`` (SOP Instance UID -> SOP Class UID) of one series;
-        raise (TransientError, SourceError) when the request itself failed."""
+        raise Refused when the source refused it by its final status, TransientError when
+        it may succeed later, SourceError when it failed for every instance asked."""
         ...
 
 
@@ -93,16 +109,19 @@ class SeriesGroup:
         """``sop``'s spool file, retrieving the group's missing members first if needed."""
         with self.lock:
             if sop not in self.arrived and sop not in self.failed:
-                self._retrieve(retrieve, sop)
+                unwritten = self._retrieve(retrieve, sop)
+                if unwritten and sop not in self.arrived and sop not in self.failed:
+                    raise TransientError(unwritten)
             if sop in self.failed:
                 raise SourceError(self.failed[sop])
             self.taken.add(sop)
             return self.arrived.pop(sop)
 
-    def _retrieve(self, retrieve: Retriever, sop: str) -> None:
+    def _retrieve(self, retrieve: Retriever, sop: str) -> str | None:
         """Ask for the part of the group that holds ``sop``: one request of at most
         CHUNK instances, so that what waits in the spool stays bounded; ``sop`` alone when
-        fetched again after being taken (its held file was evicted)."""
+        fetched again after being taken (its held file was evicted). Returns why what came
+        could not be written (our disk): what did not arrive then stays to be asked again."""
         if sop in self.taken:
             pending = {sop: self.classes[sop]}
         else:
@@ -110,43 +129,48 @@ class SeriesGroup:
             rest = {s: c for s, c in self.classes.items() if s not in done}
             pending = next(part for part in chunks(rest) if sop in part)
         try:
-            first = self._ask(retrieve, pending)
-        except RefusedAll as exc:
+            first, unwritten = self._ask(retrieve, pending)
+        except SourceError as exc:  # RefusedAll, or no association: the whole request
             self._fail(pending, str(exc))
-            return
+            return None
         missing = {s: c for s, c in pending.items() if s not in self.arrived}
-        if not missing:
-            return
+        if not missing or unwritten:
+            return unwritten
         # Once more for what did not come (an archive that dropped a sub-operation under
         # load often sends it when asked again); what still does not come fails.
         try:
-            second = self._ask(retrieve, missing)
-        except RefusedAll as exc:
+            second, unwritten = self._ask(retrieve, missing)
+        except SourceError as exc:
             self._fail(missing, str(exc))
-            return
+            return None
+        if unwritten:
+            return unwritten
         came = len(pending) - len(missing)
         for sop in missing:
             if sop not in self.arrived:
                 self.failed[sop] = missing_reason(
                     self.series, len(pending), came, first[sop], second[sop]
                 )
+        return None
 
     def _fail(self, sops: dict[str, str], reason: str) -> None:
         for sop in sops:
             if sop not in self.arrived:
                 self.failed[sop] = reason
 
-    def _ask(self, retrieve: Retriever, wanted: dict[str, str]) -> dict[str, str]:
-        """Ask for ``wanted``; how the source answered the request that asked for each."""
+    def _ask(
+        self, retrieve: Retriever, wanted: dict[str, str]
+    ) -> tuple[dict[str, str], str | None]:
+        """Ask for ``wanted``; how the source answered the request that asked for each, and
+        why an instance that came could not be written (None: each was)."""
         answers: dict[str, str] = {}
+        unwritten: str | None = None
         queue = list(chunks(wanted))
         while queue:
             part = queue.pop(0)
             try:
                 got = retrieve(self.study, self.series, part)
-            except RefusedAll:
-                raise
-            except SourceError as exc:
+            except Refused as exc:
                 if len(part) > 1:
                     # Some archives refuse a whole list for one UID they no longer hold
                     # (Orthanc: 0xC000): ask for each half, down to the instance refused.
@@ -158,7 +182,8 @@ class SeriesGroup:
                 continue
             self.arrived.update({s: f for s, f in got.files.items() if s in part})
             answers.update(dict.fromkeys(part, str(got.counts)))
-        return answers
+            unwritten = unwritten or got.local_error
+        return answers, unwritten
 
 
 def missing_reason(series: str, asked: int, came: int, first: str, second: str) -> str:
@@ -166,6 +191,11 @@ def missing_reason(series: str, asked: int, came: int, first: str, second: str) 
         f"the source sent {came} of {asked} instances of series {series} asked for; this one "
         f"did not come after a retry (first request: {first}; retry: {second})"
     )
+
+
+def unwritable(directory: str, exc: OSError) -> str:
+    """The reason of an instance that came but could not be written to our spool."""
+    return f"cannot write the retrieved instance to {directory}: {exc.strerror or exc}"
 
 
 def chunks(wanted: dict[str, str]) -> Iterable[dict[str, str]]:
