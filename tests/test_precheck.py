@@ -134,6 +134,9 @@ def test_an_instance_held_under_another_patient_or_study_is_a_conflict_not_a_sen
     want = {"a": "stored", "b": "failed", "c": "stored", "d": "failed", "e": "failed"}
     p.check(states == want, f"states {states}, expected {want}")
     p.check(result.rc == 1, f"exit {result.rc} (three conflicts)")
+    # Not sent: no attempt counted (the report groups them "Not sent", not "No response").
+    attempts = {n: files[f"{n}.dcm"]["attempts"] for n in "bde"}
+    p.check(attempts == dict.fromkeys("bde", 0), f"attempts of the conflicts: {attempts}")
     b, d, e = (files[f"{n}.dcm"]["reason"] for n in "bde")
     tokens = {}
     for name, reason in [("b", b), ("e", e)]:

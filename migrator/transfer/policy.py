@@ -402,11 +402,11 @@ class Transfer:
             return
         except DestinationConflict as exc:  # --precheck: held under another patient/study
             state = State.SKIPPED if exc.skip else State.FAILED
-            self._settle_failed(job, f"{job.uri}: {exc}", state)
+            self._settle_failed(job, f"{job.uri}: {exc}", state, sent=False)
             return
         except CoercionError as exc:  # --coerce: the file named, then element and rule
             state = State.SKIPPED if isinstance(exc, CoercionSkipped) else State.FAILED
-            self._settle_failed(job, f"{job.uri}: {exc}", state)
+            self._settle_failed(job, f"{job.uri}: {exc}", state, sent=False)
             return
         except SourceError as exc:
             self._settle_failed(job, str(exc))
@@ -659,8 +659,15 @@ class Transfer:
             attempts=job.attempts,
         )
 
-    def _settle_failed(self, job: Job, reason: str, state: State = State.FAILED) -> None:
-        self._record(job, self._outcome(job, state, reason, None))
+    def _settle_failed(
+        self, job: Job, reason: str, state: State = State.FAILED, *, sent: bool = True
+    ) -> None:
+        """``sent=False``: refused before its request went out (the transform's verdict),
+        so this attempt is not one: the report says "Not sent", not "No response"."""
+        outcome = self._outcome(job, state, reason, None)
+        if not sent:
+            outcome.attempts = max(0, outcome.attempts - 1)
+        self._record(job, outcome)
 
     def _record(self, job: Job, outcome: FileOutcome) -> None:
         if job is self._probe:
