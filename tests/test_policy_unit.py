@@ -485,3 +485,38 @@ def test_while_waiting_out_a_backoff_the_caller_is_ticked() -> None:
     t.run(jobs(Source(), 1))
     assert got[0].state is State.STORED and got[0].attempts == 2
     assert ticks, "no tick while the retry's backoff was waited out"
+
+
+def test_a_file_the_transform_refuses_is_not_sent_and_counts_no_attempt() -> None:
+    """--coerce's errors and --precheck's conflicts come from the transform, before the
+    request: each file is settled failed or skipped with its reason, 0 attempts (the
+    report's "Not sent", not "No response"), and nothing of it reaches the destination."""
+    from migrator.coerce import CoercionError, CoercionSkipped
+    from migrator.transfer.precheck import DestinationConflict
+
+    refusals: dict[str, Exception] = {
+        "1.2.3.0": CoercionError("PatientID (rule ids, line 3): too long for LO"),
+        "1.2.3.1": CoercionSkipped("not sent: not in the table (missing: skip)"),
+        "1.2.3.2": DestinationConflict("conflict: held under another study", skip=False),
+        "1.2.3.3": DestinationConflict("conflict: held under another study", skip=True),
+    }
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        refusal = refusals.get(header.sop_instance_uid)
+        if refusal is not None:
+            raise refusal
+        return header, payload
+
+    dest = FakeDestination()
+    t, got = make(dest, Sleeps(), concurrency=1, retries=2, transform=transform)
+    ended = t.run(jobs(Source(), 5))
+    assert ended.error is None
+    by = {o.sop_instance_uid: (o.state, o.attempts) for o in got}
+    assert by == {
+        "1.2.3.0": (State.FAILED, 0),
+        "1.2.3.1": (State.SKIPPED, 0),
+        "1.2.3.2": (State.FAILED, 0),
+        "1.2.3.3": (State.SKIPPED, 0),
+        "1.2.3.4": (State.STORED, 1),
+    }
+    assert [uid for conn in dest.opened for uid in conn.sent] == ["1.2.3.4"]
