@@ -271,3 +271,27 @@ def test_an_instance_held_under_another_study_is_not_taken_for_the_lost_delivery
     reasons = {o.sop_instance_uid: o.reason for _, o, _ in ledger.iter_outcomes()}
     assert reasons[files[0].sop_instance_uid] != FOUND_AFTER_LOSS
     assert reasons[files[1].sop_instance_uid] == FOUND_AFTER_LOSS
+
+
+def test_a_late_delivery_of_a_settled_batch_sends_nothing_until_retry_reopens_its_failures(
+    shared_redis: RedisPeer, scp: CountingScp, tmp_path: Path
+) -> None:
+    """A batch whose files all have outcomes (one failed) is delivered again, as a retry
+    message a stopped worker handed back is found by the next command's workers: nothing is
+    sent, the failed file stays failed. `retry` puts it back in flight: then it is sent."""
+    ledger = make_job(shared_redis.client(), scp, tmp_path, n=4)
+    files = ledger.batch("b1")
+    bad = files[0].sop_instance_uid
+    scp.fail_uids[bad] = 0xA900  # refused: failed for good
+    runtime = Runtime(ledger.client)
+    first = run_batch(ledger, "b1", runtime, task_id="t1")
+    assert (first.stored, first.failed) == (3, 1)
+    del scp.fail_uids[bad]  # the PACS fixed
+    late = run_batch(ledger, "b1", runtime, task_id="t2")
+    assert (late.stored, late.failed, scp.stores[bad]) == (0, 0, 0)
+    assert ledger.counts()["failed"] == 1
+    assert ledger.reopen(ledger.failed_ids()) == 1  # what `migrator retry` does
+    again = run_batch(ledger, "b1", runtime, task_id="t3")
+    runtime.close_all()
+    assert (again.stored, scp.stores[bad], scp.total) == (1, 1, 4)
+    assert ledger.counts()["stored"] == 4 and ledger.counts()["failed"] == 0

@@ -184,8 +184,12 @@ def _run_claimed(
         ledger.close_deliveries(batch_id, ledger.open_delivery(batch_id, recorder.token))
         return summary
     stored = ledger.stored_ids([f.file_id for f in files])
-    todo = [f for f in files if f.file_id not in stored]
-    summary.skipped_already_stored = len(files) - len(todo)
+    summary.skipped_already_stored = len(stored)
+    # Only files without an outcome: a failed file is sent again when `retry` puts it back
+    # in flight, never by a late delivery of its batch (a retry message a stopped worker
+    # handed back, found by the next command's workers, re-sent a job's failed files
+    # before `retry` could count them: "0 failed files sent again").
+    todo = [f for f in files if f.file_id not in stored and _unsettled(recorder.states, f)]
     # A delivery that did not end in good order may have sent files it never recorded:
     # those the destination holds are recorded stored, not sent again (transfer/takeover.py).
     lost = ledger.open_delivery(batch_id, recorder.token)
@@ -279,6 +283,13 @@ def _run_claimed(
     # Settled: rewrite the outcome lines without the growth slack of appends.
     ledger.compact_outcomes(batch_id)
     return summary
+
+
+def _unsettled(states: str, planned: PlannedFile) -> bool:
+    """No outcome yet ("." in the batch's states as this delivery began; a file beyond the
+    states string was never written: no outcome either)."""
+    index = split_id(planned.file_id)[1]
+    return index >= len(states) or states[index] == "."
 
 
 def _jobs(
