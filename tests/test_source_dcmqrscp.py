@@ -90,10 +90,7 @@ def _send(
 
 
 def _received(storescp: StoreScpPeer) -> set[str]:
-    return {
-        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-        for p in storescp.received_files()
-    }
+    return storescp.received_sop_uids()
 
 
 @pytest.mark.parametrize(

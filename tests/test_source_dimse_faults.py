@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from tests.behaviourhelpers import send
@@ -48,10 +47,7 @@ class _CutOnce:
 
 
 def _received(storescp: StoreScpPeer) -> set[str]:
-    return {
-        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-        for p in storescp.received_files()
-    }
+    return storescp.received_sop_uids()
 
 
 @pytest.mark.parametrize("front_end", FRONT_ENDS)

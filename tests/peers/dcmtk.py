@@ -132,6 +132,15 @@ class StoreScpPeer:
         """Stored files (``<MODALITY>.<SOPInstanceUID>.dcm``), sorted by name."""
         return sorted(self.out_dir.glob("*.dcm"))
 
+    def received_sop_uids(self) -> set[str]:
+        """The SOP Instance UIDs of the stored files, read from their headers."""
+        import pydicom
+
+        return {
+            str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+            for p in self.received_files()
+        }
+
     def __enter__(self) -> StoreScpPeer:
         return self.start()
 
