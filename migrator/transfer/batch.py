@@ -194,7 +194,7 @@ def _run_claimed(
     # those the destination holds are recorded stored, not sent again (transfer/takeover.py).
     lost = ledger.open_delivery(batch_id, recorder.token)
     if lost and todo:
-        found = found_at_destination(ledger, settings, batch_id, todo, recorder.states)
+        found = found_at_destination(ledger, settings, batch_id, todo)
         for planned, outcome in found:
             recorder.add(planned, outcome)
         summary.stored += len(found)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 
-from migrator.ledger import Ledger, PlannedFile, split_id
+from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FOUND_AFTER_LOSS, FileOutcome, State
 from migrator.settings import Settings
 from migrator.verify.held import held_instances
@@ -42,17 +42,12 @@ def found_at_destination(
     settings: Settings,
     batch_id: str,
     todo: list[PlannedFile],
-    states: str,
 ) -> list[tuple[PlannedFile, FileOutcome]]:
-    """The files of ``todo`` the destination already holds, each with its stored outcome.
-    ``states``: the batch's file states when this delivery began ("." = no outcome)."""
+    """The files of ``todo`` (files without an outcome: what the delivery would send) the
+    destination already holds, each with its stored outcome."""
     if settings.coerce or settings.precheck:
         return []
-    unsettled = [
-        f
-        for f in todo
-        if _state(states, f.file_id) == "." and f.sop_instance_uid and f.sop_class_uid
-    ]
+    unsettled = [f for f in todo if f.sop_instance_uid and f.sop_class_uid]
     if not unsettled:
         return []
     owners = ledger.claim_uids(unsettled)
@@ -85,11 +80,6 @@ def found_at_destination(
             settings.server,
         )
     return found
-
-
-def _state(states: str, file_id: str) -> str:
-    index = split_id(file_id)[1]
-    return states[index] if index < len(states) else "."
 
 
 def _found(planned: PlannedFile) -> FileOutcome:
