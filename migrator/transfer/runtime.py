@@ -19,6 +19,7 @@ import redis
 
 from migrator import control
 from migrator.errors import MigratorError
+from migrator.heap import freeze_set_up
 from migrator.keys import breaker_key, concurrency_key, limiter_key, slots_key, slots_wanted_key
 from migrator.limits.adaptive import Autotune, RedisSignal
 from migrator.limits.breaker import RedisBreaker
@@ -86,6 +87,7 @@ class Runtime:
     def __post_init__(self) -> None:
         # The sources' fleet-wide limits (a dimse:// source's) live in the same Redis.
         set_sending_client(self.client)
+        freeze_set_up()  # made once per sending process, when its imports are done
 
     @contextlib.contextmanager
     def sending(self, settings: Settings, job_id: str) -> Iterator[None]:
