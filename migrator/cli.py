@@ -80,3 +80,13 @@ def main() -> None:
     from migrator.proctitle import hide_secrets
 
     hide_secrets()
+    # A bad MIGRATOR_REDIS_RIDE_OUT ends every command at once, in one line naming it (exit
+    # 2), instead of a traceback from the first Redis client, or from a worker's task.
+    from migrator.commands.common import fail
+    from migrator.env import redis_ride_out
+    from migrator.errors import ConfigError
+
+    try:
+        redis_ride_out(0.0)
+    except ConfigError as exc:
+        fail(exc)

@@ -21,6 +21,8 @@ SOFT_TIME_LIMIT = "MIGRATOR_SOFT_TIME_LIMIT"
 TIME_LIMIT = "MIGRATOR_TIME_LIMIT"
 MAX_LIMITER_WAIT = "MIGRATOR_MAX_LIMITER_WAIT"
 SOFT_SHUTDOWN = "MIGRATOR_SOFT_SHUTDOWN"
+#: how long a command or worker keeps retrying a lost Redis (migrator/redis_client.py)
+REDIS_RIDE_OUT = "MIGRATOR_REDIS_RIDE_OUT"
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -50,3 +52,16 @@ def seconds(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def redis_ride_out(default: float) -> float:
+    """Seconds of backoff a Redis client spends retrying a lost Redis before it gives up
+    (``MIGRATOR_REDIS_RIDE_OUT``; 0: give up at once)."""
+    raw = os.environ.get(REDIS_RIDE_OUT)
+    value = seconds(REDIS_RIDE_OUT, default)
+    if not value >= 0 or value == float("inf"):  # also NaN
+        raise ConfigError(
+            f"{REDIS_RIDE_OUT} must be a number of seconds, 0 or more "
+            f"(e.g. {REDIS_RIDE_OUT}=60), got {raw!r}"
+        )
+    return value

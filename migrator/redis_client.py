@@ -9,7 +9,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from migrator.env import redis_url
+from migrator.env import redis_ride_out, redis_url
 
 T = TypeVar("T")
 
@@ -28,6 +28,29 @@ NOT_RETRIED: tuple[type[Exception], ...] = (
     redis.AuthenticationError,
     redis.exceptions.AuthorizationError,
 )
+
+
+#: The backoff between tries of a command against a lost Redis: 0.2, 0.4, 0.8, 1.6, then 2 s.
+BACKOFF_BASE_S = 0.1
+BACKOFF_CAP_S = 2.0
+#: The default ride-out (``MIGRATOR_REDIS_RIDE_OUT``): 20 retries with that backoff, long
+#: enough for a Redis restart that reloads its AOF (test_engine.py::test_redis_restart_mid_job).
+DEFAULT_RIDE_OUT_S = 35.0
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+
+
+def retries_for(ride_out_s: float) -> int:
+    """The fewest retries whose backoff sleeps add up to ``ride_out_s`` (0 s: none). The
+    budget counts the sleeps only: each try against a host that does not answer at all can
+    add up to the 5 s connect timeout; a closed port or a restarting Redis refuses at once."""
+    backoff, retries, slept = _backoff(), 0, 0.0
+    while slept < ride_out_s - 1e-9:
+        retries += 1
+        slept += backoff.compute(retries)
+    return retries
 
 
 class _RetryOutages(Retry):
@@ -50,16 +73,17 @@ class _RetryOutages(Retry):
 
 def connect(url: str | None = None, *, ride_out: bool = True) -> redis.Redis:
     """A client that rides out a Redis restart (AOF on): commands are retried with backoff
-    for about 30 s before an error reaches the task (which then retries the batch). A wrong
-    password or a user without rights is not an outage: it raises at once.
+    for ``MIGRATOR_REDIS_RIDE_OUT`` seconds (35) before an error reaches the task (which
+    then retries the batch) or the command (which exits). A wrong password or a user
+    without rights is not an outage: it raises at once.
 
     ``ride_out=False``: a Redis nobody will restart (`run`'s embedded one): a lost
     connection raises at once, so that the run says its Redis died instead of waiting."""
-    retries = 20 if ride_out else 0
+    retries = retries_for(redis_ride_out(DEFAULT_RIDE_OUT_S)) if ride_out else 0
     return redis.Redis.from_url(
         redis_py_url(url or redis_url()),
         health_check_interval=30,
-        retry=_RetryOutages(ExponentialBackoff(cap=2.0, base=0.1), retries=retries),
+        retry=_RetryOutages(_backoff(), retries=retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
     )

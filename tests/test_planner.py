@@ -48,9 +48,12 @@ def test_planning_memory_does_not_grow_with_the_listing(tmp_path: object) -> Non
     ds = synth.make_dataset("CT", rows=8, cols=8, frames=1, bits=16)
     path = synth.write_dataset(ds, f"{tmp_path}/one.dcm")
     head = path.read_bytes()
-    small, large = _peak(2_000, head), _peak(20_000, head)
-    # Ten times the files, about the same peak: nothing per file is kept.
-    assert large < small * 1.5 + 256 * 1024, (small, large)
+    small, large = _peak(1_000, head), _peak(10_000, head)
+    # Ten times the files, about the same peak: nothing per file is kept. Measured: 627 KB
+    # and 663 KB (tracemalloc costs ~1 ms a file). What the allowance leaves over the
+    # measured growth, ~220 KB for 9,000 more files, fails on ~25 bytes kept a file (an
+    # int in a list is 36), as 1.5 × + 256 KB did with 2,000 and 20,000 files (~28 bytes).
+    assert large < small * 1.2 + 128 * 1024, (small, large)
 
 
 def test_batches_keep_studies_together_when_the_order_allows() -> None:

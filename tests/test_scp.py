@@ -301,9 +301,10 @@ def test_hostile_uids_are_refused_and_nothing_escapes_output(
         # fine there (named by their valid SOP Instance UID).
         expected[3] = expected[4] = 0
     assert statuses == expected
-    # Nothing named after the marker anywhere near, let alone outside OUTPUT.
-    for where in (tmp_path.parent.parent, Path("/tmp")):
-        assert not _named_like(where, marker), where
+    # Nothing named after the marker in this test's folder (OUTPUT and around it), nor
+    # outside it where the '../' of a UID could reach.
+    assert not _named_like(tmp_path, marker)
+    assert not _near_ancestors(scp.output_dir, marker)
     written = _files_under(scp.output_dir)
     assert all(".." not in name and marker not in name for name in written)
     assert (_organized(good) if layout == "--organize" else "1.2.826.0.1.7.1.1.dcm") in written
@@ -476,6 +477,31 @@ def test_cli_group_exposes_scp_command() -> None:
     assert result.exit_code == 0, result.output
     for text in ("MIGRATOR_SCP_AET", "--max-conns", "Exit codes", "migrator scp 4242"):
         assert text in result.output
+
+
+def _near_ancestors(output: Path, marker: str) -> list[str]:
+    """Paths named after ``marker`` at most two levels below a folder above ``output``: where
+    the hostile UIDs could put a file or folder, as each climbs some '../' and then names at
+    most two parts (``../../../../../../tmp/evil``). Not a walk of all of /tmp and of the
+    session's temporary folders: ~10⁶ entries there took 6-15 s, growing with the suite
+    and with what other programs leave in /tmp."""
+    found: list[str] = []
+    for ancestor in output.resolve().parents:
+        for first in _entries(str(ancestor)):
+            if marker in first.name:
+                found.append(first.path)
+            if first.path not in ("/proc", "/sys") and first.is_dir(follow_symlinks=False):
+                found.extend(e.path for e in _entries(first.path) if marker in e.name)
+    return found
+
+
+def _entries(folder: str) -> list[os.DirEntry[str]]:
+    """A folder's entries; none if it cannot be read or has vanished meanwhile."""
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:
+        return []
 
 
 def _named_like(top: Path, marker: str) -> list[str]:

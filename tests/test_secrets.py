@@ -234,8 +234,10 @@ def test_a_wrong_redis_password_fails_run_and_plan_at_once_and_is_never_shown(
 def test_errors_with_a_wrong_redis_password_do_not_show_it(
     migration: Migration, tmp_path: Path
 ) -> None:
-    """~35 s: the Redis client retries a closed port for about 30 s (to ride out a Redis
-    restart) before the command gives up; a wrong password fails at once (test above)."""
+    """A wrong password fails at once (test above); a closed port is retried as a Redis
+    restart would be, here for 3 s (``MIGRATOR_REDIS_RIDE_OUT``; 35 s by default) before
+    the command gives up: what is checked is what the errors show, not how long they wait
+    (test_redis_ride_out.py)."""
     port = migration.redis.port
     wrong = f"redis://:{WRONG_PASSWORD}@127.0.0.1:{port}/0"
     closed = f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0"  # nothing listens on port 1
@@ -250,9 +252,10 @@ def test_errors_with_a_wrong_redis_password_do_not_show_it(
         ["status", migration.job, "--redis-url", wrong],
         ["jobs", "--redis-url", closed],
     ]
+    env = {**AWS_ENV, "MIGRATOR_REDIS_RIDE_OUT": "3"}
     # All at once: each one mostly sleeps between its client's retries.
     with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
-        procs = list(pool.map(lambda args: run_migrator(*args, env=AWS_ENV, timeout=90), commands))
+        procs = list(pool.map(lambda args: run_migrator(*args, env=env, timeout=90), commands))
     for args, proc in zip(commands, procs, strict=True):
         where = f"migrator {args[0]} with a bad --redis-url"
         assert proc.returncode != 0, (args, proc.stdout, proc.stderr)

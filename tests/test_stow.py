@@ -18,7 +18,7 @@ import requests
 from migrator import synth
 from tests.behaviourhelpers import FRONT_ENDS, Problems, Result, check_senders, send
 from tests.peers.http_relay import StowFaultRelay
-from tests.peers.orthanc import OrthancPeer
+from tests.peers.orthanc import OrthancPeer, orthanc_peer
 from tests.storehelpers import sop_uid
 
 pytestmark = pytest.mark.timeout(300)
@@ -77,7 +77,7 @@ def test_mixed_corpus_arrives_by_stow_rs(front_end: str, mixed: Path, tmp_path: 
     request, each in its own syntax; exit 0."""
     files = sorted(p for p in mixed.rglob("*.dcm"))
     with (
-        OrthancPeer(tmp_path / "orthanc", verbose=False, dicomweb=True) as pacs,
+        orthanc_peer(tmp_path / "orthanc", verbose=False, dicomweb=True) as pacs,
         StowFaultRelay(pacs.url, []) as relay,
     ):
         result = send(
@@ -128,7 +128,7 @@ def test_an_instance_the_server_refuses_fails_alone(front_end: str, tmp_path: Pa
         "end\n"
     )
     with (
-        OrthancPeer(tmp_path / "orthanc", verbose=False, dicomweb=True, lua=lua) as pacs,
+        orthanc_peer(tmp_path / "orthanc", verbose=False, dicomweb=True, lua=lua) as pacs,
         StowFaultRelay(pacs.url, []) as relay,
     ):
         result = send(
@@ -171,7 +171,7 @@ def test_503_and_resets_lose_nothing_and_count_nothing_twice(variant: str, tmp_p
     files = synth.write_corpus(tmp_path / "in", count=16, size="tiny", studies=2, seed=1904)
     faults = ["503", "reset-mid-request", "reset-after-store"]
     with (
-        OrthancPeer(tmp_path / "orthanc", verbose=False, dicomweb=True) as pacs,
+        orthanc_peer(tmp_path / "orthanc", verbose=False, dicomweb=True) as pacs,
         StowFaultRelay(pacs.url, faults, retry_after=2) as relay,
     ):
         result = send(
@@ -226,7 +226,7 @@ def test_413_splits_into_one_file_per_request_and_stores_each_once(
     run_extra = ["--throttle-delay", "1"] if front_end == "run" else []
     files = synth.write_corpus(tmp_path / "in", count=16, size="tiny", studies=2, seed=1913)
     with (
-        OrthancPeer(tmp_path / "orthanc", verbose=False, dicomweb=True) as pacs,
+        orthanc_peer(tmp_path / "orthanc", verbose=False, dicomweb=True) as pacs,
         StowFaultRelay(pacs.url, ["413"]) as relay,
     ):
         result = send(
@@ -284,7 +284,7 @@ def test_credentials_come_from_files_and_never_show(front_end: str, tmp_path: Pa
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     p = Problems()
-    with OrthancPeer(
+    with orthanc_peer(
         tmp_path / "orthanc", verbose=False, dicomweb=True, auth=("migrator", password)
     ) as pacs:
         refused = send(
@@ -315,7 +315,7 @@ def test_credentials_come_from_files_and_never_show(front_end: str, tmp_path: Pa
         p.check(result.rc == 0, f"basic auth: exit {result.rc}")
         p.check(pacs.count_instances() == len(files), "basic auth: not all stored")
     with (
-        OrthancPeer(tmp_path / "orthanc2", verbose=False, dicomweb=True) as open_pacs,
+        orthanc_peer(tmp_path / "orthanc2", verbose=False, dicomweb=True) as open_pacs,
         StowFaultRelay(open_pacs.url, []) as relay,
     ):
         with_token = send(

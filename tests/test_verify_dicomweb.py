@@ -22,7 +22,7 @@ import pytest
 from migrator import synth
 from tests.behaviourhelpers import send
 from tests.peers.http_relay import StowFaultRelay
-from tests.peers.orthanc import OrthancPeer
+from tests.peers.orthanc import OrthancPeer, orthanc_peer
 from tests.storehelpers import sop_uid
 
 pytestmark = pytest.mark.timeout(240)
@@ -69,7 +69,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Job]:
     tmp = tmp_path_factory.mktemp("verify-dicomweb")
     files = synth.write_corpus(tmp / "src", count=FILES, size="tiny", studies=3, seed=1919)
     with (
-        OrthancPeer(tmp / "orthanc", verbose=False, dicomweb=True) as pacs,
+        orthanc_peer(tmp / "orthanc", verbose=False, dicomweb=True) as pacs,
         StowFaultRelay(pacs.url, []) as relay,
     ):
         state_dir = run_job(pacs, relay.url + "/dicom-web", tmp)
@@ -159,7 +159,7 @@ def test_credentials_refused_exit_4_and_unreachable_exit_3(tmp_path: Path) -> No
     synth.write_corpus(tmp_path / "src", count=FILES, size="tiny", studies=3, seed=1920)
     auth = tmp_path / "auth.txt"
     auth.write_text("migrator:s3cret-pw\n")
-    with OrthancPeer(
+    with orthanc_peer(
         tmp_path / "orthanc", verbose=False, dicomweb=True, auth=("migrator", "s3cret-pw")
     ) as pacs:
         state_dir = run_job(

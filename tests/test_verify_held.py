@@ -18,7 +18,7 @@ from migrator import synth
 from migrator.settings import Settings
 from migrator.verify import held
 from migrator.verify.held import Held, held_instances
-from tests.peers.orthanc import OrthancPeer
+from tests.peers.orthanc import OrthancPeer, orthanc_peer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,7 +28,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancPeer
     tmp = tmp_path_factory.mktemp("held")
     files = synth.write_corpus(tmp / "src", count=12, size="tiny", studies=2, seed=2207)
     extra = {"DicomAlwaysAllowFind": True}
-    with OrthancPeer(tmp / "orthanc", verbose=False, dicomweb=True, extra=extra) as orthanc:
+    with orthanc_peer(tmp / "orthanc", verbose=False, dicomweb=True, extra=extra) as orthanc:
         for f in files[:8]:
             orthanc.upload(f.read_bytes())
         yield orthanc, files

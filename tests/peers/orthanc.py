@@ -416,11 +416,18 @@ class OrthancPeer:
 
 
 @contextmanager
-def orthanc_peer(workdir: str | Path | None = None, **options: Any) -> Iterator[OrthancPeer]:
-    """``with orthanc_peer(tmp_path, check_called_aet=True) as pacs: ...``"""
+def orthanc_peer(
+    workdir: str | Path | None = None, *, wait_stop: bool = False, **options: Any
+) -> Iterator[OrthancPeer]:
+    """``with orthanc_peer(tmp_path, check_called_aet=True) as pacs: ...``
+
+    At the end of the block: SIGTERM, and Orthanc's own ~3.5 s of shutdown is left to a
+    background thread (as the ``orthanc`` fixtures do), since what follows a test's Orthanc
+    never needs it gone: each start takes new free ports. ``wait_stop=True`` waits for the
+    exit (a benchmark, whose next measurement must not share the CPU with it)."""
     peer = OrthancPeer(workdir, **options)
     peer.start()
     try:
         yield peer
     finally:
-        peer.stop()
+        peer.stop(wait=wait_stop)
