@@ -58,6 +58,7 @@ from migrator.limits.breaker import Breaker
 from migrator.limits.rate import RateLimiter
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
+from migrator.sources.base import Payload
 from migrator.sources.inspect import inspect_with_retries, refusal
 from migrator.transfer import precheck
 from migrator.transfer.claims import Claims, Waits
@@ -108,6 +109,19 @@ class _Lane:
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     ready_at: float = 0.0
     disabled: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Ahead:
+    """The next file, read, re-inspected and transformed while every lane waited for its
+    answer: what it would have been at its start, or the error it would have raised."""
+
+    job: Job
+    #: The fetched payload's hold (a spool file, a download), handed to the lane it starts on
+    held: contextlib.ExitStack
+    header: DicomHeader | None = None
+    payload: Payload | None = None
+    error: MigratorError | None = None
 
 
 class Transfer:
@@ -170,6 +184,8 @@ class Transfer:
         self._autotune = autotune
         self._grow_after = 0.0
         self._opened_ahead = False
+        #: The next file, made ready while the lanes waited (one at most)
+        self._ahead: _Ahead | None = None
         lanes = autotune.target if autotune is not None else settings.concurrency
         self.lanes = [_Lane() for _ in range(max(1, lanes))]
         pool.capacity = max(pool.capacity, settings.max_lanes)
@@ -192,6 +208,9 @@ class Transfer:
                     break
                 self._idle_wait()
         finally:
+            if self._ahead is not None:  # read ahead, never started: let its payload go
+                self._ahead.held.close()
+                self._ahead = None
             for lane in self.lanes:
                 lane.held.close()
                 if lane.conn is not None and lane.flight:
@@ -349,6 +368,8 @@ class Transfer:
     def _collect(self, flying: list[_Lane]) -> None:
         """Settle the lanes whose answer has come (or the most overdue one)."""
         ready = [lane for lane in flying if _conn(lane).buffered() or not _conn(lane).alive]
+        if not ready and self._read_ahead():
+            ready = [lane for lane in flying if _conn(lane).buffered() or not _conn(lane).alive]
         if not ready:
             by_fd = {_conn(lane).fileno(): lane for lane in flying}
             first = min(flying, key=lambda lane: _conn(lane).deadline(lane.flight[0][1]))
@@ -393,9 +414,7 @@ class Transfer:
         if self._on_start is not None:
             self._on_start(job)
         try:
-            # Held until the lane flushes: a staged STOW-RS part is read when it is sent.
-            payload = lane.held.enter_context(job.source.fetch(job.item))
-            header, payload = self._transform(reinspect(job, payload), payload)
+            header, payload = self._made_ready(lane, job)
             sent = conn.start(header, payload)
         except AssociationLost as exc:
             self._lost(lane, job, exc)
@@ -426,6 +445,45 @@ class Transfer:
             self._settle(lane, job, sent)
         else:
             lane.flight.append((job, sent))
+
+    def _made_ready(self, lane: _Lane, job: Job) -> tuple[DicomHeader, Payload]:
+        """``job`` fetched (held until ``lane`` flushes: a staged STOW-RS part is read when
+        it is sent), re-inspected and transformed: now, or while the lanes waited."""
+        ahead = self._ahead
+        if ahead is not None and ahead.job is job:
+            self._ahead = None
+            lane.held.enter_context(ahead.held)
+            if ahead.error is not None:
+                raise ahead.error
+            assert ahead.header is not None and ahead.payload is not None
+            return ahead.header, ahead.payload
+        payload = lane.held.enter_context(job.source.fetch(job.item))
+        return self._transform(reinspect(job, payload), payload)
+
+    def _read_ahead(self) -> bool:
+        """While every lane waits for an answer, make the next file ready (fetch, re-inspect,
+        transform: a download, a coercion), so that its time overlaps the destination's
+        instead of following it. With one lane, coercing tiny files then costs almost no
+        wall time (bench/coerce_bench.py). An error is kept and raised when the file starts,
+        so the file is settled exactly as if it had been read then. True: a file was made
+        ready (time passed: an answer may have come meanwhile)."""
+        if self._ahead is not None or not self._ready or self._stopped:
+            return False
+        job = self._ready[0]
+        if job.header is None:
+            return False  # not inspected yet (cannot happen after _prepare): read at start
+        ahead = _Ahead(job, contextlib.ExitStack())
+        try:
+            payload = ahead.held.enter_context(job.source.fetch(job.item))
+            ahead.header, ahead.payload = self._transform(reinspect(job, payload), payload)
+        except MigratorError as exc:
+            ahead.held.close()
+            ahead.error = exc
+        except BaseException:
+            ahead.held.close()
+            raise
+        self._ahead = ahead
+        return True
 
     def _connect(self, lane: _Lane, job: Job) -> bool:
         """Make ``lane`` hold a connection covering ``job``; False (job back in line) when

@@ -1,0 +1,108 @@
+"""Reading ahead: while every lane waits for its answer, the per-file policy makes the next
+file ready (fetch, re-inspect, transform), so that a coercion or a download overlaps the
+destination's time instead of following it. The file is then settled exactly as if it had
+been read at its start. Connections are socket pairs answering after a scripted delay
+(tests/test_policy_collect.py); the same rules through real peers and both front ends:
+test_coerce_peers.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from migrator.coerce import CoercionError, CoercionSkipped
+from migrator.dicomfile import DicomHeader
+from migrator.limits.rate import NullLimiter
+from migrator.outcomes import FileOutcome, State
+from migrator.settings import Settings
+from migrator.sources.base import Payload
+from migrator.transfer.policy import Ended, Transfer
+from migrator.transfer.pool import ConnectionPool
+from tests.test_policy_collect import SocketConn, SocketDestination
+from tests.test_policy_unit import Source, jobs
+
+ANSWER_S = 0.2
+
+
+def send(
+    n: int,
+    transform: Callable[[DicomHeader, Payload], tuple[DicomHeader, Payload]],
+    *,
+    stop_after: int = 0,
+    source: Source | None = None,
+) -> tuple[dict[str, FileOutcome], Ended, SocketConn]:
+    """``n`` files over one lane whose every answer takes ANSWER_S; ``stop_after``: a stop
+    is requested once that many files are settled."""
+    dest = SocketDestination(lambda _: {f"1.2.3.{i}": ANSWER_S for i in range(n)})
+    got: dict[str, FileOutcome] = {}
+    t = Transfer(
+        Settings("fake", retry_backoff=0.01, retries=1, concurrency=1),
+        ConnectionPool(dest, capacity=1),
+        NullLimiter(),
+        lambda _job, o: got.__setitem__(o.sop_instance_uid, o),
+        transform=transform,
+        stop=(lambda: len(got) >= stop_after) if stop_after else None,
+    )
+    try:
+        ended = t.run(jobs(source or Source(), n))
+    finally:
+        for conn in dest.opened:
+            conn.abort()
+    conn = dest.opened[0]
+    assert isinstance(conn, SocketConn)
+    return got, ended, conn
+
+
+def test_the_next_file_is_transformed_while_the_answer_to_the_last_is_awaited() -> None:
+    transformed: dict[str, float] = {}
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        transformed[header.sop_instance_uid] = time.monotonic()
+        return header, payload
+
+    got, ended, conn = send(3, transform)
+    assert ended.error is None and not ended.left
+    assert [got[f"1.2.3.{i}"].state for i in range(3)] == [State.STORED] * 3
+    assert all(o.attempts == 1 for o in got.values())
+    for i in (1, 2):
+        # Made ready while file i-1 waited for its answer; sent once that answer came.
+        answered = conn.started[f"1.2.3.{i - 1}"] + ANSWER_S
+        assert transformed[f"1.2.3.{i}"] < answered, (i, transformed, conn.started)
+        assert conn.started[f"1.2.3.{i}"] >= answered
+    assert conn.sent == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
+
+
+def test_a_file_the_transform_refuses_while_read_ahead_is_settled_as_at_its_start() -> None:
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        if header.sop_instance_uid == "1.2.3.1":
+            raise CoercionError("not sent: PatientID (rule r, line 3): too long")
+        if header.sop_instance_uid == "1.2.3.2":
+            raise CoercionSkipped("not sent: not in the table (missing: skip)")
+        return header, payload
+
+    got, ended, conn = send(4, transform)
+    assert ended.error is None and not ended.left
+    failed, skipped = got["1.2.3.1"], got["1.2.3.2"]
+    assert failed.state is State.FAILED and "PatientID (rule r, line 3)" in failed.reason
+    assert skipped.state is State.SKIPPED and "missing: skip" in skipped.reason
+    # Refused before anything was sent: no attempt counted, nothing on the wire.
+    assert failed.attempts == 0 and skipped.attempts == 0
+    assert conn.sent == ["1.2.3.0", "1.2.3.3"]
+    assert got["1.2.3.3"].state is State.STORED
+
+
+def test_a_transfer_stopped_with_a_file_read_ahead_leaves_it_and_lets_its_payload_go() -> None:
+    source = Source()
+    transformed: list[str] = []
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        transformed.append(header.sop_instance_uid)
+        return header, payload
+
+    got, ended, conn = send(3, transform, stop_after=1, source=source)
+    assert list(got) == ["1.2.3.0"]
+    assert ended.error is None
+    assert [j.uri for j in ended.left] == ["mem://1", "mem://2"]  # unsettled, for the caller
+    assert transformed == ["1.2.3.0", "1.2.3.1"]  # file 1 was made ready, never started
+    assert conn.sent == ["1.2.3.0"]
+    assert source.held == set()  # and its payload was let go
