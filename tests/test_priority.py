@@ -108,3 +108,27 @@ def test_each_class_has_its_queue_and_recovery_looks_in_all_of_them(
     assert json.loads(status.stdout)["priority"] == "high", status.stdout
     bad = run_migrator("plan", tmp_path / "in", *dest, "--redis-url", url, "--priority", "urgent")
     assert bad.returncode == 2 and "--priority" in bad.stderr
+
+
+def test_a_job_keeps_the_class_it_was_created_with(tmp_path: Path, redis_server: RedisPeer) -> None:
+    """`plan` again with another --priority is refused (exit 2, naming the job's class)
+    rather than silently ignored; left out (or the same), the job resumes in its class."""
+    synth.write_corpus(tmp_path / "in", count=2, size="tiny", seed=43)
+    where = ["--host", "127.0.0.1", "--port", "9", "--no-preflight", "--job", "ward"]
+
+    def plan(*extra: str) -> Any:
+        return run_migrator(
+            "plan", tmp_path / "in", *where, "--redis-url", redis_server.url, *extra
+        )
+
+    created = plan("--priority", "high")
+    assert created.returncode == 0, created.stderr
+    refused = plan("--priority", "low")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "job ward was created with --priority high" in refused.stderr
+    for same in ((), ("--priority", "high")):
+        resumed = plan(*same)
+        assert resumed.returncode == 0, (same, resumed.stderr)
+    ledger = Ledger(redis_server.client(), "ward")
+    assert ledger.config()["priority"] == "high"
+    assert ledger.counts()["planned"] == 2  # planned once, not again

@@ -116,7 +116,27 @@ def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
         raise ConfigError(
             f"job {ledger.job_id} was created {how} --precheck; give the same or another --job"
         )
+    # And --priority: its batches go to the queue of the class it was created with (left
+    # out, the job's own class applies; given and different, it would be ignored).
+    if _given("priority") and job.priority != config.priority:
+        raise ConfigError(
+            f"job {ledger.job_id} was created with --priority {job.priority}; a job keeps its "
+            f"class: leave --priority out, give --priority {job.priority}, or another --job"
+        )
     return ledger
+
+
+def _given(option: str) -> bool:
+    """Whether ``option`` was given (on the command line or in its MIGRATOR_* variable),
+    not left at its default."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    source = ctx.get_parameter_source(option)
+    return source in (
+        click.core.ParameterSource.COMMANDLINE,
+        click.core.ParameterSource.ENVIRONMENT,
+    )
 
 
 def job_options(func: F) -> F:
@@ -231,7 +251,7 @@ def job_options(func: F) -> F:
                 "batches of a high job before a normal one's, a normal before a low (the "
                 "batches being sent finish first), e.g. --priority high for a ward's "
                 "studies while the archive migrates at --priority low. Set when the job "
-                "is created.",
+                "is created: a resumed job keeps its class (another --priority is refused).",
             ),
             opt(
                 "--dry-run",
