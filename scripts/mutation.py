@@ -173,6 +173,7 @@ TARGETS: list[Target] = [
             "tests/test_policy_lanes.py",
             "tests/test_policy_collect.py",
             "tests/test_policy_settle.py",
+            "tests/test_policy_ahead.py",
             "tests/test_pool_peers.py",
             "tests/test_precheck.py",
         ),
