@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from migrator.coerce import CoercionError, CoercionSkipped
 from migrator.dicomfile import DicomHeader
 from migrator.limits.rate import NullLimiter
@@ -30,21 +32,30 @@ def send(
     *,
     stop_after: int = 0,
     source: Source | None = None,
+    held_at_record: dict[str, set[str]] | None = None,
 ) -> tuple[dict[str, FileOutcome], Ended, SocketConn]:
     """``n`` files over one lane whose every answer takes ANSWER_S; ``stop_after``: a stop
-    is requested once that many files are settled."""
+    is requested once that many files are settled; ``held_at_record``: the payloads held
+    when each outcome was recorded."""
+    source = source or Source()
     dest = SocketDestination(lambda _: {f"1.2.3.{i}": ANSWER_S for i in range(n)})
     got: dict[str, FileOutcome] = {}
+
+    def record(_job: object, o: FileOutcome) -> None:
+        got[o.sop_instance_uid] = o
+        if held_at_record is not None:
+            held_at_record[o.sop_instance_uid] = set(source.held)
+
     t = Transfer(
         Settings("fake", retry_backoff=0.01, retries=1, concurrency=1),
         ConnectionPool(dest, capacity=1),
         NullLimiter(),
-        lambda _job, o: got.__setitem__(o.sop_instance_uid, o),
+        record,
         transform=transform,
         stop=(lambda: len(got) >= stop_after) if stop_after else None,
     )
     try:
-        ended = t.run(jobs(source or Source(), n))
+        ended = t.run(jobs(source, n))
     finally:
         for conn in dest.opened:
             conn.abort()
@@ -53,15 +64,30 @@ def send(
     return got, ended, conn
 
 
-def test_the_next_file_is_transformed_while_the_answer_to_the_last_is_awaited() -> None:
+def test_the_next_file_is_transformed_while_the_answer_to_the_last_is_awaited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     transformed: dict[str, float] = {}
+    source = Source()
+    held_at_start: dict[str, set[str]] = {}
+    start = SocketConn.start
+
+    def held_then_start(conn: SocketConn, header: DicomHeader, payload: Payload) -> object:
+        held_at_start[header.sop_instance_uid] = set(source.held)
+        return start(conn, header, payload)
+
+    monkeypatch.setattr(SocketConn, "start", held_then_start)
 
     def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
         transformed[header.sop_instance_uid] = time.monotonic()
         return header, payload
 
-    got, ended, conn = send(3, transform)
+    got, ended, conn = send(3, transform, source=source)
     assert ended.error is None and not ended.left
+    # A read-ahead file's payload is held until it is on the wire (a staged STOW-RS part
+    # is read when its request is sent), then let go.
+    assert all(f"mem://{i}" in held_at_start[f"1.2.3.{i}"] for i in range(3)), held_at_start
+    assert source.held == set()
     assert [got[f"1.2.3.{i}"].state for i in range(3)] == [State.STORED] * 3
     assert all(o.attempts == 1 for o in got.values())
     for i in (1, 2):
@@ -80,8 +106,12 @@ def test_a_file_the_transform_refuses_while_read_ahead_is_settled_as_at_its_star
             raise CoercionSkipped("not sent: not in the table (missing: skip)")
         return header, payload
 
-    got, ended, conn = send(4, transform)
+    held: dict[str, set[str]] = {}
+    got, ended, conn = send(4, transform, held_at_record=held)
     assert ended.error is None and not ended.left
+    # File 1 was refused while file 0 waited for its answer: its payload was let go then,
+    # not kept until its turn.
+    assert "mem://1" not in held["1.2.3.0"], held
     failed, skipped = got["1.2.3.1"], got["1.2.3.2"]
     assert failed.state is State.FAILED and "PatientID (rule r, line 3)" in failed.reason
     assert skipped.state is State.SKIPPED and "missing: skip" in skipped.reason
@@ -106,3 +136,18 @@ def test_a_transfer_stopped_with_a_file_read_ahead_leaves_it_and_lets_its_payloa
     assert transformed == ["1.2.3.0", "1.2.3.1"]  # file 1 was made ready, never started
     assert conn.sent == ["1.2.3.0"]
     assert source.held == set()  # and its payload was let go
+
+
+def test_an_unforeseen_error_while_reading_ahead_ends_the_transfer_holding_nothing() -> None:
+    """Not a file's problem (a bug): it ends the transfer as it would at the file's start,
+    and the payload fetched for it is let go."""
+    source = Source()
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        if header.sop_instance_uid == "1.2.3.1":
+            raise RuntimeError("a bug")
+        return header, payload
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        send(3, transform, source=source)
+    assert source.held == set()

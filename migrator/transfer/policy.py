@@ -368,9 +368,10 @@ class Transfer:
     def _collect(self, flying: list[_Lane]) -> None:
         """Settle the lanes whose answer has come (or the most overdue one)."""
         ready = [lane for lane in flying if _conn(lane).buffered() or not _conn(lane).alive]
-        if not ready and self._read_ahead():
-            ready = [lane for lane in flying if _conn(lane).buffered() or not _conn(lane).alive]
         if not ready:
+            # Nothing to read yet: make the next file ready meanwhile. An answer that comes
+            # during it is found by the select below (nothing reads the sockets until then).
+            self._read_ahead()
             by_fd = {_conn(lane).fileno(): lane for lane in flying}
             first = min(flying, key=lambda lane: _conn(lane).deadline(lane.flight[0][1]))
             due = _conn(first).deadline(first.flight[0][1])
@@ -460,18 +461,16 @@ class Transfer:
         payload = lane.held.enter_context(job.source.fetch(job.item))
         return self._transform(reinspect(job, payload), payload)
 
-    def _read_ahead(self) -> bool:
+    def _read_ahead(self) -> None:
         """While every lane waits for an answer, make the next file ready (fetch, re-inspect,
         transform: a download, a coercion), so that its time overlaps the destination's
         instead of following it. With one lane, coercing tiny files then costs almost no
         wall time (bench/coerce_bench.py). An error is kept and raised when the file starts,
-        so the file is settled exactly as if it had been read then. True: a file was made
-        ready (time passed: an answer may have come meanwhile)."""
+        so the file is settled exactly as if it had been read then; its payload is let go
+        at once (a refused file holds no spool space while it waits)."""
         if self._ahead is not None or not self._ready or self._stopped:
-            return False
+            return
         job = self._ready[0]
-        if job.header is None:
-            return False  # not inspected yet (cannot happen after _prepare): read at start
         ahead = _Ahead(job, contextlib.ExitStack())
         try:
             payload = ahead.held.enter_context(job.source.fetch(job.item))
@@ -483,7 +482,6 @@ class Transfer:
             ahead.held.close()
             raise
         self._ahead = ahead
-        return True
 
     def _connect(self, lane: _Lane, job: Job) -> bool:
         """Make ``lane`` hold a connection covering ``job``; False (job back in line) when
