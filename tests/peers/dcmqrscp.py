@@ -32,8 +32,10 @@ class DcmqrscpPeer:
         aet: str = "DCMQRSCP",
         peers: dict[str, int] | None = None,
         extra_args: Sequence[str] = (),
+        nodelay: bool = True,
     ) -> None:
-        """``peers``: AE title -> port on 127.0.0.1 (move destinations and known callers)."""
+        """``peers``: AE title -> port on 127.0.0.1 (move destinations and known callers);
+        ``nodelay=False``: as DCMTK ships, Nagle on (TESTING.md §12: a stock peer)."""
         self.dir = workdir
         self.db = workdir / "db"
         self.aet = aet
@@ -41,6 +43,7 @@ class DcmqrscpPeer:
         self.port = 0
         self.peers = dict(peers or {})
         self.extra_args = list(extra_args)
+        self.nodelay = nodelay
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,7 +91,11 @@ class DcmqrscpPeer:
         ]
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_env()
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env(self.nodelay),
             )
         time.sleep(_BIND_GRACE)
         code = self._proc.poll()
