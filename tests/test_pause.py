@@ -176,6 +176,22 @@ def test_cancel_while_four_workers_send_accounts_for_every_file(
     assert again.returncode == 2 and "cancelled" in again.stderr
 
 
+def test_workers_close_their_associations_once_the_job_is_finished(
+    tmp_path: Path, redis_server: RedisPeer
+) -> None:
+    """Idle workers do not keep a finished job's associations (nor their fleet-wide slots):
+    on a PACS that serves open associations in turn on a few threads (Orthanc), idle ones
+    held up every `verify` C-FIND after the job by up to a second (bench/cfind_bench.py)."""
+    synth.write_corpus(tmp_path / "in", count=40, size="tiny", seed=24)
+    url = redis_server.url
+    with timed_scp(0.0) as scp, _workers(url, tmp_path) as workers:
+        code, out = finish(_start(tmp_path / "in", scp, url), timeout=120)
+        assert code == 0, out
+        assert scp.distinct == 40 and scp.max_open >= 2  # the workers sent, side by side
+        wait_until(lambda: scp.open_now == 0, 5, "the finished job's associations to close")
+        assert workers.alive(), "the workers stopped: their associations closed with them"
+
+
 def test_cancel_of_a_paused_job_settles_its_parked_batches(
     tmp_path: Path, redis_server: RedisPeer, corpus: Path
 ) -> None:

@@ -135,7 +135,9 @@ def test_a_fleet_follows_windows_that_change_every_few_seconds(
     senders = Counter(
         extra.get("worker", "").split(":")[1] for _, _, extra in ledger.iter_outcomes()
     )
-    assert str(proc.pid) in senders and len(senders) >= 3, senders  # inline + 2 workers
+    # The two workers, and `run`'s own inline sender when it sent: it sends only while the
+    # workers boot, and under load (a CI stress run) they can be up before its first file.
+    assert len(set(senders) - {str(proc.pid)}) == 2, senders
     # The report: the time the job spent in each window and what it stored in it.
     made = run_migrator("report", ledger.job_id, "--redis-url", url, "--format", "json")
     rows = json.loads(made.stdout)["schedule"]
