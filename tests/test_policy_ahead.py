@@ -7,8 +7,11 @@ test_coerce_peers.py."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +21,7 @@ from migrator.limits.rate import NullLimiter
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
 from migrator.sources.base import Payload, SourceItem
+from migrator.transfer.destination import SendResult
 from migrator.transfer.policy import Ended, Transfer
 from migrator.transfer.pool import ConnectionPool
 from tests.test_policy_collect import SocketConn, SocketDestination
@@ -55,6 +59,7 @@ def send(
     stop_after: int = 0,
     source: Source | None = None,
     held_at_record: dict[str, set[str]] | None = None,
+    on_record: Callable[[FileOutcome], None] | None = None,
 ) -> tuple[dict[str, FileOutcome], Ended, SocketConn]:
     """``n`` files over one lane whose every answer takes ANSWER_S; ``stop_after``: a stop
     is requested once that many files are settled; ``held_at_record``: the payloads held
@@ -67,6 +72,8 @@ def send(
         got[o.sop_instance_uid] = o
         if held_at_record is not None:
             held_at_record[o.sop_instance_uid] = set(source.held)
+        if on_record is not None:
+            on_record(o)
 
     t = Transfer(
         Settings("fake", retry_backoff=0.01, retries=1, concurrency=1),
@@ -160,16 +167,91 @@ def test_a_transfer_stopped_with_a_file_read_ahead_leaves_it_and_lets_its_payloa
     assert source.held == set()  # and its payload was let go
 
 
-def test_an_unforeseen_error_while_reading_ahead_ends_the_transfer_holding_nothing() -> None:
-    """Not a file's problem (a bug): it ends the transfer as it would at the file's start,
-    and the payload fetched for it is let go."""
+def test_an_unforeseen_error_while_reading_ahead_is_raised_at_the_files_start() -> None:
+    """Not a file's problem (a bug, a Redis error): reading ahead does not keep it (while an
+    answer is awaited it would end the transfer with that file's outcome unknown); the
+    file is read again at its start and raises there, as without reading ahead. Nothing
+    fetched for it is held."""
     source = ExitSource()
+    calls: list[str] = []
 
     def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        calls.append(header.sop_instance_uid)
         if header.sop_instance_uid == "1.2.3.1":
             raise RuntimeError("a bug")
         return header, payload
 
     with pytest.raises(RuntimeError, match="a bug"):
         send(3, transform, source=source)
+    assert calls == ["1.2.3.0", "1.2.3.1", "1.2.3.1"]  # read ahead, then at its start
     assert source.held == set()
+
+
+class PathSource(Source):
+    """Files on disk, sent from where they are (as a folder's are)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    @contextlib.contextmanager
+    def fetch(self, item: SourceItem) -> Iterator[Payload]:
+        path = self.folder / item.uri.removeprefix("mem://")
+        if not path.exists():
+            path.write_bytes(b"version 1")
+        self.held.add(item.uri)
+        try:
+            yield Payload(path=str(path))
+        finally:
+            self.held.discard(item.uri)
+
+
+def test_a_file_changed_after_it_was_read_ahead_is_read_again_at_its_start(
+    tmp_path: Path,
+) -> None:
+    """What is sent is read from the file as it is when its send starts, as without reading
+    ahead: a file rewritten while it waited (here, while the last answer was awaited; in
+    use, a connection backoff or a rate-limit wait) is read again."""
+    seen: list[tuple[str, bytes]] = []
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        assert payload.path is not None
+        seen.append((header.sop_instance_uid, Path(payload.path).read_bytes()))
+        return header, payload
+
+    def rewrite(o: FileOutcome) -> None:
+        if o.sop_instance_uid == "1.2.3.0":  # file 1 was read ahead meanwhile
+            (tmp_path / "1").write_bytes(b"version 2, longer")
+
+    got, ended, _ = send(3, transform, source=PathSource(tmp_path), on_record=rewrite)
+    assert ended.error is None and not ended.left
+    assert [uid for uid, _ in seen] == ["1.2.3.0", "1.2.3.1", "1.2.3.1", "1.2.3.2"], seen
+    assert seen[2] == ("1.2.3.1", b"version 2, longer")
+    assert all(o.state is State.STORED for o in got.values())
+
+
+def test_an_answer_that_came_while_reading_ahead_is_not_timed_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow read ahead (a download, a C-GET of a series) is not the PACS's latency: the
+    answer's seconds (the report's, and what -j auto reads as latency) leave it out."""
+    finish = SocketConn.finish
+
+    def timed(conn: SocketConn, pending: object) -> SendResult:
+        sent = finish(conn, pending)
+        assert isinstance(pending, DicomHeader)
+        took = time.monotonic() - conn.started[pending.sop_instance_uid]
+        return dataclasses.replace(sent, seconds=took)
+
+    monkeypatch.setattr(SocketConn, "finish", timed)
+    slow = 3 * ANSWER_S
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        if header.sop_instance_uid == "1.2.3.1":
+            time.sleep(slow)  # read ahead while file 0's answer (ANSWER_S) is awaited
+        return header, payload
+
+    got, ended, _ = send(2, transform)
+    assert ended.error is None and not ended.left
+    first = got["1.2.3.0"].seconds
+    assert first < ANSWER_S + 0.1, first  # not ~slow: the read ahead is left out

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
+import os
 import select
 import time
 from collections.abc import Callable, Iterable
@@ -109,6 +111,9 @@ class _Lane:
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     ready_at: float = 0.0
     disabled: bool = False
+    #: Seconds of reading ahead its answer may have waited behind (it came during it):
+    #: taken off the answer's time, which -j auto reads as the PACS's latency
+    overlap: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -122,6 +127,20 @@ class _Ahead:
     header: DicomHeader | None = None
     payload: Payload | None = None
     error: MigratorError | None = None
+    #: Size and mtime of the payload's file when it was read: a file changed since then
+    #: (the lane could not start it for a while: a connection backoff, a rate-limit wait)
+    #: is read again at its start, so that nothing read before the change is sent with it
+    stamp: tuple[int, int] | None = None
+
+
+def _stamp(payload: Payload) -> tuple[int, int] | None:
+    if payload.path is None:
+        return None  # bytes in memory: they do not change
+    try:
+        info = os.stat(payload.path)
+    except OSError:
+        return (-1, -1)  # gone: read again at the start, which says what is wrong
+    return (info.st_size, info.st_mtime_ns)
 
 
 class Transfer:
@@ -369,10 +388,12 @@ class Transfer:
         """Settle the lanes whose answer has come (or the most overdue one)."""
         ready = [lane for lane in flying if _conn(lane).buffered() or not _conn(lane).alive]
         if not ready:
+            by_fd = {_conn(lane).fileno(): lane for lane in flying}
             # Nothing to read yet: make the next file ready meanwhile. An answer that comes
             # during it is found by the select below (nothing reads the sockets until then).
-            self._read_ahead()
-            by_fd = {_conn(lane).fileno(): lane for lane in flying}
+            spent = self._read_ahead()
+            if spent:
+                self._note_overlap(by_fd, spent)
             first = min(flying, key=lambda lane: _conn(lane).deadline(lane.flight[0][1]))
             due = _conn(first).deadline(first.flight[0][1])
             timeout = max(0.0, due - self._clock())
@@ -453,6 +474,9 @@ class Transfer:
         ahead = self._ahead
         if ahead is not None and ahead.job is job:
             self._ahead = None
+            if ahead.payload is not None and _stamp(ahead.payload) != ahead.stamp:
+                ahead.held.close()
+                return self._made_ready(lane, job)  # changed since: read again, as it is now
             lane.held.enter_context(ahead.held)
             if ahead.error is not None:
                 raise ahead.error
@@ -461,27 +485,45 @@ class Transfer:
         payload = lane.held.enter_context(job.source.fetch(job.item))
         return self._transform(reinspect(job, payload), payload)
 
-    def _read_ahead(self) -> None:
+    def _note_overlap(self, by_fd: dict[int, _Lane], spent: float) -> None:
+        """The lanes whose answer came while the next file was read ahead: their answer's
+        time is counted without it (a lower bound: it came some time during it)."""
+        try:
+            readable, _, _ = select.select(list(by_fd), [], [], 0)
+        except (OSError, ValueError):
+            return
+        for fd in readable:
+            by_fd[fd].overlap = spent
+
+    def _read_ahead(self) -> float:
         """While every lane waits for an answer, make the next file ready (fetch, re-inspect,
         transform: a download, a coercion), so that its time overlaps the destination's
         instead of following it. With one lane, coercing tiny files then costs almost no
         wall time (bench/coerce_bench.py). An error is kept and raised when the file starts,
         so the file is settled exactly as if it had been read then; its payload is let go
-        at once (a refused file holds no spool space while it waits)."""
+        at once (a refused file holds no spool space while it waits). Anything else (a bug,
+        a Redis error) is not kept: the file is read again at its start and raises there,
+        as without reading ahead. Returns the seconds it took (0: nothing was read)."""
         if self._ahead is not None or not self._ready or self._stopped:
-            return
+            return 0.0
         job = self._ready[0]
+        began = self._clock()
         ahead = _Ahead(job, contextlib.ExitStack())
         try:
             payload = ahead.held.enter_context(job.source.fetch(job.item))
+            ahead.stamp = _stamp(payload)
             ahead.header, ahead.payload = self._transform(reinspect(job, payload), payload)
         except MigratorError as exc:
             ahead.held.close()
-            ahead.error = exc
+            ahead.error = exc.with_traceback(None)  # no frame keeps the payload alive
+        except Exception:
+            ahead.held.close()
+            return self._clock() - began
         except BaseException:
             ahead.held.close()
             raise
         self._ahead = ahead
+        return self._clock() - began
 
     def _connect(self, lane: _Lane, job: Job) -> bool:
         """Make ``lane`` hold a connection covering ``job``; False (job back in line) when
@@ -589,8 +631,12 @@ class Transfer:
             except AssociationLost as exc:
                 for lost, _ in flight[i:]:  # one answer for all of them: all unknown
                     self._lost(lane, lost, exc)
+                lane.overlap = 0.0
                 return
+            if lane.overlap:
+                sent = dataclasses.replace(sent, seconds=max(0.0, sent.seconds - lane.overlap))
             self._settle(lane, job, sent)
+        lane.overlap = 0.0
 
     def _lost(self, lane: _Lane, job: Job, exc: AssociationLost) -> None:
         # The file's doing only when the PACS ended an association that carried nothing
