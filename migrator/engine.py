@@ -7,6 +7,7 @@ name): nothing below the commands imports Celery.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -116,41 +117,44 @@ def plan_job(
         enqueue = None
     if enqueue is not None and ledger is not None:
         enqueue = _unless_lost(ledger, enqueue)
-    # Services that list UIDs (DICOMweb, an old PACS) are planned like a manifest: no
-    # header is read (it would take a download per instance).
-    listed = [s for s in sources if not isinstance(s, QUERY_SOURCES)]
-    total = plan(
-        ledger,
-        listed,
-        enqueue=enqueue,
-        batch_files=batch_files,
-        batch_bytes=batch_bytes,
-        order=order,
-        first=first,
-    )
-    for source in sources:
-        if isinstance(source, QUERY_SOURCES):
-            part = PlanSummary()
-            plan_entries(
-                ledger,
-                _counted(source, part, ledger),
-                enqueue=enqueue,
-                batch_files=batch_files,
-                batch_bytes=batch_bytes,
-                summary=part,
-            )
-            total.merge(part)
-    for path in manifests:
-        part = plan_manifest(
+    # Workers send while this still lists: "nothing in flight" means "the job is done" only
+    # once planning ends (runtime.py's idle closer). A dry run has no ledger to mark.
+    with ledger.planning_now() if ledger is not None else contextlib.nullcontext():
+        # Services that list UIDs (DICOMweb, an old PACS) are planned like a manifest: no
+        # header is read (it would take a download per instance).
+        listed = [s for s in sources if not isinstance(s, QUERY_SOURCES)]
+        total = plan(
             ledger,
-            path,
+            listed,
             enqueue=enqueue,
             batch_files=batch_files,
             batch_bytes=batch_bytes,
-            on_bad_line=on_bad_line,
+            order=order,
+            first=first,
         )
-        total.merge(part)
-    return total
+        for source in sources:
+            if isinstance(source, QUERY_SOURCES):
+                part = PlanSummary()
+                plan_entries(
+                    ledger,
+                    _counted(source, part, ledger),
+                    enqueue=enqueue,
+                    batch_files=batch_files,
+                    batch_bytes=batch_bytes,
+                    summary=part,
+                )
+                total.merge(part)
+        for path in manifests:
+            part = plan_manifest(
+                ledger,
+                path,
+                enqueue=enqueue,
+                batch_files=batch_files,
+                batch_bytes=batch_bytes,
+                on_bad_line=on_bad_line,
+            )
+            total.merge(part)
+        return total
 
 
 def _counted(

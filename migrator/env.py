@@ -23,6 +23,8 @@ MAX_LIMITER_WAIT = "MIGRATOR_MAX_LIMITER_WAIT"
 SOFT_SHUTDOWN = "MIGRATOR_SOFT_SHUTDOWN"
 #: how long a command or worker keeps retrying a lost Redis (migrator/redis_client.py)
 REDIS_RIDE_OUT = "MIGRATOR_REDIS_RIDE_OUT"
+#: its upper bound (seconds)
+MAX_REDIS_RIDE_OUT_S = 86400.0
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -59,9 +61,11 @@ def redis_ride_out(default: float) -> float:
     (``MIGRATOR_REDIS_RIDE_OUT``; 0: give up at once)."""
     raw = os.environ.get(REDIS_RIDE_OUT)
     value = seconds(REDIS_RIDE_OUT, default)
-    if not value >= 0 or value == float("inf"):  # also NaN
+    # At most a day: longer is a typo (ms for s?), and a worker that waits a day for its
+    # Redis is better restarted. Also NaN and inf fail the test.
+    if not 0 <= value <= MAX_REDIS_RIDE_OUT_S:
         raise ConfigError(
-            f"{REDIS_RIDE_OUT} must be a number of seconds, 0 or more "
-            f"(e.g. {REDIS_RIDE_OUT}=60), got {raw!r}"
+            f"{REDIS_RIDE_OUT} must be a number of seconds from 0 to "
+            f"{MAX_REDIS_RIDE_OUT_S:.0f} (a day) (e.g. {REDIS_RIDE_OUT}=60), got {raw!r}"
         )
     return value

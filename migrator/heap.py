@@ -19,8 +19,17 @@ def freeze_set_up() -> None:
     """Once per process, when a sender is set up: every object alive now moves to the
     collector's permanent generation. Frozen objects are still freed by reference counting
     when their last reference goes; only a frozen reference cycle would stay until the
-    process ends, which is why this happens once, at set-up, and never per batch."""
+    process ends, which is why this happens once, at set-up, and never per batch.
+
+    Only for processes that are ours (the `store` command, a worker, `run`): a library
+    user's heap is theirs to manage, so ``StoreScu.send()`` never calls this."""
     global _frozen
     if not _frozen:
         _frozen = True
+        # Collect first: cyclic garbage not yet collected (import-time temporaries, the
+        # option parsing's) would otherwise be frozen with the live objects and never be
+        # freed. One full pass over the set-up heap, once: in `store` (~41,000 tracked
+        # objects, 5 of them garbage) 14-23 ms of CPU, measured on a 2-core box under
+        # `stress-ng --cpu 2` (less on a quiet one), against a run of seconds to hours.
+        gc.collect()
         gc.freeze()

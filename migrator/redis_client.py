@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -38,18 +39,34 @@ BACKOFF_CAP_S = 2.0
 DEFAULT_RIDE_OUT_S = 35.0
 
 
+class _CappedBackoff(ExponentialBackoff):
+    """ExponentialBackoff whose exponent stops growing once the sleep is capped: redis-py
+    before 6 computes ``base * 2**failures`` as is, an OverflowError from the 1,024th
+    failure (a ride-out of ~2,043 s or more) in the middle of an outage."""
+
+    def compute(self, failures: int) -> float:
+        return super().compute(min(failures, 64))  # 0.1 * 2**64 s: far past the cap
+
+
 def _backoff() -> ExponentialBackoff:
-    return ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+    return _CappedBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
 
 
 def retries_for(ride_out_s: float) -> int:
     """The fewest retries whose backoff sleeps add up to ``ride_out_s`` (0 s: none). The
     budget counts the sleeps only: each try against a host that does not answer at all can
-    add up to the 5 s connect timeout; a closed port or a restarting Redis refuses at once."""
+    add up to the 5 s connect timeout; a closed port or a restarting Redis refuses at once.
+
+    Closed form (a day's ride-out, the most allowed, is 43,000 retries): the few doubling
+    sleeps below the cap one by one, then each retry sleeps the cap."""
     backoff, retries, slept = _backoff(), 0, 0.0
     while slept < ride_out_s - 1e-9:
+        step = backoff.compute(retries + 1)
+        if step >= BACKOFF_CAP_S:
+            left = ride_out_s - slept - 1e-9  # (the loop's own tolerance)
+            return retries + math.ceil(left / BACKOFF_CAP_S)
         retries += 1
-        slept += backoff.compute(retries)
+        slept += step
     return retries
 
 

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 from migrator.dicomfile import DicomHeader
 from migrator.errors import AssociationRejected, DestinationUnavailable, MigratorError, SourceError
 from migrator.exitcodes import ExitStatus
-from migrator.heap import freeze_set_up
 from migrator.limits.adaptive import Autotune
 from migrator.limits.rate import RateLimiter, make_limiter
 from migrator.outcomes import FileOutcome, State, StoreResult
@@ -106,7 +105,6 @@ class StoreScu:
         result = StoreResult(server=s.server, started=time.time())
         deadline = time.monotonic() + s.timeout if s.timeout else None
         jobs, refused = self._inspect_all()
-        freeze_set_up()  # the imports and the inspected files live as long as the command
         if self._on_started:
             self._on_started(len(jobs) + len(refused))
         for outcome in refused:

@@ -129,6 +129,20 @@ def test_a_job_keeps_the_class_it_was_created_with(tmp_path: Path, redis_server:
     refused = plan("--priority", "low")
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "job ward was created with --priority high" in refused.stderr
+    assert "leave --priority out" in refused.stderr
+    # The same class asked for through the environment: the message names the variable
+    # (leaving --priority out would change nothing).
+    from_env = run_migrator(
+        "plan",
+        tmp_path / "in",
+        *where,
+        "--redis-url",
+        redis_server.url,
+        env={"MIGRATOR_PRIORITY": "low"},
+    )
+    assert from_env.returncode == 2, from_env.stdout + from_env.stderr
+    assert "MIGRATOR_PRIORITY=low asks for another: unset it, set it to high" in from_env.stderr
+    assert "leave --priority out" not in from_env.stderr, from_env.stderr
     for same in ((), ("--priority", "high")):
         resumed = plan(*same)
         assert resumed.returncode == 0, (same, resumed.stderr)

@@ -120,10 +120,32 @@ def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
     # out, the job's own class applies; given and different, it would be ignored).
     if _given("priority") and job.priority != config.priority:
         raise ConfigError(
-            f"job {ledger.job_id} was created with --priority {job.priority}; a job keeps its "
-            f"class: leave --priority out, give --priority {job.priority}, or another --job"
+            priority_refusal(ledger.job_id, job.priority, config.priority, _from_env("priority"))
         )
     return ledger
+
+
+def priority_refusal(job_id: str, created: str, asked: str, from_env: bool) -> str:
+    """Why a resumed job refuses another class. ``from_env``: the class came from
+    MIGRATOR_PRIORITY, not --priority: "leave --priority out" would not help there."""
+    if from_env:
+        return (
+            f"job {job_id} was created with --priority {created}; a job keeps its class: "
+            f"MIGRATOR_PRIORITY={asked} asks for another: unset it, set it to {created}, "
+            "or give another --job"
+        )
+    return (
+        f"job {job_id} was created with --priority {created}; a job keeps its "
+        f"class: leave --priority out, give --priority {created}, or another --job"
+    )
+
+
+def _from_env(option: str) -> bool:
+    """Whether ``option`` came from its MIGRATOR_* variable (not the command line)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    return ctx.get_parameter_source(option) is click.core.ParameterSource.ENVIRONMENT
 
 
 def _given(option: str) -> bool:

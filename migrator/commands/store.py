@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -30,11 +31,25 @@ from migrator.commands.sourceopts import (
 )
 from migrator.errors import ConfigError, MigratorError
 from migrator.exitcodes import EXIT_CODES_HELP
+from migrator.heap import freeze_set_up
 from migrator.outcomes import StoreResult
 from migrator.progress import Progress
 from migrator.settings import Settings
 from migrator.store import StoreScu
 from migrator.summary import render_text
+
+
+def _frozen_then(start: Callable[[int], None]) -> Callable[[int], None]:
+    """``start``, after freezing the heap (migrator/heap.py) once the files are inspected
+    and before the first is sent: what ``StoreScu.send()`` did itself until it froze a
+    library user's heap too. This process is ours, so the command does it, at the same
+    point (the inspected files, which live as long as the command, are frozen too)."""
+
+    def started(total: int) -> None:
+        freeze_set_up()
+        start(total)
+
+    return started
 
 
 @click.command("store", epilog=EXIT_CODES_HELP)
@@ -146,7 +161,7 @@ def store_command(files: tuple[str, ...], dirs: tuple[str, ...], **o: Any) -> No
     progress = Progress(enabled=not quiet and sys.stderr.isatty())
     scu = StoreScu(
         settings,
-        on_transfer_started=progress.start,
+        on_transfer_started=_frozen_then(progress.start),
         on_file_sent=progress.add,
         on_file_error=progress.add,
     )

@@ -11,8 +11,10 @@ entries) says what each session did and what was changed in between: the destina
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -33,6 +35,27 @@ class Sessions:
     def finished(self) -> bool:
         """The job's last sending session ended with every file settled."""
         return bool(self.client.hexists(self.keys.meta, "finished"))
+
+    @contextlib.contextmanager
+    def planning_now(self) -> Iterator[None]:
+        """Around planning (`plan`, `run`): more batches may come even when every file
+        planned so far is settled (a slow source lists between two batches), so a sending
+        process keeps its associations (runtime.py's idle closer). The mark is cleared on
+        every way out (done, failed, interrupted) so that an idle sender is never held open
+        by a planner that has gone; only a planner killed outright (SIGKILL) leaves it,
+        until the job is planned again (`run` resumed) or finishes (``mark_finished``);
+        until then idle associations stay open as they did before the idle closer (the
+        PACS's idle timeout, or `pause`/`cancel`, still ends them)."""
+        self.client.hset(self.keys.meta, "planning", time.time())
+        try:
+            yield
+        finally:
+            self.client.hdel(self.keys.meta, "planning")
+
+    def planning(self) -> bool:
+        """Planning is listing the job's sources now (see ``planning_now``). A job planned
+        before this mark existed has none: taken as not planning, as then."""
+        return bool(self.client.hexists(self.keys.meta, "planning"))
 
     def mark_started(self, now: float | None = None) -> float:
         """A sending session begins (``now``): the job's first start is kept, its end is
@@ -71,6 +94,7 @@ class Sessions:
             pipe.hdel(self.keys.meta, "session")
         if complete:
             pipe.hset(self.keys.meta, "finished", now)
+            pipe.hdel(self.keys.meta, "planning")  # every file settled: nothing to come
         if history is not None:
             entry = {"kind": "session", "started": session_start, "ended": now, **history}
             entry["complete"] = complete

@@ -72,8 +72,13 @@ def _finished(client: redis.Redis, job_id: str) -> bool:
     Kept open, they hold a fleet-wide slot and, on a PACS that serves its open associations
     in turn on a few threads (Orthanc: ``DicomThreadsCount``, 4), a thread each: a `verify`
     right after the job waited up to 1 s per C-FIND for them (0.35-0.8 s against ~5 ms,
-    bench/cfind_bench.py) until the PACS's own idle timeout aborted them."""
-    return Ledger(client, job_id).counts()["in_flight"] <= 0
+    bench/cfind_bench.py) until the PACS's own idle timeout aborted them.
+
+    Nothing in flight is not enough while `plan`/`run` still lists the sources: between two
+    batches of a slow listing every planned file is settled, and idle workers would close
+    and reopen their associations for every batch."""
+    ledger = Ledger(client, job_id)
+    return ledger.counts()["in_flight"] <= 0 and not ledger.planning()
 
 
 @dataclass
