@@ -7,16 +7,16 @@ test_coerce_peers.py."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from migrator.coerce import CoercionError, CoercionSkipped
 from migrator.dicomfile import DicomHeader
+from migrator.limits.adaptive import Autotune
 from migrator.limits.rate import NullLimiter
 from migrator.outcomes import FileOutcome, State
 from migrator.settings import Settings
@@ -40,13 +40,14 @@ class ExitSource(Source):
 
 
 class _Hold:
-    def __init__(self, source: Source, uri: str) -> None:
+    def __init__(self, source: Source, uri: str, payload: Payload | None = None) -> None:
         self.source, self.uri = source, uri
+        self.payload = payload or Payload(data=b"same bytes")
 
     def __enter__(self) -> Payload:
         self.source.held.add(self.uri)
         self.source.most_held = max(self.source.most_held, len(self.source.held))
-        return Payload(data=b"same bytes")
+        return self.payload
 
     def __exit__(self, *exc: object) -> None:
         self.source.held.discard(self.uri)
@@ -60,6 +61,7 @@ def send(
     source: Source | None = None,
     held_at_record: dict[str, set[str]] | None = None,
     on_record: Callable[[FileOutcome], None] | None = None,
+    autotune: Autotune | None = None,
 ) -> tuple[dict[str, FileOutcome], Ended, SocketConn]:
     """``n`` files over one lane whose every answer takes ANSWER_S; ``stop_after``: a stop
     is requested once that many files are settled; ``held_at_record``: the payloads held
@@ -82,6 +84,7 @@ def send(
         record,
         transform=transform,
         stop=(lambda: len(got) >= stop_after) if stop_after else None,
+        autotune=autotune,
     )
     try:
         ended = t.run(jobs(source, n))
@@ -187,23 +190,19 @@ def test_an_unforeseen_error_while_reading_ahead_is_raised_at_the_files_start() 
     assert source.held == set()
 
 
-class PathSource(Source):
-    """Files on disk, sent from where they are (as a folder's are)."""
+class PathSource(ExitSource):
+    """Files on disk, sent from where they are (as a folder's are); a file that is not
+    there is written anew (version 1) when it is fetched."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__()
         self.folder = folder
 
-    @contextlib.contextmanager
-    def fetch(self, item: SourceItem) -> Iterator[Payload]:
+    def fetch(self, item: SourceItem) -> _Hold:  # type: ignore[override]
         path = self.folder / item.uri.removeprefix("mem://")
         if not path.exists():
             path.write_bytes(b"version 1")
-        self.held.add(item.uri)
-        try:
-            yield Payload(path=str(path))
-        finally:
-            self.held.discard(item.uri)
+        return _Hold(self, item.uri, Payload(path=str(path)))
 
 
 def test_a_file_changed_after_it_was_read_ahead_is_read_again_at_its_start(
@@ -223,18 +222,45 @@ def test_a_file_changed_after_it_was_read_ahead_is_read_again_at_its_start(
         if o.sop_instance_uid == "1.2.3.0":  # file 1 was read ahead meanwhile
             (tmp_path / "1").write_bytes(b"version 2, longer")
 
-    got, ended, _ = send(3, transform, source=PathSource(tmp_path), on_record=rewrite)
+    source = PathSource(tmp_path)
+    got, ended, _ = send(3, transform, source=source, on_record=rewrite)
     assert ended.error is None and not ended.left
     assert [uid for uid, _ in seen] == ["1.2.3.0", "1.2.3.1", "1.2.3.1", "1.2.3.2"], seen
     assert seen[2] == ("1.2.3.1", b"version 2, longer")
     assert all(o.state is State.STORED for o in got.values())
+    assert source.held == set()  # the first reading's hold too
 
 
-def test_an_answer_that_came_while_reading_ahead_is_not_timed_with_it(
+def test_a_file_gone_after_it_was_read_ahead_is_read_again_at_its_start(
+    tmp_path: Path,
+) -> None:
+    """(This source writes a missing file anew: reading again shows in what it reads.)"""
+    seen: list[tuple[str, bytes]] = []
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        assert payload.path is not None
+        seen.append((header.sop_instance_uid, Path(payload.path).read_bytes()))
+        return header, payload
+
+    def remove(o: FileOutcome) -> None:
+        if o.sop_instance_uid == "1.2.3.0":
+            (tmp_path / "1").write_bytes(b"version 0")  # read ahead as version 0, then gone
+            (tmp_path / "1").unlink()
+
+    (tmp_path / "1").write_bytes(b"version 0")
+    got, ended, _ = send(2, transform, source=PathSource(tmp_path), on_record=remove)
+    assert ended.error is None and not ended.left
+    assert [uid for uid, _ in seen] == ["1.2.3.0", "1.2.3.1", "1.2.3.1"], seen
+    assert seen[2] == ("1.2.3.1", b"version 1")  # as the source has it at the start
+    assert got["1.2.3.1"].state is State.STORED
+
+
+def test_an_answer_that_came_while_reading_ahead_is_no_latency_sample_for_j_auto(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A slow read ahead (a download, a C-GET of a series) is not the PACS's latency: the
-    answer's seconds (the report's, and what -j auto reads as latency) leave it out."""
+    """When an answer came during a slow read ahead (a download, a C-GET of a series) is
+    not known: -j auto does not count it (a slow read would look like a slow PACS and cut
+    the associations); the answers awaited without reading ahead are counted."""
     finish = SocketConn.finish
 
     def timed(conn: SocketConn, pending: object) -> SendResult:
@@ -244,14 +270,33 @@ def test_an_answer_that_came_while_reading_ahead_is_not_timed_with_it(
         return dataclasses.replace(sent, seconds=took)
 
     monkeypatch.setattr(SocketConn, "finish", timed)
-    slow = 3 * ANSWER_S
+    tune = Autotune(1)
+    samples: list[float] = []
+    monkeypatch.setattr(tune, "answered", samples.append)
 
     def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
         if header.sop_instance_uid == "1.2.3.1":
-            time.sleep(slow)  # read ahead while file 0's answer (ANSWER_S) is awaited
+            time.sleep(3 * ANSWER_S)  # read ahead while file 0's answer (ANSWER_S) comes
         return header, payload
 
-    got, ended, _ = send(2, transform)
-    assert ended.error is None and not ended.left
-    first = got["1.2.3.0"].seconds
-    assert first < ANSWER_S + 0.1, first  # not ~slow: the read ahead is left out
+    got, ended, _ = send(2, transform, autotune=tune)
+    assert ended.error is None and [o.state for o in got.values()] == [State.STORED] * 2
+    # File 0's answer came during the read: not counted; file 1's (nothing left to read
+    # ahead) is, and is the PACS's own time.
+    assert len(samples) == 1 and ANSWER_S * 0.9 <= samples[0] < 2 * ANSWER_S, samples
+
+
+def test_an_interrupt_while_reading_ahead_ends_the_transfer_holding_nothing() -> None:
+    source = ExitSource()
+
+    class Interrupt(BaseException):
+        pass
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        if header.sop_instance_uid == "1.2.3.1":
+            raise Interrupt
+        return header, payload
+
+    with pytest.raises(Interrupt):
+        send(3, transform, source=source)
+    assert source.held == set()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import heapq
 import itertools
 import logging
@@ -111,9 +110,9 @@ class _Lane:
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     ready_at: float = 0.0
     disabled: bool = False
-    #: Seconds of reading ahead its answer may have waited behind (it came during it):
-    #: taken off the answer's time, which -j auto reads as the PACS's latency
-    overlap: float = 0.0
+    #: Its answer came while the next file was read ahead: when, is not known, so its
+    #: time is no latency sample for -j auto (a slow read would look like a slow PACS)
+    overlapped: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -133,14 +132,22 @@ class _Ahead:
     stamp: tuple[int, int] | None = None
 
 
-def _stamp(payload: Payload) -> tuple[int, int] | None:
-    if payload.path is None:
-        return None  # bytes in memory: they do not change
+def _stat(path: str) -> tuple[int, int] | None:
     try:
-        info = os.stat(payload.path)
+        info = os.stat(path)
     except OSError:
-        return (-1, -1)  # gone: read again at the start, which says what is wrong
+        return None
     return (info.st_size, info.st_mtime_ns)
+
+
+def _changed(ahead: _Ahead) -> bool:
+    """Whether the read-ahead file changed (or went) since it was read; bytes in memory
+    do not change."""
+    payload = ahead.payload
+    if payload is None or payload.path is None:
+        return False
+    now = _stat(payload.path)
+    return now is None or now != ahead.stamp  # gone: read again, which says what is wrong
 
 
 class Transfer:
@@ -391,9 +398,8 @@ class Transfer:
             by_fd = {_conn(lane).fileno(): lane for lane in flying}
             # Nothing to read yet: make the next file ready meanwhile. An answer that comes
             # during it is found by the select below (nothing reads the sockets until then).
-            spent = self._read_ahead()
-            if spent:
-                self._note_overlap(by_fd, spent)
+            if self._read_ahead():
+                self._note_overlap(by_fd)
             first = min(flying, key=lambda lane: _conn(lane).deadline(lane.flight[0][1]))
             due = _conn(first).deadline(first.flight[0][1])
             timeout = max(0.0, due - self._clock())
@@ -474,7 +480,7 @@ class Transfer:
         ahead = self._ahead
         if ahead is not None and ahead.job is job:
             self._ahead = None
-            if ahead.payload is not None and _stamp(ahead.payload) != ahead.stamp:
+            if _changed(ahead):
                 ahead.held.close()
                 return self._made_ready(lane, job)  # changed since: read again, as it is now
             lane.held.enter_context(ahead.held)
@@ -485,17 +491,16 @@ class Transfer:
         payload = lane.held.enter_context(job.source.fetch(job.item))
         return self._transform(reinspect(job, payload), payload)
 
-    def _note_overlap(self, by_fd: dict[int, _Lane], spent: float) -> None:
-        """The lanes whose answer came while the next file was read ahead: their answer's
-        time is counted without it (a lower bound: it came some time during it)."""
+    def _note_overlap(self, by_fd: dict[int, _Lane]) -> None:
+        """Mark the lanes whose answer came while the next file was read ahead."""
         try:
             readable, _, _ = select.select(list(by_fd), [], [], 0)
         except (OSError, ValueError):
-            return
+            return  # a socket closed under us: the select that follows says so
         for fd in readable:
-            by_fd[fd].overlap = spent
+            by_fd[fd].overlapped = True
 
-    def _read_ahead(self) -> float:
+    def _read_ahead(self) -> bool:
         """While every lane waits for an answer, make the next file ready (fetch, re-inspect,
         transform: a download, a coercion), so that its time overlaps the destination's
         instead of following it. With one lane, coercing tiny files then costs almost no
@@ -503,27 +508,27 @@ class Transfer:
         so the file is settled exactly as if it had been read then; its payload is let go
         at once (a refused file holds no spool space while it waits). Anything else (a bug,
         a Redis error) is not kept: the file is read again at its start and raises there,
-        as without reading ahead. Returns the seconds it took (0: nothing was read)."""
+        as without reading ahead. True: a file was read (time passed)."""
         if self._ahead is not None or not self._ready or self._stopped:
-            return 0.0
+            return False
         job = self._ready[0]
-        began = self._clock()
         ahead = _Ahead(job, contextlib.ExitStack())
         try:
             payload = ahead.held.enter_context(job.source.fetch(job.item))
-            ahead.stamp = _stamp(payload)
+            if payload.path is not None:
+                ahead.stamp = _stat(payload.path)
             ahead.header, ahead.payload = self._transform(reinspect(job, payload), payload)
         except MigratorError as exc:
             ahead.held.close()
             ahead.error = exc.with_traceback(None)  # no frame keeps the payload alive
         except Exception:
             ahead.held.close()
-            return self._clock() - began
+            return True
         except BaseException:
             ahead.held.close()
             raise
         self._ahead = ahead
-        return self._clock() - began
+        return True
 
     def _connect(self, lane: _Lane, job: Job) -> bool:
         """Make ``lane`` hold a connection covering ``job``; False (job back in line) when
@@ -631,12 +636,10 @@ class Transfer:
             except AssociationLost as exc:
                 for lost, _ in flight[i:]:  # one answer for all of them: all unknown
                     self._lost(lane, lost, exc)
-                lane.overlap = 0.0
+                lane.overlapped = False
                 return
-            if lane.overlap:
-                sent = dataclasses.replace(sent, seconds=max(0.0, sent.seconds - lane.overlap))
             self._settle(lane, job, sent)
-        lane.overlap = 0.0
+        lane.overlapped = False
 
     def _lost(self, lane: _Lane, job: Job, exc: AssociationLost) -> None:
         # The file's doing only when the PACS ended an association that carried nothing
@@ -658,7 +661,7 @@ class Transfer:
         if self._autotune is not None and sent.status is not None:
             if sent.outcome is st.Outcome.TRANSIENT:
                 self._autotune.congestion(sent.error)  # out of resources: fewer lanes
-            else:
+            elif not lane.overlapped:
                 self._autotune.answered(sent.seconds)
         if sent.outcome in (st.Outcome.STORED, st.Outcome.WARNING):
             out = self._outcome(job, State.STORED, sent.error, sent.status)
