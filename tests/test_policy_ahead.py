@@ -35,22 +35,30 @@ class ExitSource(Source):
     context's would be: not when a forgotten context is garbage-collected (which would close
     the parent's generator-based one in CPython, and hide a missing close)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: Holds entered and not exited: a set of held URIs would hide a file fetched
+        #: twice whose first hold was never let go
+        self.open_holds = 0
+
     def fetch(self, item: SourceItem) -> _Hold:  # type: ignore[override]
         return _Hold(self, item.uri)
 
 
 class _Hold:
-    def __init__(self, source: Source, uri: str, payload: Payload | None = None) -> None:
+    def __init__(self, source: ExitSource, uri: str, payload: Payload | None = None) -> None:
         self.source, self.uri = source, uri
         self.payload = payload or Payload(data=b"same bytes")
 
     def __enter__(self) -> Payload:
         self.source.held.add(self.uri)
+        self.source.open_holds += 1
         self.source.most_held = max(self.source.most_held, len(self.source.held))
         return self.payload
 
     def __exit__(self, *exc: object) -> None:
         self.source.held.discard(self.uri)
+        self.source.open_holds -= 1
 
 
 def send(
@@ -187,7 +195,7 @@ def test_an_unforeseen_error_while_reading_ahead_is_raised_at_the_files_start() 
     with pytest.raises(RuntimeError, match="a bug"):
         send(3, transform, source=source)
     assert calls == ["1.2.3.0", "1.2.3.1", "1.2.3.1"]  # read ahead, then at its start
-    assert source.held == set()
+    assert source.held == set() and source.open_holds == 0
 
 
 class PathSource(ExitSource):
@@ -228,7 +236,7 @@ def test_a_file_changed_after_it_was_read_ahead_is_read_again_at_its_start(
     assert [uid for uid, _ in seen] == ["1.2.3.0", "1.2.3.1", "1.2.3.1", "1.2.3.2"], seen
     assert seen[2] == ("1.2.3.1", b"version 2, longer")
     assert all(o.state is State.STORED for o in got.values())
-    assert source.held == set()  # the first reading's hold too
+    assert source.open_holds == 0  # the first reading's hold too
 
 
 def test_a_file_gone_after_it_was_read_ahead_is_read_again_at_its_start(
@@ -300,3 +308,16 @@ def test_an_interrupt_while_reading_ahead_ends_the_transfer_holding_nothing() ->
     with pytest.raises(Interrupt):
         send(3, transform, source=source)
     assert source.held == set()
+
+
+def test_an_answer_that_came_after_a_quick_read_ahead_is_a_latency_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the answers that came during the read are left out: each of these came later
+    (ANSWER_S after its request, the read taking microseconds), so each is counted."""
+    tune = Autotune(1)
+    samples: list[float] = []
+    monkeypatch.setattr(tune, "answered", samples.append)
+    got, ended, _ = send(3, lambda header, payload: (header, payload), autotune=tune)
+    assert ended.error is None and len(got) == 3
+    assert len(samples) == 3, samples
