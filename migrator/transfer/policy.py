@@ -398,7 +398,9 @@ class Transfer:
             by_fd = {_conn(lane).fileno(): lane for lane in flying}
             # Nothing to read yet: make the next file ready meanwhile. An answer that comes
             # during it is found by the select below (nothing reads the sockets until then).
-            if self._read_ahead():
+            before = self._ahead
+            self._read_ahead()
+            if self._ahead is not before:  # a file was read (not after an unforeseen error)
                 self._note_overlap(by_fd)
             first = min(flying, key=lambda lane: _conn(lane).deadline(lane.flight[0][1]))
             due = _conn(first).deadline(first.flight[0][1])
@@ -500,7 +502,7 @@ class Transfer:
         for fd in readable:
             by_fd[fd].overlapped = True
 
-    def _read_ahead(self) -> bool:
+    def _read_ahead(self) -> None:
         """While every lane waits for an answer, make the next file ready (fetch, re-inspect,
         transform: a download, a coercion), so that its time overlaps the destination's
         instead of following it. With one lane, coercing tiny files then costs almost no
@@ -508,9 +510,9 @@ class Transfer:
         so the file is settled exactly as if it had been read then; its payload is let go
         at once (a refused file holds no spool space while it waits). Anything else (a bug,
         a Redis error) is not kept: the file is read again at its start and raises there,
-        as without reading ahead. True: a file was read (time passed)."""
+        as without reading ahead."""
         if self._ahead is not None or not self._ready or self._stopped:
-            return False
+            return
         job = self._ready[0]
         ahead = _Ahead(job, contextlib.ExitStack())
         try:
@@ -523,12 +525,11 @@ class Transfer:
             ahead.error = exc.with_traceback(None)  # no frame keeps the payload alive
         except Exception:
             ahead.held.close()
-            return True
+            return
         except BaseException:
             ahead.held.close()
             raise
         self._ahead = ahead
-        return True
 
     def _connect(self, lane: _Lane, job: Job) -> bool:
         """Make ``lane`` hold a connection covering ``job``; False (job back in line) when
@@ -630,16 +631,17 @@ class Transfer:
     def _finish(self, lane: _Lane) -> None:
         conn = _conn(lane)
         flight, lane.flight = lane.flight, []
-        for i, (job, pending) in enumerate(flight):
-            try:
-                sent = conn.finish(pending)
-            except AssociationLost as exc:
-                for lost, _ in flight[i:]:  # one answer for all of them: all unknown
-                    self._lost(lane, lost, exc)
-                lane.overlapped = False
-                return
-            self._settle(lane, job, sent)
-        lane.overlapped = False
+        try:
+            for i, (job, pending) in enumerate(flight):
+                try:
+                    sent = conn.finish(pending)
+                except AssociationLost as exc:
+                    for lost, _ in flight[i:]:  # one answer for all of them: all unknown
+                        self._lost(lane, lost, exc)
+                    return
+                self._settle(lane, job, sent)
+        finally:
+            lane.overlapped = False
 
     def _lost(self, lane: _Lane, job: Job, exc: AssociationLost) -> None:
         # The file's doing only when the PACS ended an association that carried nothing
