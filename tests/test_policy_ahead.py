@@ -213,6 +213,19 @@ class PathSource(ExitSource):
         return _Hold(self, item.uri, Payload(path=str(path)))
 
 
+def reading(
+    seen: list[tuple[str, bytes]],
+) -> Callable[[DicomHeader, Payload], tuple[DicomHeader, Payload]]:
+    """A transform that notes each file it is given and what its file held then."""
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        assert payload.path is not None
+        seen.append((header.sop_instance_uid, Path(payload.path).read_bytes()))
+        return header, payload
+
+    return transform
+
+
 def test_a_file_changed_after_it_was_read_ahead_is_read_again_at_its_start(
     tmp_path: Path,
 ) -> None:
@@ -220,11 +233,7 @@ def test_a_file_changed_after_it_was_read_ahead_is_read_again_at_its_start(
     ahead: a file rewritten while it waited (here, while the last answer was awaited; in
     use, a connection backoff or a rate-limit wait) is read again."""
     seen: list[tuple[str, bytes]] = []
-
-    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
-        assert payload.path is not None
-        seen.append((header.sop_instance_uid, Path(payload.path).read_bytes()))
-        return header, payload
+    transform = reading(seen)
 
     def rewrite(o: FileOutcome) -> None:
         if o.sop_instance_uid == "1.2.3.0":  # file 1 was read ahead meanwhile
@@ -244,11 +253,7 @@ def test_a_file_gone_after_it_was_read_ahead_is_read_again_at_its_start(
 ) -> None:
     """(This source writes a missing file anew: reading again shows in what it reads.)"""
     seen: list[tuple[str, bytes]] = []
-
-    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
-        assert payload.path is not None
-        seen.append((header.sop_instance_uid, Path(payload.path).read_bytes()))
-        return header, payload
+    transform = reading(seen)
 
     def remove(o: FileOutcome) -> None:
         if o.sop_instance_uid == "1.2.3.0":

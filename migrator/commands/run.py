@@ -118,10 +118,10 @@ def _same_tls(ledger: Ledger, config: Settings) -> Ledger:
         )
     # And --priority: its batches go to the queue of the class it was created with (left
     # out, the job's own class applies; given and different, it would be ignored).
-    if _given("priority") and job.priority != config.priority:
-        raise ConfigError(
-            priority_refusal(ledger.job_id, job.priority, config.priority, _from_env("priority"))
-        )
+    source = _source("priority")
+    if source in _GIVEN and job.priority != config.priority:
+        from_env = source is click.core.ParameterSource.ENVIRONMENT
+        raise ConfigError(priority_refusal(ledger.job_id, job.priority, config.priority, from_env))
     return ledger
 
 
@@ -140,25 +140,14 @@ def priority_refusal(job_id: str, created: str, asked: str, from_env: bool) -> s
     )
 
 
-def _from_env(option: str) -> bool:
-    """Whether ``option`` came from its MIGRATOR_* variable (not the command line)."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return False
-    return ctx.get_parameter_source(option) is click.core.ParameterSource.ENVIRONMENT
+#: Where an option given by the user comes from (not left at its default)
+_GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
 
 
-def _given(option: str) -> bool:
-    """Whether ``option`` was given (on the command line or in its MIGRATOR_* variable),
-    not left at its default."""
+def _source(option: str) -> click.core.ParameterSource | None:
+    """Where ``option``'s value came from (None outside a command)."""
     ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return False
-    source = ctx.get_parameter_source(option)
-    return source in (
-        click.core.ParameterSource.COMMANDLINE,
-        click.core.ParameterSource.ENVIRONMENT,
-    )
+    return ctx.get_parameter_source(option) if ctx is not None else None
 
 
 def job_options(func: F) -> F:

@@ -490,7 +490,16 @@ class Transfer:
                 raise ahead.error
             assert ahead.header is not None and ahead.payload is not None
             return ahead.header, ahead.payload
-        payload = lane.held.enter_context(job.source.fetch(job.item))
+        return self._read(lane.held, job)
+
+    def _read(
+        self, held: contextlib.ExitStack, job: Job, ahead: _Ahead | None = None
+    ) -> tuple[DicomHeader, Payload]:
+        """Fetch ``job`` (its hold kept in ``held``), re-inspect and transform it: at its
+        start, or read ahead (``ahead`` then gets the file's stamp before it is read)."""
+        payload = held.enter_context(job.source.fetch(job.item))
+        if ahead is not None and payload.path is not None:
+            ahead.stamp = _stat(payload.path)
         return self._transform(reinspect(job, payload), payload)
 
     def _note_overlap(self, by_fd: dict[int, _Lane]) -> None:
@@ -516,10 +525,7 @@ class Transfer:
         job = self._ready[0]
         ahead = _Ahead(job, contextlib.ExitStack())
         try:
-            payload = ahead.held.enter_context(job.source.fetch(job.item))
-            if payload.path is not None:
-                ahead.stamp = _stat(payload.path)
-            ahead.header, ahead.payload = self._transform(reinspect(job, payload), payload)
+            ahead.header, ahead.payload = self._read(ahead.held, job, ahead)
         except MigratorError as exc:
             ahead.held.close()
             ahead.error = exc.with_traceback(None)  # no frame keeps the payload alive
