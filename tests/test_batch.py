@@ -7,6 +7,7 @@ lead here are covered end to end in test_engine.py.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -232,6 +233,57 @@ def test_a_lost_deliverys_files_found_at_the_pacs_are_recorded_not_sent_again(
     assert report.found_after_loss == lost and report.stored == 20
     assert re.search(rf"Found stored: +{lost} \(sent by a lost worker", render_text(report))
     assert ledger.counts() == {**ledger.counts(), "stored": 20, "in_flight": 0}
+    assert ledger.client.smembers(ledger.keys.opened("b1")) == set()
+
+
+class _TimeLimit(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded: an Exception raised by a signal handler
+    in the sending thread, wherever it is (here: waiting for a C-STORE's answer)."""
+
+
+def test_a_delivery_ended_by_a_time_limit_mid_send_does_not_send_its_file_twice(
+    shared_redis: RedisPeer, tmp_path: Path
+) -> None:
+    """Celery's soft time limit ends a delivery with a C-STORE on the wire, and the batch
+    goes on in a new task at once. The file whose answer never came is at the PACS with no
+    outcome: the next delivery finds it there (C-FIND) instead of sending it a second time
+    (seen under load in test_fleet.py: one instance stored twice)."""
+
+    def limit(signum: int, frame: object) -> None:
+        raise _TimeLimit()
+
+    with counting_scp(response_delay=0.3, find=True) as scp:
+        ledger = make_job(shared_redis.client(), scp, tmp_path, n=8)
+        runtime = Runtime(ledger.client)
+        main = threading.get_ident()
+
+        def fire() -> None:  # once 3 files are stored and the 4th is on its way
+            deadline = time.monotonic() + 30
+            while scp.total < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.1)
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        old = signal.signal(signal.SIGUSR1, limit)
+        timer = threading.Thread(target=fire, daemon=True)
+        timer.start()
+        try:
+            with pytest.raises(_TimeLimit):
+                run_batch(ledger, "b1", runtime, task_id="t1")
+        finally:
+            timer.join()
+            signal.signal(signal.SIGUSR1, old)
+        time.sleep(0.5)  # the PACS finishes storing what was on the wire
+        recorded = ledger.counts()["stored"]
+        unanswered = scp.distinct - recorded
+        assert unanswered == 1, (scp.distinct, recorded)  # the case at hand
+        summary = run_batch(ledger, "b1", runtime, task_id="t2")  # the new task
+        runtime.close_all()
+    assert scp.total == scp.distinct == 8, scp.stores  # none twice
+    assert scp.finds == 1
+    found = [o for _, o, _ in ledger.iter_outcomes() if o.reason == FOUND_AFTER_LOSS]
+    assert len(found) == unanswered and summary.stored == 8 - recorded
+    assert ledger.counts() == {**ledger.counts(), "stored": 8, "in_flight": 0}
     assert ledger.client.smembers(ledger.keys.opened("b1")) == set()
 
 

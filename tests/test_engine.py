@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from migrator import synth
+from migrator.outcomes import FOUND_AFTER_LOSS
 from tests.enginehelpers import (
     FAST_FAULTS,
     assert_invariant,
@@ -253,6 +254,48 @@ def _slow_job(tmp: Path, redis_url: str, port: int, n_files: int) -> Any:
         "40",
         log=tmp / "run.log",
     )
+
+
+def test_a_batch_ended_by_the_soft_time_limit_sends_no_file_twice(
+    tmp_path: Path, redis_server: RedisPeer
+) -> None:
+    """Celery's soft time limit ends a long batch while a C-STORE is on the wire; the batch
+    goes on in a new task at once. The file whose answer never came is at the PACS: the new
+    delivery finds it there (C-FIND) and records it, instead of sending it a second time
+    (seen under load in test_fleet.py)."""
+    folder = tmp_path / "in"
+    synth.write_corpus(folder, count=24, size="tiny", seed=24)
+    limits = {
+        "MIGRATOR_VISIBILITY_TIMEOUT": "12",
+        "MIGRATOR_SOFT_TIME_LIMIT": "2",
+        "MIGRATOR_TIME_LIMIT": "3",
+        "MIGRATOR_MAX_LIMITER_WAIT": "2",
+    }
+    # 0.3 s an answer, one association: a batch of 12 takes ~3.6 s, past the 2 s limit.
+    with counting_scp(response_delay=0.3, find=True) as scp:
+        with workers(redis_server.url, 2, tmp_path, **limits) as local:
+            proc = start_run(
+                folder,
+                *common_args(("127.0.0.1", scp.port), "COUNTING"),
+                "--redis-url",
+                redis_server.url,
+                "--batch-files",
+                "12",
+                "-j",
+                "1",
+                log=tmp_path / "run.log",
+            )
+            code, _ = finish(proc)
+            worker_log = (tmp_path / "w-2.log").read_text()
+        log = (tmp_path / "run.log").read_text()
+    assert code == 0, log + local.log_tail()
+    assert "hit the soft time limit; continuing in a new task" in worker_log, worker_log
+    assert scp.total == scp.distinct == 24, scp.stores  # none twice
+    ledger = only_job(redis_server.client())
+    counts = assert_invariant(ledger)
+    assert counts["stored"] == 24
+    found = [o for _, o, _ in ledger.iter_outcomes() if o.reason == FOUND_AFTER_LOSS]
+    assert found and scp.finds >= 1, worker_log  # looked up, not sent again
 
 
 def test_kill_9_of_a_worker_child_mid_batch(

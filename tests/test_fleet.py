@@ -207,13 +207,14 @@ def held_by(fleet: Fleet, ledger: Ledger, host: str) -> tuple[set[str], set[str]
 
 
 def unrecorded_by(fleet: Fleet, ledger: Ledger, host: str) -> set[str]:
-    """Instances the PACS received from ``host`` that no worker of ``host`` recorded."""
+    """Instances the PACS received from ``host`` that no worker of ``host`` recorded as sent
+    (found at the PACS by a later delivery, also one on ``host``, is not recorded as sent)."""
     sent = fleet.pacs_log().uids_from.get(fleet.hosts[host].address, set())
     mark = f"fleet-{host}:"
     recorded = {
         o.sop_instance_uid
         for _, o, extra in ledger.iter_outcomes()
-        if str(extra.get("worker", "")).startswith(mark)
+        if str(extra.get("worker", "")).startswith(mark) and o.reason != FOUND_AFTER_LOSS
     }
     return sent - recorded
 
@@ -275,7 +276,11 @@ def test_a_host_lost_mid_job_its_leases_are_taken_over_and_the_job_completes(
     found = {
         o.sop_instance_uid for _, o, _ in ledger.iter_outcomes() if o.reason == FOUND_AFTER_LOSS
     }
-    assert found == unrecorded_by(fleet, ledger, "h2")  # exactly those, none sent again
+    # Exactly those, none sent again. Mostly the lost host's; on a loaded machine also a
+    # live host's batch that Celery's soft time limit (7 s here) ended with a C-STORE on
+    # the wire, continued in a new task that looked the file up the same way.
+    unrecorded = set().union(*(unrecorded_by(fleet, ledger, h) for h in ("h1", "h2", "h3")))
+    assert found == unrecorded, (found, unrecorded)
     # Documented lease lengths: slots 30 s after their last refresh (every 5 s); a batch comes
     # back after the visibility timeout (12 s here) and waits out the dead holder's 30 s lease.
     assert slots_back <= SLOT_LEASE_S + 5, slots_back  # + polling on a loaded machine

@@ -145,7 +145,7 @@ def run_batch(
         raise
     finally:
         ledger.release_batch(batch_id, token)
-        if not recorder.pending:  # every outcome it holds is written: nothing unknown left
+        if not recorder.pending and not recorder.unanswered:  # nothing unknown left
             ledger.close_deliveries(batch_id, [token])
         dest = settings.destination
         if watch.state is not None:
@@ -280,6 +280,10 @@ def _run_claimed(
         # a death of the process (only those count towards poison).
         recorder.flush()
         ledger.delivery_done(task_id)
+        # Files on the wire when an exception ended it (Celery's soft time limit): their
+        # outcome is unknown, so this delivery does not end in good order, and the next
+        # one asks the destination for them instead of sending them twice (takeover.py).
+        recorder.unanswered = len(transfer.unanswered)
     # Settled: rewrite the outcome lines without the growth slack of appends.
     ledger.compact_outcomes(batch_id)
     return summary
@@ -402,6 +406,8 @@ class _Recorder:
         self.last = time.monotonic()
         self.refreshed = time.monotonic()
         self.lost = False  # the lease went to another delivery: only write what is pending
+        #: files sent with no answer read when an exception ended the delivery
+        self.unanswered = 0
         #: the batch's file states when this delivery began, and the files it wrote since
         self.states = ledger.batch_states(batch_id)
         self.written: set[int] = set()

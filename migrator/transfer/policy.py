@@ -212,6 +212,9 @@ class Transfer:
         self._opened_ahead = False
         #: The next file, made ready while the lanes waited (one at most)
         self._ahead: _Ahead | None = None
+        #: Files on the wire when an exception ended the transfer (Celery's soft time
+        #: limit, an interrupt): the destination may hold them with nothing recorded.
+        self.unanswered: list[Job] = []
         lanes = autotune.target if autotune is not None else settings.concurrency
         self.lanes = [_Lane() for _ in range(max(1, lanes))]
         pool.capacity = max(pool.capacity, settings.max_lanes)
@@ -242,6 +245,7 @@ class Transfer:
                 if lane.conn is not None and lane.flight:
                     # Only when an exception ends the transfer (a time limit, an interrupt):
                     # the request's outcome is unknown, its files stay unsettled.
+                    self.unanswered.extend(job for job, _ in lane.flight)
                     self.pool.discard(lane.conn)
                 elif lane.conn is not None:
                     self.pool.checkin(lane.conn)

@@ -1,8 +1,10 @@
 """What a lost delivery of a batch may have sent unrecorded, looked up at the destination.
 
-A delivery that dies (its host lost, its process killed) or is cut from Redis while the
-batch is handed on has sent files whose outcomes it never wrote: up to the files in flight
-plus those settled since its last flush (docs/reliability.md, row 15). The delivery that
+A delivery that dies (its host lost, its process killed), is cut from Redis while the
+batch is handed on, or is ended by an exception with requests on the wire (Celery's soft
+time limit: the batch goes on in a new task at once) has sent files whose outcomes it never
+wrote: up to the files in flight plus those settled since its last flush
+(docs/reliability.md, row 15). The delivery that
 takes the batch over asks the destination which of them it holds (:mod:`migrator.verify.held`:
 C-FIND at IMAGE level with lists of SOP Instance UIDs, or QIDO-RS) and records those stored
 instead of sending them a second time.
@@ -72,8 +74,9 @@ def found_at_destination(
     ]
     if found:
         log.warning(
-            "batch %s: its previous delivery was lost; %d of its %d unsettled files were "
-            "found at %s and are not sent again",
+            "batch %s: its previous delivery ended without recording every file it sent "
+            "(lost, or stopped by a time limit); %d of its %d unsettled files were found "
+            "at %s and are not sent again",
             batch_id,
             len(found),
             len(unsettled),
