@@ -21,6 +21,9 @@ from workers.metrics import DestinationMetrics
 
 log = logging.getLogger(__name__)
 
+#: Seconds before a batch stopped by the soft time limit goes on (see store_batch).
+SOFT_LIMIT_PAUSE = 1.0
+
 worker_process_shutdown.connect(rt.shutdown)
 
 
@@ -50,9 +53,11 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
             runtime, job_id, batch_id, failures, tid, passthrough=(SoftTimeLimitExceeded,)
         )
     except SoftTimeLimitExceeded:
-        # What was sent is recorded; the rest goes on in a fresh delivery.
+        # What was sent is recorded; the rest goes on in a fresh delivery. That delivery
+        # asks the PACS for the files left on the wire (transfer/takeover.py): a second
+        # lets the PACS finish storing them first, so none is sent twice.
         log.warning("batch %s hit the soft time limit; continuing in a new task", batch_id)
-        raise self.retry(countdown=0) from None
+        raise self.retry(countdown=SOFT_LIMIT_PAUSE) from None
     if done.retry_in is not None:
         # Never longer than the configured wait bound (below the visibility timeout): an
         # ETA message older than that would be delivered a second time.
