@@ -245,7 +245,7 @@ def test_a_delivery_ended_by_a_time_limit_mid_send_does_not_send_its_file_twice(
     shared_redis: RedisPeer, tmp_path: Path
 ) -> None:
     """Celery's soft time limit ends a delivery with a C-STORE on the wire, and the batch
-    goes on in a new task at once. The file whose answer never came is at the PACS with no
+    goes on in a new task a second later. The file whose answer never came is at the PACS with no
     outcome: the next delivery finds it there (C-FIND) instead of sending it a second time
     (seen under load in test_fleet.py: one instance stored twice)."""
 

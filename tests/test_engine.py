@@ -260,7 +260,7 @@ def test_a_batch_ended_by_the_soft_time_limit_sends_no_file_twice(
     tmp_path: Path, redis_server: RedisPeer
 ) -> None:
     """Celery's soft time limit ends a long batch while a C-STORE is on the wire; the batch
-    goes on in a new task at once. The file whose answer never came is at the PACS: the new
+    goes on in a new task a second later. The file whose answer never came is at the PACS: the new
     delivery finds it there (C-FIND) and records it, instead of sending it a second time
     (seen under load in test_fleet.py)."""
     folder = tmp_path / "in"

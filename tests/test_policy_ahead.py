@@ -178,11 +178,12 @@ def test_a_transfer_stopped_with_a_file_read_ahead_leaves_it_and_lets_its_payloa
     assert source.held == set()  # and its payload was let go
 
 
-def test_an_unforeseen_error_while_reading_ahead_is_raised_at_the_files_start() -> None:
-    """Not a file's problem (a bug, a Redis error): reading ahead does not keep it (while an
-    answer is awaited it would end the transfer with that file's outcome unknown); the
-    file is read again at its start and raises there, as without reading ahead. Nothing
-    fetched for it is held."""
+def test_an_unforeseen_error_while_reading_ahead_ends_the_transfer_at_once() -> None:
+    """Not a file's problem (a bug, a Redis error, Celery's soft time limit, which is an
+    Exception raised once): reading ahead does not keep it, or a time limit would be lost.
+    The transfer ends at once; the file on the wire is left unanswered (for the next
+    delivery to look up at the destination) and its association discarded. Nothing
+    fetched for the file read ahead is held."""
     source = ExitSource()
     calls: list[str] = []
 
@@ -194,7 +195,7 @@ def test_an_unforeseen_error_while_reading_ahead_is_raised_at_the_files_start() 
 
     with pytest.raises(RuntimeError, match="a bug"):
         send(3, transform, source=source)
-    assert calls == ["1.2.3.0", "1.2.3.1", "1.2.3.1"]  # read ahead, then at its start
+    assert calls == ["1.2.3.0", "1.2.3.1"]  # raised while read ahead, not read again
     assert source.held == set() and source.open_holds == 0
 
 
@@ -326,3 +327,71 @@ def test_an_answer_that_came_after_a_quick_read_ahead_is_a_latency_sample(
     got, ended, _ = send(3, lambda header, payload: (header, payload), autotune=tune)
     assert ended.error is None and len(got) == 3
     assert len(samples) == 3, samples
+
+
+class _FromOutside(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded: an Exception raised in the sending
+    thread wherever it happens to be."""
+
+
+def _ended_from_outside(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> tuple[list[str], ConnectionPool]:
+    """Three files over one lane, an exception from outside at ``where``: the URIs of the
+    files left unanswered, and the pool."""
+    source = Source()
+    dest = SocketDestination(lambda _: {f"1.2.3.{i}": ANSWER_S for i in range(3)})
+    pool = ConnectionPool(dest, capacity=1)
+    calls = {"start": 0, "finish": 0}
+
+    def raise_at(name: str, real: Callable[..., object]) -> Callable[..., object]:
+        def patched(self: SocketConn, *args: object) -> object:
+            calls[name] += 1
+            if name == where and calls[name] == 2:
+                raise _FromOutside()
+            return real(self, *args)
+
+        return patched
+
+    monkeypatch.setattr(SocketConn, "start", raise_at("start", SocketConn.start))
+    monkeypatch.setattr(SocketConn, "finish", raise_at("finish", SocketConn.finish))
+
+    def transform(header: DicomHeader, payload: Payload) -> tuple[DicomHeader, Payload]:
+        if where == "read ahead" and header.sop_instance_uid == "1.2.3.2":
+            raise _FromOutside()
+        return header, payload
+
+    t = Transfer(
+        Settings("fake", retry_backoff=0.01, retries=1, concurrency=1),
+        pool,
+        NullLimiter(),
+        lambda _job, _o: None,
+        transform=transform,
+    )
+    try:
+        with pytest.raises(_FromOutside):
+            t.run(jobs(source, 3))
+    finally:
+        for conn in dest.opened:
+            conn.abort()
+    return [job.uri for job in t.unanswered], pool
+
+
+@pytest.mark.parametrize(
+    ("where", "unanswered"),
+    [
+        ("read ahead", ["mem://1"]),  # file 2 read while file 1's answer is awaited
+        ("finish", ["mem://1"]),  # while file 1's answer is read
+        ("start", ["mem://1"]),  # while file 1 is being sent
+    ],
+)
+def test_an_exception_from_outside_leaves_the_file_on_the_wire_unanswered(
+    monkeypatch: pytest.MonkeyPatch, where: str, unanswered: list[str]
+) -> None:
+    """Celery's soft time limit can strike anywhere. The file whose answer was not read is
+    named (its batch's next delivery asks the destination for it instead of sending it
+    twice: transfer/batch.py), and its association, which may hold half a request or an
+    unread answer, is discarded, never reused."""
+    got, pool = _ended_from_outside(monkeypatch, where)
+    assert got == unanswered
+    assert pool.discarded == 1 and len(pool) == 0

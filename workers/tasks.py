@@ -57,7 +57,8 @@ def store_batch(self: Any, job_id: str, batch_id: str, failures: int = 0) -> dic
         # asks the PACS for the files left on the wire (transfer/takeover.py): a second
         # lets the PACS finish storing them first, so none is sent twice.
         log.warning("batch %s hit the soft time limit; continuing in a new task", batch_id)
-        raise self.retry(countdown=SOFT_LIMIT_PAUSE) from None
+        pause = min(SOFT_LIMIT_PAUSE, float(app.conf.migrator_max_wait))
+        raise self.retry(countdown=pause) from None
     if done.retry_in is not None:
         # Never longer than the configured wait bound (below the visibility timeout): an
         # ETA message older than that would be delivered a second time.

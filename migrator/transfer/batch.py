@@ -275,15 +275,16 @@ def _run_claimed(
         elif error is not None:
             raise error
     finally:
+        # Files on the wire when an exception ended it (Celery's soft time limit): their
+        # outcome is unknown, so this delivery does not end in good order, and the next
+        # one asks the destination for them instead of sending them twice (takeover.py).
+        # Noted first: the flush below may raise (the lease lost meanwhile).
+        recorder.unanswered = len(transfer.unanswered)
         # Whatever ends the batch (done, PACS unreachable, soft time limit), what was sent
         # is recorded, so a later delivery does not send it again; and this start was not
         # a death of the process (only those count towards poison).
         recorder.flush()
         ledger.delivery_done(task_id)
-        # Files on the wire when an exception ended it (Celery's soft time limit): their
-        # outcome is unknown, so this delivery does not end in good order, and the next
-        # one asks the destination for them instead of sending them twice (takeover.py).
-        recorder.unanswered = len(transfer.unanswered)
     # Settled: rewrite the outcome lines without the growth slack of appends.
     ledger.compact_outcomes(batch_id)
     return summary

@@ -113,6 +113,9 @@ class _Lane:
     #: Its answer came while the next file was read ahead: when, is not known, so its
     #: time is no latency sample for -j auto (a slow read would look like a slow PACS)
     overlapped: bool = False
+    #: The file being sent on ``conn`` until ``start`` returns: an exception from outside
+    #: (Celery's soft time limit) may leave it half on the wire
+    sending: Job | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -242,11 +245,16 @@ class Transfer:
                 self._ahead = None
             for lane in self.lanes:
                 lane.held.close()
-                if lane.conn is not None and lane.flight:
+                if lane.flight or lane.sending is not None:
                     # Only when an exception ends the transfer (a time limit, an interrupt):
-                    # the request's outcome is unknown, its files stay unsettled.
+                    # the request's outcome is unknown, its files stay unsettled, and the
+                    # association may hold half a PDU or an answer nobody reads.
                     self.unanswered.extend(job for job, _ in lane.flight)
-                    self.pool.discard(lane.conn)
+                    if lane.sending is not None:
+                        self.unanswered.append(lane.sending)
+                        lane.sending = None
+                    if lane.conn is not None:
+                        self.pool.discard(lane.conn)
                 elif lane.conn is not None:
                     self.pool.checkin(lane.conn)
                 lane.conn = None
@@ -447,29 +455,16 @@ class Transfer:
                 return
         if self._on_start is not None:
             self._on_start(job)
+        # Anything but the file's own errors (below) ends the transfer with it maybe sent.
+        lane.sending = job
         try:
             header, payload = self._made_ready(lane, job)
             sent = conn.start(header, payload)
-        except AssociationLost as exc:
-            self._lost(lane, job, exc)
+        except MigratorError as exc:
+            lane.sending = None
+            self._not_started(lane, job, exc)
             return
-        except DestinationConflict as exc:  # --precheck: held under another patient/study
-            state = State.SKIPPED if exc.skip else State.FAILED
-            self._settle_failed(job, f"{job.uri}: {exc}", state, sent=False)
-            return
-        except CoercionError as exc:  # --coerce: the file named, then element and rule
-            state = State.SKIPPED if isinstance(exc, CoercionSkipped) else State.FAILED
-            self._settle_failed(job, f"{job.uri}: {exc}", state, sent=False)
-            return
-        except SourceError as exc:
-            self._settle_failed(job, str(exc))
-            return
-        except MigratorError as exc:  # transient source errors (S3) and the like
-            if exc.retryable:
-                self._retry_or_fail(job, str(exc), destination=False)
-            else:
-                self._settle_failed(job, str(exc))
-            return
+        lane.sending = None
         if isinstance(sent, SendResult):
             if not sent.ts_sent and sent.outcome is st.Outcome.PERMANENT:
                 # Refused before anything went on the wire (no presentation context): not
@@ -479,6 +474,23 @@ class Transfer:
             self._settle(lane, job, sent)
         else:
             lane.flight.append((job, sent))
+
+    def _not_started(self, lane: _Lane, job: Job, exc: MigratorError) -> None:
+        """Settle (or retry) ``job`` after its read or its send raised ``exc``."""
+        if isinstance(exc, AssociationLost):
+            self._lost(lane, job, exc)
+        elif isinstance(exc, DestinationConflict):  # --precheck: held under another study
+            state = State.SKIPPED if exc.skip else State.FAILED
+            self._settle_failed(job, f"{job.uri}: {exc}", state, sent=False)
+        elif isinstance(exc, CoercionError):  # --coerce: the file named, then element, rule
+            state = State.SKIPPED if isinstance(exc, CoercionSkipped) else State.FAILED
+            self._settle_failed(job, f"{job.uri}: {exc}", state, sent=False)
+        elif isinstance(exc, SourceError):
+            self._settle_failed(job, str(exc))
+        elif exc.retryable:  # transient source errors (S3) and the like
+            self._retry_or_fail(job, str(exc), destination=False)
+        else:
+            self._settle_failed(job, str(exc))
 
     def _made_ready(self, lane: _Lane, job: Job) -> tuple[DicomHeader, Payload]:
         """``job`` fetched (held until ``lane`` flushes: a staged STOW-RS part is read when
@@ -522,8 +534,9 @@ class Transfer:
         wall time (bench/coerce_bench.py). An error is kept and raised when the file starts,
         so the file is settled exactly as if it had been read then; its payload is let go
         at once (a refused file holds no spool space while it waits). Anything else (a bug,
-        a Redis error) is not kept: the file is read again at its start and raises there,
-        as without reading ahead."""
+        a Redis error, Celery's soft time limit, which is an Exception and comes once)
+        ends the transfer now: the files on the wire are left ``unanswered``, for the next
+        delivery to look up at the destination."""
         if self._ahead is not None or not self._ready or self._stopped:
             return
         job = self._ready[0]
@@ -533,9 +546,6 @@ class Transfer:
         except MigratorError as exc:
             ahead.held.close()
             ahead.error = exc.with_traceback(None)  # no frame keeps the payload alive
-        except Exception:
-            ahead.held.close()
-            return
         except BaseException:
             ahead.held.close()
             raise
@@ -640,16 +650,20 @@ class Transfer:
 
     def _finish(self, lane: _Lane) -> None:
         conn = _conn(lane)
-        flight, lane.flight = lane.flight, []
         try:
-            for i, (job, pending) in enumerate(flight):
+            # A file leaves the flight once settled: an exception from outside (Celery's
+            # soft time limit) while an answer is read leaves the rest unanswered.
+            while lane.flight:
+                job, pending = lane.flight[0]
                 try:
                     sent = conn.finish(pending)
                 except AssociationLost as exc:
-                    for lost, _ in flight[i:]:  # one answer for all of them: all unknown
+                    flight, lane.flight = lane.flight, []
+                    for lost, _ in flight:  # one answer for all of them: all unknown
                         self._lost(lane, lost, exc)
                     return
                 self._settle(lane, job, sent)
+                del lane.flight[0]
         finally:
             lane.overlapped = False
 

@@ -2,7 +2,7 @@
 
 A delivery that dies (its host lost, its process killed), is cut from Redis while the
 batch is handed on, or is ended by an exception with requests on the wire (Celery's soft
-time limit: the batch goes on in a new task at once) has sent files whose outcomes it never
+time limit: the batch goes on in a new task a second later) has sent files whose outcomes it never
 wrote: up to the files in flight plus those settled since its last flush
 (docs/reliability.md, row 15). The delivery that
 takes the batch over asks the destination which of them it holds (:mod:`migrator.verify.held`:
