@@ -327,8 +327,9 @@ class Interrupted(Exception):
 
 def test_an_exception_ending_the_transfer_aborts_what_is_in_flight_and_keeps_the_rest() -> None:
     """Two lanes; the first outcome's sink raises while the second file is on the wire: its
-    outcome is unknown, so its association is aborted and forgotten (the file stays
-    unsettled, to be sent again); the association that is idle goes back to the pool."""
+    outcome is unknown, so its association is aborted and forgotten; the association whose
+    answer was read goes back to the pool. Neither file's outcome is recorded: both stay
+    unsettled, named for the next delivery to look up at the destination."""
     clock, dest = Clock(), FakeDestination()
     pool = ConnectionPool(dest, capacity=2, clock=clock)
     got: list[FileOutcome] = []
@@ -347,6 +348,7 @@ def test_an_exception_ending_the_transfer_aborts_what_is_in_flight_and_keeps_the
     assert not in_flight.alive and not in_flight.released  # aborted
     assert done.alive and len(pool) == 1
     assert pool.checkout(P, {P}) is done  # checked in: free for the next file
+    assert sorted(j.item.uri for j in t.unanswered) == [job(1).item.uri, job(2).item.uri]
 
 
 def test_a_pacs_that_aborts_every_association_after_n_stores_costs_no_file() -> None:

@@ -116,6 +116,9 @@ class _Lane:
     #: The file being sent on ``conn`` until ``start`` returns: an exception from outside
     #: (Celery's soft time limit) may leave it half on the wire
     sending: Job | None = None
+    #: The file whose answer was read and whose outcome is being recorded: an exception
+    #: from outside leaves it unrecorded (the association itself is clean)
+    settling: Job | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -245,20 +248,19 @@ class Transfer:
                 self._ahead = None
             for lane in self.lanes:
                 lane.held.close()
-                if lane.flight or lane.sending is not None:
-                    # Only when an exception ends the transfer (a time limit, an interrupt):
-                    # the request's outcome is unknown, its files stay unsettled, and the
-                    # association may hold half a PDU or an answer nobody reads.
-                    self.unanswered.extend(job for job, _ in lane.flight)
-                    if lane.sending is not None:
-                        self.unanswered.append(lane.sending)
-                        lane.sending = None
-                    if lane.conn is not None:
-                        self.pool.discard(lane.conn)
+                # Only when an exception ends the transfer (a time limit, an interrupt):
+                # files sent whose outcome is not recorded stay unsettled, named for the
+                # next delivery to look up at the destination.
+                self.unanswered.extend(job for job, _ in lane.flight)
+                self.unanswered.extend(j for j in (lane.sending, lane.settling) if j is not None)
+                if lane.conn is not None and (lane.flight or lane.sending is not None):
+                    # It may hold half a PDU or an answer nobody reads: never reused.
+                    self.pool.discard(lane.conn)
                 elif lane.conn is not None:
                     self.pool.checkin(lane.conn)
                 lane.conn = None
                 lane.flight = []
+                lane.sending = lane.settling = None
         left = list(self._ready) + [j for _, _, j in sorted(self._delayed)]
         if self._waits is not None:
             left += self._waits.left()
@@ -651,8 +653,8 @@ class Transfer:
     def _finish(self, lane: _Lane) -> None:
         conn = _conn(lane)
         try:
-            # A file leaves the flight once settled: an exception from outside (Celery's
-            # soft time limit) while an answer is read leaves the rest unanswered.
+            # A file leaves the flight once its answer is read: an exception from outside
+            # (Celery's soft time limit) while an answer is read leaves the rest in it.
             while lane.flight:
                 job, pending = lane.flight[0]
                 try:
@@ -662,8 +664,10 @@ class Transfer:
                     for lost, _ in flight:  # one answer for all of them: all unknown
                         self._lost(lane, lost, exc)
                     return
-                self._settle(lane, job, sent)
                 del lane.flight[0]
+                lane.settling = job
+                self._settle(lane, job, sent)
+                lane.settling = None
         finally:
             lane.overlapped = False
 
