@@ -140,7 +140,7 @@ def assert_same_instance(received: Path, original: Dataset) -> Dataset:
 
 def _associate(port: int, contexts: list[tuple[str, str]], **kw: Any) -> Association:
     ae = AE(ae_title=kw.pop("ae_title", "PYNETDICOM"))
-    ae.acse_timeout = 5
+    ae.acse_timeout = 30  # an answer, not a timeout, is what these tests look at (loaded CI)
     ae.dimse_timeout = 30
     ae.network_timeout = 30
     for sop_class, ts in contexts:
@@ -331,7 +331,9 @@ def test_max_conns_rejects_the_third_association_transiently(scps: Any) -> None:
     third = _associate(
         scp.port, [(CT, ExplicitVRLittleEndian)], evt_handlers=[(evt.EVT_ACSE_RECV, on_recv)]
     )
-    assert third.is_rejected
+    # Failed once under stress-ng (the state was not shown): say which way it went.
+    state = {"established": third.is_established, "aborted": third.is_aborted}
+    assert third.is_rejected, (state, seen, scp.log_text()[-2000:])
     assert seen == [(2, 3, 2)]
     for n, assoc in enumerate((first, second)):
         ds = make_instance("1.2.826.0.1.8", "1.2.826.0.1.8.1", f"1.2.826.0.1.8.1.{n}")
