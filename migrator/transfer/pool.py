@@ -76,7 +76,7 @@ class ConnectionPool:
         self._clock = clock
         self._entries: list[_Entry] = []
         self._seen: set[Pair] = set()
-        self._lock = threading.Lock()  # only against abort_all from another thread
+        self._lock = threading.Lock()  # against abort_all and close_all from another thread
         self._releasing: list[threading.Thread] = []  # retired, their release under way
         self.opened = 0
         self.discarded = 0
@@ -211,9 +211,15 @@ class ConnectionPool:
             self._release_later(entry)
         if entries:
             self._close(entries[0], True)
-        for t in self._releasing:  # released once this returns
+        # Released once this returns. Another thread may close the pool at the same time
+        # (`run`'s idle closer and its end): each joins what was started (never a thread
+        # not started yet: _release_later publishes a thread once it runs).
+        with self._lock:
+            releasing = list(self._releasing)
+        for t in releasing:
             t.join()
-        self._releasing = []
+        with self._lock:
+            self._releasing = [r for r in self._releasing if r.is_alive()]
 
     def abort_all(self) -> None:
         """Abort every open connection; safe from another thread (the sender's own thread
@@ -259,8 +265,9 @@ class ConnectionPool:
         t = threading.Thread(
             target=self._close, args=(entry, True), name="migrator-release", daemon=True
         )
-        self._releasing = [r for r in self._releasing if r.is_alive()] + [t]
         t.start()
+        with self._lock:
+            self._releasing = [r for r in self._releasing if r.is_alive()] + [t]
 
     def _drop(self, entry: _Entry, *, graceful: bool) -> None:
         with self._lock:
