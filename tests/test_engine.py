@@ -305,18 +305,29 @@ def test_kill_9_of_a_worker_child_mid_batch(
         proc = _slow_job(tmp_path, redis_server.url, orthanc.dicom_port, 400)
         ledger = only_job(redis_server.client())
         wait_until(lambda: ledger.counts()["stored"] >= 60, 60, "the first files")
-        # The victim is a pool child that holds a batch right now (its lease says so).
+        # The victim is a pool child that holds a batch right now (its lease says so). Under
+        # stress-ng the child once finished its batch between that look and the kill: a
+        # kill lands mid-batch when the dead child's lease is still there after it, else
+        # another busy child is killed (the pool forks a new one).
         victim = 0
+
+        def holders() -> list[str]:
+            return [ledger.batch_holder(b) or "" for b in ledger.batch_ids()]
 
         def busy_child() -> bool:
             nonlocal victim
-            holders = [ledger.batch_holder(b) or "" for b in ledger.batch_ids()]
-            busy = [p for p in children(local.pid) if any(f":{p}:" in h for h in holders)]
+            busy = [p for p in children(local.pid) if any(f":{p}:" in h for h in holders())]
             victim = busy[0] if busy else 0
             return bool(busy)
 
-        wait_until(busy_child, 30, "a pool child holding a batch")
-        os.kill(victim, signal.SIGKILL)
+        for _ in range(5):
+            wait_until(busy_child, 30, "a pool child holding a batch")
+            os.kill(victim, signal.SIGKILL)
+            time.sleep(0.3)  # dead by now: what it held stays held
+            if any(f":{victim}:" in h for h in holders()):
+                break
+        else:
+            pytest.fail("no kill landed while the child held a batch")
         code, _out = finish(proc)
         log = (tmp_path / "run.log").read_text()
     assert code == 0, log + local.log_tail()

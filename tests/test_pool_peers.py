@@ -258,7 +258,7 @@ def test_two_threads_closing_the_pool_at_once_release_each_association_once(
     def close() -> None:
         try:
             pool.close_all()
-        except BaseException as exc:  # noqa: BLE001 (the test reports it)
+        except BaseException as exc:  # the test reports it
             errors.append(exc)
 
     first = threading.Thread(target=close)

@@ -248,7 +248,12 @@ def test_json_agrees_with_the_receiver_and_the_ledger(migration: Migration) -> N
     assert sum(p[2] for p in points) == 56
     assert sum(p[3] for p in points) == totals["bytes_stored"]
     assert sum(p[4] for p in points) == 65
-    assert data["throughput"]["peak_files_per_s"] <= 25 + 5
+    # The limit holds starts to 25/s + a burst of 5; a second counts the answers that came in
+    # it, so its files were let go within that second, the slowest answer before it and
+    # the time to read a file before its send (0.2 s here: a stress run stored 32 in one
+    # second once, its answers taking up to a few hundred ms).
+    peak_bound = 5 + 25 * (1 + data["latency"]["max_s"] + 0.2)
+    assert data["throughput"]["peak_files_per_s"] <= peak_bound, data["latency"]
     assert data["durations"]["wall_s"] > 0 and data["durations"]["sending_s"] >= 2
     # Times with their UTC offset.
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", data["started_at"])

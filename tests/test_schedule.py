@@ -181,9 +181,12 @@ def test_a_fleet_follows_windows_that_change_every_few_seconds(
     measured = [warm, *WINDOWS] if warm[1] - warm[0] >= 2 else WINDOWS
     for start, end, rate in measured:
         if rate == 0:
-            # A request on the wire at the change may land a few ms into the window.
-            late = [t - origin for t in scp.arrivals if start + 0.2 <= t - origin < end]
-            assert not late, (start, late, timeline)
+            # Only requests let go before the change may land in the window: at most one
+            # per association (3 senders x 2 lanes), in its first second. (Not within 0.2 s:
+            # under stress-ng two came 0.205 s in once; a sender that went on would send
+            # 20-40 files a second.)
+            late = [t - origin for t in scp.arrivals if start <= t - origin < end]
+            assert len(late) <= 6 and all(t < start + 1.0 for t in late), (start, late, timeline)
             continue
         inner = range(start + 1, end) if start != warm[0] else range(start, end)
         got = sum(per_second.get(s, 0) for s in inner) / len(inner)
