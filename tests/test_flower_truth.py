@@ -10,8 +10,10 @@ plan order (000000.dcm …), so file k is in batch ``b{k // 5 + 1:07d}``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,8 @@ import pytest
 import requests
 
 from migrator import synth
+from migrator.commands.flower import STOP_GRACE
+from migrator.embedded.server import EmbeddedRedis
 from migrator.netutil import free_port
 from tests.enginehelpers import common_args, finish, start_run, wait_until
 from tests.peers.counting_scp import counting_scp
@@ -154,3 +158,26 @@ def test_flower_lists_the_batches_run_sends_itself(tmp_path: Path, redis_server:
     assert task["name"] == "migrator.store_batch" and task["worker"].startswith("migrator-run@")
     assert "1 failed files of 5 sent" in task["exception"]
     assert all(t["state"] in ("SUCCESS", "FAILURE") for t in inline.values())
+
+
+def test_flower_stops_on_sigterm_while_its_redis_answers_nothing(tmp_path: Path) -> None:
+    """Seen under stress-ng: Flower, asked to stop just as the run it watched ended, was
+    still there 20 minutes later (its exit waits for its calls to the broker). Here its
+    Redis answers nothing (stopped with SIGSTOP, as a host cut off) while Flower asks the
+    workers for their state: `migrator flower` still stops, within its grace of 5 s."""
+    with EmbeddedRedis() as redis:
+        try:
+            started = 0.0
+            with flower(tmp_path, "--redis-url", redis.url) as view:
+                os.kill(redis.pid, signal.SIGSTOP)
+                with pytest.raises(requests.Timeout):  # Flower is stuck in the broker call
+                    requests.get(
+                        f"{view.base}/api/workers", params={"refresh": "1"}, auth=AUTH, timeout=2
+                    )
+                started = time.monotonic()
+            stopped_in = time.monotonic() - started  # the helper sent SIGTERM and waited
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+    assert stopped_in < STOP_GRACE + 4, stopped_in
+    log = next(tmp_path.glob("flower-*.log")).read_text()
+    assert "Flower did not stop within 5 s" in log, log[-2000:]

@@ -10,6 +10,9 @@ import click
 from migrator.commands.common import fail_config, opt
 from migrator.commands.jobstate import redis_option, state_dir_option
 
+#: Seconds Flower gets to stop after SIGTERM or Ctrl-C before it is killed.
+STOP_GRACE = 5.0
+
 
 def basic_auth_problem(auth: str) -> str | None:
     """What is wrong with a ``user:password[,user2:password2...]`` value (Flower's
@@ -61,8 +64,12 @@ def flower_command(redis_url: str | None, state_dir: str, port: int, address: st
       MIGRATOR_FLOWER_BASIC_AUTH=admin:s3cret migrator flower      # the running `run`
       MIGRATOR_FLOWER_BASIC_AUTH=admin:s3cret migrator flower --redis-url redis://redis:6379/0
 
+    Flower runs as a child of this command: SIGTERM or Ctrl-C stops it, and a Flower
+    that has not stopped 5 s later (its calls to a Redis that answers nothing never
+    return) is killed.
+
     Exit codes: 2 bad arguments, no auth, no running `run` to attach to, or the port is
-    taken; otherwise Flower's own.
+    taken; otherwise Flower's own (0 when stopped by SIGTERM or Ctrl-C).
     """
     auth = os.environ.get("MIGRATOR_FLOWER_BASIC_AUTH", "")
     problem = basic_auth_problem(auth)
@@ -85,7 +92,44 @@ def flower_command(redis_url: str | None, state_dir: str, port: int, address: st
         f"--port={port}",
         f"--address={address}",
     ]
-    os.execve(sys.executable, args, env)
+    sys.exit(_supervise(args, env))
+
+
+def _supervise(args: list[str], env: dict[str, str]) -> int:
+    """Run Flower as a child and return its exit status. SIGTERM and SIGINT are passed on
+    to it, and a Flower still there ``STOP_GRACE`` seconds later is killed: its exit waits
+    for its calls to the broker, which never return while a Redis answers nothing (a host
+    cut off) and retry for minutes when it is gone (the `run` it watched ended)."""
+    import contextlib
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen(args, env=env)
+    asked: list[float] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        asked.append(time.monotonic())
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while True:
+        try:
+            code = child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if asked and time.monotonic() - asked[0] > STOP_GRACE:
+                click.echo(
+                    f"Flower did not stop within {STOP_GRACE:.0f} s (its calls to the broker "
+                    "had not returned): stopped with SIGKILL",
+                    err=True,
+                )
+                child.kill()
+                child.wait()
+                return 0  # a stop was asked for, and Flower's own answer to it is 0
+            continue
+        return code if code >= 0 else 128 - code
 
 
 def _attach(state_dir: str) -> str:
