@@ -316,7 +316,8 @@ def test_kill_9_of_a_worker_child_mid_batch(
 
         def busy_child() -> bool:
             nonlocal victim
-            busy = [p for p in children(local.pid) if any(f":{p}:" in h for h in holders())]
+            held = holders()  # one look at Redis for every child
+            busy = [p for p in children(local.pid) if any(f":{p}:" in h for h in held)]
             victim = busy[0] if busy else 0
             return bool(busy)
 

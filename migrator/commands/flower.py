@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import click
 
@@ -100,11 +104,6 @@ def _supervise(args: list[str], env: dict[str, str]) -> int:
     to it, and a Flower still there ``STOP_GRACE`` seconds later is killed: its exit waits
     for its calls to the broker, which never return while a Redis answers nothing (a host
     cut off) and retry for minutes when it is gone (the `run` it watched ended)."""
-    import contextlib
-    import signal
-    import subprocess
-    import time
-
     child = subprocess.Popen(args, env=env)
     asked: list[float] = []
 
