@@ -34,9 +34,10 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import redis
+if TYPE_CHECKING:  # `store` runs without Redis: importing it costs ~90 ms of start-up
+    import redis
 
 #: Associations a sender starts with.
 START = 2

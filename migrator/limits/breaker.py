@@ -26,9 +26,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import redis
+if TYPE_CHECKING:  # annotations only: `store` without Redis does not pay for importing it
+    import redis
 
 #: Consecutive transient failures, in one sender, that open the breaker.
 THRESHOLD = 10
