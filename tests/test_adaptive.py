@@ -60,6 +60,43 @@ def test_slow_start_doubles_until_requests_queue_then_holds_at_the_plateau() -> 
     assert [t for _, t, _ in tune.history[1:4]] == [4, 8, 16]
 
 
+def _one_window(tune: Autotune, clock: Clock, latency: float) -> None:
+    """Answers 1 ms apart, each taking ``latency``, until one measuring window closes."""
+    while True:
+        clock.now += 0.001
+        settling = clock.now < tune._window_start
+        tune.answered(latency)
+        if not settling and not tune._window:
+            return
+
+
+def test_slow_start_doubles_about_once_a_round_trip() -> None:
+    clock = Clock()
+    tune = Autotune(64, clock=clock)
+    # A PACS 20 ms away with room to spare: 2 -> 64 in five doublings, each a window of
+    # about one answer per association after one round trip of settling.
+    while tune.target < 64 and clock.now < 101.0:
+        _window(tune, clock, 50.0, 0.02)
+    assert [t for _, t, _ in tune.history] == [2, 4, 8, 16, 32, 64]
+    assert clock.now - 100.0 < 0.35, tune.history
+
+
+@pytest.mark.parametrize("mild_windows", [1, 2])
+def test_one_window_of_mild_queueing_holds_slow_start_two_end_it(mild_windows: int) -> None:
+    """A passing CPU spike (run's workers booting beside its sender) must not end slow
+    start: after one mild window the next clean one doubles; after two, steps are small."""
+    clock = Clock()
+    tune = Autotune(64, clock=clock)
+    while tune.target < 8:
+        _one_window(tune, clock, 0.020)
+    # queued = 8 × (1 − 20/23) ≈ 1.04: above ALPHA's max(1, 0.8), below BETA's 3.
+    for _ in range(mild_windows):
+        _one_window(tune, clock, 0.023)
+        assert tune.target == 8, tune.history
+    _one_window(tune, clock, 0.020)
+    assert tune.target == (16 if mild_windows == 1 else 10), tune.history
+
+
 def test_congestion_backs_off_once_per_window_and_the_fleet_hears_it() -> None:
     clock = Clock()
     signal = LocalSignal()
