@@ -1,4 +1,4 @@
-"""Start-up of the single-machine tools: `store` and `echo` load no Redis or Celery client.
+"""Start-up: `store` and `echo` load no Redis or Celery client; `run` no DICOM toolkit.
 
 Each `migrator store` is a new process, and on a batch of a few hundred files its start-up
 is a large part of the wall time (bench/RESULTS.md, issue 19): importing the Redis client
@@ -18,7 +18,7 @@ from tests.peers.dcmtk import StoreScpPeer
 #: Run the CLI, then say which heavy packages the process loaded (at exit, after the work).
 _PROBE = """
 import atexit, sys
-heavy = ("redis", "celery", "kombu", "pydicom", "boto3")
+heavy = ("redis", "celery", "kombu", "pydicom", "pynetdicom", "boto3")
 atexit.register(lambda: print("LOADED=" + ",".join(m for m in heavy if m in sys.modules)))
 sys.argv = ["migrator", *sys.argv[1:]]
 from migrator.cli import main
@@ -52,3 +52,27 @@ def test_echo_loads_no_redis_or_celery(storescp: StoreScpPeer) -> None:
     rc, loaded, out = _loaded("echo", "127.0.0.1", str(storescp.port))
     assert rc == 0, out
     assert not loaded & {"redis", "celery", "kombu"}, f"echo loaded {sorted(loaded)}"
+
+
+def test_run_sends_without_loading_pydicom_or_pynetdicom(
+    storescp: StoreScpPeer, tmp_path: Path
+) -> None:
+    """`run`'s own process (planner, inline sender, progress, report): pynetdicom and
+    pydicom (~0.18 s) come only with what needs them (verify, a lost delivery's look-up)."""
+    synth.write_corpus(tmp_path / "in", count=3, size="tiny", seed=2)
+    rc, loaded, out = _loaded(
+        "run",
+        str(tmp_path / "in"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(storescp.port),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--workers",
+        "1",
+    )
+    assert rc == 0, out
+    assert "Successful:  3" in out
+    assert len(list(storescp.out_dir.rglob("*.dcm"))) == 3
+    assert not loaded & {"pydicom", "pynetdicom"}, f"run loaded {sorted(loaded)}"

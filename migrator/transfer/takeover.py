@@ -32,7 +32,6 @@ import logging
 from migrator.ledger import Ledger, PlannedFile
 from migrator.outcomes import FOUND_AFTER_LOSS, FileOutcome, State
 from migrator.settings import Settings
-from migrator.verify.held import held_instances
 
 log = logging.getLogger("migrator.transfer.batch")
 
@@ -54,6 +53,11 @@ def found_at_destination(
         return []
     owners = ledger.claim_uids(unsettled)
     mine = [f for f, owner in zip(unsettled, owners, strict=True) if not owner]
+    # Here, not at the top: asking the PACS imports pynetdicom and pydicom (~0.18 s), which
+    # every `run` and worker would otherwise pay at start-up for a lookup made only after a
+    # lost delivery.
+    from migrator.verify.held import held_instances
+
     try:
         held = held_instances(settings, [(f.study_uid, f.sop_instance_uid) for f in mine])
     except Exception as exc:  # whatever went wrong: send again, never lose a file
