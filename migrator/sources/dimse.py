@@ -2,8 +2,9 @@
 
 ``dimse://AE@host:port`` is a source like a folder: Study Root C-FIND lists the studies
 (optionally in a StudyDate window and for one modality, split in date windows under a
-result cap: migrator/sources/windows.py), then each study's series, then each series'
-instances at IMAGE level with their SOP Class UID. Each instance is one item:
+result cap: migrator/sources/windows.py), then each study's instances at IMAGE level with
+their series and SOP Class UIDs: in one query when the STUDY level said how many it holds
+and the answer has that many, else series by series. Each instance is one item:
 ``dimse://AE@host:port/studies/{study}/series/{series}/instances/{sop}?class={sop class}``.
 Planned like a manifest's lines (UIDs known, nothing downloaded).
 
@@ -13,7 +14,8 @@ so that the archive sends each instance in the syntax it holds it in (not re-enc
 A batch tells the source its items first (``expect``): they are fetched series by series,
 one C-GET with the series' SOP Instance UIDs as a list, on one association
 (migrator/sources/retrieve.py: at most 64 instances and 11 SOP classes per request, within
-the 128 presentation contexts of an association). Each C-STORE sub-operation is written as
+the 128 presentation contexts of an association), kept open for the next request
+(migrator/sources/getpool.py). Each C-STORE sub-operation is written as
 it arrives to its own spool file (File Meta + the dataset's bytes as received) that the
 sender then reads and sends (migrator/sources/held.py: one download per instance, the
 spool bounded by the batch). What C-FIND promised and did not come is asked for once more,
@@ -44,7 +46,7 @@ import datetime as dt
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -56,11 +58,14 @@ from migrator.errors import (
     SourceError,
     TransientError,
 )
+from migrator.scp.incoming import meta_bytes
 from migrator.sources.base import Payload, SourceItem
+from migrator.sources.getpool import GetPool, Lease, Opener
 from migrator.sources.held import HeldFiles, unlink
 from migrator.sources.manifest import ManifestEntry
 from migrator.sources.movescp import MoveReceiver
 from migrator.sources.retrieve import (
+    MAX_CLASSES,
     Counts,
     Groups,
     Received,
@@ -128,6 +133,13 @@ class DimseSource:
         self.query = query or StudyQuery()
         self._held = HeldFiles("migrator-cget-")
         self._groups = Groups()
+        #: instances per study as the STUDY-level C-FIND said (listing: _study_images)
+        self._study_sizes: dict[str, int] = {}
+        #: whether the source answers IMAGE level by study alone (None: not asked yet)
+        self._relaxed_images: bool | None = None
+        #: C-GET associations kept between requests; not under --source-max-associations,
+        #: where one kept open would hold the source's slot beyond its request
+        self._gets = None if settings.source_max_associations else GetPool(MAX_CLASSES)
         self.retrieve_mode = settings.source_retrieve
         #: the move destination: our own AE title towards the source by default
         self.move_ae = settings.move_ae or self.config.calling_ae
@@ -160,21 +172,61 @@ class DimseSource:
         try:
             with QueryClient(self.config) as q:
                 for study in studies(self.query, lambda d: self._window(q, d), self.uri):
-                    keys = {"StudyInstanceUID": study}
-                    for series in self._all(q, "SERIES", keys, ["SeriesInstanceUID"]):
-                        se = str(series.get("SeriesInstanceUID", ""))
-                        if not se:
-                            continue
-                        image_keys = {**keys, "SeriesInstanceUID": se}
-                        returned = ["SOPInstanceUID", "SOPClassUID"]
-                        for image in self._all(q, "IMAGE", image_keys, returned):
-                            sop = str(image.get("SOPInstanceUID", ""))
-                            cls = str(image.get("SOPClassUID", ""))
+                    for se, images in self._study_images(q, study):
+                        for sop, cls in images:
                             path = f"/studies/{study}/series/{se}/instances/{sop}"
                             uri = f"{self.uri}{path}?class={quote(cls)}"
                             yield ManifestEntry(0, uri, 0, sop, study)
         except PacsQueryError as exc:
             raise SourceError(f"{self.uri}: {exc}") from None
+
+    def _study_images(self, q: Any, study: str) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+        """A study's instances, series by series: ``(series UID, [(SOP UID, class)])``.
+
+        One IMAGE-level query for the whole study when the source said at STUDY level how
+        many instances it holds (NumberOfStudyRelatedInstances) and the answer has exactly
+        that many, each with its series: a third of the queries of the hierarchical way
+        (one per study, not one per study and one per series), which was most of the time
+        listing a PACS took (300 studies / 600 series: 900 C-FINDs, ~8 s against Orthanc).
+        Otherwise (no count, a source that wants the series' UID at IMAGE level as
+        hierarchical query/retrieve does, an answer cut short or of another size), the
+        hierarchical way: each series, then its instances."""
+        from migrator.verify.pacs import PacsQueryError
+
+        promised = self._study_sizes.pop(study, None)
+        if promised and self._relaxed_images is not False:
+            returned = ["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+            cut: list[bool] = []
+            try:
+                found = q.find("IMAGE", {"StudyInstanceUID": study}, returned, cut=cut)
+            except PacsQueryError as exc:
+                log.info("%s: IMAGE level by study refused (%s); series by series", self.uri, exc)
+                self._relaxed_images = False
+                found, cut = [], [True]
+            by_series: dict[str, list[tuple[str, str]]] = {}
+            for image in found:
+                se = str(image.get("SeriesInstanceUID", ""))
+                sop = str(image.get("SOPInstanceUID", ""))
+                if not se or not sop:
+                    by_series = {}
+                    break
+                by_series.setdefault(se, []).append((sop, str(image.get("SOPClassUID", ""))))
+            if not cut and sum(map(len, by_series.values())) == promised == len(found):
+                self._relaxed_images = True
+                yield from by_series.items()
+                return
+        keys = {"StudyInstanceUID": study}
+        for series in self._all(q, "SERIES", keys, ["SeriesInstanceUID"]):
+            se = str(series.get("SeriesInstanceUID", ""))
+            if not se:
+                continue
+            image_keys = {**keys, "SeriesInstanceUID": se}
+            returned = ["SOPInstanceUID", "SOPClassUID"]
+            images = self._all(q, "IMAGE", image_keys, returned)
+            yield (
+                se,
+                [(str(i.get("SOPInstanceUID", "")), str(i.get("SOPClassUID", ""))) for i in images],
+            )
 
     def _all(self, q: Any, level: str, keys: dict[str, str], returned: list[str]) -> list[Any]:
         """Every match below the study level; an answer the source cut short is an error
@@ -196,8 +248,19 @@ class DimseSource:
         if self.query.modality:
             keys["ModalitiesInStudy"] = self.query.modality
         cut: list[bool] = []
-        found = q.find("STUDY", keys, ["StudyInstanceUID"], cut=cut)
-        return [u for u in (str(m.get("StudyInstanceUID", "")) for m in found) if u], bool(cut)
+        returned = ["StudyInstanceUID", "NumberOfStudyRelatedInstances"]
+        found = q.find("STUDY", keys, returned, cut=cut)
+        uids = []
+        for m in found:
+            uid = str(m.get("StudyInstanceUID", ""))
+            if not uid:
+                continue
+            uids.append(uid)
+            with contextlib.suppress(TypeError, ValueError):
+                size = int(m.get("NumberOfStudyRelatedInstances", "") or 0)
+                if size > 0:
+                    self._study_sizes[uid] = size
+        return uids, bool(cut)
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -322,12 +385,9 @@ class DimseSource:
         """One C-GET at IMAGE level for ``wanted`` (a UID list) on one association that
         offers each of their SOP classes in every syntax we know, as Storage SCP; each
         C-STORE sub-operation written to its own spool file as it arrives."""
-        from pynetdicom import build_role, evt
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
             StudyRootQueryRetrieveInformationModelGet,
         )
-
-        from migrator.verify.pacs import PacsQueryError, associate, new_ae
 
         where = f"{self.uri}/studies/{study}/series/{series}"
         received = Received()
@@ -336,16 +396,19 @@ class DimseSource:
             sop = str(event.request.AffectedSOPInstanceUID)
             if sop not in wanted or sop in received.files:
                 return 0xA900  # not what was asked for: refused, never written as ours
-            from pydicom.filebase import DicomBytesIO
-            from pydicom.filewriter import write_file_meta_info
-
-            meta = DicomBytesIO()
-            write_file_meta_info(meta, event.file_meta)
+            # The File Meta written here, not by pydicom's event.file_meta and its writer
+            # (~0.5 ms a sub-operation, a sixth of what receiving one cost).
+            meta = meta_bytes(
+                str(event.request.AffectedSOPClassUID),
+                sop,
+                str(event.context.transfer_syntax),
+                self.config.called_ae,
+            )
             path = ""
             try:
                 path = self._held.new_path()
                 with open(path, "wb") as out:
-                    out.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+                    out.write(meta)
                     # The dataset's bytes as the archive sent them: not decoded, not re-encoded.
                     out.write(event.request.DataSet.getvalue())
                     received.files[sop] = (path, out.tell())
@@ -376,19 +439,82 @@ class DimseSource:
                 )
                 return 0xC211  # unable to process
 
-        ae = new_ae(self.config)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
         classes = sorted(set(wanted.values()) - {""})
-        if "" in wanted.values():
+        wildcard = "" in wanted.values()
+        if wildcard:
             # The listing gave no SOP Class UID (dcmqrscp returns none at IMAGE level): the
             # common storage classes, each in one context listing every syntax (the source
             # picks one and may have to convert), within the 128 contexts.
             classes = list(dict.fromkeys([*classes, *_common_storage_classes()]))[:126]
-            for sop_class in classes:
+        get_uid = StudyRootQueryRetrieveInformationModelGet
+        for fresh in (False, True):
+            try:
+                with self._get_lease(classes, wildcard, fresh, where) as lease:
+                    lease.on_store = on_store
+                    try:
+                        for status, _ in lease.assoc.send_c_get(
+                            _query(study, series, wanted), get_uid
+                        ):
+                            code = cast(int | None, getattr(status, "Status", None))
+                            if code is None:
+                                if lease.reused and not received.files:
+                                    raise _Stale
+                                raise TransientError(
+                                    f"{where}: no C-GET answer (aborted or timed out); does "
+                                    f"the source know AE {self.config.calling_ae} and allow it "
+                                    "C-GET? (register it there, or give --source-calling-ae)"
+                                )
+                            received.counts = _counts(status, code)
+                    except RuntimeError:  # pynetdicom: the association is no longer up
+                        if lease.reused and not received.files:
+                            raise _Stale from None
+                        raise
+            except _Stale:
+                # An association kept from an earlier request that the source closed while
+                # it was idle: asked again at once on a new one (not a retry of the file).
+                received = Received()
+                continue
+            except BaseException:
+                # After the association is gone (on_store runs on its own thread): a copy,
+                # so that a late sub-operation cannot change the dict while it is read.
+                for path, _ in list(received.files.values()):
+                    unlink(path)
+                raise
+            break
+        _check_final(received, "C-GET", where)
+        return received
+
+    def _get_lease(
+        self, classes: list[str], wildcard: bool, fresh: bool, where: str
+    ) -> contextlib.AbstractContextManager[Lease]:
+        """An association for a C-GET offering ``classes``: kept between requests
+        (migrator/sources/getpool.py), or opened for this one request only (``fresh``, or
+        under --source-max-associations: ``self._gets`` is None)."""
+
+        def opener(offer: Sequence[str], wild: bool, on_store: Callable[[Any], int]) -> Any:
+            return self._open_get(offer, wild, on_store, where)
+
+        if self._gets is not None and not fresh:
+            return self._gets.lease(classes, wildcard, opener)
+        return _one_off(opener, classes, wildcard)
+
+    def _open_get(
+        self, classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int], where: str
+    ) -> Any:
+        from pynetdicom import build_role, evt
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelGet,
+        )
+
+        from migrator.verify.pacs import PacsQueryError, associate, new_ae
+
+        ae = new_ae(self.config)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
+        for sop_class in classes:
+            if wildcard:
                 ae.add_requested_context(sop_class, list(SYNTAXES))
-        else:
-            for sop_class in classes:
+            else:
                 for syntax in SYNTAXES:
                     ae.add_requested_context(sop_class, [syntax])
         try:
@@ -408,29 +534,7 @@ class DimseSource:
         if not any(cx.abstract_syntax == get_uid for cx in assoc.accepted_contexts):
             assoc.release()
             raise NoGet(f"{self.uri}: the source refused C-GET (its presentation context)")
-        try:
-            try:
-                query = _query(study, series, wanted)
-                for status, _ in assoc.send_c_get(query, get_uid):
-                    code = cast(int | None, getattr(status, "Status", None))
-                    if code is None:
-                        raise TransientError(
-                            f"{where}: no C-GET answer (aborted or timed out); does the "
-                            f"source know AE {self.config.calling_ae} and allow it C-GET? "
-                            "(register it there, or give --source-calling-ae)"
-                        )
-                    received.counts = _counts(status, code)
-            finally:
-                if assoc.is_established:
-                    assoc.release()
-        except BaseException:
-            # After the release (on_store runs on the association's own thread): a copy,
-            # so that a late sub-operation cannot change the dict while it is read.
-            for path, _ in list(received.files.values()):
-                unlink(path)
-            raise
-        _check_final(received, "C-GET", where)
-        return received
+        return assoc
 
     def _holds(self, study: str, series: str, sops: set[str], where: str) -> bool:
         """Whether the source lists every one of ``sops`` in the series (C-FIND)."""
@@ -448,6 +552,25 @@ class DimseSource:
 
 class NoGet(SourceError):
     """The source does not take C-GET from us (its context refused)."""
+
+
+class _Stale(Exception):
+    """A kept association the source closed while idle: the request goes on a new one."""
+
+
+@contextlib.contextmanager
+def _one_off(opener: Opener, classes: list[str], wildcard: bool) -> Iterator[Lease]:
+    holder: list[Lease] = []
+    lease = Lease(
+        opener(classes, wildcard, lambda event: holder[0].handle(event)), frozenset(), wildcard
+    )
+    holder.append(lease)
+    try:
+        yield lease
+    finally:
+        lease.on_store = None
+        if lease.assoc.is_established:
+            lease.assoc.release()
 
 
 def _query(study: str, series: str, wanted: dict[str, str]) -> Any:

@@ -1,0 +1,202 @@
+"""C-GET associations to the old PACS, kept open from one request to the next.
+
+Each C-GET used to open its own association and release it after the request: a pynetdicom
+AE built, up to 121 presentation contexts negotiated (each SOP class in every syntax), a
+release. Against Orthanc on this machine that was ~35 ms of the ~55 ms a request for a
+series of five tiny instances took; on one association kept open, a request takes ~20 ms
+and a third of the CPU. So an association goes back here after a request that ended
+normally, and the next request whose SOP classes it offers takes it.
+
+* **What an association offers**: the SOP classes of the request, then those this source
+  met before (most recent first), up to ``MAX_CLASSES`` (retrieve.py: 11 × 11 syntaxes
+  + the retrieve and C-FIND contexts stay within 128), so that the series of a batch,
+  often of the same few classes, share one; or, for a listing without SOP classes, the
+  common storage classes (``wildcard``).
+* **Sub-operations** arrive on the association's own thread: its one handler hands them to
+  the request under way (``Lease.on_store``).
+* **Kept little**: an old archive serves each association on one of a few threads
+  (Orthanc: ``DicomThreadsCount``, 4), so an idle association of ours holds one that the
+  planner's C-FINDs or another worker may be waiting for (measured: with two kept per
+  worker process, listing 300 studies took 42 s instead of 8). ``KEEP`` idle association
+  per process, released after ``IDLE_S`` seconds unused, or as soon as a request needs
+  classes it does not offer (before a new one opens: never more associations than
+  requests under way), and at exit. An association that failed a request, or that the
+  source closed meanwhile, is never handed out again.
+* Not used under ``--source-max-associations`` (sources/protect.py): an association kept
+  open between requests would hold the source's slot beyond its request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Idle associations kept at most.
+KEEP = 1
+#: Seconds an idle association is kept: the gap between two requests of a batch (sending
+#: a series' instances) is far shorter; a batch's end frees the source's thread soon.
+IDLE_S = 0.5
+
+#: ``open(classes, wildcard, on_store)`` -> an established pynetdicom association offering
+#: ``classes`` (and the retrieve contexts), whose C-STORE sub-operations go to ``on_store``
+Opener = Callable[[Sequence[str], bool, Callable[[Any], int]], Any]
+
+
+@dataclass(eq=False)
+class Lease:
+    """One association and what it offers; ``on_store`` is the request under way's."""
+
+    assoc: Any
+    classes: frozenset[str]
+    wildcard: bool
+    #: True when it served an earlier request (a failure on it may be the source's idle
+    #: close: asked again once on a fresh association)
+    reused: bool = False
+    on_store: Callable[[Any], int] | None = None
+    idle_since: float = field(default_factory=time.monotonic)
+
+    def handle(self, event: Any) -> int:
+        handler = self.on_store
+        if handler is None:
+            return 0xA900  # no request under way: nothing was asked for
+        return handler(event)
+
+
+class GetPool:
+    def __init__(self, max_classes: int) -> None:
+        self._max_classes = max_classes
+        self._idle: list[Lease] = []
+        self._lock = threading.Lock()
+        #: classes met so far, most recent last
+        self._seen: dict[str, None] = {}
+        self._reaper: threading.Thread | None = None
+        # Idle associations released at exit (an A-RELEASE, not a dropped connection).
+        weakref.finalize(self, _release_all, self._idle)
+
+    @contextlib.contextmanager
+    def lease(self, classes: Sequence[str], wildcard: bool, opener: Opener) -> Iterator[Lease]:
+        """An association for a request needing ``classes`` (a kept one, else one from
+        ``opener``): kept open afterwards when the block ends normally, released when it
+        raises."""
+        lease = self._take(frozenset(classes), wildcard, opener)
+        try:
+            yield lease
+        except BaseException:
+            lease.on_store = None
+            _release(lease)
+            raise
+        lease.on_store = None
+        self._give_back(lease)
+
+    def close_all(self) -> None:
+        with self._lock:
+            idle, self._idle[:] = list(self._idle), []
+        for lease in idle:
+            _release(lease)
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _take(self, needed: frozenset[str], wildcard: bool, opener: Opener) -> Lease:
+        stale: list[Lease] = []
+        found = None
+        with self._lock:
+            for c in sorted(needed):
+                self._seen.pop(c, None)
+                self._seen[c] = None
+            now = time.monotonic()
+            for lease in list(self._idle):
+                if not lease.assoc.is_established or now - lease.idle_since > IDLE_S:
+                    self._idle.remove(lease)
+                    stale.append(lease)
+                elif found is None and lease.wildcard == wildcard and needed <= lease.classes:
+                    self._idle.remove(lease)
+                    found = lease
+            if found is None:
+                # None fits: the idle ones go before a new one opens, so that this process
+                # never holds more of the source's associations than it has requests.
+                stale += self._idle
+                self._idle.clear()
+            offer = self._offer(needed) if not wildcard else list(needed)
+        for lease in stale:
+            _release(lease)
+        if found is not None:
+            found.reused = True
+            return found
+        holder: list[Lease] = []
+        assoc = opener(offer, wildcard, lambda event: holder[0].handle(event))
+        lease = Lease(assoc, frozenset(offer), wildcard)
+        holder.append(lease)
+        return lease
+
+    def _offer(self, needed: frozenset[str]) -> list[str]:
+        """The request's classes, then the most recent others met, up to the maximum."""
+        offer = sorted(needed)
+        for c in reversed(self._seen):
+            if len(offer) >= self._max_classes:
+                break
+            if c not in needed:
+                offer.append(c)
+        return offer
+
+    def _give_back(self, lease: Lease) -> None:
+        if not lease.assoc.is_established:
+            return
+        lease.idle_since = time.monotonic()
+        evicted = None
+        with self._lock:
+            self._idle.append(lease)
+            if len(self._idle) > KEEP:
+                evicted = self._idle.pop(0)
+            if self._reaper is None or not self._reaper.is_alive():
+                self._reaper = threading.Thread(
+                    target=_reap, args=(weakref.ref(self),), name="migrator-cget-idle", daemon=True
+                )
+                self._reaper.start()
+        if evicted is not None:
+            _release(evicted)
+
+    def _reap_once(self) -> bool:
+        """Release what has been idle too long; False once nothing is idle."""
+        now = time.monotonic()
+        with self._lock:
+            old = [x for x in self._idle if now - x.idle_since > IDLE_S]
+            for lease in old:
+                self._idle.remove(lease)
+            left = bool(self._idle)
+        for lease in old:
+            _release(lease)
+        return left
+
+
+def _reap(pool_ref: weakref.ref[GetPool]) -> None:
+    while True:
+        time.sleep(IDLE_S / 2)
+        pool = pool_ref()
+        if pool is None or not pool._reap_once():
+            return
+        del pool
+
+
+def _release(lease: Lease) -> None:
+    assoc = lease.assoc
+    try:
+        if assoc.is_established:
+            assoc.release()
+    except Exception as exc:  # the source went away meanwhile: nothing left to release
+        log.debug("C-GET association release: %s", exc)
+        with contextlib.suppress(Exception):
+            assoc.abort()
+
+
+def _release_all(idle: list[Lease]) -> None:
+    for lease in list(idle):
+        _release(lease)
+    idle.clear()

@@ -1,0 +1,169 @@
+"""How the old PACS is listed and fetched, against a real Orthanc (issue 17's speed work).
+
+* A study is listed with one IMAGE-level C-FIND when the STUDY level said how many instances
+  it holds and the answer has that many (else series by series, as before): checked by the
+  queries the source answered and by the instances listed.
+* C-GET associations are kept from one request to the next (migrator/sources/getpool.py):
+  fewer associations than requests, counted on the wire; one the source closed while idle
+  costs no file anything (asked again on a new one); none is kept under
+  --source-max-associations.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from migrator import synth
+from migrator.settings import Settings
+from migrator.sources import getpool
+from migrator.sources.base import SourceItem
+from migrator.sources.dimse import DimseSource
+from migrator.verify.query import QueryClient
+from tests.peers.assoc_counter import AssociationCounter
+from tests.peers.orthanc import OrthancPeer
+from tests.peers.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.timeout(180)
+
+OUR_AE = "MIGRATOR"
+C_GET_MODEL = b"1.2.840.10008.5.1.4.1.2.2.3"
+
+
+@pytest.fixture
+def archive(orthanc_factory: Callable[..., OrthancPeer], tmp_path: Path) -> Iterator[Any]:
+    """An Orthanc holding 3 studies x 4 series x 2 instances, closing idle associations
+    after 1 s (DicomScpTimeout), and the SOP Instance UIDs it holds."""
+    pacs = orthanc_factory(
+        aet="OLDPACS",
+        extra={
+            "DicomModalities": {OUR_AE: [OUR_AE, "127.0.0.1", 1]},
+            "DicomAlwaysAllowGet": True,
+            "DicomScpTimeout": 1,
+        },
+    )
+    files = synth.write_corpus(
+        tmp_path / "given", count=24, size="tiny", studies=3, series_per_study=4, seed=4
+    )
+    for f in files:
+        pacs.upload(f.read_bytes())
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    yield pacs, uids
+
+
+def _source(port: int, **settings: Any) -> DimseSource:
+    config = Settings(host="127.0.0.1", port=1, called_ae="X", calling_ae=OUR_AE, **settings)
+    return DimseSource(f"dimse://OLDPACS@127.0.0.1:{port}", config)
+
+
+def _spy_queries(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, frozenset[str]]]:
+    calls: list[tuple[str, frozenset[str]]] = []
+    real = QueryClient.find
+
+    def find(self: QueryClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+        calls.append((level, frozenset(keys)))
+        return real(self, level, keys, *args, **kw)
+
+    monkeypatch.setattr(QueryClient, "find", find)
+    return calls
+
+
+def test_a_study_is_listed_by_one_image_query_when_its_size_is_known(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pacs, uids = archive
+    calls = _spy_queries(monkeypatch)
+    entries = list(_source(pacs.dicom_port).iter_entries())
+    assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
+    levels = [level for level, _ in calls]
+    assert levels == ["STUDY", "IMAGE", "IMAGE", "IMAGE"], calls
+    # Each study's instances come series by series (a batch fetches them so).
+    series = [e.uri.split("/instances/")[0] for e in entries]
+    assert all(series.count(s) == 2 for s in series)
+    assert all(series[i] == series[i + 1] for i in range(0, 24, 2))
+
+
+def test_an_image_answer_of_another_size_falls_back_to_series_by_series(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source whose study-wide IMAGE answer does not match its STUDY-level count (one
+    that wants the series UID at IMAGE level, or an instance added meanwhile) is listed
+    the hierarchical way, and nothing is lost."""
+    pacs, uids = archive
+    calls = _spy_queries(monkeypatch)
+    real = QueryClient.find
+
+    def short(self: QueryClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+        found = real(self, level, keys, *args, **kw)
+        if level == "IMAGE" and "SeriesInstanceUID" not in keys:
+            return found[:-1]  # one missing from the study-wide answer
+        return found
+
+    monkeypatch.setattr(QueryClient, "find", short)
+    entries = list(_source(pacs.dicom_port).iter_entries())
+    assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
+    assert [level for level, _ in calls].count("SERIES") == 3, calls
+
+
+def _fetch_all(source: DimseSource, entries: list[Any]) -> set[str]:
+    items = [SourceItem(e.uri, 0) for e in entries]
+    source.expect(items)
+    got = set()
+    for item in items:
+        with source.fetch(item) as payload:
+            assert payload.path is not None and os.path.getsize(payload.path) > 132
+            got.add(str(pydicom.dcmread(payload.path, stop_before_pixels=True).SOPInstanceUID))
+    return got
+
+
+def test_c_get_associations_are_kept_between_requests(archive: Any) -> None:
+    pacs, uids = archive
+    counter = AssociationCounter(C_GET_MODEL)
+    with TcpProxy("127.0.0.1", pacs.dicom_port, tap_each=counter.feed) as relay:
+        source = _source(relay.port)
+        entries = list(source.iter_entries())
+        assert _fetch_all(source, entries) == uids
+        # 12 series, one C-GET each; the SOP classes of the corpus fit one association.
+        assert 1 <= len(counter.opened) <= 2, counter.opened
+        assert counter.max_open == 1
+        # Idle past IDLE_S: released (the source's thread is free again).
+        deadline = time.monotonic() + 5
+        while counter.open_now and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counter.open_now == 0
+
+
+def test_an_association_the_source_closed_while_idle_costs_no_file(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept longer than the source keeps it (Orthanc closes it after 1 s idle here): the
+    next request goes on a new association at once, and every instance still arrives."""
+    pacs, uids = archive
+    monkeypatch.setattr(getpool, "IDLE_S", 30.0)
+    counter = AssociationCounter(C_GET_MODEL)
+    with TcpProxy("127.0.0.1", pacs.dicom_port, tap_each=counter.feed) as relay:
+        source = _source(relay.port)
+        entries = list(source.iter_entries())
+        half = len(entries) // 2
+        assert _fetch_all(source, entries[:half]) <= uids
+        opened = len(counter.opened)
+        time.sleep(2.5)  # Orthanc closes our idle association meanwhile
+        got = _fetch_all(source, entries[half:])
+        assert len(got) == len(entries) - half and got <= uids
+        assert len(counter.opened) == opened + 1
+
+
+def test_no_association_is_kept_under_source_max_associations(archive: Any) -> None:
+    pacs, uids = archive
+    counter = AssociationCounter(C_GET_MODEL)
+    with TcpProxy("127.0.0.1", pacs.dicom_port, tap_each=counter.feed) as relay:
+        source = _source(relay.port, source_max_associations=1)
+        entries = list(source.iter_entries())
+        assert _fetch_all(source, entries) == uids
+        assert len(counter.opened) == 12  # one per series: none kept
