@@ -140,6 +140,7 @@ class DimseSource:
         #: C-GET associations kept between requests; not under --source-max-associations,
         #: where one kept open would hold the source's slot beyond its request
         self._gets = None if settings.source_max_associations else GetPool(MAX_CLASSES)
+        self._moves = None if settings.source_max_associations else GetPool(MAX_CLASSES)
         self.retrieve_mode = settings.source_retrieve
         #: the move destination: our own AE title towards the source by default
         self.move_ae = settings.move_ae or self.config.calling_ae
@@ -313,44 +314,57 @@ class DimseSource:
         if self._mover is None:
             raise RefusedAll(f"{self.uri}: --retrieve move needs --move-port")
         where = f"{self.uri}/studies/{study}/series/{series}"
-        ae = new_ae(self.config)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
-        received = Received()
-        scp = None
-        try:
-            with self._mover.receiving(set(wanted)) as scp:
-                try:
-                    assoc = associate(ae, self.config)
-                except ConnectError:
-                    raise
-                except Exception as exc:
-                    raise _association_error(exc, "C-MOVE", where) from None
-                try:
-                    answers = assoc.send_c_move(
-                        _query(study, series, wanted),
-                        self.move_ae,
-                        StudyRootQueryRetrieveInformationModelMove,
-                    )
-                    for status, _ in answers:
-                        code = cast(int | None, getattr(status, "Status", None))
-                        if code is None:
-                            raise TransientError(
-                                f"{where}: no C-MOVE answer (aborted or timed out); does the "
-                                f"source know AE {self.config.calling_ae} and allow it "
-                                "C-MOVE? (register it there, or give --source-calling-ae)"
-                            )
-                        received.counts = _counts(status, code)
-                finally:
-                    if assoc.is_established:
-                        assoc.release()
-        except BaseException:
-            # After the listener stopped: no sink adds a file any more (a late one unlinks
-            # its own), so none is left behind in the spool.
-            if scp is not None:
-                for path, _ in scp.received_files().values():
-                    unlink(path)
-            raise
+        move_uid = StudyRootQueryRetrieveInformationModelMove
+
+        def opener(classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int]) -> Any:
+            ae = new_ae(self.config)
+            ae.add_requested_context(move_uid)
+            ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
+            try:
+                return associate(ae, self.config)
+            except ConnectError:
+                raise
+            except Exception as exc:
+                raise _association_error(exc, "C-MOVE", where) from None
+
+        for fresh in (False, True):
+            received = Received()
+            scp = None
+            try:
+                with (
+                    self._mover.receiving(set(wanted)) as scp,
+                    _lease(self._moves, [], False, fresh, opener) as lease,
+                ):
+                    try:
+                        answers = lease.assoc.send_c_move(
+                            _query(study, series, wanted), self.move_ae, move_uid
+                        )
+                        for status, _ in answers:
+                            code = cast(int | None, getattr(status, "Status", None))
+                            if code is None:
+                                if lease.reused and not scp.connections:
+                                    raise _Stale
+                                raise TransientError(
+                                    f"{where}: no C-MOVE answer (aborted or timed out); does "
+                                    f"the source know AE {self.config.calling_ae} and allow it "
+                                    "C-MOVE? (register it there, or give --source-calling-ae)"
+                                )
+                            received.counts = _counts(status, code)
+                    except RuntimeError:  # pynetdicom: the association is no longer up
+                        if lease.reused and not scp.connections:
+                            raise _Stale from None
+                        raise
+            except _Stale:
+                continue  # a kept association the source closed while idle: a new one
+            except BaseException:
+                # After the listener stopped: no sink adds a file any more (a late one
+                # unlinks its own), so none is left behind in the spool.
+                if scp is not None:
+                    for path, _ in scp.received_files().values():
+                        unlink(path)
+                raise
+            break
+        assert scp is not None
         received.files = scp.received_files()
         received.local_error = scp.local_error
         last = received.counts.status
@@ -447,9 +461,13 @@ class DimseSource:
             # picks one and may have to convert), within the 128 contexts.
             classes = list(dict.fromkeys([*classes, *_common_storage_classes()]))[:126]
         get_uid = StudyRootQueryRetrieveInformationModelGet
+
+        def opener(offer: Sequence[str], wild: bool, on_store: Callable[[Any], int]) -> Any:
+            return self._open_get(offer, wild, on_store, where)
+
         for fresh in (False, True):
             try:
-                with self._get_lease(classes, wildcard, fresh, where) as lease:
+                with _lease(self._gets, classes, wildcard, fresh, opener) as lease:
                     lease.on_store = on_store
                     try:
                         for status, _ in lease.assoc.send_c_get(
@@ -483,20 +501,6 @@ class DimseSource:
             break
         _check_final(received, "C-GET", where)
         return received
-
-    def _get_lease(
-        self, classes: list[str], wildcard: bool, fresh: bool, where: str
-    ) -> contextlib.AbstractContextManager[Lease]:
-        """An association for a C-GET offering ``classes``: kept between requests
-        (migrator/sources/getpool.py), or opened for this one request only (``fresh``, or
-        under --source-max-associations: ``self._gets`` is None)."""
-
-        def opener(offer: Sequence[str], wild: bool, on_store: Callable[[Any], int]) -> Any:
-            return self._open_get(offer, wild, on_store, where)
-
-        if self._gets is not None and not fresh:
-            return self._gets.lease(classes, wildcard, opener)
-        return _one_off(opener, classes, wildcard)
 
     def _open_get(
         self, classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int], where: str
@@ -556,6 +560,17 @@ class NoGet(SourceError):
 
 class _Stale(Exception):
     """A kept association the source closed while idle: the request goes on a new one."""
+
+
+def _lease(
+    pool: GetPool | None, classes: list[str], wildcard: bool, fresh: bool, opener: Opener
+) -> contextlib.AbstractContextManager[Lease]:
+    """An association for one retrieve request: a kept one (migrator/sources/getpool.py),
+    or one opened for this request only (``fresh``, or no pool: under
+    --source-max-associations)."""
+    if pool is not None and not fresh:
+        return pool.lease(classes, wildcard, opener)
+    return _one_off(opener, classes, wildcard)
 
 
 @contextlib.contextmanager
