@@ -112,6 +112,54 @@ def test_an_image_answer_of_another_size_falls_back_to_series_by_series(
     assert [level for level, _ in calls].count("SERIES") == 3, calls
 
 
+def test_a_source_that_drops_the_study_wide_query_is_listed_series_by_series(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A strict archive that closes the association on an IMAGE-level query without the
+    series UID: the listing goes on, on a new association, series by series."""
+    from migrator.errors import ConnectError
+
+    pacs, uids = archive
+    calls = _spy_queries(monkeypatch)
+    real = QueryClient.find
+    opened: list[QueryClient] = []
+    real_init = QueryClient.__init__
+
+    def init(self: QueryClient, *args: Any, **kw: Any) -> None:
+        real_init(self, *args, **kw)
+        opened.append(self)
+
+    def strict(self: QueryClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+        if level == "IMAGE" and "SeriesInstanceUID" not in keys:
+            raise ConnectError("the association was aborted")
+        return real(self, level, keys, *args, **kw)
+
+    monkeypatch.setattr(QueryClient, "__init__", init)
+    monkeypatch.setattr(QueryClient, "find", strict)
+    entries = list(_source(pacs.dicom_port).iter_entries())
+    assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
+    assert len(opened) == 2  # the first one dropped, the listing went on on a second
+    assert [level for level, _ in calls].count("SERIES") == 3  # every study series by series
+
+
+def test_an_answer_of_the_right_size_but_the_wrong_set_is_not_trusted(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One instance twice and another missing: the count matches, the set does not."""
+    pacs, uids = archive
+    real = QueryClient.find
+
+    def twice(self: QueryClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+        found = real(self, level, keys, *args, **kw)
+        if level == "IMAGE" and "SeriesInstanceUID" not in keys:
+            return [*found[:-1], found[0]]
+        return found
+
+    monkeypatch.setattr(QueryClient, "find", twice)
+    entries = list(_source(pacs.dicom_port).iter_entries())
+    assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
+
+
 def _fetch_all(source: DimseSource, entries: list[Any]) -> set[str]:
     items = [SourceItem(e.uri, 0) for e in entries]
     source.expect(items)

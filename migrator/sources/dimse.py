@@ -46,6 +46,7 @@ import datetime as dt
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -170,16 +171,26 @@ class DimseSource:
         from migrator.verify.pacs import PacsQueryError
         from migrator.verify.query import QueryClient
 
+        q = [QueryClient(self.config)]  # replaced when a strict source drops it (below)
         try:
-            with QueryClient(self.config) as q:
-                for study in studies(self.query, lambda d: self._window(q, d), self.uri):
-                    for se, images in self._study_images(q, study):
-                        for sop, cls in images:
-                            path = f"/studies/{study}/series/{se}/instances/{sop}"
-                            uri = f"{self.uri}{path}?class={quote(cls)}"
-                            yield ManifestEntry(0, uri, 0, sop, study)
+            for study in studies(self.query, lambda d: self._window(q[0], d), self.uri):
+                try:
+                    listed = list(self._study_images(q[0], study))
+                except _RelaxedDropped:
+                    # The source closed the association on the study-wide IMAGE query: a new
+                    # one, and this study (and every next one) series by series.
+                    q[0].__exit__(None, None, None)
+                    q[0] = QueryClient(self.config)
+                    listed = list(self._study_images(q[0], study))
+                for se, images in listed:
+                    for sop, cls in images:
+                        path = f"/studies/{study}/series/{se}/instances/{sop}"
+                        uri = f"{self.uri}{path}?class={quote(cls)}"
+                        yield ManifestEntry(0, uri, 0, sop, study)
         except PacsQueryError as exc:
             raise SourceError(f"{self.uri}: {exc}") from None
+        finally:
+            q[0].__exit__(None, None, None)
 
     def _study_images(self, q: Any, study: str) -> Iterator[tuple[str, list[tuple[str, str]]]]:
         """A study's instances, series by series: ``(series UID, [(SOP UID, class)])``.
@@ -204,6 +215,14 @@ class DimseSource:
                 log.info("%s: IMAGE level by study refused (%s); series by series", self.uri, exc)
                 self._relaxed_images = False
                 found, cut = [], [True]
+            except ConnectError as exc:
+                if self._relaxed_images:
+                    raise  # it answered such queries before: a real loss of the source
+                log.info("%s: IMAGE level by study dropped (%s); series by series", self.uri, exc)
+                self._relaxed_images = False
+                raise _RelaxedDropped from None
+            if not found:
+                self._relaxed_images = False  # no answer to it at all: not asked again
             by_series: dict[str, list[tuple[str, str]]] = {}
             for image in found:
                 se = str(image.get("SeriesInstanceUID", ""))
@@ -212,7 +231,10 @@ class DimseSource:
                     by_series = {}
                     break
                 by_series.setdefault(se, []).append((sop, str(image.get("SOPClassUID", ""))))
-            if not cut and sum(map(len, by_series.values())) == promised == len(found):
+            # Distinct SOP Instance UIDs: an answer repeating one instance and missing another
+            # has the right length but not the right set.
+            distinct = len({sop for images in by_series.values() for sop, _ in images})
+            if not cut and distinct == promised == len(found):
                 self._relaxed_images = True
                 yield from by_series.items()
                 return
@@ -335,6 +357,7 @@ class DimseSource:
                     self._mover.receiving(set(wanted)) as scp,
                     _lease(self._moves, [], False, fresh, opener) as lease,
                 ):
+                    t0 = time.monotonic()
                     try:
                         answers = lease.assoc.send_c_move(
                             _query(study, series, wanted), self.move_ae, move_uid
@@ -342,7 +365,7 @@ class DimseSource:
                         for status, _ in answers:
                             code = cast(int | None, getattr(status, "Status", None))
                             if code is None:
-                                if lease.reused and not scp.connections:
+                                if lease.reused and not scp.connections and _soon(t0):
                                     raise _Stale
                                 raise TransientError(
                                     f"{where}: no C-MOVE answer (aborted or timed out); does "
@@ -351,11 +374,16 @@ class DimseSource:
                                 )
                             received.counts = _counts(status, code)
                     except RuntimeError:  # pynetdicom: the association is no longer up
-                        if lease.reused and not scp.connections:
+                        if lease.reused and not scp.connections and _soon(t0):
                             raise _Stale from None
                         raise
             except _Stale:
-                continue  # a kept association the source closed while idle: a new one
+                # A kept association the source closed while idle: a new one. Whatever came
+                # meanwhile (a late sink) is not kept: the new move asks for all of it again.
+                if scp is not None:
+                    for path, _ in scp.received_files().values():
+                        unlink(path)
+                continue
             except BaseException:
                 # After the listener stopped: no sink adds a file any more (a late one
                 # unlinks its own), so none is left behind in the spool.
@@ -469,13 +497,14 @@ class DimseSource:
             try:
                 with _lease(self._gets, classes, wildcard, fresh, opener) as lease:
                     lease.on_store = on_store
+                    t0 = time.monotonic()
                     try:
                         for status, _ in lease.assoc.send_c_get(
                             _query(study, series, wanted), get_uid
                         ):
                             code = cast(int | None, getattr(status, "Status", None))
                             if code is None:
-                                if lease.reused and not received.files:
+                                if lease.reused and not received.files and _soon(t0):
                                     raise _Stale
                                 raise TransientError(
                                     f"{where}: no C-GET answer (aborted or timed out); does "
@@ -484,7 +513,7 @@ class DimseSource:
                                 )
                             received.counts = _counts(status, code)
                     except RuntimeError:  # pynetdicom: the association is no longer up
-                        if lease.reused and not received.files:
+                        if lease.reused and not received.files and _soon(t0):
                             raise _Stale from None
                         raise
             except _Stale:
@@ -556,6 +585,20 @@ class DimseSource:
 
 class NoGet(SourceError):
     """The source does not take C-GET from us (its context refused)."""
+
+
+#: A kept association that fails a request this soon (no answer, or pynetdicom's "no
+#: longer established") was closed by the source while idle; later, it is the request's
+#: own failure (a DIMSE timeout), not asked again on a new association.
+STALE_S = 2.0
+
+
+def _soon(since: float) -> bool:
+    return time.monotonic() - since < STALE_S
+
+
+class _RelaxedDropped(Exception):
+    """The source closed the association on a study-wide IMAGE-level C-FIND."""
 
 
 class _Stale(Exception):

@@ -79,7 +79,7 @@ class GetPool:
         self._seen: dict[str, None] = {}
         self._reaper: threading.Thread | None = None
         # Idle associations released at exit (an A-RELEASE, not a dropped connection).
-        weakref.finalize(self, _release_all, self._idle)
+        weakref.finalize(self, _release_all, self._idle, self._lock)
 
     @contextlib.contextmanager
     def lease(self, classes: Sequence[str], wildcard: bool, opener: Opener) -> Iterator[Lease]:
@@ -108,9 +108,10 @@ class GetPool:
         stale: list[Lease] = []
         found = None
         with self._lock:
-            for c in sorted(needed):
-                self._seen.pop(c, None)
-                self._seen[c] = None
+            if not wildcard:  # (the common classes offered blind are not classes met)
+                for c in sorted(needed):
+                    self._seen.pop(c, None)
+                    self._seen[c] = None
             now = time.monotonic()
             for lease in list(self._idle):
                 if not lease.assoc.is_established or now - lease.idle_since > IDLE_S:
@@ -132,7 +133,10 @@ class GetPool:
             return found
         holder: list[Lease] = []
         assoc = opener(offer, wildcard, lambda event: holder[0].handle(event))
-        lease = Lease(assoc, frozenset(offer), wildcard)
+        # What the source accepted, not what was offered: a class it refused is not taken
+        # for one this association can carry.
+        accepted = {cx.abstract_syntax for cx in getattr(assoc, "accepted_contexts", [])}
+        lease = Lease(assoc, frozenset(c for c in offer if c in accepted), wildcard)
         holder.append(lease)
         return lease
 
@@ -155,7 +159,7 @@ class GetPool:
             self._idle.append(lease)
             if len(self._idle) > KEEP:
                 evicted = self._idle.pop(0)
-            if self._reaper is None or not self._reaper.is_alive():
+            if self._reaper is None:
                 self._reaper = threading.Thread(
                     target=_reap, args=(weakref.ref(self),), name="migrator-cget-idle", daemon=True
                 )
@@ -171,6 +175,10 @@ class GetPool:
             for lease in old:
                 self._idle.remove(lease)
             left = bool(self._idle)
+            if not left:
+                # Decided under the lock: a lease given back from now on starts a new reaper
+                # (this one ends after its releases below).
+                self._reaper = None
         for lease in old:
             _release(lease)
         return left
@@ -196,7 +204,11 @@ def _release(lease: Lease) -> None:
             assoc.abort()
 
 
-def _release_all(idle: list[Lease]) -> None:
-    for lease in list(idle):
+def _release_all(idle: list[Lease], lock: threading.Lock) -> None:
+    # Taken under the lock, as the reaper takes what it releases: never released twice (the
+    # second A-RELEASE would wait for an answer that does not come).
+    with lock:
+        leases = list(idle)
+        idle.clear()
+    for lease in leases:
         _release(lease)
-    idle.clear()

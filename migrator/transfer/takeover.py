@@ -53,12 +53,12 @@ def found_at_destination(
         return []
     owners = ledger.claim_uids(unsettled)
     mine = [f for f, owner in zip(unsettled, owners, strict=True) if not owner]
-    # Here, not at the top: asking the PACS imports pynetdicom and pydicom (~0.18 s), which
-    # every `run` and worker would otherwise pay at start-up for a lookup made only after a
-    # lost delivery.
-    from migrator.verify.held import held_instances
-
     try:
+        # Here, not at the top: asking the PACS imports pynetdicom and pydicom (~0.18 s),
+        # which every `run` and worker would otherwise pay at start-up for a look-up made
+        # only after a lost delivery (inside the try: whatever fails, the files are sent).
+        from migrator.verify.held import held_instances
+
         held = held_instances(settings, [(f.study_uid, f.sop_instance_uid) for f in mine])
     except Exception as exc:  # whatever went wrong: send again, never lose a file
         log.warning(
