@@ -1,0 +1,437 @@
+"""Fetching from the old PACS: C-GET, or C-MOVE to our own Storage SCP, per series.
+
+The fetching half of ``DimseSource`` (migrator/sources/dimse.py, which lists; its
+docstring says how a batch is fetched series by series): ``Fetching`` is mixed into it.
+A request's association is a kept one when there is one (migrator/sources/getpool.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from migrator.errors import (
+    AssociationRejected,
+    ConnectError,
+    MigratorError,
+    SourceError,
+    TransientError,
+)
+from migrator.scp.incoming import meta_bytes
+from migrator.sources.getpool import GetPool, Lease, Opener
+from migrator.sources.held import HeldFiles, unlink
+from migrator.sources.movescp import MoveReceiver
+from migrator.sources.retrieve import (
+    Counts,
+    Received,
+    Refused,
+    RefusedAll,
+    unwritable,
+)
+from migrator.syntaxes import ALIASES
+
+if TYPE_CHECKING:
+    from migrator.settings import Settings
+
+log = logging.getLogger("migrator.sources.dimse")
+
+#: Study Root C-FIND, proposed with each retrieve (dcmqrscp --require-find wants it).
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+#: Every transfer syntax offered for a sub-operation, one presentation context each.
+SYNTAXES = tuple(dict.fromkeys([*ALIASES.values(), "1.2.840.10008.1.2.4.51"]))
+
+
+class Fetching:
+    """C-GET / C-MOVE requests of a ``DimseSource`` (its attributes, set by its __init__)."""
+
+    uri: str
+    config: Settings
+    retrieve_mode: str
+    move_ae: str
+    _held: HeldFiles
+    _mover: MoveReceiver | None
+    _gets: GetPool | None
+    _moves: GetPool | None
+
+    def _retrieve(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """C-GET or C-MOVE, as ``--retrieve`` says; auto: C-GET until the source refuses
+        its context, then C-MOVE (remembered for the source's life)."""
+        mode = self.retrieve_mode  # read once: another thread may switch it meanwhile
+        if mode == "move":
+            return self._c_move(study, series, wanted)
+        try:
+            return self._c_get(study, series, wanted)
+        except NoGet as exc:
+            if mode == "auto" and self._mover is not None:
+                if self.retrieve_mode == "auto":
+                    log.info("%s: %s; fetching by C-MOVE to AE %s", self.uri, exc, self.move_ae)
+                self.retrieve_mode = "move"
+                return self._c_move(study, series, wanted)
+            hint = (
+                "give --move-port (and --move-ae, registered at the source) to fetch by C-MOVE"
+                if mode == "auto"
+                else "give --retrieve move (or auto) with --move-port and --move-ae"
+            )
+            raise RefusedAll(f"{exc}; {hint}") from None
+
+    def _c_move(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """One C-MOVE at IMAGE level for ``wanted`` (a UID list) to our own Storage SCP
+        (migrator/sources/movescp.py), listening while the move runs."""
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelMove,
+        )
+
+        from migrator.verify.pacs import associate, new_ae
+
+        if self._mover is None:
+            raise RefusedAll(f"{self.uri}: --retrieve move needs --move-port")
+        where = f"{self.uri}/studies/{study}/series/{series}"
+        move_uid = StudyRootQueryRetrieveInformationModelMove
+
+        def opener(classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int]) -> Any:
+            ae = new_ae(self.config)
+            ae.add_requested_context(move_uid)
+            ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
+            try:
+                return associate(ae, self.config)
+            except ConnectError:
+                raise
+            except Exception as exc:
+                raise _association_error(exc, "C-MOVE", where) from None
+
+        for fresh in (False, True):
+            received = Received()
+            scp = None
+            try:
+                with (
+                    self._mover.receiving(set(wanted)) as scp,
+                    _lease(self._moves, [], False, fresh, opener) as lease,
+                ):
+                    t0 = time.monotonic()
+                    try:
+                        answers = lease.assoc.send_c_move(
+                            _query(study, series, wanted), self.move_ae, move_uid
+                        )
+                        for status, _ in answers:
+                            code = cast(int | None, getattr(status, "Status", None))
+                            if code is None:
+                                if lease.reused and not scp.connections and _soon(t0):
+                                    raise _Stale
+                                raise TransientError(
+                                    f"{where}: no C-MOVE answer (aborted or timed out); does "
+                                    f"the source know AE {self.config.calling_ae} and allow it "
+                                    "C-MOVE? (register it there, or give --source-calling-ae)"
+                                )
+                            received.counts = _counts(status, code)
+                    except RuntimeError:  # pynetdicom: the association is no longer up
+                        if lease.reused and not scp.connections and _soon(t0):
+                            raise _Stale from None
+                        raise
+            except _Stale:
+                # A kept association the source closed while idle: a new one. Whatever came
+                # meanwhile (a late sink) is not kept: the new move asks for all of it again.
+                if scp is not None:
+                    for path, _ in scp.received_files().values():
+                        unlink(path)
+                continue
+            except BaseException:
+                # After the listener stopped: no sink adds a file any more (a late one
+                # unlinks its own), so none is left behind in the spool.
+                if scp is not None:
+                    for path, _ in scp.received_files().values():
+                        unlink(path)
+                raise
+            break
+        assert scp is not None
+        received.files = scp.received_files()
+        received.local_error = scp.local_error
+        last = received.counts.status
+        why = ""
+        if last == 0xA801:
+            why = "C-MOVE 0xA801 Move destination unknown"
+        elif (
+            not received.files
+            and not scp.connections
+            and last not in (None, 0x0000, 0xB000, 0xFE00)
+            and (last & 0xFF00) != 0xA700  # busy: retried as such
+            # Some archives (Orthanc 1.10) answer an unknown destination with 0xC000, as
+            # they answer a list holding a UID they do not have: tell the two apart by
+            # asking whether it holds every instance asked for.
+            and self._holds(study, series, set(wanted), where)
+        ):
+            why = (
+                f"C-MOVE 0x{last:04X} for instances it holds, without opening an "
+                "association to our Storage SCP"
+            )
+        if why:
+            for path, _ in received.files.values():
+                unlink(path)
+            raise RefusedAll(
+                f"the source refused the move destination AE {self.move_ae}: register it "
+                f"there (with this host and port {self._mover.port}; {why})"
+            )
+        _check_final(received, "C-MOVE", where)
+        return received
+
+    def _c_get(self, study: str, series: str, wanted: dict[str, str]) -> Received:
+        """One C-GET at IMAGE level for ``wanted`` (a UID list) on one association that
+        offers each of their SOP classes in every syntax we know, as Storage SCP; each
+        C-STORE sub-operation written to its own spool file as it arrives."""
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelGet,
+        )
+
+        where = f"{self.uri}/studies/{study}/series/{series}"
+        received = Received()
+
+        def keep(event: Any) -> int:
+            sop = str(event.request.AffectedSOPInstanceUID)
+            if sop not in wanted or sop in received.files:
+                return 0xA900  # not what was asked for: refused, never written as ours
+            # The File Meta written here, not by pydicom's event.file_meta and its writer
+            # (~0.5 ms a sub-operation, a sixth of what receiving one cost).
+            meta = meta_bytes(
+                str(event.request.AffectedSOPClassUID),
+                sop,
+                str(event.context.transfer_syntax),
+                self.config.called_ae,
+            )
+            path = ""
+            try:
+                path = self._held.new_path()
+                with open(path, "wb") as out:
+                    out.write(meta)
+                    # The dataset's bytes as the archive sent them: not decoded, not re-encoded.
+                    out.write(event.request.DataSet.getvalue())
+                    received.files[sop] = (path, out.tell())
+            except OSError as exc:
+                if path:
+                    unlink(path)
+                    received.files.pop(sop, None)
+                # Our disk, not the source: said so, and asked again by the send's retries.
+                received.local_error = unwritable(os.path.dirname(path) or self._held.spool, exc)
+                return 0xA700  # out of resources: the sub-operation failed
+            return 0x0000
+
+        def on_store(event: Any) -> int:
+            try:
+                return keep(event)
+            except Exception as exc:
+                # pynetdicom would log it (hidden: its logger is at CRITICAL unless -vv) and
+                # answer 0xC211: say why here, else the user sees only "did not come".
+                log.warning(
+                    "%s: a C-GET sub-operation could not be kept: %s: %s",
+                    where,
+                    type(exc).__name__,
+                    exc,
+                )
+                # Not the source's fault either: the fetch fails (transiently) saying so.
+                received.local_error = (
+                    f"cannot keep the retrieved instance here: {type(exc).__name__}: {exc}"
+                )
+                return 0xC211  # unable to process
+
+        classes = sorted(set(wanted.values()) - {""})
+        wildcard = "" in wanted.values()
+        if wildcard:
+            # The listing gave no SOP Class UID (dcmqrscp returns none at IMAGE level): the
+            # common storage classes, each in one context listing every syntax (the source
+            # picks one and may have to convert), within the 128 contexts.
+            classes = list(dict.fromkeys([*classes, *_common_storage_classes()]))[:126]
+        get_uid = StudyRootQueryRetrieveInformationModelGet
+
+        def opener(offer: Sequence[str], wild: bool, on_store: Callable[[Any], int]) -> Any:
+            return self._open_get(offer, wild, on_store, where)
+
+        for fresh in (False, True):
+            try:
+                with _lease(self._gets, classes, wildcard, fresh, opener) as lease:
+                    lease.on_store = on_store
+                    t0 = time.monotonic()
+                    try:
+                        for status, _ in lease.assoc.send_c_get(
+                            _query(study, series, wanted), get_uid
+                        ):
+                            code = cast(int | None, getattr(status, "Status", None))
+                            if code is None:
+                                if lease.reused and not received.files and _soon(t0):
+                                    raise _Stale
+                                raise TransientError(
+                                    f"{where}: no C-GET answer (aborted or timed out); does "
+                                    f"the source know AE {self.config.calling_ae} and allow it "
+                                    "C-GET? (register it there, or give --source-calling-ae)"
+                                )
+                            received.counts = _counts(status, code)
+                    except RuntimeError:  # pynetdicom: the association is no longer up
+                        if lease.reused and not received.files and _soon(t0):
+                            raise _Stale from None
+                        raise
+            except _Stale:
+                # An association kept from an earlier request that the source closed while
+                # it was idle: asked again at once on a new one (not a retry of the file).
+                received = Received()
+                continue
+            except BaseException:
+                # After the association is gone (on_store runs on its own thread): a copy,
+                # so that a late sub-operation cannot change the dict while it is read.
+                for path, _ in list(received.files.values()):
+                    unlink(path)
+                raise
+            break
+        _check_final(received, "C-GET", where)
+        return received
+
+    def _open_get(
+        self, classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int], where: str
+    ) -> Any:
+        from pynetdicom import build_role, evt
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelGet,
+        )
+
+        from migrator.verify.pacs import PacsQueryError, associate, new_ae
+
+        ae = new_ae(self.config)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
+        for sop_class in classes:
+            if wildcard:
+                ae.add_requested_context(sop_class, list(SYNTAXES))
+            else:
+                for syntax in SYNTAXES:
+                    ae.add_requested_context(sop_class, [syntax])
+        try:
+            assoc = associate(
+                ae,
+                self.config,
+                ext_neg=[build_role(c, scp_role=True) for c in classes],
+                evt_handlers=[(evt.EVT_C_STORE, on_store)],
+            )
+        except ConnectError:
+            raise  # unreachable: retried like any connection
+        except PacsQueryError as exc:  # accepted, but none of our contexts
+            raise NoGet(f"{self.uri}: the source refused C-GET ({exc})") from None
+        except Exception as exc:  # rejected: the archive's answer, said as is
+            raise _association_error(exc, "C-GET", where) from None
+        get_uid = StudyRootQueryRetrieveInformationModelGet
+        if not any(cx.abstract_syntax == get_uid for cx in assoc.accepted_contexts):
+            assoc.release()
+            raise NoGet(f"{self.uri}: the source refused C-GET (its presentation context)")
+        return assoc
+
+    def _holds(self, study: str, series: str, sops: set[str], where: str) -> bool:
+        """Whether the source lists every one of ``sops`` in the series (C-FIND)."""
+        from migrator.verify.pacs import PacsQueryError
+        from migrator.verify.query import QueryClient
+
+        keys = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        try:
+            with QueryClient(self.config) as q:
+                found = q.find("IMAGE", keys, ["SOPInstanceUID"])
+        except PacsQueryError as exc:
+            raise SourceError(f"{where}: {exc}") from None
+        return sops <= {str(m.get("SOPInstanceUID", "")) for m in found}
+
+
+class NoGet(SourceError):
+    """The source does not take C-GET from us (its context refused)."""
+
+
+#: A kept association that fails a request this soon (no answer, or pynetdicom's "no
+#: longer established") was closed by the source while idle; later, it is the request's
+#: own failure (a DIMSE timeout), not asked again on a new association.
+STALE_S = 2.0
+
+
+def _soon(since: float) -> bool:
+    return time.monotonic() - since < STALE_S
+
+
+class _Stale(Exception):
+    """A kept association the source closed while idle: the request goes on a new one."""
+
+
+def _lease(
+    pool: GetPool | None, classes: list[str], wildcard: bool, fresh: bool, opener: Opener
+) -> contextlib.AbstractContextManager[Lease]:
+    """An association for one retrieve request: a kept one (migrator/sources/getpool.py),
+    or one opened for this request only (``fresh``, or no pool: under
+    --source-max-associations)."""
+    if pool is not None and not fresh:
+        return pool.lease(classes, wildcard, opener)
+    return _one_off(opener, classes, wildcard)
+
+
+@contextlib.contextmanager
+def _one_off(opener: Opener, classes: list[str], wildcard: bool) -> Iterator[Lease]:
+    holder: list[Lease] = []
+    lease = Lease(
+        opener(classes, wildcard, lambda event: holder[0].handle(event)), frozenset(), wildcard
+    )
+    holder.append(lease)
+    try:
+        yield lease
+    finally:
+        lease.on_store = None
+        if lease.assoc.is_established:
+            lease.assoc.release()
+
+
+def _query(study: str, series: str, wanted: dict[str, str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID = study
+    query.SeriesInstanceUID = series
+    # A list of UIDs (PS3.4 C.4.2.2.1: the unique key of the level may hold several).
+    query.SOPInstanceUID = list(wanted) if len(wanted) > 1 else next(iter(wanted))
+    return query
+
+
+def _check_final(received: Received, what: str, where: str) -> None:
+    """Nothing came and the final status says why: a busy source is retried later, any
+    other failure refuses the request (split by the caller down to the instance)."""
+    last = received.counts.status
+    if received.files or last is None:
+        return
+    if received.local_error:
+        return  # what came could not be kept here: said as such by the caller
+    if (last & 0xFF00) == 0xA700:
+        raise TransientError(f"{where}: the source is out of resources ({what} 0x{last:04X})")
+    if last not in (0x0000, 0xB000, 0xFE00):
+        raise Refused(f"{where}: the source refused the {what} (0x{last:04X})")
+
+
+def _association_error(exc: Exception, what: str, where: str) -> MigratorError:
+    """No association for the request: a source that says it is busy (A-ASSOCIATE-RJ
+    rejected-transient) is asked again later, as any transient error of a source; any other
+    refusal fails the request's instances at once (asking for halves of it would open an
+    association per half and get the same answer)."""
+    if isinstance(exc, AssociationRejected) and exc.transient:
+        return TransientError(f"{where}: {what} association: {exc} (busy: asked again later)")
+    return SourceError(f"{where}: {what} association: {exc}")
+
+
+def _counts(status: Any, code: int) -> Counts:
+    def n(name: str) -> int | None:
+        value = getattr(status, name, None)
+        return int(value) if isinstance(value, int) else None
+
+    return Counts(
+        completed=n("NumberOfCompletedSuboperations"),
+        failed=n("NumberOfFailedSuboperations"),
+        warning=n("NumberOfWarningSuboperations"),
+        remaining=n("NumberOfRemainingSuboperations"),
+        status=code,
+    )
+
+
+def _common_storage_classes() -> list[str]:
+    from pynetdicom import StoragePresentationContexts
+
+    return [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
