@@ -21,6 +21,7 @@ from migrator.ledger.encoding import (
     NAME,
     PlannedFile,
     Recorded,
+    latest_lines,
     outcome_line,
     owner_id,
     owner_value,
@@ -329,18 +330,11 @@ class Ledger(Sessions):
                 if not states or IN_FLIGHT in states:
                     return False
                 raw = cast(bytes, pipe.get(key) or b"")
-                latest: dict[int, tuple[str, bytes]] = {}
-                worker = ""
-                for text in raw.splitlines():
-                    data = json.loads(text)
-                    if "i" not in data:
-                        worker = data.get("w", "")
-                    else:
-                        latest[data["i"]] = (worker, text)
+                latest = latest_lines(raw)
                 lines: list[bytes] = []
                 current = None
                 for index in sorted(latest):
-                    w, text = latest[index]
+                    w, _, text = latest[index]
                     if w != current:
                         lines.append(json.dumps({"w": w}, separators=(",", ":")).encode())
                         current = w

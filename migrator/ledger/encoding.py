@@ -190,6 +190,20 @@ def outcome_line(index: int, outcome: FileOutcome, at: float, planned: PlannedFi
     return json.dumps(data, separators=(",", ":"))
 
 
+def latest_lines(raw: bytes) -> dict[int, tuple[str, dict[str, Any], bytes]]:
+    """A batch's outcome log, the last line of each file: index -> (the worker that wrote
+    it, from the ``{"w": ...}`` line before it; the line decoded; the line as stored)."""
+    latest: dict[int, tuple[str, dict[str, Any], bytes]] = {}
+    worker = ""
+    for text in raw.splitlines():
+        data = json.loads(text)
+        if "i" not in data:
+            worker = data.get("w", "")
+        else:
+            latest[data["i"]] = (worker, data, text)
+    return latest
+
+
 def outcome_from_line(data: dict[str, Any], state: State, planned: PlannedFile) -> FileOutcome:
     default = planned.transfer_syntax if state is State.STORED else ""
     ts_sent = data.get("x", default)

@@ -18,12 +18,18 @@ the end); past that, the rest is read at the end as before.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from migrator.ledger.encoding import IN_FLIGHT, STATE, PlannedFile, outcome_from_line, unpack
+from migrator.ledger.encoding import (
+    IN_FLIGHT,
+    STATE,
+    PlannedFile,
+    latest_lines,
+    outcome_from_line,
+    unpack,
+)
 from migrator.outcomes import FileOutcome
 
 if TYPE_CHECKING:
@@ -49,28 +55,21 @@ class Ahead:
 
 def file_rows(plan: list[PlannedFile], states: str, raw: bytes) -> Iterator[Row]:
     """A batch's files with their outcomes, from its plan, states and outcome log."""
-    latest: dict[int, dict[str, Any]] = {}
-    worker = ""
-    for text in raw.splitlines():
-        data = json.loads(text)
-        if "i" not in data:
-            worker = data.get("w", "")
-            continue
-        if worker:
-            data["w"] = worker
-        latest[data["i"]] = data
+    latest = latest_lines(raw)
     for index, planned in enumerate(plan):
         flag = states[index : index + 1]
         if flag == IN_FLIGHT:
             yield planned, None, {}
             continue
         state = STATE.get(flag)
-        data = latest.get(index)
-        if state is None or data is None:
+        line = latest.get(index)
+        if state is None or line is None:
             continue
+        worker, data, _ = line
         extra = {"at": data["t"], "planned": planned}
-        if "w" in data:
-            extra["worker"] = data["w"]
+        if worker:
+            data["w"] = worker
+            extra["worker"] = worker
         yield planned, outcome_from_line(data, state, planned), extra
 
 

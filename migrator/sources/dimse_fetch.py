@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from migrator.errors import (
@@ -111,26 +111,14 @@ class Fetching:
                     self._mover.receiving(set(wanted)) as scp,
                     _lease(self._moves, [], False, fresh, opener) as lease,
                 ):
-                    t0 = time.monotonic()
-                    try:
-                        answers = lease.assoc.send_c_move(
+                    received.counts = _answers(
+                        lease,
+                        lambda: lease.assoc.send_c_move(
                             _query(study, series, wanted), self.move_ae, move_uid
-                        )
-                        for status, _ in answers:
-                            code = cast(int | None, getattr(status, "Status", None))
-                            if code is None:
-                                if lease.reused and not scp.connections and _soon(t0):
-                                    raise _Stale
-                                raise TransientError(
-                                    f"{where}: no C-MOVE answer (aborted or timed out); does "
-                                    f"the source know AE {self.config.calling_ae} and allow it "
-                                    "C-MOVE? (register it there, or give --source-calling-ae)"
-                                )
-                            received.counts = _counts(status, code)
-                    except RuntimeError:  # pynetdicom: the association is no longer up
-                        if lease.reused and not scp.connections and _soon(t0):
-                            raise _Stale from None
-                        raise
+                        ),
+                        scp.reached,
+                        f"{where}: " + self._no_answer("C-MOVE"),
+                    )
             except _Stale:
                 # A kept association the source closed while idle: a new one. Whatever came
                 # meanwhile (a late sink) is not kept: the new move asks for all of it again.
@@ -251,25 +239,12 @@ class Fetching:
             try:
                 with _lease(self._gets, classes, wildcard, fresh, opener) as lease:
                     lease.on_store = on_store
-                    t0 = time.monotonic()
-                    try:
-                        for status, _ in lease.assoc.send_c_get(
-                            _query(study, series, wanted), get_uid
-                        ):
-                            code = cast(int | None, getattr(status, "Status", None))
-                            if code is None:
-                                if lease.reused and not received.files and _soon(t0):
-                                    raise _Stale
-                                raise TransientError(
-                                    f"{where}: no C-GET answer (aborted or timed out); does "
-                                    f"the source know AE {self.config.calling_ae} and allow it "
-                                    "C-GET? (register it there, or give --source-calling-ae)"
-                                )
-                            received.counts = _counts(status, code)
-                    except RuntimeError:  # pynetdicom: the association is no longer up
-                        if lease.reused and not received.files and _soon(t0):
-                            raise _Stale from None
-                        raise
+                    received.counts = _answers(
+                        lease,
+                        lambda: lease.assoc.send_c_get(_query(study, series, wanted), get_uid),
+                        received.files.__len__,
+                        f"{where}: " + self._no_answer("C-GET"),
+                    )
             except _Stale:
                 # An association kept from an earlier request that the source closed while
                 # it was idle: asked again at once on a new one (not a retry of the file).
@@ -323,6 +298,13 @@ class Fetching:
             raise NoGet(f"{self.uri}: the source refused C-GET (its presentation context)")
         return assoc
 
+    def _no_answer(self, what: str) -> str:
+        return (
+            f"no {what} answer (aborted or timed out); does the source know AE "
+            f"{self.config.calling_ae} and allow it {what}? (register it there, or give "
+            "--source-calling-ae)"
+        )
+
     def _holds(self, study: str, series: str, sops: set[str], where: str) -> bool:
         """Whether the source lists every one of ``sops`` in the series (C-FIND)."""
         from migrator.verify.pacs import PacsQueryError
@@ -345,6 +327,29 @@ class NoGet(SourceError):
 #: longer established") was closed by the source while idle; later, it is the request's
 #: own failure (a DIMSE timeout), not asked again on a new association.
 STALE_S = 2.0
+
+
+def _answers(
+    lease: Lease, request: Callable[[], Iterable[Any]], came: Callable[[], object], no_answer: str
+) -> Counts:
+    """The final C-GET / C-MOVE response's counts, read through every response of
+    ``request()`` on ``lease``. ``_Stale`` when a kept association failed at once with
+    nothing come yet (``came()``): the source closed it while it was idle."""
+    t0 = time.monotonic()
+    counts = Counts()
+    try:
+        for status, _ in request():
+            code = cast(int | None, getattr(status, "Status", None))
+            if code is None:
+                if lease.reused and not came() and _soon(t0):
+                    raise _Stale
+                raise TransientError(no_answer)
+            counts = _counts(status, code)
+    except RuntimeError:  # pynetdicom: the association is no longer up
+        if lease.reused and not came() and _soon(t0):
+            raise _Stale from None
+        raise
+    return counts
 
 
 def _soon(since: float) -> bool:

@@ -1,5 +1,10 @@
 """C-GET associations to the old PACS, kept open from one request to the next.
 
+NOT IN USE (sources/dimse.py sets no pool): with it, a job whose source restarted mid-job
+stalled for minutes in 2 of 8 runs of test_a_source_restarted_mid_job_loses_nothing[run].
+Until that is understood every request opens its own association; ``Lease`` and
+``Opener`` are what a one-off request uses.
+
 Each C-GET used to open its own association and release it after the request: a pynetdicom
 AE built, up to 121 presentation contexts negotiated (each SOP class in every syntax), a
 release. Against Orthanc on this machine that was ~35 ms of the ~55 ms a request for a
@@ -126,8 +131,7 @@ class GetPool:
                 stale += self._idle
                 self._idle.clear()
             offer = self._offer(needed) if not wildcard else list(needed)
-        for lease in stale:
-            _release(lease)
+        _release_aside(stale)
         if found is not None:
             found.reused = True
             return found
@@ -165,7 +169,7 @@ class GetPool:
                 )
                 self._reaper.start()
         if evicted is not None:
-            _release(evicted)
+            _release_aside([evicted])
 
     def _reap_once(self) -> bool:
         """Release what has been idle too long; False once nothing is idle."""
@@ -191,6 +195,21 @@ def _reap(pool_ref: weakref.ref[GetPool]) -> None:
         if pool is None or not pool._reap_once():
             return
         del pool
+
+
+def _release_aside(leases: list[Lease]) -> None:
+    """Released on a thread of their own: an A-RELEASE waits for the source's answer, up to
+    the ACSE timeout when the source went away meanwhile (restarted, a reset connection),
+    and the request that found them idle must not wait for that."""
+    if leases:
+        threading.Thread(
+            target=_release_each, args=(leases,), name="migrator-cget-release", daemon=True
+        ).start()
+
+
+def _release_each(leases: list[Lease]) -> None:
+    for lease in leases:
+        _release(lease)
 
 
 def _release(lease: Lease) -> None:

@@ -169,6 +169,10 @@ class _Handler:
         with self._lock:
             self.in_flight.discard(sop)
 
+    def reached(self) -> bool:
+        """Whether the source opened an association to us during the move."""
+        return self.connections > 0
+
     def close(self) -> None:
         with self._lock:
             self.closed = True
