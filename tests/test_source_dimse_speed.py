@@ -3,13 +3,16 @@
 * A study is listed with one IMAGE-level C-FIND when the STUDY level said how many instances
   it holds and the answer has that many (else series by series, as before): checked by the
   queries the source answered and by the instances listed.
-* No retrieving association is kept between requests under --source-max-associations
-  (the keeping itself is off for now: migrator/sources/getpool.py says why).
+* C-GET and C-MOVE associations are kept from one request to the next (getpool.py):
+  fewer associations than requests, counted on the wire; one the source closed while idle
+  costs no file anything (asked again on a new one); none is kept under
+  --source-max-associations.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,17 +22,19 @@ import pytest
 
 from migrator import synth
 from migrator.settings import Settings
+from migrator.sources import getpool
 from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
 from migrator.verify.query import QueryClient
 from tests.peers.assoc_counter import AssociationCounter
-from tests.peers.orthanc import OrthancPeer
+from tests.peers.orthanc import OrthancPeer, free_port_all_interfaces
 from tests.peers.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(180)
 
 OUR_AE = "MIGRATOR"
 C_GET_MODEL = b"1.2.840.10008.5.1.4.1.2.2.3"
+C_MOVE_MODEL = b"1.2.840.10008.5.1.4.1.2.2.2"
 
 
 @pytest.fixture
@@ -166,6 +171,43 @@ def _fetch_all(source: DimseSource, entries: list[Any]) -> set[str]:
     return got
 
 
+def test_c_get_associations_are_kept_between_requests(archive: Any) -> None:
+    pacs, uids = archive
+    counter = AssociationCounter(C_GET_MODEL)
+    with TcpProxy("127.0.0.1", pacs.dicom_port, tap_each=counter.feed) as relay:
+        source = _source(relay.port)
+        entries = list(source.iter_entries())
+        assert _fetch_all(source, entries) == uids
+        # 12 series, one C-GET each; the SOP classes of the corpus fit one association.
+        assert 1 <= len(counter.opened) <= 2, counter.opened
+        assert counter.max_open == 1
+        # Idle past IDLE_S: released (the source's thread is free again).
+        deadline = time.monotonic() + 5
+        while counter.open_now and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counter.open_now == 0
+
+
+def test_an_association_the_source_closed_while_idle_costs_no_file(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept longer than the source keeps it (Orthanc closes it after 1 s idle here): the
+    next request goes on a new association at once, and every instance still arrives."""
+    pacs, uids = archive
+    monkeypatch.setattr(getpool, "IDLE_S", 30.0)
+    counter = AssociationCounter(C_GET_MODEL)
+    with TcpProxy("127.0.0.1", pacs.dicom_port, tap_each=counter.feed) as relay:
+        source = _source(relay.port)
+        entries = list(source.iter_entries())
+        half = len(entries) // 2
+        assert _fetch_all(source, entries[:half]) <= uids
+        opened = len(counter.opened)
+        time.sleep(2.5)  # Orthanc closes our idle association meanwhile
+        got = _fetch_all(source, entries[half:])
+        assert len(got) == len(entries) - half and got <= uids
+        assert len(counter.opened) == opened + 1
+
+
 def test_no_association_is_kept_under_source_max_associations(archive: Any) -> None:
     pacs, uids = archive
     counter = AssociationCounter(C_GET_MODEL)
@@ -174,3 +216,33 @@ def test_no_association_is_kept_under_source_max_associations(archive: Any) -> N
         entries = list(source.iter_entries())
         assert _fetch_all(source, entries) == uids
         assert len(counter.opened) == 12  # one per series: none kept
+
+
+def test_c_move_associations_are_kept_between_moves(
+    orthanc_factory: Callable[..., OrthancPeer], tmp_path: Path
+) -> None:
+    """The same for C-MOVE: the moves of 12 series on one association to the source, every
+    instance received by our own Storage SCP on --move-port."""
+    move_port = free_port_all_interfaces()
+    pacs = orthanc_factory(
+        aet="OLDPACS",
+        extra={
+            "DicomModalities": {
+                OUR_AE: [OUR_AE, "127.0.0.1", 1],
+                "MIGRATOR-MOVE": ["MIGRATOR-MOVE", "127.0.0.1", move_port],
+            },
+        },
+    )
+    files = synth.write_corpus(
+        tmp_path / "given", count=24, size="tiny", studies=3, series_per_study=4, seed=5
+    )
+    for f in files:
+        pacs.upload(f.read_bytes())
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    counter = AssociationCounter(C_MOVE_MODEL)
+    with TcpProxy("127.0.0.1", pacs.dicom_port, tap_each=counter.feed) as relay:
+        source = _source(
+            relay.port, source_retrieve="move", move_ae="MIGRATOR-MOVE", move_port=move_port
+        )
+        assert _fetch_all(source, list(source.iter_entries())) == uids
+    assert 1 <= len(counter.opened) <= 2, counter.opened

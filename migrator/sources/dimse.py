@@ -61,6 +61,7 @@ from migrator.sources.held import HeldFiles
 from migrator.sources.manifest import ManifestEntry
 from migrator.sources.movescp import MoveReceiver
 from migrator.sources.retrieve import (
+    MAX_CLASSES,
     Groups,
 )
 from migrator.sources.windows import StudyQuery, dicom_range, studies
@@ -122,12 +123,15 @@ class DimseSource(Fetching):
         self._study_sizes: dict[str, int] = {}
         #: whether the source answers IMAGE level by study alone (None: not asked yet)
         self._relaxed_images: bool | None = None
-        #: Kept C-GET / C-MOVE associations (migrator/sources/getpool.py): off. With them, a
-        #: job whose source restarted mid-job stalled for minutes (2 of 8 runs of
-        #: test_a_source_restarted_mid_job_loses_nothing[run], 0 of 10 without; not yet
-        #: understood): each request opens its own association, as before.
-        self._gets: GetPool | None = None
-        self._moves: GetPool | None = None
+        #: C-GET / C-MOVE associations kept between requests (migrator/sources/getpool.py);
+        #: not under --source-max-associations, where one kept open would hold the
+        #: source's slot beyond its request
+        self._gets: GetPool | None = (
+            None if settings.source_max_associations else GetPool(MAX_CLASSES)
+        )
+        self._moves: GetPool | None = (
+            None if settings.source_max_associations else GetPool(MAX_CLASSES)
+        )
         self.retrieve_mode = settings.source_retrieve
         #: the move destination: our own AE title towards the source by default
         self.move_ae = settings.move_ae or self.config.calling_ae

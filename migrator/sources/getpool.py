@@ -1,9 +1,4 @@
-"""C-GET associations to the old PACS, kept open from one request to the next.
-
-NOT IN USE (sources/dimse.py sets no pool): with it, a job whose source restarted mid-job
-stalled for minutes in 2 of 8 runs of test_a_source_restarted_mid_job_loses_nothing[run].
-Until that is understood every request opens its own association; ``Lease`` and
-``Opener`` are what a one-off request uses.
+"""C-GET and C-MOVE associations to the old PACS, kept open from one request to the next.
 
 Each C-GET used to open its own association and release it after the request: a pynetdicom
 AE built, up to 121 presentation contexts negotiated (each SOP class in every syntax), a
@@ -27,14 +22,24 @@ normally, and the next request whose SOP classes it offers takes it.
   classes it does not offer (before a new one opens: never more associations than
   requests under way), and at exit. An association that failed a request, or that the
   source closed meanwhile, is never handed out again.
+* **A pool dropped by the garbage collector** (its source was replaced) leaves its idle
+  associations to one releasing thread; it never releases them itself. The collector runs
+  wherever an allocation happens to trigger it, for instance inside
+  ``threading.enumerate()``, which holds the lock every ending thread needs: an A-RELEASE
+  there waits for pynetdicom's DUL thread to end, and that thread waits for the lock. (Seen:
+  a worker stuck for minutes, in 1 of 4 runs of test_a_source_restarted_mid_job_loses_nothing
+  [run], while pynetdicom's ``connection_timeout`` setter enumerated threads.)
 * Not used under ``--source-max-associations`` (sources/protect.py): an association kept
   open between requests would hold the source's slot beyond its request.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
+import queue
 import threading
 import time
 import weakref
@@ -83,8 +88,11 @@ class GetPool:
         #: classes met so far, most recent last
         self._seen: dict[str, None] = {}
         self._reaper: threading.Thread | None = None
-        # Idle associations released at exit (an A-RELEASE, not a dropped connection).
-        weakref.finalize(self, _release_all, self._idle, self._lock)
+        _start_releaser()
+        # Collected: its idle associations go to the releasing thread (see the docstring).
+        # At exit, _at_exit releases those of the pools still alive, on the exiting thread.
+        weakref.finalize(self, _left_behind, self._idle).atexit = False
+        _POOLS.add(self)
 
     @contextlib.contextmanager
     def lease(self, classes: Sequence[str], wildcard: bool, opener: Opener) -> Iterator[Lease]:
@@ -223,11 +231,57 @@ def _release(lease: Lease) -> None:
             assoc.abort()
 
 
-def _release_all(idle: list[Lease], lock: threading.Lock) -> None:
-    # Taken under the lock, as the reaper takes what it releases: never released twice (the
-    # second A-RELEASE would wait for an answer that does not come).
-    with lock:
-        leases = list(idle)
-        idle.clear()
-    for lease in leases:
-        _release(lease)
+#: Idle associations of pools the garbage collector dropped, for the releasing thread (and
+#: the events _at_exit waits on). A SimpleQueue: its put() is safe in a weakref callback.
+_LEFT: queue.SimpleQueue[list[Lease] | threading.Event] = queue.SimpleQueue()
+_POOLS: weakref.WeakSet[GetPool] = weakref.WeakSet()
+#: (pid, thread): the releasing thread of this process (a forked worker starts its own)
+_releaser: tuple[int, threading.Thread] | None = None
+_releaser_lock = threading.Lock()
+#: Seconds the exit waits for the releasing thread (an A-RELEASE the source does not
+#: answer ends with pynetdicom's ACSE timeout, 30 s: not waited for)
+EXIT_WAIT_S = 5.0
+
+
+def _start_releaser() -> None:
+    global _releaser, _LEFT
+    with _releaser_lock:
+        if _releaser is not None and _releaser[0] == os.getpid():
+            return
+        if _releaser is None:
+            atexit.register(_at_exit)
+        else:  # a forked child: what its parent left behind is its parent's to release
+            _LEFT = queue.SimpleQueue()
+        thread = threading.Thread(target=_release_left, name="migrator-cget-left", daemon=True)
+        _releaser = (os.getpid(), thread)
+        thread.start()
+
+
+def _release_left() -> None:
+    while True:
+        item = _LEFT.get()
+        if isinstance(item, threading.Event):
+            item.set()  # everything handed over before it is released
+        else:
+            _release_each(item)
+
+
+def _left_behind(idle: list[Lease]) -> None:
+    """The finalizer of a collected pool: hand its idle associations over, nothing more.
+    No lock: the pool is unreachable, so no reaper or request of it runs (the reaper holds
+    a strong reference while it works); a list copy and clear are atomic."""
+    leases = list(idle)
+    idle.clear()
+    if leases:
+        _LEFT.put(leases)
+
+
+def _at_exit() -> None:
+    """Idle associations released before the process ends (an A-RELEASE, not a dropped
+    connection): those of live pools here, those handed over by the releasing thread."""
+    for pool in list(_POOLS):
+        pool.close_all()
+    if _releaser is not None and _releaser[0] == os.getpid():
+        drained = threading.Event()
+        _LEFT.put(drained)
+        drained.wait(EXIT_WAIT_S)
