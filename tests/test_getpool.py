@@ -34,7 +34,9 @@ PRELUDE = textwrap.dedent(
             ender.start()
             ender.join()
             self.is_established = False
-            print("released on", threading.current_thread().name, flush=True)
+            # One write a line: the releasing thread and the exit may release at once.
+            sys.stdout.write(f"released on {threading.current_thread().name}\\n")
+            sys.stdout.flush()
 
         def abort(self):
             print("aborted", flush=True)
@@ -73,7 +75,7 @@ def test_a_collected_pool_releases_nothing_on_the_collecting_thread() -> None:
         with threading._active_limbo_lock:  # what threading.enumerate() holds
             del pool
             gc.collect()
-        print("collected", flush=True)
+        sys.stdout.write("collected\\n")
         deadline = time.monotonic() + 10
         while getpool._LEFT.qsize() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -82,7 +84,7 @@ def test_a_collected_pool_releases_nothing_on_the_collecting_thread() -> None:
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "collected", lines
+    assert "collected" in lines, lines  # not hung in the collection
     assert "released on migrator-cget-left" in lines, lines
 
 
@@ -95,10 +97,10 @@ def test_idle_associations_are_released_at_exit() -> None:
         dropped = kept_pool()
         del dropped
         gc.collect()
-        print("exiting", flush=True)
+        sys.stdout.write("exiting\\n")
         """
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "exiting", lines
+    assert "exiting" in lines, lines
     assert sum(line.startswith("released on") for line in lines) == 2, lines

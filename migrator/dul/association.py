@@ -30,8 +30,9 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from migrator.dul import dimse
 from migrator.dul.pdu import (
@@ -164,10 +165,11 @@ class Association:
         max_pdu: int = 16384,
         timeouts: Timeouts | None = None,
         tls: ssl.SSLContext | None = None,
-    ) -> Association:
+        roles: Sequence[tuple[str, bool, bool]] = (),
+    ) -> Self:
         """Connect (over TLS with ``tls``: the server's certificate must name ``host``) and
-        negotiate. Raises ConnectError (unreachable, TLS failure, no answer) or
-        AssociationRejected."""
+        negotiate (``roles``: SCP/SCU role selection, see ``encode_associate_rq``). Raises
+        ConnectError (unreachable, TLS failure, no answer) or AssociationRejected."""
         timeouts = timeouts or Timeouts()
         peer = f"{host}:{port}"
         try:
@@ -193,7 +195,7 @@ class Association:
             sock = tls_handshake(sock, tls, host, peer, timeouts.connect)
         try:
             sock.settimeout(timeouts.network)
-            sock.sendall(encode_associate_rq(called_ae, calling_ae, contexts, max_pdu))
+            sock.sendall(encode_associate_rq(called_ae, calling_ae, contexts, max_pdu, roles))
             pdu_type, body = recv_pdu_raw(sock, bytearray(), timeouts.acse, peer)
         except ssl_errors() as exc:
             # TLS 1.3: a server that refuses our certificate says so after the handshake,

@@ -8,6 +8,10 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_GET_RQ = 0x0010
+C_GET_RSP = 0x8010
+C_MOVE_RQ = 0x0021
+C_MOVE_RSP = 0x8021
 NO_DATASET = 0x0101
 DATASET_PRESENT = 0x0001
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
@@ -52,7 +56,34 @@ def c_echo_rq(message_id: int) -> bytes:
     )
 
 
-_US_TAGS = {0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x1031}
+def c_get_rq(message_id: int, sop_class: str, priority: int = 0) -> bytes:
+    """C-GET-RQ (PS3.7 §9.3.3.1); its identifier follows as the dataset."""
+    return _with_group_length(
+        _ui(0x0002, sop_class)
+        + _us(0x0100, C_GET_RQ)
+        + _us(0x0110, message_id)
+        + _us(0x0700, priority)
+        + _us(0x0800, DATASET_PRESENT)
+    )
+
+
+def c_move_rq(message_id: int, sop_class: str, destination: str, priority: int = 0) -> bytes:
+    """C-MOVE-RQ (PS3.7 §9.3.4.1) to the AE title ``destination``."""
+    raw = destination.encode("ascii")
+    if len(raw) % 2:
+        raw += b" "  # AE values are padded with a space (PS3.5 §6.2)
+    return _with_group_length(
+        _ui(0x0002, sop_class)
+        + _us(0x0100, C_MOVE_RQ)
+        + _us(0x0110, message_id)
+        + _ELEM.pack(0, 0x0600, len(raw))
+        + raw
+        + _us(0x0700, priority)
+        + _us(0x0800, DATASET_PRESENT)
+    )
+
+
+_US_TAGS = {0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x1020, 0x1021, 0x1022, 0x1023, 0x1031}
 
 
 def decode_command(data: bytes) -> dict[int, int | str]:
@@ -83,6 +114,10 @@ COMMAND_DATA_SET_TYPE = 0x0800
 STATUS = 0x0900
 ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE = 0x1000
+REMAINING = 0x1020
+COMPLETED = 0x1021
+FAILED = 0x1022
+WARNING = 0x1023
 MOVE_ORIGINATOR_AE = 0x1030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
 

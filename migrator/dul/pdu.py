@@ -4,7 +4,7 @@ the acceptor's (``migrator.dul.acse``) share."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -93,7 +93,10 @@ def encode_associate_rq(
     calling_ae: str,
     contexts: list[ProposedContext],
     max_pdu: int,
+    roles: Sequence[tuple[str, bool, bool]] = (),
 ) -> bytes:
+    """``roles``: SCP/SCU role selection items (PS3.7 D.3.3.4), (SOP class, SCU, SCP): a
+    C-GET requestor asks for the SCP role of the storage classes it retrieves."""
     body = bytearray()
     body += struct.pack(">HH", 1, 0)
     body += ae_field(called_ae) + ae_field(calling_ae) + bytes(32)
@@ -107,6 +110,10 @@ def encode_associate_rq(
     user = item(0x51, struct.pack(">I", max_pdu))
     user += item(0x52, IMPLEMENTATION_CLASS_UID.encode())
     user += item(0x55, IMPLEMENTATION_VERSION.encode())
+    # After the version name, as pynetdicom orders them (Orthanc and dcmqrscp take that).
+    for uid, scu, scp in roles:
+        raw = uid.encode()
+        user += item(0x54, struct.pack(">H", len(raw)) + raw + bytes([int(scu), int(scp)]))
     body += item(0x50, user)
     return PDU_HEADER.pack(A_ASSOCIATE_RQ, len(body)) + bytes(body)
 

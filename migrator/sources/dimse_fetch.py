@@ -12,11 +12,14 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+from migrator.dicomfile import EXPLICIT_LE, IMPLICIT_LE
+from migrator.dul.pdu import ProposedContext
+from migrator.dul.retrieving import RetrieveAnswer, RetrievingAssociation, SubOperation
 from migrator.errors import (
+    AssociationLost,
     AssociationRejected,
-    ConnectError,
     MigratorError,
     SourceError,
     TransientError,
@@ -41,6 +44,11 @@ log = logging.getLogger("migrator.sources.dimse")
 
 #: Study Root C-FIND, proposed with each retrieve (dcmqrscp --require-find wants it).
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+#: Study Root C-MOVE and C-GET
+MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.2"
+GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"
+#: The query/retrieve contexts' syntaxes (the identifier is encoded in the one accepted)
+QR_SYNTAXES = (IMPLICIT_LE, EXPLICIT_LE)
 #: Every transfer syntax offered for a sub-operation, one presentation context each.
 SYNTAXES = tuple(dict.fromkeys([*ALIASES.values(), "1.2.840.10008.1.2.4.51"]))
 
@@ -81,27 +89,17 @@ class Fetching:
     def _c_move(self, study: str, series: str, wanted: dict[str, str]) -> Received:
         """One C-MOVE at IMAGE level for ``wanted`` (a UID list) to our own Storage SCP
         (migrator/sources/movescp.py), listening while the move runs."""
-        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-            StudyRootQueryRetrieveInformationModelMove,
-        )
-
-        from migrator.verify.pacs import associate, new_ae
-
         if self._mover is None:
             raise RefusedAll(f"{self.uri}: --retrieve move needs --move-port")
         where = f"{self.uri}/studies/{study}/series/{series}"
-        move_uid = StudyRootQueryRetrieveInformationModelMove
 
         def opener(classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int]) -> Any:
-            ae = new_ae(self.config)
-            ae.add_requested_context(move_uid)
-            ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
-            try:
-                return associate(ae, self.config)
-            except ConnectError:
-                raise
-            except Exception as exc:
-                raise _association_error(exc, "C-MOVE", where) from None
+            # FIND too: some archives refuse a retrieve without it.
+            assoc = self._associate([_qr(1, MOVE_MODEL), _qr(3, FIND)], [], "C-MOVE", where)
+            if assoc.context_of(MOVE_MODEL) is None:
+                assoc.release()
+                raise SourceError(f"{where}: the source refused C-MOVE (its presentation context)")
+            return assoc
 
         for fresh in (False, True):
             received = Received()
@@ -113,8 +111,8 @@ class Fetching:
                 ):
                     received.counts = _answers(
                         lease,
-                        lambda: lease.assoc.send_c_move(
-                            _query(study, series, wanted), self.move_ae, move_uid
+                        lambda: lease.assoc.c_move(
+                            MOVE_MODEL, self.move_ae, study, series, list(wanted)
                         ),
                         scp.reached,
                         f"{where}: " + self._no_answer("C-MOVE"),
@@ -169,32 +167,21 @@ class Fetching:
         """One C-GET at IMAGE level for ``wanted`` (a UID list) on one association that
         offers each of their SOP classes in every syntax we know, as Storage SCP; each
         C-STORE sub-operation written to its own spool file as it arrives."""
-        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-            StudyRootQueryRetrieveInformationModelGet,
-        )
-
         where = f"{self.uri}/studies/{study}/series/{series}"
         received = Received()
 
-        def keep(event: Any) -> int:
-            sop = str(event.request.AffectedSOPInstanceUID)
+        def keep(event: SubOperation) -> int:
+            sop = event.sop_instance
             if sop not in wanted or sop in received.files:
                 return 0xA900  # not what was asked for: refused, never written as ours
-            # The File Meta written here, not by pydicom's event.file_meta and its writer
-            # (~0.5 ms a sub-operation, a sixth of what receiving one cost).
-            meta = meta_bytes(
-                str(event.request.AffectedSOPClassUID),
-                sop,
-                str(event.context.transfer_syntax),
-                self.config.called_ae,
-            )
+            meta = meta_bytes(event.sop_class, sop, event.transfer_syntax, self.config.called_ae)
             path = ""
             try:
                 path = self._held.new_path()
                 with open(path, "wb") as out:
                     out.write(meta)
                     # The dataset's bytes as the archive sent them: not decoded, not re-encoded.
-                    out.write(event.request.DataSet.getvalue())
+                    out.write(event.dataset)
                     received.files[sop] = (path, out.tell())
             except OSError as exc:
                 if path:
@@ -205,12 +192,12 @@ class Fetching:
                 return 0xA700  # out of resources: the sub-operation failed
             return 0x0000
 
-        def on_store(event: Any) -> int:
+        def on_store(event: SubOperation) -> int:
             try:
                 return keep(event)
             except Exception as exc:
-                # pynetdicom would log it (hidden: its logger is at CRITICAL unless -vv) and
-                # answer 0xC211: say why here, else the user sees only "did not come".
+                # Answered 0xC211, and said why here, else the user sees only "did not
+                # come".
                 log.warning(
                     "%s: a C-GET sub-operation could not be kept: %s: %s",
                     where,
@@ -230,7 +217,6 @@ class Fetching:
             # common storage classes, each in one context listing every syntax (the source
             # picks one and may have to convert), within the 128 contexts.
             classes = list(dict.fromkeys([*classes, *_common_storage_classes()]))[:126]
-        get_uid = StudyRootQueryRetrieveInformationModelGet
 
         def opener(offer: Sequence[str], wild: bool, on_store: Callable[[Any], int]) -> Any:
             return self._open_get(offer, wild, on_store, where)
@@ -241,7 +227,9 @@ class Fetching:
                     lease.on_store = on_store
                     received.counts = _answers(
                         lease,
-                        lambda: lease.assoc.send_c_get(_query(study, series, wanted), get_uid),
+                        lambda: lease.assoc.c_get(
+                            GET_MODEL, study, series, list(wanted), lease.handle
+                        ),
                         received.files.__len__,
                         f"{where}: " + self._no_answer("C-GET"),
                     )
@@ -262,41 +250,43 @@ class Fetching:
 
     def _open_get(
         self, classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int], where: str
-    ) -> Any:
-        from pynetdicom import build_role, evt
-        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-            StudyRootQueryRetrieveInformationModelGet,
-        )
-
-        from migrator.verify.pacs import PacsQueryError, associate, new_ae
-
-        ae = new_ae(self.config)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_requested_context(FIND)  # some archives refuse a retrieve without it
+    ) -> RetrievingAssociation:
+        """An association for C-GET: the model, FIND, and each SOP class as Storage SCP
+        (role selection) in every syntax we know, a context each (``wildcard``: one context
+        per class listing them all, the source picks). Its sub-operations go to the
+        ``on_store`` given with each request."""
+        contexts = [_qr(1, GET_MODEL), _qr(3, FIND)]
         for sop_class in classes:
-            if wildcard:
-                ae.add_requested_context(sop_class, list(SYNTAXES))
-            else:
-                for syntax in SYNTAXES:
-                    ae.add_requested_context(sop_class, [syntax])
-        try:
-            assoc = associate(
-                ae,
-                self.config,
-                ext_neg=[build_role(c, scp_role=True) for c in classes],
-                evt_handlers=[(evt.EVT_C_STORE, on_store)],
-            )
-        except ConnectError:
-            raise  # unreachable: retried like any connection
-        except PacsQueryError as exc:  # accepted, but none of our contexts
-            raise NoGet(f"{self.uri}: the source refused C-GET ({exc})") from None
-        except Exception as exc:  # rejected: the archive's answer, said as is
-            raise _association_error(exc, "C-GET", where) from None
-        get_uid = StudyRootQueryRetrieveInformationModelGet
-        if not any(cx.abstract_syntax == get_uid for cx in assoc.accepted_contexts):
+            offers = [SYNTAXES] if wildcard else [(ts,) for ts in SYNTAXES]
+            for syntaxes in offers:
+                contexts.append(ProposedContext(2 * len(contexts) + 1, sop_class, syntaxes))
+        assoc = self._associate(contexts, [(c, False, True) for c in classes], "C-GET", where)
+        if assoc.context_of(GET_MODEL) is None:
             assoc.release()
             raise NoGet(f"{self.uri}: the source refused C-GET (its presentation context)")
         return assoc
+
+    def _associate(
+        self,
+        contexts: list[ProposedContext],
+        roles: list[tuple[str, bool, bool]],
+        what: str,
+        where: str,
+    ) -> RetrievingAssociation:
+        config = self.config
+        try:
+            return RetrievingAssociation.request(
+                config.host,
+                config.port,
+                config.called_ae,
+                config.calling_ae,
+                contexts,
+                max_pdu=config.max_pdu,
+                timeouts=config.timeouts,
+                roles=roles,
+            )
+        except AssociationRejected as exc:  # the archive's answer, said as is
+            raise _association_error(exc, what, where) from None
 
     def _no_answer(self, what: str) -> str:
         return (
@@ -330,7 +320,10 @@ STALE_S = 2.0
 
 
 def _answers(
-    lease: Lease, request: Callable[[], Iterable[Any]], came: Callable[[], object], no_answer: str
+    lease: Lease,
+    request: Callable[[], Iterable[RetrieveAnswer]],
+    came: Callable[[], object],
+    no_answer: str,
 ) -> Counts:
     """The final C-GET / C-MOVE response's counts, read through every response of
     ``request()`` on ``lease``. ``_Stale`` when a kept association failed at once with
@@ -338,17 +331,18 @@ def _answers(
     t0 = time.monotonic()
     counts = Counts()
     try:
-        for status, _ in request():
-            code = cast(int | None, getattr(status, "Status", None))
-            if code is None:
-                if lease.reused and not came() and _soon(t0):
-                    raise _Stale
-                raise TransientError(no_answer)
-            counts = _counts(status, code)
-    except RuntimeError:  # pynetdicom: the association is no longer up
+        for answer in request():
+            counts = Counts(
+                completed=answer.completed,
+                failed=answer.failed,
+                warning=answer.warning,
+                remaining=answer.remaining,
+                status=answer.status,
+            )
+    except AssociationLost as exc:
         if lease.reused and not came() and _soon(t0):
             raise _Stale from None
-        raise
+        raise TransientError(f"{no_answer}: {exc}") from None
     return counts
 
 
@@ -386,18 +380,6 @@ def _one_off(opener: Opener, classes: list[str], wildcard: bool) -> Iterator[Lea
             lease.assoc.release()
 
 
-def _query(study: str, series: str, wanted: dict[str, str]) -> Any:
-    from pydicom.dataset import Dataset
-
-    query = Dataset()
-    query.QueryRetrieveLevel = "IMAGE"
-    query.StudyInstanceUID = study
-    query.SeriesInstanceUID = series
-    # A list of UIDs (PS3.4 C.4.2.2.1: the unique key of the level may hold several).
-    query.SOPInstanceUID = list(wanted) if len(wanted) > 1 else next(iter(wanted))
-    return query
-
-
 def _check_final(received: Received, what: str, where: str) -> None:
     """Nothing came and the final status says why: a busy source is retried later, any
     other failure refuses the request (split by the caller down to the instance)."""
@@ -422,21 +404,11 @@ def _association_error(exc: Exception, what: str, where: str) -> MigratorError:
     return SourceError(f"{where}: {what} association: {exc}")
 
 
-def _counts(status: Any, code: int) -> Counts:
-    def n(name: str) -> int | None:
-        value = getattr(status, name, None)
-        return int(value) if isinstance(value, int) else None
-
-    return Counts(
-        completed=n("NumberOfCompletedSuboperations"),
-        failed=n("NumberOfFailedSuboperations"),
-        warning=n("NumberOfWarningSuboperations"),
-        remaining=n("NumberOfRemainingSuboperations"),
-        status=code,
-    )
-
-
 def _common_storage_classes() -> list[str]:
     from pynetdicom import StoragePresentationContexts
 
     return [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+
+
+def _qr(context_id: int, model: str) -> ProposedContext:
+    return ProposedContext(context_id, model, QR_SYNTAXES)

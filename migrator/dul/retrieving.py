@@ -1,0 +1,280 @@
+"""C-GET and C-MOVE requests on our own upper layer (the old PACS as a source).
+
+``RetrievingAssociation`` is an ``Association`` that also asks for instances::
+
+    assoc = RetrievingAssociation.request(host, port, "OLDPACS", "MIGRATOR", contexts,
+                                          roles=[(ct, False, True)], timeouts=timeouts)
+    for answer in assoc.c_get(ctx, identifier(study, series, sops, ts), on_store):
+        ...                      # each C-GET-RSP, pending ones first, the final one last
+
+A C-GET's instances come back on the same association as C-STORE sub-operations (we are
+their Storage SCP: the role asked for in the association request): each is handed whole to
+``on_store(SubOperation)``, whose status answers it. A C-MOVE's go to another AE (our Storage
+SCP, migrator/sources/movescp.py); here only its responses are read.
+
+pynetdicom did this before: two threads per association polling every millisecond, each
+sub-operation's command decoded and its answer encoded by pydicom, ~2.7 ms of CPU per
+instance received. Here it is one thread reading PDUs when they come.
+
+Failures that leave the request's outcome unknown (a timeout, an abort, a reset, a
+protocol error) raise ``AssociationLost`` after aborting the association, as a C-STORE's.
+"""
+
+from __future__ import annotations
+
+import select
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from migrator.dul import dimse
+from migrator.dul.association import Association
+from migrator.dul.pdu import A_ABORT, A_RELEASE_RQ, P_DATA_TF, RELEASE_RP, abort_text
+from migrator.dul.wire import recv_pdu_raw
+from migrator.errors import AssociationLost, ConnectError
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+PENDING = (0xFF00, 0xFF01)
+
+
+@dataclass(frozen=True, slots=True)
+class SubOperation:
+    """One C-STORE sub-operation of a C-GET: the dataset as the source encoded it."""
+
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    dataset: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveAnswer:
+    """One C-GET-RSP / C-MOVE-RSP: its status and sub-operation counts (None: not sent)."""
+
+    status: int
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.status in PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedContext:
+    abstract_syntax: str
+
+
+def identifier(study: str, series: str, sops: list[str], transfer_syntax: str) -> bytes:
+    """The IMAGE-level identifier of a retrieve (PS3.4 C.4.2.2.1: the level's unique key may
+    hold a list of UIDs), in the transfer syntax of the retrieve's context."""
+    explicit = transfer_syntax != IMPLICIT_LE
+    out = bytearray()
+    for group, element, vr, text, pad in (
+        (0x0008, 0x0018, b"UI", "\\".join(sops), b"\x00"),
+        (0x0008, 0x0052, b"CS", "IMAGE", b" "),
+        (0x0020, 0x000D, b"UI", study, b"\x00"),
+        (0x0020, 0x000E, b"UI", series, b"\x00"),
+    ):
+        value = text.encode("ascii")
+        if len(value) % 2:
+            value += pad
+        if explicit:
+            if len(value) > 0xFFFF:
+                raise ValueError("too many UIDs for one identifier")
+            out += struct.pack("<HH2sH", group, element, vr, len(value))
+        else:
+            out += struct.pack("<HHI", group, element, len(value))
+        out += value
+    return bytes(out)
+
+
+class RetrievingAssociation(Association):
+    """An association to the old PACS for C-GET / C-MOVE requests (and the pool of
+    migrator/sources/getpool.py: ``is_established``, ``accepted_contexts``)."""
+
+    @property
+    def is_established(self) -> bool:
+        """Alive, and the source has not closed it or said anything meanwhile (an idle
+        association the source released or aborted is not handed out again)."""
+        if not self.is_alive:
+            return False
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            self._close()
+            return False
+        if readable or self._rbuf:
+            self.abort()  # an A-RELEASE-RQ, an A-ABORT or a close: nothing we asked for
+            return False
+        return True
+
+    @property
+    def accepted_contexts(self) -> list[AcceptedContext]:
+        return [AcceptedContext(a) for (a, _) in self._accepted]
+
+    def context_of(self, abstract_syntax: str) -> tuple[int, str] | None:
+        """An accepted context of ``abstract_syntax``: (context id, transfer syntax)."""
+        for (a, ts), ctx in self._accepted.items():
+            if a == abstract_syntax:
+                return ctx, ts
+        return None
+
+    def c_get(
+        self,
+        model: str,
+        study: str,
+        series: str,
+        sops: list[str],
+        on_store: Callable[[SubOperation], int],
+    ) -> Iterator[RetrieveAnswer]:
+        """Ask for ``sops`` of a series; yields each response, the final one last. Each
+        C-STORE sub-operation on the way goes to ``on_store``, whose status answers it."""
+        found = self.context_of(model)
+        if found is None:
+            raise ConnectError(f"{self.peer} did not accept the C-GET model {model}")
+        ctx, ts = found
+        msg_id = self._next_message_id()
+        ident = identifier(study, series, sops, ts)
+        self._send_message(ctx, dimse.c_get_rq(msg_id, model), ident)
+        return self._answers(msg_id, dimse.C_GET_RSP, on_store)
+
+    def c_move(
+        self, model: str, destination: str, study: str, series: str, sops: list[str]
+    ) -> Iterator[RetrieveAnswer]:
+        """Ask for ``sops`` of a series to be sent to the AE ``destination``; yields each
+        response, the final one last."""
+        found = self.context_of(model)
+        if found is None:
+            raise ConnectError(f"{self.peer} did not accept the C-MOVE model {model}")
+        ctx, ts = found
+        msg_id = self._next_message_id()
+        ident = identifier(study, series, sops, ts)
+        self._send_message(ctx, dimse.c_move_rq(msg_id, model, destination), ident)
+        return self._answers(msg_id, dimse.C_MOVE_RSP, None)
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _answers(
+        self, msg_id: int, expected: int, on_store: Callable[[SubOperation], int] | None
+    ) -> Iterator[RetrieveAnswer]:
+        syntaxes = {ctx: ts for (_, ts), ctx in self._accepted.items()}
+        commands: dict[int, bytearray] = {}
+        #: the sub-operation whose dataset is arriving: (context id, its command)
+        incoming: tuple[int, dict[int, int | str]] | None = None
+        data = bytearray()
+        final: RetrieveAnswer | None = None  # the last response, its identifier to come
+        # The DIMSE timeout bounds each silence, not the whole request: a C-GET of a large
+        # series takes as long as the source needs to send it.
+        limit = self._timeouts.dimse
+        while True:
+            body = self._next_p_data(limit)
+            pos = 0
+            while pos + 6 <= len(body):
+                (item_len,) = struct.unpack_from(">I", body, pos)
+                ctx, control = body[pos + 4], body[pos + 5]
+                piece = body[pos + 6 : pos + 4 + item_len]
+                pos += 4 + item_len
+                last = bool(control & 0x02)
+                if not control & 0x01:  # a dataset fragment
+                    if incoming is not None and incoming[0] == ctx:
+                        data += piece
+                        if last:
+                            self._stored(incoming, syntaxes.get(ctx, ""), data, on_store)
+                            incoming, data = None, bytearray()
+                    elif final is not None:
+                        if last:  # the final response's identifier (failed UIDs): read
+                            return
+                    else:
+                        raise self._lost("a dataset without its command")
+                    continue
+                command = commands.setdefault(ctx, bytearray())
+                command += piece
+                if not last:
+                    continue
+                fields = dimse.decode_command(bytes(command))
+                del commands[ctx]
+                field = fields.get(dimse.COMMAND_FIELD)
+                has_data = fields.get(dimse.COMMAND_DATA_SET_TYPE) != dimse.NO_DATASET
+                if field == dimse.C_STORE_RQ and has_data:
+                    incoming = (ctx, fields)
+                    continue
+                if field != expected:
+                    raise self._lost(f"unexpected DIMSE command {field!r}")
+                if fields.get(dimse.MESSAGE_ID_BEING_RESPONDED_TO) != msg_id:
+                    raise self._lost("response to another message id")
+                answer = self._answer(fields)
+                if answer.pending:
+                    yield answer
+                    continue
+                yield answer
+                if not has_data:
+                    return
+                final = answer
+
+    def _stored(
+        self,
+        incoming: tuple[int, dict[int, int | str]],
+        syntax: str,
+        data: bytearray,
+        on_store: Callable[[SubOperation], int] | None,
+    ) -> None:
+        ctx, fields = incoming
+        sop_class = str(fields.get(dimse.AFFECTED_SOP_CLASS, ""))
+        sop = str(fields.get(dimse.AFFECTED_SOP_INSTANCE, ""))
+        message_id = fields.get(dimse.MESSAGE_ID)
+        if not isinstance(message_id, int):
+            raise self._lost("a C-STORE sub-operation without a message id")
+        if on_store is None:
+            status = 0xA900  # (a C-MOVE's sub-operations do not come here)
+        else:
+            status = on_store(SubOperation(sop_class, sop, syntax, bytes(data)))
+        self._send_message(ctx, dimse.c_store_rsp(message_id, sop_class, sop, status), None)
+
+    def _answer(self, fields: dict[int, int | str]) -> RetrieveAnswer:
+        def n(tag: int) -> int | None:
+            value = fields.get(tag)
+            return value if isinstance(value, int) else None
+
+        status = fields.get(dimse.STATUS)
+        if not isinstance(status, int):
+            raise self._lost("a C-GET / C-MOVE response without a status")
+        return RetrieveAnswer(
+            status,
+            remaining=n(dimse.REMAINING),
+            completed=n(dimse.COMPLETED),
+            failed=n(dimse.FAILED),
+            warning=n(dimse.WARNING),
+        )
+
+    def _next_p_data(self, limit: float) -> bytes:
+        """The next P-DATA-TF's body, waiting at most ``limit`` seconds for it."""
+        try:
+            pdu_type, body = recv_pdu_raw(self._sock, self._rbuf, limit, self.peer)
+        except TimeoutError as exc:
+            raise self._lost(f"no answer within {limit:g}s (DIMSE timeout)", exc) from exc
+        except (OSError, ConnectError) as exc:
+            raise self._lost(str(exc), exc, by_peer=True) from exc
+        if pdu_type == A_ABORT:
+            self._close()
+            why = abort_text(body[2], body[3]) if len(body) >= 4 else "A-ABORT"
+            raise AssociationLost(f"association with {self.peer} lost: {why}", by_peer=True)
+        if pdu_type == A_RELEASE_RQ:
+            try:
+                self._sock.sendall(RELEASE_RP)
+            except OSError:
+                pass
+            finally:
+                self._close()
+            raise AssociationLost(
+                f"association with {self.peer} lost: the peer released it mid-operation",
+                by_peer=True,
+            )
+        if pdu_type != P_DATA_TF:
+            raise self._lost(f"unexpected PDU type 0x{pdu_type:02X} while waiting")
+        return body
+
+
+__all__ = ["RetrieveAnswer", "RetrievingAssociation", "SubOperation", "identifier"]
