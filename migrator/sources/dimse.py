@@ -15,7 +15,8 @@ A batch tells the source its items first (``expect``): they are fetched series b
 one C-GET with the series' SOP Instance UIDs as a list, on one association
 (migrator/sources/retrieve.py: at most 64 instances and 11 SOP classes per request, within
 the 128 presentation contexts of an association), kept open for the next request
-(migrator/sources/getpool.py). Each C-STORE sub-operation is written as
+(migrator/sources/getpool.py), on our own upper layer (migrator/dul/retrieving.py: no
+pynetdicom thread per association). Each C-STORE sub-operation is written as
 it arrives to its own spool file (File Meta + the dataset's bytes as received) that the
 sender then reads and sends (migrator/sources/held.py: one download per instance, the
 spool bounded by the batch). What C-FIND promised and did not come is asked for once more,

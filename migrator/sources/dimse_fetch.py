@@ -313,8 +313,8 @@ class NoGet(SourceError):
     """The source does not take C-GET from us (its context refused)."""
 
 
-#: A kept association that fails a request this soon (no answer, or pynetdicom's "no
-#: longer established") was closed by the source while idle; later, it is the request's
+#: A kept association that fails a request this soon (lost: the source closed it, the
+#: request went nowhere) was closed by the source while idle; later, it is the request's
 #: own failure (a DIMSE timeout), not asked again on a new association.
 STALE_S = 2.0
 

@@ -1,7 +1,7 @@
 """C-GET and C-MOVE associations to the old PACS, kept open from one request to the next.
 
-Each C-GET used to open its own association and release it after the request: a pynetdicom
-AE built, up to 121 presentation contexts negotiated (each SOP class in every syntax), a
+Each C-GET used to open its own association and release it after the request: up to 121
+presentation contexts negotiated (each SOP class in every syntax), a
 release. Against Orthanc on this machine that was ~35 ms of the ~55 ms a request for a
 series of five tiny instances took; on one association kept open, a request takes ~20 ms
 and a third of the CPU. So an association goes back here after a request that ended
@@ -25,10 +25,11 @@ normally, and the next request whose SOP classes it offers takes it.
 * **A pool dropped by the garbage collector** (its source was replaced) leaves its idle
   associations to one releasing thread; it never releases them itself. The collector runs
   wherever an allocation happens to trigger it, for instance inside
-  ``threading.enumerate()``, which holds the lock every ending thread needs: an A-RELEASE
-  there waits for pynetdicom's DUL thread to end, and that thread waits for the lock. (Seen:
-  a worker stuck for minutes, in 1 of 4 runs of test_a_source_restarted_mid_job_loses_nothing
-  [run], while pynetdicom's ``connection_timeout`` setter enumerated threads.)
+  ``threading.enumerate()``, which holds the lock every ending thread needs, and an
+  A-RELEASE waits up to 10 s for the source's answer. (Seen with pynetdicom's associations,
+  whose release waited for their own thread to end: a worker stuck for minutes in 1 of 4
+  runs of test_a_source_restarted_mid_job_loses_nothing[run], the collector run inside
+  ``threading.enumerate()`` by pynetdicom's ``connection_timeout`` setter.)
 * Not used under ``--source-max-associations`` (sources/protect.py): an association kept
   open between requests would hold the source's slot beyond its request.
 """
@@ -55,7 +56,7 @@ KEEP = 1
 #: a series' instances) is far shorter; a batch's end frees the source's thread soon.
 IDLE_S = 0.5
 
-#: ``open(classes, wildcard, on_store)`` -> an established pynetdicom association offering
+#: ``open(classes, wildcard, on_store)`` -> an established association offering
 #: ``classes`` (and the retrieve contexts), whose C-STORE sub-operations go to ``on_store``
 Opener = Callable[[Sequence[str], bool, Callable[[Any], int]], Any]
 
@@ -239,7 +240,7 @@ _POOLS: weakref.WeakSet[GetPool] = weakref.WeakSet()
 _releaser: tuple[int, threading.Thread] | None = None
 _releaser_lock = threading.Lock()
 #: Seconds the exit waits for the releasing thread (an A-RELEASE the source does not
-#: answer ends with pynetdicom's ACSE timeout, 30 s: not waited for)
+#: answer is given up after 10 s: not waited for)
 EXIT_WAIT_S = 5.0
 
 
