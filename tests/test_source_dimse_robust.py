@@ -25,7 +25,7 @@ from migrator.dul.acceptor import StoreRequest
 from migrator.dul.acse import AcceptedContext, encode_associate_rj
 from migrator.errors import ConfigError, SourceError, TransientError
 from migrator.settings import Settings
-from migrator.sources import expect, movescp
+from migrator.sources import expect, held, movescp
 from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
 from migrator.sources.inspect import inspect_item, inspect_with_retries
@@ -126,9 +126,13 @@ def old_pacs(orthanc_factory: Callable[..., OrthancPeer], tmp_path: Path) -> Ite
     yield _source(pacs)
 
 
-def test_an_instance_our_disk_cannot_hold_says_our_disk(old_pacs: str, tmp_path: Path) -> None:
+def test_an_instance_our_disk_cannot_hold_says_our_disk(
+    old_pacs: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The spool cannot be written (here: its directory is gone; ENOSPC alike): the reason
-    names our directory and its error, not the source, after the send's retries."""
+    names our directory and its error, not the source, after the send's retries. (Spool
+    files only, as for instances too large to keep in memory: migrator/sources/held.py.)"""
+    monkeypatch.setattr(held, "MEMORY_BYTES", 0)
     source = DimseSource(old_pacs, Settings(host="unused"), calling_ae=OUR_AE)
     items = [SourceItem(e.uri, 0) for e in source.iter_entries()]
     gone = tmp_path / "gone"
@@ -143,10 +147,10 @@ def test_an_instance_our_disk_cannot_hold_says_our_disk(old_pacs: str, tmp_path:
 
 
 def test_an_error_in_our_c_get_handler_is_said_at_warning(
-    old_pacs: str, caplog: pytest.LogCaptureFixture
+    old_pacs: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pynetdicom's own report of it is hidden (its logger at CRITICAL): ours says it."""
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    """The source hears only 0xC211 (unable to process): our log says why."""
+    monkeypatch.setattr(held, "MEMORY_BYTES", 0)  # spool files: where the error is
     source = DimseSource(old_pacs, Settings(host="unused"), calling_ae=OUR_AE)
     items = [SourceItem(e.uri, 0) for e in source.iter_entries()]
 

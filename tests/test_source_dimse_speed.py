@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import pytest
 
 from migrator import synth
 from migrator.settings import Settings
-from migrator.sources import getpool
+from migrator.sources import getpool, held
 from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
 from migrator.verify.query import QueryClient
@@ -160,15 +162,43 @@ def test_an_answer_of_the_right_size_but_the_wrong_set_is_not_trusted(
     assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
 
 
-def _fetch_all(source: DimseSource, entries: list[Any]) -> set[str]:
+def _fetch_all(
+    source: DimseSource, entries: list[Any], kinds: Counter[str] | None = None
+) -> set[str]:
+    """Each instance fetched twice, as a send does (its header read, then the send): the
+    SOP Instance UIDs that came; ``kinds`` counts the sends from memory and from files."""
     items = [SourceItem(e.uri, 0) for e in entries]
     source.expect(items)
     got = set()
     for item in items:
-        with source.fetch(item) as payload:
-            assert payload.path is not None and os.path.getsize(payload.path) > 132
-            got.add(str(pydicom.dcmread(payload.path, stop_before_pixels=True).SOPInstanceUID))
+        for _ in (1, 2):
+            with source.fetch(item) as payload:
+                if payload.path is not None:
+                    assert os.path.getsize(payload.path) > 132
+                    ds = pydicom.dcmread(payload.path, stop_before_pixels=True)
+                else:
+                    assert payload.data is not None and len(payload.data) > 132
+                    ds = pydicom.dcmread(io.BytesIO(payload.data), stop_before_pixels=True)
+                got.add(str(ds.SOPInstanceUID))
+                if kinds is not None and _ == 2:
+                    kinds["file" if payload.path is not None else "memory"] += 1
     return got
+
+
+def test_c_get_instances_are_kept_in_memory_within_the_bound(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small instances that came by C-GET are sent from memory (no spool file to create,
+    read and delete) while the bound allows; past it, from spool files; the same instances
+    either way, and nothing left counted in memory once each was sent."""
+    pacs, uids = archive
+    monkeypatch.setattr(held, "MEMORY_BYTES", 15_000)  # one tiny instance at a time
+    source = _source(pacs.dicom_port)
+    kinds: Counter[str] = Counter()
+    assert _fetch_all(source, list(source.iter_entries()), kinds) == uids
+    assert kinds["memory"] > 0 and kinds["file"] > 0, kinds
+    assert kinds["memory"] + kinds["file"] == len(uids)
+    assert source._held.in_memory == 0
 
 
 def test_c_get_associations_are_kept_between_requests(archive: Any) -> None:

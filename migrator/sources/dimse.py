@@ -58,7 +58,7 @@ from migrator.errors import (
 from migrator.sources.base import Payload, SourceItem
 from migrator.sources.dimse_fetch import SYNTAXES, Fetching
 from migrator.sources.getpool import GetPool
-from migrator.sources.held import HeldFiles
+from migrator.sources.held import HeldFiles, Kept
 from migrator.sources.manifest import ManifestEntry
 from migrator.sources.movescp import MoveReceiver
 from migrator.sources.retrieve import (
@@ -290,7 +290,7 @@ class DimseSource(Fetching):
     def fetch(self, item: SourceItem) -> contextlib.AbstractContextManager[Payload]:
         return self._held.fetch(item.uri, lambda: self._get(item))
 
-    def _get(self, item: SourceItem) -> tuple[str, int]:
+    def _get(self, item: SourceItem) -> tuple[Kept, int]:
         group, sop = self._groups.group_of(item.uri, lambda: _parse_item(item.uri))
         return group.take(sop, self._retrieve)
 

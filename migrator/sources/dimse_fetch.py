@@ -133,7 +133,7 @@ class Fetching:
                 raise
             break
         assert scp is not None
-        received.files = scp.received_files()
+        received.files = dict(scp.received_files())  # (paths: a C-MOVE spools every one)
         received.local_error = scp.local_error
         last = received.counts.status
         why = ""
@@ -154,8 +154,8 @@ class Fetching:
                 "association to our Storage SCP"
             )
         if why:
-            for path, _ in received.files.values():
-                unlink(path)
+            for kept, _ in received.files.values():
+                self._held.discard(kept)
             raise RefusedAll(
                 f"the source refused the move destination AE {self.move_ae}: register it "
                 f"there (with this host and port {self._mover.port}; {why})"
@@ -175,6 +175,11 @@ class Fetching:
             if sop not in wanted or sop in received.files:
                 return 0xA900  # not what was asked for: refused, never written as ours
             meta = meta_bytes(event.sop_class, sop, event.transfer_syntax, self.config.called_ae)
+            size = len(meta) + len(event.dataset)
+            if self._held.reserve(size):
+                # Small, and whole in memory already: no spool file (see held.py).
+                received.files[sop] = (meta + event.dataset, size)
+                return 0x0000
             path = ""
             try:
                 path = self._held.new_path()
@@ -239,10 +244,8 @@ class Fetching:
                 received = Received()
                 continue
             except BaseException:
-                # After the association is gone (on_store runs on its own thread): a copy,
-                # so that a late sub-operation cannot change the dict while it is read.
-                for path, _ in list(received.files.values()):
-                    unlink(path)
+                for kept, _ in received.files.values():
+                    self._held.discard(kept)
                 raise
             break
         _check_final(received, "C-GET", where)

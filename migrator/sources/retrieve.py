@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from migrator.errors import SourceError, TransientError
+from migrator.sources.held import Kept
 
 #: Instances asked for by one C-GET/C-MOVE (a UID list of ~4 KB): what waits in the spool
 #: for its header's reading is at most this many files per series being read (the sizes of
@@ -64,7 +65,7 @@ class Counts:
 class Received:
     """What one request brought: each arrived instance's spool file and size."""
 
-    files: dict[str, tuple[str, int]] = field(default_factory=dict)
+    files: dict[str, tuple[Kept, int]] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
     #: an instance came but could not be kept here: "cannot write ... to DIR: No space left
     #: on device" (our disk, not the source's fault), or our handler's own error
@@ -98,14 +99,14 @@ class SeriesGroup:
     #: SOP Instance UID -> SOP Class UID (from the listing)
     classes: dict[str, str] = field(default_factory=dict)
     #: arrived, not yet taken by a fetch: SOP Instance UID -> (spool file, size)
-    arrived: dict[str, tuple[str, int]] = field(default_factory=dict)
+    arrived: dict[str, tuple[Kept, int]] = field(default_factory=dict)
     #: asked for twice and still not come: SOP Instance UID -> reason
     failed: dict[str, str] = field(default_factory=dict)
     #: taken by a fetch (asked again only when fetched again: an evicted spool file)
     taken: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take(self, sop: str, retrieve: Retriever) -> tuple[str, int]:
+    def take(self, sop: str, retrieve: Retriever) -> tuple[Kept, int]:
         """``sop``'s spool file, retrieving the group's missing members first if needed."""
         with self.lock:
             if sop not in self.arrived and sop not in self.failed:
