@@ -244,6 +244,38 @@ def test_an_instance_our_disk_cannot_hold_is_answered_out_of_resources(tmp_path:
     assert handler.received_files() == {}
 
 
+def test_small_instances_of_a_move_are_kept_in_memory_larger_ones_spooled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept in memory while small and within the source's bound (held.py), else written to
+    a spool file as the pieces come: the same bytes either way (File Meta + dataset);
+    what finishes after the move gives its memory back."""
+    monkeypatch.setattr(movescp, "MEMORY_ITEM", 1000)
+    spool = held.HeldFiles("test-move-")
+    handler = _Handler({"1.2.3", "1.2.4", "1.2.5"}, spool.new_path, spool)
+    small = handler.store(_Assoc(), _request("1.2.3"))  # type: ignore[arg-type]
+    large = handler.store(_Assoc(), _request("1.2.4"))  # type: ignore[arg-type]
+    late = handler.store(_Assoc(), _request("1.2.5"))  # type: ignore[arg-type]
+    small.write(memoryview(b"small"))
+    for _ in range(30):
+        large.write(memoryview(b"x" * 100))  # past 1000 bytes: to a file from then on
+    assert small.finish().status == large.finish().status == 0x0000
+    kept = handler.received_files()
+    assert isinstance(kept["1.2.3"][0], bytes) and kept["1.2.3"][0].endswith(b"small")
+    path = kept["1.2.4"][0]
+    assert isinstance(path, str) and os.path.dirname(path) == spool.spool
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[128:132] == b"DICM" and data.endswith(b"x" * 3000)
+    assert kept["1.2.4"][1] == len(data)
+    assert spool.in_memory == kept["1.2.3"][1]
+    handler.close()  # the move ended
+    late.write(memoryview(b"late"))
+    assert late.finish().status == 0x0000
+    assert "1.2.5" not in handler.received_files()
+    assert spool.in_memory == kept["1.2.3"][1]  # the late one's given back
+
+
 def _free_port() -> int:
     """Free on every interface: MoveReceiver listens on all of them."""
     return free_port_all_interfaces()

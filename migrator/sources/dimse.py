@@ -141,6 +141,7 @@ class DimseSource(Fetching):
                 settings.move_port,
                 SYNTAXES,
                 self._held.new_path,
+                held=self._held,
                 max_pdu=settings.max_pdu,
                 timeout=settings.dimse_timeout,
             )

@@ -121,19 +121,19 @@ class Fetching:
                 # A kept association the source closed while idle: a new one. Whatever came
                 # meanwhile (a late sink) is not kept: the new move asks for all of it again.
                 if scp is not None:
-                    for path, _ in scp.received_files().values():
-                        unlink(path)
+                    for kept, _ in scp.received_files().values():
+                        self._held.discard(kept)
                 continue
             except BaseException:
                 # After the listener stopped: no sink adds a file any more (a late one
                 # unlinks its own), so none is left behind in the spool.
                 if scp is not None:
-                    for path, _ in scp.received_files().values():
-                        unlink(path)
+                    for kept, _ in scp.received_files().values():
+                        self._held.discard(kept)
                 raise
             break
         assert scp is not None
-        received.files = dict(scp.received_files())  # (paths: a C-MOVE spools every one)
+        received.files = scp.received_files()
         received.local_error = scp.local_error
         last = received.counts.status
         why = ""

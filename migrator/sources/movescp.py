@@ -4,8 +4,10 @@ A C-MOVE asks the source to send instances to a destination AE that it knows by 
 configuration (host and port: ``--move-ae`` on ``--move-port`` here). The instances then
 come on associations the source opens to us: this module listens on that port, on the
 project's own upper layer (migrator/dul/acceptor.py, as `migrator scp`), only while a move
-runs, and writes each C-STORE's dataset as it arrives (in pieces, never whole in memory)
-to its own spool file behind a File Meta group, as a C-GET's sub-operation is written.
+runs, and keeps each C-STORE's dataset behind a File Meta group as a C-GET's sub-operation
+is kept: a small instance in memory (migrator/sources/held.py: within the source's bound),
+a larger one written to its own spool file as it arrives (in pieces, never whole in
+memory).
 
 An instance is matched to the move by its SOP Instance UID: what the move did not ask for,
 or what already came (or is coming on another association), is refused (0xA900) and not
@@ -31,6 +33,7 @@ from migrator.dul import acceptor
 from migrator.dul.acse import AssociateRQ, ContextPolicy
 from migrator.errors import ConfigError
 from migrator.scp.incoming import meta_bytes
+from migrator.sources.held import MEMORY_ITEM, HeldFiles, Kept
 from migrator.sources.retrieve import unwritable
 
 #: How long the associations of a finished move get to release before they are aborted.
@@ -41,18 +44,29 @@ _process_locks_guard = threading.Lock()
 
 
 class _Sink:
-    """One instance of the move, written to its spool file as it arrives."""
+    """One instance of the move: kept in memory while it is small (when ``to`` may keep
+    instances in memory), else written to its spool file as it arrives."""
 
-    def __init__(self, request: acceptor.StoreRequest, path: str, source_ae: str, to: _Handler):
+    def __init__(self, request: acceptor.StoreRequest, source_ae: str, to: _Handler):
         self._request = request
-        self._path = path
         self._to = to
-        self._out: IO[bytes] | None = open(path, "wb")  # noqa: SIM115 (closed in finish/discard)
+        self._path = ""
+        self._out: IO[bytes] | None = None
         self._error: OSError | None = None
         ts = request.context.transfer_syntax
-        self.write(memoryview(meta_bytes(request.sop_class, request.sop_instance, ts, source_ae)))
+        meta = meta_bytes(request.sop_class, request.sop_instance, ts, source_ae)
+        self._buf: bytearray | None = bytearray(meta) if to.in_memory else None
+        if self._buf is None:
+            self._spill(memoryview(meta))  # (an error: read and dropped, 0xA700 at the end)
 
     def write(self, data: memoryview) -> None:
+        buf = self._buf
+        if buf is not None:
+            if len(buf) + len(data) <= MEMORY_ITEM:
+                buf += data
+                return
+            self._buf = None
+            self._spill(memoryview(buf))
         if self._out is None:
             return  # a write failed: the rest is read and dropped
         try:
@@ -61,8 +75,24 @@ class _Sink:
             self._error = exc
             self._close()
 
+    def _spill(self, head: memoryview) -> None:
+        """From here on, to a spool file (opened now) that begins with ``head``."""
+        try:
+            self._path = self._to.new_path()
+            self._out = open(self._path, "wb")  # noqa: SIM115 (closed in finish/discard)
+            self._out.write(head)
+        except OSError as exc:
+            self._error = exc
+            self._close()
+
     def finish(self) -> acceptor.StoreOutcome:
         sop = self._request.sop_instance
+        buf, self._buf = self._buf, None
+        if buf is not None:
+            if self._to.reserve(len(buf)):
+                self._to.done(sop, bytes(buf), len(buf))
+                return acceptor.StoreOutcome(0x0000)
+            self._spill(memoryview(buf))  # no room in memory: a spool file after all
         size = 0
         if self._out is not None:
             try:
@@ -79,6 +109,7 @@ class _Sink:
         return acceptor.StoreOutcome(0x0000)
 
     def discard(self) -> None:
+        self._buf = None
         self._close()
         self._to.gone(self._request.sop_instance)
 
@@ -87,8 +118,9 @@ class _Sink:
             with contextlib.suppress(OSError):
                 self._out.close()
             self._out = None
-        with contextlib.suppress(OSError):
-            os.unlink(self._path)
+        if self._path:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
 
 
 class _Refused:
@@ -108,9 +140,12 @@ class _Refused:
 
 
 class _Handler:
-    def __init__(self, wanted: set[str], new_path: Callable[[], str]) -> None:
+    def __init__(
+        self, wanted: set[str], new_path: Callable[[], str], held: HeldFiles | None = None
+    ) -> None:
         self.wanted = wanted
-        self.files: dict[str, tuple[str, int]] = {}
+        #: what came: a spool file's path or (small, ``held`` given) the instance's bytes
+        self.files: dict[str, tuple[Kept, int]] = {}
         #: being written, on whichever association: a second copy of one is refused
         self.in_flight: set[str] = set()
         self.active: set[acceptor.Accepted] = set()
@@ -120,8 +155,24 @@ class _Handler:
         self.local_error: str | None = None
         #: the move ended: what finishes now is unlinked, not kept
         self.closed = False
-        self._new_path = new_path
+        self.new_path = new_path
+        self._held = held
         self._lock = threading.Lock()
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether small instances may be kept in memory (within ``held``'s bound)."""
+        return self._held is not None
+
+    def reserve(self, size: int) -> bool:
+        return self._held is not None and self._held.reserve(size)
+
+    def discard(self, kept: Kept) -> None:
+        if self._held is not None:
+            self._held.discard(kept)
+        elif isinstance(kept, str):
+            with contextlib.suppress(OSError):
+                os.unlink(kept)
 
     def admit(self, assoc: acceptor.Accepted, rq: AssociateRQ) -> tuple[int, int, int] | None:
         return None
@@ -140,22 +191,15 @@ class _Handler:
             if sop not in self.wanted or sop in self.files or sop in self.in_flight or self.closed:
                 return _Refused()
             self.in_flight.add(sop)
-        path = ""
-        try:
-            path = self._new_path()
-            return _Sink(request, path, assoc.calling_ae, self)
-        except OSError as exc:
-            self.unwritten(sop, path, exc)
-            return _Refused(0xA700, "cannot write it here (out of resources)")
+        return _Sink(request, assoc.calling_ae, self)
 
-    def done(self, sop: str, path: str, size: int) -> None:
+    def done(self, sop: str, kept: Kept, size: int) -> None:
         with self._lock:
             self.in_flight.discard(sop)
             if not self.closed:
-                self.files[sop] = (path, size)
+                self.files[sop] = (kept, size)
                 return
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # after the move: nobody will take it
+        self.discard(kept)  # after the move: nobody will take it
 
     def unwritten(self, sop: str, path: str, exc: OSError) -> None:
         if path:
@@ -177,7 +221,7 @@ class _Handler:
         with self._lock:
             self.closed = True
 
-    def received_files(self) -> dict[str, tuple[str, int]]:
+    def received_files(self) -> dict[str, tuple[Kept, int]]:
         """What came, copied under the lock (a sink may still be finishing)."""
         with self._lock:
             return dict(self.files)
@@ -196,13 +240,17 @@ class MoveReceiver:
         syntaxes: tuple[str, ...],
         new_path: Callable[[], str],
         *,
+        held: HeldFiles | None = None,
         bind: str = "",
         max_pdu: int = 16384,
         timeout: float = 60.0,
     ) -> None:
+        """``new_path``: a new spool file; ``held``: where small instances may be kept in
+        memory instead (None: every instance to a spool file)."""
         self.port = port
         self._policy = ContextPolicy({}, default=syntaxes)
         self._new_path = new_path
+        self._held = held
         self._bind = bind
         self._max_pdu = max_pdu
         self._timeout = timeout
@@ -212,7 +260,7 @@ class MoveReceiver:
         """Listen for the instances of one move: its ``files`` fill as they arrive."""
         from migrator.dul.listener import Listener
 
-        handler = _Handler(wanted, self._new_path)
+        handler = _Handler(wanted, self._new_path, self._held)
 
         def connection(sock: socket.socket, address: tuple[str, int], _: object) -> None:
             now = time.monotonic()
