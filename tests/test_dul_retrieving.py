@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pydicom
+import pydicom.filewriter
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -26,7 +28,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from migrator.dul.acse import decode_associate_rq
 from migrator.dul.association import Timeouts
 from migrator.dul.pdu import ProposedContext, encode_associate_rq
-from migrator.dul.retrieving import RetrievingAssociation, SubOperation, identifier
+from migrator.dul.retrieving import (
+    RetrievingAssociation,
+    SubOperation,
+    decode_identifier,
+    encode_identifier,
+    identifier,
+)
 from tests.peers.orthanc import free_port_all_interfaces
 
 GET = str(StudyRootQueryRetrieveInformationModelGet)
@@ -139,3 +147,32 @@ def test_a_c_get_brings_each_instance_and_the_final_counts(
     assert assoc.is_established
     assoc.release()
     assert not assoc.is_established
+
+
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT])
+def test_a_query_identifier_and_its_answer_read_as_pydicom_reads_them(syntax: str) -> None:
+    """What a listing sends (keys, and empty values for what to return) reads back with
+    pydicom; an answer pydicom wrote reads as text by tag, values without their padding."""
+    sent = encode_identifier(
+        [
+            (0x0020000D, b"UI", "1.2.3"),
+            (0x00080052, b"CS", "IMAGE"),
+            (0x00080020, b"DA", "20240101-20241231"),
+            (0x00080018, b"UI", ""),
+        ],
+        syntax,
+    )
+    ds = read_dataset(io.BytesIO(sent), syntax == IMPLICIT, True)
+    assert (ds.StudyInstanceUID, ds.QueryRetrieveLevel) == ("1.2.3", "IMAGE")
+    assert ds.StudyDate == "20240101-20241231" and ds.SOPInstanceUID == ""
+    answer = Dataset()
+    answer.QueryRetrieveLevel = "STUDY"
+    answer.StudyInstanceUID = "1.2.345"
+    answer.NumberOfStudyRelatedInstances = 12
+    answer.ModalitiesInStudy = ["CT", "MR"]
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, syntax == IMPLICIT
+    pydicom.filewriter.write_dataset(buf, answer)
+    got = decode_identifier(buf.getvalue(), syntax)
+    assert got[0x0020000D] == "1.2.345" and got[0x00080052] == "STUDY"
+    assert got[0x00201208] == "12" and got[0x00080061] == "CT\\MR"

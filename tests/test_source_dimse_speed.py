@@ -27,7 +27,7 @@ from migrator.settings import Settings
 from migrator.sources import getpool, held
 from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
-from migrator.verify.query import QueryClient
+from migrator.sources.dimse_query import ListingClient
 from tests.peers.assoc_counter import AssociationCounter
 from tests.peers.orthanc import OrthancPeer, free_port_all_interfaces
 from tests.peers.tcp_proxy import TcpProxy
@@ -67,13 +67,13 @@ def _source(port: int, **settings: Any) -> DimseSource:
 
 def _spy_queries(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, frozenset[str]]]:
     calls: list[tuple[str, frozenset[str]]] = []
-    real = QueryClient.find
+    real = ListingClient.find
 
-    def find(self: QueryClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+    def find(self: ListingClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
         calls.append((level, frozenset(keys)))
         return real(self, level, keys, *args, **kw)
 
-    monkeypatch.setattr(QueryClient, "find", find)
+    monkeypatch.setattr(ListingClient, "find", find)
     return calls
 
 
@@ -100,15 +100,15 @@ def test_an_image_answer_of_another_size_falls_back_to_series_by_series(
     the hierarchical way, and nothing is lost."""
     pacs, uids = archive
     calls = _spy_queries(monkeypatch)
-    real = QueryClient.find
+    real = ListingClient.find
 
-    def short(self: QueryClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+    def short(self: ListingClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
         found = real(self, level, keys, *args, **kw)
         if level == "IMAGE" and "SeriesInstanceUID" not in keys:
             return found[:-1]  # one missing from the study-wide answer
         return found
 
-    monkeypatch.setattr(QueryClient, "find", short)
+    monkeypatch.setattr(ListingClient, "find", short)
     entries = list(_source(pacs.dicom_port).iter_entries())
     assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
     assert [level for level, _ in calls].count("SERIES") == 3, calls
@@ -123,21 +123,21 @@ def test_a_source_that_drops_the_study_wide_query_is_listed_series_by_series(
 
     pacs, uids = archive
     calls = _spy_queries(monkeypatch)
-    real = QueryClient.find
-    opened: list[QueryClient] = []
-    real_init = QueryClient.__init__
+    real = ListingClient.find
+    opened: list[ListingClient] = []
+    real_init = ListingClient.__init__
 
-    def init(self: QueryClient, *args: Any, **kw: Any) -> None:
+    def init(self: ListingClient, *args: Any, **kw: Any) -> None:
         real_init(self, *args, **kw)
         opened.append(self)
 
-    def strict(self: QueryClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+    def strict(self: ListingClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
         if level == "IMAGE" and "SeriesInstanceUID" not in keys:
             raise ConnectError("the association was aborted")
         return real(self, level, keys, *args, **kw)
 
-    monkeypatch.setattr(QueryClient, "__init__", init)
-    monkeypatch.setattr(QueryClient, "find", strict)
+    monkeypatch.setattr(ListingClient, "__init__", init)
+    monkeypatch.setattr(ListingClient, "find", strict)
     entries = list(_source(pacs.dicom_port).iter_entries())
     assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
     assert len(opened) == 2  # the first one dropped, the listing went on on a second
@@ -149,15 +149,15 @@ def test_an_answer_of_the_right_size_but_the_wrong_set_is_not_trusted(
 ) -> None:
     """One instance twice and another missing: the count matches, the set does not."""
     pacs, uids = archive
-    real = QueryClient.find
+    real = ListingClient.find
 
-    def twice(self: QueryClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+    def twice(self: ListingClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
         found = real(self, level, keys, *args, **kw)
         if level == "IMAGE" and "SeriesInstanceUID" not in keys:
             return [*found[:-1], found[0]]
         return found
 
-    monkeypatch.setattr(QueryClient, "find", twice)
+    monkeypatch.setattr(ListingClient, "find", twice)
     entries = list(_source(pacs.dicom_port).iter_entries())
     assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
 

@@ -12,6 +12,8 @@ C_GET_RQ = 0x0010
 C_GET_RSP = 0x8010
 C_MOVE_RQ = 0x0021
 C_MOVE_RSP = 0x8021
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
 NO_DATASET = 0x0101
 DATASET_PRESENT = 0x0001
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
@@ -61,6 +63,17 @@ def c_get_rq(message_id: int, sop_class: str, priority: int = 0) -> bytes:
     return _with_group_length(
         _ui(0x0002, sop_class)
         + _us(0x0100, C_GET_RQ)
+        + _us(0x0110, message_id)
+        + _us(0x0700, priority)
+        + _us(0x0800, DATASET_PRESENT)
+    )
+
+
+def c_find_rq(message_id: int, sop_class: str, priority: int = 0) -> bytes:
+    """C-FIND-RQ (PS3.7 §9.3.2.1); its identifier follows as the dataset."""
+    return _with_group_length(
+        _ui(0x0002, sop_class)
+        + _us(0x0100, C_FIND_RQ)
         + _us(0x0110, message_id)
         + _us(0x0700, priority)
         + _us(0x0800, DATASET_PRESENT)

@@ -1,4 +1,4 @@
-"""C-GET and C-MOVE requests on our own upper layer (the old PACS as a source).
+"""C-FIND, C-GET and C-MOVE requests on our own upper layer (the old PACS as a source).
 
 ``RetrievingAssociation`` is an ``Association`` that also asks for instances::
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import select
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from migrator.dul import dimse
 from migrator.dul.association import Association
@@ -56,6 +56,8 @@ class RetrieveAnswer:
     completed: int | None = None
     failed: int | None = None
     warning: int | None = None
+    #: the identifier that came with it (a C-FIND match; a final answer's failed UIDs)
+    identifier: bytes = b""
 
     @property
     def pending(self) -> bool:
@@ -70,25 +72,73 @@ class AcceptedContext:
 def identifier(study: str, series: str, sops: list[str], transfer_syntax: str) -> bytes:
     """The IMAGE-level identifier of a retrieve (PS3.4 C.4.2.2.1: the level's unique key may
     hold a list of UIDs), in the transfer syntax of the retrieve's context."""
+    return encode_identifier(
+        [
+            (0x00080018, b"UI", "\\".join(sops)),
+            (0x00080052, b"CS", "IMAGE"),
+            (0x0020000D, b"UI", study),
+            (0x0020000E, b"UI", series),
+        ],
+        transfer_syntax,
+    )
+
+
+#: VRs whose values are padded with NUL (the others with a space)
+_NUL_PADDED = {b"UI", b"OB", b"UN"}
+#: VRs with a 4-byte length in explicit VR (PS3.5 Table 7.1-1)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+
+
+def encode_identifier(elements: list[tuple[int, bytes, str]], transfer_syntax: str) -> bytes:
+    """``(tag, VR, text)`` elements as a dataset in ``transfer_syntax`` (implicit or explicit
+    VR little endian), in tag order: a query's keys ("" = return this attribute)."""
     explicit = transfer_syntax != IMPLICIT_LE
     out = bytearray()
-    for group, element, vr, text, pad in (
-        (0x0008, 0x0018, b"UI", "\\".join(sops), b"\x00"),
-        (0x0008, 0x0052, b"CS", "IMAGE", b" "),
-        (0x0020, 0x000D, b"UI", study, b"\x00"),
-        (0x0020, 0x000E, b"UI", series, b"\x00"),
-    ):
-        value = text.encode("ascii")
+    for tag, vr, text in sorted(elements):
+        value = text.encode("latin-1")
         if len(value) % 2:
-            value += pad
-        if explicit:
-            if len(value) > 0xFFFF:
-                raise ValueError("too many UIDs for one identifier")
-            out += struct.pack("<HH2sH", group, element, vr, len(value))
-        else:
+            value += b"\x00" if vr in _NUL_PADDED else b" "
+        group, element = tag >> 16, tag & 0xFFFF
+        if not explicit:
             out += struct.pack("<HHI", group, element, len(value))
+        elif vr in _LONG_VRS:
+            out += struct.pack("<HH2sHI", group, element, vr, 0, len(value))
+        else:
+            if len(value) > 0xFFFF:
+                raise ValueError("a value too long for one element")
+            out += struct.pack("<HH2sH", group, element, vr, len(value))
         out += value
     return bytes(out)
+
+
+def decode_identifier(data: bytes, transfer_syntax: str) -> dict[int, str]:
+    """A query's answer (a flat dataset: keys and values, no pixel data) as {tag: text},
+    values without their padding; sequences and undefined lengths end the reading."""
+    explicit = transfer_syntax != IMPLICIT_LE
+    out: dict[int, str] = {}
+    pos, end = 0, len(data)
+    while pos + 8 <= end:
+        group, element = struct.unpack_from("<HH", data, pos)
+        if explicit:
+            vr = bytes(data[pos + 4 : pos + 6])
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    break
+                (length,) = struct.unpack_from("<I", data, pos + 8)
+                pos += 12
+            else:
+                (length,) = struct.unpack_from("<H", data, pos + 6)
+                pos += 8
+        else:
+            vr = b""
+            (length,) = struct.unpack_from("<I", data, pos + 4)
+            pos += 8
+        if length == 0xFFFFFFFF or vr == b"SQ" or pos + length > end:
+            break
+        raw = data[pos : pos + length]
+        pos += length
+        out[(group << 16) | element] = raw.rstrip(b"\x00 ").decode("latin-1")
+    return out
 
 
 class RetrievingAssociation(Association):
@@ -141,6 +191,19 @@ class RetrievingAssociation(Association):
         self._send_message(ctx, dimse.c_get_rq(msg_id, model), ident)
         return self._answers(msg_id, dimse.C_GET_RSP, on_store)
 
+    def c_find(
+        self, model: str, elements: list[tuple[int, bytes, str]]
+    ) -> Iterator[RetrieveAnswer]:
+        """A C-FIND with these identifier elements (see ``encode_identifier``); yields each
+        response, a match's with its identifier, the final one last."""
+        found = self.context_of(model)
+        if found is None:
+            raise ConnectError(f"{self.peer} did not accept the C-FIND model {model}")
+        ctx, ts = found
+        msg_id = self._next_message_id()
+        self._send_message(ctx, dimse.c_find_rq(msg_id, model), encode_identifier(elements, ts))
+        return self._answers(msg_id, dimse.C_FIND_RSP, None)
+
     def c_move(
         self, model: str, destination: str, study: str, series: str, sops: list[str]
     ) -> Iterator[RetrieveAnswer]:
@@ -165,7 +228,9 @@ class RetrievingAssociation(Association):
         #: the sub-operation whose dataset is arriving: (context id, its command)
         incoming: tuple[int, dict[int, int | str]] | None = None
         data = bytearray()
-        final: RetrieveAnswer | None = None  # the last response, its identifier to come
+        #: a response whose identifier is arriving, and the identifier so far
+        awaiting: RetrieveAnswer | None = None
+        ident = bytearray()
         # The DIMSE timeout bounds each silence, not the whole request: a C-GET of a large
         # series takes as long as the source needs to send it.
         limit = self._timeouts.dimse
@@ -184,9 +249,14 @@ class RetrievingAssociation(Association):
                         if last:
                             self._stored(incoming, syntaxes.get(ctx, ""), data, on_store)
                             incoming, data = None, bytearray()
-                    elif final is not None:
-                        if last:  # the final response's identifier (failed UIDs): read
-                            return
+                    elif awaiting is not None:
+                        ident += piece
+                        if last:
+                            answer = replace(awaiting, identifier=bytes(ident))
+                            awaiting, ident = None, bytearray()
+                            yield answer
+                            if not answer.pending:
+                                return
                     else:
                         raise self._lost("a dataset without its command")
                     continue
@@ -206,13 +276,12 @@ class RetrievingAssociation(Association):
                 if fields.get(dimse.MESSAGE_ID_BEING_RESPONDED_TO) != msg_id:
                     raise self._lost("response to another message id")
                 answer = self._answer(fields)
-                if answer.pending:
-                    yield answer
+                if has_data:  # yielded with its identifier, once that has come
+                    awaiting = answer
                     continue
                 yield answer
-                if not has_data:
+                if not answer.pending:
                     return
-                final = answer
 
     def _stored(
         self,
@@ -277,4 +346,11 @@ class RetrievingAssociation(Association):
         return body
 
 
-__all__ = ["RetrieveAnswer", "RetrievingAssociation", "SubOperation", "identifier"]
+__all__ = [
+    "RetrieveAnswer",
+    "RetrievingAssociation",
+    "SubOperation",
+    "decode_identifier",
+    "encode_identifier",
+    "identifier",
+]

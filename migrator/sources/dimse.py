@@ -160,10 +160,10 @@ class DimseSource(Fetching):
 
     def iter_entries(self) -> Iterator[ManifestEntry]:
         """Every instance, study by study, with its UIDs (sizes are unknown: 0)."""
+        from migrator.sources.dimse_query import ListingClient
         from migrator.verify.pacs import PacsQueryError
-        from migrator.verify.query import QueryClient
 
-        q = [QueryClient(self.config)]  # replaced when a strict source drops it (below)
+        q = [ListingClient(self.config)]  # replaced when a strict source drops it (below)
         try:
             for study in studies(self.query, lambda d: self._window(q[0], d), self.uri):
                 try:
@@ -172,7 +172,7 @@ class DimseSource(Fetching):
                     # The source closed the association on the study-wide IMAGE query: a new
                     # one, and this study (and every next one) series by series.
                     q[0].__exit__(None, None, None)
-                    q[0] = QueryClient(self.config)
+                    q[0] = ListingClient(self.config)
                     listed = list(self._study_images(q[0], study))
                 for se, images in listed:
                     for sop, cls in images:
