@@ -1,6 +1,7 @@
 """``DimseSource``: the old PACS itself, listed by C-FIND, fetched by C-GET or C-MOVE.
 
-``dimse://AE@host:port`` is a source like a folder: Study Root C-FIND lists the studies
+``dimse://AE@host:port`` is a source like a folder: Study Root C-FIND (on our own upper
+layer: migrator/sources/dimse_query.py) lists the studies
 (optionally in a StudyDate window and for one modality, split in date windows under a
 result cap: migrator/sources/windows.py), then each study's instances at IMAGE level with
 their series and SOP Class UIDs: in one query when the STUDY level said how many it holds
@@ -8,24 +9,24 @@ and the answer has that many, else series by series. Each instance is one item:
 ``dimse://AE@host:port/studies/{study}/series/{series}/instances/{sop}?class={sop class}``.
 Planned like a manifest's lines (UIDs known, nothing downloaded).
 
-Fetching is a C-GET at IMAGE level on an association that offers the SOP classes the
-listing gave, each in every transfer syntax this tool knows, one presentation context each,
-so that the archive sends each instance in the syntax it holds it in (not re-encoded).
-A batch tells the source its items first (``expect``): they are fetched series by series,
-one C-GET with the series' SOP Instance UIDs as a list, on one association
-(migrator/sources/retrieve.py: at most 64 instances and 11 SOP classes per request, within
-the 128 presentation contexts of an association), kept open for the next request
-(migrator/sources/getpool.py), on our own upper layer (migrator/dul/retrieving.py: no
-pynetdicom thread per association). Each C-STORE sub-operation is written as
-it arrives to its own spool file (File Meta + the dataset's bytes as received) that the
-sender then reads and sends (migrator/sources/held.py: one download per instance, the
-spool bounded by the batch). What C-FIND promised and did not come is asked for once more,
-then fails with the reason: ``the source sent 9 of 10 instances of series X; this one did
-not come after a retry``. An archive that refuses a whole list for one UID it no longer
-holds (Orthanc: 0xC000) is asked for halves of it, down to that instance; an association
-it will not open is not split: busy (rejected-transient), the fetch fails transiently and
-is retried as a send is; otherwise the request's instances fail at once. An instance that
-came but could not be written here fails transiently naming our own disk.
+Fetching is a C-GET at IMAGE level on an association that offers the SOP classes the listing
+gave, each in every transfer syntax this tool knows, one presentation context each, so that
+the archive sends each instance in the syntax it holds it in (not re-encoded). A batch tells
+the source its items first (``expect``): they are fetched series by series, one C-GET with
+the series' SOP Instance UIDs as a list, on one association (migrator/sources/retrieve.py:
+at most 64 instances and 11 SOP classes per request, within the 128 presentation contexts of
+an association), kept open for the next request (migrator/sources/getpool.py), on our own
+upper layer (migrator/dul/retrieving.py: no pynetdicom thread per association). Each C-STORE
+sub-operation is kept as it arrives (File Meta + the dataset's bytes as received): in memory
+when small, else in its own spool file, which the sender then reads and sends
+(migrator/sources/held.py: one download per instance, the spool bounded by the batch). What
+C-FIND promised and did not come is asked for once more, then fails with the reason: ``the
+source sent 9 of 10 instances of series X; this one did not come after a retry``. An archive
+that refuses a whole list for one UID it no longer holds (Orthanc: 0xC000) is asked for
+halves of it, down to that instance; an association it will not open is not split: busy
+(rejected-transient), the fetch fails transiently and is retried as a send is; otherwise the
+request's instances fail at once. An instance that came but could not be written here fails
+transiently naming our own disk.
 The archive must know our calling AE (``--source-calling-ae``) and allow it C-GET.
 A listing without SOP Class UIDs (dcmqrscp gives none at IMAGE level) offers the common
 storage classes instead, one context each listing every syntax (the archive picks).
