@@ -176,3 +176,27 @@ def test_a_query_identifier_and_its_answer_read_as_pydicom_reads_them(syntax: st
     got = decode_identifier(buf.getvalue(), syntax)
     assert got[0x0020000D] == "1.2.345" and got[0x00080052] == "STUDY"
     assert got[0x00201208] == "12" and got[0x00080061] == "CT\\MR"
+
+
+@pytest.mark.parametrize("undefined", [True, False])
+@pytest.mark.parametrize("syntax", [IMPLICIT, EXPLICIT])
+def test_an_answer_with_sequences_loses_no_element_after_them(syntax: str, undefined: bool) -> None:
+    """A source may add sequences nobody asked for (here before the series UID, nested):
+    they are stepped over, whatever their length encoding, and what follows is read."""
+    inner = Dataset()
+    inner.ReferencedSOPInstanceUID = "1.2.9"
+    nested = Dataset()
+    nested.ReferencedSOPClassUID = "1.2.8"
+    inner.ReferencedImageSequence = [nested]
+    answer = Dataset()
+    answer.SOPInstanceUID = "1.2.3.4"
+    answer.ReferencedStudySequence = [inner, Dataset()]
+    answer.SeriesInstanceUID = "1.2.3.5"
+    for seq in (answer["ReferencedStudySequence"], inner["ReferencedImageSequence"]):
+        seq.is_undefined_length = undefined
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, syntax == IMPLICIT
+    pydicom.filewriter.write_dataset(buf, answer)
+    got = decode_identifier(buf.getvalue(), syntax)
+    assert got[0x00080018] == "1.2.3.4"
+    assert got[0x0020000E] == "1.2.3.5"

@@ -22,6 +22,7 @@ protocol error) raise ``AssociationLost`` after aborting the association, as a C
 
 from __future__ import annotations
 
+import contextlib
 import select
 import struct
 from collections.abc import Callable, Iterator
@@ -86,7 +87,9 @@ def identifier(study: str, series: str, sops: list[str], transfer_syntax: str) -
 #: VRs whose values are padded with NUL (the others with a space)
 _NUL_PADDED = {b"UI", b"OB", b"UN"}
 #: VRs with a 4-byte length in explicit VR (PS3.5 Table 7.1-1)
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 
 
 def encode_identifier(elements: list[tuple[int, bytes, str]], transfer_syntax: str) -> bytes:
@@ -112,33 +115,85 @@ def encode_identifier(elements: list[tuple[int, bytes, str]], transfer_syntax: s
 
 
 def decode_identifier(data: bytes, transfer_syntax: str) -> dict[int, str]:
-    """A query's answer (a flat dataset: keys and values, no pixel data) as {tag: text},
-    values without their padding; sequences and undefined lengths end the reading."""
+    """A query's answer as {tag: text} for its top-level elements, values without their
+    padding. Sequences (a source may add some unasked) are stepped over, whatever their
+    length encoding; a malformed rest ends the reading."""
     explicit = transfer_syntax != IMPLICIT_LE
     out: dict[int, str] = {}
     pos, end = 0, len(data)
-    while pos + 8 <= end:
-        group, element = struct.unpack_from("<HH", data, pos)
-        if explicit:
-            vr = bytes(data[pos + 4 : pos + 6])
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    break
-                (length,) = struct.unpack_from("<I", data, pos + 8)
-                pos += 12
+    while True:
+        element = _element(data, pos, explicit)
+        if element is None:
+            return out
+        tag, vr, start, length = element
+        if length == _UNDEFINED:
+            after = _skip_undefined(data, start, explicit)
+            if after is None:
+                return out
+            pos = after
+            continue
+        pos = start + length
+        if vr != b"SQ" and pos <= end:
+            out[tag] = data[start:pos].rstrip(b"\x00 ").decode("latin-1")
+
+
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+
+def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, bytes, int, int] | None:
+    """(tag, VR, where its value starts, its length) of the element at ``pos``; items and
+    delimiters have no VR in any syntax (PS3.5 §7.5). None past the end."""
+    if pos + 8 > len(data):
+        return None
+    group, element = struct.unpack_from("<HH", data, pos)
+    tag = (group << 16) | element
+    if group == 0xFFFE or not explicit:
+        (length,) = struct.unpack_from("<I", data, pos + 4)
+        return tag, b"", pos + 8, length
+    vr = bytes(data[pos + 4 : pos + 6])
+    if vr in _LONG_VRS:
+        if pos + 12 > len(data):
+            return None
+        (length,) = struct.unpack_from("<I", data, pos + 8)
+        return tag, vr, pos + 12, length
+    (length,) = struct.unpack_from("<H", data, pos + 6)
+    return tag, vr, pos + 8, length
+
+
+def _skip_undefined(data: bytes, pos: int, explicit: bool, depth: int = 0) -> int | None:
+    """Past the sequence delimiter of an undefined-length value that starts at ``pos``
+    (its items' elements stepped over, nested sequences too); None when malformed."""
+    if depth > 16:
+        return None
+    while True:
+        element = _element(data, pos, explicit)
+        if element is None:
+            return None
+        tag, _, start, length = element
+        if tag == _SEQUENCE_END:
+            return start
+        if tag != _ITEM:
+            return None
+        if length != _UNDEFINED:
+            pos = start + length
+            continue
+        pos = start  # an item of undefined length: its elements, up to its delimiter
+        while True:
+            inner = _element(data, pos, explicit)
+            if inner is None:
+                return None
+            inner_tag, _, inner_start, inner_length = inner
+            if inner_tag == _ITEM_END:
+                pos = inner_start
+                break
+            if inner_length == _UNDEFINED:
+                after = _skip_undefined(data, inner_start, explicit, depth + 1)
+                if after is None:
+                    return None
+                pos = after
             else:
-                (length,) = struct.unpack_from("<H", data, pos + 6)
-                pos += 8
-        else:
-            vr = b""
-            (length,) = struct.unpack_from("<I", data, pos + 4)
-            pos += 8
-        if length == 0xFFFFFFFF or vr == b"SQ" or pos + length > end:
-            break
-        raw = data[pos : pos + length]
-        pos += length
-        out[(group << 16) | element] = raw.rstrip(b"\x00 ").decode("latin-1")
-    return out
+                pos = inner_start + inner_length
 
 
 class RetrievingAssociation(Association):
@@ -151,15 +206,27 @@ class RetrievingAssociation(Association):
         association the source released or aborted is not handed out again)."""
         if not self.is_alive:
             return False
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([self._sock], [], [], 0)
+            poller.register(self._sock, select.POLLIN)
+            readable = bool(poller.poll(0))
         except (OSError, ValueError):
+            self.abort()
+            return False
+        if not readable and not self.buffered():
+            return True
+        # Nothing we asked for: a release (answered as such), an A-ABORT or a close.
+        try:
+            pdu_type, _ = recv_pdu_raw(self._sock, self._rbuf, 0.5, self.peer)
+        except (OSError, ConnectError):
+            pdu_type = 0
+        if pdu_type == A_RELEASE_RQ:
+            with contextlib.suppress(OSError):
+                self._sock.sendall(RELEASE_RP)
             self._close()
-            return False
-        if readable or self._rbuf:
-            self.abort()  # an A-RELEASE-RQ, an A-ABORT or a close: nothing we asked for
-            return False
-        return True
+        else:
+            self.abort()
+        return False
 
     @property
     def accepted_contexts(self) -> list[AcceptedContext]:
@@ -230,6 +297,7 @@ class RetrievingAssociation(Association):
         data = bytearray()
         #: a response whose identifier is arriving, and the identifier so far
         awaiting: RetrieveAnswer | None = None
+        awaiting_ctx = 0
         ident = bytearray()
         # The DIMSE timeout bounds each silence, not the whole request: a C-GET of a large
         # series takes as long as the source needs to send it.
@@ -247,9 +315,9 @@ class RetrievingAssociation(Association):
                     if incoming is not None and incoming[0] == ctx:
                         data += piece
                         if last:
-                            self._stored(incoming, syntaxes.get(ctx, ""), data, on_store)
+                            self._stored(incoming, syntaxes.get(ctx), data, on_store)
                             incoming, data = None, bytearray()
-                    elif awaiting is not None:
+                    elif awaiting is not None and awaiting_ctx == ctx:
                         ident += piece
                         if last:
                             answer = replace(awaiting, identifier=bytes(ident))
@@ -268,8 +336,11 @@ class RetrievingAssociation(Association):
                 del commands[ctx]
                 field = fields.get(dimse.COMMAND_FIELD)
                 has_data = fields.get(dimse.COMMAND_DATA_SET_TYPE) != dimse.NO_DATASET
+                if incoming is not None or awaiting is not None:
+                    # A command while a dataset is still to come: never glue two together.
+                    raise self._lost("a DIMSE command before the previous one's dataset")
                 if field == dimse.C_STORE_RQ and has_data:
-                    incoming = (ctx, fields)
+                    incoming, data = (ctx, fields), bytearray()
                     continue
                 if field != expected:
                     raise self._lost(f"unexpected DIMSE command {field!r}")
@@ -277,7 +348,7 @@ class RetrievingAssociation(Association):
                     raise self._lost("response to another message id")
                 answer = self._answer(fields)
                 if has_data:  # yielded with its identifier, once that has come
-                    awaiting = answer
+                    awaiting, awaiting_ctx, ident = answer, ctx, bytearray()
                     continue
                 yield answer
                 if not answer.pending:
@@ -286,7 +357,7 @@ class RetrievingAssociation(Association):
     def _stored(
         self,
         incoming: tuple[int, dict[int, int | str]],
-        syntax: str,
+        syntax: str | None,
         data: bytearray,
         on_store: Callable[[SubOperation], int] | None,
     ) -> None:
@@ -298,6 +369,8 @@ class RetrievingAssociation(Association):
             raise self._lost("a C-STORE sub-operation without a message id")
         if on_store is None:
             status = 0xA900  # (a C-MOVE's sub-operations do not come here)
+        elif syntax is None:
+            status = 0x0122  # on a context we did not accept: its syntax is unknown
         else:
             status = on_store(SubOperation(sop_class, sop, syntax, bytes(data)))
         self._send_message(ctx, dimse.c_store_rsp(message_id, sop_class, sop, status), None)

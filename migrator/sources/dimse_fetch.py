@@ -377,10 +377,15 @@ def _one_off(opener: Opener, classes: list[str], wildcard: bool) -> Iterator[Lea
     holder.append(lease)
     try:
         yield lease
-    finally:
+    except BaseException:
+        # Aborted, not released: the request may be half-way (see getpool.lease).
         lease.on_store = None
-        if lease.assoc.is_established:
-            lease.assoc.release()
+        with contextlib.suppress(Exception):
+            lease.assoc.abort()
+        raise
+    lease.on_store = None
+    if lease.assoc.is_established:
+        lease.assoc.release()
 
 
 def _check_final(received: Received, what: str, where: str) -> None:

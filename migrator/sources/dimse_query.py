@@ -55,7 +55,7 @@ class ListingClient:
 
     def __init__(self, config: Settings) -> None:
         self.config = config
-        contexts = [ProposedContext(1, FIND, (EXPLICIT_LE, IMPLICIT_LE))]
+        contexts = [ProposedContext(1, FIND, (IMPLICIT_LE, EXPLICIT_LE))]  # as pynetdicom
         try:
             self._assoc = RetrievingAssociation.request(
                 config.host,

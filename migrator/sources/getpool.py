@@ -104,8 +104,10 @@ class GetPool:
         try:
             yield lease
         except BaseException:
+            # Aborted, not released: the request may be half-way (the source still sending
+            # sub-operations that an A-RELEASE-RQ would leave unanswered).
             lease.on_store = None
-            _release(lease)
+            _abort(lease)
             raise
         lease.on_store = None
         self._give_back(lease)
@@ -219,6 +221,11 @@ def _release_aside(leases: list[Lease]) -> None:
 def _release_each(leases: list[Lease]) -> None:
     for lease in leases:
         _release(lease)
+
+
+def _abort(lease: Lease) -> None:
+    with contextlib.suppress(Exception):
+        lease.assoc.abort()
 
 
 def _release(lease: Lease) -> None:
