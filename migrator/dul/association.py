@@ -506,29 +506,7 @@ class Association:
             # An answer already received counts, however late we come to read it.
             remaining = max(remaining, 0.001)
             first = False
-            try:
-                pdu_type, body = recv_pdu_raw(self._sock, self._rbuf, remaining, self.peer)
-            except TimeoutError as exc:
-                raise self._lost(
-                    f"no response within {self._timeouts.dimse:g}s (DIMSE timeout)", exc
-                ) from exc
-            except (OSError, ConnectError) as exc:
-                raise self._lost(str(exc), exc, by_peer=True) from exc
-            if pdu_type == A_ABORT:
-                self._close()
-                why = abort_text(body[2], body[3]) if len(body) >= 4 else "A-ABORT"
-                raise AssociationLost(f"association with {self.peer} lost: {why}", by_peer=True)
-            if pdu_type == A_RELEASE_RQ:
-                try:
-                    self._sock.sendall(RELEASE_RP)
-                finally:
-                    self._close()
-                raise AssociationLost(
-                    f"association with {self.peer} lost: the peer released it mid-operation",
-                    by_peer=True,
-                )
-            if pdu_type != P_DATA_TF:
-                raise self._lost(f"unexpected PDU type 0x{pdu_type:02X} while waiting")
+            body = self._next_p_data(remaining, self._timeouts.dimse)
             last = False
             pos = 0
             while pos + 6 <= len(body):
@@ -551,3 +529,32 @@ class Association:
                 raise self._lost("response without a status")
             comment = fields.get(dimse.ERROR_COMMENT, "")
             return Response(status, comment if isinstance(comment, str) else "")
+
+    def _next_p_data(self, wait: float, timeout: float) -> bytes:
+        """The next P-DATA-TF's body, waiting at most ``wait`` seconds (``timeout``: the
+        DIMSE timeout, said in the error). The peer's A-ABORT or A-RELEASE-RQ, a timeout or
+        a broken connection raise AssociationLost, the association closed."""
+        try:
+            pdu_type, body = recv_pdu_raw(self._sock, self._rbuf, wait, self.peer)
+        except TimeoutError as exc:
+            raise self._lost(f"no response within {timeout:g}s (DIMSE timeout)", exc) from exc
+        except (OSError, ConnectError) as exc:
+            raise self._lost(str(exc), exc, by_peer=True) from exc
+        if pdu_type == A_ABORT:
+            self._close()
+            why = abort_text(body[2], body[3]) if len(body) >= 4 else "A-ABORT"
+            raise AssociationLost(f"association with {self.peer} lost: {why}", by_peer=True)
+        if pdu_type == A_RELEASE_RQ:
+            try:
+                self._sock.sendall(RELEASE_RP)
+            except OSError:
+                pass
+            finally:
+                self._close()
+            raise AssociationLost(
+                f"association with {self.peer} lost: the peer released it mid-operation",
+                by_peer=True,
+            )
+        if pdu_type != P_DATA_TF:
+            raise self._lost(f"unexpected PDU type 0x{pdu_type:02X} while waiting")
+        return body

@@ -30,9 +30,9 @@ from dataclasses import dataclass, replace
 
 from migrator.dul import dimse
 from migrator.dul.association import Association
-from migrator.dul.pdu import A_ABORT, A_RELEASE_RQ, P_DATA_TF, RELEASE_RP, abort_text
+from migrator.dul.pdu import A_RELEASE_RQ, RELEASE_RP
 from migrator.dul.wire import recv_pdu_raw
-from migrator.errors import AssociationLost, ConnectError
+from migrator.errors import ConnectError
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 PENDING = (0xFF00, 0xFF01)
@@ -127,7 +127,7 @@ def decode_identifier(data: bytes, transfer_syntax: str) -> dict[int, str]:
             return out
         tag, vr, start, length = element
         if length == _UNDEFINED:
-            after = _skip_undefined(data, start, explicit)
+            after = _skip_undefined(data, start, explicit, tag)
             if after is None:
                 return out
             pos = after
@@ -161,39 +161,26 @@ def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, bytes, int, in
     return tag, vr, pos + 8, length
 
 
-def _skip_undefined(data: bytes, pos: int, explicit: bool, depth: int = 0) -> int | None:
-    """Past the sequence delimiter of an undefined-length value that starts at ``pos``
-    (its items' elements stepped over, nested sequences too); None when malformed."""
-    if depth > 16:
-        return None
-    while True:
+def _skip_undefined(data: bytes, pos: int, explicit: bool, tag: int, depth: int = 0) -> int | None:
+    """Past the end of the undefined-length value of ``tag`` that starts at ``pos``: an
+    item ends with its item delimiter, anything else (a sequence, encapsulated data) with
+    a sequence delimiter; what is inside is stepped over the same way. None: malformed."""
+    end_tag = _ITEM_END if tag == _ITEM else _SEQUENCE_END
+    while depth <= 16:
         element = _element(data, pos, explicit)
         if element is None:
             return None
-        tag, _, start, length = element
-        if tag == _SEQUENCE_END:
+        inner, _, start, length = element
+        if inner == end_tag:
             return start
-        if tag != _ITEM:
-            return None
         if length != _UNDEFINED:
             pos = start + length
             continue
-        pos = start  # an item of undefined length: its elements, up to its delimiter
-        while True:
-            inner = _element(data, pos, explicit)
-            if inner is None:
-                return None
-            inner_tag, _, inner_start, inner_length = inner
-            if inner_tag == _ITEM_END:
-                pos = inner_start
-                break
-            if inner_length == _UNDEFINED:
-                after = _skip_undefined(data, inner_start, explicit, depth + 1)
-                if after is None:
-                    return None
-                pos = after
-            else:
-                pos = inner_start + inner_length
+        after = _skip_undefined(data, start, explicit, inner, depth + 1)
+        if after is None:
+            return None
+        pos = after
+    return None
 
 
 class RetrievingAssociation(Association):
@@ -303,7 +290,7 @@ class RetrievingAssociation(Association):
         # series takes as long as the source needs to send it.
         limit = self._timeouts.dimse
         while True:
-            body = self._next_p_data(limit)
+            body = self._next_p_data(limit, limit)
             pos = 0
             while pos + 6 <= len(body):
                 (item_len,) = struct.unpack_from(">I", body, pos)
@@ -390,33 +377,6 @@ class RetrievingAssociation(Association):
             failed=n(dimse.FAILED),
             warning=n(dimse.WARNING),
         )
-
-    def _next_p_data(self, limit: float) -> bytes:
-        """The next P-DATA-TF's body, waiting at most ``limit`` seconds for it."""
-        try:
-            pdu_type, body = recv_pdu_raw(self._sock, self._rbuf, limit, self.peer)
-        except TimeoutError as exc:
-            raise self._lost(f"no answer within {limit:g}s (DIMSE timeout)", exc) from exc
-        except (OSError, ConnectError) as exc:
-            raise self._lost(str(exc), exc, by_peer=True) from exc
-        if pdu_type == A_ABORT:
-            self._close()
-            why = abort_text(body[2], body[3]) if len(body) >= 4 else "A-ABORT"
-            raise AssociationLost(f"association with {self.peer} lost: {why}", by_peer=True)
-        if pdu_type == A_RELEASE_RQ:
-            try:
-                self._sock.sendall(RELEASE_RP)
-            except OSError:
-                pass
-            finally:
-                self._close()
-            raise AssociationLost(
-                f"association with {self.peer} lost: the peer released it mid-operation",
-                by_peer=True,
-            )
-        if pdu_type != P_DATA_TF:
-            raise self._lost(f"unexpected PDU type 0x{pdu_type:02X} while waiting")
-        return body
 
 
 __all__ = [

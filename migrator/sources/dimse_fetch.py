@@ -25,6 +25,7 @@ from migrator.errors import (
     TransientError,
 )
 from migrator.scp.incoming import meta_bytes
+from migrator.sources.dimse_query import source_association
 from migrator.sources.getpool import GetPool, Lease, Opener
 from migrator.sources.held import HeldFiles, unlink
 from migrator.sources.movescp import MoveReceiver
@@ -276,18 +277,8 @@ class Fetching:
         what: str,
         where: str,
     ) -> RetrievingAssociation:
-        config = self.config
         try:
-            return RetrievingAssociation.request(
-                config.host,
-                config.port,
-                config.called_ae,
-                config.calling_ae,
-                contexts,
-                max_pdu=config.max_pdu,
-                timeouts=config.timeouts,
-                roles=roles,
-            )
+            return source_association(self.config, contexts, roles)
         except AssociationRejected as exc:  # the archive's answer, said as is
             raise _association_error(exc, what, where) from None
 

@@ -10,7 +10,7 @@ planning process, most of what planning from an old PACS cost; here a match is a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from migrator.dicomfile import EXPLICIT_LE, IMPLICIT_LE
 from migrator.dul.pdu import ProposedContext
@@ -48,6 +48,25 @@ class Match(dict[str, str]):
             raise AttributeError(name) from None
 
 
+def source_association(
+    config: Settings,
+    contexts: list[ProposedContext],
+    roles: Sequence[tuple[str, bool, bool]] = (),
+) -> RetrievingAssociation:
+    """An association to the old PACS ``config`` names (its host, AE titles, maximum PDU
+    and timeouts), for its queries and retrieves."""
+    return RetrievingAssociation.request(
+        config.host,
+        config.port,
+        config.called_ae,
+        config.calling_ae,
+        contexts,
+        max_pdu=config.max_pdu,
+        timeouts=config.timeouts,
+        roles=roles,
+    )
+
+
 class ListingClient:
     """Study Root C-FIND on one association (a context manager)."""
 
@@ -55,28 +74,15 @@ class ListingClient:
 
     def __init__(self, config: Settings) -> None:
         self.config = config
+        from migrator.verify.pacs import PacsQueryError, rejected
+
         contexts = [ProposedContext(1, FIND, (IMPLICIT_LE, EXPLICIT_LE))]  # as pynetdicom
         try:
-            self._assoc = RetrievingAssociation.request(
-                config.host,
-                config.port,
-                config.called_ae,
-                config.calling_ae,
-                contexts,
-                max_pdu=config.max_pdu,
-                timeouts=config.timeouts,
-            )
+            self._assoc = source_association(config, contexts)
         except AssociationRejected as exc:
-            raise AssociationRejected(
-                f"{config.server} rejected the association: {exc}",
-                result=exc.result,
-                source=exc.source,
-                reason=exc.reason,
-            ) from None
+            raise rejected(config, exc) from None
         if self._assoc.context_of(FIND) is None:
             self._assoc.release()
-            from migrator.verify.pacs import PacsQueryError
-
             raise PacsQueryError(f"{config.server} accepted none of the proposed SOP classes")
         self.queries = 0
 
@@ -130,4 +136,4 @@ def _match(values: dict[int, str]) -> Match:
     return Match({_BY_TAG[tag]: text for tag, text in values.items() if tag in _BY_TAG})
 
 
-__all__ = ["KEYWORDS", "ListingClient", "Match"]
+__all__ = ["KEYWORDS", "ListingClient", "Match", "source_association"]

@@ -74,12 +74,17 @@ def _why_not_associated(config: Settings) -> None:
             timeouts=config.timeouts,
         )
     except AssociationRejected as exc:
-        raise AssociationRejected(
-            f"{config.server} rejected the association: {exc}",
-            result=exc.result,
-            source=exc.source,
-            reason=exc.reason,
-        ) from None
+        raise rejected(config, exc) from None
     except ConnectError:
         return
     probe.release()
+
+
+def rejected(config: Settings, exc: AssociationRejected) -> AssociationRejected:
+    """Our upper layer's rejection, said as the PACS's (its server named first)."""
+    return AssociationRejected(
+        f"{config.server} rejected the association: {exc}",
+        result=exc.result,
+        source=exc.source,
+        reason=exc.reason,
+    )
