@@ -158,6 +158,21 @@ class AssociationRejected(PermanentError):
         return self.transient
 
 
+class PacsQueryError(PermanentError):
+    """The PACS answered, but refused the query or the commitment request. (Here, not in
+    migrator/verify/pacs.py, so that listing an old PACS does not import pynetdicom.)"""
+
+
+def rejected(server: str, exc: AssociationRejected) -> AssociationRejected:
+    """Our upper layer's rejection, said as the PACS's (``server`` named first)."""
+    return AssociationRejected(
+        f"{server} rejected the association: {exc}",
+        result=exc.result,
+        source=exc.source,
+        reason=exc.reason,
+    )
+
+
 class SourceError(PermanentError):
     """The source file or object cannot be read, vanished, or is not DICOM."""
 

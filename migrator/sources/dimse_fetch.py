@@ -21,11 +21,12 @@ from migrator.errors import (
     AssociationLost,
     AssociationRejected,
     MigratorError,
+    PacsQueryError,
     SourceError,
     TransientError,
 )
 from migrator.scp.incoming import meta_bytes
-from migrator.sources.dimse_query import source_association
+from migrator.sources.dimse_query import ListingClient, source_association
 from migrator.sources.getpool import GetPool, Lease, Opener
 from migrator.sources.held import HeldFiles, unlink
 from migrator.sources.movescp import MoveReceiver
@@ -291,12 +292,9 @@ class Fetching:
 
     def _holds(self, study: str, series: str, sops: set[str], where: str) -> bool:
         """Whether the source lists every one of ``sops`` in the series (C-FIND)."""
-        from migrator.verify.pacs import PacsQueryError
-        from migrator.verify.query import QueryClient
-
         keys = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
         try:
-            with QueryClient(self.config) as q:
+            with ListingClient(self.config) as q:
                 found = q.find("IMAGE", keys, ["SOPInstanceUID"])
         except PacsQueryError as exc:
             raise SourceError(f"{where}: {exc}") from None

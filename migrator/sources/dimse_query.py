@@ -15,7 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from migrator.dicomfile import EXPLICIT_LE, IMPLICIT_LE
 from migrator.dul.pdu import ProposedContext
 from migrator.dul.retrieving import RetrievingAssociation, decode_identifier
-from migrator.errors import AssociationLost, AssociationRejected, ConnectError
+from migrator.errors import (
+    AssociationLost,
+    AssociationRejected,
+    ConnectError,
+    PacsQueryError,
+    rejected,
+)
 from migrator.settings import Settings
 from migrator.status import fmt, meaning
 
@@ -74,13 +80,11 @@ class ListingClient:
 
     def __init__(self, config: Settings) -> None:
         self.config = config
-        from migrator.verify.pacs import PacsQueryError, rejected
-
         contexts = [ProposedContext(1, FIND, (IMPLICIT_LE, EXPLICIT_LE))]  # as pynetdicom
         try:
             self._assoc = source_association(config, contexts)
         except AssociationRejected as exc:
-            raise rejected(config, exc) from None
+            raise rejected(config.server, exc) from None
         if self._assoc.context_of(FIND) is None:
             self._assoc.release()
             raise PacsQueryError(f"{config.server} accepted none of the proposed SOP classes")
@@ -103,8 +107,6 @@ class ListingClient:
         """The matches. ``cut``: a list the answer's "cut short" flag is appended to (a
         final 0xFE00 Cancel after matches: Orthanc's ``LimitFindResults`` answers so);
         without it, that answer is an error like any other failure status."""
-        from migrator.verify.pacs import PacsQueryError
-
         elements = [(*KEYWORDS["QueryRetrieveLevel"], level)]
         elements += [(*KEYWORDS[name], value) for name, value in keys.items()]
         elements += [(*KEYWORDS[name], "") for name in returned if name not in keys]

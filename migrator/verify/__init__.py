@@ -33,9 +33,9 @@ commitment), :mod:`~migrator.verify.pacs` (opening the association),
 
 from __future__ import annotations
 
+from migrator.errors import PacsQueryError
 from migrator.verify.check import verify_job
 from migrator.verify.commitment import COMMITMENT_INSTANCE, CommitmentSettings
-from migrator.verify.pacs import PacsQueryError
 from migrator.verify.query import QueryClient
 from migrator.verify.result import (
     FileProblem,

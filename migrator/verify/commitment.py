@@ -23,11 +23,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModel,
 )
 
-from migrator.errors import ConnectError
+from migrator.errors import ConnectError, PacsQueryError
 from migrator.ledger import Ledger
 from migrator.settings import Settings
 from migrator.status import fmt, meaning
-from migrator.verify.pacs import PacsQueryError, associate, new_ae
+from migrator.verify.pacs import associate, new_ae
 from migrator.verify.reactor import ReactorGuard
 from migrator.verify.stored import stored_files
 

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from migrator.dicomweb.qido import SOP_INSTANCE_UID, STUDY_INSTANCE_UID, value
+from migrator.errors import PacsQueryError
 from migrator.settings import Settings
-from migrator.verify.pacs import PacsQueryError
 from migrator.verify.qido import QidoClient
 from migrator.verify.query import QueryClient
 

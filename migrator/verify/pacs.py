@@ -12,13 +12,9 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from migrator.errors import AssociationRejected, ConnectError, PermanentError
+from migrator.errors import AssociationRejected, ConnectError, PacsQueryError, rejected
 from migrator.netutil import patch_pynetdicom_nodelay
 from migrator.settings import Settings
-
-
-class PacsQueryError(PermanentError):
-    """The PACS answered, but refused the query or the commitment request."""
 
 
 def new_ae(config: Settings) -> AE:
@@ -74,17 +70,7 @@ def _why_not_associated(config: Settings) -> None:
             timeouts=config.timeouts,
         )
     except AssociationRejected as exc:
-        raise rejected(config, exc) from None
+        raise rejected(config.server, exc) from None
     except ConnectError:
         return
     probe.release()
-
-
-def rejected(config: Settings, exc: AssociationRejected) -> AssociationRejected:
-    """Our upper layer's rejection, said as the PACS's (its server named first)."""
-    return AssociationRejected(
-        f"{config.server} rejected the association: {exc}",
-        result=exc.result,
-        source=exc.source,
-        reason=exc.reason,
-    )

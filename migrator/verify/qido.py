@@ -22,8 +22,8 @@ from migrator.dicomweb.qido import (
     QidoHttp,
     value,
 )
+from migrator.errors import PacsQueryError
 from migrator.settings import Settings
-from migrator.verify.pacs import PacsQueryError
 
 __all__ = ["PAGE", "CredentialsRefused", "QidoClient"]
 

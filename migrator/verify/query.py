@@ -15,10 +15,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from migrator.errors import ConnectError
+from migrator.errors import ConnectError, PacsQueryError
 from migrator.settings import Settings
 from migrator.status import fmt, meaning
-from migrator.verify.pacs import PacsQueryError, associate, new_ae
+from migrator.verify.pacs import associate, new_ae
 from migrator.verify.reactor import ReactorGuard
 
 
