@@ -1,8 +1,10 @@
 """How the old PACS is listed and fetched, against a real Orthanc (issue 17's speed work).
 
-* A study is listed with one IMAGE-level C-FIND when the STUDY level said how many instances
-  it holds and the answer has that many (else series by series, as before): checked by the
-  queries the source answered and by the instances listed.
+* Studies are listed with one IMAGE-level C-FIND for a list of them when the STUDY level
+  said how many instances each holds and the answer has that many of each; a study left
+  out of it, with one IMAGE-level query of its own when the answer has its count; else
+  series by series, as before: checked by the queries the source answered and by the
+  instances listed.
 * C-GET and C-MOVE associations are kept from one request to the next (getpool.py):
   fewer associations than requests, counted on the wire; one the source closed while idle
   costs no file anything (asked again on a new one); none is kept under
@@ -24,7 +26,7 @@ import pytest
 
 from migrator import synth
 from migrator.settings import Settings
-from migrator.sources import getpool, held
+from migrator.sources import dimse, getpool, held
 from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
 from migrator.sources.dimse_query import ListingClient
@@ -77,8 +79,89 @@ def _spy_queries(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, frozenset[s
     return calls
 
 
-def test_a_study_is_listed_by_one_image_query_when_its_size_is_known(
+@pytest.fixture
+def one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No list of studies in one query: each study listed on its own."""
+    monkeypatch.setattr(dimse, "GROUP_STUDIES", 1)
+
+
+def _is_list(keys: Any) -> bool:
+    return "\\" in str(keys.get("StudyInstanceUID", ""))
+
+
+def test_studies_are_listed_by_one_image_query_for_a_list_of_them(
     archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three studies in one IMAGE-level C-FIND (their UIDs as a list): every instance,
+    each study's series by series, as a batch fetches them."""
+    pacs, uids = archive
+    calls = _spy_queries(monkeypatch)
+    entries = list(_source(pacs.dicom_port).iter_entries())
+    assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
+    assert [level for level, _ in calls] == ["STUDY", "IMAGE"], calls
+    studies = [e.study_uid for e in entries]
+    assert len(set(studies)) == 3
+    assert all(studies.count(s) == 8 for s in studies)
+    assert studies == sorted(studies, key=studies.index)  # one study after the other
+    series = [e.uri.split("/instances/")[0] for e in entries]
+    assert all(series[i] == series[i + 1] for i in range(0, 24, 2))
+
+
+def test_a_study_short_in_the_list_answer_is_listed_on_its_own(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer for the list misses one instance: its study (only) is asked again on its
+    own; the other two are taken from the list's answer, and nothing is lost."""
+    pacs, uids = archive
+    real = ListingClient.find
+    calls: list[tuple[str, bool]] = []
+
+    def short(self: ListingClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+        calls.append((level, _is_list(keys)))
+        found = real(self, level, keys, *args, **kw)
+        return found[:-1] if _is_list(keys) else found
+
+    monkeypatch.setattr(ListingClient, "find", short)
+    entries = list(_source(pacs.dicom_port).iter_entries())
+    assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
+    assert calls == [("STUDY", False), ("IMAGE", True), ("IMAGE", False)], calls
+
+
+@pytest.mark.parametrize("how", ["refused", "dropped", "foreign"])
+def test_a_source_without_list_matching_is_listed_study_by_study(
+    archive: Any, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A source that refuses a list of Study UIDs at IMAGE level, closes the association
+    on it, or answers with studies it was not asked for (a list taken as one UID): each
+    study is listed on its own, and it is not asked for a list again."""
+    from migrator.errors import ConnectError, PacsQueryError
+
+    monkeypatch.setattr(dimse, "GROUP_STUDIES", 2)  # [2 studies], [1]: asked once only
+    pacs, uids = archive
+    real = ListingClient.find
+    calls: list[tuple[str, bool]] = []
+
+    def strict(self: ListingClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+        calls.append((level, _is_list(keys)))
+        if _is_list(keys):
+            if how == "refused":
+                raise PacsQueryError("C-FIND at IMAGE level failed: 0xC000 Unable to process")
+            if how == "dropped":
+                raise ConnectError("the association was aborted")
+            found = real(self, level, {"StudyInstanceUID": ""}, *args, **kw)
+            for match in found:
+                match["StudyInstanceUID"] = keys["StudyInstanceUID"]
+            return found
+        return real(self, level, keys, *args, **kw)
+
+    monkeypatch.setattr(ListingClient, "find", strict)
+    entries = list(_source(pacs.dicom_port).iter_entries())
+    assert {e.sop_instance_uid for e in entries} == uids and len(entries) == 24
+    assert calls == [("STUDY", False), ("IMAGE", True)] + [("IMAGE", False)] * 3, calls
+
+
+def test_a_study_is_listed_by_one_image_query_when_its_size_is_known(
+    archive: Any, monkeypatch: pytest.MonkeyPatch, one_by_one: None
 ) -> None:
     pacs, uids = archive
     calls = _spy_queries(monkeypatch)
@@ -93,7 +176,7 @@ def test_a_study_is_listed_by_one_image_query_when_its_size_is_known(
 
 
 def test_an_image_answer_of_another_size_falls_back_to_series_by_series(
-    archive: Any, monkeypatch: pytest.MonkeyPatch
+    archive: Any, monkeypatch: pytest.MonkeyPatch, one_by_one: None
 ) -> None:
     """A source whose study-wide IMAGE answer does not match its STUDY-level count (one
     that wants the series UID at IMAGE level, or an instance added meanwhile) is listed
@@ -115,7 +198,7 @@ def test_an_image_answer_of_another_size_falls_back_to_series_by_series(
 
 
 def test_a_source_that_drops_the_study_wide_query_is_listed_series_by_series(
-    archive: Any, monkeypatch: pytest.MonkeyPatch
+    archive: Any, monkeypatch: pytest.MonkeyPatch, one_by_one: None
 ) -> None:
     """A strict archive that closes the association on an IMAGE-level query without the
     series UID: the listing goes on, on a new association, series by series."""
@@ -145,7 +228,7 @@ def test_a_source_that_drops_the_study_wide_query_is_listed_series_by_series(
 
 
 def test_an_answer_of_the_right_size_but_the_wrong_set_is_not_trusted(
-    archive: Any, monkeypatch: pytest.MonkeyPatch
+    archive: Any, monkeypatch: pytest.MonkeyPatch, one_by_one: None
 ) -> None:
     """One instance twice and another missing: the count matches, the set does not."""
     pacs, uids = archive

@@ -54,6 +54,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from migrator.errors import (
     ConfigError,
     ConnectError,
+    PacsQueryError,
     SourceError,
 )
 from migrator.sources.base import Payload, SourceItem
@@ -75,6 +76,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIX = "dimse://"
+#: Studies listed by one IMAGE-level C-FIND (``DimseSource._group_images``): at most this
+#: many, holding at most that many instances (an answer is held in memory whole).
+GROUP_STUDIES = 64
+GROUP_INSTANCES = 2000
+
+#: A study's instances, series by series: ``[(series UID, [(SOP UID, SOP class)])]``
+Listed = list[tuple[str, list[tuple[str, str]]]]
 _URI = re.compile(r"^dimse://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})(?P<rest>/.*)?$")
 
 
@@ -125,6 +133,8 @@ class DimseSource(Fetching):
         self._study_sizes: dict[str, int] = {}
         #: whether the source answers IMAGE level by study alone (None: not asked yet)
         self._relaxed_images: bool | None = None
+        #: whether it answers IMAGE level for a list of studies (None: not asked yet)
+        self._grouped: bool | None = None
         #: C-GET / C-MOVE associations kept between requests (migrator/sources/getpool.py);
         #: not under --source-max-associations, where one kept open would hold the
         #: source's slot beyond its request
@@ -162,28 +172,114 @@ class DimseSource(Fetching):
     def iter_entries(self) -> Iterator[ManifestEntry]:
         """Every instance, study by study, with its UIDs (sizes are unknown: 0)."""
         from migrator.sources.dimse_query import ListingClient
-        from migrator.verify.pacs import PacsQueryError
 
         q = [ListingClient(self.config)]  # replaced when a strict source drops it (below)
         try:
-            for study in studies(self.query, lambda d: self._window(q[0], d), self.uri):
-                try:
-                    listed = list(self._study_images(q[0], study))
-                except _RelaxedDropped:
-                    # The source closed the association on the study-wide IMAGE query: a new
-                    # one, and this study (and every next one) series by series.
-                    q[0].__exit__(None, None, None)
-                    q[0] = ListingClient(self.config)
-                    listed = list(self._study_images(q[0], study))
-                for se, images in listed:
-                    for sop, cls in images:
-                        path = f"/studies/{study}/series/{se}/instances/{sop}"
-                        uri = f"{self.uri}{path}?class={quote(cls)}"
-                        yield ManifestEntry(0, uri, 0, sop, study)
+            found = studies(self.query, lambda d: self._window(q[0], d), self.uri)
+            for group in self._study_groups(found):
+                listed = self._group_images(q, group)
+                for study in group:
+                    if study in listed:
+                        series: Listed = listed[study]
+                    else:
+                        try:
+                            series = list(self._study_images(q[0], study))
+                        except _RelaxedDropped:
+                            # The source closed the association on the study-wide IMAGE
+                            # query: a new one, and this study (and every next one) series
+                            # by series.
+                            q[0] = self._relisting(q[0])
+                            series = list(self._study_images(q[0], study))
+                    for se, images in series:
+                        for sop, cls in images:
+                            path = f"/studies/{study}/series/{se}/instances/{sop}"
+                            uri = f"{self.uri}{path}?class={quote(cls)}"
+                            yield ManifestEntry(0, uri, 0, sop, study)
         except PacsQueryError as exc:
             raise SourceError(f"{self.uri}: {exc}") from None
         finally:
             q[0].__exit__(None, None, None)
+
+    def _relisting(self, dropped: Any) -> Any:
+        from migrator.sources.dimse_query import ListingClient
+
+        dropped.__exit__(None, None, None)
+        return ListingClient(self.config)
+
+    def _study_groups(self, uids: Iterable[str]) -> Iterator[list[str]]:
+        """The studies in groups listed by one IMAGE-level query each (``_group_images``):
+        consecutive studies whose STUDY-level answer said how many instances they hold, up
+        to GROUP_STUDIES of them and GROUP_INSTANCES instances; any other study alone."""
+        group: list[str] = []
+        held = 0
+        for uid in uids:
+            size = self._study_sizes.get(uid)
+            if self._grouped is False or not size or size > GROUP_INSTANCES:
+                if group:
+                    yield group
+                    group, held = [], 0
+                yield [uid]
+                continue
+            if len(group) >= GROUP_STUDIES or held + size > GROUP_INSTANCES:
+                yield group
+                group, held = [], 0
+            group.append(uid)
+            held += size
+        if group:
+            yield group
+
+    def _group_images(self, q: list[Any], group: list[str]) -> dict[str, Listed]:
+        """The instances of several studies at once: one IMAGE-level C-FIND with their
+        Study Instance UIDs as a list (list matching), each study kept only when the answer
+        holds exactly as many distinct instances of it as its STUDY level said, each with
+        its series. Against Orthanc, 300 studies are listed in 7 queries instead of 300, the
+        listing's length. Another source (one that wants a single UID at IMAGE level, as
+        hierarchical query/retrieve does, or cuts the answer short) leaves studies out of
+        the result: each is then listed on its own (``_study_images``); one that refuses
+        or drops the query is not asked so again."""
+        if len(group) < 2 or self._grouped is False:
+            return {}
+        returned = ["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+        keys = {"StudyInstanceUID": "\\".join(group)}
+        try:
+            found = q[0].find("IMAGE", keys, returned, cut=[])
+        except PacsQueryError as exc:
+            log.info("%s: IMAGE level for a list of studies refused (%s)", self.uri, exc)
+            self._grouped = False
+            return {}
+        except ConnectError as exc:
+            if self._grouped:
+                raise  # it answered such queries before: a real loss of the source
+            log.info("%s: IMAGE level for a list of studies dropped (%s)", self.uri, exc)
+            self._grouped = False
+            q[0] = self._relisting(q[0])
+            return {}
+        by_study: dict[str, dict[str, list[tuple[str, str]]]] = {uid: {} for uid in group}
+        count = dict.fromkeys(group, 0)
+        for image in found:
+            study = str(image.get("StudyInstanceUID", ""))
+            se = str(image.get("SeriesInstanceUID", ""))
+            sop = str(image.get("SOPInstanceUID", ""))
+            if study not in by_study:
+                continue  # not one of ours (a source echoing the list): none trusted
+            if not se or not sop:
+                count[study] = -1  # never equal to its size: listed on its own
+                continue
+            count[study] += 1
+            by_study[study].setdefault(se, []).append((sop, str(image.get("SOPClassUID", ""))))
+        listed: dict[str, Listed] = {}
+        for study, series in by_study.items():
+            # Distinct SOP Instance UIDs: an answer repeating one instance and missing
+            # another has the right length but not the right set.
+            distinct = len({sop for images in series.values() for sop, _ in images})
+            if distinct == count[study] == self._study_sizes.get(study):
+                del self._study_sizes[study]
+                listed[study] = list(series.items())
+        if listed:
+            self._grouped = True
+        elif self._grouped is None:
+            self._grouped = False  # it answers none of them so: not asked again
+        return listed
 
     def _study_images(self, q: Any, study: str) -> Iterator[tuple[str, list[tuple[str, str]]]]:
         """A study's instances, series by series: ``(series UID, [(SOP UID, class)])``.
@@ -196,8 +292,6 @@ class DimseSource(Fetching):
         Otherwise (no count, a source that wants the series' UID at IMAGE level as
         hierarchical query/retrieve does, an answer cut short or of another size), the
         hierarchical way: each series, then its instances."""
-        from migrator.verify.pacs import PacsQueryError
-
         promised = self._study_sizes.pop(study, None)
         if promised and self._relaxed_images is not False:
             returned = ["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
