@@ -26,7 +26,7 @@ import pytest
 
 from migrator import synth
 from migrator.settings import Settings
-from migrator.sources import dimse, getpool, held
+from migrator.sources import dimse, getpool, held, wholes
 from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
 from migrator.sources.dimse_query import ListingClient
@@ -321,7 +321,10 @@ def test_an_association_the_source_closed_while_idle_costs_no_file(
         assert len(counter.opened) == opened + 1
 
 
-def test_no_association_is_kept_under_source_max_associations(archive: Any) -> None:
+def test_no_association_is_kept_under_source_max_associations(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wholes, "BUNDLE", 0)  # a request per series, not per batch
     pacs, uids = archive
     counter = AssociationCounter(C_GET_MODEL)
     with TcpProxy("127.0.0.1", pacs.dicom_port, tap_each=counter.feed) as relay:

@@ -72,7 +72,22 @@ class AcceptedContext:
 
 def identifier(study: str, series: str, sops: list[str], transfer_syntax: str) -> bytes:
     """The IMAGE-level identifier of a retrieve (PS3.4 C.4.2.2.1: the level's unique key may
-    hold a list of UIDs), in the transfer syntax of the retrieve's context."""
+    hold a list of UIDs), in the transfer syntax of the retrieve's context; with no
+    ``sops``, the SERIES-level one (the whole series); with no ``series`` either, the
+    STUDY-level one (``study``: one UID or several, backslash-separated)."""
+    if not sops and not series:
+        return encode_identifier(
+            [(0x00080052, b"CS", "STUDY"), (0x0020000D, b"UI", study)], transfer_syntax
+        )
+    if not sops:
+        return encode_identifier(
+            [
+                (0x00080052, b"CS", "SERIES"),
+                (0x0020000D, b"UI", study),
+                (0x0020000E, b"UI", series),
+            ],
+            transfer_syntax,
+        )
     return encode_identifier(
         [
             (0x00080018, b"UI", "\\".join(sops)),
@@ -234,8 +249,9 @@ class RetrievingAssociation(Association):
         sops: list[str],
         on_store: Callable[[SubOperation], int],
     ) -> Iterator[RetrieveAnswer]:
-        """Ask for ``sops`` of a series; yields each response, the final one last. Each
-        C-STORE sub-operation on the way goes to ``on_store``, whose status answers it."""
+        """Ask for ``sops`` of a series (none: the whole series; no series either: the whole
+        studies); yields each response, the final one last. Each C-STORE sub-operation on
+        the way goes to ``on_store``, whose status answers it."""
         found = self.context_of(model)
         if found is None:
             raise ConnectError(f"{self.peer} did not accept the C-GET model {model}")
@@ -261,8 +277,9 @@ class RetrievingAssociation(Association):
     def c_move(
         self, model: str, destination: str, study: str, series: str, sops: list[str]
     ) -> Iterator[RetrieveAnswer]:
-        """Ask for ``sops`` of a series to be sent to the AE ``destination``; yields each
-        response, the final one last."""
+        """Ask for ``sops`` of a series (none: the whole series; no series either: the whole
+        studies) to be sent to the AE
+        ``destination``; yields each response, the final one last."""
         found = self.context_of(model)
         if found is None:
             raise ConnectError(f"{self.peer} did not accept the C-MOVE model {model}")

@@ -67,6 +67,7 @@ from migrator.sources.retrieve import (
     MAX_CLASSES,
     Groups,
 )
+from migrator.sources.wholes import Wholes
 from migrator.sources.windows import StudyQuery, dicom_range, studies
 from migrator.validation import is_valid_uid
 
@@ -135,6 +136,8 @@ class DimseSource(Fetching):
         self._relaxed_images: bool | None = None
         #: whether it answers IMAGE level for a list of studies (None: not asked yet)
         self._grouped: bool | None = None
+        #: what the batch holds whole (migrator/sources/wholes.py)
+        self._wholes = Wholes()
         #: C-GET / C-MOVE associations kept between requests (migrator/sources/getpool.py);
         #: not under --source-max-associations, where one kept open would hold the
         #: source's slot beyond its request
@@ -382,13 +385,14 @@ class DimseSource(Fetching):
             with contextlib.suppress(SourceError):  # a bad URI fails at its own fetch
                 parsed.append((item.uri, *_parse_item(item.uri)))
         self._groups.expect(parsed)
+        self._wholes.expect(study for _, study, *_ in parsed)
 
     def fetch(self, item: SourceItem) -> contextlib.AbstractContextManager[Payload]:
         return self._held.fetch(item.uri, lambda: self._get(item))
 
     def _get(self, item: SourceItem) -> tuple[Kept, int]:
         group, sop = self._groups.group_of(item.uri, lambda: _parse_item(item.uri))
-        return group.take(sop, self._retrieve)
+        return group.take(sop, lambda st, se, wanted: self._fetch_group(group, st, se, wanted))
 
 
 class _RelaxedDropped(Exception):

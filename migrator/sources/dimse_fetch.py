@@ -35,8 +35,10 @@ from migrator.sources.retrieve import (
     Received,
     Refused,
     RefusedAll,
+    SeriesGroup,
     unwritable,
 )
+from migrator.sources.wholes import Wholes
 from migrator.syntaxes import ALIASES
 
 if TYPE_CHECKING:
@@ -66,6 +68,42 @@ class Fetching:
     _mover: MoveReceiver | None
     _gets: GetPool | None
     _moves: GetPool | None
+    _wholes: Wholes
+
+    def _fetch_group(
+        self, group: SeriesGroup, study: str, series: str, wanted: dict[str, str]
+    ) -> Received:
+        """``wanted`` of ``group``, with the other whole studies of its batch when its own
+        study is whole: one STUDY-level request for them all (migrator/sources/wholes.py),
+        whose instances go to each group; else ``wanted`` alone (its series whole, or by
+        UID). A bundle the source refuses is not split: each group asks on its own."""
+        self._wholes.ask(self.config, study)
+        bundle = self._wholes.bundle(group, wanted)
+        if bundle is None:
+            return self._retrieve(study, series, wanted)
+        try:
+            asked = dict(wanted)
+            for peer in bundle:
+                asked.update(peer.classes)
+            studies = dict.fromkeys([study, *(peer.study for peer in bundle)])
+            try:
+                got = self._retrieve("\\".join(studies), "", asked)
+            except Refused:
+                return self._retrieve(study, series, wanted)
+            except SourceError as exc:
+                # Refused for a reason that holds for every instance of it (an unknown
+                # move destination, an association refused): each group's instances fail
+                # with it, not asked for again one group at a time.
+                for peer in bundle:
+                    peer.failed.update(dict.fromkeys(peer.classes, str(exc)))
+                raise
+            for peer in bundle:
+                peer.arrived.update({s: f for s, f in got.files.items() if s in peer.classes})
+            mine = {s: f for s, f in got.files.items() if s in wanted}
+            return Received(mine, got.counts, got.local_error)
+        finally:
+            for peer in bundle:
+                peer.lock.release()
 
     def _retrieve(self, study: str, series: str, wanted: dict[str, str]) -> Received:
         """C-GET or C-MOVE, as ``--retrieve`` says; auto: C-GET until the source refuses
@@ -93,7 +131,7 @@ class Fetching:
         (migrator/sources/movescp.py), listening while the move runs."""
         if self._mover is None:
             raise RefusedAll(f"{self.uri}: --retrieve move needs --move-port")
-        where = f"{self.uri}/studies/{study}/series/{series}"
+        where = _where(self.uri, study, series)
 
         def opener(classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int]) -> Any:
             # FIND too: some archives refuse a retrieve without it.
@@ -103,6 +141,7 @@ class Fetching:
                 raise SourceError(f"{where}: the source refused C-MOVE (its presentation context)")
             return assoc
 
+        asked = self._asked(series, wanted)
         for fresh in (False, True):
             received = Received()
             scp = None
@@ -113,9 +152,7 @@ class Fetching:
                 ):
                     received.counts = _answers(
                         lease,
-                        lambda: lease.assoc.c_move(
-                            MOVE_MODEL, self.move_ae, study, series, list(wanted)
-                        ),
+                        lambda: lease.assoc.c_move(MOVE_MODEL, self.move_ae, study, series, asked),
                         scp.reached,
                         f"{where}: " + self._no_answer("C-MOVE"),
                     )
@@ -169,7 +206,7 @@ class Fetching:
         """One C-GET at IMAGE level for ``wanted`` (a UID list) on one association that
         offers each of their SOP classes in every syntax we know, as Storage SCP; each
         C-STORE sub-operation written to its own spool file as it arrives."""
-        where = f"{self.uri}/studies/{study}/series/{series}"
+        where = _where(self.uri, study, series)
         received = Received()
 
         def keep(event: SubOperation) -> int:
@@ -228,15 +265,14 @@ class Fetching:
         def opener(offer: Sequence[str], wild: bool, on_store: Callable[[Any], int]) -> Any:
             return self._open_get(offer, wild, on_store, where)
 
+        asked = self._asked(series, wanted)
         for fresh in (False, True):
             try:
                 with _lease(self._gets, classes, wildcard, fresh, opener) as lease:
                     lease.on_store = on_store
                     received.counts = _answers(
                         lease,
-                        lambda: lease.assoc.c_get(
-                            GET_MODEL, study, series, list(wanted), lease.handle
-                        ),
+                        lambda: lease.assoc.c_get(GET_MODEL, study, series, asked, lease.handle),
                         received.files.__len__,
                         f"{where}: " + self._no_answer("C-GET"),
                     )
@@ -252,6 +288,14 @@ class Fetching:
             break
         _check_final(received, "C-GET", where)
         return received
+
+    def _asked(self, series: str, wanted: dict[str, str]) -> list[str]:
+        """The SOP Instance UIDs to ask for: none when ``wanted`` is whole studies (no
+        ``series``: STUDY level) or the whole series (SERIES level), as the source's counts
+        say (migrator/sources/wholes.py); else ``wanted``, by UID at IMAGE level."""
+        if not series or self._wholes.whole_series(series, len(wanted)):
+            return []
+        return list(wanted)
 
     def _open_get(
         self, classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int], where: str
@@ -291,8 +335,13 @@ class Fetching:
         )
 
     def _holds(self, study: str, series: str, sops: set[str], where: str) -> bool:
-        """Whether the source lists every one of ``sops`` in the series (C-FIND)."""
-        keys = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+        """Whether the source lists every one of ``sops`` in the series (C-FIND); no
+        ``series``: in the studies (a source that does not answer an IMAGE-level query for
+        a list of studies is taken not to: the request is refused, each group asks again
+        on its own)."""
+        keys = {"StudyInstanceUID": study}
+        if series:
+            keys["SeriesInstanceUID"] = series
         try:
             with ListingClient(self.config) as q:
                 found = q.find("IMAGE", keys, ["SOPInstanceUID"])
@@ -336,6 +385,14 @@ def _answers(
             raise _Stale from None
         raise TransientError(f"{no_answer}: {exc}") from None
     return counts
+
+
+def _where(uri: str, study: str, series: str) -> str:
+    """A request's target, said as a URI (whole studies: the first, and how many more)."""
+    if series:
+        return f"{uri}/studies/{study}/series/{series}"
+    first, *more = study.split("\\")
+    return f"{uri}/studies/{first}" + (f" (and {len(more)} more studies)" if more else "")
 
 
 def _soon(since: float) -> bool:

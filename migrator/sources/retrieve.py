@@ -105,6 +105,9 @@ class SeriesGroup:
     #: taken by a fetch (asked again only when fetched again: an evicted spool file)
     taken: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the groups of the batch it came with (itself too): those asked for with it when
+    #: they are whole studies (migrator/sources/wholes.py)
+    peers: list[SeriesGroup] = field(default_factory=list)
 
     def take(self, sop: str, retrieve: Retriever) -> tuple[Kept, int]:
         """``sop``'s spool file, retrieving the group's missing members first if needed."""
@@ -231,6 +234,9 @@ class Groups:
                     group = fresh[(study, series)] = SeriesGroup(study, series)
                 group.classes[sop] = cls
                 self._by_uri[uri] = (group, sop)
+            batch = list(fresh.values())
+            for group in batch:
+                group.peers = batch
 
     def group_of(
         self, uri: str, make: Callable[[], tuple[str, str, str, str]]
