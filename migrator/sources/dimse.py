@@ -3,19 +3,22 @@
 ``dimse://AE@host:port`` is a source like a folder: Study Root C-FIND (on our own upper
 layer: migrator/sources/dimse_query.py) lists the studies
 (optionally in a StudyDate window and for one modality, split in date windows under a
-result cap: migrator/sources/windows.py), then each study's instances at IMAGE level with
-their series and SOP Class UIDs: in one query when the STUDY level said how many it holds
-and the answer has that many, else series by series. Each instance is one item:
+result cap: migrator/sources/windows.py), then their instances at IMAGE level with their
+series and SOP Class UIDs: up to GROUP_STUDIES studies in one query (a list of Study UIDs),
+each study kept when the STUDY level said how many it holds and the answer has that many;
+else the study in one query of its own, else series by series. Each instance is one item:
 ``dimse://AE@host:port/studies/{study}/series/{series}/instances/{sop}?class={sop class}``.
 Planned like a manifest's lines (UIDs known, nothing downloaded).
 
 Fetching is a C-GET at IMAGE level on an association that offers the SOP classes the listing
 gave, each in every transfer syntax this tool knows, one presentation context each, so that
 the archive sends each instance in the syntax it holds it in (not re-encoded). A batch tells
-the source its items first (``expect``): they are fetched series by series, one C-GET with
-the series' SOP Instance UIDs as a list, on one association (migrator/sources/retrieve.py:
-at most 64 instances and 11 SOP classes per request, within the 128 presentation contexts of
-an association), kept open for the next request (migrator/sources/getpool.py), on our own
+the source its items first (``expect``): the studies it holds whole are fetched together by
+one STUDY-level request, a whole series by a SERIES-level one, as the source's counts say
+(migrator/sources/wholes.py); anything else series by series, one C-GET with the series'
+SOP Instance UIDs as a list (migrator/sources/retrieve.py: at most 64 instances and 11 SOP
+classes per request, within the 128 presentation contexts of an association); each on one
+association, kept open for the next request (migrator/sources/getpool.py), on our own
 upper layer (migrator/dul/retrieving.py: no pynetdicom thread per association). Each C-STORE
 sub-operation is kept as it arrives (File Meta + the dataset's bytes as received): in memory
 when small, else in its own spool file, which the sender then reads and sends

@@ -3,8 +3,9 @@
 A batch names its instances before it reads any of them (``DimseSource.expect``): they are
 grouped by series (``SeriesGroup``). The first fetch of a member retrieves the members of
 its group not in yet (up to ``CHUNK``) with one request on one association (a C-GET, or a
-C-MOVE to our own Storage SCP: ``Retriever``); each instance is written to its own spool
-file as it arrives, and later fetches of the group's members take their file from the
+C-MOVE to our own Storage SCP: ``Retriever``), or, when the batch holds its study whole,
+with the batch's other whole studies (migrator/sources/wholes.py: ``peers``); each instance
+is kept as it arrives, and later fetches of the group's members take their file from the
 group. The sub-operation counts are compared with what the listing promised: members that
 did not come are asked for once more, then fail with the reason (``missing_reason``).
 
