@@ -140,26 +140,61 @@ def test_part_of_a_series_is_asked_by_uid(archive: Any, levels: list[tuple[str, 
     assert levels == [("IMAGE", 2)], levels
 
 
-def test_an_instance_added_after_the_listing_is_not_kept(
-    archive: Any, levels: list[tuple[str, int]], tmp_path: Path
-) -> None:
-    """The source holds one more than the batch names (added since the listing, and
-    counted in its series' size): that series is not whole any more, so its study is not
-    either; what was listed arrives, and the newcomer is neither kept nor left behind."""
-    pacs, uids, _ = archive
-    source = _source(pacs)
-    entries = list(source.iter_entries())
-    first = entries[0]
+def _add_one_more(pacs: OrthancPeer, tmp_path: Path, like: str) -> None:
+    """A copy of the instance ``like`` under a new SOP Instance UID, into the archive."""
     given = [pydicom.dcmread(f) for f in (tmp_path / "given").rglob("*.dcm")]
-    (ds,) = [d for d in given if d.SOPInstanceUID == first.sop_instance_uid]
+    (ds,) = [d for d in given if d.SOPInstanceUID == like]
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.9"
     out = io.BytesIO()
     ds.save_as(out)
     pacs.upload(out.getvalue())
+
+
+@pytest.mark.parametrize("retrieve", ["get", "move"])
+def test_an_instance_added_after_the_listing_is_not_kept(
+    archive: Any,
+    levels: list[tuple[str, int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    retrieve: str,
+) -> None:
+    """Added after the sizes were asked for: the whole studies' request brings it too,
+    and it is refused as it comes (not asked for), neither kept nor left behind; every
+    listed instance arrives. (Orthanc ends a C-MOVE at a refused sub-operation: what it
+    did not send then is asked for again, group by group.)"""
+    pacs, uids, move_port = archive
+    source = _source(pacs, move_port if retrieve == "move" else None)
+    entries = list(source.iter_entries())
+    real = wholes.Wholes.ask
+
+    def then_added(self: wholes.Wholes, config: Settings, study: str) -> None:
+        real(self, config, study)
+        if not (tmp_path / "added").exists():
+            (tmp_path / "added").touch()
+            _add_one_more(pacs, tmp_path, entries[0].sop_instance_uid)
+
+    monkeypatch.setattr(wholes.Wholes, "ask", then_added)
+    assert _fetch(source, entries) == uids
+    assert levels[0] == ("STUDY", 3), levels
+    if retrieve == "get":
+        assert levels == [("STUDY", 3)], levels
+    assert pacs.count_instances() == 19  # it was there to be sent
+    assert source._held.in_memory == 0
+    assert not os.listdir(source._held.spool)  # nothing left behind in the spool
+
+
+def test_an_instance_added_before_the_sizes_were_asked_leaves_its_study_to_its_own(
+    archive: Any, levels: list[tuple[str, int]], tmp_path: Path
+) -> None:
+    """Counted in its series' size: that series is not whole any more, so its study is
+    not either (asked for by UID); the other studies go together, and all listed come."""
+    pacs, uids, _ = archive
+    source = _source(pacs)
+    entries = list(source.iter_entries())
+    _add_one_more(pacs, tmp_path, entries[0].sop_instance_uid)
     assert _fetch(source, entries) == uids
     assert ("IMAGE", 3) in levels and ("STUDY", 2) in levels, levels
     assert source._held.in_memory == 0
-    assert not os.listdir(source._held.spool)  # nothing left behind in the spool
 
 
 def test_a_source_that_gives_no_series_sizes_is_asked_by_uid(
@@ -179,3 +214,70 @@ def test_a_source_that_gives_no_series_sizes_is_asked_by_uid(
     assert _fetch(source, list(source.iter_entries())) == uids
     assert [level for level, _ in levels] == ["IMAGE"] * 6, levels
     assert len(asked) == 1 and len(asked[0]) == 3, asked
+
+
+@pytest.mark.parametrize("answer", ["refused", "nothing"])
+def test_a_source_that_will_not_take_a_bundle_is_asked_group_by_group(
+    archive: Any, levels: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """A source that refuses a list of Study UIDs, or reads it as one UID and answers
+    "success" with nothing: each group asks on its own (at SERIES level, whole), every
+    instance arrives, and no bundle is asked for again."""
+    from migrator.sources.retrieve import Received, Refused
+
+    pacs, uids, _ = archive
+    source = _source(pacs)
+    real = source._retrieve
+    bundles: list[str] = []
+
+    def picky(study: str, series: str, wanted: dict[str, str]) -> Received:
+        if not series:
+            bundles.append(study)
+            if answer == "refused":
+                raise Refused("the source refused the C-GET (0xC000)")
+            return Received()  # final status success, no sub-operation
+        return real(study, series, wanted)
+
+    monkeypatch.setattr(source, "_retrieve", picky)
+    assert _fetch(source, list(source.iter_entries())) == uids
+    assert len(bundles) == 1, bundles
+    assert levels == [("SERIES", 1)] * 6, levels
+
+
+def test_an_unknown_move_destination_fails_the_whole_bundle_with_its_reason(
+    archive: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move to an AE the archive does not know (Orthanc 1.10: 0xC000, no association to
+    us), on a source that also refuses an IMAGE-level C-FIND for a list of studies (which
+    tells that answer apart from a missing instance): every instance fails saying what
+    to register, none with the C-FIND's refusal."""
+    from migrator.errors import PacsQueryError
+    from migrator.sources.dimse_query import ListingClient
+    from migrator.sources.inspect import inspect_item
+
+    pacs, _, move_port = archive
+    config = Settings(
+        host="127.0.0.1",
+        port=1,
+        called_ae="X",
+        calling_ae=OUR_AE,
+        move_port=move_port,
+        move_ae="STRANGER",
+        source_retrieve="move",
+    )
+    source = DimseSource(f"dimse://OLDPACS@127.0.0.1:{pacs.dicom_port}", config)
+    entries = list(source.iter_entries())
+    real = ListingClient.find
+
+    def no_lists(self: ListingClient, level: str, keys: Any, *args: Any, **kw: Any) -> Any:
+        if level == "IMAGE" and "\\" in str(keys.get("StudyInstanceUID", "")):
+            raise PacsQueryError("C-FIND at IMAGE level failed: 0xC000 Unable to process")
+        return real(self, level, keys, *args, **kw)
+
+    monkeypatch.setattr(ListingClient, "find", no_lists)
+    items = [SourceItem(e.uri, 0) for e in entries]
+    source.expect(items)
+    reasons = {str(inspect_item(source, item)) for item in items}
+    assert len(reasons) == 1, reasons
+    (reason,) = reasons
+    assert reason.startswith("the source refused the move destination AE STRANGER"), reason

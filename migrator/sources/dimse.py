@@ -262,6 +262,7 @@ class DimseSource(Fetching):
             return {}
         by_study: dict[str, dict[str, list[tuple[str, str]]]] = {uid: {} for uid in group}
         count = dict.fromkeys(group, 0)
+        incomplete: set[str] = set()  # a match without its series or SOP UID: on its own
         for image in found:
             study = str(image.get("StudyInstanceUID", ""))
             se = str(image.get("SeriesInstanceUID", ""))
@@ -269,7 +270,7 @@ class DimseSource(Fetching):
             if study not in by_study:
                 continue  # not one of ours (a source echoing the list): none trusted
             if not se or not sop:
-                count[study] = -1  # never equal to its size: listed on its own
+                incomplete.add(study)
                 continue
             count[study] += 1
             by_study[study].setdefault(se, []).append((sop, str(image.get("SOPClassUID", ""))))
@@ -278,7 +279,7 @@ class DimseSource(Fetching):
             # Distinct SOP Instance UIDs: an answer repeating one instance and missing
             # another has the right length but not the right set.
             distinct = len({sop for images in series.values() for sop, _ in images})
-            if distinct == count[study] == self._study_sizes.get(study):
+            if study not in incomplete and distinct == count[study] == self._study_sizes.get(study):
                 del self._study_sizes[study]
                 listed[study] = list(series.items())
         if listed:

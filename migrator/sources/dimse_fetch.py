@@ -76,7 +76,9 @@ class Fetching:
         """``wanted`` of ``group``, with the other whole studies of its batch when its own
         study is whole: one STUDY-level request for them all (migrator/sources/wholes.py),
         whose instances go to each group; else ``wanted`` alone (its series whole, or by
-        UID). A bundle the source refuses is not split: each group asks on its own."""
+        UID). A bundle the source refuses, or answers with none of ``group``'s instances
+        (a source that reads a list of Study UIDs as one UID finds nothing, and says
+        success), is not asked for again: ``group`` asks on its own, as will the others."""
         self._wholes.ask(self.config, study)
         bundle = self._wholes.bundle(group, wanted)
         if bundle is None:
@@ -89,17 +91,22 @@ class Fetching:
             try:
                 got = self._retrieve("\\".join(studies), "", asked)
             except Refused:
+                self._wholes.bundles = False
                 return self._retrieve(study, series, wanted)
-            except SourceError as exc:
-                # Refused for a reason that holds for every instance of it (an unknown
-                # move destination, an association refused): each group's instances fail
-                # with it, not asked for again one group at a time.
+            except RefusedAll as exc:
+                # Refused for a reason that holds for every instance of it (an unknown move
+                # destination): each group's instances fail with it, not asked for again
+                # one group at a time.
                 for peer in bundle:
                     peer.failed.update(dict.fromkeys(peer.classes, str(exc)))
                 raise
             for peer in bundle:
                 peer.arrived.update({s: f for s, f in got.files.items() if s in peer.classes})
             mine = {s: f for s, f in got.files.items() if s in wanted}
+            if not mine and got.local_error is None:
+                if not got.files:
+                    self._wholes.bundles = False
+                return self._retrieve(study, series, wanted)
             return Received(mine, got.counts, got.local_error)
         finally:
             for peer in bundle:
@@ -346,6 +353,8 @@ class Fetching:
             with ListingClient(self.config) as q:
                 found = q.find("IMAGE", keys, ["SOPInstanceUID"])
         except PacsQueryError as exc:
+            if not series:
+                return False  # no IMAGE level for a list of studies: taken not to hold them
             raise SourceError(f"{where}: {exc}") from None
         return sops <= {str(m.get("SOPInstanceUID", "")) for m in found}
 

@@ -4,7 +4,7 @@ A batch names its instances before it reads any of them (``DimseSource.expect``)
 grouped by series (``SeriesGroup``). The first fetch of a member retrieves the members of
 its group not in yet (up to ``CHUNK``) with one request on one association (a C-GET, or a
 C-MOVE to our own Storage SCP: ``Retriever``), or, when the batch holds its study whole,
-with the batch's other whole studies (migrator/sources/wholes.py: ``peers``); each instance
+with the batch's other whole studies (migrator/sources/wholes.py: ``batch``); each instance
 is kept as it arrives, and later fetches of the group's members take their file from the
 group. The sub-operation counts are compared with what the listing promised: members that
 did not come are asked for once more, then fail with the reason (``missing_reason``).
@@ -92,6 +92,15 @@ class Retriever(Protocol):
 
 
 @dataclass(eq=False)
+class Batch:
+    """The series groups of the items told in one ``expect``, by study, in their order."""
+
+    studies: dict[str, list[SeriesGroup]] = field(default_factory=dict)
+    #: study UID -> its place in ``studies``
+    index: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
 class SeriesGroup:
     """A batch's instances of one series, and what became of them."""
 
@@ -108,7 +117,7 @@ class SeriesGroup:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: the groups of the batch it came with (itself too): those asked for with it when
     #: they are whole studies (migrator/sources/wholes.py)
-    peers: list[SeriesGroup] = field(default_factory=list)
+    batch: Batch | None = None
 
     def take(self, sop: str, retrieve: Retriever) -> tuple[Kept, int]:
         """``sop``'s spool file, retrieving the group's missing members first if needed."""
@@ -235,9 +244,11 @@ class Groups:
                     group = fresh[(study, series)] = SeriesGroup(study, series)
                 group.classes[sop] = cls
                 self._by_uri[uri] = (group, sop)
-            batch = list(fresh.values())
-            for group in batch:
-                group.peers = batch
+            batch = Batch()
+            for group in fresh.values():
+                batch.studies.setdefault(group.study, []).append(group)
+                group.batch = batch
+            batch.index = {study: at for at, study in enumerate(batch.studies)}
 
     def group_of(
         self, uri: str, make: Callable[[], tuple[str, str, str, str]]

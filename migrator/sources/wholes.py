@@ -30,6 +30,7 @@ The counts are asked for once per batch, for all of its studies in one SERIES-le
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 from collections.abc import Iterable
@@ -47,6 +48,8 @@ log = logging.getLogger("migrator.sources.dimse")
 BUNDLE = 4 * CHUNK
 #: Studies whose series' sizes are asked for by one C-FIND.
 SIZES_STUDIES = 64
+#: Studies of the batch past a group's own looked at for its bundle.
+LOOK_AHEAD = 64
 
 
 class Wholes:
@@ -56,43 +59,53 @@ class Wholes:
         #: series UID -> its instances, as the source says
         self.sizes: dict[str, int] = {}
         #: study UID -> its series UIDs, as the source says
-        self.series_of: dict[str, set[str]] = {}
-        #: studies expected whose series' sizes were not asked for yet
-        self._unsized: set[str] = set()
+        self.series_of: dict[str, frozenset[str]] = {}
+        #: studies expected whose series' sizes were not asked for yet, in batch order
+        self._unsized: dict[str, None] = {}
         #: whether the source gives NumberOfSeriesRelatedInstances (None: not known yet)
         self.counted: bool | None = None
+        #: False once the source refused a bundle or answered it with nothing
+        self.bundles = True
         self._lock = threading.Lock()
 
     def expect(self, studies: Iterable[str]) -> None:
         with self._lock:
-            self._unsized.update(s for s in studies if s not in self.series_of)
+            for study in studies:
+                if study not in self.series_of:
+                    self._unsized.setdefault(study)
 
     def whole_series(self, series: str, wanted: int) -> bool:
         return self.sizes.get(series) == wanted
 
     def ask(self, config: Settings, study: str) -> None:
-        """The sizes of ``study``'s series and of every other study expected and not asked
-        for yet, once (on an association of their own; a failure only means asking by UID)."""
-        if self.counted is False:
-            return
+        """The sizes of ``study``'s series and of the next studies expected and not asked
+        for yet, once (on an association of their own: a failure only means asking by UID;
+        only a refusal of the query itself means not asking again)."""
+        if self.counted is False or study not in self._unsized:
+            return  # (read unlocked: the lock is only for who asks, and it is asked once)
         with self._lock:
             if study not in self._unsized:
                 return
-            asking = [study, *sorted(self._unsized - {study})][:SIZES_STUDIES]
-            self._unsized.difference_update(asking)
+            asking = [study, *(s for s in self._unsized if s != study)][:SIZES_STUDIES]
+            for uid in asking:
+                del self._unsized[uid]
             try:
                 found = _series_counts(config, asking)
-            except MigratorError as exc:
+            except PacsQueryError as exc:
                 log.info("%s: no series sizes (%s): instances asked for by UID", config.server, exc)
                 self.counted = False
                 return
-            counted = 0
+            except MigratorError as exc:  # busy, lost...: these studies by UID, no more
+                log.info("%s: no series sizes this time (%s)", config.server, exc)
+                return
+            series_of: dict[str, set[str]] = {}
             for study_uid, series, size in found:
                 if size > 0:
                     self.sizes[series] = size
-                    self.series_of.setdefault(study_uid, set()).add(series)
-                    counted += 1
-            if counted:
+                    series_of.setdefault(study_uid, set()).add(series)
+            # Whole sets at once: a reader never sees a study's series half listed.
+            self.series_of.update({uid: frozenset(ss) for uid, ss in series_of.items()})
+            if series_of:
                 self.counted = True
             elif self.counted is None:
                 self.counted = False  # no counts (dcmqrscp): by UID, not asked again
@@ -100,28 +113,29 @@ class Wholes:
     def bundle(self, group: SeriesGroup, wanted: dict[str, str]) -> list[SeriesGroup] | None:
         """Other groups of ``group``'s batch to ask for with it, locked (the caller
         releases them), when ``group``'s study is held whole by the batch, as studies at
-        STUDY level: ``group``'s whole study, and other whole studies of the batch as long
-        as they fit in BUNDLE instances and MAX_CLASSES SOP classes. None: not a whole
-        study (its series is asked for whole when it is, else by UID)."""
-        if not _untouched(group, wanted) or not self.whole_series(group.series, len(wanted)):
+        STUDY level: ``group``'s whole study, then the next whole studies of the batch (up
+        to LOOK_AHEAD) as long as they fit in BUNDLE instances and MAX_CLASSES SOP classes.
+        None: not a whole study (its series is asked for whole when it is, else by UID)."""
+        batch = group.batch
+        if (
+            not self.bundles
+            or batch is None
+            or not _untouched(group, wanted)
+            or not self.whole_series(group.series, len(wanted))
+        ):
             return None
-        peers = [g for g in group.peers if g is not group]
         taken: list[SeriesGroup] = []
         count, classes = 0, set[str]()
-        for study in dict.fromkeys([group.study, *(g.study for g in peers)]):
+        start = batch.index[group.study]
+        for study in itertools.islice(batch.studies, start, start + LOOK_AHEAD):
             own = study == group.study
-            members = [g for g in peers if g.study == study]
-            held = {g.series for g in members} | ({group.series} if own else set())
-            more = sum(len(g.classes) for g in members) + (len(wanted) if own else 0)
-            more_classes = {c for g in members for c in g.classes.values()}
-            if own:
-                more_classes |= set(wanted.values())
+            groups = batch.studies[study]
+            more = sum(len(g.classes) for g in groups)
+            more_classes = {c for g in groups for c in g.classes.values()}
             fits = count + more <= BUNDLE and len(classes | more_classes) <= MAX_CLASSES
-            locked = (
-                _lock_whole(members, self.sizes)
-                if held == self.series_of.get(study) and fits
-                else None
-            )
+            whole = frozenset(g.series for g in groups) == self.series_of.get(study)
+            members = [g for g in groups if g is not group]
+            locked = _lock_whole(members, self.sizes) if whole and fits else None
             if locked is None:
                 if own:
                     return None  # its own study is not whole (or busy): no bundle
@@ -129,6 +143,8 @@ class Wholes:
             taken += locked
             count += more
             classes |= more_classes
+            if count >= BUNDLE:
+                break
         return taken
 
 
