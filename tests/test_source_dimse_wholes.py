@@ -21,6 +21,7 @@ from migrator.sources import wholes
 from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
 from tests.peers.orthanc import OrthancPeer, free_port_all_interfaces
+from tests.test_source_dimse_speed import _fetch_all
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -75,30 +76,13 @@ def levels(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return sent
 
 
-def _fetch(source: DimseSource, entries: list[Any]) -> set[str]:
-    """``entries`` expected as one batch, then each fetched twice, as a send does (its
-    header read, then the send): the SOP Instance UIDs that came."""
-    items = [SourceItem(e.uri, 0) for e in entries]
-    source.expect(items)
-    got = set()
-    for item in items:
-        for _ in (1, 2):
-            with source.fetch(item) as payload:
-                data = payload.data
-                if payload.path is not None:
-                    data = Path(payload.path).read_bytes()
-                ds = pydicom.dcmread(io.BytesIO(data or b""), stop_before_pixels=True)
-                got.add(str(ds.SOPInstanceUID))
-    return got
-
-
 @pytest.mark.parametrize("retrieve", ["get", "move"])
 def test_a_batch_of_whole_studies_is_one_study_level_request(
     archive: Any, levels: list[tuple[str, int]], retrieve: str
 ) -> None:
     pacs, uids, move_port = archive
     source = _source(pacs, move_port if retrieve == "move" else None)
-    assert _fetch(source, list(source.iter_entries())) == uids
+    assert _fetch_all(source, list(source.iter_entries())) == uids
     assert levels == [("STUDY", 3)], levels
     assert source._held.in_memory == 0
 
@@ -109,7 +93,7 @@ def test_studies_past_the_bundle_bound_go_in_several_requests(
     monkeypatch.setattr(wholes, "BUNDLE", 12)  # two studies of 6 instances a request
     pacs, uids, _ = archive
     source = _source(pacs)
-    assert _fetch(source, list(source.iter_entries())) == uids
+    assert _fetch_all(source, list(source.iter_entries())) == uids
     assert levels == [("STUDY", 2), ("STUDY", 1)], levels
 
 
@@ -127,7 +111,7 @@ def test_a_study_split_over_two_batches_is_asked_series_by_series(
     for e in mine:
         by_series.setdefault(e.uri.split("/instances/")[0], []).append(e)
     one, two = by_series.values()
-    got = _fetch(source, one) | _fetch(_source(pacs), two)
+    got = _fetch_all(source, one) | _fetch_all(_source(pacs), two)
     assert got == {e.sop_instance_uid for e in mine}
     assert levels == [("SERIES", 1), ("SERIES", 1)], levels
 
@@ -136,7 +120,7 @@ def test_part_of_a_series_is_asked_by_uid(archive: Any, levels: list[tuple[str, 
     pacs, _, _ = archive
     source = _source(pacs)
     entries = list(source.iter_entries())[:2]  # 2 of the first series' 3 instances
-    assert _fetch(source, entries) == {e.sop_instance_uid for e in entries}
+    assert _fetch_all(source, entries) == {e.sop_instance_uid for e in entries}
     assert levels == [("IMAGE", 2)], levels
 
 
@@ -174,7 +158,7 @@ def test_an_instance_added_after_the_listing_is_not_kept(
             _add_one_more(pacs, tmp_path, entries[0].sop_instance_uid)
 
     monkeypatch.setattr(wholes.Wholes, "ask", then_added)
-    assert _fetch(source, entries) == uids
+    assert _fetch_all(source, entries) == uids
     assert levels[0] == ("STUDY", 3), levels
     if retrieve == "get":
         assert levels == [("STUDY", 3)], levels
@@ -192,7 +176,7 @@ def test_an_instance_added_before_the_sizes_were_asked_leaves_its_study_to_its_o
     source = _source(pacs)
     entries = list(source.iter_entries())
     _add_one_more(pacs, tmp_path, entries[0].sop_instance_uid)
-    assert _fetch(source, entries) == uids
+    assert _fetch_all(source, entries) == uids
     assert ("IMAGE", 3) in levels and ("STUDY", 2) in levels, levels
     assert source._held.in_memory == 0
 
@@ -211,7 +195,7 @@ def test_a_source_that_gives_no_series_sizes_is_asked_by_uid(
 
     monkeypatch.setattr(wholes, "_series_counts", no_counts)
     source = _source(pacs)
-    assert _fetch(source, list(source.iter_entries())) == uids
+    assert _fetch_all(source, list(source.iter_entries())) == uids
     assert [level for level, _ in levels] == ["IMAGE"] * 6, levels
     assert len(asked) == 1 and len(asked[0]) == 3, asked
 
@@ -239,7 +223,7 @@ def test_a_source_that_will_not_take_a_bundle_is_asked_group_by_group(
         return real(study, series, wanted)
 
     monkeypatch.setattr(source, "_retrieve", picky)
-    assert _fetch(source, list(source.iter_entries())) == uids
+    assert _fetch_all(source, list(source.iter_entries())) == uids
     assert len(bundles) == 1, bundles
     assert levels == [("SERIES", 1)] * 6, levels
 
