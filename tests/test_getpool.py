@@ -43,7 +43,7 @@ PRELUDE = textwrap.dedent(
 
     def kept_pool():
         pool = getpool.GetPool(11)
-        with pool.lease(["1.2.3"], False, lambda offer, wildcard, on_store: FakeAssociation()):
+        with pool.lease(["1.2.3"], False, lambda offer, wildcard: FakeAssociation()):
             pass
         assert len(pool._idle) == 1
         return pool

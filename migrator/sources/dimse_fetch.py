@@ -140,7 +140,7 @@ class Fetching:
             raise RefusedAll(f"{self.uri}: --retrieve move needs --move-port")
         where = _where(self.uri, study, series)
 
-        def opener(classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int]) -> Any:
+        def opener(classes: Sequence[str], wildcard: bool) -> Any:
             # FIND too: some archives refuse a retrieve without it.
             assoc = self._associate([_qr(1, MOVE_MODEL), _qr(3, FIND)], [], "C-MOVE", where)
             if assoc.context_of(MOVE_MODEL) is None:
@@ -269,8 +269,8 @@ class Fetching:
             # picks one and may have to convert), within the 128 contexts.
             classes = list(dict.fromkeys([*classes, *_common_storage_classes()]))[:126]
 
-        def opener(offer: Sequence[str], wild: bool, on_store: Callable[[Any], int]) -> Any:
-            return self._open_get(offer, wild, on_store, where)
+        def opener(offer: Sequence[str], wild: bool) -> Any:
+            return self._open_get(offer, wild, where)
 
         asked = self._asked(series, wanted)
         for fresh in (False, True):
@@ -305,7 +305,7 @@ class Fetching:
         return list(wanted)
 
     def _open_get(
-        self, classes: Sequence[str], wildcard: bool, on_store: Callable[[Any], int], where: str
+        self, classes: Sequence[str], wildcard: bool, where: str
     ) -> RetrievingAssociation:
         """An association for C-GET: the model, FIND, and each SOP class as Storage SCP
         (role selection) in every syntax we know, a context each (``wildcard``: one context
@@ -425,11 +425,7 @@ def _lease(
 
 @contextlib.contextmanager
 def _one_off(opener: Opener, classes: list[str], wildcard: bool) -> Iterator[Lease]:
-    holder: list[Lease] = []
-    lease = Lease(
-        opener(classes, wildcard, lambda event: holder[0].handle(event)), frozenset(), wildcard
-    )
-    holder.append(lease)
+    lease = Lease(opener(classes, wildcard), frozenset(), wildcard)
     try:
         yield lease
     except BaseException:

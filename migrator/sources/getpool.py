@@ -56,9 +56,10 @@ KEEP = 1
 #: a series' instances) is far shorter; a batch's end frees the source's thread soon.
 IDLE_S = 0.5
 
-#: ``open(classes, wildcard, on_store)`` -> an established association offering
-#: ``classes`` (and the retrieve contexts), whose C-STORE sub-operations go to ``on_store``
-Opener = Callable[[Sequence[str], bool, Callable[[Any], int]], Any]
+#: ``open(classes, wildcard)`` -> an established association offering ``classes`` (and the
+#: retrieve contexts); each request names where its C-STORE sub-operations go
+#: (``Lease.handle``, which hands them to the request's ``on_store``)
+Opener = Callable[[Sequence[str], bool], Any]
 
 
 @dataclass(eq=False)
@@ -146,14 +147,11 @@ class GetPool:
         if found is not None:
             found.reused = True
             return found
-        holder: list[Lease] = []
-        assoc = opener(offer, wildcard, lambda event: holder[0].handle(event))
+        assoc = opener(offer, wildcard)
         # What the source accepted, not what was offered: a class it refused is not taken
         # for one this association can carry.
         accepted = {cx.abstract_syntax for cx in getattr(assoc, "accepted_contexts", [])}
-        lease = Lease(assoc, frozenset(c for c in offer if c in accepted), wildcard)
-        holder.append(lease)
-        return lease
+        return Lease(assoc, frozenset(c for c in offer if c in accepted), wildcard)
 
     def _offer(self, needed: frozenset[str]) -> list[str]:
         """The request's classes, then the most recent others met, up to the maximum."""
