@@ -285,6 +285,17 @@ def test_an_unknown_pdu_type_is_aborted_at_once_and_frees_the_slot(
 # -- idle associations -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scp", [("--max-conns", "1")], indirect=True)
+def test_a_sender_that_associates_again_at_once_after_a_release_finds_its_slot_free(
+    scp: RunningScp,
+) -> None:
+    """--max-conns 1 and a sender opening its next association the moment it reads the
+    A-RELEASE-RP: the slot is free by then, every time (the SCP used to free it after
+    answering and closing, and a quick sender was now and then rejected as "too many")."""
+    for _ in range(200):
+        echo(scp)
+
+
 @pytest.mark.parametrize("scp", [("--idle-timeout", "2")], indirect=True)
 def test_an_idle_association_is_aborted_after_the_idle_timeout(scp: RunningScp) -> None:
     sock, kind, _ = associate(scp)

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from migrator.dul import dimse
 from migrator.dul.acse import (
@@ -199,17 +199,18 @@ def serve(assoc: Accepted, handler: Handler, cfg: Settings) -> None:
     reader = PduReader(sock, idle=cfg.stall_timeout, stall=cfg.stall_timeout)
     reader.deadline = cfg.handshake_deadline
     how, why = End.CLOSED, ""
+    #: what to send before closing, and whether to linger for the peer to close first
+    last: tuple[bytes, bool] | None = None
     try:
-        _Association(assoc, reader, handler, cfg).run()
-        how, why = End.RELEASED, "released"
+        _Association(assoc, reader, handler, cfg).run()  # ends by raising (_Drop: released...)
     except _Drop as drop:
         how, why = drop.how, drop.why
-        _close_with(sock, drop.last, drop.linger)
+        last = (drop.last, drop.linger)
     except HandshakeExpired:
         how, why = End.HANDSHAKE, "no association request in time"
     except Idle:
         how, why = End.IDLE, "idle"
-        _close_with(sock, _abort_pdu(0), linger=False)
+        last = (_abort_pdu(0), False)
     except Stalled:
         how, why = End.STALLED, "no data in the middle of a PDU"
     except PeerClosed:
@@ -219,10 +220,17 @@ def serve(assoc: Accepted, handler: Handler, cfg: Settings) -> None:
     except OSError as exc:
         how, why = End.CLOSED, str(exc.strerror or exc)
     finally:
-        with contextlib.suppress(OSError):
-            sock.close()
+        # The handler hears of the end (its connection slot freed) before the peer can: a
+        # peer that connects again as soon as it reads our A-RELEASE-RP, A-ABORT or the
+        # close must find its slot free (--max-conns 1: seen rejected as "too many").
         assoc.ended = True
-        handler.ended(assoc, how, why)
+        try:
+            handler.ended(assoc, how, why)
+        finally:
+            if last is not None:
+                _close_with(sock, *last)
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 def _close_with(sock: socket.socket, last: bytes, linger: bool) -> None:
@@ -275,7 +283,7 @@ class _Association:
             )
         return pdu_type, length
 
-    def run(self) -> None:
+    def run(self) -> NoReturn:
         try:
             self._associate()
             self.reader.idle = self.cfg.idle_timeout
@@ -286,9 +294,8 @@ class _Association:
                 elif pdu_type == A_RELEASE_RQ:
                     self.reader.skip(length)
                     self._discard()
-                    with contextlib.suppress(OSError):
-                        self.assoc.sock.sendall(RELEASE_RP)
-                    return
+                    # A-RELEASE-RP sent by serve() once the handler has heard of the end.
+                    raise _Drop(End.RELEASED, "released", RELEASE_RP)
                 elif pdu_type == A_ABORT:
                     body = bytes(self.reader.take(length)) if length <= 64 else b""
                     reason = abort_text(body[2], body[3]) if len(body) >= 4 else "A-ABORT"
