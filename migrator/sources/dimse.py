@@ -260,28 +260,9 @@ class DimseSource(Fetching):
             self._grouped = False
             q[0] = self._relisting(q[0])
             return {}
-        by_study: dict[str, dict[str, list[tuple[str, str]]]] = {uid: {} for uid in group}
-        count = dict.fromkeys(group, 0)
-        incomplete: set[str] = set()  # a match without its series or SOP UID: on its own
-        for image in found:
-            study = str(image.get("StudyInstanceUID", ""))
-            se = str(image.get("SeriesInstanceUID", ""))
-            sop = str(image.get("SOPInstanceUID", ""))
-            if study not in by_study:
-                continue  # not one of ours (a source echoing the list): none trusted
-            if not se or not sop:
-                incomplete.add(study)
-                continue
-            count[study] += 1
-            by_study[study].setdefault(se, []).append((sop, str(image.get("SOPClassUID", ""))))
-        listed: dict[str, Listed] = {}
-        for study, series in by_study.items():
-            # Distinct SOP Instance UIDs: an answer repeating one instance and missing
-            # another has the right length but not the right set.
-            distinct = len({sop for images in series.values() for sop, _ in images})
-            if study not in incomplete and distinct == count[study] == self._study_sizes.get(study):
-                del self._study_sizes[study]
-                listed[study] = list(series.items())
+        listed = _verified(found, {uid: self._study_sizes.get(uid) for uid in group})
+        for study in listed:
+            del self._study_sizes[study]
         if listed:
             self._grouped = True
         elif self._grouped is None:
@@ -317,20 +298,10 @@ class DimseSource(Fetching):
                 raise _RelaxedDropped from None
             if not found:
                 self._relaxed_images = False  # no answer to it at all: not asked again
-            by_series: dict[str, list[tuple[str, str]]] = {}
-            for image in found:
-                se = str(image.get("SeriesInstanceUID", ""))
-                sop = str(image.get("SOPInstanceUID", ""))
-                if not se or not sop:
-                    by_series = {}
-                    break
-                by_series.setdefault(se, []).append((sop, str(image.get("SOPClassUID", ""))))
-            # Distinct SOP Instance UIDs: an answer repeating one instance and missing another
-            # has the right length but not the right set.
-            distinct = len({sop for images in by_series.values() for sop, _ in images})
-            if not cut and distinct == promised == len(found):
+            listed = _verified(found, {study: promised}, one=study)
+            if not cut and study in listed:
                 self._relaxed_images = True
-                yield from by_series.items()
+                yield from listed[study]
                 return
         keys = {"StudyInstanceUID": study}
         for series in self._all(q, "SERIES", keys, ["SeriesInstanceUID"]):
@@ -397,6 +368,38 @@ class DimseSource(Fetching):
     def _get(self, item: SourceItem) -> tuple[Kept, int]:
         group, sop = self._groups.group_of(item.uri, lambda: _parse_item(item.uri))
         return group.take(sop, lambda st, se, wanted: self._fetch_group(group, st, se, wanted))
+
+
+def _verified(
+    found: list[Any], sizes: dict[str, int | None], one: str | None = None
+) -> dict[str, Listed]:
+    """The studies of ``sizes`` whose IMAGE-level matches in ``found`` are exactly as many
+    distinct instances as their STUDY level said (``sizes``), each with its series and SOP
+    UIDs: their instances, series by series. A study with a match missing its series or
+    SOP UID is left out; so are matches of other studies (a source echoing a list), or,
+    with ``one``, every match is that study's (whatever Study UID it names)."""
+    by_study: dict[str, dict[str, list[tuple[str, str]]]] = {uid: {} for uid in sizes}
+    count = dict.fromkeys(sizes, 0)
+    incomplete: set[str] = set()
+    for image in found:
+        study = one or str(image.get("StudyInstanceUID", ""))
+        se = str(image.get("SeriesInstanceUID", ""))
+        sop = str(image.get("SOPInstanceUID", ""))
+        if study not in by_study:
+            continue
+        if not se or not sop:
+            incomplete.add(study)
+            continue
+        count[study] += 1
+        by_study[study].setdefault(se, []).append((sop, str(image.get("SOPClassUID", ""))))
+    listed: dict[str, Listed] = {}
+    for study, series in by_study.items():
+        # Distinct SOP Instance UIDs: an answer repeating one instance and missing another
+        # has the right length but not the right set.
+        distinct = len({sop for images in series.values() for sop, _ in images})
+        if study not in incomplete and distinct == count[study] == sizes[study]:
+            listed[study] = list(series.items())
+    return listed
 
 
 class _RelaxedDropped(Exception):
