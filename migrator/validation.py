@@ -11,7 +11,8 @@ from migrator.errors import ConfigError
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 # PS3.5 §9.1: components of digits separated by ".", no leading zero in a multi-digit
 # component, 64 characters at most.
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline ("1.2\n").
+_UID_RE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 
 
 def ae_title(value: str, what: str = "AE title") -> str:
@@ -37,4 +38,4 @@ def is_valid_ae(value: str) -> bool:
 
 def is_valid_uid(value: str) -> bool:
     """True when ``value`` is a syntactically valid UID (safe to use as a file name)."""
-    return len(value) <= 64 and bool(_UID_RE.match(value))
+    return len(value) <= 64 and _UID_RE.fullmatch(value) is not None

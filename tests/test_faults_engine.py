@@ -637,7 +637,10 @@ def test_pacs_aborting_mid_stream_gets_the_lost_files_again_each_stored_once(
     is not stored, no response): the sender cannot know the outcome, re-sends it on a new
     association, and every instance ends stored exactly once."""
     files = corpus(tmp_path / "in", 40, seed=91)
-    with start_migrator_scp(tmp_path / "scp", "--abort-after", "5", "--fail-first", "3") as scp:
+    # -v: the per-file lines, which say when a file replaced one stored before
+    with start_migrator_scp(
+        tmp_path / "scp", "--abort-after", "5", "--fail-first", "3", "-v"
+    ) as scp:
         with workers(redis_server.url, 2, tmp_path):
             code, out = finish(
                 start_run(
@@ -656,7 +659,9 @@ def test_pacs_aborting_mid_stream_gets_the_lost_files_again_each_stored_once(
     counts = assert_accounted(ledger, received(scp), set(files))
     assert counts["stored"] == 40
     assert "Successful stores: 40" in summary and "fault injection: 3" in summary, summary
-    assert "replaced an existing file" not in scp.log_text()  # nothing was stored twice
+    log_text = scp.log_text()
+    assert log_text.count(" stored as ") == 40, log_text[-2000:]
+    assert "replaced an existing file" not in log_text  # nothing was stored twice
     resent = [o for o in outcomes(ledger) if o.attempts > 1]
     assert len(resent) == 3 and all(o.attempts == 2 for o in resent), resent
 

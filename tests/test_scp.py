@@ -221,6 +221,25 @@ def test_pynetdicom_corpus_flat_layout_keeps_each_transfer_syntax(
 
 
 @pytest.mark.timeout(60)
+def test_a_line_per_stored_file_only_with_verbose(scps: Any) -> None:
+    """By default the log says who associated and sums up, with no line per stored file
+    (at thousands of files a second that line was a quarter of the receiver's CPU, and a
+    flood); with -v each stored file has its line, naming its path."""
+    for args, per_file in (((), False), (("-v",), True)):
+        scp = scps("--no-organize", *args)
+        datasets = [_renumber(dcmread(get_testdata_file("CT_small.dcm"))) for _ in range(3)]
+        assoc = _associate(scp.port, [(CT, str(datasets[0].file_meta.TransferSyntaxUID))])
+        assert [int(assoc.send_c_store(ds).Status) for ds in datasets] == [0, 0, 0]
+        assoc.release()
+        summary = scp.stop()
+        assert "Successful stores: 3" in summary
+        log_text = scp.log_text()
+        assert "association from PYNETDICOM@127.0.0.1" in log_text
+        lines = [f"stored as {ds.SOPInstanceUID}.dcm" in log_text for ds in datasets]
+        assert lines == [per_file] * 3, log_text
+
+
+@pytest.mark.timeout(60)
 def test_echoscu_succeeds_and_no_accept_echo_rejects_it(scps: Any) -> None:
     """echoscu gets success; with --no-accept-echo its only context is rejected and it fails."""
     scp = scps()

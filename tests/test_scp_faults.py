@@ -251,7 +251,7 @@ def test_abort_after_with_fail_first_lets_a_reconnecting_sender_finish(scp_facto
 @pytest.mark.timeout(60)
 def test_response_delay_outlasts_a_short_dimse_timeout(scp_factory: Any) -> None:
     """--response-delay 800: answered late (status 0); a 0.3 s DIMSE timeout sees nothing."""
-    scp = scp_factory("--response-delay", "800")
+    scp = scp_factory("--response-delay", "800", "-v")
     assoc = _associate(scp)
     t0 = time.monotonic()
     assert _status(assoc.send_c_store(_instance(1))) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pydicom
 import pytest
@@ -35,6 +36,7 @@ HOSTILE = [
     "1." + "2" * 80,  # longer than 64
     "1.2.3 ",
     "1.02",  # leading zero in a component: not a UID
+    "1.2.3\n",  # a regular expression's "$" matches before a final newline
 ]
 
 
@@ -182,3 +184,60 @@ def test_an_output_directory_removed_while_receiving_is_made_again(tmp_path: Pat
         assert Path(final).read_bytes() == b"metadataset"
         shutil.rmtree(tmp_path / "1.2")
     assert os.listdir(tmp_path) == []  # no .part left behind
+
+
+def _received(tmp_path: Path, path: Path, cut: int = 0) -> tuple[Any, Any, int]:
+    """(the file's header, the header ``IncomingFile`` reads of its dataset as received in
+    the file's syntax, less its last ``cut`` bytes; the length of the File Meta the
+    receiver wrote before it)."""
+    from migrator.dicomfile.inspect import inspect_file
+    from migrator.scp.incoming import IncomingFile, meta_bytes
+
+    header = inspect_file(str(path))
+    dataset = path.read_bytes()[header.dataset_offset : header.size - cut]
+    syntax, sop_class = header.transfer_syntax, header.sop_class_uid
+    meta = meta_bytes(sop_class, header.sop_instance_uid, syntax, "SENDER")
+    incoming = IncomingFile(
+        str(tmp_path), header.sop_instance_uid, meta, syntax=syntax, sop_class=sop_class
+    )
+    incoming.write(memoryview(dataset))
+    incoming.close()
+    try:
+        return header, incoming.header(), len(meta)
+    finally:
+        incoming.discard()
+
+
+def test_the_received_header_is_the_files_header_in_every_syntax(tmp_path: Path) -> None:
+    """The receiver reads a dataset's UIDs without parsing the File Meta it wrote itself
+    (``inspect_dataset``): the same header as the whole file's, for every syntax of the
+    mixed corpus (implicit, explicit, big endian, deflated, compressed)."""
+    from migrator.synth import write_mixed_corpus
+
+    syntaxes = set()
+    for path in write_mixed_corpus(tmp_path / "in", seed=7):
+        expected, got, meta_len = _received(tmp_path, path)
+        if not expected.has_meta:
+            continue
+        syntaxes.add(expected.transfer_syntax)
+        assert (got.sop_instance_uid, got.study_uid, got.series_uid) == (
+            expected.sop_instance_uid,
+            expected.study_uid,
+            expected.series_uid,
+        ), path.name
+        assert got.transfer_syntax == expected.transfer_syntax
+        assert got.size == meta_len + expected.size - expected.dataset_offset
+    assert len(syntaxes) >= 4, syntaxes
+
+
+def test_a_received_dataset_cut_inside_its_pixel_data_is_refused(tmp_path: Path) -> None:
+    """The receiver's quick header read runs the same damage checks as a file's: a dataset
+    whose Pixel Data is shorter than the image is unreadable (the receiver answers 0xC000)."""
+    from migrator.dicomfile.header import TruncatedError
+    from migrator.synth import write_corpus
+
+    (path,) = write_corpus(tmp_path / "in", count=1, size="tiny", seed=3)
+    _, whole, _ = _received(tmp_path, path)
+    assert whole.sop_instance_uid
+    with pytest.raises(TruncatedError):
+        _received(tmp_path, path, cut=100)

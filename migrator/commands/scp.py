@@ -245,7 +245,7 @@ def resolve_sop_class(text: str) -> str:
     "--verbose",
     env="SCP_VERBOSE",
     count=True,
-    help="Debug logging (each association's end, and the upper layer's details).",
+    help="A line per stored file, each association's end, and the upper layer's details.",
 )
 def scp_command(
     port: int,
@@ -280,9 +280,10 @@ def scp_command(
     Meta header, atomically (temporary .part file then rename). UIDs are not trusted:
     an instance whose Study/Series/SOP Instance UID is not a valid UID (e.g. contains
     "/" or "..") is refused with status 0xC000 and nothing is written; a failed write
-    answers 0xA700. Logs go to stderr: a banner, one line per C-ECHO/C-STORE (AE titles,
-    SOP class, path; never patient data), statistics every 30 s, and a summary on
-    SIGTERM or Ctrl-C (associations still open then are aborted). Once listening it
+    answers 0xA700. Logs go to stderr: a banner, a line per association and C-ECHO and
+    per C-STORE that failed (AE titles, SOP class; never patient data), with -v a line
+    per stored file too (its path, size, syntax, time), statistics every 30 s, and a
+    summary on SIGTERM or Ctrl-C (associations still open then are aborted). Once listening it
     prints, for scripts: "migrator scp: listening on HOST:PORT as AE TITLE (pid N)".
 
     Peers that hold slots without sending are cut off: a connection has --handshake-timeout

@@ -67,6 +67,8 @@ _WANTED = {
     0x0020000E: "series_uid",
 }
 _LAST_WANTED = 0x0020000E
+#: What a receiver needs of a dataset: the UIDs that name its file (``inspect_dataset``).
+_RECEIVED = {tag: name for tag, name in _WANTED.items() if name.endswith("_uid")}
 
 
 class _PastEnd(NeedMoreBytes):
@@ -185,6 +187,42 @@ def inspect_bytes(
     import io
 
     return inspect_with_pydicom(io.BytesIO(bytes(data)), total, name)
+
+
+def inspect_dataset(
+    data: bytes,
+    size: int,
+    ts: str,
+    meta: tuple[int, str, str],
+    read: Reader | None = None,
+) -> DicomHeader | None:
+    """The header of a received dataset whose transfer syntax is known (a C-STORE's
+    presentation context): ``data`` holds its first bytes (all of them when ``size`` is
+    ``len(data)``); ``meta`` is the File Meta written before it: (its length, its SOP Class
+    and SOP Instance UIDs, which stand in for the dataset's missing ones as in a file's
+    header). Only the UIDs are read, and the same damage checks run as for a file. None
+    when only the general path can tell (a deflated dataset, one not encoded as its syntax
+    says, one whose header goes past ``data``): the caller then inspects the whole file.
+    """
+    if ts == DEFLATED_LE or not data:
+        return None
+    complete = len(data) >= size
+    try:
+        found, rest = _scan_dataset(data, 0, ts, complete, _RECEIVED)
+    except (NotDicomError, NeedMoreBytes):
+        return None
+    meta_size, sop_class, sop_instance = meta
+    header = build_header(
+        found.get("sop_class_uid") or sop_class,
+        found.get("sop_instance_uid") or sop_instance,
+        ts,
+        found,
+        meta_size,
+        meta_size + size,
+        True,
+    )
+    check_rest(data, rest, size, ts, read)
+    return header
 
 
 def _inspect(head: bytes, size: int, read: Reader | None = None) -> DicomHeader:
@@ -306,7 +344,9 @@ def _sniff_syntax(head: bytes, pos: int) -> str | None:
     return None
 
 
-def _scan_dataset(head: bytes, pos: int, ts: str, complete: bool) -> tuple[dict[str, str], int]:
+def _scan_dataset(
+    head: bytes, pos: int, ts: str, complete: bool, wanted: dict[int, str] = _WANTED
+) -> tuple[dict[str, str], int]:
     """Read top-level elements up to (0020,000E), skipping sequences; return the wanted UIDs
     and where the first element after them starts.
 
@@ -352,7 +392,7 @@ def _scan_dataset(head: bytes, pos: int, ts: str, complete: bool) -> tuple[dict[
             except NeedMoreBytes:
                 raise _PastEnd(tag) from None
             continue
-        name = _WANTED.get(tag)
+        name = wanted.get(tag)
         if name:
             if pos + length > end:
                 raise _PastEnd(tag)

@@ -24,6 +24,7 @@ Semantics (also in ``migrator scp --help``; tests pin each rule):
 from __future__ import annotations
 
 import enum
+import itertools
 import threading
 import weakref
 from dataclasses import dataclass
@@ -112,7 +113,8 @@ class FaultInjector:
         plan.validate()
         self.plan = plan
         self._lock = threading.Lock()
-        self._count = 0
+        #: C-STORE numbers (#1, #2... in the log); next() on a count is atomic
+        self._numbers = itertools.count(1)
         self._budget_used = 0
         # Stores seen per association; weak keys so finished associations drop out.
         self._per_assoc: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
@@ -131,9 +133,10 @@ class FaultInjector:
     def on_store(self, assoc: object) -> Decision:
         """Record one C-STORE on ``assoc`` and say what to do with it."""
         plan = self.plan
+        if plan.abort_after is None and plan.fail_status is None:
+            return Decision(Action.STORE, next(self._numbers))  # no faults: no lock
         with self._lock:
-            self._count += 1
-            number = self._count
+            number = next(self._numbers)
             if plan.abort_after is not None:
                 on_assoc = self._per_assoc.get(assoc, 0) + 1
                 self._per_assoc[assoc] = on_assoc

@@ -12,13 +12,14 @@ atomic rename, no copy). A dataset that is cut off or refused leaves nothing beh
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import struct
 from pathlib import Path, PurePosixPath
 
 from migrator.dicomfile.header import DicomHeader
-from migrator.dicomfile.inspect import inspect_bytes, inspect_file
+from migrator.dicomfile.inspect import inspect_bytes, inspect_dataset, inspect_file
 from migrator.dul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from migrator.scp.storage import PREAMBLE, UnsafeUIDError, resolve_under
 from migrator.validation import is_valid_ae
@@ -28,6 +29,16 @@ HEAD_KEPT = 64 * 1024
 #: Written to the file in one call once this much is buffered.
 WRITE_BLOCK = 1024 * 1024
 _counter = itertools.count(1)
+#: This process's id for the ``.part`` names (os.getpid() is a system call each time).
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _element(tag: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
@@ -40,18 +51,32 @@ def _element(tag: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
 
 def meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:
     """Preamble, ``DICM`` and the File Meta group (Explicit VR Little Endian), as
-    ``storage.encode_meta(storage.file_meta(...))`` writes it, without pydicom (~3 us)."""
-    body = (
-        _element(0x0001, b"OB", b"\x00\x01", b"\x00")
-        + _element(0x0002, b"UI", sop_class.encode(), b"\x00")
-        + _element(0x0003, b"UI", sop_instance.encode(), b"\x00")
-        + _element(0x0010, b"UI", transfer_syntax.encode(), b"\x00")
+    ``storage.encode_meta(storage.file_meta(...))`` writes it, without pydicom: only the
+    SOP Instance UID element is built per instance (~1 us), the rest once per SOP class,
+    syntax and AE title."""
+    before, after = _meta_parts(sop_class, transfer_syntax, source_ae)
+    instance = _element(0x0003, b"UI", sop_instance.encode(), b"\x00")
+    length = len(before) + len(instance) + len(after)
+    return b"".join((PREAMBLE, _GROUP_LENGTH.pack(2, 0, b"UL", 4, length), before, instance, after))
+
+
+_GROUP_LENGTH = struct.Struct("<HH2sHI")
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_parts(sop_class: str, transfer_syntax: str, source_ae: str) -> tuple[bytes, bytes]:
+    """The File Meta elements before and after the SOP Instance UID."""
+    before = _element(0x0001, b"OB", b"\x00\x01", b"\x00") + _element(
+        0x0002, b"UI", sop_class.encode(), b"\x00"
+    )
+    after = (
+        _element(0x0010, b"UI", transfer_syntax.encode(), b"\x00")
         + _element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode(), b"\x00")
         + _element(0x0013, b"SH", IMPLEMENTATION_VERSION.encode(), b" ")
     )
     if source_ae and is_valid_ae(source_ae):
-        body += _element(0x0016, b"AE", source_ae.encode(), b" ")
-    return PREAMBLE + struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body)) + body
+        after += _element(0x0016, b"AE", source_ae.encode(), b" ")
+    return before, after
 
 
 class Placer:
@@ -68,16 +93,20 @@ class Placer:
         self._root = str(self.root)
         self._safe: set[str] = set()
 
-    def place(self, tmp: str, rel: PurePosixPath, *, again: bool = True) -> tuple[str, bool]:
+    def place(
+        self, tmp: str, rel: PurePosixPath | tuple[str, ...], *, again: bool = True
+    ) -> tuple[str, bool]:
         """Rename ``tmp`` to root/rel; (final path, whether it replaced a file)."""
-        parent = os.path.join(self._root, *rel.parts[:-1])
+        parts = rel.parts if isinstance(rel, PurePosixPath) else rel
+        parent = "/".join((self._root, *parts[:-1])) if len(parts) > 1 else self._root
         if parent not in self._safe:
+            rel = PurePosixPath(*parts)
             final = resolve_under(self.root, rel)
             final.parent.mkdir(parents=True, exist_ok=True)
             # Re-check after mkdir: a directory created concurrently could be a symlink.
             resolve_under(self.root, PurePosixPath(final.relative_to(self.root)))
             self._safe.add(parent)
-        final_name = os.path.join(parent, rel.parts[-1])
+        final_name = f"{parent}/{parts[-1]}"
         replaced = os.path.lexists(final_name)
         try:
             os.replace(tmp, final_name)
@@ -94,11 +123,22 @@ class Placer:
 class IncomingFile:
     """The ``.part`` file of one C-STORE: meta written at once, dataset appended."""
 
-    def __init__(self, root: str, sop_instance: str, meta: bytes) -> None:
-        self.path = os.path.join(root, f".{sop_instance}.{os.getpid()}.{next(_counter)}.part")
+    def __init__(
+        self,
+        root: str,
+        sop_instance: str,
+        meta: bytes,
+        *,
+        syntax: str = "",
+        sop_class: str = "",
+    ) -> None:
+        self.path = f"{root}/.{sop_instance}.{_pid}.{next(_counter)}.part"
         # 0o666 minus the umask, as any file the user creates (mkstemp's 0600 is not).
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         self._meta = meta
+        #: the dataset's transfer syntax and the SOP UIDs of the meta ("": read the meta)
+        self._syntax = syntax
+        self._uids = (sop_class, sop_instance)
         self._pending: list[bytes | memoryview] = [meta]
         self._pending_size = len(meta)
         self._head = bytearray()
@@ -134,9 +174,15 @@ class IncomingFile:
     def header(self) -> DicomHeader:
         """The header of the file as written (our File Meta names the transfer syntax, which
         a deflated dataset needs): read from memory when the whole dataset is there."""
-        if self.size <= len(self._head):
-            return inspect_bytes(self._meta + bytes(self._head), self.path)
-        return inspect_file(self.path)
+        if self.size > len(self._head):
+            return inspect_file(self.path)
+        head = bytes(self._head)
+        if self._syntax:
+            meta = (len(self._meta), *self._uids)
+            header = inspect_dataset(head, self.size, self._syntax, meta)
+            if header is not None:
+                return header
+        return inspect_bytes(self._meta + head, self.path)
 
     def discard(self) -> None:
         if self._fd >= 0:

@@ -33,7 +33,7 @@ from migrator.scp.faults import Action, FaultInjector
 from migrator.scp.guards import Connection, ConnectionGuard
 from migrator.scp.incoming import IncomingFile, Placer, meta_bytes
 from migrator.scp.stats import ScpStats
-from migrator.scp.storage import UnsafeUIDError, checked_uid, relative_path
+from migrator.scp.storage import UnsafeUIDError, checked_uid, relative_parts
 
 if TYPE_CHECKING:
     from migrator.scp.server import ScpConfig
@@ -193,9 +193,10 @@ class _Store:
         except UnsafeUIDError as exc:
             self.refusal = str(exc)  # the dataset is read and dropped
             return
-        meta = meta_bytes(sop_class, sop, request.context.transfer_syntax, assoc.calling_ae)
+        syntax = request.context.transfer_syntax
+        meta = meta_bytes(sop_class, sop, syntax, assoc.calling_ae)
         try:
-            self.file = IncomingFile(scp.root, sop, meta)
+            self.file = IncomingFile(scp.root, sop, meta, syntax=syntax, sop_class=sop_class)
         except OSError as exc:
             self.write_error = exc
 
@@ -283,7 +284,7 @@ class _Store:
                 f"C-STORE request's {request.sop_instance[:80]!r}",
             )
         try:
-            rel = relative_path(
+            rel = relative_parts(
                 header.study_uid, header.series_uid, header.sop_instance_uid, scp.config.organize
             )
             _, replaced = scp.placer.place(file.path, rel)
@@ -294,17 +295,21 @@ class _Store:
             file.discard()
             return self._write_failed(number, who, name, exc)
         scp.stats.store_succeeded()
-        if not log.isEnabledFor(logging.INFO):
+        # A line per stored file only with -v: at thousands of files a second it would be
+        # a quarter of the receiver's CPU and a flood (storescp, dcmrecv and Orthanc print
+        # none by default either). Failures are always logged; the counts are in the
+        # statistics line and the summary.
+        if not log.isEnabledFor(logging.DEBUG):
             return StoreOutcome(STATUS_SUCCESS)
         elapsed = time.perf_counter() - self.started
 
         def said() -> None:  # after the response: the sender does not wait for our log
-            log.info(
+            log.debug(
                 "C-STORE #%d from %s: %s stored as %s%s (%.1f MB, %s, %.1f ms)",
                 number,
                 who,
                 name,
-                rel,
+                "/".join(rel),
                 " (replaced an existing file)" if replaced else "",
                 header.size / 1e6,
                 sop_name(request.context.transfer_syntax),

@@ -69,10 +69,17 @@ def relative_path(study_uid: str, series_uid: str, sop_uid: str, organize: bool)
 
     Raises UnsafeUIDError when a UID that the layout needs is missing or invalid.
     """
+    return PurePosixPath(*relative_parts(study_uid, series_uid, sop_uid, organize))
+
+
+def relative_parts(
+    study_uid: str, series_uid: str, sop_uid: str, organize: bool
+) -> tuple[str, ...]:
+    """``relative_path``'s components (what the receiver uses: no pathlib per file)."""
     name = checked_uid(sop_uid, "SOP Instance UID") + ".dcm"
     if not organize:
-        return PurePosixPath(name)
-    return PurePosixPath(
+        return (name,)
+    return (
         checked_uid(study_uid, "Study Instance UID"),
         checked_uid(series_uid, "Series Instance UID"),
         name,
