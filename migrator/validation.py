@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from migrator.errors import ConfigError
@@ -36,6 +37,7 @@ def is_valid_ae(value: str) -> bool:
     return bool(_AE_RE.match(value)) and bool(value.strip(" "))
 
 
+@functools.lru_cache(maxsize=1024)  # a receiver checks each C-STORE's UIDs 2-3 times
 def is_valid_uid(value: str) -> bool:
     """True when ``value`` is a syntactically valid UID (safe to use as a file name)."""
     return len(value) <= 64 and _UID_RE.fullmatch(value) is not None

@@ -230,13 +230,16 @@ def test_the_received_header_is_the_files_header_in_every_syntax(tmp_path: Path)
     assert len(syntaxes) >= 4, syntaxes
 
 
-def test_a_received_dataset_cut_inside_its_pixel_data_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", ["tiny", "small"])  # all kept in memory, or not
+def test_a_received_dataset_cut_inside_its_pixel_data_is_refused(
+    tmp_path: Path, size: str
+) -> None:
     """The receiver's quick header read runs the same damage checks as a file's: a dataset
     whose Pixel Data is shorter than the image is unreadable (the receiver answers 0xC000)."""
     from migrator.dicomfile.header import TruncatedError
     from migrator.synth import write_corpus
 
-    (path,) = write_corpus(tmp_path / "in", count=1, size="tiny", seed=3)
+    (path,) = write_corpus(tmp_path / "in", count=1, size=size, seed=3)
     _, whole, _ = _received(tmp_path, path)
     assert whole.sop_instance_uid
     with pytest.raises(TruncatedError):

@@ -51,7 +51,13 @@ from migrator.dul.pdu import (
     encode_abort,
 )
 from migrator.dul.reader import HandshakeExpired, Idle, PduReader, PeerClosed, Stalled
-from migrator.dul.wire import PDV_OVERHEAD, UNLIMITED_FRAGMENT, append_fragments, ssl_errors
+from migrator.dul.wire import (
+    FRAGMENT_HEADER,
+    PDV_OVERHEAD,
+    UNLIMITED_FRAGMENT,
+    append_fragments,
+    ssl_errors,
+)
 from migrator.netutil import set_nodelay
 from migrator.validation import is_valid_ae, is_valid_uid
 
@@ -263,6 +269,7 @@ class _Association:
         #: the C-STORE whose dataset is arriving: (request, sink)
         self.store: tuple[StoreRequest, StoreSink] | None = None
         self.fragment = UNLIMITED_FRAGMENT
+        self.pdu_limit = cfg.pdu_limit
 
     # -- PDUs -----------------------------------------------------------------------------
 
@@ -274,7 +281,7 @@ class _Association:
                 f"unknown PDU type 0x{pdu_type:02X} (answered A-ABORT, unrecognized PDU)",
                 _abort_pdu(1),
             )
-        limit = self.cfg.pdu_limit if pdu_type == P_DATA_TF else MIN_PDU_LIMIT
+        limit = self.pdu_limit if pdu_type == P_DATA_TF else MIN_PDU_LIMIT
         if limit is not None and length > limit:
             # Closed with the rest unread: the peer sees a reset, and we read nothing more.
             raise _Drop(
@@ -370,6 +377,10 @@ class _Association:
         return _Drop(End.PROTOCOL, f"{why} (answered A-ABORT)", _abort_pdu(6), linger=True)
 
     def _p_data(self, length: int) -> None:
+        body = self.reader.view(length)
+        if body is not None:  # the usual case: the whole PDU is in already
+            self._p_data_in(body)
+            return
         reader = self.reader
         left = length
         while left > 0:
@@ -390,6 +401,31 @@ class _Association:
                     self._command_done(context)
             else:
                 self._dataset_piece(context, size, bool(control & 0x02))
+
+    def _p_data_in(self, body: memoryview) -> None:
+        """``_p_data`` for a PDU read whole: its PDVs taken from memory, with the same
+        checks, each dataset piece handed on as it lies in the receive buffer."""
+        length, pos = len(body), 0
+        contexts = self.assoc.contexts
+        while pos < length:
+            if length - pos < PDV_HEADER.size:
+                raise self._protocol(f"a P-DATA-TF ends inside a PDV header ({length - pos} bytes)")
+            item_length, ctx_id, control = PDV_HEADER.unpack_from(body, pos)
+            pos += PDV_HEADER.size
+            size = item_length - 2
+            if size < 0 or size > length - pos:
+                raise self._protocol(f"a PDV of {item_length} bytes in a PDU of {length}")
+            context = contexts.get(ctx_id)
+            if context is None:
+                raise self._protocol(f"a PDV on presentation context {ctx_id}, not accepted")
+            data = body[pos : pos + size]
+            pos += size
+            if control & 0x01:
+                self._command_piece(context, data if size <= MAX_COMMAND else None)
+                if control & 0x02:
+                    self._command_done(context)
+            else:
+                self._dataset_in(context, data, bool(control & 0x02))
 
     def _command_piece(self, context: AcceptedContext, data: memoryview | None) -> None:
         if self.store is not None:
@@ -435,13 +471,27 @@ class _Association:
             raise _Drop(End.ABORTED, str(exc), encode_abort(0, 0), linger=True) from None
 
     def _dataset_piece(self, context: AcceptedContext, size: int, last: bool) -> None:
+        """A dataset PDV of ``size`` bytes, read from the socket as it comes."""
         if self.store is None or self.store[0].context.context_id != context.context_id:
             raise self._protocol("a dataset without a C-STORE request on its context")
         request, sink = self.store
         for piece in self.reader.pieces(size):
             sink.write(piece)
-        if not last:
-            return
+        if last:
+            self._dataset_done(context, request, sink)
+
+    def _dataset_in(self, context: AcceptedContext, data: memoryview, last: bool) -> None:
+        """A dataset PDV already in memory."""
+        store = self.store
+        if store is None or store[0].context.context_id != context.context_id:
+            raise self._protocol("a dataset without a C-STORE request on its context")
+        store[1].write(data)
+        if last:
+            self._dataset_done(context, *store)
+
+    def _dataset_done(
+        self, context: AcceptedContext, request: StoreRequest, sink: StoreSink
+    ) -> None:
         self.store = None
         try:
             outcome = sink.finish()
@@ -463,6 +513,13 @@ class _Association:
                 outcome.then()
 
     def _respond(self, context: AcceptedContext, command: bytes) -> None:
+        if len(command) <= self.fragment:  # the usual case: one PDU
+            flags = 0x03  # a command, its last fragment
+            header = FRAGMENT_HEADER.pack(
+                P_DATA_TF, len(command) + PDV_OVERHEAD, len(command) + 2, context.context_id, flags
+            )
+            self.assoc.sock.sendall(header + command)
+            return
         bufs: list[bytes | memoryview] = []
         append_fragments(
             bufs, context.context_id, memoryview(command), self.fragment, command=True, final=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 
 C_STORE_RQ = 0x0001
@@ -142,17 +143,28 @@ def _lo(tag_elem: int, text: str) -> bytes:
     return _ELEM.pack(0, tag_elem, len(raw)) + raw
 
 
+_US = struct.Struct("<HHIH")
+_STORE_RSP_FIELDS = _us(0x0100, C_STORE_RSP)
+_NO_DATASET = _us(0x0800, NO_DATASET)
+
+
+@functools.lru_cache(maxsize=256)
+def _class_ui(uid: str) -> bytes:
+    """The Affected SOP Class UID element: a receiver answers the same few classes."""
+    return _ui(0x0002, uid)
+
+
 def c_store_rsp(
     message_id: int, sop_class: str, sop_instance: str, status: int, comment: str = ""
 ) -> bytes:
     """C-STORE-RSP (PS3.7 §9.3.1.2). The affected UIDs echo the request's; pass "" for one
     that is no valid UID (it is optional in the response, and must not carry junk back)."""
     return _with_group_length(
-        _ui(0x0002, sop_class)
-        + _us(0x0100, C_STORE_RSP)
-        + _us(0x0120, message_id)
-        + _us(0x0800, NO_DATASET)
-        + _us(0x0900, status)
+        _class_ui(sop_class)
+        + _STORE_RSP_FIELDS
+        + _US.pack(0, 0x0120, 2, message_id)
+        + _NO_DATASET
+        + _US.pack(0, 0x0900, 2, status)
         + (_lo(0x0902, comment) if comment and status & 0xF000 else b"")
         + _ui(0x1000, sop_instance)
     )

@@ -42,10 +42,16 @@ class Listener:
         port: int,
         handle: Callable[[socket.socket, tuple[str, int], Any], None],
         screen: Callable[[socket.socket, tuple[str, int]], Any] = lambda s, a: True,
+        *,
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: a socket already listening (shared by several processes) instead of
+        binding (bind, port)."""
         self._handle = handle
         self._screen = screen
-        self._sock = socket.create_server((bind, port), backlog=128, reuse_port=False)
+        if sock is None:
+            sock = socket.create_server((bind, port), backlog=128, reuse_port=False)
+        self._sock = sock
         self._sock.settimeout(_POLL)
         # ``stop`` writes here to end the accept loop at once: a C-MOVE's receiver stops
         # after every move, and waiting for the next poll cost each move ~0.25 s.

@@ -88,6 +88,15 @@ class PduReader:
         self._pos += n
         return memoryview(self._data)[start : start + n]
 
+    def view(self, n: int) -> memoryview | None:
+        """The next ``n`` bytes when they are all in already (then consumed), else None
+        and nothing consumed: the receiver's quick way through a whole P-DATA-TF."""
+        start = self._pos
+        if len(self._data) - start < n:
+            return None
+        self._pos = start + n
+        return memoryview(self._data)[start : start + n]
+
     def header(self) -> tuple[int, int]:
         """The next PDU's (type, length): waits ``idle`` for its first byte."""
         if self._pos >= len(self._data):

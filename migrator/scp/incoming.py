@@ -16,6 +16,7 @@ import functools
 import itertools
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from migrator.dicomfile.header import DicomHeader
@@ -174,15 +175,27 @@ class IncomingFile:
     def header(self) -> DicomHeader:
         """The header of the file as written (our File Meta names the transfer syntax, which
         a deflated dataset needs): read from memory when the whole dataset is there."""
-        if self.size > len(self._head):
-            return inspect_file(self.path)
         head = bytes(self._head)
+        whole = self.size <= len(head)
         if self._syntax:
             meta = (len(self._meta), *self._uids)
-            header = inspect_dataset(head, self.size, self._syntax, meta)
+            # Past the bytes kept (a walk to the end of encapsulated Pixel Data), the
+            # damage checks read the file, a few small reads.
+            read = None if whole else self._reader(len(self._meta))
+            header = inspect_dataset(head, self.size, self._syntax, meta, read)
             if header is not None:
                 return header
+        if not whole:
+            return inspect_file(self.path)
         return inspect_bytes(self._meta + head, self.path)
+
+    def _reader(self, meta_size: int) -> Callable[[int, int], bytes]:
+        def read(offset: int, n: int) -> bytes:
+            with open(self.path, "rb") as file:
+                file.seek(meta_size + offset)
+                return file.read(n)
+
+        return read
 
     def discard(self) -> None:
         if self._fd >= 0:
