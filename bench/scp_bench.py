@@ -5,7 +5,8 @@ Each sender (DCMTK ``storescu``, one association; ``migrator store -j4``, four) 
 same corpus to each receiver, both writing every file to disk with the same options: a
 flat output directory (``storescp -od``, ``migrator scp --no-organize``), the same maximum
 PDU, one process per association for storescp (``--fork``: otherwise ``-j4`` queues behind
-its one accept loop), ``TCP_NODELAY=1``. Runs are interleaved (sender x receiver per
+its one accept loop) and a process per core for ours (``--processes``, ``--scp-processes``
+here), ``TCP_NODELAY=1``. Runs are interleaved (sender x receiver per
 repetition) so that a shared machine's noise lands on both; a run counts only when the
 sender exits 0 and the receiver's output directory holds exactly the corpus's file count.
 files/s is the corpus over the sender's wall time (process start included, the same for
@@ -126,13 +127,15 @@ class StoreScp(Receiver):
 
 
 class MigratorScp(Receiver):
-    def __init__(self, out: Path, log_path: Path) -> None:
+    def __init__(self, out: Path, log_path: Path, processes: int) -> None:
         super().__init__("migrator scp", out, log_path)
+        self.processes = processes
 
     def argv(self) -> list[str]:
         return [
             *(sys.executable, "-m", "migrator.commands.scp", "0", "--bind", HOST),
             *("--aet", AET, "-o", str(self.out), "--no-organize", "--max-pdu", str(PDU)),
+            *("--processes", str(self.processes)),
         ]
 
     def wait_ready(self) -> None:
@@ -190,6 +193,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", type=int, default=2000, help="files in the tiny corpus (~9 KB)")
     p.add_argument("--small", type=int, default=300, help="files in the small corpus (~0.5 MB)")
     p.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (median)")
+    p.add_argument(
+        "--scp-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="migrator scp --processes (default: the number of CPUs, as storescp --fork "
+        "may use them all)",
+    )
     add_common_options(p)
     return p.parse_args(argv)
 
@@ -210,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         receivers: list[Receiver] = [
             StoreScp(storescp, work / "out-storescp", work / "storescp.log"),
-            MigratorScp(work / "out-migrator", work / "migrator-scp.log"),
+            MigratorScp(work / "out-migrator", work / "migrator-scp.log", args.scp_processes),
         ]
         rows: dict[tuple[str, str, str], Row] = {}
         with Spawner() as spawner:
@@ -262,7 +272,8 @@ def report(
     corpora: list[Any], rows: dict[tuple[str, str, str], Row], args: argparse.Namespace
 ) -> int:
     print(
-        f"\nreceivers: DCMTK storescp --fork -od and migrator scp --no-organize, both writing "
+        f"\nreceivers: DCMTK storescp --fork -od and migrator scp --no-organize "
+        f"--processes {args.scp_processes}, both writing "
         f"every file, max PDU {PDU}, TCP_NODELAY=1; {args.repeat} repetitions, median\n"
     )
     print("| corpus | sender | receiver | files | files/s | migrator scp ÷ storescp |")

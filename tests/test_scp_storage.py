@@ -231,9 +231,7 @@ def test_the_received_header_is_the_files_header_in_every_syntax(tmp_path: Path)
 
 
 @pytest.mark.parametrize("size", ["tiny", "small"])  # all kept in memory, or not
-def test_a_received_dataset_cut_inside_its_pixel_data_is_refused(
-    tmp_path: Path, size: str
-) -> None:
+def test_a_received_dataset_cut_inside_its_pixel_data_is_refused(tmp_path: Path, size: str) -> None:
     """The receiver's quick header read runs the same damage checks as a file's: a dataset
     whose Pixel Data is shorter than the image is unreadable (the receiver answers 0xC000)."""
     from migrator.dicomfile.header import TruncatedError

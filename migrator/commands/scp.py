@@ -24,6 +24,7 @@ from migrator.errors import ConfigError
 from migrator.exitcodes import ExitStatus
 from migrator.scp.faults import FaultPlan
 from migrator.scp.network import ListenError
+from migrator.scp.processes import Receivers
 from migrator.scp.server import ScpConfig, StorageSCP
 from migrator.scp.storage import check_output_dir
 from migrator.validation import is_valid_uid
@@ -241,6 +242,17 @@ def resolve_sop_class(text: str) -> str:
     help="Seconds a peer may stall inside a PDU or a TLS handshake before it is dropped.",
 )
 @opt(
+    "--processes",
+    env="SCP_PROCESSES",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Receiving processes sharing the port. One receives on about one core; with "
+    "many senders at once, use the number of cores (like storescp --fork, with a fixed "
+    "pool). --max-conns and the other limits hold for the receiver as a whole. Fault "
+    "injection needs 1.",
+)
+@opt(
     "-v",
     "--verbose",
     env="SCP_VERBOSE",
@@ -272,6 +284,7 @@ def scp_command(
     idle_timeout: float,
     stats_interval: float,
     io_timeout: float,
+    processes: int,
     verbose: int,
 ) -> None:
     """Receive DICOM instances over the network and write them to disk (Storage SCP).
@@ -365,8 +378,10 @@ def scp_command(
         idle_timeout=idle_timeout,
         max_conns_per_address=max_conns_per_address,
     )
+    scp: StorageSCP | Receivers
     try:
-        scp = StorageSCP(config)  # loads the TLS certificate and key
+        # Both load the TLS certificate and key now.
+        scp = StorageSCP(config) if processes == 1 else Receivers(config, processes)
     except ConfigError as exc:
         _fail(str(exc), ExitStatus.BAD_CONFIG)
     try:
@@ -397,6 +412,8 @@ def scp_command(
         log.info("shutdown summary:")
         for line in scp.summary_lines():
             log.info("%s", line)
+    if isinstance(scp, Receivers) and scp.failed:
+        _fail(scp.failed, ExitStatus.PARTIAL_FAILURE)
     raise SystemExit(int(ExitStatus.OK))
 
 

@@ -20,7 +20,7 @@ import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("migrator.scp")
 
@@ -65,30 +65,95 @@ class Connection:
         return f"{self.host}:{self.port}"
 
 
-class ConnectionGuard:
-    """Book-keeping of the receiver's connections, under one lock."""
+class Book(Protocol):
+    """Where the guard keeps its counts; every method but ``lock`` is called with
+    ``lock`` held."""
 
-    def __init__(self, limits: GuardLimits) -> None:
-        self.limits = limits
-        self._lock = threading.Lock()
+    lock: Any
+
+    def pending(self, host: str) -> int: ...
+
+    def associated(self, host: str) -> int: ...
+
+    def totals(self) -> tuple[int, int]:
+        """(pending connections, associations holding a slot), all addresses."""
+        ...
+
+    def add(self, host: str, pending: int, associated: int) -> None: ...
+
+    def bump(self, event: str) -> None: ...
+
+    def events(self, event: str) -> int: ...
+
+
+class LocalBook:
+    """The guard's counts in one process: per address, pending connections and
+    associations holding a slot, and two event counters (``migrator.scp.processes`` has
+    the same counts in memory shared by several receiving processes)."""
+
+    def __init__(self) -> None:
+        self.lock: Any = threading.Lock()
         self._pending: Counter[str] = Counter()
         self._associated: Counter[str] = Counter()
-        #: connections closed for want of a request in time, and closed at accept
-        self.expired_count = 0
-        self.closed_at_accept = 0
+        self._events: Counter[str] = Counter()
+
+    # Called with ``lock`` held.
+    def pending(self, host: str) -> int:
+        return self._pending[host]
+
+    def associated(self, host: str) -> int:
+        return self._associated[host]
+
+    def totals(self) -> tuple[int, int]:
+        return sum(self._pending.values()), sum(self._associated.values())
+
+    def add(self, host: str, pending: int, associated: int) -> None:
+        for counts, delta in ((self._pending, pending), (self._associated, associated)):
+            if delta:
+                counts[host] += delta
+                if counts[host] <= 0:
+                    del counts[host]
+
+    def bump(self, event: str) -> None:
+        self._events[event] += 1
+
+    def events(self, event: str) -> int:
+        return self._events[event]
+
+
+class ConnectionGuard:
+    """Book-keeping of the receiver's connections, under the book's lock."""
+
+    def __init__(self, limits: GuardLimits, book: Book | None = None) -> None:
+        self.limits = limits
+        self.book = book if book is not None else LocalBook()
+        self._lock = self.book.lock
+
+    @property
+    def expired_count(self) -> int:
+        """Connections closed for want of an association request in time."""
+        with self._lock:
+            return self.book.events("expired")
+
+    @property
+    def closed_at_accept(self) -> int:
+        """Connections closed at accept (too many pending from their address)."""
+        with self._lock:
+            return self.book.events("closed_at_accept")
 
     def accept(self, sock: socket.socket, address: Any) -> Connection | None:
         """Register a just-accepted connection; None when its address already has too many
         pending ones (the caller closes it)."""
         host = host_of(address)
         port = int(address[1]) if isinstance(address, tuple) else 0
+        book = self.book
         with self._lock:
-            if self._pending[host] >= self.limits.pending_per_address:
-                self.closed_at_accept += 1
+            if book.pending(host) >= self.limits.pending_per_address:
+                book.bump("closed_at_accept")
                 conn = None
             else:
                 conn = Connection(sock, host, port)
-                self._pending[host] += 1
+                book.add(host, 1, 0)
         if conn is None:
             log.warning(
                 "connection from %s:%d closed at once: %d connections from %s are already "
@@ -104,7 +169,7 @@ class ConnectionGuard:
     def expired(self, conn: Connection) -> None:
         """The connection sent no association request in time (and is closed)."""
         with self._lock:
-            self.expired_count += 1
+            self.book.bump("expired")
         log.warning(
             "connection from %s closed: no association request within %g s (--handshake-timeout)",
             conn.where,
@@ -114,41 +179,32 @@ class ConnectionGuard:
     def admit(self, conn: Connection) -> str | None:
         """Called when the association's A-ASSOCIATE-RQ has arrived: None when it may go on
         (it now holds a slot), else why it must be rejected (A-ASSOCIATE-RJ 2, 3, 2)."""
-        limits = self.limits
+        limits, book = self.limits, self.book
         with self._lock:
-            if sum(self._associated.values()) >= limits.max_associations:
+            if book.totals()[1] >= limits.max_associations:
                 return (
                     f"transient, local limit exceeded (--max-conns {limits.max_associations} "
                     "associations already active)"
                 )
-            if self._associated[conn.host] >= limits.per_address:
+            if book.associated(conn.host) >= limits.per_address:
                 return (
                     f"transient, local limit exceeded (--max-conns-per-address "
                     f"{limits.per_address} associations from {conn.host} already active)"
                 )
-            self._leave_pending(conn)
+            book.add(conn.host, -1 if conn.state == "pending" else 0, 1)
             conn.state = "associated"
-            self._associated[conn.host] += 1
             return None
 
     def close(self, conn: Connection) -> None:
         """The connection ended: free what it held."""
         with self._lock:
             if conn.state == "associated":
-                self._associated[conn.host] -= 1
-                if self._associated[conn.host] <= 0:
-                    del self._associated[conn.host]
-            else:
-                self._leave_pending(conn)
+                self.book.add(conn.host, 0, -1)
+            elif conn.state == "pending":
+                self.book.add(conn.host, -1, 0)
             conn.state = "closed"
 
     def counts(self) -> tuple[int, int]:
         """(pending connections, associations holding a slot)."""
         with self._lock:
-            return sum(self._pending.values()), sum(self._associated.values())
-
-    def _leave_pending(self, conn: Connection) -> None:
-        if conn.state == "pending":
-            self._pending[conn.host] -= 1
-            if self._pending[conn.host] <= 0:
-                del self._pending[conn.host]
+            return self.book.totals()

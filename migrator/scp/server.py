@@ -33,6 +33,7 @@ from migrator.dul.reader import HandshakeExpired
 from migrator.dul.tls import TlsSettings, handshake_failure
 from migrator.scp.faults import FaultInjector, FaultPlan
 from migrator.scp.guards import (
+    Book,
     Connection,
     ConnectionGuard,
     GuardLimits,
@@ -116,9 +117,17 @@ def context_policy(config: ScpConfig) -> ContextPolicy:
 class StorageSCP:
     """A running (or startable) receiver. Usable in-process by tests."""
 
-    def __init__(self, config: ScpConfig) -> None:
+    def __init__(
+        self,
+        config: ScpConfig,
+        *,
+        book: Book | None = None,
+        stats: ScpStats | None = None,
+    ) -> None:
+        """``book`` and ``stats``: counts shared with other receiving processes
+        (``migrator.scp.processes``); this process's own by default."""
         self.config = config
-        self.stats = ScpStats()
+        self.stats = stats if stats is not None else ScpStats()
         self.faults = FaultInjector(config.faults)
         self._listener: Listener | None = None
         # Built now: unusable TLS files are a ConfigError before anything listens.
@@ -129,21 +138,23 @@ class StorageSCP:
                 per_address=config.per_address,
                 handshake_timeout=config.handshake_timeout,
                 pending_per_address=pending_per_address(config.max_conns),
-            )
+            ),
+            book,
         )
         self.handler = ScpHandler(config, self.guard, self.stats, self.faults)
         self._policy: ContextPolicy | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def start(self) -> tuple[str, int]:
-        """Bind and start serving in background threads; return the bound (host, port).
+    def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Bind (or serve ``sock``, already listening) and start serving in background
+        threads; return the bound (host, port).
 
         Raises ListenError (port in use, permission denied, bad address).
         """
         cfg = self.config
         try:
-            listener = Listener(cfg.bind, cfg.port, self._connection, self._screen)
+            listener = Listener(cfg.bind, cfg.port, self._connection, self._screen, sock=sock)
         except OSError as exc:
             raise ListenError(listen_message(cfg.bind, cfg.port, exc)) from exc
         # After the bind: a port in use is said without waiting for pynetdicom's import.
@@ -185,7 +196,7 @@ class StorageSCP:
     def serve_until(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set, logging statistics every ``stats_interval``."""
         while not stop.wait(self.config.stats_interval):
-            log.info("statistics: %s", self.stats.as_line(self.active_associations()))
+            log.info("statistics: %s", self.stats.as_line(len(self.active_associations())))
 
     def active_associations(self) -> list[acceptor.Accepted]:
         """Connections being served (associations, and requests on their way)."""

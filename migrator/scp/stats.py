@@ -7,7 +7,7 @@ nothing was written for it, whatever was answered (a fault-injected ``0x0000`` t
 from __future__ import annotations
 
 import threading
-from collections.abc import Sized
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
 
 
@@ -23,51 +23,78 @@ class _Counts:
     contexts_rejected: int = 0
 
 
+(
+    _ECHOES,
+    _STORES,
+    _STORED,
+    _FAILURES,
+    _FAULTS,
+    _ACCEPTED,
+    _REJECTED,
+    _CONTEXTS_REJECTED,
+) = range(8)
+
+
+#: The counters, in the order of their cells.
+FIELDS = tuple(_Counts.__dataclass_fields__)
+
+
 class ScpStats:
-    def __init__(self) -> None:
+    """The counters of one receiving process. ``cells`` (one int per ``FIELDS`` entry) may
+    be memory another process reads (``migrator.scp.processes``); only this process's
+    threads write them, under ``_lock``."""
+
+    def __init__(self, cells: MutableSequence[int] | None = None) -> None:
         self._lock = threading.Lock()
-        self._c = _Counts()
+        self._cells: MutableSequence[int] = [0] * len(FIELDS) if cells is None else cells
+
+    @classmethod
+    def sum_of(cls, parts: Sequence[ScpStats]) -> ScpStats:
+        """Counters that add up ``parts`` (several processes' own), as of now."""
+        total = cls()
+        for part in parts:
+            for i, value in enumerate(vars(part.snapshot()).values()):
+                total._cells[i] += value
+        return total
 
     def snapshot(self) -> _Counts:
         with self._lock:
-            return _Counts(**vars(self._c))
+            return _Counts(*self._cells)
+
+    def _add(self, index: int) -> None:
+        with self._lock:
+            self._cells[index] += 1
 
     def echo(self) -> None:
-        with self._lock:
-            self._c.echoes += 1
+        self._add(_ECHOES)
 
     def store_received(self) -> None:
-        with self._lock:
-            self._c.stores += 1
+        self._add(_STORES)
 
     def store_succeeded(self) -> None:
-        with self._lock:
-            self._c.stored += 1
+        self._add(_STORED)
 
     def store_failed(self, *, fault: bool) -> None:
         with self._lock:
-            self._c.store_failures += 1
+            self._cells[_FAILURES] += 1
             if fault:
-                self._c.faults += 1
+                self._cells[_FAULTS] += 1
 
     def association_accepted(self) -> None:
-        with self._lock:
-            self._c.assoc_accepted += 1
+        self._add(_ACCEPTED)
 
     def association_rejected(self) -> None:
-        with self._lock:
-            self._c.assoc_rejected += 1
+        self._add(_REJECTED)
 
     def context_rejected(self) -> None:
-        with self._lock:
-            self._c.contexts_rejected += 1
+        self._add(_CONTEXTS_REJECTED)
 
-    def as_line(self, active: Sized) -> str:
+    def as_line(self, active: int) -> str:
         """The periodic statistics line (key=value, stable names for log scrapers)."""
         c = self.snapshot()
         return (
             f"echo_count={c.echoes} store_count={c.stores} stored={c.stored} "
-            f"store_failures={c.store_failures} active_associations={len(active)}"
+            f"store_failures={c.store_failures} active_associations={active}"
         )
 
     def summary_lines(self) -> list[str]:

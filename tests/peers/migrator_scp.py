@@ -14,6 +14,7 @@ stderr goes to a file (not a pipe that could fill up and block the receiver).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -94,7 +95,9 @@ class RunningScp:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            # Its own process group (start_new_session): --processes children go too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
 
     def __enter__(self) -> RunningScp:

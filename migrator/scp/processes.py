@@ -1,0 +1,265 @@
+"""`migrator scp --processes N`: N receiving processes on one listening socket.
+
+One Python process receives on about one core (its threads share the GIL), where
+``storescp --fork`` gives each association a process of its own. With ``--processes N``
+the command binds the port, then forks N receiving processes before it starts any thread;
+each runs the same ``StorageSCP`` on the shared socket, and the kernel hands each new
+connection to one of them. What must hold for the receiver as a whole lives in memory the
+processes share:
+
+* the guard's counts (``--max-conns``, ``--max-conns-per-address``, connections waiting
+  for their association request, per address) under one lock shared by the processes:
+  the limits are the receiver's, not each process's (``SharedBook``);
+* each process's statistics, in cells of its own that the parent adds up for the
+  statistics line and the summary.
+
+Fault injection numbers C-STOREs across the whole receiver: it needs ``--processes 1``.
+The parent only supervises: banner, statistics, and on SIGTERM or Ctrl-C it stops the
+children (each aborts the associations it still holds) and prints the summary. A child
+that dies on its own (killed) stops the receiver with exit status 1: the slots it held
+cannot be given back, and a receiver that silently lost a process would refuse senders
+for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+import zlib
+from typing import Any
+
+from migrator.errors import ConfigError
+from migrator.scp.network import ListenError, listen_message
+from migrator.scp.server import ScpConfig, StorageSCP, context_policy
+from migrator.scp.stats import FIELDS, ScpStats
+
+log = logging.getLogger("migrator.scp")
+
+#: Addresses the shared book tells apart at once (slots with no count left are reused;
+#: beyond, addresses share one more slot, and so one address's limits).
+SLOTS = 1024
+_EVENTS = ("expired", "closed_at_accept")
+#: Seconds the parent waits for its children to stop before killing them.
+_STOP_SECONDS = 5.0
+#: How often the parent looks at its children between statistics lines.
+_WATCH = 0.5
+
+
+class SharedBook:
+    """``guards.Book`` in shared memory: per address (a slot found by the CRC of the
+    address, linear probing), its pending connections and associations; then the totals
+    and the event counters. Made before the fork, used by every process."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.lock = ctx.Lock()
+        # SLOTS slots, one more shared by the addresses beyond, the totals, the events
+        self._cells = ctx.RawArray("q", 3 * (SLOTS + 1) + 2 + len(_EVENTS))
+        self._totals = 3 * (SLOTS + 1)
+
+    def _slot(self, host: str) -> int:
+        """The cell index of ``host``'s slot (made when absent)."""
+        cells = self._cells
+        key = zlib.crc32(host.encode()) + 1  # 0 marks a slot never used
+        i = key % SLOTS
+        reusable = -1
+        for _ in range(SLOTS):
+            at = 3 * i
+            if cells[at] == key:
+                return at
+            if cells[at] == 0:
+                break
+            if reusable < 0 and cells[at + 1] == 0 and cells[at + 2] == 0:
+                reusable = at
+            i = (i + 1) % SLOTS
+        else:
+            at = -1
+        if reusable >= 0:  # a slot with nothing counted: the address it held is gone
+            at = reusable
+        if at < 0:  # every slot counts something: addresses beyond share one slot
+            return 3 * SLOTS
+        cells[at] = key
+        return at
+
+    def pending(self, host: str) -> int:
+        return int(self._cells[self._slot(host) + 1])
+
+    def associated(self, host: str) -> int:
+        return int(self._cells[self._slot(host) + 2])
+
+    def totals(self) -> tuple[int, int]:
+        return int(self._cells[self._totals]), int(self._cells[self._totals + 1])
+
+    def add(self, host: str, pending: int, associated: int) -> None:
+        at, cells = self._slot(host), self._cells
+        cells[at + 1] += pending
+        cells[at + 2] += associated
+        cells[self._totals] += pending
+        cells[self._totals + 1] += associated
+
+    def bump(self, event: str) -> None:
+        self._cells[self._totals + 2 + _EVENTS.index(event)] += 1
+
+    def events(self, event: str) -> int:
+        return int(self._cells[self._totals + 2 + _EVENTS.index(event)])
+
+
+class Receivers:
+    """``count`` receiving processes behind one port; the same lifecycle as a
+    ``StorageSCP`` for the command (start, log_banner, serve_until, stop, summary_lines)."""
+
+    def __init__(self, config: ScpConfig, count: int) -> None:
+        if config.faults.active:
+            raise ConfigError(
+                "fault injection counts C-STOREs across the whole receiver: use it with "
+                "--processes 1"
+            )
+        self.config = config
+        self.count = count
+        self._ctx = multiprocessing.get_context("fork")
+        self.book = SharedBook(self._ctx)
+        self._cells = [self._ctx.RawArray("q", len(FIELDS)) for _ in range(count)]
+        # Loads the TLS files now (a ConfigError before anything listens), and writes the
+        # banner; it never listens itself.
+        self._probe = StorageSCP(config, book=self.book)
+        self._sock: socket.socket | None = None
+        self._children: dict[int, int] = {}  # pid -> index of its statistics cells
+        #: why the receiver stopped on its own ("" while it runs as asked)
+        self.failed = ""
+        self._last_line = 0.0
+
+    def _stats(self) -> ScpStats:
+        return ScpStats.sum_of([ScpStats(cells) for cells in self._cells])
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        cfg = self.config
+        try:
+            sock = socket.create_server((cfg.bind, cfg.port), backlog=128, reuse_port=False)
+        except OSError as exc:
+            raise ListenError(listen_message(cfg.bind, cfg.port, exc)) from exc
+        self._sock = sock
+        context_policy(cfg)  # pynetdicom's lists imported once, before the fork
+        for index in range(self.count):
+            self._fork(index)
+        host, port = sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def _fork(self, index: int) -> None:
+        assert self._sock is not None
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the parent's code
+            code = 1
+            try:
+                code = _receive(self.config, self._sock, self.book, ScpStats(self._cells[index]))
+            except BaseException:
+                log.exception("receiving process %d failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self._children[pid] = index
+
+    def log_banner(self, host: str, port: int) -> None:
+        self._probe.log_banner(host, port)
+        log.info(
+            "%d receiving processes (pids %s) share the port",
+            self.count,
+            ", ".join(str(pid) for pid in self._children),
+        )
+
+    def serve_until(self, stop: threading.Event) -> None:
+        """Block until ``stop`` is set or a child dies, logging statistics every
+        ``stats_interval``."""
+        self._last_line = time.monotonic()
+        while not stop.wait(min(_WATCH, self.config.stats_interval)):
+            if self._reap():
+                return
+            now = time.monotonic()
+            if now - self._last_line >= self.config.stats_interval:
+                self._last_line = now
+                log.info("statistics: %s", self._stats().as_line(sum(self.book_totals())))
+
+    def book_totals(self) -> tuple[int, int]:
+        with self.book.lock:
+            return self.book.totals()
+
+    def _reap(self) -> bool:
+        """True when a child ended on its own (the receiver must stop)."""
+        while self._children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            if pid == 0:
+                return False
+            self._children.pop(pid, None)
+            how = (
+                f"killed by {signal.Signals(-code).name}"
+                if (code := os.waitstatus_to_exitcode(status)) < 0
+                else f"exit status {code}"
+            )
+            self.failed = f"receiving process {pid} ended on its own ({how})"
+            log.error("%s: stopping the receiver", self.failed)
+            return True
+        return False
+
+    def stop(self) -> None:
+        """Stop every child (each aborts the associations it holds) and wait for them."""
+        for pid in self._children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_SECONDS
+        while self._children and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                self._children.pop(pid, None)
+            else:
+                time.sleep(0.02)
+        for pid in list(self._children):
+            log.warning("receiving process %d did not stop: killed", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self._children.pop(pid, None)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def summary_lines(self) -> list[str]:
+        with self.book.lock:
+            expired = self.book.events("expired")
+            closed = self.book.events("closed_at_accept")
+        return [
+            *self._stats().summary_lines(),
+            f"Connections closed without an association request: {expired} "
+            f"(--handshake-timeout), {closed} at once (too many waiting from one address)",
+        ]
+
+
+def _receive(config: ScpConfig, sock: socket.socket, book: SharedBook, stats: ScpStats) -> int:
+    """A child's life: receive on ``sock`` until SIGTERM/SIGINT or the parent is gone."""
+    parent = os.getppid()
+    stop = threading.Event()
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    scp = StorageSCP(config, book=book, stats=stats)
+    scp.start(sock)
+    while not stop.wait(1.0):
+        if os.getppid() != parent:  # the parent was killed: do not linger
+            break
+    scp.stop()
+    return 0
