@@ -19,6 +19,7 @@ import errno
 import os
 import stat
 import struct
+from typing import NamedTuple
 
 from migrator.dicomfile.damage import check_rest
 from migrator.dicomfile.encoding import (
@@ -68,7 +69,11 @@ _WANTED = {
 }
 _LAST_WANTED = 0x0020000E
 #: What a receiver needs of a dataset: the UIDs that name its file (``inspect_dataset``).
-_RECEIVED = {tag: name for tag, name in _WANTED.items() if name.endswith("_uid")}
+_RECEIVED = {
+    tag: name
+    for tag, name in _WANTED.items()
+    if name in ("sop_instance_uid", "study_uid", "series_uid")
+}
 
 
 class _PastEnd(NeedMoreBytes):
@@ -189,40 +194,45 @@ def inspect_bytes(
     return inspect_with_pydicom(io.BytesIO(bytes(data)), total, name)
 
 
+class DatasetUids(NamedTuple):
+    """What a receiver needs of a dataset it was sent (``inspect_dataset``)."""
+
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    #: bytes of the file written: its File Meta, then the dataset
+    size: int
+
+
 def inspect_dataset(
     data: bytes,
     size: int,
     ts: str,
-    meta: tuple[int, str, str],
+    meta: tuple[int, str],
     read: Reader | None = None,
-) -> DicomHeader | None:
-    """The header of a received dataset whose transfer syntax is known (a C-STORE's
+) -> DatasetUids | None:
+    """The UIDs of a received dataset whose transfer syntax is known (a C-STORE's
     presentation context): ``data`` holds its first bytes (all of them when ``size`` is
-    ``len(data)``); ``meta`` is the File Meta written before it: (its length, its SOP Class
-    and SOP Instance UIDs, which stand in for the dataset's missing ones as in a file's
-    header). Only the UIDs are read, and the same damage checks run as for a file. None
-    when only the general path can tell (a deflated dataset, one not encoded as its syntax
-    says, one whose header goes past ``data``): the caller then inspects the whole file.
+    ``len(data)``); ``meta`` is the File Meta written before it: (its length, its SOP
+    Instance UID, which stands in for the dataset's when it has none, as in a file's
+    header). The same damage checks run as for a file. None when only the general path
+    can tell (a deflated dataset, one not encoded as its syntax says, one whose header
+    goes past ``data``): the caller then inspects the whole file.
     """
     if ts == DEFLATED_LE or not data:
         return None
-    complete = len(data) >= size
     try:
-        found, rest = _scan_dataset(data, 0, ts, complete, _RECEIVED)
+        found, rest = _scan_dataset(data, 0, ts, len(data) >= size, _RECEIVED)
     except (NotDicomError, NeedMoreBytes):
         return None
-    meta_size, sop_class, sop_instance = meta
-    header = build_header(
-        found.get("sop_class_uid") or sop_class,
-        found.get("sop_instance_uid") or sop_instance,
-        ts,
-        found,
-        meta_size,
-        meta_size + size,
-        True,
-    )
     check_rest(data, rest, size, ts, read)
-    return header
+    meta_size, sop_instance = meta
+    return DatasetUids(
+        found.get("sop_instance_uid") or sop_instance,
+        found.get("study_uid", ""),
+        found.get("series_uid", ""),
+        meta_size + size,
+    )
 
 
 def _inspect(head: bytes, size: int, read: Reader | None = None) -> DicomHeader:

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn, Protocol
+from typing import NamedTuple, NoReturn, Protocol
 
 from migrator.dul import dimse
 from migrator.dul.acse import (
@@ -89,8 +89,8 @@ class AbortAssociation(Exception):
     """Raised by a handler to end the association with an A-ABORT (no answer sent)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoreRequest:
+class StoreRequest(NamedTuple):  # a tuple: built for every C-STORE (a frozen dataclass
+    # sets each field through object.__setattr__)
     message_id: int
     sop_class: str
     sop_instance: str
@@ -100,8 +100,7 @@ class StoreRequest:
     move_originator_message_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StoreOutcome:
+class StoreOutcome(NamedTuple):
     status: int
     comment: str = ""
     #: Run after the C-STORE-RSP is sent: what the peer need not wait for (the log line)

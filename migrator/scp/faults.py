@@ -28,6 +28,7 @@ import itertools
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from migrator.errors import ConfigError
 
@@ -38,8 +39,7 @@ class Action(enum.Enum):
     ABORT = "abort"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     action: Action
     #: 1-based number of this C-STORE across all associations.
     number: int

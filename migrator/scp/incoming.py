@@ -19,8 +19,12 @@ import struct
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from migrator.dicomfile.header import DicomHeader
-from migrator.dicomfile.inspect import inspect_bytes, inspect_dataset, inspect_file
+from migrator.dicomfile.inspect import (
+    DatasetUids,
+    inspect_bytes,
+    inspect_dataset,
+    inspect_file,
+)
 from migrator.dul.pdu import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from migrator.scp.storage import PREAMBLE, UnsafeUIDError, resolve_under
 from migrator.validation import is_valid_ae
@@ -95,9 +99,15 @@ class Placer:
         self._safe: set[str] = set()
 
     def place(
-        self, tmp: str, rel: PurePosixPath | tuple[str, ...], *, again: bool = True
+        self,
+        tmp: str,
+        rel: PurePosixPath | tuple[str, ...],
+        *,
+        again: bool = True,
+        check: bool = True,
     ) -> tuple[str, bool]:
-        """Rename ``tmp`` to root/rel; (final path, whether it replaced a file)."""
+        """Rename ``tmp`` to root/rel; (final path, whether it replaced a file: only
+        looked at with ``check``)."""
         parts = rel.parts if isinstance(rel, PurePosixPath) else rel
         parent = "/".join((self._root, *parts[:-1])) if len(parts) > 1 else self._root
         if parent not in self._safe:
@@ -108,7 +118,7 @@ class Placer:
             resolve_under(self.root, PurePosixPath(final.relative_to(self.root)))
             self._safe.add(parent)
         final_name = f"{parent}/{parts[-1]}"
-        replaced = os.path.lexists(final_name)
+        replaced = check and os.path.lexists(final_name)
         try:
             os.replace(tmp, final_name)
         except FileNotFoundError:
@@ -117,7 +127,7 @@ class Placer:
             self._safe.discard(parent)
             if not again or not os.path.exists(tmp):
                 raise
-            return self.place(tmp, rel, again=False)
+            return self.place(tmp, rel, again=False, check=check)
         return final_name, replaced
 
 
@@ -131,15 +141,14 @@ class IncomingFile:
         meta: bytes,
         *,
         syntax: str = "",
-        sop_class: str = "",
     ) -> None:
         self.path = f"{root}/.{sop_instance}.{_pid}.{next(_counter)}.part"
         # 0o666 minus the umask, as any file the user creates (mkstemp's 0600 is not).
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         self._meta = meta
-        #: the dataset's transfer syntax and the SOP UIDs of the meta ("": read the meta)
+        #: the dataset's transfer syntax ("": read it from the meta)
         self._syntax = syntax
-        self._uids = (sop_class, sop_instance)
+        self._sop_instance = sop_instance
         self._pending: list[bytes | memoryview] = [meta]
         self._pending_size = len(meta)
         self._head = bytearray()
@@ -172,22 +181,23 @@ class IncomingFile:
             if fd >= 0:
                 os.close(fd)
 
-    def header(self) -> DicomHeader:
-        """The header of the file as written (our File Meta names the transfer syntax, which
-        a deflated dataset needs): read from memory when the whole dataset is there."""
+    def header(self) -> DatasetUids:
+        """The UIDs of the file as written (our File Meta names the transfer syntax, which
+        a deflated dataset needs): read from memory when the dataset's header is there."""
         head = bytes(self._head)
         whole = self.size <= len(head)
         if self._syntax:
-            meta = (len(self._meta), *self._uids)
             # Past the bytes kept (a walk to the end of encapsulated Pixel Data), the
             # damage checks read the file, a few small reads.
             read = None if whole else self._reader(len(self._meta))
-            header = inspect_dataset(head, self.size, self._syntax, meta, read)
-            if header is not None:
-                return header
-        if not whole:
-            return inspect_file(self.path)
-        return inspect_bytes(self._meta + head, self.path)
+            meta = (len(self._meta), self._sop_instance)
+            found = inspect_dataset(head, self.size, self._syntax, meta, read)
+            if found is not None:
+                return found
+        header = inspect_file(self.path) if not whole else inspect_bytes(self._meta + head)
+        return DatasetUids(
+            header.sop_instance_uid, header.study_uid, header.series_uid, header.size
+        )
 
     def _reader(self, meta_size: int) -> Callable[[int, int], bytes]:
         def read(offset: int, n: int) -> bytes:

@@ -196,7 +196,7 @@ class _Store:
         syntax = request.context.transfer_syntax
         meta = meta_bytes(sop_class, sop, syntax, assoc.calling_ae)
         try:
-            self.file = IncomingFile(scp.root, sop, meta, syntax=syntax, sop_class=sop_class)
+            self.file = IncomingFile(scp.root, sop, meta, syntax=syntax)
         except OSError as exc:
             self.write_error = exc
 
@@ -257,10 +257,9 @@ class _Store:
                 time.sleep(cfg.faults.response_delay)
 
     def _store(self, number: int) -> StoreOutcome:
-        scp, request, who = self.scp, self.request, self.assoc.peer
-        name = sop_name(request.sop_class)
+        scp, request = self.scp, self.request
         if self.refusal:
-            return scp.refused(number, who, name, self.refusal)
+            return self._refused(number, self.refusal)
         file = self.file
         try:
             if file is None or self.write_error is not None:
@@ -268,18 +267,16 @@ class _Store:
             file.close()
         except OSError as exc:
             self.discard()
-            return self._write_failed(number, who, name, exc)
+            return self._write_failed(number, exc)
         try:
             header = file.header()
         except SourceError as exc:
             file.discard()
-            return scp.refused(number, who, name, f"unreadable dataset: {exc}")
+            return self._refused(number, f"unreadable dataset: {exc}")
         if header.sop_instance_uid != request.sop_instance:
             file.discard()
-            return scp.refused(
+            return self._refused(
                 number,
-                who,
-                name,
                 f"dataset SOP Instance UID {header.sop_instance_uid[:80]!r} differs from the "
                 f"C-STORE request's {request.sop_instance[:80]!r}",
             )
@@ -287,20 +284,23 @@ class _Store:
             rel = relative_parts(
                 header.study_uid, header.series_uid, header.sop_instance_uid, scp.config.organize
             )
-            _, replaced = scp.placer.place(file.path, rel)
+            # Whether a file was replaced is only said in the -v line: no lstat otherwise.
+            told = log.isEnabledFor(logging.DEBUG)
+            _, replaced = scp.placer.place(file.path, rel, check=told)
         except UnsafeUIDError as exc:
             file.discard()
-            return scp.refused(number, who, name, str(exc))
+            return self._refused(number, str(exc))
         except OSError as exc:
             file.discard()
-            return self._write_failed(number, who, name, exc)
+            return self._write_failed(number, exc)
         scp.stats.store_succeeded()
         # A line per stored file only with -v: at thousands of files a second it would be
         # a quarter of the receiver's CPU and a flood (storescp, dcmrecv and Orthanc print
         # none by default either). Failures are always logged; the counts are in the
         # statistics line and the summary.
-        if not log.isEnabledFor(logging.DEBUG):
+        if not told:
             return StoreOutcome(STATUS_SUCCESS)
+        who, name = self.assoc.peer, sop_name(request.sop_class)
         elapsed = time.perf_counter() - self.started
 
         def said() -> None:  # after the response: the sender does not wait for our log
@@ -318,13 +318,16 @@ class _Store:
 
         return StoreOutcome(STATUS_SUCCESS, then=said)
 
-    def _write_failed(self, number: int, who: str, name: str, exc: OSError) -> StoreOutcome:
+    def _refused(self, number: int, why: str) -> StoreOutcome:
+        return self.scp.refused(number, self.assoc.peer, sop_name(self.request.sop_class), why)
+
+    def _write_failed(self, number: int, exc: OSError) -> StoreOutcome:
         self.scp.stats.store_failed(fault=False)
         log.error(
             "C-STORE #%d from %s: %s not stored, write failed: %s (0x%04X)",
             number,
-            who,
-            name,
+            self.assoc.peer,
+            sop_name(self.request.sop_class),
             exc.strerror or exc,
             STATUS_OUT_OF_RESOURCES,
         )
