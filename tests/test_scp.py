@@ -239,6 +239,36 @@ def test_a_line_per_stored_file_only_with_verbose(scps: Any) -> None:
         assert lines == [per_file] * 3, log_text
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_sender_with_nagle_on_is_not_held_by_our_delayed_acks(
+    scps: Any, tmp_path: Path, processes: str
+) -> None:
+    """Stock storescu (no TCP_NODELAY) sends each C-STORE's dataset PDU only once its
+    command PDU is ACKed: a receiver that lets the kernel delay that ACK takes ~40 ms a
+    file. Ours re-arms quick ACKs before it waits: 60 files well under 20 ms each."""
+    from migrator.synth import write_corpus
+
+    write_corpus(tmp_path / "nagle", count=60, size="tiny", seed=1707)
+    scp = scps("--no-organize", "--processes", processes)
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [
+            *("storescu", "+sd", "+r", "-aec", scp.ae_title),
+            *("127.0.0.1", str(scp.port), str(tmp_path / "nagle")),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - t0
+    assert result.returncode == 0, result.stderr
+    assert len(_files_under(scp.output_dir)) == 60
+    assert elapsed < 60 * 0.02, f"{elapsed:.2f} s for 60 files: delayed ACKs?"
+
+
 @pytest.mark.timeout(60)
 def test_echoscu_succeeds_and_no_accept_echo_rejects_it(scps: Any) -> None:
     """echoscu gets success; with --no-accept-echo its only context is rejected and it fails."""

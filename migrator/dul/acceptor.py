@@ -293,7 +293,12 @@ class _Association:
         try:
             self._associate()
             self.reader.idle = self.cfg.idle_timeout
+            reader, limit = self.reader, self.pdu_limit
             while True:
+                body = reader.p_data(limit)  # a whole P-DATA-TF in memory: no more checks
+                if body is not None:
+                    self._p_data_in(body)
+                    continue
                 pdu_type, length = self._header()
                 if pdu_type == P_DATA_TF:
                     self._p_data(length)
@@ -303,8 +308,8 @@ class _Association:
                     # A-RELEASE-RP sent by serve() once the handler has heard of the end.
                     raise _Drop(End.RELEASED, "released", RELEASE_RP)
                 elif pdu_type == A_ABORT:
-                    body = bytes(self.reader.take(length)) if length <= 64 else b""
-                    reason = abort_text(body[2], body[3]) if len(body) >= 4 else "A-ABORT"
+                    raw = bytes(self.reader.take(length)) if length <= 64 else b""
+                    reason = abort_text(raw[2], raw[3]) if len(raw) >= 4 else "A-ABORT"
                     raise _Drop(End.PEER_ABORTED, reason)
                 else:
                     raise _Drop(
