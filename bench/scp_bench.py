@@ -205,7 +205,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scp-processes",
         type=int,
-        default=os.cpu_count() or 1,
+        default=min(64, os.cpu_count() or 1),
         help="migrator scp --processes (default: the number of CPUs, as storescp --fork "
         "may use them all)",
     )

@@ -69,28 +69,49 @@ def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
 
 @pytest.mark.timeout(90)
 def test_two_processes_receive_every_file_once_and_the_summary_adds_them_up(
-    scps: Any,
+    scps: Any, tmp_path: Path
 ) -> None:
+    """Four DCMTK storescu at once, three files each: every file lands once, and the
+    parent's summary adds up what its two receiving processes counted."""
+    from migrator.synth import write_corpus
+
     scp = scps("--no-organize", "--processes", "2")
     children = _children(scp.proc.pid)
     assert len(children) == 2, children
     scp.wait_for_log(r"2 receiving processes \(pids \d+, \d+\) share the port")
-    assocs = [_associate(scp.port) for _ in range(4)]
-    assert all(a.is_established for a in assocs)
     sent = set()
-    for n, assoc in enumerate(assocs):
-        for i in range(3):
-            sop = f"1.2.826.0.1.9.{n}.{i}"
-            ds = make_instance("1.2.826.0.1.9", f"1.2.826.0.1.9.{n}", sop)
-            assert int(assoc.send_c_store(ds).Status) == 0
-            sent.add(f"{sop}.dcm")
-        assoc.release()
+    senders = []
+    for n in range(4):
+        folder = tmp_path / f"in-{n}"
+        files = write_corpus(folder, count=3, size="tiny", seed=1710 + n)
+        sent |= {_sop_of(path) + ".dcm" for path in files}
+        senders.append(
+            subprocess.Popen(
+                [
+                    *("storescu", "+sd", "+r", "-aec", scp.ae_title),
+                    *("127.0.0.1", str(scp.port), str(folder)),
+                ],
+                env={**os.environ, "TCP_NODELAY": "1"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    for sender in senders:
+        _, err = sender.communicate(timeout=60)
+        assert sender.returncode == 0, err
+    assert len(sent) == 12
     assert _files(scp.output_dir) == sent
     summary = scp.stop()
     assert "C-STORE requests: 12" in summary
     assert "Successful stores: 12" in summary
     assert "Associations: 4 accepted, 0 rejected" in summary
     _wait_gone(children)
+
+
+def _sop_of(path: Path) -> str:
+    from migrator.dicomfile.inspect import inspect_file
+
+    return inspect_file(str(path)).sop_instance_uid
 
 
 @pytest.mark.timeout(90)
@@ -155,6 +176,20 @@ def test_a_killed_receiving_process_stops_the_receiver_with_exit_1(scps: Any) ->
     _wait_gone(children)
 
 
+@pytest.mark.timeout(60)
+def test_a_receiving_process_told_to_stop_stops_the_receiver_cleanly(scps: Any) -> None:
+    """Ctrl-C or systemd's stop reach every process of the group, the children perhaps
+    first: a child that stops as told stops the receiver, exit 0, summary printed."""
+    scp = scps("--processes", "2")
+    children = _children(scp.proc.pid)
+    os.kill(children[1], signal.SIGTERM)
+    assert scp.proc.wait(15) == 0, scp.log_text()
+    log_text = scp.log_text()
+    assert f"receiving process {children[1]} stopped: stopping the receiver" in log_text
+    assert "shutdown summary:" in log_text
+    _wait_gone(children)
+
+
 def test_fault_injection_needs_one_process(tmp_path: Path) -> None:
     result = subprocess.run(
         [
@@ -166,5 +201,37 @@ def test_fault_injection_needs_one_process(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 2, result.stderr
-    assert "fault injection counts C-STOREs across the whole receiver" in result.stderr
+    assert "--fail-status and --fail-first count C-STOREs across the whole receiver" in (
+        result.stderr
+    )
     assert "--processes 1" in result.stderr
+
+
+def test_the_shared_book_keeps_each_address_apart_and_never_loses_a_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The guard's shared counts (4 slots here): each address counted on its own; when
+    every slot counts something, one more address gets no slot (its connection is closed
+    at accept) and nothing is counted for it; a slot whose counts are back to zero serves
+    a new address; the totals always equal the sum of what the addresses hold."""
+    import multiprocessing
+
+    from migrator.scp import processes
+
+    monkeypatch.setattr(processes, "SLOTS", 4)
+    book = processes.SharedBook(multiprocessing.get_context("fork"))
+    hosts = [f"10.0.0.{n}" for n in range(4)]
+    for n, host in enumerate(hosts):
+        for _ in range(n + 1):
+            assert book.pending(host) is not None
+            book.add(host, 1, 0)
+    assert [book.pending(h) for h in hosts] == [1, 2, 3, 4]
+    assert book.pending("10.0.0.99") is None  # no slot left: closed at accept
+    book.add(hosts[0], -1, 1)  # pending -> associated: the slot stays taken
+    assert book.pending("10.0.0.99") is None
+    book.add(hosts[0], 0, -1)  # its last association closed: the slot is free again
+    assert book.pending("10.0.0.99") == 0
+    book.add("10.0.0.99", 1, 0)
+    assert book.pending("10.0.0.99") == 1 and book.associated(hosts[0]) == 0
+    assert book.totals() == (2 + 3 + 4 + 1, 0)
+    assert [book.pending(h) for h in hosts[1:]] == [2, 3, 4]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -208,23 +209,74 @@ def _received(tmp_path: Path, path: Path, cut: int = 0) -> tuple[Any, Any, int]:
 
 def test_the_received_header_is_the_files_header_in_every_syntax(tmp_path: Path) -> None:
     """The receiver reads a dataset's UIDs without parsing the File Meta it wrote itself
-    (``inspect_dataset``): the same header as the whole file's, for every syntax of the
-    mixed corpus (implicit, explicit, big endian, deflated, compressed)."""
+    (``inspect_dataset``, asked directly here: it must answer, not leave it to the general
+    path): the same UIDs as the whole file's, for every syntax of the mixed corpus but a
+    deflated one (which only the general path reads)."""
+    from migrator.dicomfile.inspect import inspect_dataset, inspect_file
     from migrator.synth import write_mixed_corpus
 
     syntaxes = set()
     for path in write_mixed_corpus(tmp_path / "in", seed=7):
-        expected, got, meta_len = _received(tmp_path, path)
+        expected = inspect_file(str(path))
         if not expected.has_meta:
             continue
         syntaxes.add(expected.transfer_syntax)
+        dataset = path.read_bytes()[expected.dataset_offset :]
+        meta = (200, expected.sop_instance_uid)
+        got = inspect_dataset(dataset, len(dataset), expected.transfer_syntax, meta)
+        assert got is not None, path.name
         assert (got.sop_instance_uid, got.study_uid, got.series_uid) == (
             expected.sop_instance_uid,
             expected.study_uid,
             expected.series_uid,
         ), path.name
-        assert got.size == meta_len + expected.size - expected.dataset_offset
+        assert got.size == 200 + len(dataset)
     assert len(syntaxes) >= 4, syntaxes
+
+
+def _verdict(call: Any) -> str:
+    try:
+        found = call()
+    except Exception as exc:  # the verdict is the error's kind
+        return type(exc).__name__
+    return f"ok {found.sop_instance_uid} {found.study_uid} {found.series_uid}"
+
+
+def test_a_damaged_received_dataset_gets_the_verdict_of_the_file_it_makes(
+    tmp_path: Path,
+) -> None:
+    """Every file of the mixed corpus, received cut short at several points or with a
+    length field broken: the receiver's quick read refuses exactly what reading the file
+    it writes refuses (small compressed datasets walked in memory included)."""
+    from migrator.dicomfile.inspect import inspect_bytes, inspect_file
+    from migrator.scp.incoming import IncomingFile, meta_bytes
+    from migrator.synth import write_mixed_corpus
+
+    refused = 0
+    for path in write_mixed_corpus(tmp_path / "in", seed=7):
+        header = inspect_file(str(path))
+        if not header.has_meta or header.size > 2_000_000:
+            continue
+        whole = path.read_bytes()[header.dataset_offset :]
+        variants = [whole[: len(whole) - cut] for cut in (1, 100, len(whole) // 3)]
+        broken = bytearray(whole)
+        broken[len(whole) // 2 : len(whole) // 2 + 4] = b"\xff\xff\xff\x7f"
+        variants.append(bytes(broken))
+        syntax = header.transfer_syntax
+        for n, dataset in enumerate(variants):
+            meta = meta_bytes(header.sop_class_uid, header.sop_instance_uid, syntax, "SENDER")
+            incoming = IncomingFile(str(tmp_path), header.sop_instance_uid, meta, syntax=syntax)
+            incoming.write(memoryview(dataset))
+            incoming.close()
+            try:
+                mine = _verdict(incoming.header)
+                written = _verdict(functools.partial(inspect_file, incoming.path))
+                in_memory = _verdict(functools.partial(inspect_bytes, meta + dataset))
+            finally:
+                incoming.discard()
+            assert mine == written == in_memory, (path.name, n)
+            refused += not mine.startswith("ok")
+    assert refused >= 10  # the variants did damage the files
 
 
 @pytest.mark.parametrize("size", ["tiny", "small"])  # all kept in memory, or not
@@ -239,3 +291,17 @@ def test_a_received_dataset_cut_inside_its_pixel_data_is_refused(tmp_path: Path,
     assert whole.sop_instance_uid
     with pytest.raises(TruncatedError):
         _received(tmp_path, path, cut=100)
+
+
+def test_a_dataset_in_a_thousand_tiny_pieces_is_written_whole(tmp_path: Path) -> None:
+    """writev takes at most 1024 buffers: a dataset arriving in 3,000 one-byte pieces
+    (--max-pdu 1024 senders, a hostile peer) is still written, byte for byte."""
+    from migrator.scp.incoming import IncomingFile
+
+    data = bytes(range(256)) * 12
+    incoming = IncomingFile(str(tmp_path), "1.2.3", b"meta")
+    for i in range(3000):
+        incoming.write(memoryview(data)[i : i + 1])
+    incoming.close()
+    assert Path(incoming.path).read_bytes() == b"meta" + data[:3000]
+    incoming.discard()

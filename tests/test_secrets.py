@@ -300,6 +300,7 @@ BAD_AE_TITLES = [
     ("BAD\\AE", "not allowed"),
     ("TAB\tAE", "not allowed"),
     ("NUL\x00AE", "not allowed"),
+    ("NEWLINE\n", "not allowed"),  # a regular expression's "$" matches before it
     ("ÉCHO", "not allowed"),
     ("    ", "is empty"),
 ]

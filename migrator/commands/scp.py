@@ -249,8 +249,8 @@ def resolve_sop_class(text: str) -> str:
     show_default=True,
     help="Receiving processes sharing the port. One receives on about one core; with "
     "many senders at once, use the number of cores (like storescp --fork, with a fixed "
-    "pool). --max-conns and the other limits hold for the receiver as a whole. Fault "
-    "injection needs 1.",
+    "pool). --max-conns and the other limits hold for the receiver as a whole; the "
+    "C-STORE numbers of the -v lines count per process. --fail-status needs 1.",
 )
 @opt(
     "-v",

@@ -201,12 +201,12 @@ def serve(assoc: Accepted, handler: Handler, cfg: Settings) -> None:
     sock = assoc.sock
     with contextlib.suppress(OSError):
         set_nodelay(sock)
-    reader = PduReader(sock, idle=cfg.stall_timeout, stall=cfg.stall_timeout)
-    reader.deadline = cfg.handshake_deadline
     how, why = End.CLOSED, ""
     #: what to send before closing, and whether to linger for the peer to close first
     last: tuple[bytes, bool] | None = None
     try:
+        reader = PduReader(sock, idle=cfg.stall_timeout, stall=cfg.stall_timeout)
+        reader.deadline = cfg.handshake_deadline
         _Association(assoc, reader, handler, cfg).run()  # ends by raising (_Drop: released...)
     except _Drop as drop:
         how, why = drop.how, drop.why
@@ -222,6 +222,8 @@ def serve(assoc: Accepted, handler: Handler, cfg: Settings) -> None:
         how, why = End.CLOSED, "the peer closed the connection"
     except ssl_errors() as exc:
         how, why = End.CLOSED, f"TLS error: {exc}"
+    except BlockingIOError:  # SO_SNDTIMEO (migrator.dul.reader): our answer was not read
+        how, why = End.CLOSED, f"the peer read nothing of our answer for {cfg.stall_timeout:g} s"
     except OSError as exc:
         how, why = End.CLOSED, str(exc.strerror or exc)
     finally:

@@ -71,7 +71,9 @@ class Book(Protocol):
 
     lock: Any
 
-    def pending(self, host: str) -> int: ...
+    def pending(self, host: str) -> int | None:
+        """None: the book has no room for one more address (the connection is closed)."""
+        ...
 
     def associated(self, host: str) -> int: ...
 
@@ -148,13 +150,20 @@ class ConnectionGuard:
         port = int(address[1]) if isinstance(address, tuple) else 0
         book = self.book
         with self._lock:
-            if book.pending(host) >= self.limits.pending_per_address:
+            pending = book.pending(host)
+            if pending is None or pending >= self.limits.pending_per_address:
                 book.bump("closed_at_accept")
                 conn = None
             else:
                 conn = Connection(sock, host, port)
                 book.add(host, 1, 0)
-        if conn is None:
+        if pending is None:
+            log.warning(
+                "connection from %s:%d closed at once: connections from too many addresses at once",
+                host,
+                port,
+            )
+        elif conn is None:
             log.warning(
                 "connection from %s:%d closed at once: %d connections from %s are already "
                 "waiting to ask for an association (at most %d)",

@@ -31,8 +31,10 @@ from migrator.validation import is_valid_ae
 
 #: Dataset bytes kept in memory to read the header from without reading the file back.
 HEAD_KEPT = 64 * 1024
-#: Written to the file in one call once this much is buffered.
+#: Written to the file in one call once this much is buffered...
 WRITE_BLOCK = 1024 * 1024
+#: ...or this many pieces (well under writev's IOV_MAX of 1024).
+MAX_BUFFERS = 512
 _counter = itertools.count(1)
 #: This process's id for the ``.part`` names (os.getpid() is a system call each time).
 _pid = os.getpid()
@@ -160,7 +162,9 @@ class IncomingFile:
             self._head += data[: HEAD_KEPT - len(self._head)]
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._pending_size >= WRITE_BLOCK:
+        # writev takes at most IOV_MAX (1024) buffers: small PDVs (--max-pdu 1024, or a
+        # peer sending a byte at a time) fill the list long before the block size.
+        if self._pending_size >= WRITE_BLOCK or len(self._pending) >= MAX_BUFFERS:
             self._flush()
 
     def _flush(self) -> None:
@@ -187,25 +191,19 @@ class IncomingFile:
         head = bytes(self._head)
         whole = self.size <= len(head)
         if self._syntax:
-            # Past the bytes kept (a walk to the end of encapsulated Pixel Data), the
-            # damage checks read the file, a few small reads.
-            read = None if whole else self._reader(len(self._meta))
             meta = (len(self._meta), self._sop_instance)
-            found = inspect_dataset(head, self.size, self._syntax, meta, read)
+            if whole:  # the damage checks walk encapsulated Pixel Data in memory
+                found = inspect_dataset(head, self.size, self._syntax, meta, _reader_of(head))
+            else:  # past the bytes kept, they read the file: a few small reads
+                with _FileReader(self.path, len(self._meta)) as read:
+                    found = inspect_dataset(head, self.size, self._syntax, meta, read)
             if found is not None:
                 return found
-        header = inspect_file(self.path) if not whole else inspect_bytes(self._meta + head)
+        path = self.path
+        header = inspect_bytes(self._meta + head, path) if whole else inspect_file(path)
         return DatasetUids(
             header.sop_instance_uid, header.study_uid, header.series_uid, header.size
         )
-
-    def _reader(self, meta_size: int) -> Callable[[int, int], bytes]:
-        def read(offset: int, n: int) -> bytes:
-            with open(self.path, "rb") as file:
-                file.seek(meta_size + offset)
-                return file.read(n)
-
-        return read
 
     def discard(self) -> None:
         if self._fd >= 0:
@@ -215,6 +213,36 @@ class IncomingFile:
         self._pending = []
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def _reader_of(data: bytes) -> Callable[[int, int], bytes]:
+    def read(offset: int, n: int) -> bytes:
+        return data[offset : offset + n]
+
+    return read
+
+
+class _FileReader:
+    """Positioned reads of a dataset written after ``meta_size`` bytes of File Meta; the
+    file is opened at the first read (most datasets need none) and once only."""
+
+    def __init__(self, path: str, meta_size: int) -> None:
+        self._path = path
+        self._meta_size = meta_size
+        self._fd = -1
+
+    def __call__(self, offset: int, n: int) -> bytes:
+        if self._fd < 0:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.pread(self._fd, n, self._meta_size + offset)
+
+    def __enter__(self) -> _FileReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 __all__ = ["IncomingFile", "Placer", "UnsafeUIDError", "meta_bytes"]

@@ -13,7 +13,9 @@ processes share:
 * each process's statistics, in cells of its own that the parent adds up for the
   statistics line and the summary.
 
-Fault injection numbers C-STOREs across the whole receiver: it needs ``--processes 1``.
+``--fail-status`` and ``--fail-first`` count C-STOREs across the whole receiver: they need
+``--processes 1`` (``--abort-after`` counts per association, ``--response-delay`` and
+``--refuse`` count nothing).
 The parent only supervises: banner, statistics, and on SIGTERM or Ctrl-C it stops the
 children (each aborts the associations it still holds) and prints the summary. A child
 that dies on its own (killed) stops the receiver with exit status 1: the slots it held
@@ -24,14 +26,15 @@ for ever.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import struct
 import threading
 import time
-import zlib
 from typing import Any
 
 from migrator.errors import ConfigError
@@ -41,9 +44,13 @@ from migrator.scp.stats import FIELDS, ScpStats
 
 log = logging.getLogger("migrator.scp")
 
-#: Addresses the shared book tells apart at once (slots with no count left are reused;
-#: beyond, addresses share one more slot, and so one address's limits).
+#: Addresses the shared book tells apart at once (slots with no count left are reused).
 SLOTS = 1024
+_CELLS = 5
+_KEY = struct.Struct("<qq")
+#: How long the parent waits for the shared lock: a child killed while holding it (the
+#: OOM killer) leaves it taken for good, and the parent must still stop and say so.
+_LOCK_WAIT = 2.0
 _EVENTS = ("expired", "closed_at_accept")
 #: Seconds the parent waits for its children to stop before killing them.
 _STOP_SECONDS = 5.0
@@ -52,53 +59,63 @@ _WATCH = 0.5
 
 
 class SharedBook:
-    """``guards.Book`` in shared memory: per address (a slot found by the CRC of the
-    address, linear probing), its pending connections and associations; then the totals
-    and the event counters. Made before the fork, used by every process."""
+    """``guards.Book`` in shared memory. Per address, a slot of five cells: used, the
+    address's 128-bit BLAKE2 digest (two cells: addresses are told apart by the digest,
+    which no peer can make collide, not by a hash a peer could aim at another's slot),
+    its pending connections, its associations; found by linear probing from the digest.
+    Then the totals and the event counters. Made before the fork, used by every process.
+
+    A slot keeps its address while anything is counted on it, so a connection's counts
+    stay in one slot from accept to close. When every slot counts something, a connection
+    from one more address is closed at accept (``pending`` says None).
+    """
 
     def __init__(self, ctx: Any) -> None:
         self.lock = ctx.Lock()
-        # SLOTS slots, one more shared by the addresses beyond, the totals, the events
-        self._cells = ctx.RawArray("q", 3 * (SLOTS + 1) + 2 + len(_EVENTS))
-        self._totals = 3 * (SLOTS + 1)
+        self._cells = ctx.RawArray("q", _CELLS * SLOTS + 2 + len(_EVENTS))
+        self._totals = _CELLS * SLOTS
 
-    def _slot(self, host: str) -> int:
-        """The cell index of ``host``'s slot (made when absent)."""
+    def _slot(self, host: str, make: bool) -> int:
+        """The first cell of ``host``'s slot; -1 when it has none (and ``make`` is false,
+        or no slot is free)."""
         cells = self._cells
-        key = zlib.crc32(host.encode()) + 1  # 0 marks a slot never used
-        i = key % SLOTS
-        reusable = -1
+        high: int
+        low: int
+        high, low = _KEY.unpack(hashlib.blake2b(host.encode(), digest_size=16).digest())
+        i = (high & 0x7FFFFFFF) % SLOTS
+        free = -1
         for _ in range(SLOTS):
-            at = 3 * i
-            if cells[at] == key:
-                return at
-            if cells[at] == 0:
+            at = _CELLS * i
+            if not cells[at]:  # never used: the address is not further on
+                if free < 0:
+                    free = at
                 break
-            if reusable < 0 and cells[at + 1] == 0 and cells[at + 2] == 0:
-                reusable = at
+            if cells[at + 1] == high and cells[at + 2] == low:
+                return int(at)
+            if free < 0 and cells[at + 3] == 0 and cells[at + 4] == 0:
+                free = at  # used before, nothing counted now: its address is gone
             i = (i + 1) % SLOTS
-        else:
-            at = -1
-        if reusable >= 0:  # a slot with nothing counted: the address it held is gone
-            at = reusable
-        if at < 0:  # every slot counts something: addresses beyond share one slot
-            return 3 * SLOTS
-        cells[at] = key
-        return at
+        if not make or free < 0:
+            return -1
+        cells[free], cells[free + 1], cells[free + 2] = 1, high, low
+        return int(free)
 
-    def pending(self, host: str) -> int:
-        return int(self._cells[self._slot(host) + 1])
+    def pending(self, host: str) -> int | None:
+        at = self._slot(host, make=True)
+        return None if at < 0 else int(self._cells[at + 3])
 
     def associated(self, host: str) -> int:
-        return int(self._cells[self._slot(host) + 2])
+        at = self._slot(host, make=False)
+        return 0 if at < 0 else int(self._cells[at + 4])
 
     def totals(self) -> tuple[int, int]:
         return int(self._cells[self._totals]), int(self._cells[self._totals + 1])
 
     def add(self, host: str, pending: int, associated: int) -> None:
-        at, cells = self._slot(host), self._cells
-        cells[at + 1] += pending
-        cells[at + 2] += associated
+        at, cells = self._slot(host, make=True), self._cells
+        if at >= 0:  # always: the connection's slot was made at accept and kept since
+            cells[at + 3] += pending
+            cells[at + 4] += associated
         cells[self._totals] += pending
         cells[self._totals + 1] += associated
 
@@ -114,10 +131,11 @@ class Receivers:
     ``StorageSCP`` for the command (start, log_banner, serve_until, stop, summary_lines)."""
 
     def __init__(self, config: ScpConfig, count: int) -> None:
-        if config.faults.active:
+        faults = config.faults
+        if faults.fail_status is not None or faults.fail_first is not None:
             raise ConfigError(
-                "fault injection counts C-STOREs across the whole receiver: use it with "
-                "--processes 1"
+                "--fail-status and --fail-first count C-STOREs across the whole receiver: "
+                "use them with --processes 1"
             )
         self.config = config
         self.count = count
@@ -149,6 +167,10 @@ class Receivers:
         for index in range(self.count):
             self._fork(index)
         host, port = sock.getsockname()[:2]
+        # Only the children accept: the parent's copy closed, so that once they are gone
+        # no connection waits in the queue for nobody.
+        sock.close()
+        self._sock = None
         return str(host), int(port)
 
     def _fork(self, index: int) -> None:
@@ -183,11 +205,18 @@ class Receivers:
             now = time.monotonic()
             if now - self._last_line >= self.config.stats_interval:
                 self._last_line = now
-                log.info("statistics: %s", self._stats().as_line(sum(self.book_totals())))
+                totals = self.book_totals()
+                active = sum(totals) if totals is not None else None
+                log.info("statistics: %s", self._stats().as_line(active))
 
-    def book_totals(self) -> tuple[int, int]:
-        with self.book.lock:
+    def book_totals(self) -> tuple[int, int] | None:
+        """(pending, associated), None when the shared lock cannot be had."""
+        if not self.book.lock.acquire(timeout=_LOCK_WAIT):
+            return None
+        try:
             return self.book.totals()
+        finally:
+            self.book.lock.release()
 
     def _reap(self) -> bool:
         """True when a child ended on its own (the receiver must stop)."""
@@ -199,11 +228,13 @@ class Receivers:
             if pid == 0:
                 return False
             self._children.pop(pid, None)
-            how = (
-                f"killed by {signal.Signals(-code).name}"
-                if (code := os.waitstatus_to_exitcode(status)) < 0
-                else f"exit status {code}"
-            )
+            code = os.waitstatus_to_exitcode(status)
+            if code == 0:
+                # It was told to stop (Ctrl-C and systemd's stop reach every process of
+                # the group, perhaps before us): the receiver stops, as asked.
+                log.info("receiving process %d stopped: stopping the receiver", pid)
+                return True
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
             self.failed = f"receiving process {pid} ended on its own ({how})"
             log.error("%s: stopping the receiver", self.failed)
             return True
@@ -231,16 +262,18 @@ class Receivers:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             self._children.pop(pid, None)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
     def summary_lines(self) -> list[str]:
-        with self.book.lock:
+        lines = self._stats().summary_lines()
+        if not self.book.lock.acquire(timeout=_LOCK_WAIT):
+            return [*lines, "Connections closed without an association request: unknown"]
+        try:
             expired = self.book.events("expired")
             closed = self.book.events("closed_at_accept")
+        finally:
+            self.book.lock.release()
         return [
-            *self._stats().summary_lines(),
+            *lines,
             f"Connections closed without an association request: {expired} "
             f"(--handshake-timeout), {closed} at once (too many waiting from one address)",
         ]

@@ -89,12 +89,13 @@ class ScpStats:
     def context_rejected(self) -> None:
         self._add(_CONTEXTS_REJECTED)
 
-    def as_line(self, active: int) -> str:
+    def as_line(self, active: int | None) -> str:
         """The periodic statistics line (key=value, stable names for log scrapers)."""
         c = self.snapshot()
+        shown = "unknown" if active is None else active
         return (
             f"echo_count={c.echoes} store_count={c.stores} stored={c.stored} "
-            f"store_failures={c.store_failures} active_associations={active}"
+            f"store_failures={c.store_failures} active_associations={shown}"
         )
 
     def summary_lines(self) -> list[str]:
