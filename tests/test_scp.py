@@ -34,10 +34,9 @@ from migrator.netutil import patch_pynetdicom_nodelay
 from migrator.scp.server import ScpConfig, StorageSCP
 from tests.peers.dicomcompare import dataset_differences
 from tests.peers.migrator_scp import (
-    RunningScp,
     make_instance,
+    receivers,
     scp_env,
-    start_migrator_scp,
 )
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -52,17 +51,9 @@ def _nodelay() -> None:
 
 @pytest.fixture
 def scps(tmp_path: Path) -> Iterator[Any]:
-    """Start receivers in this test's tmp dir; none outlives the test."""
-    started: list[RunningScp] = []
-
-    def start(*args: str, **kw: Any) -> RunningScp:
-        scp = start_migrator_scp(tmp_path, *args, **kw)
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.kill()
+    """Receivers started in this test's tmp dir; none outlives the test."""
+    with receivers(tmp_path) as start:
+        yield start
 
 
 # -- corpus -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from migrator.commands.scp import scp_command
 from migrator.errors import ConfigError
 from migrator.netutil import patch_pynetdicom_nodelay
 from migrator.scp.faults import Action, FaultInjector, FaultPlan
-from tests.peers.migrator_scp import RunningScp, make_instance, start_migrator_scp
+from tests.peers.migrator_scp import RunningScp, make_instance, receivers
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -147,16 +147,9 @@ def _nodelay() -> None:
 
 @pytest.fixture
 def scp_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[RunningScp] = []
-
-    def start(*args: str) -> RunningScp:
-        scp = start_migrator_scp(tmp_path, *args)
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.kill()
+    """Receivers started in this test's tmp dir; none outlives the test."""
+    with receivers(tmp_path) as start:
+        yield start
 
 
 def _associate(scp: RunningScp, **kw: Any) -> Association:

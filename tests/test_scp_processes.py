@@ -23,7 +23,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from migrator.netutil import patch_pynetdicom_nodelay
-from tests.peers.migrator_scp import RunningScp, make_instance, start_migrator_scp
+from tests.peers.migrator_scp import make_instance, receivers
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -32,16 +32,9 @@ patch_pynetdicom_nodelay()
 
 @pytest.fixture
 def scps(tmp_path: Path) -> Iterator[Any]:
-    started: list[RunningScp] = []
-
-    def start(*args: str) -> RunningScp:
-        scp = start_migrator_scp(tmp_path, *args)
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.kill()
+    """Receivers started in this test's tmp dir; none outlives the test."""
+    with receivers(tmp_path) as start:
+        yield start
 
 
 def _children(pid: int) -> list[int]:

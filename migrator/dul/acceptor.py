@@ -17,12 +17,10 @@ text that names no patient data (UIDs and AE titles only).
 from __future__ import annotations
 
 import contextlib
-import enum
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple, NoReturn, Protocol
+from dataclasses import dataclass
+from typing import NoReturn
 
 from migrator.dul import dimse
 from migrator.dul.acse import (
@@ -38,6 +36,16 @@ from migrator.dul.acse import (
     encode_associate_rj,
     negotiate,
 )
+from migrator.dul.handling import (
+    BY_HANDLER,
+    AbortAssociation,
+    Accepted,
+    End,
+    Handler,
+    StoreOutcome,
+    StoreRequest,
+    StoreSink,
+)
 from migrator.dul.pdu import (
     A_ABORT,
     A_ASSOCIATE_RQ,
@@ -46,7 +54,6 @@ from migrator.dul.pdu import (
     P_DATA_TF,
     PDV_HEADER,
     RELEASE_RP,
-    ProposedContext,
     abort_text,
     encode_abort,
 )
@@ -69,57 +76,6 @@ MAX_COMMAND = 64 * 1024
 #: How long a peer gets to read our last PDU (A-ASSOCIATE-RJ, A-ABORT) and close first.
 LINGER = 1.0
 _KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
-#: ``ended``'s text for a rejection the handler's ``admit`` decided (and logged)
-BY_HANDLER = "rejected by the handler"
-
-
-class End(enum.Enum):
-    RELEASED = "released"
-    PEER_ABORTED = "aborted by the peer"
-    ABORTED = "aborted by us"  # handler's or stop()'s abort
-    REJECTED = "rejected"
-    HANDSHAKE = "no association request in time"
-    IDLE = "idle"
-    STALLED = "stalled mid-PDU"
-    CLOSED = "connection closed"
-    PROTOCOL = "protocol error"
-
-
-class AbortAssociation(Exception):
-    """Raised by a handler to end the association with an A-ABORT (no answer sent)."""
-
-
-class StoreRequest(NamedTuple):  # a tuple: built for every C-STORE (a frozen dataclass
-    # sets each field through object.__setattr__)
-    message_id: int
-    sop_class: str
-    sop_instance: str
-    context: AcceptedContext
-    #: C-MOVE sub-operations (PS3.7 §9.1.1.1): who asked for the move, and its message id
-    move_originator_ae: str = ""
-    move_originator_message_id: int | None = None
-
-
-class StoreOutcome(NamedTuple):
-    status: int
-    comment: str = ""
-    #: Run after the C-STORE-RSP is sent: what the peer need not wait for (the log line)
-    then: Callable[[], None] | None = None
-
-
-class StoreSink(Protocol):
-    """Where one C-STORE's dataset goes, piece by piece."""
-
-    def write(self, data: memoryview) -> None: ...
-
-    def finish(self) -> StoreOutcome:
-        """The dataset is complete: the status to answer (raise AbortAssociation to
-        abort instead)."""
-        ...
-
-    def discard(self) -> None:
-        """The association ended before the dataset was complete."""
-        ...
 
 
 @dataclass
@@ -137,51 +93,6 @@ class Settings:
     def pdu_limit(self) -> int | None:
         """The longest P-DATA-TF read: None (unlimited) with a maximum PDU of 0."""
         return max(2 * self.max_pdu, MIN_PDU_LIMIT) if self.max_pdu else None
-
-
-@dataclass(eq=False)
-class Accepted:
-    """One association seen from the acceptor (the handler's view of it)."""
-
-    sock: socket.socket
-    host: str
-    port: int
-    calling_ae: str = ""
-    called_ae: str = ""
-    contexts: dict[int, AcceptedContext] = field(default_factory=dict)
-    #: context results as negotiated: (proposed, result, transfer syntax)
-    results: list[tuple[ProposedContext, int, str]] = field(default_factory=list)
-    peer_max_pdu: int = 0
-    established: bool = False
-    ended: bool = False
-
-    @property
-    def peer(self) -> str:
-        """``AE@host:port`` for the log (``?`` before the request names the AE)."""
-        return f"{self.calling_ae or '?'}@{self.host}:{self.port}"
-
-    def abort(self) -> None:
-        """From any thread: A-ABORT and shut the connection, which ends ``serve``."""
-        with contextlib.suppress(OSError, ValueError):
-            self.sock.sendall(encode_abort(0, 0))
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-
-
-class Handler(Protocol):
-    def admit(self, assoc: Accepted, rq: AssociateRQ) -> tuple[int, int, int] | None:
-        """None to accept, else the A-ASSOCIATE-RJ (result, source, reason)."""
-        ...
-
-    def established(self, assoc: Accepted) -> None: ...
-
-    def echo(self, assoc: Accepted) -> int: ...
-
-    def store(self, assoc: Accepted, request: StoreRequest) -> StoreSink: ...
-
-    def ended(self, assoc: Accepted, how: End, why: str) -> None:
-        """Called exactly once, when the connection is over."""
-        ...
 
 
 class _Drop(Exception):
@@ -536,3 +447,17 @@ class _Association:
 def _echoed(uid: str) -> str:
     """A UID fit to go back in a response: as received when valid, else left out."""
     return uid if is_valid_uid(uid) else ""
+
+
+__all__ = [
+    "BY_HANDLER",
+    "AbortAssociation",
+    "Accepted",
+    "End",
+    "Handler",
+    "Settings",
+    "StoreOutcome",
+    "StoreRequest",
+    "StoreSink",
+    "serve",
+]

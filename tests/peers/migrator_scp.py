@@ -21,9 +21,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -120,6 +122,24 @@ def scp_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
     env.update(extra or {})
     return env
+
+
+@contextlib.contextmanager
+def receivers(workdir: Path) -> Iterator[Callable[..., RunningScp]]:
+    """``start(*args, **kw)`` starts a receiver in ``workdir`` (``start_migrator_scp``);
+    none outlives the block: what a test module's receiver fixture yields."""
+    started: list[RunningScp] = []
+
+    def start(*args: str, **kw: Any) -> RunningScp:
+        scp = start_migrator_scp(workdir, *args, **kw)
+        started.append(scp)
+        return scp
+
+    try:
+        yield start
+    finally:
+        for scp in started:
+            scp.kill()
 
 
 def start_migrator_scp(
