@@ -20,7 +20,7 @@ from migrator.synth.corpora import write_corpus
 from tests.behaviourhelpers import Result, send
 from tests.peers.dcmqrscp import DcmqrscpPeer
 from tests.peers.dcmtk import StoreScpPeer
-from tests.peers.orthanc import free_port_all_interfaces
+from tests.peers.orthanc import free_move_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,7 +51,7 @@ def corpus(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def move_port() -> int:
-    return free_port_all_interfaces()
+    return free_move_port()
 
 
 def _pacs(tmp_path: Path, files: Sequence[Path], move_port: int, *args: str) -> DcmqrscpPeer:

@@ -26,7 +26,7 @@ from migrator.sources.inspect import inspect_item
 from migrator.synth.corpora import write_corpus
 from tests.behaviourhelpers import send
 from tests.peers.dcmtk import StoreScpPeer
-from tests.peers.orthanc import OrthancPeer, free_port_all_interfaces
+from tests.peers.orthanc import OrthancPeer, free_move_port
 from tests.test_source_dimse import OUR_AE, _old_pacs, _source
 
 pytestmark = pytest.mark.timeout(300)
@@ -169,7 +169,7 @@ def test_c_move_to_our_own_storage_scp_brings_the_sources_instance_set(
 ) -> None:
     """`run` with two worker processes sharing --move-port (one move at a time per host
     and port): every instance comes by C-MOVE and is stored; the invariant holds."""
-    move_port = free_port_all_interfaces()
+    move_port = free_move_port()
     pacs = _moving_pacs(orthanc_factory, move_port)
     by_sop = _archive(pacs, tmp_path, count=30, series=5)
     result = send(
@@ -207,7 +207,7 @@ def test_a_move_destination_the_source_does_not_know_is_said(
     """Every instance fails with what to do, the move asked for once per series at most
     (once for the whole study when one thread fetches it; `store`'s threads may fetch
     its two series at once), not per instance, not again; exit 1, the invariant holds."""
-    move_port = free_port_all_interfaces()
+    move_port = free_move_port()
     pacs = _moving_pacs(orthanc_factory, move_port)
     _archive(pacs, tmp_path, count=6, series=2)
     result = send(

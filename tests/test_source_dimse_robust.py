@@ -30,7 +30,7 @@ from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
 from migrator.sources.inspect import inspect_item, inspect_with_retries
 from migrator.sources.movescp import MoveReceiver, _Handler
-from tests.peers.orthanc import OrthancPeer, free_port_all_interfaces
+from tests.peers.orthanc import OrthancPeer, free_move_port
 from tests.test_source_dimse import OUR_AE, _old_pacs, _source
 from tests.test_source_dimse_retrieve import _archive
 
@@ -278,4 +278,4 @@ def test_small_instances_of_a_move_are_kept_in_memory_larger_ones_spooled(
 
 def _free_port() -> int:
     """Free on every interface: MoveReceiver listens on all of them."""
-    return free_port_all_interfaces()
+    return free_move_port()

@@ -31,7 +31,7 @@ from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
 from migrator.sources.dimse_query import ListingClient
 from tests.peers.assoc_counter import AssociationCounter
-from tests.peers.orthanc import OrthancPeer, free_port_all_interfaces
+from tests.peers.orthanc import OrthancPeer, free_move_port
 from tests.peers.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(180)
@@ -339,7 +339,7 @@ def test_c_move_associations_are_kept_between_moves(
 ) -> None:
     """The same for C-MOVE: the moves of 12 series on one association to the source, every
     instance received by our own Storage SCP on --move-port."""
-    move_port = free_port_all_interfaces()
+    move_port = free_move_port()
     pacs = orthanc_factory(
         aet="OLDPACS",
         extra={

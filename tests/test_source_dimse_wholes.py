@@ -20,7 +20,7 @@ from migrator.settings import Settings
 from migrator.sources import wholes
 from migrator.sources.base import SourceItem
 from migrator.sources.dimse import DimseSource
-from tests.peers.orthanc import OrthancPeer, free_port_all_interfaces
+from tests.peers.orthanc import OrthancPeer, free_move_port
 from tests.test_source_dimse_speed import _fetch_all
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,7 +32,7 @@ OUR_AE = "MIGRATOR"
 def archive(orthanc_factory: Callable[..., OrthancPeer], tmp_path: Path) -> Iterator[Any]:
     """An Orthanc holding 3 studies x 2 series x 3 instances; its SOP Instance UIDs; a port
     it moves to (our AE)."""
-    move_port = free_port_all_interfaces()
+    move_port = free_move_port()
     pacs = orthanc_factory(
         aet="OLDPACS",
         extra={

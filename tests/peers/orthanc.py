@@ -12,6 +12,7 @@ import atexit
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -102,6 +103,25 @@ def port_free_on_all_interfaces(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def free_move_port() -> int:
+    """A port for our C-MOVE receiver: free on 0.0.0.0 now, and below the kernel's
+    ephemeral range. The receiver listens there only while a move runs; between moves an
+    ephemeral port can be handed to any outgoing connection (the old PACS's, a Redis
+    client's), and binding it again then fails with "Address already in use" (seen in CI).
+    A real move port is a fixed one registered at the PACS, usually low, for the same
+    reason."""
+    low = 20000
+    try:
+        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        high = 32768
+    for _ in range(200):
+        port = random.randrange(low, max(low + 1000, high))
+        if port_free_on_all_interfaces(port):
+            return port
+    return free_port_all_interfaces()
 
 
 def free_port_all_interfaces() -> int:
