@@ -181,7 +181,7 @@ def test_an_output_directory_removed_while_receiving_is_made_again(tmp_path: Pat
         incoming = IncomingFile(str(placer.root), "1.2.3", b"meta")
         incoming.write(memoryview(b"dataset"))
         incoming.close()
-        final, _ = placer.place(incoming.path, rel)
+        final, _ = placer.place(incoming.path, rel.parts)
         assert Path(final).read_bytes() == b"metadataset"
         shutil.rmtree(tmp_path / "1.2")
     assert os.listdir(tmp_path) == []  # no .part left behind

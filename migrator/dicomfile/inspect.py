@@ -173,17 +173,22 @@ def _not_regular(path: str, mode: int) -> SourceError:
     return NotDicomError(f"not a regular file: {kind}; not read")
 
 
+def _in_memory(data: bytes | memoryview) -> Reader:
+    """Positioned reads of bytes all in memory (the damage checks' walk past the head)."""
+    view = memoryview(data)
+
+    def read(offset: int, n: int) -> bytes:
+        return bytes(view[offset : offset + n])
+
+    return read
+
+
 def inspect_bytes(
     data: bytes | memoryview, name: str = "<memory>", *, size: int | None = None
 ) -> DicomHeader:
     """Inspect DICOM bytes: a whole file, or its first bytes when ``size`` gives the total."""
     total = len(data) if size is None else size
-    read: Reader | None = None
-    if len(data) >= total:
-        view = memoryview(data)
-
-        def read(offset: int, n: int) -> bytes:
-            return bytes(view[offset : offset + n])
+    read = _in_memory(data) if len(data) >= total else None
 
     try:
         return _inspect(bytes(data[:_MAX_HEAD]), total, read)
@@ -215,14 +220,18 @@ def inspect_dataset(
     presentation context): ``data`` holds its first bytes (all of them when ``size`` is
     ``len(data)``); ``meta`` is the File Meta written before it: (its length, its SOP
     Instance UID, which stands in for the dataset's when it has none, as in a file's
-    header). The same damage checks run as for a file. None when only the general path
-    can tell (a deflated dataset, one not encoded as its syntax says, one whose header
-    goes past ``data``): the caller then inspects the whole file.
+    header). The same damage checks run as for a file: in memory when ``data`` is the
+    whole dataset, through ``read`` past it (without ``read`` they stop there). None when
+    only the general path can tell (a deflated dataset, one not encoded as its syntax says,
+    one whose header goes past ``data``): the caller then inspects the whole file.
     """
     if ts == DEFLATED_LE or not data:
         return None
+    complete = len(data) >= size
+    if complete:
+        read = _in_memory(data)
     try:
-        found, rest = _scan_dataset(data, 0, ts, len(data) >= size, _RECEIVED)
+        found, rest = _scan_dataset(data, 0, ts, complete, _RECEIVED)
     except (NotDicomError, NeedMoreBytes):
         return None
     check_rest(data, rest, size, ts, read)

@@ -32,7 +32,10 @@ def _ui(tag_elem: int, uid: str) -> bytes:
 
 
 def _us(tag_elem: int, value: int) -> bytes:
-    return _ELEM.pack(0, tag_elem, 2) + struct.pack("<H", value)
+    return _US.pack(0, tag_elem, 2, value)
+
+
+_US = struct.Struct("<HHIH")
 
 
 def _with_group_length(elements: bytes) -> bytes:
@@ -143,7 +146,6 @@ def _lo(tag_elem: int, text: str) -> bytes:
     return _ELEM.pack(0, tag_elem, len(raw)) + raw
 
 
-_US = struct.Struct("<HHIH")
 _STORE_RSP_FIELDS = _us(0x0100, C_STORE_RSP)
 _NO_DATASET = _us(0x0800, NO_DATASET)
 
@@ -162,9 +164,9 @@ def c_store_rsp(
     return _with_group_length(
         _class_ui(sop_class)
         + _STORE_RSP_FIELDS
-        + _US.pack(0, 0x0120, 2, message_id)
+        + _us(0x0120, message_id)
         + _NO_DATASET
-        + _US.pack(0, 0x0900, 2, status)
+        + _us(0x0900, status)
         + (_lo(0x0902, comment) if comment and status & 0xF000 else b"")
         + _ui(0x1000, sop_instance)
     )

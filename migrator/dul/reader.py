@@ -21,13 +21,13 @@ import struct
 import time
 from collections.abc import Iterator
 
+from migrator.dul.pdu import P_DATA_TF
 from migrator.netutil import quick_ack
 
 #: Bytes asked of the kernel per read.
 RECV = 256 * 1024
 #: The largest piece of dataset handed on at once.
 CHUNK = 1024 * 1024
-_P_DATA_TF = 0x04
 _PDU_HEAD = struct.Struct(">BxI")
 _MSG_DONTWAIT: int | None = getattr(socket, "MSG_DONTWAIT", None)
 
@@ -120,7 +120,7 @@ class PduReader:
         if len(data) - pos < 6:
             return None
         pdu_type, length = _PDU_HEAD.unpack_from(data, pos)
-        if pdu_type != _P_DATA_TF or (limit is not None and length > limit):
+        if pdu_type != P_DATA_TF or (limit is not None and length > limit):
             return None
         start = pos + 6
         if len(data) - start < length:

@@ -19,10 +19,12 @@ import logging
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger("migrator.scp")
+_T = TypeVar("_T")
 
 
 def default_per_address(max_conns: int) -> int:
@@ -131,17 +133,20 @@ class ConnectionGuard:
         self.book = book if book is not None else LocalBook()
         self._lock = self.book.lock
 
-    @property
-    def expired_count(self) -> int:
-        """Connections closed for want of an association request in time."""
-        with self._lock:
-            return self.book.events("expired")
-
-    @property
-    def closed_at_accept(self) -> int:
-        """Connections closed at accept (too many pending from their address)."""
-        with self._lock:
-            return self.book.events("closed_at_accept")
+    def summary_line(self, wait: float | None = None) -> str:
+        """The shutdown summary's line about connections that never associated. ``wait``:
+        how long to wait for the book's lock (a receiving process killed while holding a
+        shared one leaves it taken): "unknown" after that."""
+        counts = self._read(
+            lambda book: (book.events("expired"), book.events("closed_at_accept")), wait
+        )
+        if counts is None:
+            return "Connections closed without an association request: unknown"
+        expired, closed = counts
+        return (
+            f"Connections closed without an association request: {expired} "
+            f"(--handshake-timeout), {closed} at once (too many waiting from one address)"
+        )
 
     def accept(self, sock: socket.socket, address: Any) -> Connection | None:
         """Register a just-accepted connection; None when its address already has too many
@@ -213,7 +218,15 @@ class ConnectionGuard:
                 self.book.add(conn.host, -1, 0)
             conn.state = "closed"
 
-    def counts(self) -> tuple[int, int]:
-        """(pending connections, associations holding a slot)."""
-        with self._lock:
-            return self.book.totals()
+    def counts(self, wait: float | None = None) -> tuple[int, int] | None:
+        """(pending connections, associations holding a slot); None when the lock could
+        not be had within ``wait`` seconds."""
+        return self._read(lambda book: book.totals(), wait)
+
+    def _read(self, what: Callable[[Book], _T], wait: float | None) -> _T | None:
+        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            return None
+        try:
+            return what(self.book)
+        finally:
+            self._lock.release()

@@ -16,7 +16,6 @@ import functools
 import itertools
 import os
 import struct
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from migrator.dicomfile.inspect import (
@@ -101,20 +100,13 @@ class Placer:
         self._safe: set[str] = set()
 
     def place(
-        self,
-        tmp: str,
-        rel: PurePosixPath | tuple[str, ...],
-        *,
-        again: bool = True,
-        check: bool = True,
+        self, tmp: str, parts: tuple[str, ...], *, again: bool = True, check: bool = True
     ) -> tuple[str, bool]:
-        """Rename ``tmp`` to root/rel; (final path, whether it replaced a file: only
-        looked at with ``check``)."""
-        parts = rel.parts if isinstance(rel, PurePosixPath) else rel
+        """Rename ``tmp`` to root/``parts`` (``storage.relative_parts``); (final path,
+        whether it replaced a file: only looked at with ``check``)."""
         parent = "/".join((self._root, *parts[:-1])) if len(parts) > 1 else self._root
         if parent not in self._safe:
-            rel = PurePosixPath(*parts)
-            final = resolve_under(self.root, rel)
+            final = resolve_under(self.root, PurePosixPath(*parts))
             final.parent.mkdir(parents=True, exist_ok=True)
             # Re-check after mkdir: a directory created concurrently could be a symlink.
             resolve_under(self.root, PurePosixPath(final.relative_to(self.root)))
@@ -129,7 +121,7 @@ class Placer:
             self._safe.discard(parent)
             if not again or not os.path.exists(tmp):
                 raise
-            return self.place(tmp, rel, again=False, check=check)
+            return self.place(tmp, parts, again=False, check=check)
         return final_name, replaced
 
 
@@ -192,11 +184,9 @@ class IncomingFile:
         whole = self.size <= len(head)
         if self._syntax:
             meta = (len(self._meta), self._sop_instance)
-            if whole:  # the damage checks walk encapsulated Pixel Data in memory
-                found = inspect_dataset(head, self.size, self._syntax, meta, _reader_of(head))
-            else:  # past the bytes kept, they read the file: a few small reads
-                with _FileReader(self.path, len(self._meta)) as read:
-                    found = inspect_dataset(head, self.size, self._syntax, meta, read)
+            # Past the bytes kept, the damage checks read the file: a few small reads.
+            with _FileReader(self.path, len(self._meta)) as read:
+                found = inspect_dataset(head, self.size, self._syntax, meta, read)
             if found is not None:
                 return found
         path = self.path
@@ -213,13 +203,6 @@ class IncomingFile:
         self._pending = []
         with contextlib.suppress(OSError):
             os.unlink(self.path)
-
-
-def _reader_of(data: bytes) -> Callable[[int, int], bytes]:
-    def read(offset: int, n: int) -> bytes:
-        return data[offset : offset + n]
-
-    return read
 
 
 class _FileReader:

@@ -139,17 +139,16 @@ class Receivers:
             )
         self.config = config
         self.count = count
-        self._ctx = multiprocessing.get_context("fork")
-        self.book = SharedBook(self._ctx)
-        self._cells = [self._ctx.RawArray("q", len(FIELDS)) for _ in range(count)]
-        # Loads the TLS files now (a ConfigError before anything listens), and writes the
-        # banner; it never listens itself.
+        ctx = multiprocessing.get_context("fork")
+        self.book = SharedBook(ctx)
+        self._cells = [ctx.RawArray("q", len(FIELDS)) for _ in range(count)]
+        # Loads the TLS files now (a ConfigError before anything listens), writes the
+        # banner, and reads the shared book through its guard; it never listens itself.
         self._probe = StorageSCP(config, book=self.book)
         self._sock: socket.socket | None = None
         self._children: dict[int, int] = {}  # pid -> index of its statistics cells
         #: why the receiver stopped on its own ("" while it runs as asked)
         self.failed = ""
-        self._last_line = 0.0
 
     def _stats(self) -> ScpStats:
         return ScpStats.sum_of([ScpStats(cells) for cells in self._cells])
@@ -198,25 +197,16 @@ class Receivers:
     def serve_until(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set or a child dies, logging statistics every
         ``stats_interval``."""
-        self._last_line = time.monotonic()
+        last_line = time.monotonic()
         while not stop.wait(min(_WATCH, self.config.stats_interval)):
             if self._reap():
                 return
             now = time.monotonic()
-            if now - self._last_line >= self.config.stats_interval:
-                self._last_line = now
-                totals = self.book_totals()
+            if now - last_line >= self.config.stats_interval:
+                last_line = now
+                totals = self._probe.guard.counts(wait=_LOCK_WAIT)
                 active = sum(totals) if totals is not None else None
                 log.info("statistics: %s", self._stats().as_line(active))
-
-    def book_totals(self) -> tuple[int, int] | None:
-        """(pending, associated), None when the shared lock cannot be had."""
-        if not self.book.lock.acquire(timeout=_LOCK_WAIT):
-            return None
-        try:
-            return self.book.totals()
-        finally:
-            self.book.lock.release()
 
     def _reap(self) -> bool:
         """True when a child ended on its own (the receiver must stop)."""
@@ -264,18 +254,9 @@ class Receivers:
             self._children.pop(pid, None)
 
     def summary_lines(self) -> list[str]:
-        lines = self._stats().summary_lines()
-        if not self.book.lock.acquire(timeout=_LOCK_WAIT):
-            return [*lines, "Connections closed without an association request: unknown"]
-        try:
-            expired = self.book.events("expired")
-            closed = self.book.events("closed_at_accept")
-        finally:
-            self.book.lock.release()
         return [
-            *lines,
-            f"Connections closed without an association request: {expired} "
-            f"(--handshake-timeout), {closed} at once (too many waiting from one address)",
+            *self._stats().summary_lines(),
+            self._probe.guard.summary_line(wait=_LOCK_WAIT),
         ]
 
 

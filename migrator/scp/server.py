@@ -216,12 +216,7 @@ class StorageSCP:
         listener.join(_STOP_JOIN_SECONDS)
 
     def summary_lines(self) -> list[str]:
-        return [
-            *self.stats.summary_lines(),
-            f"Connections closed without an association request: {self.guard.expired_count} "
-            f"(--handshake-timeout), {self.guard.closed_at_accept} at once (too many "
-            "waiting from one address)",
-        ]
+        return [*self.stats.summary_lines(), self.guard.summary_line()]
 
     # -- connections ----------------------------------------------------------------------
 
